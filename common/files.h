@@ -1,0 +1,33 @@
+// File-system helpers for state that must survive crashes and stay private.
+#ifndef GRANTVAULT_COMMON_FILES_H_
+#define GRANTVAULT_COMMON_FILES_H_
+
+#include <sys/types.h>
+
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/secret_bytes.h"
+
+namespace grantvault {
+
+// Reads a secret (a PIN, a client secret) from a file of at most 4 KiB. One
+// trailing newline is dropped. Refused, with the path in the message, when the
+// file is missing, unreadable, not a regular file, larger than the limit,
+// empty, or readable or writable by other users.
+absl::StatusOr<SecretBytes> ReadSecretFile(const std::string& path);
+
+// Writes `contents` to `path` so that a crash leaves either the old file or the
+// new one: a temporary file in the same directory created with `mode`,
+// fsync()ed, renamed over `path`, and the directory fsync()ed.
+absl::Status WriteFileAtomically(const std::string& path, std::string_view contents, mode_t mode);
+
+// Creates `path` (one level) with `mode` if it is missing. Either way, refuses
+// a path that is a symlink, is not a directory, or is owned by another user.
+absl::Status EnsurePrivateDirectory(const std::string& path, mode_t mode);
+
+}  // namespace grantvault
+
+#endif  // GRANTVAULT_COMMON_FILES_H_

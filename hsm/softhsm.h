@@ -1,0 +1,26 @@
+// First-start set-up of an embedded SoftHSM2 token.
+#ifndef GRANTVAULT_HSM_SOFTHSM_H_
+#define GRANTVAULT_HSM_SOFTHSM_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/secret_bytes.h"
+
+namespace grantvault::hsm {
+
+// Creates `dir` (0700) with a SoftHSM2 configuration whose token directory is
+// `dir`/tokens, unless it exists, and points SOFTHSM2_CONF at it for this
+// process (SoftHSM reads it when the module is first initialised, so call this
+// before loading the module). Returns the configuration file's path.
+absl::StatusOr<std::string> PrepareSoftHsm(const std::string& dir);
+
+// Initialises a new token labelled `label` (≤ 32 bytes) on the module's free
+// slot, and sets its user PIN, entirely through PKCS#11: no PIN ever appears
+// on a command line. AlreadyExists if a token with that label exists.
+absl::Status InitializeToken(const std::string& module_path, const std::string& label,
+                             const SecretBytes& so_pin, const SecretBytes& user_pin);
+
+}  // namespace grantvault::hsm
+
+#endif  // GRANTVAULT_HSM_SOFTHSM_H_

@@ -1,0 +1,161 @@
+// The store: grants, their sealed secrets and the key versions those secrets
+// are sealed under. The store never sees a plaintext secret: a sealed record is
+// an opaque byte string produced by hsm::Sealer, stored with the binding
+// (workspace, connector, account, owner, purpose) it was sealed for and the
+// label of the key-encryption key (KEK) that wraps its data key.
+//
+// Implementations: SQLite (embedded default, sqlite_grant_store.h) and, later,
+// PostgreSQL. Every method is thread-safe. Every write is durable when the call
+// returns OK. Errors: NotFound for a missing row, AlreadyExists for a
+// uniqueness conflict, FailedPrecondition for a refused state change,
+// Unavailable/Internal/ResourceExhausted for the database itself (a full disk
+// is ResourceExhausted).
+#ifndef GRANTVAULT_STORE_GRANT_STORE_H_
+#define GRANTVAULT_STORE_GRANT_STORE_H_
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+
+namespace grantvault::store {
+
+enum class GrantStatus { kActive, kReauthRequired, kRevoked };
+std::string_view GrantStatusName(GrantStatus status);
+absl::StatusOr<GrantStatus> ParseGrantStatus(std::string_view name);
+
+// DESIGN §5. Non-secret fields only.
+struct Grant {
+  std::string grant_id;        // "gr_" + 26 base32 characters
+  std::string workspace_id;
+  std::string connector_id;    // workspace-scoped name, e.g. "google_workspace"
+  std::string connector_type;  // catalog type, e.g. "google"
+  std::string account_id;      // the account on the target tool
+  std::vector<std::string> scopes;  // locked at authorization
+  GrantStatus status = GrantStatus::kActive;
+  std::string status_reason;        // why it is reauth_required or revoked
+  std::string authorized_by;        // the admin user
+  absl::Time created_at = absl::InfinitePast();
+  absl::Time updated_at = absl::InfinitePast();
+  std::optional<absl::Time> access_token_expires_at;
+  std::map<std::string, std::string> metadata;  // instance_url, tenant, team id…
+
+  bool operator==(const Grant&) const = default;
+};
+
+// Names one sealed secret: its owner (a grant id, a connector registration id,
+// an authorization session id) and what it is for ("refresh_token",
+// "access_token", "client_secret", "pkce_verifier").
+struct SealedSecretKey {
+  std::string owner_id;
+  std::string purpose;
+
+  bool operator==(const SealedSecretKey&) const = default;
+  auto operator<=>(const SealedSecretKey&) const = default;
+};
+
+struct SealedSecret {
+  SealedSecretKey key;
+  // The binding the record was sealed for (part of its AAD).
+  std::string workspace_id;
+  std::string connector_id;
+  std::string account_id;
+  // Label of the KEK wrapping the record's data key; must name a key version.
+  std::string kek_label;
+  std::vector<uint8_t> record;  // opaque sealed record (hsm/sealed_record.h)
+  absl::Time updated_at = absl::InfinitePast();
+
+  bool operator==(const SealedSecret&) const = default;
+};
+
+// Replace one record by another, only if it still holds `expected_record`
+// (so a rewrap never overwrites a refresh that rotated the secret meanwhile).
+struct SealedSecretUpdate {
+  SealedSecretKey key;
+  std::vector<uint8_t> expected_record;
+  std::string new_kek_label;
+  std::vector<uint8_t> new_record;
+};
+
+enum class KeyState {
+  kActive,    // the one key new records are sealed under
+  kInactive,  // still opens records; rewrap moves them away
+  kRetired,   // no record names it; destroyed in the token
+};
+std::string_view KeyStateName(KeyState state);
+absl::StatusOr<KeyState> ParseKeyState(std::string_view name);
+
+struct KeyVersion {
+  int version = 0;         // n in "grantvault-kek-<n>"
+  std::string label;       // "grantvault-kek-<n>"
+  std::string key_id_hex;  // the token object's CKA_ID
+  KeyState state = KeyState::kInactive;
+  absl::Time created_at = absl::InfinitePast();
+  std::optional<absl::Time> retired_at;
+
+  bool operator==(const KeyVersion&) const = default;
+};
+
+class GrantStore {
+ public:
+  virtual ~GrantStore() = default;
+
+  // --- grants --------------------------------------------------------------
+  // Inserts `grant` and its sealed secret in one transaction. When `replaces`
+  // names a grant, that grant is marked revoked (reason "replaced by <id>") in
+  // the same transaction. AlreadyExists when another non-revoked grant holds
+  // (workspace, connector) or the id is taken.
+  virtual absl::Status InsertGrant(const Grant& grant, const SealedSecret& secret,
+                                   std::optional<std::string> replaces = std::nullopt) = 0;
+  virtual absl::StatusOr<Grant> GetGrant(std::string_view grant_id) = 0;
+  // The grant that is not revoked for (workspace, connector); NotFound if none.
+  virtual absl::StatusOr<Grant> FindCurrentGrant(std::string_view workspace_id,
+                                                 std::string_view connector_id) = 0;
+  // All grants of a workspace (every status), oldest first.
+  virtual absl::StatusOr<std::vector<Grant>> ListGrants(std::string_view workspace_id) = 0;
+  // A revoked grant cannot change status again (FailedPrecondition).
+  virtual absl::Status SetGrantStatus(std::string_view grant_id, GrantStatus status,
+                                      std::string_view reason, absl::Time now) = 0;
+  virtual absl::StatusOr<int64_t> CountGrants() = 0;
+
+  // --- sealed secrets ------------------------------------------------------
+  // Inserts or replaces the secret stored under `secret.key`.
+  virtual absl::Status PutSealedSecret(const SealedSecret& secret) = 0;
+  virtual absl::StatusOr<SealedSecret> GetSealedSecret(const SealedSecretKey& key) = 0;
+  virtual absl::Status DeleteSealedSecret(const SealedSecretKey& key) = 0;
+  // Applies every update whose row still holds its expected record, in one
+  // transaction; returns how many were applied (the rest changed meanwhile).
+  virtual absl::StatusOr<size_t> ReplaceSealedSecrets(
+      absl::Span<const SealedSecretUpdate> updates) = 0;
+  // Up to `limit` secrets wrapped under `kek_label` whose key sorts after
+  // `after` (or from the first when nullopt), ordered by key. Served by an
+  // index on (kek_label, owner_id, purpose).
+  virtual absl::StatusOr<std::vector<SealedSecret>> ListSealedSecretsUnder(
+      std::string_view kek_label, const std::optional<SealedSecretKey>& after, size_t limit) = 0;
+  // Number of sealed secrets per KEK label (labels with none are absent).
+  virtual absl::StatusOr<std::map<std::string, int64_t>> CountSealedSecretsByKek() = 0;
+
+  // --- key versions --------------------------------------------------------
+  // AlreadyExists if the version or label exists.
+  virtual absl::Status AddKeyVersion(const KeyVersion& key) = 0;
+  // Ordered by version.
+  virtual absl::StatusOr<std::vector<KeyVersion>> ListKeyVersions() = 0;
+  // Makes `version` the only active key (the previously active one becomes
+  // inactive) in one transaction. NotFound / FailedPrecondition if retired.
+  virtual absl::Status ActivateKeyVersion(int version) = 0;
+  // Marks `version` retired. FailedPrecondition, naming the count, while any
+  // sealed secret names it, or if it is the active key. After this no sealed
+  // secret can be written under it (enforced by the database itself).
+  virtual absl::Status RetireKeyVersion(int version, absl::Time now) = 0;
+};
+
+}  // namespace grantvault::store
+
+#endif  // GRANTVAULT_STORE_GRANT_STORE_H_
