@@ -33,15 +33,15 @@ absl::StatusOr<GrantStatus> ParseGrantStatus(std::string_view name);
 
 // DESIGN §5. Non-secret fields only.
 struct Grant {
-  std::string grant_id;        // "gr_" + 26 base32 characters
+  std::string grant_id;  // "gr_" + 26 base32 characters
   std::string workspace_id;
-  std::string connector_id;    // workspace-scoped name, e.g. "google_workspace"
-  std::string connector_type;  // catalog type, e.g. "google"
-  std::string account_id;      // the account on the target tool
+  std::string connector_id;         // workspace-scoped name, e.g. "google_workspace"
+  std::string connector_type;       // catalog type, e.g. "google"
+  std::string account_id;           // the account on the target tool
   std::vector<std::string> scopes;  // locked at authorization
   GrantStatus status = GrantStatus::kActive;
-  std::string status_reason;        // why it is reauth_required or revoked
-  std::string authorized_by;        // the admin user
+  std::string status_reason;  // why it is reauth_required or revoked
+  std::string authorized_by;  // the admin user
   absl::Time created_at = absl::InfinitePast();
   absl::Time updated_at = absl::InfinitePast();
   std::optional<absl::Time> access_token_expires_at;
@@ -126,8 +126,12 @@ class GrantStore {
   virtual absl::StatusOr<int64_t> CountGrants() = 0;
 
   // --- sealed secrets ------------------------------------------------------
-  // Inserts or replaces the secret stored under `secret.key`.
-  virtual absl::Status PutSealedSecret(const SealedSecret& secret) = 0;
+  // Inserts or replaces each secret under its key, all in one transaction
+  // (all or none are written).
+  virtual absl::Status PutSealedSecrets(absl::Span<const SealedSecret> secrets) = 0;
+  absl::Status PutSealedSecret(const SealedSecret& secret) {
+    return PutSealedSecrets({&secret, 1});
+  }
   virtual absl::StatusOr<SealedSecret> GetSealedSecret(const SealedSecretKey& key) = 0;
   virtual absl::Status DeleteSealedSecret(const SealedSecretKey& key) = 0;
   // Applies every update whose row still holds its expected record, in one

@@ -1,0 +1,120 @@
+#include "daemon/embedded_state.h"
+
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/clock.h"
+#include "common/files.h"
+#include "common/ids.h"
+#include "common/status.h"
+#include "hsm/softhsm.h"
+#include "store/sqlite_grant_store.h"
+
+namespace grantvault::daemon {
+namespace {
+
+bool Exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
+
+// 20 random bytes → 32 base32 characters (SoftHSM allows up to 255).
+constexpr size_t kPinEntropyBytes = 20;
+
+absl::Status EnsurePinFile(const std::string& path, std::vector<std::string>* created,
+                           const char* what) {
+  if (Exists(path)) return absl::OkStatus();
+  SecretBytes pin = NewSecretText(kPinEntropyBytes);
+  GV_RETURN_IF_ERROR(WriteFileAtomically(path, pin.view(), 0600));
+  if (created) created->push_back(absl::StrCat(what, " ", path, " (mode 0600)"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Vault> OpenLayout(const StateLayout& layout) {
+  Vault vault;
+  vault.layout = layout;
+  hsm::TokenOptions options;
+  options.token_label = kEmbeddedTokenLabel;
+  options.pin_file = layout.user_pin_file;
+  GV_ASSIGN_OR_RETURN(vault.token, hsm::Token::Open(options));
+  GV_ASSIGN_OR_RETURN(vault.store, store::OpenSqliteGrantStore(layout.database));
+  GV_ASSIGN_OR_RETURN(vault.keys,
+                      keys::KeyManager::Create(vault.token.get(), vault.store.get(), &RealClock()));
+  return vault;
+}
+
+absl::Status AttachSealer(Vault& vault) {
+  GV_ASSIGN_OR_RETURN(hsm::KeyRef active, vault.keys->ActiveKek());
+  GV_ASSIGN_OR_RETURN(vault.sealer, hsm::EnvelopeSealer::Create(vault.token.get(), active));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+StateLayout LayoutFor(const std::string& state_dir) {
+  StateLayout l;
+  l.dir = state_dir;
+  l.hsm_dir = absl::StrCat(state_dir, "/hsm");
+  l.softhsm_conf = absl::StrCat(l.hsm_dir, "/softhsm2.conf");
+  l.so_pin_file = absl::StrCat(l.hsm_dir, "/so.pin");
+  l.user_pin_file = absl::StrCat(l.hsm_dir, "/user.pin");
+  l.database = absl::StrCat(state_dir, "/grantvault.db");
+  return l;
+}
+
+absl::StatusOr<Vault> InitEmbeddedState(const std::string& state_dir,
+                                        std::vector<std::string>* created) {
+  const StateLayout layout = LayoutFor(state_dir);
+  const bool had_dir = Exists(layout.dir);
+  GV_RETURN_IF_ERROR(EnsurePrivateDirectory(layout.dir, 0700));
+  if (!had_dir && created) created->push_back(absl::StrCat("state directory ", layout.dir));
+
+  const bool had_conf = Exists(layout.softhsm_conf);
+  GV_RETURN_IF_ERROR(hsm::PrepareSoftHsm(layout.hsm_dir).status());
+  if (!had_conf && created) {
+    created->push_back(absl::StrCat("SoftHSM2 configuration ", layout.softhsm_conf));
+  }
+  GV_RETURN_IF_ERROR(EnsurePinFile(layout.so_pin_file, created, "security-officer PIN"));
+  GV_RETURN_IF_ERROR(EnsurePinFile(layout.user_pin_file, created, "user PIN"));
+
+  {
+    GV_ASSIGN_OR_RETURN(std::shared_ptr<hsm::Module> module,
+                        hsm::Module::Load(hsm::kDefaultModulePath));
+    if (absl::IsNotFound(module->FindToken(kEmbeddedTokenLabel).status())) {
+      GV_ASSIGN_OR_RETURN(SecretBytes so_pin, ReadSecretFile(layout.so_pin_file));
+      GV_ASSIGN_OR_RETURN(SecretBytes user_pin, ReadSecretFile(layout.user_pin_file));
+      GV_RETURN_IF_ERROR(
+          hsm::InitializeToken(hsm::kDefaultModulePath, kEmbeddedTokenLabel, so_pin, user_pin));
+      if (created) {
+        created->push_back(absl::StrCat("SoftHSM2 token '", kEmbeddedTokenLabel, "' in ",
+                                        layout.hsm_dir, "/tokens"));
+      }
+    }
+  }
+
+  const bool had_db = Exists(layout.database);
+  GV_ASSIGN_OR_RETURN(Vault vault, OpenLayout(layout));
+  if (!had_db && created) {
+    created->push_back(absl::StrCat("database ", layout.database, " (SQLite, schema version ",
+                                    store::SqliteSchemaVersion(), ")"));
+  }
+  GV_ASSIGN_OR_RETURN(std::vector<std::string> keys_made, vault.keys->Bootstrap());
+  if (created) {
+    for (std::string& k : keys_made) created->push_back(absl::StrCat(k, " in the token"));
+  }
+  GV_RETURN_IF_ERROR(AttachSealer(vault));
+  return vault;
+}
+
+absl::StatusOr<Vault> OpenEmbeddedState(const std::string& state_dir) {
+  const StateLayout layout = LayoutFor(state_dir);
+  for (const std::string* path : {&layout.softhsm_conf, &layout.user_pin_file, &layout.database}) {
+    if (!Exists(*path)) {
+      return absl::FailedPreconditionError(absl::StrCat(*path, " is missing: ", state_dir,
+                                                        " is not an initialised state directory"));
+    }
+  }
+  GV_RETURN_IF_ERROR(hsm::PrepareSoftHsm(layout.hsm_dir).status());
+  GV_ASSIGN_OR_RETURN(Vault vault, OpenLayout(layout));
+  GV_RETURN_IF_ERROR(AttachSealer(vault));
+  return vault;
+}
+
+}  // namespace grantvault::daemon

@@ -1,0 +1,63 @@
+// The embedded default deployment: a SoftHSM2 token and a SQLite database in
+// one state directory, created on first start.
+//
+//   <state>/                 0700
+//     hsm/                   0700  SoftHSM2 configuration and token store
+//       softhsm2.conf
+//       tokens/
+//       so.pin               0600  security-officer PIN (only for token admin)
+//       user.pin             0600  the PIN grantvault logs in with
+//     grantvault.db          0600  SQLite (WAL): grants, sealed secrets, keys
+#ifndef GRANTVAULT_DAEMON_EMBEDDED_STATE_H_
+#define GRANTVAULT_DAEMON_EMBEDDED_STATE_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "hsm/envelope_sealer.h"
+#include "hsm/token.h"
+#include "keys/key_manager.h"
+#include "store/grant_store.h"
+
+namespace grantvault::daemon {
+
+inline constexpr char kEmbeddedTokenLabel[] = "grantvault";
+
+struct StateLayout {
+  std::string dir;
+  std::string hsm_dir;
+  std::string softhsm_conf;
+  std::string so_pin_file;
+  std::string user_pin_file;
+  std::string database;
+};
+StateLayout LayoutFor(const std::string& state_dir);
+
+// Everything a process needs to seal, open and manage keys, opened on one
+// state directory. Members are destroyed in reverse order of declaration.
+struct Vault {
+  StateLayout layout;
+  std::unique_ptr<hsm::Token> token;
+  std::unique_ptr<store::GrantStore> store;
+  std::unique_ptr<keys::KeyManager> keys;
+  std::unique_ptr<hsm::EnvelopeSealer> sealer;
+};
+
+// Creates whatever is missing of the embedded state under `state_dir` (the
+// directory, the SoftHSM2 configuration, the token with generated PINs stored
+// in 0600 files, the database, KEK 1 and the audit signing key), then opens it.
+// Idempotent: on an existing state it creates nothing. `created` (optional)
+// receives one line per thing created. PIN files are written before the token
+// is initialised, so a crash in between never loses a PIN.
+absl::StatusOr<Vault> InitEmbeddedState(const std::string& state_dir,
+                                        std::vector<std::string>* created = nullptr);
+
+// Opens an existing embedded state; FailedPrecondition naming what is missing
+// when it was never initialised.
+absl::StatusOr<Vault> OpenEmbeddedState(const std::string& state_dir);
+
+}  // namespace grantvault::daemon
+
+#endif  // GRANTVAULT_DAEMON_EMBEDDED_STATE_H_

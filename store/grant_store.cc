@@ -1,0 +1,50 @@
+#include "store/grant_store.h"
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "common/strings.h"
+
+namespace grantvault::store {
+
+std::string_view GrantStatusName(GrantStatus status) {
+  switch (status) {
+    case GrantStatus::kActive:
+      return "active";
+    case GrantStatus::kReauthRequired:
+      return "reauth_required";
+    case GrantStatus::kRevoked:
+      return "revoked";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<GrantStatus> ParseGrantStatus(std::string_view name) {
+  if (name == "active") return GrantStatus::kActive;
+  if (name == "reauth_required") return GrantStatus::kReauthRequired;
+  if (name == "revoked") return GrantStatus::kRevoked;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown grant status \"", absl::CHexEscape(Sv(name)),
+                   "\" (expected active, reauth_required or revoked)"));
+}
+
+std::string_view KeyStateName(KeyState state) {
+  switch (state) {
+    case KeyState::kActive:
+      return "active";
+    case KeyState::kInactive:
+      return "inactive";
+    case KeyState::kRetired:
+      return "retired";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<KeyState> ParseKeyState(std::string_view name) {
+  if (name == "active") return KeyState::kActive;
+  if (name == "inactive") return KeyState::kInactive;
+  if (name == "retired") return KeyState::kRetired;
+  return absl::InvalidArgumentError(absl::StrCat("unknown key state \"", absl::CHexEscape(Sv(name)),
+                                                 "\" (expected active, inactive or retired)"));
+}
+
+}  // namespace grantvault::store

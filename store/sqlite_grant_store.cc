@@ -1,0 +1,1289 @@
+#include "store/sqlite_grant_store.h"
+#include <utility>
+
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <iterator>
+#include <limits>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/status.h"
+#include "common/strings.h"
+#include "store/grant_store.h"
+#include "store/sqlite_grant_store_internal.h"
+
+namespace grantvault::store {
+namespace {
+
+// --- schema ------------------------------------------------------------------
+//
+// Applied in order, each in its own BEGIN IMMEDIATE transaction, and recorded
+// in schema_migrations. Never edit a released migration: append a new one.
+// Times are unix microseconds.
+
+struct Migration {
+  int version;
+  const char* sql;
+};
+
+constexpr Migration kMigrations[] = {
+    {1, R"sql(
+CREATE TABLE key_versions (
+  version INTEGER PRIMARY KEY,
+  label TEXT NOT NULL UNIQUE,
+  key_id_hex TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('active', 'inactive', 'retired')),
+  created_at INTEGER NOT NULL,
+  retired_at INTEGER,
+  CHECK ((state = 'retired') = (retired_at IS NOT NULL))
+) STRICT;
+
+CREATE UNIQUE INDEX key_versions_one_active ON key_versions (state) WHERE state = 'active';
+
+CREATE TABLE sealed_secrets (
+  owner_id TEXT NOT NULL,
+  purpose TEXT NOT NULL,
+  workspace_id TEXT NOT NULL,
+  connector_id TEXT NOT NULL,
+  account_id TEXT NOT NULL,
+  kek_label TEXT NOT NULL REFERENCES key_versions (label),
+  record BLOB NOT NULL,
+  updated_at INTEGER NOT NULL,
+  PRIMARY KEY (owner_id, purpose)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX sealed_secrets_by_kek ON sealed_secrets (kek_label, owner_id, purpose);
+
+CREATE TRIGGER sealed_secrets_insert_refuses_retired_kek
+BEFORE INSERT ON sealed_secrets
+WHEN EXISTS (SELECT 1 FROM key_versions WHERE label = NEW.kek_label AND state = 'retired')
+BEGIN
+  SELECT RAISE(ABORT, 'sealed secrets cannot be written under a retired key version');
+END;
+
+CREATE TRIGGER sealed_secrets_update_refuses_retired_kek
+BEFORE UPDATE OF kek_label ON sealed_secrets
+WHEN EXISTS (SELECT 1 FROM key_versions WHERE label = NEW.kek_label AND state = 'retired')
+BEGIN
+  SELECT RAISE(ABORT, 'sealed secrets cannot be written under a retired key version');
+END;
+
+CREATE TRIGGER key_versions_retired_is_final
+BEFORE UPDATE OF state ON key_versions
+WHEN OLD.state = 'retired' AND NEW.state <> 'retired'
+BEGIN
+  SELECT RAISE(ABORT, 'a retired key version cannot be used again');
+END;
+
+CREATE TRIGGER key_versions_retire_only_unused
+BEFORE UPDATE OF state ON key_versions
+WHEN NEW.state = 'retired' AND EXISTS (SELECT 1 FROM sealed_secrets WHERE kek_label = NEW.label)
+BEGIN
+  SELECT RAISE(ABORT, 'a key version that still wraps sealed secrets cannot be retired');
+END;
+)sql"},
+    {2, R"sql(
+CREATE TABLE grants (
+  grant_id TEXT PRIMARY KEY NOT NULL,
+  workspace_id TEXT NOT NULL,
+  connector_id TEXT NOT NULL,
+  connector_type TEXT NOT NULL,
+  account_id TEXT NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('active', 'reauth_required', 'revoked')),
+  status_reason TEXT NOT NULL,
+  authorized_by TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  access_token_expires_at INTEGER
+) STRICT;
+
+CREATE UNIQUE INDEX grants_one_current_per_connector
+  ON grants (workspace_id, connector_id) WHERE status <> 'revoked';
+
+CREATE INDEX grants_by_workspace ON grants (workspace_id, created_at);
+
+CREATE TRIGGER grants_revoked_is_final
+BEFORE UPDATE OF status, status_reason ON grants
+WHEN OLD.status = 'revoked'
+BEGIN
+  SELECT RAISE(ABORT, 'a revoked grant cannot change status');
+END;
+
+CREATE TABLE grant_scopes (
+  grant_id TEXT NOT NULL REFERENCES grants (grant_id) ON DELETE CASCADE,
+  position INTEGER NOT NULL,
+  scope TEXT NOT NULL,
+  PRIMARY KEY (grant_id, position)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE grant_metadata (
+  grant_id TEXT NOT NULL REFERENCES grants (grant_id) ON DELETE CASCADE,
+  name TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY (grant_id, name)
+) STRICT, WITHOUT ROWID;
+)sql"},
+};
+
+constexpr int kLatestSchemaVersion = kMigrations[std::size(kMigrations) - 1].version;
+
+// --- errors ------------------------------------------------------------------
+
+absl::StatusCode CodeForSqlite(int rc) {
+  switch (rc) {
+    case SQLITE_CONSTRAINT_PRIMARYKEY:
+    case SQLITE_CONSTRAINT_UNIQUE:
+      return absl::StatusCode::kAlreadyExists;
+    case SQLITE_CONSTRAINT_FOREIGNKEY:
+    case SQLITE_CONSTRAINT_TRIGGER:
+      return absl::StatusCode::kFailedPrecondition;
+    case SQLITE_IOERR_NOMEM:
+      return absl::StatusCode::kResourceExhausted;
+    default:
+      break;
+  }
+  switch (rc & 0xff) {
+    case SQLITE_FULL:
+    case SQLITE_NOMEM:
+      return absl::StatusCode::kResourceExhausted;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_IOERR:
+    case SQLITE_CANTOPEN:
+    case SQLITE_READONLY:
+    case SQLITE_PROTOCOL:
+      return absl::StatusCode::kUnavailable;
+    case SQLITE_CONSTRAINT:  // NOT NULL, CHECK: a value the schema does not accept
+    case SQLITE_TOOBIG:
+    case SQLITE_RANGE:
+      return absl::StatusCode::kInvalidArgument;
+    default:
+      return absl::StatusCode::kInternal;
+  }
+}
+
+// SQLite's messages name tables and columns, never bound values, so sealed
+// records cannot leak through them.
+absl::Status SqliteError(sqlite3* db, int rc, std::string_view context) {
+  const char* message = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+  return absl::Status(CodeForSqlite(rc), absl::StrCat("grant store: ", Sv(context), ": ", message,
+                                                      " (sqlite code ", rc, ")"));
+}
+
+// Runs one or more statements that return no rows the caller needs.
+absl::Status Exec(sqlite3* db, const char* sql, std::string_view context) {
+  char* raw_message = nullptr;
+  int rc = sqlite3_exec(db, sql, nullptr, nullptr, &raw_message);
+  std::unique_ptr<char, decltype(&sqlite3_free)> message(raw_message, &sqlite3_free);
+  if (rc == SQLITE_OK) return absl::OkStatus();
+  return absl::Status(CodeForSqlite(rc),
+                      absl::StrCat("grant store: ", Sv(context), ": ",
+                                   message != nullptr ? message.get() : sqlite3_errstr(rc),
+                                   " (sqlite code ", rc, ")"));
+}
+
+// --- time --------------------------------------------------------------------
+
+int64_t ToMicros(absl::Time t) { return absl::ToUnixMicros(t); }  // infinities saturate
+
+absl::Time FromMicros(int64_t micros) {
+  if (micros == std::numeric_limits<int64_t>::min()) return absl::InfinitePast();
+  if (micros == std::numeric_limits<int64_t>::max()) return absl::InfiniteFuture();
+  return absl::FromUnixMicros(micros);
+}
+
+// --- handles -----------------------------------------------------------------
+
+struct DatabaseCloser {
+  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
+};
+using DatabaseHandle = std::unique_ptr<sqlite3, DatabaseCloser>;
+
+// Owns one prepared statement. Bind errors are remembered and reported by the
+// next Step(), so call sites bind without checking each call.
+class Statement {
+ public:
+  static absl::StatusOr<Statement> Prepare(sqlite3* db, std::string_view sql, std::string context) {
+    sqlite3_stmt* stmt = nullptr;
+    if (sql.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("grant store: ", Sv(context), ": SQL too long"));
+    }
+    int rc = sqlite3_prepare_v2(db, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
+    if (rc != SQLITE_OK) {
+      sqlite3_finalize(stmt);
+      return SqliteError(db, rc, context);
+    }
+    return Statement(db, stmt, std::move(context));
+  }
+
+  Statement(Statement&& other) noexcept
+      : db_(other.db_),
+        stmt_(std::exchange(other.stmt_, nullptr)),
+        context_(std::move(other.context_)),
+        bind_rc_(other.bind_rc_) {}
+  Statement& operator=(Statement&&) = delete;
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+  ~Statement() { sqlite3_finalize(stmt_); }  // a no-op on nullptr
+
+  void BindText(int index, std::string_view value) {
+    // A null pointer would bind SQL NULL, not the empty string.
+    const char* data = value.data() != nullptr ? value.data() : "";
+    Note(sqlite3_bind_text64(stmt_, index, data, static_cast<sqlite3_uint64>(value.size()),
+                             SQLITE_TRANSIENT, SQLITE_UTF8));
+  }
+  void BindInt(int index, int64_t value) { Note(sqlite3_bind_int64(stmt_, index, value)); }
+  void BindBlob(int index, const std::vector<uint8_t>& value) {
+    if (value.empty()) {
+      Note(sqlite3_bind_zeroblob(stmt_, index, 0));
+    } else {
+      Note(sqlite3_bind_blob64(stmt_, index, value.data(),
+                               static_cast<sqlite3_uint64>(value.size()), SQLITE_TRANSIENT));
+    }
+  }
+  void BindTime(int index, absl::Time value) { BindInt(index, ToMicros(value)); }
+  void BindOptionalTime(int index, const std::optional<absl::Time>& value) {
+    if (value.has_value()) {
+      BindTime(index, *value);
+    } else {
+      Note(sqlite3_bind_null(stmt_, index));
+    }
+  }
+
+  // Runs one step: true when a row is ready, false when the statement is done.
+  absl::StatusOr<bool> Step() {
+    if (bind_rc_ != SQLITE_OK) return SqliteError(db_, bind_rc_, context_);
+    int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    return SqliteError(db_, rc, context_);
+  }
+
+  // Runs a statement that returns no rows.
+  absl::Status Run() {
+    GV_ASSIGN_OR_RETURN(bool row, Step());
+    if (row)
+      return absl::InternalError(absl::StrCat("grant store: ", context_, ": unexpected row"));
+    return absl::OkStatus();
+  }
+
+  // Makes the statement ready to run again; bindings are kept until rebound.
+  void Reset() {
+    sqlite3_reset(stmt_);
+    bind_rc_ = SQLITE_OK;
+  }
+
+  bool IsNull(int column) const { return sqlite3_column_type(stmt_, column) == SQLITE_NULL; }
+  int64_t Int(int column) const { return sqlite3_column_int64(stmt_, column); }
+  std::string Text(int column) const {
+    const unsigned char* text = sqlite3_column_text(stmt_, column);
+    if (text == nullptr) return std::string();
+    return std::string(reinterpret_cast<const char*>(text),
+                       static_cast<size_t>(sqlite3_column_bytes(stmt_, column)));
+  }
+  std::vector<uint8_t> Blob(int column) const {
+    const auto* data = static_cast<const uint8_t*>(sqlite3_column_blob(stmt_, column));
+    if (data == nullptr) return {};
+    return std::vector<uint8_t>(data,
+                                data + static_cast<size_t>(sqlite3_column_bytes(stmt_, column)));
+  }
+  absl::Time Time(int column) const { return FromMicros(Int(column)); }
+  std::optional<absl::Time> OptionalTime(int column) const {
+    if (IsNull(column)) return std::nullopt;
+    return Time(column);
+  }
+
+ private:
+  Statement(sqlite3* db, sqlite3_stmt* stmt, std::string context)
+      : db_(db), stmt_(stmt), context_(std::move(context)) {}
+
+  void Note(int rc) {
+    if (rc != SQLITE_OK && bind_rc_ == SQLITE_OK) bind_rc_ = rc;
+  }
+
+  sqlite3* db_;
+  sqlite3_stmt* stmt_;
+  std::string context_;
+  int bind_rc_ = SQLITE_OK;
+};
+
+// An open transaction; rolled back unless Commit() succeeds.
+class Transaction {
+ public:
+  enum class Mode { kDeferred, kImmediate };
+
+  static absl::StatusOr<Transaction> Begin(sqlite3* db, Mode mode) {
+    GV_RETURN_IF_ERROR(Exec(db, mode == Mode::kImmediate ? "BEGIN IMMEDIATE" : "BEGIN DEFERRED",
+                            "begin transaction"));
+    return Transaction(db);
+  }
+
+  Transaction(Transaction&& other) noexcept : db_(std::exchange(other.db_, nullptr)) {}
+  Transaction& operator=(Transaction&&) = delete;
+  Transaction(const Transaction&) = delete;
+  Transaction& operator=(const Transaction&) = delete;
+  ~Transaction() {
+    // Some errors (SQLITE_FULL, SQLITE_IOERR…) already rolled the transaction
+    // back; ROLLBACK would then fail, so only issue it while one is open.
+    if (db_ != nullptr && sqlite3_get_autocommit(db_) == 0) {
+      sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    }
+  }
+
+  absl::Status Commit() {
+    GV_RETURN_IF_ERROR(Exec(db_, "COMMIT", "commit transaction"));
+    db_ = nullptr;
+    return absl::OkStatus();
+  }
+
+ private:
+  explicit Transaction(sqlite3* db) : db_(db) {}
+  sqlite3* db_;
+};
+
+size_t Changes(sqlite3* db) {
+  int changes = sqlite3_changes(db);
+  return changes > 0 ? static_cast<size_t>(changes) : 0;
+}
+
+// --- validation --------------------------------------------------------------
+
+absl::Status RequireNonEmpty(std::string_view value, std::string_view what) {
+  if (value.empty())
+    return absl::InvalidArgumentError(absl::StrCat(Sv(what), " must not be empty"));
+  return absl::OkStatus();
+}
+
+absl::Status ValidateGrant(const Grant& grant) {
+  GV_RETURN_IF_ERROR(RequireNonEmpty(grant.grant_id, "grant id"));
+  GV_RETURN_IF_ERROR(RequireNonEmpty(grant.workspace_id, "grant workspace id"));
+  GV_RETURN_IF_ERROR(RequireNonEmpty(grant.connector_id, "grant connector id"));
+  return absl::OkStatus();
+}
+
+absl::Status ValidateSecretKey(const SealedSecretKey& key) {
+  GV_RETURN_IF_ERROR(RequireNonEmpty(key.owner_id, "sealed secret owner id"));
+  GV_RETURN_IF_ERROR(RequireNonEmpty(key.purpose, "sealed secret purpose"));
+  return absl::OkStatus();
+}
+
+absl::Status ValidateSecret(const SealedSecret& secret) {
+  GV_RETURN_IF_ERROR(ValidateSecretKey(secret.key));
+  GV_RETURN_IF_ERROR(RequireNonEmpty(secret.kek_label, "sealed secret kek label"));
+  if (secret.record.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("sealed secret ", secret.key.owner_id, "/",
+                                                   secret.key.purpose, " has an empty record"));
+  }
+  return absl::OkStatus();
+}
+
+std::string SecretName(const SealedSecretKey& key) {
+  return absl::StrCat(key.owner_id, "/", key.purpose);
+}
+
+// --- rows --------------------------------------------------------------------
+
+constexpr char kGrantColumns[] =
+    "grant_id, workspace_id, connector_id, connector_type, account_id, status, status_reason, "
+    "authorized_by, created_at, updated_at, access_token_expires_at";
+
+absl::StatusOr<Grant> ReadGrantRow(const Statement& row) {
+  Grant grant;
+  grant.grant_id = row.Text(0);
+  grant.workspace_id = row.Text(1);
+  grant.connector_id = row.Text(2);
+  grant.connector_type = row.Text(3);
+  grant.account_id = row.Text(4);
+  GV_ASSIGN_OR_RETURN(grant.status, ParseGrantStatus(row.Text(5)));
+  grant.status_reason = row.Text(6);
+  grant.authorized_by = row.Text(7);
+  grant.created_at = row.Time(8);
+  grant.updated_at = row.Time(9);
+  grant.access_token_expires_at = row.OptionalTime(10);
+  return grant;
+}
+
+absl::Status LoadScopesAndMetadata(sqlite3* db, Grant& grant) {
+  GV_ASSIGN_OR_RETURN(
+      Statement scopes,
+      Statement::Prepare(db, "SELECT scope FROM grant_scopes WHERE grant_id = ? ORDER BY position",
+                         absl::StrCat("read scopes of grant ", grant.grant_id)));
+  scopes.BindText(1, grant.grant_id);
+  while (true) {
+    GV_ASSIGN_OR_RETURN(bool row, scopes.Step());
+    if (!row) break;
+    grant.scopes.push_back(scopes.Text(0));
+  }
+  GV_ASSIGN_OR_RETURN(
+      Statement metadata,
+      Statement::Prepare(db, "SELECT name, value FROM grant_metadata WHERE grant_id = ?",
+                         absl::StrCat("read metadata of grant ", grant.grant_id)));
+  metadata.BindText(1, grant.grant_id);
+  while (true) {
+    GV_ASSIGN_OR_RETURN(bool row, metadata.Step());
+    if (!row) break;
+    grant.metadata.emplace(metadata.Text(0), metadata.Text(1));
+  }
+  return absl::OkStatus();
+}
+
+// Runs a prepared SELECT of kGrantColumns and completes every grant it returns.
+absl::StatusOr<std::vector<Grant>> SelectGrants(sqlite3* db, Statement& query) {
+  std::vector<Grant> grants;
+  while (true) {
+    GV_ASSIGN_OR_RETURN(bool row, query.Step());
+    if (!row) break;
+    GV_ASSIGN_OR_RETURN(Grant grant, ReadGrantRow(query));
+    grants.push_back(std::move(grant));
+  }
+  for (Grant& grant : grants) GV_RETURN_IF_ERROR(LoadScopesAndMetadata(db, grant));
+  return grants;
+}
+
+absl::Status InsertGrantRows(sqlite3* db, const Grant& grant) {
+  std::string context = absl::StrCat("insert grant ", grant.grant_id);
+  GV_ASSIGN_OR_RETURN(Statement insert,
+                      Statement::Prepare(db,
+                                         absl::StrCat("INSERT INTO grants (", kGrantColumns,
+                                                      ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                                         context));
+  insert.BindText(1, grant.grant_id);
+  insert.BindText(2, grant.workspace_id);
+  insert.BindText(3, grant.connector_id);
+  insert.BindText(4, grant.connector_type);
+  insert.BindText(5, grant.account_id);
+  insert.BindText(6, GrantStatusName(grant.status));
+  insert.BindText(7, grant.status_reason);
+  insert.BindText(8, grant.authorized_by);
+  insert.BindTime(9, grant.created_at);
+  insert.BindTime(10, grant.updated_at);
+  insert.BindOptionalTime(11, grant.access_token_expires_at);
+  GV_RETURN_IF_ERROR(insert.Run());
+
+  GV_ASSIGN_OR_RETURN(
+      Statement scope,
+      Statement::Prepare(
+          db, "INSERT INTO grant_scopes (grant_id, position, scope) VALUES (?, ?, ?)", context));
+  int64_t position = 0;
+  for (const std::string& s : grant.scopes) {
+    scope.Reset();
+    scope.BindText(1, grant.grant_id);
+    scope.BindInt(2, position++);
+    scope.BindText(3, s);
+    GV_RETURN_IF_ERROR(scope.Run());
+  }
+
+  GV_ASSIGN_OR_RETURN(
+      Statement metadata,
+      Statement::Prepare(db, "INSERT INTO grant_metadata (grant_id, name, value) VALUES (?, ?, ?)",
+                         context));
+  for (const auto& [name, value] : grant.metadata) {
+    metadata.Reset();
+    metadata.BindText(1, grant.grant_id);
+    metadata.BindText(2, name);
+    metadata.BindText(3, value);
+    GV_RETURN_IF_ERROR(metadata.Run());
+  }
+  return absl::OkStatus();
+}
+
+constexpr char kSecretColumns[] =
+    "owner_id, purpose, workspace_id, connector_id, account_id, kek_label, record, updated_at";
+
+SealedSecret ReadSecretRow(const Statement& row) {
+  SealedSecret secret;
+  secret.key.owner_id = row.Text(0);
+  secret.key.purpose = row.Text(1);
+  secret.workspace_id = row.Text(2);
+  secret.connector_id = row.Text(3);
+  secret.account_id = row.Text(4);
+  secret.kek_label = row.Text(5);
+  secret.record = row.Blob(6);
+  secret.updated_at = row.Time(7);
+  return secret;
+}
+
+enum class OnConflict { kFail, kReplace };
+
+absl::Status WriteSecretRow(sqlite3* db, const SealedSecret& secret, OnConflict on_conflict) {
+  std::string sql = absl::StrCat("INSERT INTO sealed_secrets (", kSecretColumns,
+                                 ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+  if (on_conflict == OnConflict::kReplace) {
+    absl::StrAppend(&sql,
+                    " ON CONFLICT (owner_id, purpose) DO UPDATE SET"
+                    " workspace_id = excluded.workspace_id,"
+                    " connector_id = excluded.connector_id,"
+                    " account_id = excluded.account_id,"
+                    " kek_label = excluded.kek_label,"
+                    " record = excluded.record,"
+                    " updated_at = excluded.updated_at");
+  }
+  GV_ASSIGN_OR_RETURN(
+      Statement insert,
+      Statement::Prepare(db, sql,
+                         absl::StrCat("write sealed secret ", SecretName(secret.key), " under ",
+                                      secret.kek_label)));
+  insert.BindText(1, secret.key.owner_id);
+  insert.BindText(2, secret.key.purpose);
+  insert.BindText(3, secret.workspace_id);
+  insert.BindText(4, secret.connector_id);
+  insert.BindText(5, secret.account_id);
+  insert.BindText(6, secret.kek_label);
+  insert.BindBlob(7, secret.record);
+  insert.BindTime(8, secret.updated_at);
+  return insert.Run();
+}
+
+// Refuses, with a clear message, a KEK label that names no key version or a
+// retired one. The schema enforces the same (foreign key, triggers); this only
+// explains it better. Call inside the writing transaction.
+absl::Status CheckKekWritable(sqlite3* db, std::string_view kek_label) {
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(db, "SELECT version, state FROM key_versions WHERE label = ?",
+                         absl::StrCat("look up key version ", Sv(kek_label))));
+  query.BindText(1, kek_label);
+  GV_ASSIGN_OR_RETURN(bool row, query.Step());
+  if (!row) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no key version is labelled \"", Sv(kek_label), "\""));
+  }
+  if (query.Text(1) == KeyStateName(KeyState::kRetired)) {
+    return absl::FailedPreconditionError(absl::StrCat("key version ", query.Int(0), " (",
+                                                      Sv(kek_label),
+                                                      ") is retired; seal under the active key"));
+  }
+  return absl::OkStatus();
+}
+
+// --- the store ---------------------------------------------------------------
+
+class SqliteGrantStore final : public GrantStore {
+ public:
+  explicit SqliteGrantStore(DatabaseHandle db) : db_(std::move(db)) {}
+
+  absl::Status InsertGrant(const Grant& grant, const SealedSecret& secret,
+                           std::optional<std::string> replaces) override;
+  absl::StatusOr<Grant> GetGrant(std::string_view grant_id) override;
+  absl::StatusOr<Grant> FindCurrentGrant(std::string_view workspace_id,
+                                         std::string_view connector_id) override;
+  absl::StatusOr<std::vector<Grant>> ListGrants(std::string_view workspace_id) override;
+  absl::Status SetGrantStatus(std::string_view grant_id, GrantStatus status,
+                              std::string_view reason, absl::Time now) override;
+  absl::StatusOr<int64_t> CountGrants() override;
+
+  absl::Status PutSealedSecrets(absl::Span<const SealedSecret> secrets) override;
+  absl::StatusOr<SealedSecret> GetSealedSecret(const SealedSecretKey& key) override;
+  absl::Status DeleteSealedSecret(const SealedSecretKey& key) override;
+  absl::StatusOr<size_t> ReplaceSealedSecrets(
+      absl::Span<const SealedSecretUpdate> updates) override;
+  absl::StatusOr<std::vector<SealedSecret>> ListSealedSecretsUnder(
+      std::string_view kek_label, const std::optional<SealedSecretKey>& after,
+      size_t limit) override;
+  absl::StatusOr<std::map<std::string, int64_t>> CountSealedSecretsByKek() override;
+
+  absl::Status AddKeyVersion(const KeyVersion& key) override;
+  absl::StatusOr<std::vector<KeyVersion>> ListKeyVersions() override;
+  absl::Status ActivateKeyVersion(int version) override;
+  absl::Status RetireKeyVersion(int version, absl::Time now) override;
+
+  absl::StatusOr<std::string> ExecuteSqlForTesting(std::string_view sql);
+
+ private:
+  sqlite3* db() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return db_.get(); }
+
+  absl::Status RevokeReplacedGrant(std::string_view replaced_id, const Grant& successor)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // One connection, used by one thread at a time.
+  absl::Mutex mu_;
+  DatabaseHandle db_ ABSL_GUARDED_BY(mu_);
+};
+
+// --- grants ------------------------------------------------------------------
+
+absl::Status SqliteGrantStore::RevokeReplacedGrant(std::string_view replaced_id,
+                                                   const Grant& successor) {
+  std::string context =
+      absl::StrCat("revoke grant ", Sv(replaced_id), " replaced by ", successor.grant_id);
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(db(),
+                         "SELECT workspace_id, connector_id, status FROM grants WHERE grant_id = ?",
+                         context));
+  query.BindText(1, replaced_id);
+  GV_ASSIGN_OR_RETURN(bool row, query.Step());
+  if (!row) {
+    return absl::NotFoundError(absl::StrCat("grant ", Sv(replaced_id), " to be replaced by ",
+                                            successor.grant_id, " does not exist"));
+  }
+  if (query.Text(0) != successor.workspace_id || query.Text(1) != successor.connector_id) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "grant ", Sv(replaced_id), " belongs to workspace ", query.Text(0), " connector ",
+        query.Text(1), ", not to workspace ", successor.workspace_id, " connector ",
+        successor.connector_id, "; it cannot be replaced by ", successor.grant_id));
+  }
+  if (query.Text(2) == GrantStatusName(GrantStatus::kRevoked)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("grant ", Sv(replaced_id), " is already revoked; it cannot be replaced"));
+  }
+  GV_ASSIGN_OR_RETURN(
+      Statement update,
+      Statement::Prepare(db(),
+                         "UPDATE grants SET status = 'revoked', status_reason = ?, updated_at = ? "
+                         "WHERE grant_id = ?",
+                         context));
+  update.BindText(1, absl::StrCat("replaced by ", successor.grant_id));
+  update.BindTime(2, successor.updated_at);
+  update.BindText(3, replaced_id);
+  return update.Run();
+}
+
+absl::Status SqliteGrantStore::InsertGrant(const Grant& grant, const SealedSecret& secret,
+                                           std::optional<std::string> replaces) {
+  GV_RETURN_IF_ERROR(ValidateGrant(grant));
+  GV_RETURN_IF_ERROR(ValidateSecret(secret));
+  if (secret.key.owner_id != grant.grant_id) {
+    return absl::InvalidArgumentError(absl::StrCat("the sealed secret of grant ", grant.grant_id,
+                                                   " must be owned by it, not by ",
+                                                   secret.key.owner_id));
+  }
+  if (secret.workspace_id != grant.workspace_id || secret.connector_id != grant.connector_id ||
+      secret.account_id != grant.account_id) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the sealed secret of grant ", grant.grant_id,
+                     " is bound to a different workspace, connector or account than the grant"));
+  }
+  if (replaces.has_value() && *replaces == grant.grant_id) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("grant ", grant.grant_id, " cannot replace itself"));
+  }
+
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  if (replaces.has_value()) GV_RETURN_IF_ERROR(RevokeReplacedGrant(*replaces, grant));
+
+  // The schema enforces both uniqueness rules; checking first names the conflict.
+  GV_ASSIGN_OR_RETURN(
+      Statement conflict,
+      Statement::Prepare(db(),
+                         "SELECT grant_id, grant_id = ?1 FROM grants WHERE grant_id = ?1 OR "
+                         "(workspace_id = ?2 AND connector_id = ?3 AND status <> 'revoked' AND ?4)",
+                         absl::StrCat("insert grant ", grant.grant_id)));
+  conflict.BindText(1, grant.grant_id);
+  conflict.BindText(2, grant.workspace_id);
+  conflict.BindText(3, grant.connector_id);
+  conflict.BindInt(4, grant.status != GrantStatus::kRevoked ? 1 : 0);
+  GV_ASSIGN_OR_RETURN(bool row, conflict.Step());
+  if (row) {
+    if (conflict.Int(1) != 0) {
+      return absl::AlreadyExistsError(absl::StrCat("grant id ", grant.grant_id, " is taken"));
+    }
+    return absl::AlreadyExistsError(absl::StrCat(
+        "workspace ", grant.workspace_id, " already has current grant ", conflict.Text(0),
+        " for connector ", grant.connector_id, "; re-authorizing must replace it"));
+  }
+
+  GV_RETURN_IF_ERROR(CheckKekWritable(db(), secret.kek_label));
+  GV_RETURN_IF_ERROR(InsertGrantRows(db(), grant));
+  GV_RETURN_IF_ERROR(WriteSecretRow(db(), secret, OnConflict::kFail));
+  return txn.Commit();
+}
+
+absl::StatusOr<Grant> SqliteGrantStore::GetGrant(std::string_view grant_id) {
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kDeferred));
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(db(),
+                         absl::StrCat("SELECT ", kGrantColumns, " FROM grants WHERE grant_id = ?"),
+                         absl::StrCat("get grant ", Sv(grant_id))));
+  query.BindText(1, grant_id);
+  GV_ASSIGN_OR_RETURN(std::vector<Grant> grants, SelectGrants(db(), query));
+  GV_RETURN_IF_ERROR(txn.Commit());
+  if (grants.empty())
+    return absl::NotFoundError(absl::StrCat("grant ", Sv(grant_id), " does not exist"));
+  return std::move(grants.front());
+}
+
+absl::StatusOr<Grant> SqliteGrantStore::FindCurrentGrant(std::string_view workspace_id,
+                                                         std::string_view connector_id) {
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kDeferred));
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(db(),
+                         absl::StrCat("SELECT ", kGrantColumns,
+                                      " FROM grants WHERE workspace_id = ? AND connector_id = ? "
+                                      "AND status <> 'revoked'"),
+                         absl::StrCat("find current grant of workspace ", Sv(workspace_id),
+                                      " connector ", Sv(connector_id))));
+  query.BindText(1, workspace_id);
+  query.BindText(2, connector_id);
+  GV_ASSIGN_OR_RETURN(std::vector<Grant> grants, SelectGrants(db(), query));
+  GV_RETURN_IF_ERROR(txn.Commit());
+  if (grants.empty()) {
+    return absl::NotFoundError(absl::StrCat(
+        "workspace ", Sv(workspace_id), " has no current grant for connector ", Sv(connector_id)));
+  }
+  return std::move(grants.front());
+}
+
+absl::StatusOr<std::vector<Grant>> SqliteGrantStore::ListGrants(std::string_view workspace_id) {
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kDeferred));
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(db(),
+                         absl::StrCat("SELECT ", kGrantColumns,
+                                      " FROM grants WHERE workspace_id = ? "
+                                      "ORDER BY created_at, rowid"),
+                         absl::StrCat("list grants of workspace ", Sv(workspace_id))));
+  query.BindText(1, workspace_id);
+  GV_ASSIGN_OR_RETURN(std::vector<Grant> grants, SelectGrants(db(), query));
+  GV_RETURN_IF_ERROR(txn.Commit());
+  return grants;
+}
+
+absl::Status SqliteGrantStore::SetGrantStatus(std::string_view grant_id, GrantStatus status,
+                                              std::string_view reason, absl::Time now) {
+  std::string context = absl::StrCat("set status of grant ", Sv(grant_id));
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(db(), "SELECT status FROM grants WHERE grant_id = ?", context));
+  query.BindText(1, grant_id);
+  GV_ASSIGN_OR_RETURN(bool row, query.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("grant ", Sv(grant_id), " does not exist"));
+  if (query.Text(0) == GrantStatusName(GrantStatus::kRevoked)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("grant ", Sv(grant_id), " is revoked; a revoked grant cannot change status"));
+  }
+  GV_ASSIGN_OR_RETURN(
+      Statement update,
+      Statement::Prepare(db(),
+                         "UPDATE grants SET status = ?, status_reason = ?, updated_at = ? "
+                         "WHERE grant_id = ?",
+                         context));
+  update.BindText(1, GrantStatusName(status));
+  update.BindText(2, reason);
+  update.BindTime(3, now);
+  update.BindText(4, grant_id);
+  GV_RETURN_IF_ERROR(update.Run());
+  return txn.Commit();
+}
+
+absl::StatusOr<int64_t> SqliteGrantStore::CountGrants() {
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Statement query,
+                      Statement::Prepare(db(), "SELECT count(*) FROM grants", "count grants"));
+  GV_ASSIGN_OR_RETURN(bool row, query.Step());
+  if (!row) return absl::InternalError("grant store: count grants: no row");
+  return query.Int(0);
+}
+
+// --- sealed secrets ----------------------------------------------------------
+
+absl::Status SqliteGrantStore::PutSealedSecrets(absl::Span<const SealedSecret> secrets) {
+  for (const SealedSecret& secret : secrets) GV_RETURN_IF_ERROR(ValidateSecret(secret));
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  std::string checked_label;
+  for (const SealedSecret& secret : secrets) {
+    if (secret.kek_label != checked_label) {
+      GV_RETURN_IF_ERROR(CheckKekWritable(db(), secret.kek_label));
+      checked_label = secret.kek_label;
+    }
+    GV_RETURN_IF_ERROR(WriteSecretRow(db(), secret, OnConflict::kReplace));
+  }
+  return txn.Commit();
+}
+
+absl::StatusOr<SealedSecret> SqliteGrantStore::GetSealedSecret(const SealedSecretKey& key) {
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(db(),
+                         absl::StrCat("SELECT ", kSecretColumns,
+                                      " FROM sealed_secrets WHERE owner_id = ? AND purpose = ?"),
+                         absl::StrCat("get sealed secret ", SecretName(key))));
+  query.BindText(1, key.owner_id);
+  query.BindText(2, key.purpose);
+  GV_ASSIGN_OR_RETURN(bool row, query.Step());
+  if (!row) {
+    return absl::NotFoundError(absl::StrCat("sealed secret ", SecretName(key), " does not exist"));
+  }
+  return ReadSecretRow(query);
+}
+
+absl::Status SqliteGrantStore::DeleteSealedSecret(const SealedSecretKey& key) {
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(
+      Statement remove,
+      Statement::Prepare(db(), "DELETE FROM sealed_secrets WHERE owner_id = ? AND purpose = ?",
+                         absl::StrCat("delete sealed secret ", SecretName(key))));
+  remove.BindText(1, key.owner_id);
+  remove.BindText(2, key.purpose);
+  GV_RETURN_IF_ERROR(remove.Run());
+  if (Changes(db()) == 0) {
+    return absl::NotFoundError(absl::StrCat("sealed secret ", SecretName(key), " does not exist"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<size_t> SqliteGrantStore::ReplaceSealedSecrets(
+    absl::Span<const SealedSecretUpdate> updates) {
+  for (const SealedSecretUpdate& update : updates) {
+    GV_RETURN_IF_ERROR(ValidateSecretKey(update.key));
+    GV_RETURN_IF_ERROR(RequireNonEmpty(update.new_kek_label, "new kek label"));
+    if (update.new_record.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the new record for sealed secret ", SecretName(update.key), " is empty"));
+    }
+  }
+  if (updates.empty()) return size_t{0};
+  // The interface carries no time for a rewrap; it happens now.
+  const absl::Time now = absl::Now();
+
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  std::set<std::string_view> checked_labels;
+  for (const SealedSecretUpdate& update : updates) {
+    if (checked_labels.insert(update.new_kek_label).second) {
+      GV_RETURN_IF_ERROR(CheckKekWritable(db(), update.new_kek_label));
+    }
+  }
+  GV_ASSIGN_OR_RETURN(
+      Statement replace,
+      Statement::Prepare(db(),
+                         "UPDATE sealed_secrets SET kek_label = ?, record = ?, updated_at = ? "
+                         "WHERE owner_id = ? AND purpose = ? AND record = ?",
+                         "replace sealed secrets"));
+  size_t applied = 0;
+  for (const SealedSecretUpdate& update : updates) {
+    replace.Reset();
+    replace.BindText(1, update.new_kek_label);
+    replace.BindBlob(2, update.new_record);
+    replace.BindTime(3, now);
+    replace.BindText(4, update.key.owner_id);
+    replace.BindText(5, update.key.purpose);
+    replace.BindBlob(6, update.expected_record);
+    GV_RETURN_IF_ERROR(replace.Run());
+    applied += Changes(db());
+  }
+  GV_RETURN_IF_ERROR(txn.Commit());
+  return applied;
+}
+
+absl::StatusOr<std::vector<SealedSecret>> SqliteGrantStore::ListSealedSecretsUnder(
+    std::string_view kek_label, const std::optional<SealedSecretKey>& after, size_t limit) {
+  std::vector<SealedSecret> secrets;
+  if (limit == 0) return secrets;
+  const auto sql_limit = static_cast<int64_t>(
+      std::min<uint64_t>(limit, static_cast<uint64_t>(std::numeric_limits<int64_t>::max())));
+
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(
+          db(),
+          absl::StrCat("SELECT ", kSecretColumns, " FROM sealed_secrets WHERE kek_label = ?1",
+                       after.has_value() ? " AND (owner_id, purpose) > (?2, ?3)" : "",
+                       " ORDER BY owner_id, purpose LIMIT ?4"),
+          absl::StrCat("list sealed secrets under ", Sv(kek_label))));
+  query.BindText(1, kek_label);
+  if (after.has_value()) {
+    query.BindText(2, after->owner_id);
+    query.BindText(3, after->purpose);
+  }
+  query.BindInt(4, sql_limit);
+  while (true) {
+    GV_ASSIGN_OR_RETURN(bool row, query.Step());
+    if (!row) break;
+    secrets.push_back(ReadSecretRow(query));
+  }
+  return secrets;
+}
+
+absl::StatusOr<std::map<std::string, int64_t>> SqliteGrantStore::CountSealedSecretsByKek() {
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(db(), "SELECT kek_label, count(*) FROM sealed_secrets GROUP BY kek_label",
+                         "count sealed secrets by kek"));
+  std::map<std::string, int64_t> counts;
+  while (true) {
+    GV_ASSIGN_OR_RETURN(bool row, query.Step());
+    if (!row) break;
+    counts.emplace(query.Text(0), query.Int(1));
+  }
+  return counts;
+}
+
+// --- key versions ------------------------------------------------------------
+
+absl::Status SqliteGrantStore::AddKeyVersion(const KeyVersion& key) {
+  GV_RETURN_IF_ERROR(RequireNonEmpty(key.label, "key version label"));
+  GV_RETURN_IF_ERROR(RequireNonEmpty(key.key_id_hex, "key version key id"));
+  if ((key.state == KeyState::kRetired) != key.retired_at.has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key version ", key.version, ": retired_at must be set exactly when the key is retired"));
+  }
+  std::string context = absl::StrCat("add key version ", key.version, " (", key.label, ")");
+
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  GV_ASSIGN_OR_RETURN(Statement conflict,
+                      Statement::Prepare(db(),
+                                         "SELECT version, label, state FROM key_versions "
+                                         "WHERE version = ? OR label = ? OR state = 'active'",
+                                         context));
+  conflict.BindInt(1, key.version);
+  conflict.BindText(2, key.label);
+  while (true) {
+    GV_ASSIGN_OR_RETURN(bool row, conflict.Step());
+    if (!row) break;
+    if (conflict.Int(0) == key.version) {
+      return absl::AlreadyExistsError(absl::StrCat("key version ", key.version, " already exists"));
+    }
+    if (conflict.Text(1) == key.label) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "key version label ", key.label, " is already used by version ", conflict.Int(0)));
+    }
+    if (key.state == KeyState::kActive) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("key version ", conflict.Int(0), " is active; add version ", key.version,
+                       " inactive and activate it with ActivateKeyVersion"));
+    }
+  }
+  GV_ASSIGN_OR_RETURN(Statement insert,
+                      Statement::Prepare(db(),
+                                         "INSERT INTO key_versions (version, label, key_id_hex, "
+                                         "state, created_at, retired_at) VALUES (?, ?, ?, ?, ?, ?)",
+                                         context));
+  insert.BindInt(1, key.version);
+  insert.BindText(2, key.label);
+  insert.BindText(3, key.key_id_hex);
+  insert.BindText(4, KeyStateName(key.state));
+  insert.BindTime(5, key.created_at);
+  insert.BindOptionalTime(6, key.retired_at);
+  GV_RETURN_IF_ERROR(insert.Run());
+  return txn.Commit();
+}
+
+absl::StatusOr<std::vector<KeyVersion>> SqliteGrantStore::ListKeyVersions() {
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(db(),
+                         "SELECT version, label, key_id_hex, state, created_at, retired_at "
+                         "FROM key_versions ORDER BY version",
+                         "list key versions"));
+  std::vector<KeyVersion> keys;
+  while (true) {
+    GV_ASSIGN_OR_RETURN(bool row, query.Step());
+    if (!row) break;
+    KeyVersion key;
+    const int64_t version = query.Int(0);
+    if (version < std::numeric_limits<int>::min() || version > std::numeric_limits<int>::max()) {
+      return absl::InternalError(
+          absl::StrCat("grant store: key version ", version, " is out of range"));
+    }
+    key.version = static_cast<int>(version);
+    key.label = query.Text(1);
+    key.key_id_hex = query.Text(2);
+    GV_ASSIGN_OR_RETURN(key.state, ParseKeyState(query.Text(3)));
+    key.created_at = query.Time(4);
+    key.retired_at = query.OptionalTime(5);
+    keys.push_back(std::move(key));
+  }
+  return keys;
+}
+
+absl::Status SqliteGrantStore::ActivateKeyVersion(int version) {
+  std::string context = absl::StrCat("activate key version ", version);
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(db(), "SELECT state FROM key_versions WHERE version = ?", context));
+  query.BindInt(1, version);
+  GV_ASSIGN_OR_RETURN(bool row, query.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("key version ", version, " does not exist"));
+  GV_ASSIGN_OR_RETURN(KeyState state, ParseKeyState(query.Text(0)));
+  if (state == KeyState::kRetired) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("key version ", version, " is retired and cannot be activated"));
+  }
+  if (state == KeyState::kActive) return txn.Commit();
+  // Deactivate first: the partial unique index allows one active row at a time.
+  GV_RETURN_IF_ERROR(
+      Exec(db(), "UPDATE key_versions SET state = 'inactive' WHERE state = 'active'", context));
+  GV_ASSIGN_OR_RETURN(
+      Statement update,
+      Statement::Prepare(db(), "UPDATE key_versions SET state = 'active' WHERE version = ?",
+                         context));
+  update.BindInt(1, version);
+  GV_RETURN_IF_ERROR(update.Run());
+  return txn.Commit();
+}
+
+absl::Status SqliteGrantStore::RetireKeyVersion(int version, absl::Time now) {
+  std::string context = absl::StrCat("retire key version ", version);
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(db(),
+                         "SELECT state, (SELECT count(*) FROM sealed_secrets s "
+                         "WHERE s.kek_label = k.label) FROM key_versions k WHERE version = ?",
+                         context));
+  query.BindInt(1, version);
+  GV_ASSIGN_OR_RETURN(bool row, query.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("key version ", version, " does not exist"));
+  GV_ASSIGN_OR_RETURN(KeyState state, ParseKeyState(query.Text(0)));
+  const int64_t wrapped = query.Int(1);
+  if (state == KeyState::kRetired) return txn.Commit();  // already done
+  if (state == KeyState::kActive) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "key version ", version, " is the active key; activate another version first"));
+  }
+  if (wrapped != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "key version ", version, " still wraps ", wrapped, " sealed secrets; run rewrap first"));
+  }
+  GV_ASSIGN_OR_RETURN(
+      Statement update,
+      Statement::Prepare(db(),
+                         "UPDATE key_versions SET state = 'retired', retired_at = ? "
+                         "WHERE version = ?",
+                         context));
+  update.BindTime(1, now);
+  update.BindInt(2, version);
+  GV_RETURN_IF_ERROR(update.Run());
+  return txn.Commit();
+}
+
+absl::StatusOr<std::string> SqliteGrantStore::ExecuteSqlForTesting(std::string_view sql) {
+  const std::string text(sql);
+  std::optional<std::string> first;
+  auto callback = [](void* out, int columns, char** values, char**) -> int {
+    auto* result = static_cast<std::optional<std::string>*>(out);
+    if (!result->has_value()) {
+      *result = (columns > 0 && values[0] != nullptr) ? std::string(values[0]) : std::string();
+    }
+    return 0;
+  };
+  absl::MutexLock lock(&mu_);
+  char* raw_message = nullptr;
+  int rc = sqlite3_exec(db(), text.c_str(), callback, &first, &raw_message);
+  std::unique_ptr<char, decltype(&sqlite3_free)> message(raw_message, &sqlite3_free);
+  if (rc != SQLITE_OK) {
+    return absl::Status(CodeForSqlite(rc),
+                        absl::StrCat("grant store: execute SQL for testing: ",
+                                     message != nullptr ? message.get() : sqlite3_errstr(rc),
+                                     " (sqlite code ", rc, ")"));
+  }
+  return first.value_or(std::string());
+}
+
+// --- opening -----------------------------------------------------------------
+
+// Creates the file with mode 0600 (whatever the umask) so that SQLite, which
+// would create it with 0644, never does; refuses an existing file that is not
+// a private regular file of ours. SQLite gives the -wal and -shm files the
+// database file's mode.
+absl::Status CreatePrivateFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    int err = errno;
+    if (err == ELOOP) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("database ", path, " is a symbolic link; refusing to follow it"));
+    }
+    return absl::ErrnoToStatus(err, absl::StrCat("cannot open database ", path));
+  }
+  struct stat st;
+  int stat_rc = ::fstat(fd, &st);
+  int stat_err = errno;
+  ::close(fd);
+  if (stat_rc != 0) return absl::ErrnoToStatus(stat_err, absl::StrCat("cannot stat ", path));
+  if (!S_ISREG(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat("database ", path, " is not a regular file"));
+  }
+  if (st.st_uid != ::geteuid()) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("database ", path, " is owned by uid ", st.st_uid, ", not by this user"));
+  }
+  if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+    return absl::PermissionDeniedError(
+        absl::StrFormat("database %s is accessible to other users (mode %04o); run: chmod 600 %s",
+                        path, st.st_mode & 07777, path));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> QueryText(sqlite3* db, const char* sql, std::string_view context) {
+  GV_ASSIGN_OR_RETURN(Statement query, Statement::Prepare(db, sql, std::string(context)));
+  GV_ASSIGN_OR_RETURN(bool row, query.Step());
+  if (!row) return absl::InternalError(absl::StrCat("grant store: ", Sv(context), ": no row"));
+  return query.Text(0);
+}
+
+absl::Status Configure(sqlite3* db, const std::string& path, const SqliteOptions& options) {
+  int rc = sqlite3_extended_result_codes(db, 1);
+  if (rc != SQLITE_OK) return SqliteError(db, rc, "enable extended result codes");
+  rc = sqlite3_busy_timeout(db, options.busy_timeout_ms);
+  if (rc != SQLITE_OK) return SqliteError(db, rc, "set busy timeout");
+  // No writable_schema, no direct writes to internal tables; the schema's
+  // triggers may not call application functions.
+  rc = sqlite3_db_config(db, SQLITE_DBCONFIG_DEFENSIVE, 1, static_cast<int*>(nullptr));
+  if (rc != SQLITE_OK) return SqliteError(db, rc, "enable defensive mode");
+  rc = sqlite3_db_config(db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, static_cast<int*>(nullptr));
+  if (rc != SQLITE_OK) return SqliteError(db, rc, "distrust the schema");
+
+  GV_ASSIGN_OR_RETURN(std::string journal_mode,
+                      QueryText(db, "PRAGMA journal_mode = WAL", "set journal_mode"));
+  if (journal_mode != "wal") {
+    return absl::FailedPreconditionError(
+        absl::StrCat("database ", path, " cannot use write-ahead logging (journal_mode is ",
+                     journal_mode, "); is it on a network file system?"));
+  }
+  GV_RETURN_IF_ERROR(Exec(db, "PRAGMA synchronous = FULL", "set synchronous"));
+  GV_RETURN_IF_ERROR(Exec(db, "PRAGMA foreign_keys = ON", "enable foreign keys"));
+  GV_ASSIGN_OR_RETURN(std::string synchronous, QueryText(db, "PRAGMA synchronous", "synchronous"));
+  GV_ASSIGN_OR_RETURN(std::string foreign_keys,
+                      QueryText(db, "PRAGMA foreign_keys", "foreign_keys"));
+  if (synchronous != "2" || foreign_keys != "1") {
+    return absl::InternalError(absl::StrCat(
+        "grant store: ", path, ": SQLite refused synchronous=FULL or foreign_keys=ON"));
+  }
+  return absl::OkStatus();
+}
+
+struct AppliedMigrations {
+  int64_t newest = 0;
+  int64_t count = 0;
+};
+
+absl::StatusOr<AppliedMigrations> ReadAppliedMigrations(sqlite3* db) {
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(db, "SELECT coalesce(max(version), 0), count(*) FROM schema_migrations",
+                         "read schema_migrations"));
+  GV_ASSIGN_OR_RETURN(bool row, query.Step());
+  if (!row) return absl::InternalError("grant store: read schema_migrations: no row");
+  return AppliedMigrations{query.Int(0), query.Int(1)};
+}
+
+absl::Status CheckAppliedMigrations(const AppliedMigrations& applied, const std::string& path) {
+  if (applied.newest > kLatestSchemaVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "database ", path, " has schema version ", applied.newest, ", newer than version ",
+        kLatestSchemaVersion,
+        " that this build of grantvault knows; run a newer grantvault (or restore a backup "
+        "taken before the upgrade)"));
+  }
+  if (applied.count != applied.newest) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("database ", path, " records ", applied.count,
+                     " schema migrations but its newest is version ", applied.newest,
+                     "; the schema history is inconsistent"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Migrate(sqlite3* db, const std::string& path) {
+  GV_RETURN_IF_ERROR(Exec(db,
+                          "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                          "version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL) STRICT",
+                          "create schema_migrations"));
+  GV_ASSIGN_OR_RETURN(AppliedMigrations applied, ReadAppliedMigrations(db));
+  GV_RETURN_IF_ERROR(CheckAppliedMigrations(applied, path));
+  for (const Migration& migration : kMigrations) {
+    if (migration.version <= applied.newest) continue;
+    GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Mode::kImmediate));
+    // Another process may have migrated the file since we looked.
+    GV_ASSIGN_OR_RETURN(applied, ReadAppliedMigrations(db));
+    GV_RETURN_IF_ERROR(CheckAppliedMigrations(applied, path));
+    if (migration.version <= applied.newest) continue;
+    std::string context = absl::StrCat("apply schema migration ", migration.version);
+    GV_RETURN_IF_ERROR(Exec(db, migration.sql, context));
+    GV_ASSIGN_OR_RETURN(
+        Statement record,
+        Statement::Prepare(db, "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                           context));
+    record.BindInt(1, migration.version);
+    record.BindTime(2, absl::Now());
+    GV_RETURN_IF_ERROR(record.Run());
+    GV_RETURN_IF_ERROR(txn.Commit());
+    applied.newest = migration.version;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<GrantStore>> OpenSqliteGrantStore(const std::string& path,
+                                                                 const SqliteOptions& options) {
+  if (path.empty()) return absl::InvalidArgumentError("database path must not be empty");
+  if (path.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError("database path must not contain a NUL character");
+  }
+  if (options.busy_timeout_ms < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("busy_timeout_ms must not be negative (got ", options.busy_timeout_ms, ")"));
+  }
+  GV_RETURN_IF_ERROR(CreatePrivateFile(path));
+
+  sqlite3* raw = nullptr;
+  // No SQLITE_OPEN_CREATE: CreatePrivateFile made the file. NOMUTEX: the
+  // store's own mutex serialises every use of the connection.
+  int rc = sqlite3_open_v2(
+      path.c_str(), &raw,
+      SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
+      nullptr);
+  DatabaseHandle db(raw);
+  if (rc != SQLITE_OK) return SqliteError(db.get(), rc, absl::StrCat("open ", path));
+  GV_RETURN_IF_ERROR(Configure(db.get(), path, options));
+  GV_RETURN_IF_ERROR(Migrate(db.get(), path));
+  return std::make_unique<SqliteGrantStore>(std::move(db));
+}
+
+int SqliteSchemaVersion() { return kLatestSchemaVersion; }
+
+namespace internal {
+
+absl::StatusOr<std::string> ExecuteSqlForTesting(GrantStore& store, std::string_view sql) {
+  auto* sqlite_store = dynamic_cast<SqliteGrantStore*>(&store);
+  if (sqlite_store == nullptr) {
+    return absl::InvalidArgumentError("not a store opened by OpenSqliteGrantStore()");
+  }
+  return sqlite_store->ExecuteSqlForTesting(sql);
+}
+
+}  // namespace internal
+}  // namespace grantvault::store

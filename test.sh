@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds grantvault twice (optimised, and with
+# AddressSanitizer + UndefinedBehaviorSanitizer), checks formatting, and runs
+# every test in both builds. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+scripts/install-deps.sh
+
+jobs=$(nproc)
+echo "== format check"
+git ls-files '*.h' '*.cc' | xargs -r clang-format --dry-run --Werror
+
+echo "== build (RelWithDebInfo)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$jobs"
+
+echo "== build (ASan + UBSan)"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DGRANTVAULT_SANITIZE=ON \
+  -DGRANTVAULT_BUILD_BENCH=OFF >/dev/null
+cmake --build build-asan -j"$jobs"
+
+export TEST_TMPDIR="${TMPDIR:-/tmp}"
+status=0
+echo "== tests (RelWithDebInfo)"
+(cd build && ctest --output-on-failure -j2) || status=1
+echo "== tests (ASan + UBSan)"
+(cd build-asan &&
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  LSAN_OPTIONS=suppressions="$PWD/../tests/lsan.supp" \
+  ctest --output-on-failure -j2) || status=1
+
+if [ $status -ne 0 ]; then
+  echo "test.sh: FAILED" >&2
+else
+  echo "test.sh: all tests passed in both builds"
+fi
+exit $status

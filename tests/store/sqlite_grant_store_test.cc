@@ -1,0 +1,785 @@
+#include "store/sqlite_grant_store.h"
+
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "store/grant_store.h"
+#include "store/sqlite_grant_store_internal.h"
+
+namespace grantvault::store {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::Pair;
+using ::testing::UnorderedElementsAre;
+
+// A time with whole microseconds, as the store keeps them.
+absl::Time At(int64_t seconds) { return absl::FromUnixSeconds(1'700'000'000 + seconds); }
+
+std::vector<uint8_t> Record(std::string_view text) {
+  return std::vector<uint8_t>(text.begin(), text.end());
+}
+
+// A second, independent connection to the database file, to look at what the
+// store wrote the way another process would.
+struct RawCloser {
+  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
+};
+using RawDb = std::unique_ptr<sqlite3, RawCloser>;
+
+RawDb OpenRaw(const std::string& path) {
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr);
+  RawDb owner(db);
+  EXPECT_EQ(rc, SQLITE_OK) << sqlite3_errstr(rc);
+  sqlite3_busy_timeout(db, 5000);
+  return owner;
+}
+
+int RawExec(sqlite3* db, const std::string& sql) {
+  return sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr);
+}
+
+std::vector<std::vector<std::string>> RawQuery(sqlite3* db, const std::string& sql) {
+  std::vector<std::vector<std::string>> rows;
+  sqlite3_stmt* raw = nullptr;
+  int rc = sqlite3_prepare_v2(db, sql.c_str(), -1, &raw, nullptr);
+  std::unique_ptr<sqlite3_stmt, decltype(&sqlite3_finalize)> stmt(raw, &sqlite3_finalize);
+  EXPECT_EQ(rc, SQLITE_OK) << sqlite3_errmsg(db);
+  if (rc != SQLITE_OK) return rows;
+  while (sqlite3_step(stmt.get()) == SQLITE_ROW) {
+    std::vector<std::string> row;
+    for (int i = 0; i < sqlite3_column_count(stmt.get()); ++i) {
+      const unsigned char* text = sqlite3_column_text(stmt.get(), i);
+      row.emplace_back(text != nullptr ? reinterpret_cast<const char*>(text) : "NULL");
+    }
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+class SqliteGrantStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = testing::TempDir() + "/grant_store_test.XXXXXX";
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+    dir_ = pattern;
+    path_ = dir_ + "/grants.db";
+  }
+
+  void TearDown() override {
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+
+  std::unique_ptr<GrantStore> Open(const SqliteOptions& options = {}) {
+    absl::StatusOr<std::unique_ptr<GrantStore>> store = OpenSqliteGrantStore(path_, options);
+    EXPECT_TRUE(store.ok()) << store.status();
+    return store.ok() ? *std::move(store) : nullptr;
+  }
+
+  // A store with key versions 1 (active) and 2 (inactive).
+  std::unique_ptr<GrantStore> OpenWithKeys() {
+    std::unique_ptr<GrantStore> store = Open();
+    if (store == nullptr) return nullptr;
+    EXPECT_TRUE(store->AddKeyVersion(Key(1, KeyState::kActive)).ok());
+    EXPECT_TRUE(store->AddKeyVersion(Key(2, KeyState::kInactive)).ok());
+    return store;
+  }
+
+  static KeyVersion Key(int version, KeyState state) {
+    KeyVersion key;
+    key.version = version;
+    key.label = Label(version);
+    key.key_id_hex = absl::StrCat("0a0b0c", version);
+    key.state = state;
+    key.created_at = At(version);
+    return key;
+  }
+
+  static std::string Label(int version) { return absl::StrCat("grantvault-kek-", version); }
+
+  static Grant MakeGrant(std::string id, std::string workspace, std::string connector,
+                         absl::Time created = At(100)) {
+    Grant grant;
+    grant.grant_id = std::move(id);
+    grant.workspace_id = std::move(workspace);
+    grant.connector_id = std::move(connector);
+    grant.connector_type = "google";
+    grant.account_id = "acct-" + grant.grant_id;
+    grant.scopes = {"openid", "https://www.googleapis.com/auth/gmail.readonly", "email"};
+    grant.authorized_by = "admin@example.com";
+    grant.created_at = created;
+    grant.updated_at = created;
+    grant.access_token_expires_at = created + absl::Hours(1);
+    grant.metadata = {{"tenant", "example.com"}, {"instance_url", "https://example.test"}};
+    return grant;
+  }
+
+  static SealedSecret SecretFor(const Grant& grant, int kek = 1,
+                                std::string_view record = "sealed-refresh") {
+    SealedSecret secret;
+    secret.key = {grant.grant_id, "refresh_token"};
+    secret.workspace_id = grant.workspace_id;
+    secret.connector_id = grant.connector_id;
+    secret.account_id = grant.account_id;
+    secret.kek_label = Label(kek);
+    secret.record = Record(record);
+    secret.updated_at = grant.updated_at;
+    return secret;
+  }
+
+  static SealedSecret Secret(std::string owner, std::string purpose, int kek,
+                             std::string_view record) {
+    SealedSecret secret;
+    secret.key = {std::move(owner), std::move(purpose)};
+    secret.workspace_id = "ws1";
+    secret.connector_id = "google_workspace";
+    secret.account_id = "acct";
+    secret.kek_label = Label(kek);
+    secret.record = Record(record);
+    secret.updated_at = At(7);
+    return secret;
+  }
+
+  std::string dir_;
+  std::string path_;
+};
+
+// --- opening and migrations --------------------------------------------------
+
+TEST_F(SqliteGrantStoreTest, MigratesEmptyFileWithDurableSettingsAndPrivateMode) {
+  mode_t old_umask = ::umask(0);  // the store must not rely on the umask
+  std::unique_ptr<GrantStore> store = Open();
+  ::umask(old_umask);
+  ASSERT_NE(store, nullptr);
+
+  struct stat st;
+  ASSERT_EQ(::stat(path_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600);
+  // Write something so the write-ahead log exists, then check it is private too.
+  ASSERT_TRUE(store->AddKeyVersion(Key(1, KeyState::kActive)).ok());
+  ASSERT_EQ(::stat((path_ + "-wal").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600);
+
+  // synchronous and foreign_keys are per connection: ask the store's own.
+  EXPECT_EQ(*internal::ExecuteSqlForTesting(*store, "PRAGMA journal_mode"), "wal");
+  EXPECT_EQ(*internal::ExecuteSqlForTesting(*store, "PRAGMA synchronous"), "2");
+  EXPECT_EQ(*internal::ExecuteSqlForTesting(*store, "PRAGMA foreign_keys"), "1");
+
+  RawDb raw = OpenRaw(path_);
+  std::vector<std::vector<std::string>> versions =
+      RawQuery(raw.get(), "SELECT version FROM schema_migrations ORDER BY version");
+  ASSERT_EQ(versions.size(), static_cast<size_t>(SqliteSchemaVersion()));
+  for (int v = 1; v <= SqliteSchemaVersion(); ++v) {
+    EXPECT_EQ(versions[static_cast<size_t>(v - 1)][0], std::to_string(v));
+  }
+  EXPECT_EQ(RawQuery(raw.get(), "PRAGMA journal_mode")[0][0], "wal");  // persistent
+  std::vector<std::vector<std::string>> tables =
+      RawQuery(raw.get(), "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name");
+  std::vector<std::string> names;
+  for (const auto& row : tables) names.push_back(row[0]);
+  EXPECT_THAT(names, ElementsAre("grant_metadata", "grant_scopes", "grants", "key_versions",
+                                 "schema_migrations", "sealed_secrets"));
+}
+
+TEST_F(SqliteGrantStoreTest, ReopeningKeepsDataAndAppliesNothingTwice) {
+  Grant grant = MakeGrant("gr_1", "ws1", "google_workspace");
+  std::vector<std::vector<std::string>> migrations_before;
+  {
+    std::unique_ptr<GrantStore> store = OpenWithKeys();
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(store->InsertGrant(grant, SecretFor(grant)).ok());
+    RawDb raw = OpenRaw(path_);
+    migrations_before = RawQuery(raw.get(), "SELECT * FROM schema_migrations ORDER BY version");
+  }
+  std::unique_ptr<GrantStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(*store->GetGrant("gr_1"), grant);
+  EXPECT_EQ(*store->GetSealedSecret({"gr_1", "refresh_token"}), SecretFor(grant));
+  EXPECT_EQ(store->ListKeyVersions()->size(), 2u);
+  RawDb raw = OpenRaw(path_);
+  EXPECT_EQ(RawQuery(raw.get(), "SELECT * FROM schema_migrations ORDER BY version"),
+            migrations_before);
+}
+
+TEST_F(SqliteGrantStoreTest, RefusesDatabaseFromNewerBuild) {
+  ASSERT_NE(Open(), nullptr);
+  {
+    RawDb raw = OpenRaw(path_);
+    ASSERT_EQ(RawExec(raw.get(), absl::StrCat("INSERT INTO schema_migrations VALUES (",
+                                              SqliteSchemaVersion() + 1, ", 0)")),
+              SQLITE_OK);
+  }
+  absl::StatusOr<std::unique_ptr<GrantStore>> store = OpenSqliteGrantStore(path_);
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(store.status().message(),
+              HasSubstr(absl::StrCat("has schema version ", SqliteSchemaVersion() + 1,
+                                     ", newer than version ", SqliteSchemaVersion())));
+}
+
+TEST_F(SqliteGrantStoreTest, RefusesFileOthersCanRead) {
+  { std::ofstream(path_) << ""; }
+  ASSERT_EQ(::chmod(path_.c_str(), 0644), 0);
+  absl::StatusOr<std::unique_ptr<GrantStore>> store = OpenSqliteGrantStore(path_);
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(store.status().message(), HasSubstr("chmod 600"));
+}
+
+TEST_F(SqliteGrantStoreTest, RefusesSymlink) {
+  ASSERT_EQ(::symlink((dir_ + "/elsewhere.db").c_str(), path_.c_str()), 0);
+  absl::StatusOr<std::unique_ptr<GrantStore>> store = OpenSqliteGrantStore(path_);
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/elsewhere.db"));
+}
+
+TEST_F(SqliteGrantStoreTest, RefusesFileThatIsNotADatabase) {
+  { std::ofstream(path_) << std::string(8192, 'x'); }
+  ASSERT_EQ(::chmod(path_.c_str(), 0600), 0);
+  absl::StatusOr<std::unique_ptr<GrantStore>> store = OpenSqliteGrantStore(path_);
+  ASSERT_FALSE(store.ok());
+  EXPECT_THAT(store.status().message(), HasSubstr("not a database"));
+}
+
+TEST_F(SqliteGrantStoreTest, ValidatesOptions) {
+  EXPECT_EQ(OpenSqliteGrantStore("").status().code(), absl::StatusCode::kInvalidArgument);
+  SqliteOptions options;
+  options.busy_timeout_ms = -1;
+  EXPECT_EQ(OpenSqliteGrantStore(path_, options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(std::filesystem::exists(path_));
+}
+
+// --- grants ------------------------------------------------------------------
+
+TEST_F(SqliteGrantStoreTest, InsertsAndReadsGrants) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  Grant first = MakeGrant("gr_b", "ws1", "google_workspace", At(100));
+  Grant second = MakeGrant("gr_a", "ws1", "slack", At(200));
+  second.scopes = {"z", "a", "m"};  // order is kept, not sorted
+  second.access_token_expires_at.reset();
+  second.metadata.clear();
+  Grant other_workspace = MakeGrant("gr_c", "ws2", "google_workspace", At(50));
+  ASSERT_TRUE(store->InsertGrant(second, SecretFor(second)).ok());
+  ASSERT_TRUE(store->InsertGrant(first, SecretFor(first)).ok());
+  ASSERT_TRUE(store->InsertGrant(other_workspace, SecretFor(other_workspace)).ok());
+
+  EXPECT_EQ(*store->GetGrant("gr_b"), first);
+  EXPECT_EQ(*store->GetGrant("gr_a"), second);
+  EXPECT_EQ(store->GetGrant("gr_missing").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(*store->FindCurrentGrant("ws1", "slack"), second);
+  EXPECT_EQ(store->FindCurrentGrant("ws1", "github").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(*store->ListGrants("ws1"), ElementsAre(first, second));  // oldest first
+  EXPECT_THAT(*store->ListGrants("ws3"), IsEmpty());
+  EXPECT_EQ(*store->CountGrants(), 3);
+  EXPECT_EQ(*store->GetSealedSecret({"gr_a", "refresh_token"}), SecretFor(second));
+}
+
+TEST_F(SqliteGrantStoreTest, GrantStatusChangesAndRevokedIsFinal) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  Grant grant = MakeGrant("gr_1", "ws1", "google_workspace");
+  ASSERT_TRUE(store->InsertGrant(grant, SecretFor(grant)).ok());
+
+  ASSERT_TRUE(
+      store->SetGrantStatus("gr_1", GrantStatus::kReauthRequired, "invalid_grant", At(300)).ok());
+  absl::StatusOr<Grant> got = store->GetGrant("gr_1");
+  EXPECT_EQ(got->status, GrantStatus::kReauthRequired);
+  EXPECT_EQ(got->status_reason, "invalid_grant");
+  EXPECT_EQ(got->updated_at, At(300));
+  EXPECT_EQ(got->created_at, At(100));
+  // Still the current grant while it waits for re-authorization.
+  EXPECT_EQ(store->FindCurrentGrant("ws1", "google_workspace")->grant_id, "gr_1");
+
+  ASSERT_TRUE(store->SetGrantStatus("gr_1", GrantStatus::kActive, "", At(400)).ok());
+  ASSERT_TRUE(store->SetGrantStatus("gr_1", GrantStatus::kRevoked, "admin revoked", At(500)).ok());
+  EXPECT_EQ(store->FindCurrentGrant("ws1", "google_workspace").status().code(),
+            absl::StatusCode::kNotFound);
+
+  for (GrantStatus status :
+       {GrantStatus::kActive, GrantStatus::kReauthRequired, GrantStatus::kRevoked}) {
+    absl::Status s = store->SetGrantStatus("gr_1", status, "again", At(600));
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  }
+  got = store->GetGrant("gr_1");
+  EXPECT_EQ(got->status, GrantStatus::kRevoked);
+  EXPECT_EQ(got->status_reason, "admin revoked");
+  EXPECT_EQ(store->SetGrantStatus("gr_none", GrantStatus::kRevoked, "", At(1)).code(),
+            absl::StatusCode::kNotFound);
+
+  // The database itself refuses to bring a revoked grant back.
+  absl::StatusOr<std::string> raw = internal::ExecuteSqlForTesting(
+      *store, "UPDATE grants SET status = 'active' WHERE grant_id = 'gr_1'");
+  EXPECT_EQ(raw.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(raw.status().message(), HasSubstr("a revoked grant cannot change status"));
+}
+
+TEST_F(SqliteGrantStoreTest, OneCurrentGrantPerWorkspaceConnector) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  Grant first = MakeGrant("gr_1", "ws1", "google_workspace");
+  ASSERT_TRUE(store->InsertGrant(first, SecretFor(first)).ok());
+
+  Grant rival = MakeGrant("gr_2", "ws1", "google_workspace");
+  absl::Status s = store->InsertGrant(rival, SecretFor(rival));
+  EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(s.message(), HasSubstr("already has current grant gr_1"));
+
+  Grant same_id = MakeGrant("gr_1", "ws1", "slack");
+  s = store->InsertGrant(same_id, SecretFor(same_id));
+  EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(s.message(), HasSubstr("gr_1 is taken"));
+
+  Grant other_connector = MakeGrant("gr_3", "ws1", "slack");
+  EXPECT_TRUE(store->InsertGrant(other_connector, SecretFor(other_connector)).ok());
+  Grant other_workspace = MakeGrant("gr_4", "ws2", "google_workspace");
+  EXPECT_TRUE(store->InsertGrant(other_workspace, SecretFor(other_workspace)).ok());
+
+  // The partial unique index enforces it below the API too.
+  absl::StatusOr<std::string> raw = internal::ExecuteSqlForTesting(
+      *store,
+      "INSERT INTO grants VALUES ('gr_x', 'ws1', 'google_workspace', 'google', 'a', 'active', '', "
+      "'admin', 0, 0, NULL)");
+  EXPECT_EQ(raw.status().code(), absl::StatusCode::kAlreadyExists);
+
+  // Once revoked, the connector can be authorized afresh.
+  ASSERT_TRUE(store->SetGrantStatus("gr_1", GrantStatus::kRevoked, "admin", At(200)).ok());
+  EXPECT_TRUE(store->InsertGrant(rival, SecretFor(rival)).ok());
+  EXPECT_EQ(*store->CountGrants(), 4);
+  EXPECT_EQ(store->GetSealedSecret({"gr_2", "refresh_token"}).status().code(),
+            absl::StatusCode::kOk);
+}
+
+TEST_F(SqliteGrantStoreTest, ReplacesRevokesTheOldGrantInTheSameTransaction) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  Grant old_grant = MakeGrant("gr_old", "ws1", "google_workspace", At(100));
+  ASSERT_TRUE(store->InsertGrant(old_grant, SecretFor(old_grant)).ok());
+
+  Grant successor = MakeGrant("gr_new", "ws1", "google_workspace", At(200));
+  successor.scopes = {"openid"};
+  ASSERT_TRUE(store->InsertGrant(successor, SecretFor(successor), "gr_old").ok());
+
+  absl::StatusOr<Grant> old_now = store->GetGrant("gr_old");
+  EXPECT_EQ(old_now->status, GrantStatus::kRevoked);
+  EXPECT_EQ(old_now->status_reason, "replaced by gr_new");
+  EXPECT_EQ(old_now->updated_at, At(200));
+  EXPECT_EQ(*store->FindCurrentGrant("ws1", "google_workspace"), successor);
+  // The old grant's secret stays (to revoke it at the provider); the new one is stored.
+  EXPECT_TRUE(store->GetSealedSecret({"gr_old", "refresh_token"}).ok());
+  EXPECT_TRUE(store->GetSealedSecret({"gr_new", "refresh_token"}).ok());
+
+  // Replacing a grant that does not exist writes nothing.
+  Grant orphan = MakeGrant("gr_orphan", "ws1", "slack");
+  absl::Status s = store->InsertGrant(orphan, SecretFor(orphan), "gr_missing");
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->GetGrant("gr_orphan").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->GetSealedSecret({"gr_orphan", "refresh_token"}).status().code(),
+            absl::StatusCode::kNotFound);
+
+  // A revoked grant cannot be replaced (its status is final).
+  Grant third = MakeGrant("gr_third", "ws1", "google_workspace", At(300));
+  s = store->InsertGrant(third, SecretFor(third), "gr_old");
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store->GetGrant("gr_third").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->GetGrant("gr_old")->status_reason, "replaced by gr_new");
+
+  // Nor can a grant of another connector.
+  Grant slack = MakeGrant("gr_slack", "ws1", "slack", At(400));
+  s = store->InsertGrant(slack, SecretFor(slack), "gr_new");
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store->GetGrant("gr_new")->status, GrantStatus::kActive);
+}
+
+TEST_F(SqliteGrantStoreTest, InsertGrantIsAtomicWhenTheSecretIsRefused) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  Grant old_grant = MakeGrant("gr_old", "ws1", "google_workspace");
+  ASSERT_TRUE(store->InsertGrant(old_grant, SecretFor(old_grant)).ok());
+  Grant successor = MakeGrant("gr_new", "ws1", "google_workspace");
+  absl::Status s = store->InsertGrant(successor, SecretFor(successor, /*kek=*/9), "gr_old");
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store->GetGrant("gr_new").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->GetGrant("gr_old")->status, GrantStatus::kActive);
+}
+
+TEST_F(SqliteGrantStoreTest, InsertGrantValidatesItsSecret) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  Grant grant = MakeGrant("gr_1", "ws1", "google_workspace");
+  SealedSecret wrong_owner = SecretFor(grant);
+  wrong_owner.key.owner_id = "gr_2";
+  EXPECT_EQ(store->InsertGrant(grant, wrong_owner).code(), absl::StatusCode::kInvalidArgument);
+  SealedSecret wrong_binding = SecretFor(grant);
+  wrong_binding.account_id = "someone-else";
+  EXPECT_EQ(store->InsertGrant(grant, wrong_binding).code(), absl::StatusCode::kInvalidArgument);
+  SealedSecret empty = SecretFor(grant, 1, "");
+  EXPECT_EQ(store->InsertGrant(grant, empty).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(*store->CountGrants(), 0);
+}
+
+// --- sealed secrets ----------------------------------------------------------
+
+TEST_F(SqliteGrantStoreTest, PutsGetsAndDeletesSealedSecrets) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  SealedSecret secret = Secret("reg_1", "client_secret", 1, std::string("a\0b\xff", 4));
+  ASSERT_TRUE(store->PutSealedSecret(secret).ok());
+  EXPECT_EQ(*store->GetSealedSecret(secret.key), secret);
+
+  SealedSecret rotated = Secret("reg_1", "client_secret", 2, "rotated");
+  rotated.updated_at = At(8);
+  ASSERT_TRUE(store->PutSealedSecret(rotated).ok());
+  EXPECT_EQ(*store->GetSealedSecret(secret.key), rotated);
+  EXPECT_EQ(store->GetSealedSecret({"reg_1", "other"}).status().code(),
+            absl::StatusCode::kNotFound);
+
+  ASSERT_TRUE(store->DeleteSealedSecret(secret.key).ok());
+  EXPECT_EQ(store->GetSealedSecret(secret.key).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->DeleteSealedSecret(secret.key).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(SqliteGrantStoreTest, RefusesSealedSecretUnderUnknownKek) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  absl::Status s = store->PutSealedSecret(Secret("reg_1", "client_secret", 7, "x"));
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("grantvault-kek-7"));
+  EXPECT_EQ(store->GetSealedSecret({"reg_1", "client_secret"}).status().code(),
+            absl::StatusCode::kNotFound);
+
+  // The foreign key refuses it below the API too.
+  absl::StatusOr<std::string> raw = internal::ExecuteSqlForTesting(
+      *store,
+      "INSERT INTO sealed_secrets VALUES ('o', 'p', 'w', 'c', 'a', 'grantvault-kek-7', x'01', 0)");
+  EXPECT_EQ(raw.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(raw.status().message(), HasSubstr("FOREIGN KEY"));
+}
+
+TEST_F(SqliteGrantStoreTest, ListSealedSecretsUnderVisitsEachRecordOnce) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  std::set<SealedSecretKey> expected;
+  for (int i = 0; i < 23; ++i) {
+    // Owners that share prefixes and several purposes per owner exercise the
+    // (owner_id, purpose) row-value cursor.
+    for (std::string purpose : {"access_token", "refresh_token"}) {
+      std::string owner = absl::StrCat("gr_", i % 7, "_", i);
+      SealedSecret s = Secret(owner, purpose, 1, absl::StrCat("r", i, purpose));
+      ASSERT_TRUE(store->PutSealedSecret(s).ok());
+      expected.insert(s.key);
+    }
+    ASSERT_TRUE(store->PutSealedSecret(Secret(absl::StrCat("other_", i), "x", 2, "o")).ok());
+  }
+
+  std::vector<SealedSecretKey> visited;
+  std::optional<SealedSecretKey> cursor;
+  int pages = 0;
+  while (true) {
+    absl::StatusOr<std::vector<SealedSecret>> page =
+        store->ListSealedSecretsUnder(Label(1), cursor, 5);
+    ASSERT_TRUE(page.ok()) << page.status();
+    if (page->empty()) break;
+    EXPECT_LE(page->size(), 5u);
+    ++pages;
+    for (const SealedSecret& s : *page) {
+      EXPECT_EQ(s.kek_label, Label(1));
+      visited.push_back(s.key);
+    }
+    cursor = page->back().key;
+  }
+  EXPECT_EQ(pages, 10);  // 46 records in pages of 5
+  EXPECT_TRUE(std::is_sorted(visited.begin(), visited.end()));
+  EXPECT_EQ(std::set<SealedSecretKey>(visited.begin(), visited.end()), expected);
+  EXPECT_EQ(visited.size(), expected.size());
+
+  EXPECT_THAT(*store->ListSealedSecretsUnder(Label(1), std::nullopt, 0), IsEmpty());
+  EXPECT_EQ(store->ListSealedSecretsUnder(Label(2), std::nullopt, SIZE_MAX)->size(), 23u);
+  EXPECT_THAT(*store->ListSealedSecretsUnder("grantvault-kek-9", std::nullopt, 10), IsEmpty());
+}
+
+TEST_F(SqliteGrantStoreTest, ReplaceSealedSecretsAppliesOnlyMatchingRows) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->PutSealedSecret(Secret("a", "refresh_token", 1, "a-v1")).ok());
+  ASSERT_TRUE(store->PutSealedSecret(Secret("b", "refresh_token", 1, "b-v1")).ok());
+  ASSERT_TRUE(store->PutSealedSecret(Secret("c", "refresh_token", 1, "c-v2")).ok());
+
+  std::vector<SealedSecretUpdate> updates = {
+      {{"a", "refresh_token"}, Record("a-v1"), Label(2), Record("a-rewrapped")},
+      {{"b", "refresh_token"}, Record("b-v1"), Label(2), Record("b-rewrapped")},
+      // Rotated meanwhile: the rewrap of the old value must not overwrite it.
+      {{"c", "refresh_token"}, Record("c-v1"), Label(2), Record("c-rewrapped")},
+      // Deleted meanwhile.
+      {{"d", "refresh_token"}, Record("d-v1"), Label(2), Record("d-rewrapped")},
+  };
+  absl::StatusOr<size_t> applied = store->ReplaceSealedSecrets(updates);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(*applied, 2u);
+
+  absl::StatusOr<SealedSecret> a = store->GetSealedSecret({"a", "refresh_token"});
+  EXPECT_EQ(a->record, Record("a-rewrapped"));
+  EXPECT_EQ(a->kek_label, Label(2));
+  EXPECT_EQ(a->workspace_id, "ws1");  // the binding is untouched
+  absl::StatusOr<SealedSecret> c = store->GetSealedSecret({"c", "refresh_token"});
+  EXPECT_EQ(c->record, Record("c-v2"));
+  EXPECT_EQ(c->kek_label, Label(1));
+  EXPECT_EQ(store->GetSealedSecret({"d", "refresh_token"}).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(*store->ReplaceSealedSecrets({}), 0u);
+
+  // All or nothing: one update naming an unknown key version refuses the batch.
+  std::vector<SealedSecretUpdate> mixed = {
+      {{"c", "refresh_token"}, Record("c-v2"), Label(2), Record("c-rewrapped")},
+      {{"a", "refresh_token"}, Record("a-rewrapped"), "grantvault-kek-9", Record("a-again")},
+  };
+  EXPECT_EQ(store->ReplaceSealedSecrets(mixed).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store->GetSealedSecret({"c", "refresh_token"})->record, Record("c-v2"));
+}
+
+TEST_F(SqliteGrantStoreTest, CountsSealedSecretsByKek) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  EXPECT_THAT(*store->CountSealedSecretsByKek(), IsEmpty());
+  ASSERT_TRUE(store->AddKeyVersion(Key(3, KeyState::kInactive)).ok());
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(store->PutSealedSecret(Secret(absl::StrCat("o", i), "p", 1, "r")).ok());
+  }
+  ASSERT_TRUE(store->PutSealedSecret(Secret("o9", "p", 2, "r")).ok());
+  EXPECT_THAT(*store->CountSealedSecretsByKek(),
+              UnorderedElementsAre(Pair(Label(1), 5), Pair(Label(2), 1)));
+}
+
+// --- key versions ------------------------------------------------------------
+
+TEST_F(SqliteGrantStoreTest, AddsListsAndActivatesKeyVersions) {
+  std::unique_ptr<GrantStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->AddKeyVersion(Key(2, KeyState::kInactive)).ok());
+  ASSERT_TRUE(store->AddKeyVersion(Key(1, KeyState::kActive)).ok());
+  EXPECT_THAT(*store->ListKeyVersions(),
+              ElementsAre(Key(1, KeyState::kActive), Key(2, KeyState::kInactive)));
+
+  KeyVersion same_version = Key(2, KeyState::kInactive);
+  same_version.label = "other-label";
+  EXPECT_EQ(store->AddKeyVersion(same_version).code(), absl::StatusCode::kAlreadyExists);
+  KeyVersion same_label = Key(5, KeyState::kInactive);
+  same_label.label = Label(1);
+  EXPECT_EQ(store->AddKeyVersion(same_label).code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(store->AddKeyVersion(Key(3, KeyState::kActive)).code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  ASSERT_TRUE(store->ActivateKeyVersion(2).ok());
+  EXPECT_THAT(*store->ListKeyVersions(),
+              ElementsAre(Key(1, KeyState::kInactive), Key(2, KeyState::kActive)));
+  ASSERT_TRUE(store->ActivateKeyVersion(2).ok());  // already active: no change
+  EXPECT_EQ(store->ActivateKeyVersion(9).code(), absl::StatusCode::kNotFound);
+
+  // The partial unique index allows one active key, below the API too.
+  absl::StatusOr<std::string> raw = internal::ExecuteSqlForTesting(
+      *store, "UPDATE key_versions SET state = 'active' WHERE version = 1");
+  EXPECT_EQ(raw.status().code(), absl::StatusCode::kAlreadyExists);
+  int active = 0;
+  absl::StatusOr<std::vector<KeyVersion>> keys = store->ListKeyVersions();
+  ASSERT_TRUE(keys.ok()) << keys.status();
+  for (const KeyVersion& k : *keys) active += k.state == KeyState::kActive;
+  EXPECT_EQ(active, 1);
+}
+
+TEST_F(SqliteGrantStoreTest, RetiresKeyVersionOnlyOnceNothingNamesIt) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();  // 1 active, 2 inactive
+  ASSERT_NE(store, nullptr);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(store->PutSealedSecret(Secret(absl::StrCat("o", i), "p", 1, "r")).ok());
+  }
+  absl::Status s = store->RetireKeyVersion(1, At(1000));
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("active"));
+
+  ASSERT_TRUE(store->ActivateKeyVersion(2).ok());
+  s = store->RetireKeyVersion(1, At(1000));
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(),
+              HasSubstr("key version 1 still wraps 3 sealed secrets; run rewrap first"));
+  EXPECT_EQ(store->RetireKeyVersion(7, At(1000)).code(), absl::StatusCode::kNotFound);
+
+  // Rewrap everything under version 2, then retirement succeeds.
+  std::vector<SealedSecretUpdate> updates;
+  absl::StatusOr<std::vector<SealedSecret>> old_records =
+      store->ListSealedSecretsUnder(Label(1), std::nullopt, 100);
+  ASSERT_TRUE(old_records.ok()) << old_records.status();
+  for (const SealedSecret& old : *old_records) {
+    updates.push_back({old.key, old.record, Label(2), Record("rewrapped")});
+  }
+  ASSERT_EQ(*store->ReplaceSealedSecrets(updates), 3u);
+  ASSERT_TRUE(store->RetireKeyVersion(1, At(1000)).ok());
+  ASSERT_TRUE(store->RetireKeyVersion(1, At(2000)).ok());  // idempotent
+  KeyVersion retired = (*store->ListKeyVersions())[0];
+  EXPECT_EQ(retired.state, KeyState::kRetired);
+  EXPECT_EQ(retired.retired_at, At(1000));
+
+  // Nothing can be written under it any more, nor can it come back.
+  s = store->PutSealedSecret(Secret("o_new", "p", 1, "r"));
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("retired"));
+  std::vector<SealedSecretUpdate> back = {
+      {{"o0", "p"}, Record("rewrapped"), Label(1), Record("x")}};
+  EXPECT_EQ(store->ReplaceSealedSecrets(back).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store->ActivateKeyVersion(1).code(), absl::StatusCode::kFailedPrecondition);
+  Grant grant = MakeGrant("gr_1", "ws1", "google_workspace");
+  EXPECT_EQ(store->InsertGrant(grant, SecretFor(grant, 1)).code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  // ...and the database enforces it itself, whatever the caller.
+  absl::StatusOr<std::string> raw = internal::ExecuteSqlForTesting(
+      *store,
+      "INSERT INTO sealed_secrets VALUES ('o', 'p2', 'w', 'c', 'a', 'grantvault-kek-1', "
+      "x'01', 0)");
+  EXPECT_EQ(raw.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(raw.status().message(), HasSubstr("retired key version"));
+  raw = internal::ExecuteSqlForTesting(
+      *store, "UPDATE sealed_secrets SET kek_label = 'grantvault-kek-1' WHERE owner_id = 'o0'");
+  EXPECT_EQ(raw.status().code(), absl::StatusCode::kFailedPrecondition);
+  raw = internal::ExecuteSqlForTesting(
+      *store, "UPDATE key_versions SET state = 'inactive', retired_at = NULL WHERE version = 1");
+  EXPECT_EQ(raw.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store->GetSealedSecret({"o0", "p"})->kek_label, Label(2));
+}
+
+TEST_F(SqliteGrantStoreTest, DatabaseRefusesRetiringAKeyThatStillWrapsSecrets) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->PutSealedSecret(Secret("o", "p", 2, "r")).ok());
+  absl::StatusOr<std::string> raw = internal::ExecuteSqlForTesting(
+      *store, "UPDATE key_versions SET state = 'retired', retired_at = 1 WHERE version = 2");
+  EXPECT_EQ(raw.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*store->ListKeyVersions())[1].state, KeyState::kInactive);
+}
+
+// --- concurrency and faults --------------------------------------------------
+
+TEST_F(SqliteGrantStoreTest, ConcurrentWritersAllLand) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  constexpr int kThreads = 8;
+  constexpr int kPerThread = 200;
+  std::atomic<int> failures{0};
+  std::atomic<bool> done{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        Grant grant = MakeGrant(absl::StrCat("gr_", t, "_", i), absl::StrCat("ws", t),
+                                absl::StrCat("connector", i), At(i));
+        if (!store->InsertGrant(grant, SecretFor(grant, 1 + (i % 2))).ok()) ++failures;
+      }
+    });
+  }
+  std::thread reader([&] {
+    while (!done.load()) {
+      if (!store->CountGrants().ok() || !store->ListGrants("ws0").ok()) ++failures;
+    }
+  });
+  for (std::thread& thread : threads) thread.join();
+  done = true;
+  reader.join();
+
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(*store->CountGrants(), kThreads * kPerThread);
+  EXPECT_THAT(*store->CountSealedSecretsByKek(),
+              UnorderedElementsAre(Pair(Label(1), kThreads * kPerThread / 2),
+                                   Pair(Label(2), kThreads * kPerThread / 2)));
+  EXPECT_EQ(store->ListGrants("ws3")->size(), static_cast<size_t>(kPerThread));
+}
+
+TEST_F(SqliteGrantStoreTest, FullDatabaseIsResourceExhaustedAndKeepsEarlierData) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  Grant grant = MakeGrant("gr_1", "ws1", "google_workspace");
+  ASSERT_TRUE(store->InsertGrant(grant, SecretFor(grant)).ok());
+  ASSERT_TRUE(store->PutSealedSecret(Secret("o", "p", 1, "before")).ok());
+
+  // Cap the file at its current size: the next write that needs a page fails
+  // inside SQLite exactly as on a full disk (SQLITE_FULL).
+  std::string pages = *internal::ExecuteSqlForTesting(*store, "PRAGMA page_count");
+  ASSERT_EQ(*internal::ExecuteSqlForTesting(*store, "PRAGMA max_page_count = " + pages), pages);
+
+  const std::string big(64 * 1024, 'z');
+  absl::Status s = store->PutSealedSecret(Secret("o_big", "p", 1, big));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_THAT(s.message(), ::testing::Not(HasSubstr("zzzz")));
+  Grant second = MakeGrant("gr_2", "ws1", "slack");
+  s = store->InsertGrant(second, SecretFor(second, 1, big));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+
+  // Nothing half-written, everything earlier intact, and the store still works.
+  EXPECT_EQ(store->GetGrant("gr_2").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->GetSealedSecret({"o_big", "p"}).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(*store->GetGrant("gr_1"), grant);
+  EXPECT_EQ(store->GetSealedSecret({"o", "p"})->record, Record("before"));
+  EXPECT_EQ(*internal::ExecuteSqlForTesting(*store, "PRAGMA integrity_check"), "ok");
+
+  ASSERT_TRUE(internal::ExecuteSqlForTesting(*store, "PRAGMA max_page_count = 1000000").ok());
+  EXPECT_TRUE(store->InsertGrant(second, SecretFor(second, 1, big)).ok());
+  EXPECT_EQ(store->GetSealedSecret({"gr_2", "refresh_token"})->record, Record(big));
+}
+
+TEST_F(SqliteGrantStoreTest, WriterLockedOutByAnotherProcessIsUnavailable) {
+  SqliteOptions options;
+  options.busy_timeout_ms = 50;
+  std::unique_ptr<GrantStore> store = Open(options);
+  ASSERT_NE(store, nullptr);
+  RawDb other = OpenRaw(path_);
+  ASSERT_EQ(RawExec(other.get(), "BEGIN IMMEDIATE"), SQLITE_OK);
+  absl::Status s = store->AddKeyVersion(Key(1, KeyState::kActive));
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  ASSERT_EQ(RawExec(other.get(), "ROLLBACK"), SQLITE_OK);
+  EXPECT_TRUE(store->AddKeyVersion(Key(1, KeyState::kActive)).ok());
+}
+
+// --- names -------------------------------------------------------------------
+
+TEST(GrantStoreNamesTest, RoundTrip) {
+  for (GrantStatus status :
+       {GrantStatus::kActive, GrantStatus::kReauthRequired, GrantStatus::kRevoked}) {
+    EXPECT_EQ(*ParseGrantStatus(GrantStatusName(status)), status);
+  }
+  for (KeyState state : {KeyState::kActive, KeyState::kInactive, KeyState::kRetired}) {
+    EXPECT_EQ(*ParseKeyState(KeyStateName(state)), state);
+  }
+  EXPECT_EQ(GrantStatusName(GrantStatus::kReauthRequired), "reauth_required");
+  EXPECT_EQ(KeyStateName(KeyState::kRetired), "retired");
+  EXPECT_EQ(ParseGrantStatus("Active").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseKeyState("").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace grantvault::store
