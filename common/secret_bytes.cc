@@ -1,8 +1,10 @@
 #include "common/secret_bytes.h"
 #include <utility>
 
+#include <openssl/crypto.h>
 #include <sodium.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -11,27 +13,72 @@
 namespace grantvault {
 namespace {
 
+// Secrets up to this size live in OpenSSL's secure heap (one mlock()ed,
+// MADV_DONTDUMP arena between guard pages, zeroed on free); larger ones, and
+// any that do not fit, get libsodium guarded pages of their own.
+constexpr size_t kMaxHeapSecret = 4096;
+constexpr size_t kMinHeapBlock = 32;
+constexpr size_t kDefaultHeapSize = size_t{4} << 20;
+
+std::atomic<size_t> requested_heap_size{kDefaultHeapSize};
+std::atomic<size_t> heap_size{0};  // set once, when the heap is created
+std::atomic<int> heap_state{0};  // CRYPTO_secure_malloc_init's answer: 0 none, 1 locked, 2 unlocked
+
 [[noreturn]] void Die(const char* what) {
   std::fputs(what, stderr);
   std::fputc('\n', stderr);
   std::abort();
 }
 
-uint8_t* AllocateGuarded(size_t size) {
-  EnsureSodiumInitialized();
+void InitializeOnce() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (sodium_init() < 0) Die("grantvault: libsodium failed to initialise");
+    heap_state = CRYPTO_secure_malloc_init(requested_heap_size.load(), kMinHeapBlock);
+    if (heap_state.load() != 0) heap_size = requested_heap_size.load();
+  });
+}
+
+uint8_t* Allocate(size_t size) {
+  InitializeOnce();
+  if (size <= kMaxHeapSecret && heap_state.load() != 0) {
+    if (void* p = CRYPTO_secure_zalloc(size, OPENSSL_FILE, OPENSSL_LINE)) {
+      return static_cast<uint8_t*>(p);
+    }
+  }
   void* p = sodium_malloc(size);
   if (p == nullptr) Die("grantvault: guarded allocation for a secret failed");
   sodium_memzero(p, size);
   return static_cast<uint8_t*>(p);
 }
 
+void Release(uint8_t* p, size_t size) {
+  if (CRYPTO_secure_allocated(p)) {
+    CRYPTO_secure_clear_free(p, size, OPENSSL_FILE, OPENSSL_LINE);
+  } else {
+    sodium_free(p);  // zeroes the region, then unmaps it with its guard pages
+  }
+}
+
 }  // namespace
 
-void EnsureSodiumInitialized() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    if (sodium_init() < 0) Die("grantvault: libsodium failed to initialise");
-  });
+void EnsureSodiumInitialized() { InitializeOnce(); }
+
+bool ConfigureSecretHeap(size_t bytes) {
+  if (bytes == 0 || (bytes & (bytes - 1)) != 0) return false;
+  requested_heap_size = bytes;
+  InitializeOnce();
+  return heap_size.load() == bytes;
+}
+
+SecretHeapInfo GetSecretHeapInfo() {
+  InitializeOnce();
+  SecretHeapInfo info;
+  info.available = heap_state.load() != 0;
+  info.locked = heap_state.load() == 1;
+  info.size = heap_size.load();
+  info.used = info.available ? CRYPTO_secure_used() : 0;
+  return info;
 }
 
 SecretBytes::~SecretBytes() { Clear(); }
@@ -50,7 +97,7 @@ SecretBytes& SecretBytes::operator=(SecretBytes&& other) noexcept {
 
 SecretBytes SecretBytes::Zeroed(size_t size) {
   if (size == 0) return SecretBytes();
-  return SecretBytes(AllocateGuarded(size), size);
+  return SecretBytes(Allocate(size), size);
 }
 
 SecretBytes SecretBytes::Random(size_t size) {
@@ -87,11 +134,15 @@ bool SecretBytes::ConstantTimeEquals(const SecretBytes& other) const {
   return sodium_memcmp(data_, other.data_, size_) == 0;
 }
 
+void SecretBytes::Truncate(size_t size) {
+  if (size >= size_) return;
+  sodium_memzero(data_ + size, size_ - size);
+  size_ = size;
+  if (size_ == 0) Clear();
+}
+
 void SecretBytes::Clear() {
-  if (data_ != nullptr) {
-    // sodium_free zeroes the region before unmapping it.
-    sodium_free(data_);
-  }
+  if (data_ != nullptr) Release(data_, size_);
   data_ = nullptr;
   size_ = 0;
 }

@@ -2,9 +2,14 @@
 // access tokens, data keys, PINs, client secrets, PKCE verifiers).
 //
 // Contract:
-//  - Storage comes from libsodium's guarded allocator: the bytes sit right
-//    before a guard page, the pages are mlock()ed (kept out of swap) and the
-//    region is zeroed and unmapped when the object dies.
+//  - Storage is locked in memory (kept out of swap where RLIMIT_MEMLOCK
+//    allows), excluded from core dumps, and zeroed when the object dies.
+//    Secrets up to 4 KiB come from OpenSSL's secure heap: one arena, mlock()ed
+//    and MADV_DONTDUMP, between guard pages; this keeps a hundred thousand
+//    cached tokens cheap (no mapping per secret, no system call per
+//    allocation). Larger secrets, or any once the arena is full, come from
+//    libsodium's guarded allocator: their own pages, followed by a guard page,
+//    unmapped on free.
 //  - Move-only. A copy is made only on purpose, with Clone().
 //  - Equality is constant-time in the contents (lengths are not secret).
 //  - Cannot be streamed, StrCat'ed or formatted: there is no operator<< and no
@@ -66,6 +71,9 @@ class SecretBytes {
 
   // Wipes and releases the storage now; the object is empty afterwards.
   void Clear();
+  // Keeps the first `size` bytes (no larger than size()) and wipes the rest,
+  // without reallocating.
+  void Truncate(size_t size);
 
  private:
   SecretBytes(uint8_t* data, size_t size) : data_(data), size_(size) {}
@@ -79,8 +87,21 @@ std::ostream& operator<<(std::ostream&, const SecretBytes&) = delete;
 template <typename Sink>
 void AbslStringify(Sink&, const SecretBytes&) = delete;
 
-// Initialises libsodium once per process; aborts if it cannot (no CSPRNG).
+// Initialises libsodium and the secret heap once per process; aborts if
+// libsodium cannot start (no CSPRNG).
 void EnsureSodiumInitialized();
+
+// Sets the size of the secret heap (a power of two). Effective only before the
+// first secret is allocated; returns whether the heap now has that size.
+bool ConfigureSecretHeap(size_t bytes);
+
+struct SecretHeapInfo {
+  bool available = false;  // the arena exists (else every secret is page-guarded)
+  bool locked = false;     // mlock() succeeded (RLIMIT_MEMLOCK was large enough)
+  size_t size = 0;
+  size_t used = 0;
+};
+SecretHeapInfo GetSecretHeapInfo();
 
 }  // namespace grantvault
 

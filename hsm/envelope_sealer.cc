@@ -106,12 +106,12 @@ void EnvelopeSealer::ForgetKek(const KeyRef& kek) {
   handles_.erase(HandleKey(kek));
 }
 
-absl::StatusOr<std::vector<uint8_t>> EnvelopeSealer::GcmInToken(
-    bool encrypt, absl::Span<const uint8_t> input, const KeyRef& kek, absl::Span<const uint8_t> iv,
-    absl::Span<const uint8_t> aad, uint8_t* secret_output) {
+absl::StatusOr<size_t> EnvelopeSealer::GcmInToken(bool encrypt, absl::Span<const uint8_t> input,
+                                                  const KeyRef& kek, absl::Span<const uint8_t> iv,
+                                                  absl::Span<const uint8_t> aad,
+                                                  absl::Span<uint8_t> output) {
   GV_ASSIGN_OR_RETURN(Session session, token_->Acquire());
-  absl::StatusOr<CK_OBJECT_HANDLE> handle = KekHandle(session, kek);
-  if (!handle.ok()) return handle.status();
+  GV_ASSIGN_OR_RETURN(CK_OBJECT_HANDLE handle, KekHandle(session, kek));
 
   CK_GCM_PARAMS params{};
   params.pIv = const_cast<CK_BYTE_PTR>(iv.data());
@@ -122,66 +122,42 @@ absl::StatusOr<std::vector<uint8_t>> EnvelopeSealer::GcmInToken(
   params.ulTagBits = kGcmTagSize * 8;
   CK_MECHANISM mech{CKM_AES_GCM, &params, sizeof(params)};
   CK_FUNCTION_LIST* fn = session.fn();
+  const char* what = encrypt ? "wrap data key with " : "unwrap data key with ";
 
-  CK_RV rv = encrypt ? fn->C_EncryptInit(session.handle(), &mech, *handle)
-                     : fn->C_DecryptInit(session.handle(), &mech, *handle);
+  CK_RV rv = encrypt ? fn->C_EncryptInit(session.handle(), &mech, handle)
+                     : fn->C_DecryptInit(session.handle(), &mech, handle);
   if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) {
     // The key was destroyed since we cached its handle: look it up afresh.
     ForgetKek(kek);
-    GV_ASSIGN_OR_RETURN(CK_OBJECT_HANDLE fresh, KekHandle(session, kek));
-    rv = encrypt ? fn->C_EncryptInit(session.handle(), &mech, fresh)
-                 : fn->C_DecryptInit(session.handle(), &mech, fresh);
+    GV_ASSIGN_OR_RETURN(handle, KekHandle(session, kek));
+    rv = encrypt ? fn->C_EncryptInit(session.handle(), &mech, handle)
+                 : fn->C_DecryptInit(session.handle(), &mech, handle);
+  }
+  if (rv == CKR_OK) {
+    CK_BYTE_PTR in = const_cast<CK_BYTE_PTR>(input.data());
+    CK_ULONG written = output.size();
+    rv = encrypt ? fn->C_Encrypt(session.handle(), in, input.size(), output.data(), &written)
+                 : fn->C_Decrypt(session.handle(), in, input.size(), output.data(), &written);
+    if (rv == CKR_OK) return static_cast<size_t>(written);
   }
   if (rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED) session.MarkBroken();
-  if (rv != CKR_OK) {
-    return Pkcs11Error(absl::StrCat(encrypt ? "wrap" : "unwrap", " data key with ", kek.label), rv);
+  // SoftHSM reports a failed GCM tag as CKR_GENERAL_ERROR: every decrypt
+  // failure of well-formed input is treated as an authentication failure.
+  if (!encrypt &&
+      (rv == CKR_GENERAL_ERROR || rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_FUNCTION_FAILED)) {
+    return NotAuthentic();
   }
-
-  // Output length first (this does not end the operation), then the data.
-  CK_BYTE_PTR in = const_cast<CK_BYTE_PTR>(input.data());
-  CK_ULONG out_len = 0;
-  rv = encrypt ? fn->C_Encrypt(session.handle(), in, input.size(), nullptr, &out_len)
-               : fn->C_Decrypt(session.handle(), in, input.size(), nullptr, &out_len);
-  std::vector<uint8_t> out;
-  SecretBytes secret_buffer;
-  uint8_t* dst = nullptr;
-  if (rv == CKR_OK) {
-    if (encrypt) {
-      out.resize(out_len);
-      dst = out.data();
-    } else {
-      secret_buffer = SecretBytes::Zeroed(out_len);
-      dst = secret_buffer.data();
-    }
-    rv = encrypt ? fn->C_Encrypt(session.handle(), in, input.size(), dst, &out_len)
-                 : fn->C_Decrypt(session.handle(), in, input.size(), dst, &out_len);
-  }
-  if (rv != CKR_OK) {
-    if (rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED) session.MarkBroken();
-    // SoftHSM reports a failed GCM tag as CKR_GENERAL_ERROR: every decrypt
-    // failure of well-formed input is treated as an authentication failure.
-    if (!encrypt && (rv == CKR_GENERAL_ERROR || rv == CKR_ENCRYPTED_DATA_INVALID ||
-                     rv == CKR_FUNCTION_FAILED)) {
-      return NotAuthentic();
-    }
-    return Pkcs11Error(absl::StrCat(encrypt ? "wrap" : "unwrap", " data key with ", kek.label), rv);
-  }
-  if (encrypt) {
-    out.resize(out_len);
-    return out;
-  }
-  if (out_len != kDataKeySize) return NotAuthentic();
-  std::memcpy(secret_output, dst, kDataKeySize);
-  return out;
+  return Pkcs11Error(absl::StrCat(what, kek.label), rv);
 }
 
 absl::StatusOr<std::vector<uint8_t>> EnvelopeSealer::WrapDataKey(const SecretBytes& data_key,
                                                                  const KeyRef& kek,
                                                                  absl::Span<const uint8_t> iv,
                                                                  absl::Span<const uint8_t> aad) {
-  GV_ASSIGN_OR_RETURN(std::vector<uint8_t> wrapped,
-                      GcmInToken(true, data_key.span(), kek, iv, aad, nullptr));
-  if (wrapped.size() != kWrappedKeySize) {
+  std::vector<uint8_t> wrapped(kWrappedKeySize);
+  GV_ASSIGN_OR_RETURN(size_t n,
+                      GcmInToken(true, data_key.span(), kek, iv, aad, absl::MakeSpan(wrapped)));
+  if (n != kWrappedKeySize) {
     return absl::InternalError("token returned a wrapped data key of unexpected length");
   }
   return wrapped;
@@ -191,8 +167,12 @@ absl::StatusOr<SecretBytes> EnvelopeSealer::UnwrapDataKey(absl::Span<const uint8
                                                           const KeyRef& kek,
                                                           absl::Span<const uint8_t> iv,
                                                           absl::Span<const uint8_t> aad) {
-  SecretBytes data_key = SecretBytes::Zeroed(kDataKeySize);
-  GV_RETURN_IF_ERROR(GcmInToken(false, wrapped, kek, iv, aad, data_key.data()).status());
+  // Room for the whole input: a token may want as much output space as input.
+  SecretBytes data_key = SecretBytes::Zeroed(wrapped.size());
+  GV_ASSIGN_OR_RETURN(size_t n, GcmInToken(false, wrapped, kek, iv, aad,
+                                           absl::MakeSpan(data_key.data(), data_key.size())));
+  if (n != kDataKeySize) return NotAuthentic();
+  data_key.Truncate(kDataKeySize);
   return data_key;
 }
 

@@ -48,10 +48,12 @@ class EnvelopeSealer final : public Sealer {
   absl::StatusOr<SecretBytes> UnwrapDataKey(absl::Span<const uint8_t> wrapped, const KeyRef& kek,
                                             absl::Span<const uint8_t> iv,
                                             absl::Span<const uint8_t> aad);
-  absl::StatusOr<std::vector<uint8_t>> GcmInToken(bool encrypt, absl::Span<const uint8_t> input,
-                                                  const KeyRef& kek, absl::Span<const uint8_t> iv,
-                                                  absl::Span<const uint8_t> aad,
-                                                  uint8_t* secret_output);
+  // One CKM_AES_GCM encryption or decryption with `kek` inside the token,
+  // written to `output` (which has room for the whole result); returns the
+  // number of bytes written.
+  absl::StatusOr<size_t> GcmInToken(bool encrypt, absl::Span<const uint8_t> input,
+                                    const KeyRef& kek, absl::Span<const uint8_t> iv,
+                                    absl::Span<const uint8_t> aad, absl::Span<uint8_t> output);
 
   Token* const token_;
   mutable absl::Mutex mu_;
