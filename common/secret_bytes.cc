@@ -1,5 +1,4 @@
 #include "common/secret_bytes.h"
-#include <utility>
 
 #include <openssl/crypto.h>
 #include <sodium.h>
@@ -9,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <utility>
 
 namespace grantvault {
 namespace {

@@ -1,11 +1,11 @@
 #include "hsm/token.h"
-#include <utility>
 
 #include <p11-kit/p11-kit.h>
 #include <sys/stat.h>
 
 #include <map>
 #include <mutex>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"

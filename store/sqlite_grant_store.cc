@@ -1,5 +1,4 @@
 #include "store/sqlite_grant_store.h"
-#include <utility>
 
 #include <fcntl.h>
 #include <sqlite3.h>
@@ -18,6 +17,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
