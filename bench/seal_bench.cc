@@ -6,7 +6,7 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
-#include "daemon/embedded_state.h"
+#include "daemon/vault.h"
 #include "hsm/envelope_sealer.h"
 #include "tests/testing/temp_dir.h"
 

@@ -1,60 +1,232 @@
-// grantvaultd: the grantvault daemon.
-//
-// This build initialises and checks the embedded state (SoftHSM2 token and
-// SQLite database under --state-dir); serving the agent and admin sockets is
-// the next step of the project (see docs/architecture.md).
+// grantvaultd: keeps OAuth grants sealed under HSM-held keys and serves
+// agent.sock and admin.sock.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
-#include "daemon/embedded_state.h"
+#include "absl/synchronization/mutex.h"
+#include "common/files.h"
+#include "common/status.h"
+#include "daemon/config.h"
+#include "daemon/logging.h"
+#include "daemon/service.h"
+#include "daemon/vault.h"
 #include "hsm/keys.h"
+#include "ipc/server.h"
+#include "spdlog/spdlog.h"
 
+namespace grantvault::daemon {
 namespace {
 
+// No core dumps, no ptrace by other processes of this uid, no privilege gain
+// through exec.
+void HardenProcess() {
+  ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  struct rlimit no_core = {0, 0};
+  ::setrlimit(RLIMIT_CORE, &no_core);
+  ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+  // One descriptor per client connection: allow as many as the hard limit.
+  struct rlimit files;
+  if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &files);
+  }
+}
+
+// Holds an exclusive lock on <state_dir>/grantvaultd.lock for the life of the
+// process, so that two daemons never share one state directory.
+absl::StatusOr<int> LockStateDirectory(const std::string& state_dir) {
+  GV_RETURN_IF_ERROR(EnsurePrivateDirectory(state_dir, 0700));
+  const std::string path = state_dir + "/grantvaultd.lock";
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot open lock file ", path, ": ", std::strerror(errno)));
+  }
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    char pid[32] = {};
+    ssize_t n = ::pread(fd, pid, sizeof(pid) - 1, 0);
+    ::close(fd);
+    std::string holder = n > 0 ? std::string(pid, static_cast<size_t>(n)) : "unknown";
+    while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "another grantvaultd (pid ", holder, ") is already using the state directory ", state_dir));
+  }
+  std::string pid = absl::StrCat(::getpid(), "\n");
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0) {
+    spdlog::warn("cannot record pid in {}", path);
+  }
+  return fd;
+}
+
+absl::StatusOr<Vault> OpenVault(const DaemonConfig& config, std::vector<std::string>* created) {
+  if (config.uses_embedded_token()) return InitEmbeddedState(config.state_dir, created);
+  hsm::TokenOptions token;
+  if (!config.hsm_module.empty()) token.module_path = config.hsm_module;
+  token.token_label = config.token_label;
+  token.pin_file = config.pin_file;
+  return OpenExternalVault(
+      token, config.database.empty() ? config.state_dir + "/grantvault.db" : config.database,
+      created);
+}
+
+struct Sockets {
+  std::vector<ipc::Listener> listeners;
+  std::vector<std::string> bound_paths;  // removed at exit (systemd's are not ours)
+};
+
+absl::StatusOr<Sockets> OpenSockets(const DaemonConfig& config, Service& service) {
+  GV_ASSIGN_OR_RETURN(auto inherited, ipc::SystemdSockets());
+  Sockets s;
+  for (const auto& [name, path, handler] :
+       {std::tuple{std::string("agent"), config.agent_socket, service.agent_handler()},
+        std::tuple{std::string("admin"), config.admin_socket, service.admin_handler()}}) {
+    auto it = inherited.find(name);
+    int fd = -1;
+    if (it != inherited.end()) {
+      fd = it->second;
+      spdlog::info("socket.inherited name={} fd={}", name, fd);
+    } else {
+      absl::StatusOr<int> bound = ipc::BindUnixSocket(path, config.socket_mode);
+      if (!bound.ok()) {
+        for (ipc::Listener& l : s.listeners) ::close(l.fd);
+        return absl::Status(bound.status().code(),
+                            absl::StrCat(name, " socket: ", bound.status().message()));
+      }
+      fd = *bound;
+      s.bound_paths.push_back(path);
+    }
+    s.listeners.push_back(ipc::Listener{name, fd, handler});
+  }
+  return s;
+}
+
+AdminPolicy AdminPolicyFrom(const DaemonConfig& config) {
+  return AdminPolicy{config.admin_uids, config.admin_gids};
+}
+
 int Fail(const absl::Status& status) {
-  std::fprintf(stderr, "grantvaultd: %s\n", std::string(status.message()).c_str());
+  spdlog::error("{}", std::string(status.message()));
+  sd_notifyf(0, "STATUS=failed: %s", std::string(status.message()).c_str());
   return 1;
 }
 
+int Run(const std::string& config_file, const std::string& state_dir, bool init_only) {
+  absl::StatusOr<DaemonConfig> config = LoadConfig(config_file, state_dir);
+  if (!config.ok()) {
+    std::fprintf(stderr, "grantvaultd: %s\n", std::string(config.status().message()).c_str());
+    return 2;
+  }
+  InitLogging(config->log_level);
+  HardenProcess();
+  // Debian's abseil is built with lock-order (deadlock) detection on, which
+  // costs a graph update per lock: the tests keep it, the daemon does not.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+
+  // Signals are taken by sigwait() below, in this thread only.
+  sigset_t signals;
+  sigemptyset(&signals);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&signals, sig);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  absl::StatusOr<int> lock = LockStateDirectory(config->state_dir);
+  if (!lock.ok()) return Fail(lock.status());
+
+  std::vector<std::string> created;
+  absl::StatusOr<Vault> vault = OpenVault(*config, &created);
+  if (!vault.ok()) return Fail(vault.status());
+  for (const std::string& c : created) spdlog::info("state.created {}", c);
+
+  if (init_only) {
+    if (created.empty()) {
+      std::printf("State in %s is already initialised; nothing created.\n",
+                  config->state_dir.c_str());
+    } else {
+      std::printf("Initialised the state in %s:\n", config->state_dir.c_str());
+      for (const std::string& c : created) std::printf("  created %s\n", c.c_str());
+    }
+    absl::StatusOr<std::vector<keys::KeyStatus>> keys = vault->keys->Status();
+    if (!keys.ok()) return Fail(keys.status());
+    std::printf("Key-encryption keys in token '%s':\n", vault->token->label().c_str());
+    for (const auto& k : *keys) {
+      std::printf("  %-20s %-8s %lld sealed record(s)%s\n", k.version.label.c_str(),
+                  std::string(store::KeyStateName(k.version.state)).c_str(),
+                  static_cast<long long>(k.sealed_records), k.in_token ? "" : "  (not in token)");
+    }
+    return 0;
+  }
+
+  Service service(&*vault, AdminPolicyFrom(*config), config->worker_threads, &RealClock());
+  absl::StatusOr<Sockets> sockets = OpenSockets(*config, service);
+  if (!sockets.ok()) return Fail(sockets.status());
+  absl::StatusOr<std::unique_ptr<ipc::Server>> server =
+      ipc::Server::Create(sockets->listeners, config->limits, config->io_threads);
+  if (!server.ok()) return Fail(server.status());
+  service.set_server(server->get());
+  if (absl::Status started = (*server)->Start(); !started.ok()) return Fail(started);
+
+  spdlog::info("grantvaultd.ready version={} state_dir={} agent={} admin={} token={} kek={}",
+               kServerVersion, config->state_dir, config->agent_socket, config->admin_socket,
+               vault->token->label(), vault->sealer->ActiveKek().label);
+  sd_notifyf(0, "READY=1\nSTATUS=serving\nMAINPID=%d", static_cast<int>(::getpid()));
+
+  for (;;) {
+    int sig = 0;
+    if (sigwait(&signals, &sig) != 0) continue;
+    if (sig == SIGHUP) {
+      sd_notify(0, "RELOADING=1");
+      absl::StatusOr<DaemonConfig> fresh = LoadConfig(config_file, state_dir);
+      if (!fresh.ok()) {
+        spdlog::error("config.reload_failed keeping the previous configuration: {}",
+                      std::string(fresh.status().message()));
+      } else {
+        SetLogLevel(fresh->log_level);
+        service.ReloadAdminPolicy(AdminPolicyFrom(*fresh));
+        spdlog::info(
+            "config.reloaded log_level={} admin_uids={} (sockets, token and limits "
+            "apply at the next start)",
+            fresh->log_level, fresh->admin_uids.size());
+      }
+      sd_notify(0, "READY=1");
+      continue;
+    }
+    spdlog::info("grantvaultd.stopping signal={}", strsignal(sig));
+    break;
+  }
+  sd_notify(0, "STOPPING=1");
+  (*server)->Shutdown(absl::Seconds(5));
+  service.Stop();
+  for (const std::string& path : sockets->bound_paths) ::unlink(path.c_str());
+  spdlog::info("grantvaultd.stopped");
+  return 0;
+}
+
 }  // namespace
+}  // namespace grantvault::daemon
 
 int main(int argc, char** argv) {
   CLI::App app{"grantvaultd: keeps OAuth grants sealed under HSM-held keys"};
-  std::string state_dir;
+  std::string state_dir, config_file;
   bool init_only = false;
-  app.add_option("--state-dir", state_dir, "state directory (SoftHSM2 token + SQLite database)")
-      ->required();
+  app.add_option("--state-dir", state_dir,
+                 "state directory (embedded default: SoftHSM2 token + SQLite database, created on "
+                 "first start)");
+  app.add_option("--config", config_file, "TOML configuration file (docs/operations.md)");
   app.add_flag("--init-only", init_only,
-               "create whatever is missing of the embedded state, report it, and exit")
-      ->required();
+               "create whatever is missing of the state, report it, and exit");
   CLI11_PARSE(app, argc, argv);
-
-  std::vector<std::string> created;
-  absl::StatusOr<grantvault::daemon::Vault> vault =
-      grantvault::daemon::InitEmbeddedState(state_dir, &created);
-  if (!vault.ok()) return Fail(vault.status());
-
-  if (created.empty()) {
-    std::printf("State in %s is already initialised; nothing created.\n", state_dir.c_str());
-  } else {
-    std::printf("Initialised the embedded state in %s:\n", state_dir.c_str());
-    for (const std::string& line : created) std::printf("  created %s\n", line.c_str());
-  }
-  absl::StatusOr<std::vector<grantvault::keys::KeyStatus>> keys = vault->keys->Status();
-  if (!keys.ok()) return Fail(keys.status());
-  std::printf("Key-encryption keys in token '%s':\n", vault->token->label().c_str());
-  for (const auto& k : *keys) {
-    std::printf("  %-20s %-8s %lld sealed record(s)%s\n", k.version.label.c_str(),
-                std::string(grantvault::store::KeyStateName(k.version.state)).c_str(),
-                static_cast<long long>(k.sealed_records), k.in_token ? "" : "  (not in token)");
-  }
-  absl::StatusOr<std::vector<grantvault::hsm::KeyRef>> audit = grantvault::hsm::ListKeys(
-      *vault->token, CKO_PRIVATE_KEY, grantvault::hsm::kAuditKeyLabelPrefix);
-  if (!audit.ok()) return Fail(audit.status());
-  for (const auto& a : *audit)
-    std::printf("Audit signing key: %s (ECDSA P-256)\n", a.label.c_str());
-  return 0;
+  return grantvault::daemon::Run(config_file, state_dir, init_only);
 }

@@ -8,6 +8,8 @@ packages=(
   libsodium-dev libabsl-dev libssl-dev libsqlite3-dev sqlite3
   softhsm2 p11-kit libp11-kit-dev opensc
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
+  libboost-dev protobuf-compiler libprotobuf-dev libtomlplusplus-dev libspdlog-dev
+  libsystemd-dev nlohmann-json3-dev
 )
 
 missing=()

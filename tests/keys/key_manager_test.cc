@@ -1,6 +1,6 @@
 #include "keys/key_manager.h"
 
-#include "daemon/embedded_state.h"
+#include "daemon/vault.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hsm/sealed_record.h"

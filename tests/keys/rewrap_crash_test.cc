@@ -9,7 +9,7 @@
 #include <random>
 #include <string>
 
-#include "daemon/embedded_state.h"
+#include "daemon/vault.h"
 #include "gtest/gtest.h"
 #include "tests/keys/sealed_fixtures.h"
 #include "tests/testing/temp_dir.h"

@@ -5,7 +5,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "daemon/embedded_state.h"
+#include "daemon/vault.h"
 
 int main(int argc, char** argv) {
   if (argc != 3) {

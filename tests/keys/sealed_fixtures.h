@@ -10,7 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
-#include "daemon/embedded_state.h"
+#include "daemon/vault.h"
 
 namespace grantvault::keys {
 

@@ -1,4 +1,4 @@
-#include "daemon/embedded_state.h"
+#include "daemon/vault.h"
 
 #include <unistd.h>
 
@@ -27,17 +27,21 @@ absl::Status EnsurePinFile(const std::string& path, std::vector<std::string>* cr
   return absl::OkStatus();
 }
 
-absl::StatusOr<Vault> OpenLayout(const StateLayout& layout) {
+absl::StatusOr<Vault> OpenParts(const hsm::TokenOptions& options, const StateLayout& layout) {
   Vault vault;
   vault.layout = layout;
-  hsm::TokenOptions options;
-  options.token_label = kEmbeddedTokenLabel;
-  options.pin_file = layout.user_pin_file;
   GV_ASSIGN_OR_RETURN(vault.token, hsm::Token::Open(options));
   GV_ASSIGN_OR_RETURN(vault.store, store::OpenSqliteGrantStore(layout.database));
   GV_ASSIGN_OR_RETURN(vault.keys,
                       keys::KeyManager::Create(vault.token.get(), vault.store.get(), &RealClock()));
   return vault;
+}
+
+absl::StatusOr<Vault> OpenLayout(const StateLayout& layout) {
+  hsm::TokenOptions options;
+  options.token_label = kEmbeddedTokenLabel;
+  options.pin_file = layout.user_pin_file;
+  return OpenParts(options, layout);
 }
 
 absl::Status AttachSealer(Vault& vault) {
@@ -113,6 +117,20 @@ absl::StatusOr<Vault> OpenEmbeddedState(const std::string& state_dir) {
   }
   GV_RETURN_IF_ERROR(hsm::PrepareSoftHsm(layout.hsm_dir).status());
   GV_ASSIGN_OR_RETURN(Vault vault, OpenLayout(layout));
+  GV_RETURN_IF_ERROR(AttachSealer(vault));
+  return vault;
+}
+
+absl::StatusOr<Vault> OpenExternalVault(const hsm::TokenOptions& token, const std::string& database,
+                                        std::vector<std::string>* created) {
+  StateLayout layout;
+  layout.database = database;
+  layout.user_pin_file = token.pin_file;
+  GV_ASSIGN_OR_RETURN(Vault vault, OpenParts(token, layout));
+  GV_ASSIGN_OR_RETURN(std::vector<std::string> keys_made, vault.keys->Bootstrap());
+  if (created) {
+    for (std::string& k : keys_made) created->push_back(absl::StrCat(k, " in the token"));
+  }
   GV_RETURN_IF_ERROR(AttachSealer(vault));
   return vault;
 }

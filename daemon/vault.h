@@ -1,5 +1,7 @@
-// The embedded default deployment: a SoftHSM2 token and a SQLite database in
-// one state directory, created on first start.
+// The vault: a token, a store, the key manager and the sealer, opened
+// together. Either the embedded default deployment — a SoftHSM2 token and a
+// SQLite database in one state directory, created on first start — or an
+// external token (any PKCS#11 module) with a SQLite database.
 //
 //   <state>/                 0700
 //     hsm/                   0700  SoftHSM2 configuration and token store
@@ -8,8 +10,8 @@
 //       so.pin               0600  security-officer PIN (only for token admin)
 //       user.pin             0600  the PIN grantvault logs in with
 //     grantvault.db          0600  SQLite (WAL): grants, sealed secrets, keys
-#ifndef GRANTVAULT_DAEMON_EMBEDDED_STATE_H_
-#define GRANTVAULT_DAEMON_EMBEDDED_STATE_H_
+#ifndef GRANTVAULT_DAEMON_VAULT_H_
+#define GRANTVAULT_DAEMON_VAULT_H_
 
 #include <memory>
 #include <string>
@@ -58,6 +60,12 @@ absl::StatusOr<Vault> InitEmbeddedState(const std::string& state_dir,
 // when it was never initialised.
 absl::StatusOr<Vault> OpenEmbeddedState(const std::string& state_dir);
 
+// Opens an external token (already initialised, by its owner) and the SQLite
+// database at `database`; on first start generates KEK 1 and the audit key in
+// that token (reported in `created`).
+absl::StatusOr<Vault> OpenExternalVault(const hsm::TokenOptions& token, const std::string& database,
+                                        std::vector<std::string>* created = nullptr);
+
 }  // namespace grantvault::daemon
 
-#endif  // GRANTVAULT_DAEMON_EMBEDDED_STATE_H_
+#endif  // GRANTVAULT_DAEMON_VAULT_H_

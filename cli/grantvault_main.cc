@@ -1,0 +1,323 @@
+// grantvault: the command-line client of grantvaultd's admin socket.
+//
+// Exit codes (docs/cli.md): 0 ok, 1 internal error, 2 usage or invalid
+// argument, 3 permission denied, 4 not found, 5 daemon unavailable (not
+// running, busy, deadline), 6 refused in the current state.
+#include <pwd.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_format.h"
+#include "google/protobuf/util/json_util.h"
+#include "grantvault/v1/envelope.pb.h"
+#include "ipc/client.h"
+
+namespace grantvault::cli {
+namespace {
+
+enum ExitCode {
+  kOk = 0,
+  kInternal = 1,
+  kUsage = 2,
+  kDenied = 3,
+  kNotFound = 4,
+  kUnavailable = 5,
+  kRefused = 6,
+};
+
+struct Globals {
+  std::string state_dir;
+  std::string socket;
+  std::string admin;
+  bool json = false;
+  double timeout_s = 30;
+};
+
+int ExitCodeFor(v1::Error::Code code) {
+  switch (code) {
+    case v1::Error::INVALID_ARGUMENT:
+      return kUsage;
+    case v1::Error::UNAUTHENTICATED:
+    case v1::Error::PERMISSION_DENIED:
+      return kDenied;
+    case v1::Error::NOT_FOUND:
+      return kNotFound;
+    case v1::Error::UNAVAILABLE:
+    case v1::Error::DEADLINE_EXCEEDED:
+    case v1::Error::RESOURCE_EXHAUSTED:
+      return kUnavailable;
+    case v1::Error::FAILED_PRECONDITION:
+    case v1::Error::ALREADY_EXISTS:
+    case v1::Error::REVOKED:
+    case v1::Error::REAUTH_REQUIRED:
+      return kRefused;
+    default:
+      return kInternal;
+  }
+}
+
+std::string Json(const google::protobuf::Message& m) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.always_print_primitive_fields = true;
+  options.preserve_proto_field_names = true;
+  std::string out;
+  if (!google::protobuf::util::MessageToJsonString(m, &out, options).ok()) return "{}";
+  return out;
+}
+
+// Where admin.sock is: --socket, else <--state-dir>/run/admin.sock, else
+// $GRANTVAULT_STATE_DIR/run/admin.sock, else the systemd location.
+std::string SocketPath(const Globals& g) {
+  if (!g.socket.empty()) return g.socket;
+  if (!g.state_dir.empty()) return g.state_dir + "/run/admin.sock";
+  if (const char* env = std::getenv("GRANTVAULT_STATE_DIR"); env != nullptr && *env != '\0') {
+    return std::string(env) + "/run/admin.sock";
+  }
+  return "/run/grantvault/admin.sock";
+}
+
+std::string AdminUser(const Globals& g) {
+  if (!g.admin.empty()) return g.admin;
+  if (const char* sudo = std::getenv("SUDO_USER"); sudo != nullptr && *sudo != '\0') return sudo;
+  if (struct passwd* pw = ::getpwuid(::getuid()); pw != nullptr) return pw->pw_name;
+  return "uid:" + std::to_string(::getuid());
+}
+
+void PrintError(const Globals& g, const v1::Error& error) {
+  if (g.json) {
+    std::printf("{\"error\":%s}\n", Json(error).c_str());
+  } else {
+    std::fprintf(stderr, "grantvault: %s: %s\n", v1::Error::Code_Name(error.code()).c_str(),
+                 error.message().c_str());
+  }
+}
+
+// Runs one request; on success hands the final response to `print`.
+template <typename Print>
+int Run(const Globals& g, v1::Request request, Print print,
+        ipc::Client::PartialCallback on_partial = nullptr) {
+  ipc::ClientOptions options;
+  options.client_name = "grantvault-cli/0.1";
+  const std::string path = SocketPath(g);
+  absl::StatusOr<std::unique_ptr<ipc::Client>> client = ipc::Client::Connect(path, options);
+  if (!client.ok()) {
+    v1::Error e;
+    e.set_code(absl::IsPermissionDenied(client.status()) ? v1::Error::PERMISSION_DENIED
+                                                         : v1::Error::UNAVAILABLE);
+    e.set_message(absl::StrFormat("cannot reach grantvaultd at %s: %s", path,
+                                  std::string(client.status().message())));
+    PrintError(g, e);
+    return ExitCodeFor(e.code());
+  }
+  request.set_admin_user(AdminUser(g));
+  absl::StatusOr<v1::Response> response = (*client)->Call(
+      std::move(request), absl::Milliseconds(static_cast<int64_t>(g.timeout_s * 1000)),
+      std::move(on_partial));
+  if (!response.ok()) {
+    v1::Error e;
+    e.set_code(absl::IsDeadlineExceeded(response.status()) ? v1::Error::DEADLINE_EXCEEDED
+                                                           : v1::Error::UNAVAILABLE);
+    e.set_message(std::string(response.status().message()));
+    PrintError(g, e);
+    return ExitCodeFor(e.code());
+  }
+  if (response->has_error()) {
+    PrintError(g, response->error());
+    return ExitCodeFor(response->error().code());
+  }
+  print(*response);
+  return kOk;
+}
+
+std::string Millis(int64_t ms) {
+  if (ms == 0) return "-";
+  return absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", absl::FromUnixMillis(ms), absl::UTCTimeZone());
+}
+
+const char* StateName(v1::KeyVersion::State s) {
+  switch (s) {
+    case v1::KeyVersion::ACTIVE:
+      return "active";
+    case v1::KeyVersion::INACTIVE:
+      return "inactive";
+    case v1::KeyVersion::RETIRED:
+      return "retired";
+    default:
+      return "?";
+  }
+}
+
+void PrintKey(const v1::KeyVersion& k) {
+  std::printf("  %-20s %-9s %8llu sealed record(s)  created %s%s%s\n", k.label().c_str(),
+              StateName(k.state()), static_cast<unsigned long long>(k.sealed_records()),
+              Millis(k.created_at_ms()).c_str(),
+              k.retired_at_ms() ? ("  retired " + Millis(k.retired_at_ms())).c_str() : "",
+              k.in_token() ? "" : (k.state() == v1::KeyVersion::RETIRED ? "" : "  NOT IN TOKEN"));
+}
+
+// A progress bar on stderr when it is a terminal; nothing otherwise.
+class ProgressBar {
+ public:
+  explicit ProgressBar(bool enabled) : enabled_(enabled && ::isatty(STDERR_FILENO)) {}
+  void Update(uint64_t done, uint64_t remaining) {
+    if (!enabled_) return;
+    const uint64_t total = done + remaining;
+    const int width = 40;
+    const int filled = total == 0 ? width : static_cast<int>(width * done / total);
+    std::fprintf(stderr, "\rrewrap [%s%s] %3d%% %llu/%llu",
+                 std::string(static_cast<size_t>(filled), '#').c_str(),
+                 std::string(static_cast<size_t>(width - filled), '.').c_str(),
+                 total == 0 ? 100 : static_cast<int>(100 * done / total),
+                 static_cast<unsigned long long>(done), static_cast<unsigned long long>(total));
+    drawn_ = true;
+  }
+  ~ProgressBar() {
+    if (drawn_) std::fputc('\n', stderr);
+  }
+
+ private:
+  bool enabled_;
+  bool drawn_ = false;
+};
+
+}  // namespace
+
+int Main(int argc, char** argv) {
+  CLI::App app{"grantvault: administer grantvaultd (keys, status)"};
+  app.require_subcommand(1);
+  Globals g;
+  app.add_option("--state-dir", g.state_dir,
+                 "the daemon's state directory (its sockets are in DIR/run); "
+                 "default $GRANTVAULT_STATE_DIR");
+  app.add_option("--socket", g.socket, "path of admin.sock (overrides --state-dir)");
+  app.add_option("--admin", g.admin, "admin user recorded for this action (default: you)");
+  app.add_flag("--json", g.json, "print the daemon's answer as JSON");
+  app.add_option("--timeout", g.timeout_s, "seconds to wait for the daemon (default 30)")
+      ->check(CLI::PositiveNumber);
+
+  int rc = kOk;
+  CLI::App* status = app.add_subcommand("status", "the daemon's health and inventory");
+  status->callback([&] {
+    v1::Request r;
+    r.mutable_status();
+    rc = Run(g, r, [&](const v1::Response& resp) {
+      const v1::StatusReply& s = resp.status();
+      if (g.json) return (void)std::printf("%s\n", Json(s).c_str());
+      std::printf("grantvaultd %s, up %llds\n", s.server_version().c_str(),
+                  static_cast<long long>(s.uptime_ms() / 1000));
+      std::printf("  HSM token   '%s' %s\n", s.token_label().c_str(),
+                  s.hsm_reachable() ? "reachable" : "NOT REACHABLE");
+      std::printf("  store       %s %s\n", s.store_kind().c_str(),
+                  s.store_reachable() ? "reachable" : "NOT REACHABLE");
+      std::printf("  active KEK  %s\n", s.active_kek().c_str());
+      std::printf("  grants      %llu\n", static_cast<unsigned long long>(s.grants()));
+      std::printf("  sealed      %llu secret(s)\n",
+                  static_cast<unsigned long long>(s.sealed_secrets()));
+      std::printf("  connections %u\n", s.open_connections());
+    });
+  });
+
+  CLI::App* keys = app.add_subcommand("keys", "key-encryption keys and the audit key");
+  keys->require_subcommand(1);
+  keys->add_subcommand("status", "every KEK version, its state and record count")->callback([&] {
+    v1::Request r;
+    r.mutable_key_status();
+    rc = Run(g, r, [&](const v1::Response& resp) {
+      if (g.json) return (void)std::printf("%s\n", Json(resp.key_status()).c_str());
+      std::printf("Key-encryption keys:\n");
+      for (const v1::KeyVersion& k : resp.key_status().keys()) PrintKey(k);
+    });
+  });
+  keys->add_subcommand("rotate", "create KEK n+1 and make it active")->callback([&] {
+    v1::Request r;
+    r.mutable_rotate_key();
+    rc = Run(g, r, [&](const v1::Response& resp) {
+      if (g.json) return (void)std::printf("%s\n", Json(resp.rotate_key()).c_str());
+      std::printf("Rotated: new secrets are now sealed under %s.\n",
+                  resp.rotate_key().key().label().c_str());
+      std::printf("Run 'grantvault keys rewrap' to move existing records to it.\n");
+    });
+  });
+  uint32_t batch = 0;
+  CLI::App* rewrap =
+      keys->add_subcommand("rewrap", "move every record's data key to the active KEK (online)");
+  rewrap->add_option("--batch", batch, "records per transaction (default 1000)");
+  rewrap->callback([&] {
+    v1::Request r;
+    r.mutable_rewrap()->set_batch_size(batch);
+    ProgressBar bar(!g.json);
+    bool left_records = false;
+    rc = Run(
+        g, r,
+        [&](const v1::Response& resp) {
+          const v1::RewrapReply& w = resp.rewrap();
+          left_records = w.failures_size() > 0;
+          if (g.json) return (void)std::printf("%s\n", Json(w).c_str());
+          bar.Update(w.rewrapped(), 0);
+          std::printf("Rewrapped %llu record(s)", static_cast<unsigned long long>(w.rewrapped()));
+          if (w.changed_meanwhile() > 0) {
+            std::printf(" (%llu changed meanwhile and were re-sealed by their writer)",
+                        static_cast<unsigned long long>(w.changed_meanwhile()));
+          }
+          std::printf(".\n");
+          for (const auto& f : w.failures()) {
+            std::printf("  NOT rewrapped: %s/%s under %s: %s\n", f.owner_id().c_str(),
+                        f.purpose().c_str(), f.kek_label().c_str(), f.reason().c_str());
+          }
+        },
+        [&](const v1::Response& partial) {
+          if (partial.has_rewrap_progress()) {
+            bar.Update(partial.rewrap_progress().done(), partial.rewrap_progress().remaining());
+          }
+        });
+    // Records left behind keep the old KEK from being retired: scripts must
+    // notice.
+    if (rc == kOk && left_records) rc = kRefused;
+  });
+  int retire_version = 0;
+  CLI::App* retire = keys->add_subcommand("retire", "retire KEK N (only when no record uses it)");
+  retire->add_option("N", retire_version, "KEK version")->required()->check(CLI::PositiveNumber);
+  retire->callback([&] {
+    v1::Request r;
+    r.mutable_retire_key()->set_version(static_cast<uint32_t>(retire_version));
+    rc = Run(g, r, [&](const v1::Response& resp) {
+      if (g.json) return (void)std::printf("%s\n", Json(resp.retire_key()).c_str());
+      std::printf("Retired %s: it is destroyed in the token.\n",
+                  resp.retire_key().key().label().c_str());
+    });
+  });
+  std::string out_file;
+  CLI::App* pub =
+      keys->add_subcommand("audit-public-key", "the audit signing key's public key (PEM)");
+  pub->add_option("-o,--output", out_file, "write the PEM to this file");
+  pub->callback([&] {
+    v1::Request r;
+    r.mutable_audit_public_key();
+    rc = Run(g, r, [&](const v1::Response& resp) {
+      const v1::AuditPublicKeyReply& k = resp.audit_public_key();
+      if (!out_file.empty()) {
+        std::ofstream(out_file) << k.pem();
+        if (!g.json)
+          std::printf("Wrote %s (%s) to %s\n", k.label().c_str(), "ECDSA P-256", out_file.c_str());
+      }
+      if (g.json) return (void)std::printf("%s\n", Json(k).c_str());
+      if (out_file.empty()) std::printf("%s", k.pem().c_str());
+    });
+  });
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? kOk : kUsage;
+  }
+  return rc;
+}
+
+}  // namespace grantvault::cli
+
+int main(int argc, char** argv) { return grantvault::cli::Main(argc, argv); }

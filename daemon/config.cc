@@ -1,0 +1,187 @@
+#include "daemon/config.h"
+
+#include <toml++/toml.h>
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status.h"
+
+namespace grantvault::daemon {
+namespace {
+
+std::string Where(const toml::node& node, const std::string& key) {
+  const toml::source_region& src = node.source();
+  return absl::StrCat(src.path ? std::string(*src.path) : std::string("config"), ":",
+                      src.begin.line, ": ", key);
+}
+
+absl::Status Invalid(const toml::node& node, const std::string& key, std::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat(Where(node, key), " ", std::string(why)));
+}
+
+// Reads table[key] into `out` if present. Each overload checks the type.
+absl::Status Read(const toml::table& table, const std::string& key, std::string* out) {
+  const toml::node* node = table.get(key);
+  if (node == nullptr) return absl::OkStatus();
+  if (!node->is_string()) return Invalid(*node, key, "must be a string");
+  *out = node->as_string()->get();
+  return absl::OkStatus();
+}
+
+absl::Status Read(const toml::table& table, const std::string& key, int64_t min, int64_t max,
+                  int64_t* out) {
+  const toml::node* node = table.get(key);
+  if (node == nullptr) return absl::OkStatus();
+  if (!node->is_integer()) return Invalid(*node, key, "must be an integer");
+  int64_t v = node->as_integer()->get();
+  if (v < min || v > max) {
+    return Invalid(*node, key, absl::StrCat("must be between ", min, " and ", max));
+  }
+  *out = v;
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::Status ReadUnsigned(const toml::table& table, const std::string& key, int64_t min,
+                          int64_t max, T* out) {
+  int64_t v = static_cast<int64_t>(*out);
+  GV_RETURN_IF_ERROR(Read(table, key, min, max, &v));
+  *out = static_cast<T>(v);
+  return absl::OkStatus();
+}
+
+absl::Status ReadMillis(const toml::table& table, const std::string& key, int64_t min, int64_t max,
+                        absl::Duration* out) {
+  int64_t ms = absl::ToInt64Milliseconds(*out);
+  GV_RETURN_IF_ERROR(Read(table, key, min, max, &ms));
+  *out = absl::Milliseconds(ms);
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::Status ReadIdList(const toml::table& table, const std::string& key, std::vector<T>* out) {
+  const toml::node* node = table.get(key);
+  if (node == nullptr) return absl::OkStatus();
+  const toml::array* array = node->as_array();
+  if (array == nullptr) return Invalid(*node, key, "must be an array of integers");
+  out->clear();
+  for (const toml::node& element : *array) {
+    if (!element.is_integer() || element.as_integer()->get() < 0 ||
+        element.as_integer()->get() > 0xfffffffe) {
+      return Invalid(element, key, "must hold user or group ids (0..4294967294)");
+    }
+    out->push_back(static_cast<T>(element.as_integer()->get()));
+  }
+  return absl::OkStatus();
+}
+
+// Refuses keys the daemon does not know, so a typo is an error.
+absl::Status OnlyKnownKeys(const toml::table& table, const std::string& section,
+                           const std::set<std::string>& known) {
+  for (const auto& [key, node] : table) {
+    std::string k(key.str());
+    if (known.count(k) == 0) {
+      return Invalid(
+          node, section.empty() ? k : absl::StrCat(section, ".", k),
+          absl::StrCat("is not a known setting (known: ", absl::StrJoin(known, ", "), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+const toml::table* Section(const toml::table& root, const std::string& name) {
+  const toml::node* node = root.get(name);
+  return node == nullptr ? nullptr : node->as_table();
+}
+
+absl::Status Apply(const toml::table& root, DaemonConfig& c) {
+  GV_RETURN_IF_ERROR(
+      OnlyKnownKeys(root, "", {"state_dir", "hsm", "store", "sockets", "limits", "log", "admin"}));
+  GV_RETURN_IF_ERROR(Read(root, "state_dir", &c.state_dir));
+  for (const char* name : {"hsm", "store", "sockets", "limits", "log", "admin"}) {
+    const toml::node* node = root.get(name);
+    if (node != nullptr && !node->is_table()) return Invalid(*node, name, "must be a table");
+  }
+  if (const toml::table* t = Section(root, "hsm")) {
+    GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "hsm", {"module", "token_label", "pin_file"}));
+    GV_RETURN_IF_ERROR(Read(*t, "module", &c.hsm_module));
+    GV_RETURN_IF_ERROR(Read(*t, "token_label", &c.token_label));
+    GV_RETURN_IF_ERROR(Read(*t, "pin_file", &c.pin_file));
+  }
+  if (const toml::table* t = Section(root, "store")) {
+    GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "store", {"database"}));
+    GV_RETURN_IF_ERROR(Read(*t, "database", &c.database));
+  }
+  if (const toml::table* t = Section(root, "sockets")) {
+    GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "sockets", {"agent", "admin", "mode"}));
+    GV_RETURN_IF_ERROR(Read(*t, "agent", &c.agent_socket));
+    GV_RETURN_IF_ERROR(Read(*t, "admin", &c.admin_socket));
+    GV_RETURN_IF_ERROR(ReadUnsigned(*t, "mode", 0, 0777, &c.socket_mode));
+  }
+  if (const toml::table* t = Section(root, "limits")) {
+    GV_RETURN_IF_ERROR(
+        OnlyKnownKeys(*t, "limits",
+                      {"max_connections", "max_in_flight_per_connection",
+                       "max_queued_bytes_per_connection", "frame_timeout_ms", "idle_timeout_ms",
+                       "write_timeout_ms", "io_threads", "worker_threads"}));
+    GV_RETURN_IF_ERROR(ReadUnsigned(*t, "max_connections", 1, 1000000, &c.limits.max_connections));
+    GV_RETURN_IF_ERROR(ReadUnsigned(*t, "max_in_flight_per_connection", 1, 100000,
+                                    &c.limits.max_in_flight_per_connection));
+    GV_RETURN_IF_ERROR(ReadUnsigned(*t, "max_queued_bytes_per_connection", 65536 + 4,
+                                    int64_t{1} << 30, &c.limits.max_queued_bytes_per_connection));
+    GV_RETURN_IF_ERROR(ReadMillis(*t, "frame_timeout_ms", 1, 3600000, &c.limits.frame_timeout));
+    GV_RETURN_IF_ERROR(ReadMillis(*t, "idle_timeout_ms", 0, 86400000, &c.limits.idle_timeout));
+    GV_RETURN_IF_ERROR(ReadMillis(*t, "write_timeout_ms", 1, 3600000, &c.limits.write_timeout));
+    GV_RETURN_IF_ERROR(ReadUnsigned(*t, "io_threads", 1, 64, &c.io_threads));
+    GV_RETURN_IF_ERROR(ReadUnsigned(*t, "worker_threads", 1, 64, &c.worker_threads));
+  }
+  if (const toml::table* t = Section(root, "log")) {
+    GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "log", {"level"}));
+    GV_RETURN_IF_ERROR(Read(*t, "level", &c.log_level));
+  }
+  if (const toml::table* t = Section(root, "admin")) {
+    GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "admin", {"allowed_uids", "allowed_gids"}));
+    GV_RETURN_IF_ERROR(ReadIdList(*t, "allowed_uids", &c.admin_uids));
+    GV_RETURN_IF_ERROR(ReadIdList(*t, "allowed_gids", &c.admin_gids));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<DaemonConfig> LoadConfig(const std::string& config_file,
+                                        const std::string& state_dir) {
+  DaemonConfig c;
+  if (!config_file.empty()) {
+    try {
+      toml::table root = toml::parse_file(config_file);
+      GV_RETURN_IF_ERROR(Apply(root, c));
+    } catch (const toml::parse_error& e) {
+      return absl::InvalidArgumentError(absl::StrCat(config_file, ":", e.source().begin.line, ":",
+                                                     e.source().begin.column, ": ",
+                                                     std::string(e.description())));
+    }
+  }
+  if (!state_dir.empty()) c.state_dir = state_dir;
+  if (c.state_dir.empty()) {
+    return absl::InvalidArgumentError("no state directory: pass --state-dir or set state_dir");
+  }
+  while (c.state_dir.size() > 1 && c.state_dir.back() == '/') c.state_dir.pop_back();
+  if (c.agent_socket.empty()) c.agent_socket = c.state_dir + "/run/agent.sock";
+  if (c.admin_socket.empty()) c.admin_socket = c.state_dir + "/run/admin.sock";
+  const bool external = !c.pin_file.empty() || !c.token_label.empty();
+  if (external && (c.pin_file.empty() || c.token_label.empty())) {
+    return absl::InvalidArgumentError(
+        "an external token needs both hsm.token_label and hsm.pin_file");
+  }
+  static const std::set<std::string> kLevels = {"trace", "debug", "info", "warn", "error"};
+  if (kLevels.count(c.log_level) == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "log.level '", c.log_level, "' is not one of trace, debug, info, warn, error"));
+  }
+  return c;
+}
+
+}  // namespace grantvault::daemon

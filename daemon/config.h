@@ -1,0 +1,57 @@
+// grantvaultd's configuration: command-line flags and an optional TOML file
+// (documented with every key in docs/operations.md).
+#ifndef GRANTVAULT_DAEMON_CONFIG_H_
+#define GRANTVAULT_DAEMON_CONFIG_H_
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "ipc/server.h"
+
+namespace grantvault::daemon {
+
+struct DaemonConfig {
+  // The embedded default: SoftHSM2 token + SQLite under this directory,
+  // created on first start. Also holds the lock file and, unless configured
+  // otherwise, the sockets (<state_dir>/run/agent.sock, admin.sock).
+  std::string state_dir;
+
+  // An external token instead of the embedded SoftHSM2 one (all three set).
+  std::string hsm_module;  // default: SoftHSM2
+  std::string token_label;
+  std::string pin_file;
+  // With an external token: the SQLite database (default
+  // <state_dir>/grantvault.db). The embedded default always uses that path.
+  std::string database;
+
+  std::string agent_socket;
+  std::string admin_socket;
+  mode_t socket_mode = 0660;
+
+  ipc::ServerLimits limits;
+  size_t io_threads = 2;
+  size_t worker_threads = 2;
+
+  std::string log_level = "info";  // trace, debug, info, warn, error
+
+  // Peers allowed on admin.sock, besides the daemon's own uid.
+  std::vector<uid_t> admin_uids;
+  std::vector<gid_t> admin_gids;
+
+  bool uses_embedded_token() const { return pin_file.empty(); }
+};
+
+// Reads `config_file` (if not empty) over the defaults, then applies
+// `state_dir` (if not empty), then fills derived defaults. InvalidArgument
+// naming the file, line and key for anything that does not parse or is out of
+// range; an unknown key is an error too (a typo must not be silently ignored).
+absl::StatusOr<DaemonConfig> LoadConfig(const std::string& config_file,
+                                        const std::string& state_dir);
+
+}  // namespace grantvault::daemon
+
+#endif  // GRANTVAULT_DAEMON_CONFIG_H_

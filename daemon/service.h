@@ -1,0 +1,102 @@
+// The request handlers behind both sockets: Hello, Status, and on admin.sock
+// the key operations. Parses each frame as a grantvault.v1.Request, checks the
+// connection's state and the caller's rights, and answers with Responses.
+//
+// Threading: frames arrive on the server's I/O threads. Status is answered
+// there from a snapshot refreshed at most once a second; everything that
+// touches the token or the database runs on the service's worker pool, never
+// on an I/O thread.
+#ifndef GRANTVAULT_DAEMON_SERVICE_H_
+#define GRANTVAULT_DAEMON_SERVICE_H_
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "daemon/vault.h"
+#include "grantvault/v1/envelope.pb.h"
+#include "ipc/server.h"
+
+namespace grantvault::daemon {
+
+inline constexpr char kServerVersion[] = "0.1.0";
+
+struct AdminPolicy {
+  // Peers allowed on admin.sock besides the daemon's own uid.
+  std::vector<uid_t> uids;
+  std::vector<gid_t> gids;
+};
+
+// Maps a Status to the protocol's Error (never copying anything but the
+// message, which the callee guarantees holds no secret).
+v1::Error StatusToError(const absl::Status& status);
+
+class Service {
+ public:
+  // `vault` must outlive the service.
+  Service(Vault* vault, AdminPolicy admin, size_t worker_threads, Clock* clock);
+  ~Service();
+  Service(const Service&) = delete;
+  Service& operator=(const Service&) = delete;
+
+  ipc::FrameHandler* agent_handler();
+  ipc::FrameHandler* admin_handler();
+  // For the connection count in Status; may be set after construction.
+  void set_server(const ipc::Server* server) { server_ = server; }
+  // SIGHUP: new admin rules apply to the next request.
+  void ReloadAdminPolicy(AdminPolicy admin);
+  // Stops taking work and waits for the workers to finish what they hold.
+  void Stop();
+
+ private:
+  class Handler;
+  struct ConnectionState {
+    bool hello_done = false;
+  };
+  struct Snapshot {
+    absl::Time taken = absl::InfinitePast();
+    v1::StatusReply reply;
+  };
+
+  void OnFrame(v1::HelloReply::Role role, const std::shared_ptr<ipc::Connection>& connection,
+               std::string payload);
+  void OnDisconnect(const ipc::Connection& connection);
+  void Dispatch(v1::HelloReply::Role role, const std::shared_ptr<ipc::Connection>& connection,
+                v1::Request request, absl::Time received);
+  absl::Status CheckAdmin(const ipc::Connection& connection, const v1::Request& request);
+  void RunAdmin(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request);
+  void AnswerStatus(const std::shared_ptr<ipc::Connection>& connection, uint64_t request_id);
+  v1::StatusReply ComputeStatus();
+
+  Vault* const vault_;
+  Clock* const clock_;
+  const absl::Time started_;
+  const ipc::Server* server_ = nullptr;
+  std::unique_ptr<Handler> agent_handler_;
+  std::unique_ptr<Handler> admin_handler_;
+
+  struct Workers;
+  std::unique_ptr<Workers> workers_;
+
+  absl::Mutex mu_;
+  AdminPolicy admin_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, ConnectionState> connections_ ABSL_GUARDED_BY(mu_);
+
+  absl::Mutex snapshot_mu_;
+  Snapshot snapshot_ ABSL_GUARDED_BY(snapshot_mu_);
+};
+
+// Sends one Response on `connection` (final unless response.more()).
+void SendResponse(ipc::Connection& connection, const v1::Response& response);
+
+}  // namespace grantvault::daemon
+
+#endif  // GRANTVAULT_DAEMON_SERVICE_H_

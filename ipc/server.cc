@@ -1,0 +1,1042 @@
+#include "ipc/server.h"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/strings.h"
+#include "ipc/asio.h"
+#include "ipc/frame.h"
+
+namespace grantvault::ipc {
+namespace {
+
+namespace asio = boost::asio;
+using stream_protocol = asio::local::stream_protocol;
+using Clock = std::chrono::steady_clock;
+using ErrorCode = boost::system::error_code;
+using Strand = asio::strand<asio::io_context::executor_type>;
+
+constexpr size_t kMaxIoThreads = 256;
+// Responses written by one gather write at most.
+constexpr size_t kMaxFramesPerWrite = 64;
+// A read asks for at least this much, so that pipelined small frames arrive together.
+constexpr size_t kReadChunk = 4096;
+// An emptied input buffer larger than this is released.
+constexpr size_t kKeepInputCapacity = 16 * 1024;
+constexpr auto kAcceptRetryDelay = std::chrono::milliseconds(100);
+
+// The module's one log sink: one line per call on stderr. Messages name
+// connections, peers and reasons; a payload is never logged.
+void Log(std::string_view message) {
+  const std::string line = absl::StrCat("ipc: ", Sv(message), "\n");
+  std::fwrite(line.data(), 1, line.size(), stderr);
+}
+
+Clock::duration ToClock(absl::Duration d) {
+  return std::chrono::duration_cast<Clock::duration>(absl::ToChronoNanoseconds(d));
+}
+
+std::string ToString(absl::string_view s) { return std::string(s.data(), s.size()); }
+
+void SetCloseOnExec(int fd) {
+  const int flags = ::fcntl(fd, F_GETFD);
+  if (flags >= 0) ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+}
+
+enum class CloseKind { kPeer, kBadFrame, kTimeout, kOverflow, kHandler, kShutdown, kError };
+
+class ServerCore;
+
+struct ListenerState {
+  ListenerState(asio::io_context& io, std::string listener_name, FrameHandler* frame_handler)
+      : name(std::move(listener_name)),
+        handler(frame_handler),
+        strand(asio::make_strand(io)),
+        acceptor(io),
+        retry_timer(io) {}
+
+  const std::string name;
+  FrameHandler* const handler;
+  // Serialises the accept loop with its stop.
+  Strand strand;
+  stream_protocol::acceptor acceptor;
+  asio::steady_timer retry_timer;  // after a failed accept (e.g. EMFILE)
+};
+
+class ConnectionImpl;
+
+// What the server and its connections share. Connections hold it by
+// shared_ptr, so the io_context outlives every socket and timer even when a
+// handler keeps a Connection after the Server is gone.
+class ServerCore : public std::enable_shared_from_this<ServerCore> {
+ public:
+  explicit ServerCore(const ServerLimits& server_limits) : limits(server_limits) {}
+
+  void DoAccept(ListenerState& listener);
+  void OnConnectionClosed(const ConnectionImpl& connection, CloseKind kind,
+                          std::string_view reason);
+  // Snapshot of the open connections.
+  std::vector<std::shared_ptr<ConnectionImpl>> Connections() ABSL_LOCKS_EXCLUDED(mu);
+  bool AllQuiet() ABSL_LOCKS_EXCLUDED(mu);
+
+  asio::io_context io;  // declared first: destroyed last
+  const ServerLimits limits;
+  std::vector<std::unique_ptr<ListenerState>> listeners;
+
+  // Set when Shutdown begins: frames not yet handed out stay unread.
+  std::atomic<bool> draining{false};
+
+  std::atomic<uint64_t> accepted{0};
+  std::atomic<uint64_t> refused_over_limit{0};
+  std::atomic<uint64_t> frames{0};
+  std::atomic<uint64_t> closed_bad_frame{0};
+  std::atomic<uint64_t> closed_timeout{0};
+
+  absl::Mutex mu;
+  bool stopping ABSL_GUARDED_BY(mu) = false;  // no new connection is admitted
+  uint64_t next_id ABSL_GUARDED_BY(mu) = 1;
+  std::map<uint64_t, std::shared_ptr<ConnectionImpl>> connections ABSL_GUARDED_BY(mu);
+
+ private:
+  void OnAccept(ListenerState& listener, const ErrorCode& ec, stream_protocol::socket socket);
+};
+
+class ConnectionImpl final : public Connection,
+                             public std::enable_shared_from_this<ConnectionImpl> {
+ public:
+  ConnectionImpl(std::shared_ptr<ServerCore> core, const ListenerState& listener, uint64_t id,
+                 stream_protocol::socket socket, const PeerCredentials& peer)
+      : core_(std::move(core)),
+        handler_(listener.handler),
+        listener_(listener.name),
+        id_(id),
+        peer_(peer),
+        strand_(asio::make_strand(core_->io)),
+        socket_(std::move(socket)),
+        read_timer_(core_->io),
+        write_timer_(core_->io) {}
+
+  uint64_t id() const override { return id_; }
+  const PeerCredentials& peer() const override { return peer_; }
+  const std::string& listener() const override { return listener_; }
+  bool Send(std::string payload, bool final) override;
+  void Close(std::string_view reason) override {
+    CloseWith(CloseKind::kHandler, reason, /*flush=*/true);
+  }
+  bool closed() const override {
+    absl::MutexLock lock(&mu_);
+    return closed_;
+  }
+
+  // Delivers OnConnect and starts reading, on the connection's strand.
+  void Start() {
+    asio::post(strand_, [self = shared_from_this()] { self->OnStart(); });
+  }
+  // Marks the connection closed (Send and Close do nothing from now on) and
+  // tears it down on its strand, where the close is logged once. With `flush`,
+  // frames already queued are written first (within write_timeout); a later
+  // close without `flush` cuts that short.
+  void CloseWith(CloseKind kind, std::string_view reason, bool flush = false)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // True when closed, or when every frame handed out has been answered and
+  // every answer written.
+  bool Quiet() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    if (closed_) return !flushing_;
+    return in_flight_ == 0 && queued_bytes_ == 0;
+  }
+
+ private:
+  enum class ReadDeadlineKind { kNone, kFrame, kIdle };
+
+  // All of these run on strand_.
+  void OnStart();
+  void ProcessInput();
+  void Resume();
+  void UpdateReadDeadline();
+  void ArmReadTimer();
+  void OnReadTimer();
+  void ReadMore();
+  void OnRead(const ErrorCode& ec, size_t old_size, size_t n);
+  void StartWrite();
+  void OnWrite(const ErrorCode& ec);
+  void ArmWriteTimer();
+  void OnWriteTimer();
+  void Teardown();
+
+  const std::shared_ptr<ServerCore> core_;  // declared first: the io_context outlives the rest
+  FrameHandler* const handler_;
+  const std::string listener_;
+  const uint64_t id_;
+  const PeerCredentials peer_;
+  Strand strand_;
+  stream_protocol::socket socket_;
+  asio::steady_timer read_timer_;
+  asio::steady_timer write_timer_;
+
+  // Touched on strand_ only.
+  std::string input_;    // received and not yet handed out (and, while reading_, the read buffer)
+  size_t received_ = 0;  // bytes of input_ actually received
+  bool reading_ = false;
+  bool frame_started_ = false;  // input_ holds part of a frame
+  Clock::time_point frame_start_;
+  Clock::time_point read_deadline_ = Clock::time_point::max();
+  ReadDeadlineKind read_deadline_kind_ = ReadDeadlineKind::kNone;
+  bool read_timer_waiting_ = false;
+  Clock::time_point write_deadline_ = Clock::time_point::max();
+  bool write_timer_waiting_ = false;
+  std::vector<std::string> writing_;  // frames of the write in progress
+  bool connect_delivered_ = false;
+  bool torn_down_ = false;
+
+  mutable absl::Mutex mu_;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool flushing_ ABSL_GUARDED_BY(mu_) = false;  // closed, still writing what was queued
+  CloseKind close_kind_ ABSL_GUARDED_BY(mu_) = CloseKind::kPeer;
+  std::string close_reason_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> outbox_ ABSL_GUARDED_BY(mu_);  // encoded frames not yet written
+  size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;         // outbox_ and the write in progress
+  size_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;            // frames handed out, not answered
+  bool write_active_ ABSL_GUARDED_BY(mu_) = false;       // a StartWrite chain is running
+  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;        // back-pressure
+};
+
+// --- ConnectionImpl ----------------------------------------------------------
+
+bool ConnectionImpl::Send(std::string payload, bool final) {
+  const size_t size = payload.size();
+  if (size == 0 || size > kMaxFramePayload) {
+    if (!closed()) {
+      CloseWith(CloseKind::kError, absl::StrCat("handler sent a frame of ", size,
+                                                " bytes (allowed 1..", kMaxFramePayload, ")"));
+    }
+    return false;
+  }
+  std::string frame = EncodeFrame(payload);
+  const size_t cap = core_->limits.max_queued_bytes_per_connection;
+  bool start_write = false;
+  bool resume = false;
+  size_t queued = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    if (closed_) return false;
+    queued = queued_bytes_ + frame.size();
+    if (queued <= cap) {
+      queued_bytes_ = queued;
+      outbox_.push_back(std::move(frame));
+      if (!write_active_) {
+        write_active_ = true;
+        start_write = true;
+      }
+      if (final && in_flight_ > 0) {
+        --in_flight_;
+        if (read_paused_) {
+          read_paused_ = false;
+          resume = true;
+        }
+      }
+    }
+  }
+  if (queued > cap) {
+    CloseWith(CloseKind::kOverflow,
+              absl::StrCat("peer is not reading: ", queued,
+                           " bytes of responses queued, over the cap of ", cap));
+    return false;
+  }
+  if (start_write) asio::post(strand_, [self = shared_from_this()] { self->StartWrite(); });
+  if (resume) asio::post(strand_, [self = shared_from_this()] { self->Resume(); });
+  return true;
+}
+
+void ConnectionImpl::CloseWith(CloseKind kind, std::string_view reason, bool flush) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (closed_) {
+      if (!flushing_ || flush) return;
+      // A failure or shutdown while flushing: give up on the rest.
+      flushing_ = false;
+      close_reason_ += absl::StrCat("; then ", Sv(reason));
+    } else {
+      closed_ = true;
+      close_kind_ = kind;
+      close_reason_ = std::string(reason);
+      // queued_bytes_ > 0 means a write chain is running; it tears down once
+      // the outbox is empty.
+      flushing_ = flush && queued_bytes_ > 0;
+      if (flushing_) return;
+    }
+    outbox_.clear();
+    queued_bytes_ = 0;
+  }
+  asio::post(strand_, [self = shared_from_this()] { self->Teardown(); });
+}
+
+void ConnectionImpl::OnStart() {
+  if (closed()) return;
+  connect_delivered_ = true;
+  handler_->OnConnect(shared_from_this());
+  ProcessInput();
+}
+
+// Hands every complete frame in input_ to the handler (while the in-flight cap
+// allows), then arms the read deadline and reads more.
+void ConnectionImpl::ProcessInput() {
+  if (closed() || reading_) return;
+  const size_t max_in_flight = core_->limits.max_in_flight_per_connection;
+  size_t pos = 0;
+  bool stop_reading = false;
+  for (;;) {
+    const size_t available = input_.size() - pos;
+    if (available < kFrameHeaderSize) break;
+    std::array<uint8_t, kFrameHeaderSize> header;
+    std::memcpy(header.data(), input_.data() + pos, kFrameHeaderSize);
+    const absl::StatusOr<uint32_t> length = DecodeFrameHeader(header);
+    if (!length.ok()) {
+      CloseWith(CloseKind::kBadFrame, ToString(length.status().message()));
+      return;
+    }
+    if (available < kFrameHeaderSize + *length) break;
+    {
+      absl::MutexLock lock(&mu_);
+      if (closed_) return;
+      if (core_->draining.load()) {
+        stop_reading = true;
+        break;
+      }
+      if (in_flight_ >= max_in_flight) {
+        read_paused_ = true;
+        stop_reading = true;
+        break;
+      }
+      ++in_flight_;
+    }
+    std::string payload = input_.substr(pos + kFrameHeaderSize, *length);
+    pos += kFrameHeaderSize + *length;
+    frame_started_ = false;
+    core_->frames.fetch_add(1);
+    handler_->OnFrame(shared_from_this(), std::move(payload));
+  }
+  input_.erase(0, pos);
+  if (input_.empty() && input_.capacity() > kKeepInputCapacity) std::string().swap(input_);
+  if (core_->draining.load()) stop_reading = true;
+  if (stop_reading) {
+    // Whatever is buffered waits; its frame clock starts when reading resumes.
+    frame_started_ = false;
+    UpdateReadDeadline();
+    return;
+  }
+  if (!input_.empty() && !frame_started_) {
+    frame_started_ = true;
+    frame_start_ = Clock::now();
+  }
+  UpdateReadDeadline();
+  ReadMore();
+}
+
+void ConnectionImpl::Resume() {
+  if (reading_) {
+    UpdateReadDeadline();
+  } else {
+    ProcessInput();
+  }
+}
+
+void ConnectionImpl::UpdateReadDeadline() {
+  bool paused;
+  bool busy;  // a request is being answered: the connection is not idle
+  {
+    absl::MutexLock lock(&mu_);
+    paused = read_paused_;
+    busy = in_flight_ > 0 || queued_bytes_ > 0;
+  }
+  const absl::Duration idle = core_->limits.idle_timeout;
+  if (paused || core_->draining.load()) {
+    read_deadline_ = Clock::time_point::max();
+    read_deadline_kind_ = ReadDeadlineKind::kNone;
+  } else if (frame_started_) {
+    read_deadline_ = frame_start_ + ToClock(core_->limits.frame_timeout);
+    read_deadline_kind_ = ReadDeadlineKind::kFrame;
+  } else if (idle > absl::ZeroDuration() && !busy) {
+    read_deadline_ = Clock::now() + ToClock(idle);
+    read_deadline_kind_ = ReadDeadlineKind::kIdle;
+  } else {
+    read_deadline_ = Clock::time_point::max();
+    read_deadline_kind_ = ReadDeadlineKind::kNone;
+  }
+  ArmReadTimer();
+}
+
+// The timer only ever moves earlier here; when it fires before a deadline that
+// was pushed back, OnReadTimer re-arms it for the new one.
+void ConnectionImpl::ArmReadTimer() {
+  if (read_deadline_ == Clock::time_point::max()) return;
+  if (read_timer_waiting_) {
+    if (read_deadline_ < read_timer_.expiry()) read_timer_.expires_at(read_deadline_);
+    return;
+  }
+  read_timer_.expires_at(read_deadline_);
+  read_timer_waiting_ = true;
+  read_timer_.async_wait(asio::bind_executor(
+      strand_, [self = shared_from_this()](const ErrorCode&) { self->OnReadTimer(); }));
+}
+
+void ConnectionImpl::OnReadTimer() {
+  read_timer_waiting_ = false;
+  if (closed()) return;
+  if (read_deadline_ != Clock::time_point::max() && read_deadline_ <= Clock::now()) {
+    if (read_deadline_kind_ == ReadDeadlineKind::kFrame) {
+      CloseWith(CloseKind::kTimeout, absl::StrCat("frame not completed within ",
+                                                  absl::FormatDuration(core_->limits.frame_timeout),
+                                                  " (", received_, " bytes received)"));
+    } else {
+      CloseWith(CloseKind::kTimeout,
+                absl::StrCat("idle for ", absl::FormatDuration(core_->limits.idle_timeout)));
+    }
+    return;
+  }
+  ArmReadTimer();
+}
+
+void ConnectionImpl::ReadMore() {
+  if (reading_) return;
+  size_t want = kReadChunk;
+  if (input_.size() >= kFrameHeaderSize) {
+    // ProcessInput validated this header: the rest of the frame is wanted.
+    const size_t length = (size_t{static_cast<uint8_t>(input_[0])} << 24) |
+                          (size_t{static_cast<uint8_t>(input_[1])} << 16) |
+                          (size_t{static_cast<uint8_t>(input_[2])} << 8) |
+                          size_t{static_cast<uint8_t>(input_[3])};
+    want = std::max(want, kFrameHeaderSize + length - input_.size());
+  }
+  const size_t old_size = input_.size();
+  received_ = old_size;
+  input_.resize(old_size + want);
+  reading_ = true;
+  socket_.async_read_some(asio::buffer(input_.data() + old_size, want),
+                          asio::bind_executor(strand_, [self = shared_from_this(), old_size](
+                                                           const ErrorCode& ec, size_t n) {
+                            self->OnRead(ec, old_size, n);
+                          }));
+}
+
+void ConnectionImpl::OnRead(const ErrorCode& ec, size_t old_size, size_t n) {
+  reading_ = false;
+  input_.resize(old_size + (ec ? 0 : n));
+  received_ = input_.size();
+  if (closed() || ec == asio::error::operation_aborted) return;
+  if (ec == asio::error::eof || ec == asio::error::connection_reset) {
+    if (input_.empty()) {
+      CloseWith(CloseKind::kPeer, "peer closed the connection");
+    } else {
+      CloseWith(CloseKind::kPeer, absl::StrCat("peer closed the connection in the middle of a "
+                                               "frame (",
+                                               input_.size(), " bytes received)"));
+    }
+    return;
+  }
+  if (ec) {
+    CloseWith(CloseKind::kError, absl::StrCat("read failed: ", ec.message()));
+    return;
+  }
+  ProcessInput();
+}
+
+void ConnectionImpl::StartWrite() {
+  {
+    absl::MutexLock lock(&mu_);
+    if ((closed_ && !flushing_) || outbox_.empty()) {
+      write_active_ = false;
+      if (flushing_) {
+        flushing_ = false;  // everything queued before the close is written
+        asio::post(strand_, [self = shared_from_this()] { self->Teardown(); });
+      }
+      return;
+    }
+    while (!outbox_.empty() && writing_.size() < kMaxFramesPerWrite) {
+      writing_.push_back(std::move(outbox_.front()));
+      outbox_.pop_front();
+    }
+  }
+  std::vector<asio::const_buffer> buffers;
+  buffers.reserve(writing_.size());
+  for (const std::string& frame : writing_) buffers.push_back(asio::buffer(frame));
+  write_deadline_ = Clock::now() + ToClock(core_->limits.write_timeout);
+  ArmWriteTimer();
+  asio::async_write(
+      socket_, buffers,
+      asio::bind_executor(strand_, [self = shared_from_this()](const ErrorCode& ec, size_t) {
+        self->OnWrite(ec);
+      }));
+}
+
+void ConnectionImpl::OnWrite(const ErrorCode& ec) {
+  size_t written = 0;
+  for (const std::string& frame : writing_) written += frame.size();
+  writing_.clear();
+  write_deadline_ = Clock::time_point::max();
+  if (ec) {
+    if (ec != asio::error::operation_aborted) {
+      CloseWith(CloseKind::kError, absl::StrCat("write failed: ", ec.message()));
+    }
+    return;
+  }
+  bool drained;
+  {
+    absl::MutexLock lock(&mu_);
+    if (closed_ && !flushing_) return;
+    queued_bytes_ -= written;
+    drained = queued_bytes_ == 0;
+  }
+  if (drained && core_->limits.idle_timeout > absl::ZeroDuration()) {
+    UpdateReadDeadline();  // the idle clock starts once everything is written
+  }
+  StartWrite();
+}
+
+void ConnectionImpl::ArmWriteTimer() {
+  if (write_timer_waiting_) {
+    if (write_deadline_ < write_timer_.expiry()) write_timer_.expires_at(write_deadline_);
+    return;
+  }
+  write_timer_.expires_at(write_deadline_);
+  write_timer_waiting_ = true;
+  write_timer_.async_wait(asio::bind_executor(
+      strand_, [self = shared_from_this()](const ErrorCode&) { self->OnWriteTimer(); }));
+}
+
+void ConnectionImpl::OnWriteTimer() {
+  write_timer_waiting_ = false;
+  if (write_deadline_ == Clock::time_point::max()) return;
+  {
+    absl::MutexLock lock(&mu_);
+    if (closed_ && !flushing_) return;
+  }
+  if (write_deadline_ <= Clock::now()) {
+    CloseWith(CloseKind::kTimeout, absl::StrCat("peer did not take a response within ",
+                                                absl::FormatDuration(core_->limits.write_timeout)));
+    return;
+  }
+  ArmWriteTimer();
+}
+
+void ConnectionImpl::Teardown() {
+  if (torn_down_) return;
+  torn_down_ = true;
+  ErrorCode ignored;
+  socket_.shutdown(stream_protocol::socket::shutdown_both, ignored);
+  socket_.close(ignored);
+  read_timer_.cancel();
+  write_timer_.cancel();
+  CloseKind kind;
+  std::string reason;
+  {
+    absl::MutexLock lock(&mu_);
+    kind = close_kind_;
+    reason = close_reason_;
+  }
+  core_->OnConnectionClosed(*this, kind, reason);
+  if (connect_delivered_) handler_->OnDisconnect(*this);
+}
+
+// --- ServerCore --------------------------------------------------------------
+
+void ServerCore::DoAccept(ListenerState& listener) {
+  listener.acceptor.async_accept(asio::bind_executor(
+      listener.strand,
+      [self = shared_from_this(), &listener](const ErrorCode& ec, stream_protocol::socket socket) {
+        self->OnAccept(listener, ec, std::move(socket));
+      }));
+}
+
+void ServerCore::OnAccept(ListenerState& listener, const ErrorCode& ec,
+                          stream_protocol::socket socket) {
+  ErrorCode ignored;
+  {
+    absl::MutexLock lock(&mu);
+    if (stopping) {
+      socket.close(ignored);
+      return;
+    }
+  }
+  if (ec == asio::error::operation_aborted) return;
+  if (ec) {
+    Log(absl::StrCat("accept failed on ", listener.name, ": ", ec.message(), "; retrying"));
+    listener.retry_timer.expires_after(kAcceptRetryDelay);
+    listener.retry_timer.async_wait(asio::bind_executor(
+        listener.strand, [self = shared_from_this(), &listener](const ErrorCode& wait_ec) {
+          if (!wait_ec) self->DoAccept(listener);
+        }));
+    return;
+  }
+  accepted.fetch_add(1);
+  const int fd = socket.native_handle();
+  SetCloseOnExec(fd);
+  PeerCredentials peer;
+  struct ucred cred = {};
+  socklen_t cred_len = sizeof(cred);
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) != 0) {
+    Log(absl::StrCat("closed a new connection on ", listener.name,
+                     ": SO_PEERCRED failed: ", std::strerror(errno)));
+    socket.close(ignored);
+    DoAccept(listener);
+    return;
+  }
+  peer.pid = cred.pid;
+  peer.uid = cred.uid;
+  peer.gid = cred.gid;
+
+  size_t open_count = 0;
+  bool admitted = false;
+  {
+    absl::MutexLock lock(&mu);
+    if (stopping) {
+      socket.close(ignored);
+      return;
+    }
+    open_count = connections.size();
+    if (open_count < limits.max_connections) {
+      const uint64_t id = next_id++;
+      auto connection = std::make_shared<ConnectionImpl>(shared_from_this(), listener, id,
+                                                         std::move(socket), peer);
+      connections.emplace(id, connection);
+      connection->Start();
+      admitted = true;
+    }
+  }
+  if (!admitted) {
+    refused_over_limit.fetch_add(1);
+    Log(absl::StrCat("refused a connection (pid ", peer.pid, " uid ", peer.uid, ") on ",
+                     listener.name, ": ", open_count, " connections open, the limit is ",
+                     limits.max_connections));
+    socket.close(ignored);
+  }
+  DoAccept(listener);
+}
+
+void ServerCore::OnConnectionClosed(const ConnectionImpl& connection, CloseKind kind,
+                                    std::string_view reason) {
+  if (kind == CloseKind::kBadFrame) closed_bad_frame.fetch_add(1);
+  if (kind == CloseKind::kTimeout) closed_timeout.fetch_add(1);
+  const PeerCredentials& peer = connection.peer();
+  Log(absl::StrCat("closed connection ", connection.id(), " (pid ", peer.pid, " uid ", peer.uid,
+                   ") on ", connection.listener(), ": ", Sv(reason)));
+  absl::MutexLock lock(&mu);
+  connections.erase(connection.id());
+}
+
+std::vector<std::shared_ptr<ConnectionImpl>> ServerCore::Connections() {
+  std::vector<std::shared_ptr<ConnectionImpl>> out;
+  absl::MutexLock lock(&mu);
+  out.reserve(connections.size());
+  for (const auto& [id, connection] : connections) out.push_back(connection);
+  return out;
+}
+
+bool ServerCore::AllQuiet() {
+  for (const auto& connection : Connections()) {
+    if (!connection->Quiet()) return false;
+  }
+  return true;
+}
+
+// --- ServerImpl --------------------------------------------------------------
+
+class ServerImpl final : public Server {
+ public:
+  ServerImpl(std::shared_ptr<ServerCore> core, size_t io_threads)
+      : core_(std::move(core)), io_threads_(io_threads) {}
+  ~ServerImpl() override { Shutdown(absl::ZeroDuration()); }
+
+  absl::Status Start() override;
+  void Shutdown(absl::Duration drain) override;
+  ServerStats stats() const override;
+
+ private:
+  enum class State { kCreated, kRunning, kStopped };
+  using WorkGuard = asio::executor_work_guard<asio::io_context::executor_type>;
+
+  const std::shared_ptr<ServerCore> core_;
+  const size_t io_threads_;
+  absl::Mutex lifecycle_mu_;  // held for the whole of Start and Shutdown
+  State state_ ABSL_GUARDED_BY(lifecycle_mu_) = State::kCreated;
+  std::optional<WorkGuard> work_ ABSL_GUARDED_BY(lifecycle_mu_);
+  std::vector<std::thread> threads_ ABSL_GUARDED_BY(lifecycle_mu_);
+};
+
+absl::Status ServerImpl::Start() {
+  absl::MutexLock lock(&lifecycle_mu_);
+  if (state_ != State::kCreated) {
+    return absl::FailedPreconditionError("the server was already started");
+  }
+  state_ = State::kRunning;
+  work_.emplace(asio::make_work_guard(core_->io));
+  for (const auto& listener : core_->listeners) {
+    ListenerState* l = listener.get();
+    asio::post(l->strand, [core = core_, l] { core->DoAccept(*l); });
+  }
+  threads_.reserve(io_threads_);
+  for (size_t i = 0; i < io_threads_; ++i) {
+    threads_.emplace_back([core = core_] {
+      try {
+        core->io.run();
+      } catch (const std::exception& e) {
+        Log(absl::StrCat("fatal: exception on an I/O thread: ", e.what()));
+        std::abort();
+      }
+    });
+  }
+  return absl::OkStatus();
+}
+
+void ServerImpl::Shutdown(absl::Duration drain) {
+  absl::MutexLock lock(&lifecycle_mu_);
+  if (state_ == State::kStopped) return;
+  if (state_ == State::kCreated) {
+    state_ = State::kStopped;
+    for (const auto& listener : core_->listeners) {
+      ErrorCode ignored;
+      listener->acceptor.close(ignored);
+    }
+    return;
+  }
+  state_ = State::kStopped;
+  for (const std::thread& thread : threads_) {
+    if (thread.get_id() == std::this_thread::get_id()) {
+      Log("fatal: Server::Shutdown called on one of the server's I/O threads");
+      std::abort();
+    }
+  }
+
+  // Stage 1: stop accepting; frames not yet handed out stay unread.
+  {
+    absl::MutexLock core_lock(&core_->mu);
+    core_->stopping = true;
+  }
+  core_->draining.store(true);
+  for (const auto& listener : core_->listeners) {
+    ListenerState* l = listener.get();
+    asio::post(l->strand, [l] {
+      ErrorCode ignored;
+      l->acceptor.close(ignored);
+      l->retry_timer.cancel();
+    });
+  }
+
+  // Stage 2: wait for every in-flight request to be answered and written.
+  const absl::Time deadline = absl::Now() + std::max(drain, absl::ZeroDuration());
+  while (!core_->AllQuiet() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(2));
+
+  // Stage 3: close everything; the threads end when no work is left.
+  for (const auto& connection : core_->Connections()) {
+    connection->CloseWith(CloseKind::kShutdown, "server is shutting down");
+  }
+  work_.reset();
+  for (std::thread& thread : threads_) thread.join();
+  threads_.clear();
+}
+
+ServerStats ServerImpl::stats() const {
+  ServerStats s;
+  s.accepted = core_->accepted.load();
+  s.refused_over_limit = core_->refused_over_limit.load();
+  s.frames = core_->frames.load();
+  s.closed_bad_frame = core_->closed_bad_frame.load();
+  s.closed_timeout = core_->closed_timeout.load();
+  absl::MutexLock lock(&core_->mu);
+  s.open = core_->connections.size();
+  return s;
+}
+
+absl::Status ValidateLimits(const ServerLimits& limits, size_t io_threads) {
+  if (io_threads == 0 || io_threads > kMaxIoThreads) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("io_threads must be 1..", kMaxIoThreads, ", not ", io_threads));
+  }
+  if (limits.max_connections == 0) {
+    return absl::InvalidArgumentError("max_connections must be at least 1");
+  }
+  if (limits.max_in_flight_per_connection == 0) {
+    return absl::InvalidArgumentError("max_in_flight_per_connection must be at least 1");
+  }
+  if (limits.max_queued_bytes_per_connection < kFrameHeaderSize + kMaxFramePayload) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_queued_bytes_per_connection must hold one full frame (",
+                     kFrameHeaderSize + kMaxFramePayload, " bytes)"));
+  }
+  if (limits.frame_timeout <= absl::ZeroDuration() ||
+      limits.write_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("frame_timeout and write_timeout must be positive");
+  }
+  if (limits.idle_timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("idle_timeout must not be negative");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateListeners(const std::vector<Listener>& listeners) {
+  if (listeners.empty()) return absl::InvalidArgumentError("a server needs at least one listener");
+  std::set<std::string> names;
+  for (const Listener& listener : listeners) {
+    if (listener.name.empty()) return absl::InvalidArgumentError("a listener has no name");
+    if (!names.insert(listener.name).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("two listeners are named \"", listener.name, "\""));
+    }
+    if (listener.handler == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("listener \"", listener.name, "\" has no handler"));
+    }
+    if (listener.fd < 0 || sd_is_socket_unix(listener.fd, SOCK_STREAM, 1, nullptr, 0) <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat("listener \"", listener.name, "\": fd ",
+                                                     listener.fd,
+                                                     " is not a listening Unix stream socket"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// --- BindUnixSocket helpers -------------------------------------------------
+
+class UniqueFd {
+ public:
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  ~UniqueFd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  int get() const { return fd_; }
+  int release() { return std::exchange(fd_, -1); }
+
+ private:
+  int fd_;
+};
+
+absl::Status ErrnoError(int error, std::string_view what) {
+  return absl::ErrnoToStatus(error, Sv(what));
+}
+
+std::string DirectoryOf(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+absl::Status CheckSocketDirectory(const std::string& dir) {
+  struct stat st = {};
+  if (::lstat(dir.c_str(), &st) != 0) {
+    if (errno != ENOENT) return ErrnoError(errno, absl::StrCat("cannot inspect directory ", dir));
+    if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) {
+      return ErrnoError(errno, absl::StrCat("cannot create directory ", dir));
+    }
+    if (::lstat(dir.c_str(), &st) != 0) {
+      return ErrnoError(errno, absl::StrCat("cannot inspect directory ", dir));
+    }
+    // mkdir applies the umask; make the mode exact (only if it is ours).
+    if (S_ISDIR(st.st_mode) && st.st_uid == ::geteuid() && (st.st_mode & 07777) != 0750) {
+      if (::chmod(dir.c_str(), 0750) != 0) {
+        return ErrnoError(errno, absl::StrCat("cannot set the mode of directory ", dir));
+      }
+      st.st_mode = (st.st_mode & ~mode_t{07777}) | 0750;
+    }
+  }
+  if (S_ISLNK(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("socket directory ", dir, " is a symlink; refusing it"));
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("socket directory ", dir, " is not a directory"));
+  }
+  if (st.st_uid != ::geteuid()) {
+    return absl::FailedPreconditionError(absl::StrCat("socket directory ", dir, " is owned by uid ",
+                                                      st.st_uid, ", not by this process (uid ",
+                                                      ::geteuid(), ")"));
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "socket directory %s is writable by group or others (mode %04o)", dir, st.st_mode & 07777));
+  }
+  return absl::OkStatus();
+}
+
+sockaddr_un UnixAddress(const std::string& path) {
+  sockaddr_un addr = {};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  return addr;
+}
+
+// Removes a socket file that nothing answers on; refuses one that is in use
+// and any other kind of file.
+absl::Status RemoveStaleSocket(const std::string& path) {
+  struct stat st = {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return ErrnoError(errno, absl::StrCat("cannot inspect ", path));
+  }
+  if (!S_ISSOCK(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " exists and is not a socket; refusing to replace it"));
+  }
+  UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (probe.get() < 0) return ErrnoError(errno, "socket(AF_UNIX)");
+  const sockaddr_un addr = UnixAddress(path);
+  const int rc = ::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
+  const int error = errno;
+  if (rc == 0 || error == EAGAIN || error == EINPROGRESS) {
+    return absl::FailedPreconditionError(absl::StrCat("another process is serving on ", path));
+  }
+  if (error == ENOENT) return absl::OkStatus();
+  if (error != ECONNREFUSED) {
+    return ErrnoError(error, absl::StrCat("cannot tell whether ", path, " is in use"));
+  }
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return ErrnoError(errno, absl::StrCat("cannot remove the stale socket ", path));
+  }
+  return absl::OkStatus();
+}
+
+void FreeNames(char** names) {
+  if (names == nullptr) return;
+  for (char** name = names; *name != nullptr; ++name) std::free(*name);
+  std::free(names);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Create(std::vector<Listener> listeners,
+                                                       const ServerLimits& limits,
+                                                       size_t io_threads) {
+  // The server owns the listeners' fds from here on, also when it refuses them.
+  auto close_all = [&listeners] {
+    for (const Listener& listener : listeners) {
+      if (listener.fd >= 0) ::close(listener.fd);
+    }
+  };
+  absl::Status valid = ValidateLimits(limits, io_threads);
+  if (valid.ok()) valid = ValidateListeners(listeners);
+  if (!valid.ok()) {
+    close_all();
+    return valid;
+  }
+  auto core = std::make_shared<ServerCore>(limits);
+  for (Listener& listener : listeners) {
+    auto state = std::make_unique<ListenerState>(core->io, listener.name, listener.handler);
+    SetCloseOnExec(listener.fd);
+    ErrorCode ec;
+    state->acceptor.assign(stream_protocol(), listener.fd, ec);
+    if (ec) {
+      const absl::Status status = absl::InternalError(absl::StrCat(
+          "listener \"", listener.name, "\": cannot use fd ", listener.fd, ": ", ec.message()));
+      close_all();  // the ones assigned so far have fd -1 here; their acceptors close them
+      return status;
+    }
+    listener.fd = -1;  // owned by the acceptor now
+    core->listeners.push_back(std::move(state));
+  }
+  return std::unique_ptr<Server>(new ServerImpl(std::move(core), io_threads));
+}
+
+absl::StatusOr<int> BindUnixSocket(const std::string& path, mode_t mode) {
+  if (path.empty() || path.size() >= sizeof(sockaddr_un{}.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat("socket path \"", path, "\" must be 1..",
+                                                   sizeof(sockaddr_un{}.sun_path) - 1,
+                                                   " bytes long"));
+  }
+  if ((mode & ~mode_t{0777}) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("socket mode %04o for %s has bits beyond 0777", mode, path));
+  }
+  const absl::Status dir_ok = CheckSocketDirectory(DirectoryOf(path));
+  if (!dir_ok.ok()) return dir_ok;
+  const absl::Status stale_ok = RemoveStaleSocket(path);
+  if (!stale_ok.ok()) return stale_ok;
+
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (fd.get() < 0) return ErrnoError(errno, "socket(AF_UNIX)");
+  const sockaddr_un addr = UnixAddress(path);
+  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return ErrnoError(errno, absl::StrCat("cannot bind ", path));
+  }
+  // Nobody can connect before listen(), so the mode is right before anyone can.
+  if (::chmod(path.c_str(), mode) != 0) {
+    const int error = errno;
+    ::unlink(path.c_str());
+    return ErrnoError(error, absl::StrCat("cannot set the mode of ", path));
+  }
+  if (::listen(fd.get(), SOMAXCONN) != 0) {
+    const int error = errno;
+    ::unlink(path.c_str());
+    return ErrnoError(error, absl::StrCat("cannot listen on ", path));
+  }
+  return fd.release();
+}
+
+absl::StatusOr<std::map<std::string, int>> SystemdSockets() {
+  char** names = nullptr;
+  const int n = sd_listen_fds_with_names(1, &names);
+  if (n < 0) {
+    FreeNames(names);
+    return ErrnoError(-n, "sd_listen_fds_with_names (LISTEN_FDS/LISTEN_FDNAMES)");
+  }
+  std::map<std::string, int> sockets;
+  absl::Status status;
+  for (int i = 0; i < n && status.ok(); ++i) {
+    const int fd = SD_LISTEN_FDS_START + i;
+    const std::string name = (names != nullptr && names[i] != nullptr) ? names[i] : "unknown";
+    const int rc = sd_is_socket_unix(fd, SOCK_STREAM, 1, nullptr, 0);
+    if (rc < 0) {
+      status = ErrnoError(-rc, absl::StrCat("systemd socket \"", name, "\" (fd ", fd, ")"));
+    } else if (rc == 0) {
+      status = absl::FailedPreconditionError(absl::StrCat(
+          "systemd socket \"", name, "\" (fd ", fd, ") is not a listening Unix stream socket"));
+    } else if (!sockets.emplace(name, fd).second) {
+      status = absl::FailedPreconditionError(
+          absl::StrCat("two systemd sockets are named \"", name, "\""));
+    } else {
+      SetCloseOnExec(fd);
+    }
+  }
+  FreeNames(names);
+  if (!status.ok()) {
+    for (int i = 0; i < n; ++i) ::close(SD_LISTEN_FDS_START + i);
+    return status;
+  }
+  return sockets;
+}
+
+}  // namespace grantvault::ipc

@@ -1,0 +1,127 @@
+// A Unix-socket server for length-prefixed frames (frame.h), on Boost.Asio.
+//
+// Per connection: one read loop; a frame that has started must complete within
+// `frame_timeout` (a peer that sends half a frame and stalls is closed, others
+// are unaffected); an optional idle timeout between frames; a deadline on every
+// write; at most `max_in_flight_per_connection` frames handed to the handler
+// and not yet answered (reading pauses until one is answered: back-pressure);
+// at most `max_queued_bytes_per_connection` of responses waiting to be written
+// (a peer that does not read is closed). Peer credentials (SO_PEERCRED) are
+// taken once, on accept. Past `max_connections`, new connections are accepted
+// and closed at once (and counted), so the listen queue never stalls.
+//
+// Every close is logged once with its reason.
+#ifndef GRANTVAULT_IPC_SERVER_H_
+#define GRANTVAULT_IPC_SERVER_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace grantvault::ipc {
+
+struct PeerCredentials {
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+struct ServerLimits {
+  size_t max_connections = 1024;  // per server, over all listeners
+  size_t max_in_flight_per_connection = 64;
+  size_t max_queued_bytes_per_connection = size_t{4} << 20;
+  absl::Duration frame_timeout = absl::Seconds(5);
+  absl::Duration idle_timeout = absl::ZeroDuration();  // zero: connections may idle forever
+  absl::Duration write_timeout = absl::Seconds(5);
+};
+
+// One accepted connection. Thread-safe: Send and Close may be called from any
+// thread, also after the connection closed (they then do nothing).
+class Connection {
+ public:
+  virtual ~Connection() = default;
+  virtual uint64_t id() const = 0;
+  virtual const PeerCredentials& peer() const = 0;
+  virtual const std::string& listener() const = 0;  // "agent" or "admin"
+  // Queues `payload` (1..65,536 bytes) as one frame. `final` marks the last
+  // frame answering one request: it frees that request's in-flight slot.
+  // Returns false if the connection is closed or the queue is over its cap
+  // (the connection is then closed).
+  virtual bool Send(std::string payload, bool final) = 0;
+  // Closes after logging `reason`. Nothing more is read or accepted (Send
+  // returns false); frames already queued are still written, within
+  // write_timeout, so that an Error sent just before Close reaches the peer.
+  virtual void Close(std::string_view reason) = 0;
+  virtual bool closed() const = 0;
+};
+
+// Receives the frames of every connection of one listener.
+class FrameHandler {
+ public:
+  virtual ~FrameHandler() = default;
+  // Called on an I/O thread, in order for each connection. Must not block:
+  // hand slow work to another thread and answer with Connection::Send. Each
+  // frame holds one in-flight slot until a Send(..., final = true).
+  virtual void OnFrame(const std::shared_ptr<Connection>& connection, std::string payload) = 0;
+  virtual void OnConnect(const std::shared_ptr<Connection>&) {}
+  virtual void OnDisconnect(const Connection&) {}
+};
+
+struct Listener {
+  std::string name;  // "agent" or "admin"; also the systemd FileDescriptorName
+  // A listening Unix socket from BindUnixSocket() or SystemdSockets(); the
+  // server takes ownership.
+  int fd = -1;
+  FrameHandler* handler = nullptr;  // must outlive the server
+};
+
+struct ServerStats {
+  uint64_t accepted = 0;
+  uint64_t refused_over_limit = 0;
+  uint64_t open = 0;
+  uint64_t frames = 0;
+  uint64_t closed_bad_frame = 0;
+  uint64_t closed_timeout = 0;
+};
+
+class Server {
+ public:
+  // Validates the listeners and limits; nothing runs until Start().
+  static absl::StatusOr<std::unique_ptr<Server>> Create(std::vector<Listener> listeners,
+                                                        const ServerLimits& limits,
+                                                        size_t io_threads);
+  virtual ~Server() = default;
+
+  // Starts accepting on every listener, on `io_threads` threads.
+  virtual absl::Status Start() = 0;
+  // Two stages: stop accepting; wait up to `drain` for every in-flight request
+  // to be answered and its answer written; then close every connection and
+  // join the threads. Idempotent.
+  virtual void Shutdown(absl::Duration drain) = 0;
+  virtual ServerStats stats() const = 0;
+};
+
+// Creates a listening Unix socket at `path`, after checking its directory:
+// created with mode 0750 if missing; refused if it is a symlink, is not a
+// directory, is owned by another user, or is writable by group or others.
+// An existing socket file is replaced only if nothing answers on it
+// (FailedPrecondition "another process is serving on …" otherwise); any other
+// existing file is refused. The socket gets `mode` (e.g. 0660).
+absl::StatusOr<int> BindUnixSocket(const std::string& path, mode_t mode);
+
+// Listening sockets passed by systemd socket activation (LISTEN_FDS and
+// LISTEN_FDNAMES), by name. Empty when not socket-activated.
+absl::StatusOr<std::map<std::string, int>> SystemdSockets();
+
+}  // namespace grantvault::ipc
+
+#endif  // GRANTVAULT_IPC_SERVER_H_

@@ -1,0 +1,418 @@
+// End-to-end: the real grantvaultd on a temporary state directory, driven by
+// the CLI and by the client library over its real sockets.
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <memory>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "daemon/vault.h"
+#include "gmock/gmock.h"
+#include "grantvault/v1/envelope.pb.h"
+#include "gtest/gtest.h"
+#include "ipc/client.h"
+#include "tests/integration/raw_socket.h"
+#include "tests/keys/sealed_fixtures.h"
+#include "tests/testing/daemon_process.h"
+#include "tests/testing/temp_dir.h"
+
+namespace grantvault {
+namespace {
+
+using testing::CommandResult;
+using testing::DaemonProcess;
+using ::testing::HasSubstr;
+using testing::RawSocket;
+using testing::RunCommand;
+using testing::TempDir;
+
+constexpr int kRecords = 2000;
+
+class DaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    state_ = dir_.Join("state");
+    config_ = dir_.Join("grantvaultd.toml");
+    WriteConfig("");
+  }
+  void TearDown() override {
+    if (daemon_) daemon_->Stop(SIGTERM);
+  }
+
+  void WriteConfig(const std::string& extra) {
+    std::ofstream(config_) << "[limits]\nframe_timeout_ms = 400\n" << extra;
+  }
+
+  // Seals kRecords records into the state before the daemon starts.
+  void Populate() {
+    auto vault = daemon::InitEmbeddedState(state_);
+    ASSERT_TRUE(vault.ok()) << vault.status();
+    ASSERT_TRUE(keys::SealRecords(*vault, kRecords, "e2e").ok());
+  }
+
+  void StartDaemon() {
+    daemon_ = std::make_unique<DaemonProcess>(
+        std::vector<std::string>{GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+    absl::Status started = daemon_->Start();
+    ASSERT_TRUE(started.ok()) << started;
+  }
+
+  std::string AdminSocket() const { return state_ + "/run/admin.sock"; }
+  std::string AgentSocket() const { return state_ + "/run/agent.sock"; }
+
+  CommandResult Cli(std::vector<std::string> args) {
+    args.insert(args.begin(), {GV_CLI, "--state-dir", state_});
+    return RunCommand(args);
+  }
+
+  std::unique_ptr<ipc::Client> Connect(const std::string& socket) {
+    ipc::ClientOptions options;
+    options.client_name = "daemon_test";
+    auto client = ipc::Client::Connect(socket, options);
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? std::move(*client) : nullptr;
+  }
+
+  static v1::Request AdminRequest() {
+    v1::Request r;
+    r.set_admin_user("alice");
+    return r;
+  }
+
+  TempDir dir_;
+  std::string state_;
+  std::string config_;
+  std::unique_ptr<DaemonProcess> daemon_;
+};
+
+TEST_F(DaemonTest, StatusOnBothSocketsThroughTheClientLibrary) {
+  StartDaemon();
+  auto admin = Connect(AdminSocket());
+  ASSERT_NE(admin, nullptr);
+  EXPECT_EQ(admin->hello().socket_role(), v1::HelloReply::ADMIN);
+  v1::Request r;
+  r.mutable_status();
+  auto resp = admin->Call(r);
+  ASSERT_TRUE(resp.ok()) << resp.status();
+  ASSERT_TRUE(resp->has_status()) << resp->DebugString();
+  EXPECT_TRUE(resp->status().hsm_reachable());
+  EXPECT_TRUE(resp->status().store_reachable());
+  EXPECT_EQ(resp->status().active_kek(), "grantvault-kek-1");
+  EXPECT_EQ(resp->status().token_label(), "grantvault");
+  EXPECT_EQ(resp->status().store_kind(), "sqlite");
+  EXPECT_GE(resp->status().open_connections(), 1u);
+
+  auto agent = Connect(AgentSocket());
+  ASSERT_NE(agent, nullptr);
+  EXPECT_EQ(agent->hello().socket_role(), v1::HelloReply::AGENT);
+  resp = agent->Call(r);
+  ASSERT_TRUE(resp.ok());
+  EXPECT_TRUE(resp->has_status());
+
+  // Admin requests are refused on the agent socket.
+  v1::Request rotate = AdminRequest();
+  rotate.mutable_rotate_key();
+  resp = agent->Call(rotate);
+  ASSERT_TRUE(resp.ok());
+  ASSERT_TRUE(resp->has_error());
+  EXPECT_EQ(resp->error().code(), v1::Error::PERMISSION_DENIED);
+
+  // Admin requests must name the admin user.
+  v1::Request anonymous;
+  anonymous.mutable_key_status();
+  resp = admin->Call(anonymous);
+  ASSERT_TRUE(resp.ok());
+  EXPECT_EQ(resp->error().code(), v1::Error::INVALID_ARGUMENT);
+}
+
+TEST_F(DaemonTest, CliDrivesTheKeyLifecycle) {
+  Populate();
+  StartDaemon();
+
+  CommandResult status = Cli({"status"});
+  EXPECT_EQ(status.exit_code, 0) << status.err;
+  EXPECT_THAT(status.out, HasSubstr("active KEK  grantvault-kek-1"));
+  EXPECT_THAT(status.out, HasSubstr(absl::StrCat(kRecords, " secret(s)")));
+
+  CommandResult json = Cli({"--json", "status"});
+  EXPECT_EQ(json.exit_code, 0) << json.err;
+  EXPECT_THAT(json.out, HasSubstr("\"active_kek\":\"grantvault-kek-1\""));
+
+  CommandResult rotate = Cli({"keys", "rotate"});
+  EXPECT_EQ(rotate.exit_code, 0) << rotate.err;
+  EXPECT_THAT(rotate.out, HasSubstr("grantvault-kek-2"));
+
+  CommandResult early = Cli({"keys", "retire", "1"});
+  EXPECT_EQ(early.exit_code, 6) << early.out << early.err;
+  EXPECT_THAT(early.err, HasSubstr("FAILED_PRECONDITION"));
+  EXPECT_THAT(early.err, HasSubstr(absl::StrCat(kRecords)));
+
+  CommandResult rewrap = Cli({"--json", "keys", "rewrap", "--batch", "250"});
+  EXPECT_EQ(rewrap.exit_code, 0) << rewrap.err;
+  EXPECT_THAT(rewrap.out, HasSubstr(absl::StrCat("\"rewrapped\":\"", kRecords, "\"")));
+
+  CommandResult keys = Cli({"--json", "keys", "status"});
+  EXPECT_EQ(keys.exit_code, 0) << keys.err;
+  EXPECT_THAT(keys.out, HasSubstr("\"label\":\"grantvault-kek-2\""));
+
+  CommandResult retire = Cli({"keys", "retire", "1"});
+  EXPECT_EQ(retire.exit_code, 0) << retire.err;
+  EXPECT_THAT(retire.out, HasSubstr("Retired grantvault-kek-1"));
+
+  CommandResult missing = Cli({"keys", "retire", "9"});
+  EXPECT_EQ(missing.exit_code, 4) << missing.err;
+
+  const std::string pem_file = dir_.Join("audit.pem");
+  CommandResult pub = Cli({"keys", "audit-public-key", "-o", pem_file});
+  EXPECT_EQ(pub.exit_code, 0) << pub.err;
+  EXPECT_THAT(testing::ReadFileOrDie(pem_file), HasSubstr("-----BEGIN PUBLIC KEY-----"));
+
+  CommandResult usage = Cli({"keys", "frobnicate"});
+  EXPECT_EQ(usage.exit_code, 2);
+
+  // Every record still opens with the keys the daemon left behind.
+  EXPECT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->Stderr();
+  auto vault = daemon::OpenEmbeddedState(state_);
+  ASSERT_TRUE(vault.ok()) << vault.status();
+  EXPECT_EQ(vault->sealer->ActiveKek().label, "grantvault-kek-2");
+  EXPECT_TRUE(keys::VerifyRecords(*vault, kRecords, "e2e").ok());
+}
+
+TEST_F(DaemonTest, CliReportsAnUnreachableDaemon) {
+  CommandResult r = Cli({"status"});
+  EXPECT_EQ(r.exit_code, 5);
+  EXPECT_THAT(r.err, HasSubstr("cannot reach grantvaultd"));
+}
+
+TEST_F(DaemonTest, RewrapStreamsProgressThroughTheClientLibrary) {
+  Populate();
+  StartDaemon();
+  auto admin = Connect(AdminSocket());
+  ASSERT_NE(admin, nullptr);
+  v1::Request rotate = AdminRequest();
+  rotate.mutable_rotate_key();
+  auto resp = admin->Call(rotate);
+  ASSERT_TRUE(resp.ok() && resp->has_rotate_key()) << resp->DebugString();
+
+  v1::Request rewrap = AdminRequest();
+  rewrap.mutable_rewrap()->set_batch_size(100);
+  std::vector<uint64_t> done;
+  resp = admin->Call(rewrap, absl::Seconds(60), [&](const v1::Response& partial) {
+    EXPECT_TRUE(partial.more());
+    done.push_back(partial.rewrap_progress().done());
+  });
+  ASSERT_TRUE(resp.ok()) << resp.status();
+  ASSERT_TRUE(resp->has_rewrap()) << resp->DebugString();
+  EXPECT_EQ(resp->rewrap().rewrapped(), static_cast<uint64_t>(kRecords));
+  ASSERT_EQ(done.size(), static_cast<size_t>(kRecords / 100));
+  EXPECT_EQ(done.back(), static_cast<uint64_t>(kRecords));
+
+  v1::Request retire = AdminRequest();
+  retire.mutable_retire_key()->set_version(1);
+  resp = admin->Call(retire);
+  ASSERT_TRUE(resp.ok() && resp->has_retire_key()) << resp->DebugString();
+  EXPECT_EQ(resp->retire_key().key().state(), v1::KeyVersion::RETIRED);
+}
+
+TEST_F(DaemonTest, HostileFramesCloseOnlyTheirConnection) {
+  StartDaemon();
+  auto good = Connect(AgentSocket());
+  ASSERT_NE(good, nullptr);
+  v1::Request status;
+  status.mutable_status();
+  auto still_serving = [&] {
+    auto r = good->Call(status);
+    return r.ok() && r->has_status();
+  };
+
+  const std::vector<std::pair<std::string, std::string>> hostile = {
+      {"zero length", std::string("\0\0\0\0", 4)},
+      {"length 65,537", std::string("\x00\x01\x00\x01", 4) + std::string(100, 'x')},
+      {"length 4 GiB", std::string("\xff\xff\xff\xff", 4)},
+      {"garbage protobuf", ipc::EncodeFrame(std::string("\xff\xff\xff\xff\xff\xff\xff", 7))},
+  };
+  for (const auto& [what, bytes] : hostile) {
+    RawSocket s(AgentSocket());
+    ASSERT_TRUE(s.connected()) << what;
+    ASSERT_TRUE(s.Write(bytes)) << what;
+    EXPECT_TRUE(s.ClosedByPeer(absl::Seconds(5))) << what << " did not close the connection";
+    EXPECT_TRUE(still_serving()) << "after " << what;
+  }
+
+  {  // The first request must be Hello.
+    RawSocket s(AgentSocket());
+    v1::Request r;
+    r.set_request_id(5);
+    r.mutable_status();
+    ASSERT_TRUE(s.WriteRequest(r));
+    auto resp = s.ReadResponse();
+    ASSERT_TRUE(resp.has_value());
+    EXPECT_EQ(resp->error().code(), v1::Error::INVALID_ARGUMENT);
+    EXPECT_TRUE(s.ClosedByPeer(absl::Seconds(5)));
+  }
+  {  // A truncated frame, then the client goes away.
+    RawSocket s(AgentSocket());
+    ASSERT_TRUE(s.Hello());
+    ASSERT_TRUE(s.Write(std::string("\x00\x00\x01\x00", 4) + "only-part"));
+  }
+  {  // An unknown message type is answered and the connection stays usable.
+    RawSocket s(AgentSocket());
+    ASSERT_TRUE(s.Hello());
+    // Field 99 (unknown to this server), length-delimited, plus request_id 7.
+    std::string unknown = std::string("\x08\x07", 2) + std::string("\x9a\x06\x02hi", 5);
+    ASSERT_TRUE(s.Write(ipc::EncodeFrame(unknown)));
+    auto resp = s.ReadResponse();
+    ASSERT_TRUE(resp.has_value());
+    EXPECT_EQ(resp->request_id(), 7u);
+    EXPECT_EQ(resp->error().code(), v1::Error::INVALID_ARGUMENT);
+    v1::Request r;
+    r.set_request_id(8);
+    r.mutable_status();
+    ASSERT_TRUE(s.WriteRequest(r));
+    resp = s.ReadResponse();
+    ASSERT_TRUE(resp.has_value());
+    EXPECT_TRUE(resp->has_status());
+  }
+  {  // Half a frame, then a stall: closed after the frame deadline (400 ms).
+    RawSocket s(AgentSocket());
+    ASSERT_TRUE(s.Hello());
+    ASSERT_TRUE(s.Write(std::string("\x00\x00\x00\x40", 4) + "half"));
+    const absl::Time start = absl::Now();
+    EXPECT_TRUE(still_serving());
+    EXPECT_TRUE(s.ClosedByPeer(absl::Seconds(5)));
+    EXPECT_GE(absl::Now() - start, absl::Milliseconds(300));
+  }
+  EXPECT_TRUE(still_serving());
+  EXPECT_THAT(daemon_->Stderr(), ::testing::Not(HasSubstr("only-part")));
+}
+
+TEST_F(DaemonTest, PipelinedRequestsAreAnsweredWithTheirIds) {
+  StartDaemon();
+  RawSocket s(AgentSocket());
+  ASSERT_TRUE(s.Hello());
+  std::string batch;
+  for (uint64_t id = 100; id < 200; ++id) {
+    v1::Request r;
+    r.set_request_id(id);
+    r.mutable_status();
+    batch += ipc::EncodeFrame(r.SerializeAsString());
+  }
+  ASSERT_TRUE(s.Write(batch));
+  std::set<uint64_t> seen;
+  for (int i = 0; i < 100; ++i) {
+    auto resp = s.ReadResponse();
+    ASSERT_TRUE(resp.has_value()) << "response " << i;
+    EXPECT_TRUE(resp->has_status());
+    seen.insert(resp->request_id());
+  }
+  EXPECT_EQ(seen.size(), 100u);
+  EXPECT_EQ(*seen.begin(), 100u);
+  EXPECT_EQ(*seen.rbegin(), 199u);
+}
+
+TEST_F(DaemonTest, AThousandSimultaneousConnectionsAreServedOrRefusedCleanly) {
+  WriteConfig("max_connections = 600\n");
+  StartDaemon();
+  std::vector<std::unique_ptr<RawSocket>> sockets;
+  int served = 0, refused = 0;
+  for (int i = 0; i < 1000; ++i) sockets.push_back(std::make_unique<RawSocket>(AgentSocket()));
+  for (auto& s : sockets) {
+    if (s->connected() && s->Hello()) {
+      ++served;
+    } else {
+      ++refused;
+    }
+  }
+  EXPECT_EQ(served + refused, 1000);
+  EXPECT_GE(served, 590);
+  EXPECT_LE(served, 600);
+  sockets.clear();
+  // The daemon is still up and serves new connections.
+  auto client = Connect(AgentSocket());
+  ASSERT_NE(client, nullptr);
+  v1::Request r;
+  r.mutable_status();
+  auto resp = client->Call(r);
+  ASSERT_TRUE(resp.ok());
+  EXPECT_TRUE(resp->has_status());
+}
+
+TEST_F(DaemonTest, SocketDirectoryThatIsASymlinkIsRefusedAtStart) {
+  const std::string real = dir_.Join("real-run");
+  ASSERT_EQ(::mkdir(real.c_str(), 0750), 0);
+  ASSERT_EQ(::symlink(real.c_str(), dir_.Join("link-run").c_str()), 0);
+  WriteConfig("[sockets]\nagent = \"" + dir_.Join("link-run/agent.sock") + "\"\nadmin = \"" +
+              dir_.Join("link-run/admin.sock") + "\"\n");
+  DaemonProcess d({GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+  EXPECT_FALSE(d.Start().ok());
+  EXPECT_NE(d.Wait(), 0);
+  EXPECT_THAT(d.Stderr(), HasSubstr("link-run is a symlink"));
+}
+
+TEST_F(DaemonTest, SocketDirectoryOwnedByAnotherUserIsRefusedAtStart) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to give a directory away";
+  const std::string other = dir_.Join("other-run");
+  ASSERT_EQ(::mkdir(other.c_str(), 0750), 0);
+  ASSERT_EQ(::chown(other.c_str(), 65534, 65534), 0);
+  WriteConfig("[sockets]\nagent = \"" + other + "/agent.sock\"\nadmin = \"" + other +
+              "/admin.sock\"\n");
+  DaemonProcess d({GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+  EXPECT_FALSE(d.Start().ok());
+  EXPECT_NE(d.Wait(), 0);
+  EXPECT_THAT(d.Stderr(), HasSubstr("owned by uid 65534"));
+}
+
+TEST_F(DaemonTest, RestartKeepsEverythingAndReplacesAStaleSocket) {
+  StartDaemon();
+  ASSERT_EQ(Cli({"keys", "rotate"}).exit_code, 0);
+  // Killed without cleanup: the socket files stay behind, nothing answers.
+  EXPECT_EQ(daemon_->Stop(SIGKILL), 128 + SIGKILL);
+  struct stat st;
+  ASSERT_EQ(::stat(AdminSocket().c_str(), &st), 0);
+  StartDaemon();
+  CommandResult status = Cli({"status"});
+  EXPECT_EQ(status.exit_code, 0) << status.err;
+  EXPECT_THAT(status.out, HasSubstr("grantvault-kek-2"));
+  // A clean stop removes the sockets and exits 0.
+  EXPECT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->Stderr();
+  EXPECT_NE(::stat(AdminSocket().c_str(), &st), 0);
+}
+
+TEST_F(DaemonTest, ASecondDaemonOnTheSameStateRefusesClearly) {
+  StartDaemon();
+  DaemonProcess second({GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+  EXPECT_FALSE(second.Start().ok());
+  EXPECT_EQ(second.Wait(), 1);
+  EXPECT_THAT(second.Stderr(),
+              HasSubstr(absl::StrCat("another grantvaultd (pid ", daemon_->pid(), ")")));
+  EXPECT_EQ(Cli({"status"}).exit_code, 0);  // the first one is unaffected
+}
+
+TEST_F(DaemonTest, SighupReloadsAndABadConfigKeepsThePreviousOne) {
+  StartDaemon();
+  WriteConfig("[log]\nlevel = \"debug\"\n");
+  daemon_->Signal(SIGHUP);
+  ASSERT_TRUE(daemon_->WaitForNotification("READY=1", absl::Seconds(5)).ok());
+  EXPECT_THAT(daemon_->Stderr(), HasSubstr("config.reloaded log_level=debug"));
+  WriteConfig("[log]\nlevel = \"loud\"\n");
+  daemon_->Signal(SIGHUP);
+  ASSERT_TRUE(daemon_->WaitForNotification("READY=1", absl::Seconds(5)).ok());
+  EXPECT_THAT(daemon_->Stderr(), HasSubstr("config.reload_failed"));
+  EXPECT_EQ(Cli({"status"}).exit_code, 0);
+}
+
+TEST_F(DaemonTest, AnUnknownConfigKeyIsRefusedWithItsLine) {
+  WriteConfig("max_conections = 5\n");
+  DaemonProcess d({GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+  EXPECT_FALSE(d.Start().ok());
+  EXPECT_EQ(d.Wait(), 2);
+  EXPECT_THAT(d.Stderr(), HasSubstr("max_conections"));
+}
+
+}  // namespace
+}  // namespace grantvault
