@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/unique_fd.h"
 
 namespace grantvault {
 namespace {
@@ -17,21 +18,6 @@ namespace {
 constexpr size_t kMaxSecretFileSize = 4096;
 
 std::string ErrnoText(int err) { return std::strerror(err); }
-
-// Closes a file descriptor on scope exit.
-class FdCloser {
- public:
-  explicit FdCloser(int fd) : fd_(fd) {}
-  ~FdCloser() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  FdCloser(const FdCloser&) = delete;
-  FdCloser& operator=(const FdCloser&) = delete;
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
 
 std::string DirName(const std::string& path) {
   size_t slash = path.rfind('/');
@@ -41,7 +27,7 @@ std::string DirName(const std::string& path) {
 }
 
 absl::Status FsyncDirectory(const std::string& dir) {
-  FdCloser fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (fd.get() < 0 || ::fsync(fd.get()) != 0) {
     return absl::InternalError(
         absl::StrCat("cannot fsync directory ", dir, ": ", ErrnoText(errno)));
@@ -52,7 +38,7 @@ absl::Status FsyncDirectory(const std::string& dir) {
 }  // namespace
 
 absl::StatusOr<SecretBytes> ReadSecretFile(const std::string& path) {
-  FdCloser fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (fd.get() < 0) {
     int err = errno;
     if (err == ENOENT)
@@ -97,7 +83,7 @@ absl::Status WriteFileAtomically(const std::string& path, std::string_view conte
   const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
   ::unlink(tmp.c_str());
   {
-    FdCloser fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode));
+    UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode));
     if (fd.get() < 0) {
       return absl::InternalError(absl::StrCat("cannot create ", tmp, ": ", ErrnoText(errno)));
     }

@@ -36,6 +36,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/strings.h"
+#include "common/unique_fd.h"
 #include "ipc/asio.h"
 #include "ipc/frame.h"
 
@@ -828,21 +829,6 @@ absl::Status ValidateListeners(const std::vector<Listener>& listeners) {
 }
 
 // --- BindUnixSocket helpers -------------------------------------------------
-
-class UniqueFd {
- public:
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  ~UniqueFd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
 
 absl::Status ErrnoError(int error, std::string_view what) {
   return absl::ErrnoToStatus(error, Sv(what));
