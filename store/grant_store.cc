@@ -47,4 +47,8 @@ absl::StatusOr<KeyState> ParseKeyState(std::string_view name) {
                                                  "\" (expected active, inactive or retired)"));
 }
 
+std::string RegistrationSecretOwner(std::string_view connector_id) {
+  return "reg:" + std::string(connector_id);
+}
+
 }  // namespace grantvault::store

@@ -103,6 +103,42 @@ struct KeyVersion {
   bool operator==(const KeyVersion&) const = default;
 };
 
+// The OAuth client this deployment is at one authorization server, under a
+// connector id that grants and agents name (e.g. "google_workspace"). Its
+// client secret is a sealed secret owned by RegistrationSecretOwner(id) with
+// purpose "client_secret".
+struct ConnectorRegistration {
+  std::string connector_id;
+  std::string connector_type;  // catalog type, e.g. "google", "oidc"
+  std::string client_id;
+  std::string issuer;  // the generic "oidc" type: the issuer URL; otherwise empty
+  std::map<std::string, std::string> parameters;  // tenant, subdomain, my_domain, region
+  std::string registered_by;
+  absl::Time created_at = absl::InfinitePast();
+  absl::Time updated_at = absl::InfinitePast();
+
+  bool operator==(const ConnectorRegistration&) const = default;
+};
+std::string RegistrationSecretOwner(std::string_view connector_id);  // "reg:<id>"
+
+// A started authorization (DESIGN §5), waiting for the callback. It is found
+// by the SHA-256 of its state (hex): the state itself is never stored. Its
+// PKCE verifier, when the connector uses PKCE, is a sealed secret owned by the
+// session id with purpose "pkce_verifier".
+struct AuthorizationSession {
+  std::string session_id;  // hex SHA-256 of the state
+  std::string workspace_id;
+  std::string connector_id;
+  std::vector<std::string> scopes;  // as requested
+  std::string admin_user;
+  std::string redirect_uri;
+  std::string nonce;  // OIDC nonce (not secret: it travels in the URL)
+  absl::Time created_at = absl::InfinitePast();
+  absl::Time expires_at = absl::InfinitePast();
+
+  bool operator==(const AuthorizationSession&) const = default;
+};
+
 class GrantStore {
  public:
   virtual ~GrantStore() = default;
@@ -145,6 +181,33 @@ class GrantStore {
       std::string_view kek_label, const std::optional<SealedSecretKey>& after, size_t limit) = 0;
   // Number of sealed secrets per KEK label (labels with none are absent).
   virtual absl::StatusOr<std::map<std::string, int64_t>> CountSealedSecretsByKek() = 0;
+
+  // --- connector registrations ---------------------------------------------
+  // Inserts or replaces the registration and its sealed client secret in one
+  // transaction (a replaced registration keeps its created_at).
+  virtual absl::Status PutConnectorRegistration(const ConnectorRegistration& registration,
+                                                const SealedSecret& client_secret) = 0;
+  virtual absl::StatusOr<ConnectorRegistration> GetConnectorRegistration(
+      std::string_view connector_id) = 0;
+  // Ordered by connector id.
+  virtual absl::StatusOr<std::vector<ConnectorRegistration>> ListConnectorRegistrations() = 0;
+
+  // --- authorization sessions ----------------------------------------------
+  // Stores a session and, when given, its sealed PKCE verifier, in one
+  // transaction. FailedPrecondition if the connector is not registered.
+  virtual absl::Status InsertAuthorizationSession(
+      const AuthorizationSession& session, const std::optional<SealedSecret>& pkce_verifier) = 0;
+  // A state is single use: deletes the session (and its verifier) and
+  // returns them, in one transaction. NotFound for an unknown or already used
+  // state; FailedPrecondition for an expired one (deleted as well).
+  struct ConsumedSession {
+    AuthorizationSession session;
+    std::optional<SealedSecret> pkce_verifier;
+  };
+  virtual absl::StatusOr<ConsumedSession> ConsumeAuthorizationSession(std::string_view session_id,
+                                                                      absl::Time now) = 0;
+  // Deletes sessions that expired before `now`; returns how many.
+  virtual absl::StatusOr<int64_t> DeleteExpiredAuthorizationSessions(absl::Time now) = 0;
 
   // --- key versions --------------------------------------------------------
   // AlreadyExists if the version or label exists.

@@ -25,6 +25,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -143,6 +145,40 @@ CREATE TABLE grant_metadata (
   value TEXT NOT NULL,
   PRIMARY KEY (grant_id, name)
 ) STRICT, WITHOUT ROWID;
+)sql"},
+    {3, R"sql(
+CREATE TABLE connector_registrations (
+  connector_id TEXT PRIMARY KEY NOT NULL,
+  connector_type TEXT NOT NULL,
+  client_id TEXT NOT NULL,
+  issuer TEXT NOT NULL,
+  registered_by TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE connector_parameters (
+  connector_id TEXT NOT NULL REFERENCES connector_registrations (connector_id) ON DELETE CASCADE,
+  name TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY (connector_id, name)
+) STRICT, WITHOUT ROWID;
+
+-- A state is looked up by its SHA-256; scopes are space-separated (RFC 6749
+-- scope tokens cannot contain spaces).
+CREATE TABLE authorization_sessions (
+  session_id TEXT PRIMARY KEY NOT NULL,
+  workspace_id TEXT NOT NULL,
+  connector_id TEXT NOT NULL REFERENCES connector_registrations (connector_id),
+  scopes TEXT NOT NULL,
+  admin_user TEXT NOT NULL,
+  redirect_uri TEXT NOT NULL,
+  nonce TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL
+) STRICT;
+
+CREATE INDEX authorization_sessions_by_expiry ON authorization_sessions (expires_at);
 )sql"},
 };
 
@@ -604,6 +640,18 @@ class SqliteGrantStore final : public GrantStore {
       size_t limit) override;
   absl::StatusOr<std::map<std::string, int64_t>> CountSealedSecretsByKek() override;
 
+  absl::Status PutConnectorRegistration(const ConnectorRegistration& registration,
+                                        const SealedSecret& client_secret) override;
+  absl::StatusOr<ConnectorRegistration> GetConnectorRegistration(
+      std::string_view connector_id) override;
+  absl::StatusOr<std::vector<ConnectorRegistration>> ListConnectorRegistrations() override;
+  absl::Status InsertAuthorizationSession(
+      const AuthorizationSession& session,
+      const std::optional<SealedSecret>& pkce_verifier) override;
+  absl::StatusOr<ConsumedSession> ConsumeAuthorizationSession(std::string_view session_id,
+                                                              absl::Time now) override;
+  absl::StatusOr<int64_t> DeleteExpiredAuthorizationSessions(absl::Time now) override;
+
   absl::Status AddKeyVersion(const KeyVersion& key) override;
   absl::StatusOr<std::vector<KeyVersion>> ListKeyVersions() override;
   absl::Status ActivateKeyVersion(int version) override;
@@ -616,6 +664,8 @@ class SqliteGrantStore final : public GrantStore {
 
   absl::Status RevokeReplacedGrant(std::string_view replaced_id, const Grant& successor)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::vector<ConnectorRegistration>> SelectRegistrations(
+      std::optional<std::string_view> connector_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // One connection, used by one thread at a time.
   absl::Mutex mu_;
@@ -941,6 +991,255 @@ absl::StatusOr<std::map<std::string, int64_t>> SqliteGrantStore::CountSealedSecr
     counts.emplace(query.Text(0), query.Int(1));
   }
   return counts;
+}
+
+// --- connector registrations ---------------------------------------------------
+
+absl::Status SqliteGrantStore::PutConnectorRegistration(const ConnectorRegistration& registration,
+                                                        const SealedSecret& client_secret) {
+  GV_RETURN_IF_ERROR(RequireNonEmpty(registration.connector_id, "connector id"));
+  GV_RETURN_IF_ERROR(RequireNonEmpty(registration.connector_type, "connector type"));
+  GV_RETURN_IF_ERROR(RequireNonEmpty(registration.client_id, "client id"));
+  GV_RETURN_IF_ERROR(ValidateSecret(client_secret));
+  if (client_secret.key.owner_id != RegistrationSecretOwner(registration.connector_id) ||
+      client_secret.key.purpose != "client_secret") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the client secret of connector ", registration.connector_id, " must be owned by ",
+        RegistrationSecretOwner(registration.connector_id), " with purpose client_secret"));
+  }
+  const std::string context = absl::StrCat("register connector ", registration.connector_id);
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  GV_ASSIGN_OR_RETURN(
+      Statement upsert,
+      Statement::Prepare(
+          db(),
+          "INSERT INTO connector_registrations (connector_id, connector_type, client_id, issuer, "
+          "registered_by, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) "
+          "ON CONFLICT (connector_id) DO UPDATE SET connector_type = excluded.connector_type, "
+          "client_id = excluded.client_id, issuer = excluded.issuer, "
+          "registered_by = excluded.registered_by, updated_at = excluded.updated_at",
+          context));
+  upsert.BindText(1, registration.connector_id);
+  upsert.BindText(2, registration.connector_type);
+  upsert.BindText(3, registration.client_id);
+  upsert.BindText(4, registration.issuer);
+  upsert.BindText(5, registration.registered_by);
+  upsert.BindTime(6, registration.created_at);
+  upsert.BindTime(7, registration.updated_at);
+  GV_RETURN_IF_ERROR(upsert.Run());
+  GV_ASSIGN_OR_RETURN(
+      Statement clear,
+      Statement::Prepare(db(), "DELETE FROM connector_parameters WHERE connector_id = ?", context));
+  clear.BindText(1, registration.connector_id);
+  GV_RETURN_IF_ERROR(clear.Run());
+  GV_ASSIGN_OR_RETURN(
+      Statement param,
+      Statement::Prepare(
+          db(), "INSERT INTO connector_parameters (connector_id, name, value) VALUES (?, ?, ?)",
+          context));
+  for (const auto& [name, value] : registration.parameters) {
+    param.Reset();
+    param.BindText(1, registration.connector_id);
+    param.BindText(2, name);
+    param.BindText(3, value);
+    GV_RETURN_IF_ERROR(param.Run());
+  }
+  GV_RETURN_IF_ERROR(CheckKekWritable(db(), client_secret.kek_label));
+  GV_RETURN_IF_ERROR(WriteSecretRow(db(), client_secret, OnConflict::kReplace));
+  return txn.Commit();
+}
+
+absl::StatusOr<std::vector<ConnectorRegistration>> SqliteGrantStore::SelectRegistrations(
+    std::optional<std::string_view> connector_id) {
+  const std::string context = "read connector registrations";
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(
+          db(),
+          absl::StrCat("SELECT connector_id, connector_type, client_id, issuer, "
+                       "registered_by, created_at, updated_at "
+                       "FROM connector_registrations",
+                       connector_id ? " WHERE connector_id = ?" : "", " ORDER BY connector_id"),
+          context));
+  if (connector_id) query.BindText(1, *connector_id);
+  std::vector<ConnectorRegistration> out;
+  for (;;) {
+    GV_ASSIGN_OR_RETURN(bool row, query.Step());
+    if (!row) break;
+    ConnectorRegistration r;
+    r.connector_id = query.Text(0);
+    r.connector_type = query.Text(1);
+    r.client_id = query.Text(2);
+    r.issuer = query.Text(3);
+    r.registered_by = query.Text(4);
+    r.created_at = query.Time(5);
+    r.updated_at = query.Time(6);
+    out.push_back(std::move(r));
+  }
+  GV_ASSIGN_OR_RETURN(
+      Statement params,
+      Statement::Prepare(
+          db(), "SELECT name, value FROM connector_parameters WHERE connector_id = ?", context));
+  for (ConnectorRegistration& r : out) {
+    params.Reset();
+    params.BindText(1, r.connector_id);
+    for (;;) {
+      GV_ASSIGN_OR_RETURN(bool row, params.Step());
+      if (!row) break;
+      r.parameters[params.Text(0)] = params.Text(1);
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<ConnectorRegistration> SqliteGrantStore::GetConnectorRegistration(
+    std::string_view connector_id) {
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(std::vector<ConnectorRegistration> found, SelectRegistrations(connector_id));
+  if (found.empty()) {
+    return absl::NotFoundError(absl::StrCat("connector ", Sv(connector_id), " is not registered"));
+  }
+  return std::move(found.front());
+}
+
+absl::StatusOr<std::vector<ConnectorRegistration>> SqliteGrantStore::ListConnectorRegistrations() {
+  absl::MutexLock lock(&mu_);
+  return SelectRegistrations(std::nullopt);
+}
+
+// --- authorization sessions ------------------------------------------------------
+
+absl::Status SqliteGrantStore::InsertAuthorizationSession(
+    const AuthorizationSession& session, const std::optional<SealedSecret>& pkce_verifier) {
+  GV_RETURN_IF_ERROR(RequireNonEmpty(session.session_id, "authorization session id"));
+  GV_RETURN_IF_ERROR(RequireNonEmpty(session.workspace_id, "workspace id"));
+  GV_RETURN_IF_ERROR(RequireNonEmpty(session.connector_id, "connector id"));
+  for (const std::string& scope : session.scopes) {
+    if (scope.empty() || scope.find(' ') != std::string::npos) {
+      return absl::InvalidArgumentError("a scope must be non-empty and contain no space");
+    }
+  }
+  if (pkce_verifier.has_value()) {
+    GV_RETURN_IF_ERROR(ValidateSecret(*pkce_verifier));
+    if (pkce_verifier->key.owner_id != session.session_id) {
+      return absl::InvalidArgumentError("the PKCE verifier must be owned by its session");
+    }
+  }
+  const std::string context = absl::StrCat("start authorization of ", session.connector_id,
+                                           " for workspace ", session.workspace_id);
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  GV_ASSIGN_OR_RETURN(
+      Statement insert,
+      Statement::Prepare(db(),
+                         "INSERT INTO authorization_sessions (session_id, workspace_id, "
+                         "connector_id, scopes, admin_user, redirect_uri, nonce, created_at, "
+                         "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         context));
+  insert.BindText(1, session.session_id);
+  insert.BindText(2, session.workspace_id);
+  insert.BindText(3, session.connector_id);
+  insert.BindText(4, absl::StrJoin(session.scopes, " "));
+  insert.BindText(5, session.admin_user);
+  insert.BindText(6, session.redirect_uri);
+  insert.BindText(7, session.nonce);
+  insert.BindTime(8, session.created_at);
+  insert.BindTime(9, session.expires_at);
+  absl::Status inserted = insert.Run();
+  if (absl::IsFailedPrecondition(inserted)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("connector ", session.connector_id, " is not registered"));
+  }
+  GV_RETURN_IF_ERROR(inserted);
+  if (pkce_verifier.has_value()) {
+    GV_RETURN_IF_ERROR(CheckKekWritable(db(), pkce_verifier->kek_label));
+    GV_RETURN_IF_ERROR(WriteSecretRow(db(), *pkce_verifier, OnConflict::kFail));
+  }
+  return txn.Commit();
+}
+
+absl::StatusOr<GrantStore::ConsumedSession> SqliteGrantStore::ConsumeAuthorizationSession(
+    std::string_view session_id, absl::Time now) {
+  const std::string context = "complete authorization";
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(db(),
+                         "SELECT workspace_id, connector_id, scopes, admin_user, redirect_uri, "
+                         "nonce, created_at, expires_at FROM authorization_sessions "
+                         "WHERE session_id = ?",
+                         context));
+  query.BindText(1, session_id);
+  GV_ASSIGN_OR_RETURN(bool row, query.Step());
+  if (!row) {
+    return absl::NotFoundError("unknown or already used authorization state");
+  }
+  ConsumedSession out;
+  AuthorizationSession& s = out.session;
+  s.session_id = std::string(session_id);
+  s.workspace_id = query.Text(0);
+  s.connector_id = query.Text(1);
+  const std::string scopes = query.Text(2);
+  if (!scopes.empty()) s.scopes = absl::StrSplit(scopes, ' ');
+  s.admin_user = query.Text(3);
+  s.redirect_uri = query.Text(4);
+  s.nonce = query.Text(5);
+  s.created_at = query.Time(6);
+  s.expires_at = query.Time(7);
+
+  const SealedSecretKey verifier_key{std::string(session_id), "pkce_verifier"};
+  GV_ASSIGN_OR_RETURN(
+      Statement secret,
+      Statement::Prepare(db(),
+                         absl::StrCat("SELECT ", kSecretColumns,
+                                      " FROM sealed_secrets WHERE owner_id = ? AND purpose = ?"),
+                         context));
+  secret.BindText(1, verifier_key.owner_id);
+  secret.BindText(2, verifier_key.purpose);
+  GV_ASSIGN_OR_RETURN(bool has_secret, secret.Step());
+  if (has_secret) out.pkce_verifier = ReadSecretRow(secret);
+
+  for (const char* sql : {"DELETE FROM sealed_secrets WHERE owner_id = ? AND purpose = ?",
+                          "DELETE FROM authorization_sessions WHERE session_id = ?"}) {
+    GV_ASSIGN_OR_RETURN(Statement remove, Statement::Prepare(db(), sql, context));
+    remove.BindText(1, session_id);
+    if (std::string_view(sql).find("purpose") != std::string_view::npos) {
+      remove.BindText(2, verifier_key.purpose);
+    }
+    GV_RETURN_IF_ERROR(remove.Run());
+  }
+  GV_RETURN_IF_ERROR(txn.Commit());
+  if (s.expires_at <= now) {
+    return absl::FailedPreconditionError(absl::StrCat("the authorization session expired at ",
+                                                      absl::FormatTime(s.expires_at),
+                                                      "; start the authorization again"));
+  }
+  return out;
+}
+
+absl::StatusOr<int64_t> SqliteGrantStore::DeleteExpiredAuthorizationSessions(absl::Time now) {
+  const std::string context = "delete expired authorization sessions";
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  GV_ASSIGN_OR_RETURN(
+      Statement secrets,
+      Statement::Prepare(db(),
+                         "DELETE FROM sealed_secrets WHERE purpose = 'pkce_verifier' AND owner_id "
+                         "IN (SELECT session_id FROM authorization_sessions WHERE expires_at <= ?)",
+                         context));
+  secrets.BindTime(1, now);
+  GV_RETURN_IF_ERROR(secrets.Run());
+  GV_ASSIGN_OR_RETURN(
+      Statement sessions,
+      Statement::Prepare(db(), "DELETE FROM authorization_sessions WHERE expires_at <= ?",
+                         context));
+  sessions.BindTime(1, now);
+  GV_RETURN_IF_ERROR(sessions.Run());
+  const auto deleted = static_cast<int64_t>(Changes(db()));
+  GV_RETURN_IF_ERROR(txn.Commit());
+  return deleted;
 }
 
 // --- key versions ------------------------------------------------------------

@@ -201,8 +201,9 @@ TEST_F(SqliteGrantStoreTest, MigratesEmptyFileWithDurableSettingsAndPrivateMode)
       RawQuery(raw.get(), "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name");
   std::vector<std::string> names;
   for (const auto& row : tables) names.push_back(row[0]);
-  EXPECT_THAT(names, ElementsAre("grant_metadata", "grant_scopes", "grants", "key_versions",
-                                 "schema_migrations", "sealed_secrets"));
+  EXPECT_THAT(names, ElementsAre("authorization_sessions", "connector_parameters",
+                                 "connector_registrations", "grant_metadata", "grant_scopes",
+                                 "grants", "key_versions", "schema_migrations", "sealed_secrets"));
 }
 
 TEST_F(SqliteGrantStoreTest, ReopeningKeepsDataAndAppliesNothingTwice) {
@@ -779,6 +780,154 @@ TEST(GrantStoreNamesTest, RoundTrip) {
   EXPECT_EQ(KeyStateName(KeyState::kRetired), "retired");
   EXPECT_EQ(ParseGrantStatus("Active").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseKeyState("").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// --- connector registrations and authorization sessions ------------------------
+
+ConnectorRegistration Registration(const std::string& id, int64_t at) {
+  ConnectorRegistration r;
+  r.connector_id = id;
+  r.connector_type = "zendesk";
+  r.client_id = "client-" + id;
+  r.parameters = {{"subdomain", "acme"}};
+  r.registered_by = "alice";
+  r.created_at = At(at);
+  r.updated_at = At(at);
+  return r;
+}
+
+SealedSecret ClientSecret(const std::string& id, const std::string& record) {
+  SealedSecret s;
+  s.key = {RegistrationSecretOwner(id), "client_secret"};
+  s.workspace_id = "";
+  s.connector_id = id;
+  s.kek_label = "grantvault-kek-1";
+  s.record = Record(record);
+  s.updated_at = At(0);
+  return s;
+}
+
+AuthorizationSession Session(const std::string& id, const std::string& connector,
+                             int64_t expires_at) {
+  AuthorizationSession s;
+  s.session_id = id;
+  s.workspace_id = "ws_acme";
+  s.connector_id = connector;
+  s.scopes = {"read", "tickets:write"};
+  s.admin_user = "alice";
+  s.redirect_uri = "http://127.0.0.1:53682/callback";
+  s.nonce = "n-0S6_WzA2Mj";
+  s.created_at = At(0);
+  s.expires_at = At(expires_at);
+  return s;
+}
+
+SealedSecret Verifier(const std::string& session_id) {
+  SealedSecret s;
+  s.key = {session_id, "pkce_verifier"};
+  s.workspace_id = "ws_acme";
+  s.connector_id = "zendesk";
+  s.kek_label = "grantvault-kek-1";
+  s.record = Record("sealed-verifier");
+  s.updated_at = At(0);
+  return s;
+}
+
+TEST_F(SqliteGrantStoreTest, RegistrationsRoundTripAndReplaceTheirSecret) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(
+      store->PutConnectorRegistration(Registration("zendesk", 1), ClientSecret("zendesk", "s1"))
+          .ok());
+  ASSERT_TRUE(
+      store->PutConnectorRegistration(Registration("github", 2), ClientSecret("github", "s2"))
+          .ok());
+  absl::StatusOr<ConnectorRegistration> got = store->GetConnectorRegistration("zendesk");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, Registration("zendesk", 1));
+
+  ConnectorRegistration changed = Registration("zendesk", 5);
+  changed.created_at = At(1);
+  changed.client_id = "new-client";
+  changed.parameters = {{"subdomain", "acme2"}};
+  ASSERT_TRUE(store->PutConnectorRegistration(changed, ClientSecret("zendesk", "s3")).ok());
+  got = store->GetConnectorRegistration("zendesk");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->client_id, "new-client");
+  EXPECT_EQ(got->created_at, At(1));  // kept
+  EXPECT_EQ(got->updated_at, At(5));
+  EXPECT_THAT(got->parameters, ElementsAre(Pair("subdomain", "acme2")));
+  absl::StatusOr<SealedSecret> secret =
+      store->GetSealedSecret({RegistrationSecretOwner("zendesk"), "client_secret"});
+  ASSERT_TRUE(secret.ok());
+  EXPECT_EQ(secret->record, Record("s3"));
+
+  absl::StatusOr<std::vector<ConnectorRegistration>> all = store->ListConnectorRegistrations();
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 2u);
+  EXPECT_EQ((*all)[0].connector_id, "github");
+  EXPECT_TRUE(absl::IsNotFound(store->GetConnectorRegistration("slack").status()));
+  // The secret must belong to the registration.
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      store->PutConnectorRegistration(Registration("slack", 1), ClientSecret("github", "x"))));
+}
+
+TEST_F(SqliteGrantStoreTest, AuthorizationSessionIsSingleUse) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(
+      store->PutConnectorRegistration(Registration("zendesk", 1), ClientSecret("zendesk", "s"))
+          .ok());
+  ASSERT_TRUE(
+      store->InsertAuthorizationSession(Session("h1", "zendesk", 600), Verifier("h1")).ok());
+  absl::StatusOr<GrantStore::ConsumedSession> used =
+      store->ConsumeAuthorizationSession("h1", At(10));
+  ASSERT_TRUE(used.ok()) << used.status();
+  EXPECT_EQ(used->session, Session("h1", "zendesk", 600));
+  ASSERT_TRUE(used->pkce_verifier.has_value());
+  EXPECT_EQ(used->pkce_verifier->record, Record("sealed-verifier"));
+  // Gone, with its verifier.
+  EXPECT_TRUE(absl::IsNotFound(store->ConsumeAuthorizationSession("h1", At(11)).status()));
+  EXPECT_TRUE(absl::IsNotFound(store->GetSealedSecret({"h1", "pkce_verifier"}).status()));
+  EXPECT_TRUE(absl::IsNotFound(store->ConsumeAuthorizationSession("never", At(11)).status()));
+}
+
+TEST_F(SqliteGrantStoreTest, ExpiredAuthorizationSessionIsRefusedAndDeleted) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(
+      store->PutConnectorRegistration(Registration("zendesk", 1), ClientSecret("zendesk", "s"))
+          .ok());
+  ASSERT_TRUE(
+      store->InsertAuthorizationSession(Session("h1", "zendesk", 600), Verifier("h1")).ok());
+  absl::StatusOr<GrantStore::ConsumedSession> late =
+      store->ConsumeAuthorizationSession("h1", At(601));
+  EXPECT_TRUE(absl::IsFailedPrecondition(late.status())) << late.status();
+  EXPECT_THAT(late.status().message(), HasSubstr("expired"));
+  EXPECT_TRUE(absl::IsNotFound(store->ConsumeAuthorizationSession("h1", At(1)).status()));
+
+  ASSERT_TRUE(
+      store->InsertAuthorizationSession(Session("h2", "zendesk", 100), Verifier("h2")).ok());
+  ASSERT_TRUE(store->InsertAuthorizationSession(Session("h3", "zendesk", 900), std::nullopt).ok());
+  absl::StatusOr<int64_t> purged = store->DeleteExpiredAuthorizationSessions(At(500));
+  ASSERT_TRUE(purged.ok());
+  EXPECT_EQ(*purged, 1);
+  EXPECT_TRUE(absl::IsNotFound(store->GetSealedSecret({"h2", "pkce_verifier"}).status()));
+  absl::StatusOr<GrantStore::ConsumedSession> h3 =
+      store->ConsumeAuthorizationSession("h3", At(501));
+  ASSERT_TRUE(h3.ok());
+  EXPECT_FALSE(h3->pkce_verifier.has_value());
+}
+
+TEST_F(SqliteGrantStoreTest, AuthorizationSessionNeedsARegisteredConnector) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  absl::Status s = store->InsertAuthorizationSession(Session("h1", "nobody", 600), std::nullopt);
+  EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("not registered"));
+  AuthorizationSession bad = Session("h2", "nobody", 600);
+  bad.scopes = {"two words"};
+  EXPECT_TRUE(absl::IsInvalidArgument(store->InsertAuthorizationSession(bad, std::nullopt)));
 }
 
 }  // namespace
