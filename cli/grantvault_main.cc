@@ -152,6 +152,21 @@ const char* StateName(v1::KeyVersion::State s) {
   }
 }
 
+void PrintGrant(const v1::GrantInfo& g, bool detail) {
+  std::string scopes;
+  for (const std::string& s : g.scopes()) scopes += (scopes.empty() ? "" : " ") + s;
+  std::printf("%s  %-16s %-20s %-16s account %s  scopes [%s]\n", g.grant_id().c_str(),
+              g.status().c_str(), g.connector_id().c_str(), g.connector_type().c_str(),
+              g.account_id().c_str(), scopes.c_str());
+  if (!detail) return;
+  std::printf("  workspace      %s\n", g.workspace_id().c_str());
+  std::printf("  authorized by  %s\n", g.authorized_by().c_str());
+  std::printf("  created        %s\n", Millis(g.created_at_ms()).c_str());
+  std::printf("  updated        %s\n", Millis(g.updated_at_ms()).c_str());
+  if (!g.status_reason().empty()) std::printf("  reason         %s\n", g.status_reason().c_str());
+  for (const auto& [k, v] : g.metadata()) std::printf("  %-14s %s\n", k.c_str(), v.c_str());
+}
+
 void PrintKey(const v1::KeyVersion& k) {
   std::printf("  %-20s %-9s %8llu sealed record(s)  created %s%s%s\n", k.label().c_str(),
               StateName(k.state()), static_cast<unsigned long long>(k.sealed_records()),
@@ -307,6 +322,34 @@ int Main(int argc, char** argv) {
       }
       if (g.json) return (void)std::printf("%s\n", Json(k).c_str());
       if (out_file.empty()) std::printf("%s", k.pem().c_str());
+    });
+  });
+
+  CLI::App* grants = app.add_subcommand("grants", "the grants of a workspace (never a secret)");
+  grants->require_subcommand(1);
+  std::string workspace;
+  CLI::App* list = grants->add_subcommand("list", "every grant of a workspace, any status");
+  list->add_option("--workspace", workspace, "workspace id")->required();
+  list->callback([&] {
+    v1::Request r;
+    r.mutable_list_grants()->set_workspace_id(workspace);
+    rc = Run(g, r, [&](const v1::Response& resp) {
+      if (g.json) return (void)std::printf("%s\n", Json(resp.list_grants()).c_str());
+      if (resp.list_grants().grants().empty()) {
+        std::printf("Workspace %s has no grants.\n", workspace.c_str());
+      }
+      for (const v1::GrantInfo& gi : resp.list_grants().grants()) PrintGrant(gi, false);
+    });
+  });
+  std::string grant_id;
+  CLI::App* show = grants->add_subcommand("show", "one grant in detail");
+  show->add_option("GRANT_ID", grant_id, "grant id (gr_…)")->required();
+  show->callback([&] {
+    v1::Request r;
+    r.mutable_show_grant()->set_grant_id(grant_id);
+    rc = Run(g, r, [&](const v1::Response& resp) {
+      if (g.json) return (void)std::printf("%s\n", Json(resp.show_grant()).c_str());
+      PrintGrant(resp.show_grant().grant(), true);
     });
   });
 

@@ -32,6 +32,12 @@ bool IsAdminRequest(const v1::Request& r) {
     case v1::Request::kRewrap:
     case v1::Request::kRetireKey:
     case v1::Request::kAuditPublicKey:
+    case v1::Request::kRegisterConnector:
+    case v1::Request::kListConnectors:
+    case v1::Request::kBeginAuthorization:
+    case v1::Request::kCompleteAuthorization:
+    case v1::Request::kListGrants:
+    case v1::Request::kShowGrant:
       return true;
     default:
       return false;
@@ -63,6 +69,24 @@ v1::KeyVersion ToProto(const keys::KeyStatus& k) {
   return out;
 }
 
+void ToProto(const store::Grant& g, v1::GrantInfo* out) {
+  out->set_grant_id(g.grant_id);
+  out->set_workspace_id(g.workspace_id);
+  out->set_connector_id(g.connector_id);
+  out->set_connector_type(g.connector_type);
+  out->set_account_id(g.account_id);
+  for (const std::string& scope : g.scopes) out->add_scopes(scope);
+  out->set_status(std::string(store::GrantStatusName(g.status)));
+  out->set_status_reason(g.status_reason);
+  out->set_authorized_by(g.authorized_by);
+  out->set_created_at_ms(UnixMillis(g.created_at));
+  out->set_updated_at_ms(UnixMillis(g.updated_at));
+  if (g.access_token_expires_at) {
+    out->set_access_token_expires_at_ms(UnixMillis(*g.access_token_expires_at));
+  }
+  for (const auto& [k, v] : g.metadata) (*out->mutable_metadata())[k] = v;
+}
+
 absl::StatusOr<v1::KeyVersion> FindKeyStatus(keys::KeyManager& keys, int version) {
   GV_ASSIGN_OR_RETURN(std::vector<keys::KeyStatus> all, keys.Status());
   for (const keys::KeyStatus& k : all) {
@@ -78,6 +102,7 @@ v1::Error StatusToError(const absl::Status& status) {
   switch (status.code()) {
     case absl::StatusCode::kInvalidArgument:
     case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kUnimplemented:
       e.set_code(v1::Error::INVALID_ARGUMENT);
       break;
     case absl::StatusCode::kUnauthenticated:
@@ -389,8 +414,28 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection,
       }
       break;
     }
+    case v1::Request::kListGrants: {
+      if (request.list_grants().workspace_id().empty()) {
+        status = absl::InvalidArgumentError("list grants needs a workspace id");
+        break;
+      }
+      absl::StatusOr<std::vector<store::Grant>> grants =
+          vault_->store->ListGrants(request.list_grants().workspace_id());
+      status = grants.status();
+      if (grants.ok()) {
+        v1::ListGrantsReply* reply = r.mutable_list_grants();
+        for (const store::Grant& g : *grants) ToProto(g, reply->add_grants());
+      }
+      break;
+    }
+    case v1::Request::kShowGrant: {
+      absl::StatusOr<store::Grant> grant = vault_->store->GetGrant(request.show_grant().grant_id());
+      status = grant.status();
+      if (grant.ok()) ToProto(*grant, r.mutable_show_grant()->mutable_grant());
+      break;
+    }
     default:
-      status = absl::InternalError("unexpected admin request");
+      status = absl::UnimplementedError("this daemon does not serve that admin request yet");
   }
   if (!status.ok()) {
     spdlog::warn("admin request failed: admin={} uid={} request={} error={}", request.admin_user(),

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/ids.h"
 #include "daemon/vault.h"
 #include "gmock/gmock.h"
 #include "grantvault/v1/envelope.pb.h"
@@ -181,6 +182,53 @@ TEST_F(DaemonTest, CliDrivesTheKeyLifecycle) {
   ASSERT_TRUE(vault.ok()) << vault.status();
   EXPECT_EQ(vault->sealer->ActiveKek().label, "grantvault-kek-2");
   EXPECT_TRUE(keys::VerifyRecords(*vault, kRecords, "e2e").ok());
+}
+
+TEST_F(DaemonTest, CliListsAndShowsGrantsWithoutSecrets) {
+  const std::string refresh_token = "1//0g-refresh-token-that-must-never-be-shown";
+  std::string grant_id;
+  {
+    auto vault = daemon::InitEmbeddedState(state_);
+    ASSERT_TRUE(vault.ok()) << vault.status();
+    store::Grant g;
+    g.grant_id = NewGrantId();
+    g.workspace_id = "ws_acme";
+    g.connector_id = "github";
+    g.connector_type = "github";
+    g.account_id = "583231";
+    g.scopes = {"repo:status", "read:org"};
+    g.authorized_by = "alice";
+    g.created_at = g.updated_at = absl::Now();
+    g.metadata = {{"login", "octocat"}};
+    hsm::SealContext ctx{g.workspace_id, g.connector_id, g.account_id, g.grant_id, "refresh_token"};
+    auto sealed = vault->sealer->Seal(SecretBytes::CopyOf(refresh_token), ctx);
+    ASSERT_TRUE(sealed.ok());
+    store::SealedSecret secret;
+    secret.key = {g.grant_id, "refresh_token"};
+    secret.workspace_id = g.workspace_id;
+    secret.connector_id = g.connector_id;
+    secret.account_id = g.account_id;
+    secret.kek_label = sealed->kek.label;
+    secret.record = sealed->record;
+    ASSERT_TRUE(vault->store->InsertGrant(g, secret).ok());
+    grant_id = g.grant_id;
+  }
+  StartDaemon();
+  CommandResult list = Cli({"grants", "list", "--workspace", "ws_acme"});
+  EXPECT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_THAT(list.out, HasSubstr(grant_id));
+  EXPECT_THAT(list.out, HasSubstr("repo:status read:org"));
+  CommandResult show = Cli({"--json", "grants", "show", grant_id});
+  EXPECT_EQ(show.exit_code, 0) << show.err;
+  EXPECT_THAT(show.out, HasSubstr("\"account_id\":\"583231\""));
+  EXPECT_THAT(show.out, HasSubstr("\"login\":\"octocat\""));
+  for (const CommandResult* r : {&list, &show}) {
+    EXPECT_THAT(r->out, ::testing::Not(HasSubstr(refresh_token)));
+  }
+  EXPECT_EQ(Cli({"grants", "show", "gr_nosuchgrant"}).exit_code, 4);
+  CommandResult empty = Cli({"grants", "list", "--workspace", "ws_other"});
+  EXPECT_THAT(empty.out, HasSubstr("has no grants"));
+  EXPECT_THAT(daemon_->Stderr(), ::testing::Not(HasSubstr(refresh_token)));
 }
 
 TEST_F(DaemonTest, CliReportsAnUnreachableDaemon) {
