@@ -24,6 +24,9 @@ export TEST_TMPDIR="${TMPDIR:-/tmp}"
 status=0
 echo "== tests (RelWithDebInfo)"
 (cd build && ctest --output-on-failure -j2) || status=1
+echo "== tests (local authorization server, node)"
+# A file list, not the directory: Node 21+ no longer searches a directory argument.
+node --test tests/provider/*.test.mjs || status=1
 echo "== tests (ASan + UBSan)"
 (cd build-asan &&
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1 \

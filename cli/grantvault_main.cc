@@ -3,16 +3,28 @@
 // Exit codes (docs/cli.md): 0 ok, 1 internal error, 2 usage or invalid
 // argument, 3 permission denied, 4 not found, 5 daemon unavailable (not
 // running, busy, deadline), 6 refused in the current state.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/crypto.h>
+#include <poll.h>
 #include <pwd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <iostream>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "common/files.h"
 #include "google/protobuf/util/json_util.h"
 #include "grantvault/v1/envelope.pb.h"
 #include "ipc/client.h"
@@ -200,6 +212,90 @@ class ProgressBar {
   bool drawn_ = false;
 };
 
+// --- authorize: the loopback redirect listener (RFC 8252 §7.3) ---------------
+
+// Listens on 127.0.0.1 for the one redirect that carries the code.
+class LoopbackListener {
+ public:
+  static absl::StatusOr<LoopbackListener> Open(uint16_t port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return absl::InternalError("cannot create the loopback listener");
+    int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(fd, 8) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      ::close(fd);
+      return absl::UnavailableError(
+          absl::StrFormat("cannot listen on 127.0.0.1:%d: %s", port, std::strerror(errno)));
+    }
+    return LoopbackListener(fd, ntohs(addr.sin_port));
+  }
+  LoopbackListener(LoopbackListener&& o) noexcept : fd_(std::exchange(o.fd_, -1)), port_(o.port_) {}
+  ~LoopbackListener() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  std::string redirect_uri() const {
+    return absl::StrFormat("http://127.0.0.1:%d/callback", port_);
+  }
+
+  // Waits for GET /callback?… and answers the browser; returns the full URL.
+  absl::StatusOr<std::string> WaitForRedirect(absl::Duration timeout) {
+    const absl::Time end = absl::Now() + timeout;
+    for (;;) {
+      const int ms = static_cast<int>(absl::ToInt64Milliseconds(end - absl::Now()));
+      if (ms <= 0) return absl::DeadlineExceededError("no redirect arrived in time");
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, ms) <= 0) continue;
+      int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) continue;
+      std::string request;
+      char buf[4096];
+      while (request.find("\r\n") == std::string::npos && request.size() < 16384) {
+        pollfd cp{c, POLLIN, 0};
+        if (::poll(&cp, 1, 5000) <= 0) break;
+        ssize_t n = ::recv(c, buf, sizeof(buf), 0);
+        if (n <= 0) break;
+        request.append(buf, static_cast<size_t>(n));
+      }
+      std::string target;
+      if (request.rfind("GET ", 0) == 0) {
+        size_t end_target = request.find(' ', 4);
+        if (end_target != std::string::npos) target = request.substr(4, end_target - 4);
+      }
+      const bool ours = target.rfind("/callback?", 0) == 0;
+      const std::string body =
+          ours ? "grantvault received the authorization. You can close this window.\n"
+               : "Not found.\n";
+      const std::string answer = absl::StrFormat(
+          "HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+          "Connection: close\r\nCache-Control: no-store\r\nReferrer-Policy: no-referrer\r\n\r\n%s",
+          ours ? "200 OK" : "404 Not Found", body.size(), body);
+      ::send(c, answer.data(), answer.size(), MSG_NOSIGNAL);
+      ::close(c);
+      OPENSSL_cleanse(request.data(), request.size());
+      if (ours) return absl::StrFormat("http://127.0.0.1:%d%s", port_, target);
+    }
+  }
+
+ private:
+  LoopbackListener(int fd, uint16_t port) : fd_(fd), port_(port) {}
+  int fd_;
+  uint16_t port_;
+};
+
+std::vector<std::string> SplitScopes(const std::string& s) {
+  std::vector<std::string> out;
+  for (absl::string_view part : absl::StrSplit(s, absl::ByAnyChar(" ,"), absl::SkipEmpty())) {
+    out.emplace_back(part);
+  }
+  return out;
+}
+
 }  // namespace
 
 int Main(int argc, char** argv) {
@@ -325,6 +421,143 @@ int Main(int argc, char** argv) {
     });
   });
 
+  CLI::App* connectors = app.add_subcommand("connectors", "OAuth client registrations");
+  connectors->require_subcommand(1);
+  std::string reg_id, reg_type, reg_client_id, reg_secret_file, reg_issuer;
+  std::vector<std::string> reg_params;
+  CLI::App* reg =
+      connectors->add_subcommand("register", "register (or replace) a connector's OAuth client");
+  reg->add_option("--id", reg_id, "connector id that grants and agents name, e.g. google_workspace")
+      ->required();
+  reg->add_option("--type", reg_type, "catalog type (docs/connectors.md)")->required();
+  reg->add_option("--client-id", reg_client_id, "OAuth client id")->required();
+  reg->add_option("--client-secret-file", reg_secret_file,
+                  "file holding the client secret (mode 0600)")
+      ->required();
+  reg->add_option("--issuer", reg_issuer, "issuer URL (type oidc)");
+  reg->add_option("--param", reg_params,
+                  "tenant parameter NAME=VALUE (tenant, subdomain, my_domain, region)");
+  reg->callback([&] {
+    absl::StatusOr<SecretBytes> secret = ReadSecretFile(reg_secret_file);
+    if (!secret.ok()) {
+      std::fprintf(stderr, "grantvault: %s\n", std::string(secret.status().message()).c_str());
+      rc = kUsage;
+      return;
+    }
+    v1::Request r;
+    v1::RegisterConnectorRequest* in = r.mutable_register_connector();
+    in->set_connector_id(reg_id);
+    in->set_connector_type(reg_type);
+    in->set_client_id(reg_client_id);
+    in->set_client_secret(std::string(secret->view()));
+    in->set_issuer(reg_issuer);
+    for (const std::string& p : reg_params) {
+      size_t eq = p.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        std::fprintf(stderr, "grantvault: --param takes NAME=VALUE, not '%s'\n", p.c_str());
+        rc = kUsage;
+        return;
+      }
+      (*in->mutable_parameters())[p.substr(0, eq)] = p.substr(eq + 1);
+    }
+    rc = Run(g, std::move(r), [&](const v1::Response& resp) {
+      const v1::ConnectorInfo& c = resp.register_connector().connector();
+      if (g.json) return (void)std::printf("%s\n", Json(c).c_str());
+      std::printf("Registered connector %s (%s), client id %s. The client secret is sealed.\n",
+                  c.connector_id().c_str(),
+                  c.display_name().empty() ? c.connector_type().c_str() : c.display_name().c_str(),
+                  c.client_id().c_str());
+    });
+  });
+  connectors->add_subcommand("list", "registered connectors (never a secret)")->callback([&] {
+    v1::Request r;
+    r.mutable_list_connectors();
+    rc = Run(g, r, [&](const v1::Response& resp) {
+      if (g.json) return (void)std::printf("%s\n", Json(resp.list_connectors()).c_str());
+      if (resp.list_connectors().connectors().empty()) std::printf("No connector is registered.\n");
+      for (const v1::ConnectorInfo& c : resp.list_connectors().connectors()) {
+        std::printf("%-20s %-18s client %s%s%s\n", c.connector_id().c_str(),
+                    c.connector_type().c_str(), c.client_id().c_str(),
+                    c.issuer().empty() ? "" : "  issuer ", c.issuer().c_str());
+      }
+    });
+  });
+
+  std::string az_workspace, az_connector, az_scopes;
+  bool az_paste = false;
+  int az_port = 0;
+  double az_wait_s = 600;
+  CLI::App* authorize = app.add_subcommand(
+      "authorize", "authorize a connector for a workspace (OAuth authorization-code grant)");
+  authorize->add_option("--workspace", az_workspace, "workspace id")->required();
+  authorize->add_option("--connector", az_connector, "connector id")->required();
+  authorize->add_option(
+      "--scopes", az_scopes,
+      "space- or comma-separated scopes (default: the connector's narrow default)");
+  authorize->add_flag("--paste", az_paste,
+                      "paste the final redirect URL instead of running a loopback listener");
+  authorize->add_option("--port", az_port, "loopback listener port (default: any free port)")
+      ->check(CLI::Range(0, 65535));
+  authorize->add_option("--wait", az_wait_s, "seconds to wait for the redirect (default 600)");
+  authorize->callback([&] {
+    std::optional<LoopbackListener> listener;
+    std::string redirect_uri = "http://127.0.0.1/callback";
+    if (!az_paste) {
+      absl::StatusOr<LoopbackListener> l = LoopbackListener::Open(static_cast<uint16_t>(az_port));
+      if (!l.ok()) {
+        std::fprintf(stderr, "grantvault: %s\n", std::string(l.status().message()).c_str());
+        rc = kUnavailable;
+        return;
+      }
+      listener.emplace(std::move(*l));
+      redirect_uri = listener->redirect_uri();
+    }
+    v1::Request begin;
+    begin.mutable_begin_authorization()->set_workspace_id(az_workspace);
+    begin.mutable_begin_authorization()->set_connector_id(az_connector);
+    for (const std::string& s : SplitScopes(az_scopes))
+      begin.mutable_begin_authorization()->add_scopes(s);
+    begin.mutable_begin_authorization()->set_redirect_uri(redirect_uri);
+    std::string url;
+    rc = Run(g, begin, [&](const v1::Response& resp) {
+      url = resp.begin_authorization().authorization_url();
+    });
+    if (rc != kOk) return;
+    std::fprintf(stderr, "Open this URL in a browser, sign in and approve:\n");
+    std::printf("%s\n", url.c_str());
+    std::fflush(stdout);
+    std::string callback;
+    if (az_paste) {
+      std::fprintf(stderr, "Then paste the full URL you were redirected to:\n");
+      if (!std::getline(std::cin, callback)) {
+        rc = kUsage;
+        return;
+      }
+    } else {
+      std::fprintf(stderr, "Waiting for the redirect on %s …\n", redirect_uri.c_str());
+      absl::StatusOr<std::string> got =
+          listener->WaitForRedirect(absl::Milliseconds(static_cast<int64_t>(az_wait_s * 1000)));
+      if (!got.ok()) {
+        std::fprintf(stderr, "grantvault: %s\n", std::string(got.status().message()).c_str());
+        rc = kUnavailable;
+        return;
+      }
+      callback = std::move(*got);
+    }
+    v1::Request complete;
+    complete.mutable_complete_authorization()->set_callback_url(callback);
+    OPENSSL_cleanse(callback.data(), callback.size());
+    rc = Run(g, std::move(complete), [&](const v1::Response& resp) {
+      const v1::CompleteAuthorizationReply& done = resp.complete_authorization();
+      if (g.json) return (void)std::printf("%s\n", Json(done).c_str());
+      std::printf("Authorized: ");
+      PrintGrant(done.grant(), false);
+      if (!done.replaced_grant_id().empty()) {
+        std::printf("This replaced grant %s (a scope change); it is revoked.\n",
+                    done.replaced_grant_id().c_str());
+      }
+    });
+  });
   CLI::App* grants = app.add_subcommand("grants", "the grants of a workspace (never a secret)");
   grants->require_subcommand(1);
   std::string workspace;

@@ -97,10 +97,10 @@ const toml::table* Section(const toml::table& root, const std::string& name) {
 }
 
 absl::Status Apply(const toml::table& root, DaemonConfig& c) {
-  GV_RETURN_IF_ERROR(
-      OnlyKnownKeys(root, "", {"state_dir", "hsm", "store", "sockets", "limits", "log", "admin"}));
+  GV_RETURN_IF_ERROR(OnlyKnownKeys(
+      root, "", {"state_dir", "hsm", "store", "sockets", "limits", "log", "admin", "oauth"}));
   GV_RETURN_IF_ERROR(Read(root, "state_dir", &c.state_dir));
-  for (const char* name : {"hsm", "store", "sockets", "limits", "log", "admin"}) {
+  for (const char* name : {"hsm", "store", "sockets", "limits", "log", "admin", "oauth"}) {
     const toml::node* node = root.get(name);
     if (node != nullptr && !node->is_table()) return Invalid(*node, name, "must be a table");
   }
@@ -140,6 +140,17 @@ absl::Status Apply(const toml::table& root, DaemonConfig& c) {
   if (const toml::table* t = Section(root, "log")) {
     GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "log", {"level"}));
     GV_RETURN_IF_ERROR(Read(*t, "level", &c.log_level));
+  }
+  if (const toml::table* t = Section(root, "oauth")) {
+    GV_RETURN_IF_ERROR(
+        OnlyKnownKeys(*t, "oauth", {"ca_file", "use_system_trust_store", "connector_catalog"}));
+    GV_RETURN_IF_ERROR(Read(*t, "ca_file", &c.oauth_ca_file));
+    GV_RETURN_IF_ERROR(Read(*t, "connector_catalog", &c.connector_catalog));
+    if (const toml::node* n = t->get("use_system_trust_store")) {
+      if (!n->is_boolean())
+        return Invalid(*n, "oauth.use_system_trust_store", "must be true or false");
+      c.oauth_use_system_trust = n->as_boolean()->get();
+    }
   }
   if (const toml::table* t = Section(root, "admin")) {
     GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "admin", {"allowed_uids", "allowed_gids"}));

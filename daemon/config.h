@@ -38,6 +38,13 @@ struct DaemonConfig {
 
   std::string log_level = "info";  // trace, debug, info, warn, error
 
+  // OAuth engine: extra trust anchors (PEM) for authorization servers with a
+  // private CA (the local demo server, tests), and the connector catalog
+  // (default: the one shipped with the build).
+  std::string oauth_ca_file;
+  bool oauth_use_system_trust = true;
+  std::string connector_catalog;
+
   // Peers allowed on admin.sock, besides the daemon's own uid.
   std::vector<uid_t> admin_uids;
   std::vector<gid_t> admin_gids;

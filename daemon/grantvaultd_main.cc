@@ -21,6 +21,7 @@
 #include "common/status.h"
 #include "daemon/config.h"
 #include "daemon/logging.h"
+#include "daemon/oauth_engine.h"
 #include "daemon/service.h"
 #include "daemon/vault.h"
 #include "hsm/keys.h"
@@ -169,7 +170,12 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
     return 0;
   }
 
-  Service service(&*vault, AdminPolicyFrom(*config), config->worker_threads, &RealClock());
+  absl::StatusOr<std::unique_ptr<OAuthEngine>> oauth =
+      MakeOAuthEngine(*config, *vault, &RealClock());
+  if (!oauth.ok()) return Fail(oauth.status());
+  Service::OAuth oauth_deps{(*oauth)->authorizer.get(), &(*oauth)->connectors->catalog(), ""};
+  Service service(&*vault, oauth_deps, AdminPolicyFrom(*config), config->worker_threads,
+                  &RealClock());
   absl::StatusOr<Sockets> sockets = OpenSockets(*config, service);
   if (!sockets.ok()) return Fail(sockets.status());
   absl::StatusOr<std::unique_ptr<ipc::Server>> server =

@@ -1,14 +1,17 @@
 #include "daemon/service.h"
 
+#include <openssl/crypto.h>
 #include <unistd.h>
 
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status.h"
 #include "hsm/keys.h"
 #include "ipc/asio.h"
 #include "ipc/client.h"
+#include "oauth/pkce.h"
 #include "spdlog/spdlog.h"
 
 namespace grantvault::daemon {
@@ -172,8 +175,9 @@ struct Service::Workers {
   boost::asio::thread_pool pool;
 };
 
-Service::Service(Vault* vault, AdminPolicy admin, size_t worker_threads, Clock* clock)
+Service::Service(Vault* vault, OAuth oauth, AdminPolicy admin, size_t worker_threads, Clock* clock)
     : vault_(vault),
+      oauth_(std::move(oauth)),
       clock_(clock),
       started_(clock->Now()),
       agent_handler_(std::make_unique<Handler>(this, v1::HelloReply::AGENT)),
@@ -301,7 +305,7 @@ void Service::Dispatch(v1::HelloReply::Role role,
                                       ? absl::InfiniteDuration()
                                       : absl::Milliseconds(request.deadline_ms());
   boost::asio::post(workers_->pool, [this, connection, request = std::move(request), received,
-                                     deadline] {
+                                     deadline]() mutable {
     if (clock_->Now() - received > deadline) {
       SendResponse(*connection, ErrorResponse(request.request_id(), v1::Error::DEADLINE_EXCEEDED,
                                               "the request's deadline passed before it ran"));
@@ -326,8 +330,7 @@ absl::Status Service::CheckAdmin(const ipc::Connection& connection, const v1::Re
       absl::StrCat("uid ", peer.uid, " is not allowed to administer grantvault"));
 }
 
-void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection,
-                       const v1::Request& request) {
+void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::Request& request) {
   const uint64_t id = request.request_id();
   v1::Response r;
   r.set_request_id(id);
@@ -434,6 +437,12 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection,
       if (grant.ok()) ToProto(*grant, r.mutable_show_grant()->mutable_grant());
       break;
     }
+    case v1::Request::kRegisterConnector:
+    case v1::Request::kListConnectors:
+    case v1::Request::kBeginAuthorization:
+    case v1::Request::kCompleteAuthorization:
+      status = RunOAuth(*connection, request, r);
+      break;
     default:
       status = absl::UnimplementedError("this daemon does not serve that admin request yet");
   }
@@ -487,6 +496,118 @@ void Service::AnswerStatus(const std::shared_ptr<ipc::Connection>& connection,
     r.mutable_status()->set_open_connections(static_cast<uint32_t>(server_->stats().open));
   }
   SendResponse(*connection, r);
+}
+
+namespace {
+
+void ToProto(const store::ConnectorRegistration& reg, const oauth::Catalog* catalog,
+             v1::ConnectorInfo* out) {
+  out->set_connector_id(reg.connector_id);
+  out->set_connector_type(reg.connector_type);
+  if (catalog != nullptr) {
+    if (const oauth::ConnectorType* type = catalog->Find(reg.connector_type)) {
+      out->set_display_name(type->display_name);
+    }
+  }
+  out->set_client_id(reg.client_id);
+  out->set_issuer(reg.issuer);
+  for (const auto& [k, v] : reg.parameters) (*out->mutable_parameters())[k] = v;
+  out->set_registered_by(reg.registered_by);
+  out->set_created_at_ms(UnixMillis(reg.created_at));
+  out->set_updated_at_ms(UnixMillis(reg.updated_at));
+}
+
+}  // namespace
+
+absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& request,
+                               v1::Response& r) {
+  const std::string& admin = request.admin_user();
+  if (request.has_list_connectors()) {
+    GV_ASSIGN_OR_RETURN(std::vector<store::ConnectorRegistration> all,
+                        vault_->store->ListConnectorRegistrations());
+    for (const auto& reg : all) {
+      ToProto(reg, oauth_.catalog, r.mutable_list_connectors()->add_connectors());
+    }
+    return absl::OkStatus();
+  }
+  if (oauth_.authorizer == nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat("the OAuth engine is not available: ", oauth_.unavailable_reason));
+  }
+  oauth::Authorizer& authorizer = *oauth_.authorizer;
+  switch (request.body_case()) {
+    case v1::Request::kRegisterConnector: {
+      v1::RegisterConnectorRequest& in = *request.mutable_register_connector();
+      // The secret leaves the protobuf message at once.
+      SecretBytes client_secret = SecretBytes::TakeFrom(*in.mutable_client_secret());
+      store::ConnectorRegistration reg;
+      reg.connector_id = in.connector_id();
+      reg.connector_type = in.connector_type();
+      reg.client_id = in.client_id();
+      reg.issuer = in.issuer();
+      reg.parameters.insert(in.parameters().begin(), in.parameters().end());
+      reg.registered_by = admin;
+      GV_ASSIGN_OR_RETURN(store::ConnectorRegistration stored,
+                          authorizer.Register(std::move(reg), client_secret));
+      spdlog::info("connector.registered admin={} uid={} connector={} type={} client_id={}", admin,
+                   connection.peer().uid, stored.connector_id, stored.connector_type,
+                   stored.client_id);
+      ToProto(stored, oauth_.catalog, r.mutable_register_connector()->mutable_connector());
+      return absl::OkStatus();
+    }
+    case v1::Request::kBeginAuthorization: {
+      const v1::BeginAuthorizationRequest& in = request.begin_authorization();
+      GV_ASSIGN_OR_RETURN(
+          oauth::Authorizer::Started started,
+          authorizer.Begin(in.workspace_id(), in.connector_id(),
+                           std::vector<std::string>(in.scopes().begin(), in.scopes().end()), admin,
+                           in.redirect_uri()));
+      spdlog::info("authorization.started admin={} uid={} workspace={} connector={} scopes={}",
+                   admin, connection.peer().uid, in.workspace_id(), in.connector_id(),
+                   absl::StrJoin(started.scopes, " "));
+      v1::BeginAuthorizationReply* out = r.mutable_begin_authorization();
+      out->set_authorization_url(started.authorization_url);
+      out->set_expires_at_ms(UnixMillis(started.expires_at));
+      for (const std::string& s : started.scopes) out->add_scopes(s);
+      return absl::OkStatus();
+    }
+    case v1::Request::kCompleteAuthorization: {
+      v1::CompleteAuthorizationRequest& in = *request.mutable_complete_authorization();
+      oauth::Callback callback;
+      if (in.has_code_and_state()) {
+        callback.state = in.code_and_state().state();
+        callback.code = SecretBytes::TakeFrom(*in.mutable_code_and_state()->mutable_code());
+        if (callback.code.empty() || callback.state.empty()) {
+          return absl::InvalidArgumentError("both the code and the state are required");
+        }
+      } else {
+        absl::StatusOr<oauth::Callback> parsed = oauth::ParseCallback(in.callback_url());
+        OPENSSL_cleanse(in.mutable_callback_url()->data(), in.callback_url().size());
+        in.clear_callback_url();
+        GV_RETURN_IF_ERROR(parsed.status());
+        callback = std::move(*parsed);
+      }
+      absl::StatusOr<oauth::Authorizer::Completed> done = authorizer.Complete(callback);
+      if (!done.ok()) {
+        spdlog::warn("authorization.failed admin={} uid={} reason={}", admin, connection.peer().uid,
+                     std::string(done.status().message()));
+        return done.status();
+      }
+      const store::Grant& g = done->grant;
+      spdlog::info("{} admin={} uid={} workspace={} connector={} grant={} account={} scopes={}{}",
+                   done->replaced_grant_id ? "grant.scope_changed" : "grant.authorized",
+                   g.authorized_by, connection.peer().uid, g.workspace_id, g.connector_id,
+                   g.grant_id, g.account_id, absl::StrJoin(g.scopes, " "),
+                   done->replaced_grant_id ? " replaced=" + *done->replaced_grant_id : "");
+      ToProto(g, r.mutable_complete_authorization()->mutable_grant());
+      if (done->replaced_grant_id) {
+        r.mutable_complete_authorization()->set_replaced_grant_id(*done->replaced_grant_id);
+      }
+      return absl::OkStatus();
+    }
+    default:
+      return absl::InternalError("unexpected OAuth request");
+  }
 }
 
 }  // namespace grantvault::daemon

@@ -24,6 +24,8 @@
 #include "daemon/vault.h"
 #include "grantvault/v1/envelope.pb.h"
 #include "ipc/server.h"
+#include "oauth/authorizer.h"
+#include "oauth/catalog.h"
 
 namespace grantvault::daemon {
 
@@ -41,8 +43,15 @@ v1::Error StatusToError(const absl::Status& status);
 
 class Service {
  public:
-  // `vault` must outlive the service.
-  Service(Vault* vault, AdminPolicy admin, size_t worker_threads, Clock* clock);
+  // Everything must outlive the service. `authorizer` and `catalog` may be
+  // null (the OAuth engine is then unavailable: its requests are answered
+  // UNAVAILABLE with the reason given).
+  struct OAuth {
+    oauth::Authorizer* authorizer = nullptr;
+    const oauth::Catalog* catalog = nullptr;
+    std::string unavailable_reason;
+  };
+  Service(Vault* vault, OAuth oauth, AdminPolicy admin, size_t worker_threads, Clock* clock);
   ~Service();
   Service(const Service&) = delete;
   Service& operator=(const Service&) = delete;
@@ -72,11 +81,15 @@ class Service {
   void Dispatch(v1::HelloReply::Role role, const std::shared_ptr<ipc::Connection>& connection,
                 v1::Request request, absl::Time received);
   absl::Status CheckAdmin(const ipc::Connection& connection, const v1::Request& request);
-  void RunAdmin(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request);
+  void RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::Request& request);
+  // The OAuth requests (register, list connectors, begin/complete authorization).
+  absl::Status RunOAuth(const ipc::Connection& connection, v1::Request& request,
+                        v1::Response& response);
   void AnswerStatus(const std::shared_ptr<ipc::Connection>& connection, uint64_t request_id);
   v1::StatusReply ComputeStatus();
 
   Vault* const vault_;
+  const OAuth oauth_;
   Clock* const clock_;
   const absl::Time started_;
   const ipc::Server* server_ = nullptr;

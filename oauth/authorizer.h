@@ -1,0 +1,131 @@
+// The authorization-code grant, grantvault as the client (DESIGN §7
+// "Authorize"): register a connector's OAuth client, start an authorization
+// (state, PKCE S256, nonce), and complete it (exchange, identity, seal, store).
+#ifndef GRANTVAULT_OAUTH_AUTHORIZER_H_
+#define GRANTVAULT_OAUTH_AUTHORIZER_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "common/secret_bytes.h"
+#include "hsm/sealer.h"
+#include "oauth/http_client.h"
+#include "oauth/pkce.h"
+#include "store/grant_store.h"
+
+namespace grantvault::oauth {
+
+inline constexpr absl::Duration kAuthorizationSessionLifetime = absl::Minutes(10);
+
+// What the flow needs to know about one registered connector: its endpoints
+// (templates already expanded, discovery already done) and its quirks.
+struct ConnectorProfile {
+  std::string type;
+  std::string display_name;
+  std::string authorization_endpoint;
+  std::string token_endpoint;
+  std::string revocation_endpoint;
+  std::string userinfo_endpoint;
+  std::string jwks_uri;
+  std::string issuer;  // OIDC: the id_token's expected `iss`
+  bool pkce = true;
+  enum class ClientAuth { kBasic, kPost } client_auth = ClientAuth::kBasic;
+  std::string scope_separator = " ";
+  std::vector<std::pair<std::string, std::string>> extra_authorization_params;
+  std::vector<std::pair<std::string, std::string>> extra_token_params;
+  std::vector<std::string> allowed_scopes;  // empty: any
+  std::vector<std::string> default_scopes;
+  std::vector<std::string> required_scopes;  // always requested (e.g. openid)
+  // How the account id is learnt: from the id_token's `sub` (OIDC) or from the
+  // userinfo endpoint's `sub`.
+  enum class Identity { kIdToken, kUserinfo } identity = Identity::kIdToken;
+};
+
+// Turns a registration into a profile (catalog lookup, template expansion,
+// OIDC discovery). Thread-safe.
+class ConnectorResolver {
+ public:
+  virtual ~ConnectorResolver() = default;
+  // Validates a registration before it is stored (type known, parameters
+  // valid, issuer reachable for OIDC).
+  virtual absl::Status Validate(const store::ConnectorRegistration& registration) = 0;
+  virtual absl::StatusOr<ConnectorProfile> Resolve(
+      const store::ConnectorRegistration& registration) = 0;
+};
+
+// Verifies an id_token and returns its `sub` (see oauth/id_token.h).
+class IdTokenVerifier {
+ public:
+  virtual ~IdTokenVerifier() = default;
+  virtual absl::StatusOr<std::string> VerifiedSubject(std::string_view id_token,
+                                                      std::string_view jwks_json,
+                                                      std::string_view issuer,
+                                                      std::string_view client_id,
+                                                      std::string_view nonce, absl::Time now) = 0;
+};
+
+struct AuthorizerDeps {
+  store::GrantStore* store = nullptr;
+  hsm::Sealer* sealer = nullptr;
+  HttpClient* http = nullptr;
+  ConnectorResolver* connectors = nullptr;
+  IdTokenVerifier* id_tokens = nullptr;
+  Clock* clock = nullptr;
+};
+
+// Thread-safe. Never logs, and never puts in an error, a code, verifier,
+// client secret or token.
+class Authorizer {
+ public:
+  static absl::StatusOr<std::unique_ptr<Authorizer>> Create(const AuthorizerDeps& deps);
+
+  // Validates and stores the registration with its client secret sealed.
+  absl::StatusOr<store::ConnectorRegistration> Register(store::ConnectorRegistration registration,
+                                                        const SecretBytes& client_secret);
+
+  struct Started {
+    std::string authorization_url;
+    absl::Time expires_at;
+    std::vector<std::string> scopes;
+  };
+  // Requested scopes must be within what the connector allows (empty: its
+  // default set). The redirect URI must be https, or http on a loopback
+  // address (RFC 8252 §7.3).
+  absl::StatusOr<Started> Begin(std::string_view workspace_id, std::string_view connector_id,
+                                std::vector<std::string> scopes, std::string_view admin_user,
+                                std::string_view redirect_uri);
+
+  struct Completed {
+    store::Grant grant;
+    std::optional<std::string> replaced_grant_id;  // a scope change
+  };
+  // Consumes the state (single use), then: an error callback → PermissionDenied
+  // naming the provider's error; otherwise exchange the code (with the PKCE
+  // verifier), learn the account, seal the refresh token (or the access token
+  // when no refresh token is issued), and store the grant, replacing the
+  // workspace's current grant for that connector. Nothing is stored on error.
+  absl::StatusOr<Completed> Complete(const Callback& callback);
+
+ private:
+  explicit Authorizer(const AuthorizerDeps& deps) : deps_(deps) {}
+  absl::StatusOr<SecretBytes> OpenClientSecret(const store::ConnectorRegistration& registration);
+  absl::StatusOr<std::string> AccountId(const ConnectorProfile& profile,
+                                        const store::ConnectorRegistration& registration,
+                                        const struct TokenResponse& tokens, std::string_view nonce);
+
+  AuthorizerDeps deps_;
+};
+
+// Whether `uri` may receive codes: https, or http on 127.0.0.1 / [::1] /
+// localhost (native apps, RFC 8252).
+bool IsAcceptableRedirectUri(std::string_view uri);
+
+}  // namespace grantvault::oauth
+
+#endif  // GRANTVAULT_OAUTH_AUTHORIZER_H_

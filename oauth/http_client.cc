@@ -1,0 +1,800 @@
+#include "oauth/http_client.h"
+
+#include <openssl/crypto.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
+#include <poll.h>
+#include <uriparser/Uri.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <limits>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/status.h"
+#include "common/strings.h"
+
+// Boost.Asio needs <utility> first; ipc/asio.h takes care of it.
+// clang-format off
+#include "ipc/asio.h"
+#include <boost/asio/ssl.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+// clang-format on
+
+namespace grantvault::oauth {
+namespace {
+
+namespace asio = boost::asio;
+namespace ssl = boost::asio::ssl;
+namespace beast = boost::beast;
+namespace http = boost::beast::http;
+using tcp = asio::ip::tcp;
+using ErrorCode = boost::system::error_code;
+using Clock = std::chrono::steady_clock;
+
+constexpr size_t kMaxUrlLength = 8192;
+constexpr size_t kMaxMethodLength = 32;
+constexpr size_t kMaxResponseBytesLimit = size_t{1} << 30;
+constexpr size_t kMaxIdleConnectionsPerHostLimit = 64;
+// Idle connections kept across all hosts.
+constexpr size_t kMaxIdleConnectionsTotal = 64;
+// 1xx answers skipped before the final response.
+constexpr int kMaxInterimResponses = 8;
+constexpr absl::Duration kMaxTimeout = absl::Hours(1);
+
+void WipeString(std::string& s) {
+  s.resize(s.capacity());
+  OPENSSL_cleanse(s.data(), s.size());
+  s.clear();
+}
+
+void WipeHeaders(HttpHeaders& headers) {
+  for (auto& [name, value] : headers) {
+    WipeString(name);
+    WipeString(value);
+  }
+}
+
+// Wipes memory before giving it back: Beast's buffers, fields and bodies hold
+// request and response bytes (secrets, codes, tokens), including the blocks a
+// growing buffer leaves behind.
+template <typename T>
+class WipingAllocator {
+ public:
+  using value_type = T;
+
+  WipingAllocator() noexcept = default;
+  template <typename U>
+  WipingAllocator(const WipingAllocator<U>& /*other*/) noexcept {}  // NOLINT: rebinding
+
+  T* allocate(std::size_t n) { return std::allocator<T>().allocate(n); }
+  void deallocate(T* p, std::size_t n) noexcept {
+    OPENSSL_cleanse(p, n * sizeof(T));
+    std::allocator<T>().deallocate(p, n);
+  }
+
+  template <typename U>
+  bool operator==(const WipingAllocator<U>& /*other*/) const noexcept {
+    return true;
+  }
+};
+
+using WipingString = std::basic_string<char, std::char_traits<char>, WipingAllocator<char>>;
+using ResponseBody = http::basic_string_body<char, std::char_traits<char>, WipingAllocator<char>>;
+using ResponseParser = http::response_parser<ResponseBody, WipingAllocator<char>>;
+using ReadBuffer = beast::basic_flat_buffer<WipingAllocator<char>>;
+using TlsStream = ssl::stream<beast::tcp_stream>;
+
+Clock::duration ToClock(absl::Duration d) {
+  return std::chrono::duration_cast<Clock::duration>(absl::ToChronoNanoseconds(d));
+}
+
+std::string ToString(beast::string_view s) { return std::string(s.data(), s.size()); }
+
+bool IsTchar(char c) {
+  if (absl::ascii_isalnum(static_cast<unsigned char>(c))) return true;
+  return std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+}
+
+bool IsToken(std::string_view s) { return !s.empty() && std::all_of(s.begin(), s.end(), IsTchar); }
+
+// RFC 9110 field-value: visible characters, obs-text, spaces and tabs.
+bool IsFieldValue(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u == '\t' || (u >= 0x20 && u != 0x7f);
+  });
+}
+
+bool IsReplayable(std::string_view method) {
+  return method == "GET" || method == "HEAD" || method == "OPTIONS" || method == "PUT" ||
+         method == "DELETE";
+}
+
+// Where a request goes. Error messages name `authority`, never the path or
+// query, which may carry secrets.
+struct ParsedUrl {
+  std::string host;  // lower-case DNS name, or an IP address without brackets
+  bool host_is_ip = false;
+  uint16_t port = 443;
+  std::string authority;  // host[:port] as sent in Host, IPv6 in brackets
+  std::string target;     // origin-form request target: /path?query
+};
+
+std::string_view RangeView(const UriTextRangeA& range) {
+  if (range.first == nullptr || range.afterLast == nullptr) return {};
+  return std::string_view(range.first, static_cast<size_t>(range.afterLast - range.first));
+}
+
+class ParsedUri {
+ public:
+  ParsedUri() = default;
+  ~ParsedUri() {
+    if (parsed_) uriFreeUriMembersA(&uri_);
+  }
+  ParsedUri(const ParsedUri&) = delete;
+  ParsedUri& operator=(const ParsedUri&) = delete;
+
+  bool Parse(std::string_view text) {
+    const char* error_pos = nullptr;
+    parsed_ = uriParseSingleUriExA(&uri_, text.data(), text.data() + text.size(), &error_pos) ==
+              URI_SUCCESS;
+    return parsed_;
+  }
+  const UriUriA& uri() const { return uri_; }
+
+ private:
+  UriUriA uri_{};
+  bool parsed_ = false;
+};
+
+absl::StatusOr<ParsedUrl> ParseHttpsUrl(std::string_view url) {
+  if (url.empty() || url.size() > kMaxUrlLength) {
+    return absl::InvalidArgumentError("URL is empty or too long");
+  }
+  ParsedUri parsed;
+  if (!parsed.Parse(url)) return absl::InvalidArgumentError("URL does not parse");
+  const UriUriA& uri = parsed.uri();
+  const std::string_view scheme = RangeView(uri.scheme);
+  if (!absl::EqualsIgnoreCase(Sv(scheme), "https")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("only https URLs are allowed, not '", Sv(scheme), "'"));
+  }
+  if (uri.userInfo.first != nullptr) {
+    return absl::InvalidArgumentError("URL must not carry user information");
+  }
+
+  ParsedUrl out;
+  bool ipv6 = false;
+  if (uri.hostData.ip4 != nullptr) {
+    const asio::ip::address_v4::bytes_type bytes{
+        uri.hostData.ip4->data[0], uri.hostData.ip4->data[1], uri.hostData.ip4->data[2],
+        uri.hostData.ip4->data[3]};
+    out.host = asio::ip::address_v4(bytes).to_string();
+    out.host_is_ip = true;
+  } else if (uri.hostData.ip6 != nullptr) {
+    asio::ip::address_v6::bytes_type bytes{};
+    std::copy(std::begin(uri.hostData.ip6->data), std::end(uri.hostData.ip6->data), bytes.begin());
+    out.host = asio::ip::address_v6(bytes).to_string();
+    out.host_is_ip = true;
+    ipv6 = true;
+  } else if (uri.hostData.ipFuture.first != nullptr) {
+    return absl::InvalidArgumentError("URL has an unsupported IP literal");
+  } else {
+    const std::string_view host = RangeView(uri.hostText);
+    const bool valid = !host.empty() && std::all_of(host.begin(), host.end(), [](char c) {
+      return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_';
+    });
+    if (!valid) return absl::InvalidArgumentError("URL has no valid host name");
+    out.host = absl::AsciiStrToLower(Sv(host));
+  }
+
+  const std::string_view port = RangeView(uri.portText);
+  if (!port.empty()) {
+    uint32_t value = 0;
+    const bool digits = port.size() <= 5 && std::all_of(port.begin(), port.end(), [](char c) {
+                          return absl::ascii_isdigit(static_cast<unsigned char>(c));
+                        });
+    if (digits) {
+      for (const char c : port) value = value * 10 + static_cast<uint32_t>(c - '0');
+    }
+    if (!digits || value == 0 || value > 65535) {
+      return absl::InvalidArgumentError("URL has an invalid port");
+    }
+    out.port = static_cast<uint16_t>(value);
+  }
+
+  out.authority = ipv6 ? absl::StrCat("[", out.host, "]") : out.host;
+  if (out.port != 443) absl::StrAppend(&out.authority, ":", out.port);
+
+  // The authority ends at the first '/', '?' or '#' after "//" (RFC 3986
+  // section 3.2); the fragment is never sent.
+  const size_t authority_start = url.find("//");
+  if (authority_start == std::string_view::npos) {
+    return absl::InvalidArgumentError("URL has no authority");
+  }
+  const size_t target_start = std::min(url.find_first_of("/?#", authority_start + 2), url.size());
+  const size_t target_end = std::min(url.find('#', target_start), url.size());
+  const std::string_view target = url.substr(target_start, target_end - target_start);
+  if (target.empty() || target.front() != '/') out.target = "/";
+  out.target.append(target);
+  return out;
+}
+
+absl::Status ValidateRequest(const HttpRequest& request) {
+  if (request.method.size() > kMaxMethodLength || !IsToken(request.method)) {
+    return absl::InvalidArgumentError("HTTP method is not a token");
+  }
+  for (const auto& [name, value] : request.headers) {
+    if (!IsToken(name)) return absl::InvalidArgumentError("HTTP header name is not a token");
+    if (!IsFieldValue(value)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("HTTP header ", Sv(name), " has a control character in its value"));
+    }
+    for (const std::string_view reserved :
+         {"host", "content-length", "transfer-encoding", "connection", "upgrade"}) {
+      if (absl::EqualsIgnoreCase(Sv(name), Sv(reserved))) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("HTTP header ", Sv(name), " is set by the client itself"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+WipingString SerializeRequest(const HttpRequest& request, const ParsedUrl& url,
+                              std::string_view default_user_agent, bool close_after) {
+  bool has_user_agent = false;
+  size_t size = request.method.size() + url.target.size() + url.authority.size() + 128 +
+                default_user_agent.size() + request.body.size();
+  for (const auto& [name, value] : request.headers) {
+    size += name.size() + value.size() + 4;
+    if (absl::EqualsIgnoreCase(Sv(name), "user-agent")) has_user_agent = true;
+  }
+  WipingString out;
+  out.reserve(size);
+  const auto append = [&out](std::string_view s) { out.append(s.data(), s.size()); };
+  append(request.method);
+  append(" ");
+  append(url.target);
+  append(" HTTP/1.1\r\nHost: ");
+  append(url.authority);
+  append("\r\n");
+  if (!has_user_agent && !default_user_agent.empty()) {
+    append("User-Agent: ");
+    append(default_user_agent);
+    append("\r\n");
+  }
+  for (const auto& [name, value] : request.headers) {
+    append(name);
+    append(": ");
+    append(value);
+    append("\r\n");
+  }
+  if (!request.body.empty() || request.method == "POST" || request.method == "PUT" ||
+      request.method == "PATCH") {
+    append("Content-Length: ");
+    append(std::to_string(request.body.size()));
+    append("\r\n");
+  }
+  if (close_after) append("Connection: close\r\n");
+  append("\r\n");
+  append(request.body);
+  return out;
+}
+
+absl::Status IoFailure(const ErrorCode& ec, Clock::time_point expiry, std::string_view what,
+                       const ParsedUrl& url) {
+  if (ec == beast::error::timeout || Clock::now() >= expiry) {
+    return absl::DeadlineExceededError(absl::StrCat(Sv(what), " ", url.authority, " timed out"));
+  }
+  return absl::UnavailableError(
+      absl::StrCat(Sv(what), " ", url.authority, " failed: ", ec.message()));
+}
+
+// One TLS connection with its own small io_context; every operation runs on
+// the calling thread, and only one thread uses a connection at a time.
+class Connection {
+ public:
+  explicit Connection(ssl::context& tls) : stream_(io_, tls) {}
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  TlsStream& stream() { return stream_; }
+  beast::tcp_stream& transport() { return stream_.next_layer(); }
+
+  // Runs the operations started on this connection until they complete. The
+  // tcp_stream's expiry bounds each of them.
+  void RunToCompletion() {
+    io_.restart();
+    io_.run();
+  }
+
+  // False if the peer has closed the connection or sent something unasked
+  // since the last response: such a connection must not carry a request.
+  bool LooksIdle() {
+    pollfd poll_fd{};
+    poll_fd.fd = transport().socket().native_handle();
+    poll_fd.events = POLLIN;
+    return ::poll(&poll_fd, 1, 0) == 0;
+  }
+
+ private:
+  asio::io_context io_{1};
+  TlsStream stream_;
+};
+
+// Name resolution runs on a helper thread so that a hung resolver cannot
+// outlive the deadline; the thread finishes on its own.
+absl::StatusOr<std::vector<tcp::endpoint>> Resolve(const ParsedUrl& url,
+                                                   Clock::time_point deadline) {
+  struct State {
+    absl::Mutex mu;
+    bool done ABSL_GUARDED_BY(mu) = false;
+    ErrorCode ec ABSL_GUARDED_BY(mu);
+    std::vector<tcp::endpoint> endpoints ABSL_GUARDED_BY(mu);
+  };
+  auto state = std::make_shared<State>();
+  try {
+    std::thread([state, host = url.host, port = url.port] {
+      asio::io_context io(1);
+      tcp::resolver resolver(io);
+      ErrorCode ec;
+      const auto results =
+          resolver.resolve(host, std::to_string(port), tcp::resolver::numeric_service, ec);
+      absl::MutexLock lock(&state->mu);
+      state->ec = ec;
+      if (!ec) {
+        for (const auto& entry : results) state->endpoints.push_back(entry.endpoint());
+      }
+      state->done = true;
+    }).detach();
+  } catch (const std::system_error& e) {
+    return absl::UnavailableError(absl::StrCat("cannot start name resolution: ", e.what()));
+  }
+  const absl::Duration remaining = absl::FromChrono(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - Clock::now()));
+  absl::MutexLock lock(&state->mu);
+  if (!state->mu.AwaitWithTimeout(absl::Condition(&state->done), remaining)) {
+    return absl::DeadlineExceededError(absl::StrCat("resolving ", url.host, " timed out"));
+  }
+  if (state->ec) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot resolve ", url.host, ": ", state->ec.message()));
+  }
+  if (state->endpoints.empty()) {
+    return absl::UnavailableError(absl::StrCat("no address for ", url.host));
+  }
+  return state->endpoints;
+}
+
+struct ExchangeOutcome {
+  bool reusable = false;
+  // Nothing at all came back: on a reused connection the server most likely
+  // closed it while the request was on its way.
+  bool nothing_received = false;
+};
+
+class BeastHttpClient final : public HttpClient {
+ public:
+  BeastHttpClient(const HttpClientOptions& options, std::unique_ptr<ssl::context> tls)
+      : options_(options), tls_(std::move(tls)) {}
+
+  using HttpClient::Send;
+  absl::StatusOr<HttpResponse> Send(const HttpRequest& request, absl::Duration deadline) override {
+    try {
+      return SendOrThrow(request, deadline);
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("HTTPS client: ", e.what()));
+    }
+  }
+
+ private:
+  struct IdleConnection {
+    std::unique_ptr<Connection> connection;
+    Clock::time_point since;
+  };
+
+  absl::StatusOr<HttpResponse> SendOrThrow(const HttpRequest& request, absl::Duration deadline);
+  absl::StatusOr<std::unique_ptr<Connection>> Connect(const ParsedUrl& url,
+                                                      Clock::time_point deadline);
+  absl::StatusOr<HttpResponse> Exchange(Connection& connection, const WipingString& wire,
+                                        const ParsedUrl& url, bool head, Clock::time_point deadline,
+                                        ExchangeOutcome& outcome);
+  std::unique_ptr<Connection> TakeIdle(const std::string& key);
+  void ReturnIdle(const std::string& key, std::unique_ptr<Connection> connection);
+  void EvictExpiredLocked(Clock::time_point now, std::vector<std::unique_ptr<Connection>>& evicted)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Pooling() const {
+    return options_.max_idle_connections_per_host > 0 &&
+           options_.idle_connection_timeout > absl::ZeroDuration();
+  }
+
+  const HttpClientOptions options_;
+  const std::unique_ptr<ssl::context> tls_;
+
+  absl::Mutex mu_;
+  // Per "host:port", oldest first.
+  std::map<std::string, std::deque<IdleConnection>> idle_ ABSL_GUARDED_BY(mu_);
+  size_t idle_count_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+absl::StatusOr<HttpResponse> BeastHttpClient::SendOrThrow(const HttpRequest& request,
+                                                          absl::Duration deadline) {
+  GV_ASSIGN_OR_RETURN(const ParsedUrl url, ParseHttpsUrl(request.url));
+  GV_RETURN_IF_ERROR(ValidateRequest(request));
+  const absl::Duration timeout = std::min(deadline, options_.request_timeout);
+  if (timeout <= absl::ZeroDuration()) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("no time left for a request to ", url.authority));
+  }
+  const Clock::time_point deadline_at = Clock::now() + ToClock(timeout);
+  const WipingString wire = SerializeRequest(request, url, options_.user_agent, !Pooling());
+  const bool head = request.method == "HEAD";
+  const std::string key = absl::StrCat(url.authority, url.port == 443 ? ":443" : "");
+
+  if (std::unique_ptr<Connection> idle = TakeIdle(key)) {
+    ExchangeOutcome outcome;
+    absl::StatusOr<HttpResponse> response = Exchange(*idle, wire, url, head, deadline_at, outcome);
+    // A request that must not be sent twice (a token exchange) is never
+    // repeated: the server may have acted on it.
+    const bool retry = !response.ok() && outcome.nothing_received && IsReplayable(request.method) &&
+                       !absl::IsDeadlineExceeded(response.status());
+    if (!retry) {
+      if (response.ok() && outcome.reusable) ReturnIdle(key, std::move(idle));
+      return response;
+    }
+  }
+
+  GV_ASSIGN_OR_RETURN(std::unique_ptr<Connection> connection, Connect(url, deadline_at));
+  ExchangeOutcome outcome;
+  absl::StatusOr<HttpResponse> response =
+      Exchange(*connection, wire, url, head, deadline_at, outcome);
+  if (response.ok() && outcome.reusable) ReturnIdle(key, std::move(connection));
+  return response;
+}
+
+absl::StatusOr<std::unique_ptr<Connection>> BeastHttpClient::Connect(const ParsedUrl& url,
+                                                                     Clock::time_point deadline) {
+  const Clock::time_point connect_by =
+      std::min(deadline, Clock::now() + ToClock(options_.connect_timeout));
+  std::vector<tcp::endpoint> endpoints;
+  if (url.host_is_ip) {
+    ErrorCode ec;
+    const asio::ip::address address = asio::ip::make_address(url.host, ec);
+    if (ec) return absl::InvalidArgumentError("URL has an invalid IP address");
+    endpoints.emplace_back(address, url.port);
+  } else {
+    GV_ASSIGN_OR_RETURN(endpoints, Resolve(url, connect_by));
+  }
+
+  auto connection = std::make_unique<Connection>(*tls_);
+  SSL* ssl = connection->stream().native_handle();
+  if (url.host_is_ip) {
+    if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), url.host.c_str()) != 1) {
+      return absl::InternalError("cannot set the expected IP address");
+    }
+  } else {
+    SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    // Server Name Indication, for names only (RFC 6066 section 3).
+    if (SSL_set1_host(ssl, url.host.c_str()) != 1 ||
+        SSL_ctrl(ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+                 const_cast<char*>(url.host.c_str())) != 1) {
+      return absl::InternalError("cannot set the expected host name");
+    }
+  }
+
+  ErrorCode ec;
+  connection->transport().expires_at(connect_by);
+  connection->transport().async_connect(
+      endpoints, [&ec](const ErrorCode& e, const tcp::endpoint&) { ec = e; });
+  connection->RunToCompletion();
+  if (ec) return IoFailure(ec, connect_by, "connecting to", url);
+  ErrorCode ignored;
+  connection->transport().socket().set_option(tcp::no_delay(true), ignored);
+
+  connection->transport().expires_at(connect_by);
+  connection->stream().async_handshake(ssl::stream_base::client,
+                                       [&ec](const ErrorCode& e) { ec = e; });
+  connection->RunToCompletion();
+  if (ec) {
+    if (ec == beast::error::timeout || Clock::now() >= connect_by) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("TLS handshake with ", url.authority, " timed out"));
+    }
+    const long verify_result = SSL_get_verify_result(ssl);
+    if (verify_result != X509_V_OK) {
+      return absl::UnauthenticatedError(absl::StrCat("TLS certificate verification failed for ",
+                                                     url.host, ": ",
+                                                     X509_verify_cert_error_string(verify_result)));
+    }
+    return absl::UnavailableError(
+        absl::StrCat("TLS handshake with ", url.authority, " failed: ", ec.message()));
+  }
+  return connection;
+}
+
+absl::StatusOr<HttpResponse> BeastHttpClient::Exchange(Connection& connection,
+                                                       const WipingString& wire,
+                                                       const ParsedUrl& url, bool head,
+                                                       Clock::time_point deadline,
+                                                       ExchangeOutcome& outcome) {
+  ErrorCode ec;
+  connection.transport().expires_at(deadline);
+  asio::async_write(connection.stream(), asio::buffer(wire.data(), wire.size()),
+                    [&ec](const ErrorCode& e, size_t /*n*/) { ec = e; });
+  connection.RunToCompletion();
+  if (ec) {
+    outcome.nothing_received = true;
+    return IoFailure(ec, deadline, "sending a request to", url);
+  }
+
+  const size_t cap = options_.max_response_bytes;
+  const auto too_large = [&] {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("response from ", url.authority, " exceeds ", cap, " bytes"));
+  };
+  const auto read_failure = [&](const ErrorCode& e) {
+    if (e == http::error::body_limit || e == http::error::header_limit ||
+        e == http::error::buffer_overflow) {
+      return too_large();
+    }
+    return IoFailure(e, deadline, "reading the response from", url);
+  };
+
+  ReadBuffer buffer;
+  size_t used = 0;  // header bytes so far, interim responses included
+  for (int interim = 0;; ++interim) {
+    ResponseParser parser;
+    parser.header_limit(static_cast<std::uint32_t>(cap - used));
+    parser.body_limit(static_cast<std::uint64_t>(cap - used));
+    if (head) parser.skip(true);
+    size_t header_bytes = 0;
+    connection.transport().expires_at(deadline);
+    http::async_read_header(connection.stream(), buffer, parser,
+                            [&ec, &header_bytes](const ErrorCode& e, size_t n) {
+                              ec = e;
+                              header_bytes = n;
+                            });
+    connection.RunToCompletion();
+    if (ec) {
+      outcome.nothing_received = interim == 0 && !parser.got_some() && buffer.size() == 0;
+      return read_failure(ec);
+    }
+    used += std::min(header_bytes, cap - used);
+    const unsigned status = parser.get().result_int();
+    if (status >= 100 && status < 200) {
+      if (status == 101 || interim + 1 >= kMaxInterimResponses) {
+        return absl::UnavailableError(
+            absl::StrCat("unexpected informational responses from ", url.authority));
+      }
+      continue;
+    }
+
+    const size_t body_budget = cap - used;
+    const auto content_length = parser.content_length();
+    if (content_length && *content_length > body_budget) return too_large();
+    parser.body_limit(static_cast<std::uint64_t>(body_budget));
+    if (!parser.is_done()) {
+      connection.transport().expires_at(deadline);
+      http::async_read(connection.stream(), buffer, parser,
+                       [&ec](const ErrorCode& e, size_t /*n*/) { ec = e; });
+      connection.RunToCompletion();
+      if (ec) return read_failure(ec);
+    }
+
+    auto& message = parser.get();
+    HttpResponse response;
+    response.status = static_cast<int>(status);
+    for (const auto& field : message) {
+      response.headers.emplace_back(ToString(field.name_string()), ToString(field.value()));
+    }
+    auto& body = message.body();
+    response.body.assign(body.data(), body.size());
+    body.resize(body.capacity());
+    OPENSSL_cleanse(body.data(), body.size());
+    outcome.reusable = message.keep_alive() && !parser.need_eof() && buffer.size() == 0;
+    connection.transport().expires_never();
+    return response;
+  }
+}
+
+void BeastHttpClient::EvictExpiredLocked(Clock::time_point now,
+                                         std::vector<std::unique_ptr<Connection>>& evicted) {
+  const Clock::duration idle_timeout = ToClock(options_.idle_connection_timeout);
+  for (auto it = idle_.begin(); it != idle_.end();) {
+    auto& queue = it->second;
+    while (!queue.empty() && now - queue.front().since >= idle_timeout) {
+      evicted.push_back(std::move(queue.front().connection));
+      queue.pop_front();
+      --idle_count_;
+    }
+    it = queue.empty() ? idle_.erase(it) : std::next(it);
+  }
+}
+
+std::unique_ptr<Connection> BeastHttpClient::TakeIdle(const std::string& key) {
+  if (!Pooling()) return nullptr;
+  for (;;) {
+    // Closed outside the lock.
+    std::vector<std::unique_ptr<Connection>> evicted;
+    std::unique_ptr<Connection> candidate;
+    {
+      absl::MutexLock lock(&mu_);
+      EvictExpiredLocked(Clock::now(), evicted);
+      const auto it = idle_.find(key);
+      if (it == idle_.end()) return nullptr;
+      candidate = std::move(it->second.back().connection);
+      it->second.pop_back();
+      --idle_count_;
+      if (it->second.empty()) idle_.erase(it);
+    }
+    if (candidate->LooksIdle()) return candidate;
+  }
+}
+
+void BeastHttpClient::ReturnIdle(const std::string& key, std::unique_ptr<Connection> connection) {
+  if (!Pooling()) return;
+  std::vector<std::unique_ptr<Connection>> evicted;  // closed after the lock is released
+  absl::MutexLock lock(&mu_);
+  const Clock::time_point now = Clock::now();
+  EvictExpiredLocked(now, evicted);
+  auto& queue = idle_[key];
+  queue.push_back(IdleConnection{std::move(connection), now});
+  ++idle_count_;
+  if (queue.size() > options_.max_idle_connections_per_host) {
+    evicted.push_back(std::move(queue.front().connection));
+    queue.pop_front();
+    --idle_count_;
+  }
+  while (idle_count_ > kMaxIdleConnectionsTotal) {
+    auto oldest = idle_.begin();
+    for (auto it = idle_.begin(); it != idle_.end(); ++it) {
+      if (it->second.front().since < oldest->second.front().since) oldest = it;
+    }
+    evicted.push_back(std::move(oldest->second.front().connection));
+    oldest->second.pop_front();
+    --idle_count_;
+    if (oldest->second.empty()) idle_.erase(oldest);
+  }
+}
+
+absl::Status ValidateOptions(const HttpClientOptions& options) {
+  const auto positive_and_bounded = [](absl::Duration d) {
+    return d > absl::ZeroDuration() && d <= kMaxTimeout;
+  };
+  if (!positive_and_bounded(options.connect_timeout)) {
+    return absl::InvalidArgumentError("connect_timeout must be positive and at most an hour");
+  }
+  if (!positive_and_bounded(options.request_timeout)) {
+    return absl::InvalidArgumentError("request_timeout must be positive and at most an hour");
+  }
+  if (options.idle_connection_timeout < absl::ZeroDuration() ||
+      options.idle_connection_timeout > kMaxTimeout) {
+    return absl::InvalidArgumentError("idle_connection_timeout must be between 0 and an hour");
+  }
+  if (options.max_response_bytes == 0 || options.max_response_bytes > kMaxResponseBytesLimit) {
+    return absl::InvalidArgumentError("max_response_bytes must be between 1 and 1 GiB");
+  }
+  if (options.max_idle_connections_per_host > kMaxIdleConnectionsPerHostLimit) {
+    return absl::InvalidArgumentError(absl::StrCat("max_idle_connections_per_host must be at most ",
+                                                   kMaxIdleConnectionsPerHostLimit));
+  }
+  if (!IsFieldValue(options.user_agent)) {
+    return absl::InvalidArgumentError("user_agent has a control character");
+  }
+  if (!options.use_system_trust_store && options.ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "no trust anchors: use the system trust store or give a CA file");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ssl::context>> NewTlsContext(const HttpClientOptions& options) {
+  auto tls = std::make_unique<ssl::context>(ssl::context::tls_client);
+  SSL_CTX* native = tls->native_handle();
+  if (SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION) != 1) {
+    return absl::InternalError("cannot require TLS 1.2");
+  }
+  // Decrypted records are wiped once handed over: they hold tokens.
+  SSL_CTX_set_options(native,
+                      SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CLEANSE_PLAINTEXT);
+  ErrorCode ec;
+  tls->set_verify_mode(ssl::verify_peer, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot enable verification: ", ec.message()));
+  if (options.use_system_trust_store) {
+    tls->set_default_verify_paths(ec);
+    if (ec) {
+      return absl::InternalError(absl::StrCat("cannot use the system trust store: ", ec.message()));
+    }
+  }
+  if (!options.ca_file.empty()) {
+    tls->load_verify_file(options.ca_file, ec);
+    if (ec) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot load CA file ", options.ca_file, ": ", ec.message()));
+    }
+  }
+  return tls;
+}
+
+}  // namespace
+
+HttpRequest::~HttpRequest() {
+  WipeString(body);
+  WipeHeaders(headers);
+  WipeString(url);
+}
+
+HttpResponse::~HttpResponse() {
+  WipeString(body);
+  WipeHeaders(headers);
+}
+
+std::optional<std::string> HttpResponse::Header(std::string_view name) const {
+  for (const auto& [header_name, value] : headers) {
+    if (absl::EqualsIgnoreCase(Sv(header_name), Sv(name))) return value;
+  }
+  return std::nullopt;
+}
+
+absl::StatusOr<std::unique_ptr<HttpClient>> NewHttpClient(const HttpClientOptions& options) {
+  GV_RETURN_IF_ERROR(ValidateOptions(options));
+  try {
+    GV_ASSIGN_OR_RETURN(std::unique_ptr<ssl::context> tls, NewTlsContext(options));
+    return std::make_unique<BeastHttpClient>(options, std::move(tls));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("cannot create the TLS context: ", e.what()));
+  }
+}
+
+std::string PercentEncode(std::string_view s) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(s.size() * 3);
+  for (const char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (absl::ascii_isalnum(u) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out.push_back(c);
+    } else {
+      out.push_back('%');
+      out.push_back(kHex[u >> 4]);
+      out.push_back(kHex[u & 0x0f]);
+    }
+  }
+  return out;
+}
+
+std::string FormEncode(const std::vector<std::pair<std::string, std::string>>& fields) {
+  std::string out;
+  for (const auto& [name, value] : fields) {
+    if (!out.empty()) out.push_back('&');
+    absl::StrAppend(&out, PercentEncode(name), "=", PercentEncode(value));
+  }
+  return out;
+}
+
+}  // namespace grantvault::oauth

@@ -1,0 +1,632 @@
+#include "oauth/http_client.h"
+
+#include <openssl/ssl.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/temp_dir.h"
+#include "tests/testing/test_cert.h"
+#include "tests/testing/tls_test_server.h"
+
+// Boost.Asio needs <utility> first; ipc/asio.h takes care of it.
+// clang-format off
+#include "ipc/asio.h"
+// clang-format on
+
+namespace grantvault::oauth {
+namespace {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using ::grantvault::testing::CertificateFiles;
+using ::grantvault::testing::RecordedRequest;
+using ::grantvault::testing::Reply;
+using ::grantvault::testing::ReplyHandler;
+using ::grantvault::testing::TempDir;
+using ::grantvault::testing::TlsTestServer;
+using ::grantvault::testing::TlsTestServerOptions;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::Pair;
+using Clock = std::chrono::steady_clock;
+
+Reply Echo(const RecordedRequest& request) {
+  Reply reply;
+  reply.headers = {{"Content-Type", "application/octet-stream"},
+                   {"X-Echo-Method", request.method},
+                   {"X-Echo-Target", request.target}};
+  reply.body = request.body;
+  return reply;
+}
+
+HttpRequest Get(std::string url) {
+  HttpRequest request;
+  request.url = std::move(url);
+  return request;
+}
+
+std::chrono::milliseconds Since(Clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+}
+
+// A TCP listener on 127.0.0.1 that speaks no TLS. With an empty greeting it
+// never accepts, so a client's TLS handshake stalls; otherwise it sends the
+// greeting on every connection and closes it.
+class PlainTcpServer {
+ public:
+  explicit PlainTcpServer(std::string greeting)
+      : greeting_(std::move(greeting)),
+        acceptor_(io_, tcp::endpoint(asio::ip::make_address_v4("127.0.0.1"), 0)) {
+    if (greeting_.empty()) return;
+    Accept();
+    thread_ = std::thread([this] { io_.run_for(std::chrono::seconds(10)); });
+  }
+  ~PlainTcpServer() {
+    io_.stop();
+    if (thread_.joinable()) thread_.join();
+  }
+  uint16_t port() const { return acceptor_.local_endpoint().port(); }
+
+ private:
+  void Accept() {
+    acceptor_.async_accept([this](const boost::system::error_code& ec, tcp::socket socket) {
+      if (ec) return;
+      auto connection = std::make_shared<tcp::socket>(std::move(socket));
+      asio::async_write(*connection, asio::buffer(greeting_),
+                        [connection](const boost::system::error_code&, size_t) {
+                          boost::system::error_code ignored;
+                          connection->shutdown(tcp::socket::shutdown_both, ignored);
+                        });
+      Accept();
+    });
+  }
+
+  const std::string greeting_;
+  asio::io_context io_;
+  tcp::acceptor acceptor_;
+  std::thread thread_;
+};
+
+class HttpClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override { certs_ = grantvault::testing::WriteTestCertificates(dir_.path()); }
+
+  static std::unique_ptr<TlsTestServer> StartServer(ReplyHandler handler,
+                                                    const CertificateFiles& certs,
+                                                    int max_tls_version = 0) {
+    TlsTestServerOptions options;
+    options.cert_file = certs.cert_file;
+    options.key_file = certs.key_file;
+    options.handler = std::move(handler);
+    options.max_tls_version = max_tls_version;
+    auto server = TlsTestServer::Start(std::move(options));
+    if (!server.ok()) {
+      ADD_FAILURE() << server.status();
+      std::abort();
+    }
+    return *std::move(server);
+  }
+  std::unique_ptr<TlsTestServer> StartServer(ReplyHandler handler = Echo) {
+    return StartServer(std::move(handler), certs_);
+  }
+
+  // Trusts the test CA only.
+  HttpClientOptions TestOptions() const {
+    HttpClientOptions options;
+    options.use_system_trust_store = false;
+    options.ca_file = certs_.ca_file;
+    options.connect_timeout = absl::Seconds(2);
+    options.request_timeout = absl::Seconds(3);
+    return options;
+  }
+
+  static std::unique_ptr<HttpClient> NewClient(const HttpClientOptions& options) {
+    auto client = NewHttpClient(options);
+    if (!client.ok()) {
+      ADD_FAILURE() << client.status();
+      std::abort();
+    }
+    return *std::move(client);
+  }
+  std::unique_ptr<HttpClient> NewClient() { return NewClient(TestOptions()); }
+
+  TempDir dir_;
+  CertificateFiles certs_;
+};
+
+TEST_F(HttpClientTest, GetRoundTrip) {
+  auto server = StartServer();
+  auto client = NewClient();
+  HttpRequest request = Get(server->Url("/userinfo?schema=openid&x=a%20b"));
+  request.headers = {{"Accept", "application/json"}, {"X-Custom-Header", "Value  with\tspaces"}};
+
+  absl::StatusOr<HttpResponse> response = client->Send(request);
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->status, 200);
+  EXPECT_EQ(response->body, "");
+  EXPECT_EQ(response->Header("x-echo-method"), "GET");
+  EXPECT_EQ(response->Header("X-ECHO-TARGET"), "/userinfo?schema=openid&x=a%20b");
+  EXPECT_EQ(response->Header("Content-Type"), "application/octet-stream");
+  EXPECT_EQ(response->Header("X-Missing"), std::nullopt);
+
+  const std::vector<RecordedRequest> seen = server->requests();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].method, "GET");
+  EXPECT_EQ(seen[0].target, "/userinfo?schema=openid&x=a%20b");
+  EXPECT_THAT(seen[0].headers,
+              ElementsAre(Pair("Host", absl::StrCat("127.0.0.1:", server->port())),
+                          Pair("User-Agent", "grantvault/0.1"), Pair("Accept", "application/json"),
+                          Pair("X-Custom-Header", "Value  with\tspaces")));
+  EXPECT_EQ(seen[0].body, "");
+}
+
+TEST_F(HttpClientTest, PostRoundTripCarriesHeadersAndBodyExactly) {
+  auto server = StartServer();
+  auto client = NewClient();
+  std::string binary;
+  for (int i = 0; i < 256 * 400; ++i) binary.push_back(static_cast<char>(i % 256));
+  for (const std::string& body :
+       {std::string("grant_type=authorization_code&code=abc%2Fdef&code_verifier=xyz"), binary,
+        std::string()}) {
+    HttpRequest request;
+    request.method = "POST";
+    request.url = server->Url("/token");
+    request.headers = {{"Content-Type", "application/x-www-form-urlencoded"},
+                       {"Authorization", "Basic Y2xpZW50OnNlY3JldA=="},
+                       {"User-Agent", "custom-agent/2"}};
+    request.body = body;
+    absl::StatusOr<HttpResponse> response = client->Send(request, absl::Seconds(2));
+    ASSERT_TRUE(response.ok()) << response.status();
+    EXPECT_EQ(response->status, 200);
+    EXPECT_EQ(response->body, body);
+
+    const RecordedRequest seen = server->requests().back();
+    EXPECT_EQ(seen.method, "POST");
+    EXPECT_EQ(seen.target, "/token");
+    EXPECT_EQ(seen.body, body);
+    EXPECT_THAT(seen.headers, ElementsAre(Pair("Host", absl::StrCat("127.0.0.1:", server->port())),
+                                          Pair("Content-Type", "application/x-www-form-urlencoded"),
+                                          Pair("Authorization", "Basic Y2xpZW50OnNlY3JldA=="),
+                                          Pair("User-Agent", "custom-agent/2"),
+                                          Pair("Content-Length", std::to_string(body.size()))));
+  }
+}
+
+TEST_F(HttpClientTest, HeadResponseHasNoBodyAndKeepsTheConnectionUsable) {
+  auto server = StartServer([](const RecordedRequest&) {
+    Reply reply;
+    reply.body = "twelve bytes";
+    return reply;
+  });
+  auto client = NewClient();
+  HttpRequest head = Get(server->Url("/"));
+  head.method = "HEAD";
+  absl::StatusOr<HttpResponse> response = client->Send(head);
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->Header("Content-Length"), "12");
+  EXPECT_EQ(response->body, "");
+  response = client->Send(Get(server->Url("/")));
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->body, "twelve bytes");
+  EXPECT_EQ(server->accepted_connections(), 1u);
+}
+
+TEST_F(HttpClientTest, AcceptsCertificateFromCaFile) {
+  auto server = StartServer();
+  // CA file alone, and CA file on top of the system store.
+  for (const bool system_store : {false, true}) {
+    HttpClientOptions options = TestOptions();
+    options.use_system_trust_store = system_store;
+    absl::StatusOr<HttpResponse> response = NewClient(options)->Send(Get(server->Url("/")));
+    ASSERT_TRUE(response.ok()) << response.status();
+    EXPECT_EQ(response->status, 200);
+  }
+}
+
+TEST_F(HttpClientTest, VerifiesHostNamesThroughTheResolver) {
+  auto server = StartServer();
+  absl::StatusOr<HttpResponse> response =
+      NewClient()->Send(Get(absl::StrCat("https://localhost:", server->port(), "/named")));
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(server->requests().back().Header("Host"), absl::StrCat("localhost:", server->port()));
+
+  // A certificate for 127.0.0.1 only does not vouch for "localhost".
+  TempDir ip_only_dir;
+  const CertificateFiles ip_only =
+      grantvault::testing::WriteTestCertificates(ip_only_dir.path(), {"IP:127.0.0.1"});
+  auto ip_only_server = StartServer(Echo, ip_only);
+  HttpClientOptions options = TestOptions();
+  options.ca_file = ip_only.ca_file;
+  response =
+      NewClient(options)->Send(Get(absl::StrCat("https://localhost:", ip_only_server->port())));
+  EXPECT_EQ(response.status().code(), absl::StatusCode::kUnauthenticated) << response.status();
+  EXPECT_THAT(response.status().message(),
+              HasSubstr("TLS certificate verification failed for localhost"));
+  EXPECT_EQ(ip_only_server->request_count(), 0u);
+}
+
+TEST_F(HttpClientTest, RefusesCertificateNotSignedByATrustedCa) {
+  auto server = StartServer();
+  HttpClientOptions options = TestOptions();
+  options.use_system_trust_store = true;
+  options.ca_file.clear();
+  const Clock::time_point start = Clock::now();
+  absl::StatusOr<HttpResponse> response = NewClient(options)->Send(Get(server->Url("/")));
+  EXPECT_EQ(response.status().code(), absl::StatusCode::kUnauthenticated) << response.status();
+  EXPECT_THAT(response.status().message(),
+              HasSubstr("TLS certificate verification failed for 127.0.0.1"));
+  EXPECT_THAT(response.status().message(), HasSubstr("certificate"));
+  EXPECT_LT(Since(start), std::chrono::seconds(2));
+  EXPECT_EQ(server->request_count(), 0u);
+}
+
+TEST_F(HttpClientTest, RefusesCertificateWhoseNamesDoNotMatch) {
+  TempDir mismatched_dir;
+  const CertificateFiles mismatched =
+      grantvault::testing::WriteMismatchedTestCertificates(mismatched_dir.path());
+  auto server = StartServer(Echo, mismatched);
+  HttpClientOptions options = TestOptions();
+  options.ca_file = mismatched.ca_file;  // the chain itself is trusted
+  absl::StatusOr<HttpResponse> response = NewClient(options)->Send(Get(server->Url("/")));
+  EXPECT_EQ(response.status().code(), absl::StatusCode::kUnauthenticated) << response.status();
+  EXPECT_THAT(response.status().message(), HasSubstr("IP address mismatch"));
+  EXPECT_EQ(server->request_count(), 0u);
+}
+
+TEST_F(HttpClientTest, RefusesServersOlderThanTls12) {
+  auto old_server = StartServer(Echo, certs_, TLS1_1_VERSION);
+  absl::StatusOr<HttpResponse> response = NewClient()->Send(Get(old_server->Url("/")));
+  EXPECT_EQ(response.status().code(), absl::StatusCode::kUnavailable) << response.status();
+  EXPECT_THAT(response.status().message(), HasSubstr("protocol version"));
+  EXPECT_EQ(old_server->request_count(), 0u);
+
+  auto tls12_server = StartServer(Echo, certs_, TLS1_2_VERSION);
+  response = NewClient()->Send(Get(tls12_server->Url("/")));
+  EXPECT_TRUE(response.ok()) << response.status();
+}
+
+TEST_F(HttpClientTest, RefusesUrlsThatAreNotHttps) {
+  auto client = NewClient();
+  for (const std::string url :
+       {"http://127.0.0.1/token", "HTTP://127.0.0.1/token", "ftp://127.0.0.1/", "127.0.0.1/token",
+        "not a url", "", "https:///token", "https://user:secret@127.0.0.1/token",
+        "https://127.0.0.1:0/", "https://127.0.0.1:65536/", "https://127.0.0.1:99999999/",
+        "https://exa mple.com/", "https://[v1.fe]/", "https://127.0.0.1/\r\nX-Injected: 1"}) {
+    absl::StatusOr<HttpResponse> response = client->Send(Get(url));
+    EXPECT_EQ(response.status().code(), absl::StatusCode::kInvalidArgument)
+        << "'" << url << "': " << response.status();
+  }
+  // The query, which may carry a secret, stays out of the message.
+  absl::StatusOr<HttpResponse> response = client->Send(Get("http://127.0.0.1/cb?code=SECRET-CODE"));
+  EXPECT_THAT(response.status().message(), Not(HasSubstr("SECRET")));
+}
+
+TEST_F(HttpClientTest, RefusesHeaderInjectionAndClientManagedHeaders) {
+  auto server = StartServer();
+  auto client = NewClient();
+  for (const auto& header :
+       std::vector<std::pair<std::string, std::string>>{{"X-A", "one\r\nX-Injected: two"},
+                                                        {"X-A", std::string("nul\0byte", 8)},
+                                                        {"Bad Name", "v"},
+                                                        {"", "v"},
+                                                        {"Host", "evil.example"},
+                                                        {"Content-Length", "0"},
+                                                        {"transfer-encoding", "chunked"},
+                                                        {"Connection", "close"}}) {
+    HttpRequest request = Get(server->Url("/"));
+    request.headers = {header};
+    EXPECT_EQ(client->Send(request).status().code(), absl::StatusCode::kInvalidArgument)
+        << header.first;
+  }
+  HttpRequest request = Get(server->Url("/"));
+  request.method = "GET /other HTTP/1.1\r\n";
+  EXPECT_EQ(client->Send(request).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(server->request_count(), 0u);
+}
+
+TEST_F(HttpClientTest, ReturnsRedirectsWithoutFollowingThem) {
+  std::unique_ptr<TlsTestServer> server;
+  server = StartServer([](const RecordedRequest& request) {
+    Reply reply;
+    if (request.target == "/token") {
+      reply.status = 302;
+      reply.headers = {{"Location", "/elsewhere"}};
+    }
+    return reply;
+  });
+  HttpRequest request;
+  request.method = "POST";
+  request.url = server->Url("/token");
+  request.body = "code=abc";
+  absl::StatusOr<HttpResponse> response = NewClient()->Send(request);
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->status, 302);
+  EXPECT_EQ(response->Header("location"), "/elsewhere");
+  ASSERT_EQ(server->request_count(), 1u);
+  EXPECT_EQ(server->requests()[0].target, "/token");
+}
+
+TEST_F(HttpClientTest, ReturnsHttpErrorStatusesAsResponses) {
+  auto server = StartServer([](const RecordedRequest&) {
+    Reply reply;
+    reply.status = 400;
+    reply.headers = {{"Content-Type", "application/json"}};
+    reply.body = R"({"error":"invalid_grant"})";
+    return reply;
+  });
+  absl::StatusOr<HttpResponse> response = NewClient()->Send(Get(server->Url("/token")));
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->status, 400);
+  EXPECT_EQ(response->body, R"({"error":"invalid_grant"})");
+}
+
+TEST_F(HttpClientTest, ResponsesOverTheCapAreResourceExhausted) {
+  auto server = StartServer([](const RecordedRequest& request) {
+    Reply reply;
+    if (request.target == "/small") {
+      reply.body = std::string(30 * 1024, 's');
+    } else if (request.target == "/big") {
+      reply.oversized_body_bytes = 2 << 20;
+    } else if (request.target == "/big-chunked") {
+      reply.oversized_body_bytes = 2 << 20;
+      reply.chunked = true;
+    } else if (request.target == "/big-header") {
+      for (int i = 0; i < 8; ++i) {  // Beast caps one field at 64 KiB
+        reply.headers.emplace_back(absl::StrCat("X-Padding-", i), std::string(10 * 1024, 'h'));
+      }
+    }
+    return reply;
+  });
+  HttpClientOptions options = TestOptions();
+  options.max_response_bytes = 64 * 1024;
+  auto client = NewClient(options);
+
+  absl::StatusOr<HttpResponse> small = client->Send(Get(server->Url("/small")));
+  ASSERT_TRUE(small.ok()) << small.status();
+  EXPECT_EQ(small->body.size(), 30u * 1024);
+  for (const char* target : {"/big", "/big-chunked", "/big-header"}) {
+    const Clock::time_point start = Clock::now();
+    absl::StatusOr<HttpResponse> response = client->Send(Get(server->Url(target)));
+    EXPECT_EQ(response.status().code(), absl::StatusCode::kResourceExhausted)
+        << target << ": " << response.status();
+    EXPECT_LT(Since(start), std::chrono::seconds(2)) << target;
+  }
+}
+
+TEST_F(HttpClientTest, StalledServerHitsTheDeadline) {
+  auto server = StartServer([](const RecordedRequest&) {
+    Reply reply;
+    reply.stall = std::chrono::milliseconds(3000);
+    return reply;
+  });
+  auto client = NewClient();
+  Clock::time_point start = Clock::now();
+  absl::StatusOr<HttpResponse> response =
+      client->Send(Get(server->Url("/slow")), absl::Milliseconds(300));
+  EXPECT_EQ(response.status().code(), absl::StatusCode::kDeadlineExceeded) << response.status();
+  EXPECT_GE(Since(start), std::chrono::milliseconds(290));
+  EXPECT_LT(Since(start), std::chrono::milliseconds(1500));
+
+  // Without a deadline, request_timeout applies.
+  HttpClientOptions options = TestOptions();
+  options.request_timeout = absl::Milliseconds(300);
+  start = Clock::now();
+  response = NewClient(options)->Send(Get(server->Url("/slow")));
+  EXPECT_EQ(response.status().code(), absl::StatusCode::kDeadlineExceeded) << response.status();
+  EXPECT_LT(Since(start), std::chrono::milliseconds(1500));
+
+  // A deadline that has already passed fails at once.
+  response = client->Send(Get(server->Url("/slow")), absl::ZeroDuration());
+  EXPECT_EQ(response.status().code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST_F(HttpClientTest, StalledHandshakeHitsTheConnectTimeout) {
+  PlainTcpServer silent("");  // accepts at the TCP level only
+  HttpClientOptions options = TestOptions();
+  options.connect_timeout = absl::Milliseconds(200);
+  const Clock::time_point start = Clock::now();
+  absl::StatusOr<HttpResponse> response = NewClient(options)->Send(
+      Get(absl::StrCat("https://127.0.0.1:", silent.port(), "/")), absl::Seconds(4));
+  EXPECT_EQ(response.status().code(), absl::StatusCode::kDeadlineExceeded) << response.status();
+  EXPECT_LT(Since(start), std::chrono::milliseconds(1500));
+}
+
+TEST_F(HttpClientTest, MisbehavingServersAreUnavailable) {
+  auto server = StartServer([](const RecordedRequest& request) {
+    Reply reply;
+    reply.close_without_answer = request.target == "/hang-up";
+    reply.garbage = request.target == "/garbage";
+    return reply;
+  });
+  auto client = NewClient();
+  for (const char* target : {"/hang-up", "/garbage"}) {
+    const Clock::time_point start = Clock::now();
+    absl::StatusOr<HttpResponse> response = client->Send(Get(server->Url(target)));
+    EXPECT_EQ(response.status().code(), absl::StatusCode::kUnavailable)
+        << target << ": " << response.status();
+    EXPECT_LT(Since(start), std::chrono::seconds(2)) << target;
+  }
+
+  // On a reused connection that dies with the request in flight, a GET is
+  // tried once more on a new connection; a POST (a token exchange) never is.
+  ASSERT_TRUE(client->Send(Get(server->Url("/ok"))).ok());
+  HttpRequest post = Get(server->Url("/hang-up"));
+  post.method = "POST";
+  size_t before = server->request_count();
+  EXPECT_EQ(client->Send(post).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(server->request_count(), before + 1);
+
+  ASSERT_TRUE(client->Send(Get(server->Url("/ok"))).ok());
+  before = server->request_count();
+  EXPECT_EQ(client->Send(Get(server->Url("/hang-up"))).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(server->request_count(), before + 2);
+}
+
+TEST_F(HttpClientTest, ServersThatDoNotSpeakTlsAreUnavailable) {
+  PlainTcpServer plain("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+  auto client = NewClient();
+  absl::StatusOr<HttpResponse> response =
+      client->Send(Get(absl::StrCat("https://127.0.0.1:", plain.port(), "/")));
+  EXPECT_EQ(response.status().code(), absl::StatusCode::kUnavailable) << response.status();
+
+  // Nothing listening.
+  uint16_t closed_port = 0;
+  {
+    asio::io_context io;
+    tcp::acceptor probe(io, tcp::endpoint(asio::ip::make_address_v4("127.0.0.1"), 0));
+    closed_port = probe.local_endpoint().port();
+  }
+  response = client->Send(Get(absl::StrCat("https://127.0.0.1:", closed_port, "/")));
+  EXPECT_EQ(response.status().code(), absl::StatusCode::kUnavailable) << response.status();
+  response = client->Send(Get(absl::StrCat("https://[::1]:", closed_port, "/")));
+  EXPECT_EQ(response.status().code(), absl::StatusCode::kUnavailable) << response.status();
+  EXPECT_THAT(response.status().message(), HasSubstr(absl::StrCat("[::1]:", closed_port)));
+}
+
+TEST_F(HttpClientTest, ReusesConnectionsPerHost) {
+  auto server = StartServer();
+  auto client = NewClient();
+  ASSERT_TRUE(client->Send(Get(server->Url("/one"))).ok());
+  HttpRequest post;
+  post.method = "POST";
+  post.url = server->Url("/two");
+  post.body = "x=1";
+  ASSERT_TRUE(client->Send(post).ok());
+  EXPECT_EQ(server->accepted_connections(), 1u);
+  const std::vector<RecordedRequest> seen = server->requests();
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].connection, seen[1].connection);
+}
+
+TEST_F(HttpClientTest, DoesNotReuseConnectionsTheServerClosesOrThatIdledTooLong) {
+  auto server = StartServer([](const RecordedRequest& request) {
+    Reply reply;
+    reply.keep_alive = request.target != "/close";
+    reply.close_after_answer = request.target == "/silent-close";
+    return reply;
+  });
+  HttpClientOptions options = TestOptions();
+  options.idle_connection_timeout = absl::Milliseconds(200);
+  auto client = NewClient(options);
+
+  ASSERT_TRUE(client->Send(Get(server->Url("/close"))).ok());  // "Connection: close"
+  ASSERT_TRUE(client->Send(Get(server->Url("/silent-close"))).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the server hangs up
+  ASSERT_TRUE(client->Send(Get(server->Url("/a"))).ok());
+  EXPECT_EQ(server->accepted_connections(), 3u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // beyond the idle timeout
+  ASSERT_TRUE(client->Send(Get(server->Url("/b"))).ok());
+  EXPECT_EQ(server->accepted_connections(), 4u);
+  ASSERT_TRUE(client->Send(Get(server->Url("/c"))).ok());
+  EXPECT_EQ(server->accepted_connections(), 4u);
+
+  // A POST after the server silently hung up goes out on a new connection.
+  ASSERT_TRUE(client->Send(Get(server->Url("/silent-close"))).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  HttpRequest post = Get(server->Url("/token"));
+  post.method = "POST";
+  EXPECT_TRUE(client->Send(post).ok());
+  EXPECT_EQ(server->accepted_connections(), 5u);
+
+  // Pooling off.
+  options.max_idle_connections_per_host = 0;
+  auto no_pool = NewClient(options);
+  ASSERT_TRUE(no_pool->Send(Get(server->Url("/d"))).ok());
+  ASSERT_TRUE(no_pool->Send(Get(server->Url("/e"))).ok());
+  EXPECT_EQ(server->accepted_connections(), 7u);
+  EXPECT_EQ(server->requests().back().Header("Connection"), "close");
+}
+
+TEST_F(HttpClientTest, ConcurrentRequestsFromEightThreads) {
+  auto server = StartServer();
+  auto client = NewClient();
+  constexpr int kThreads = 8;
+  constexpr int kRequestsPerThread = 10;
+  std::atomic<int> succeeded{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kRequestsPerThread; ++i) {
+        HttpRequest request;
+        request.method = "POST";
+        request.url = server->Url(absl::StrCat("/thread/", t));
+        request.body = absl::StrCat("thread=", t, "&request=", i);
+        absl::StatusOr<HttpResponse> response = client->Send(request, absl::Seconds(3));
+        if (response.ok() && response->status == 200 && response->body == request.body &&
+            response->Header("X-Echo-Target") == absl::StrCat("/thread/", t)) {
+          ++succeeded;
+        } else {
+          ADD_FAILURE() << (response.ok() ? response->body : response.status().ToString());
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(succeeded.load(), kThreads * kRequestsPerThread);
+  EXPECT_EQ(server->request_count(), static_cast<size_t>(kThreads * kRequestsPerThread));
+  EXPECT_LT(server->accepted_connections(), static_cast<size_t>(kThreads * kRequestsPerThread));
+}
+
+TEST_F(HttpClientTest, FactoryValidatesOptions) {
+  HttpClientOptions options = TestOptions();
+  options.ca_file = dir_.Join("missing.pem");
+  EXPECT_EQ(NewHttpClient(options).status().code(), absl::StatusCode::kInvalidArgument);
+  options.ca_file = certs_.key_file;  // PEM, but no certificate
+  EXPECT_EQ(NewHttpClient(options).status().code(), absl::StatusCode::kInvalidArgument);
+
+  options = TestOptions();
+  options.ca_file.clear();  // and no system store: nothing to trust
+  EXPECT_EQ(NewHttpClient(options).status().code(), absl::StatusCode::kInvalidArgument);
+
+  options = TestOptions();
+  options.connect_timeout = absl::ZeroDuration();
+  EXPECT_EQ(NewHttpClient(options).status().code(), absl::StatusCode::kInvalidArgument);
+  options = TestOptions();
+  options.request_timeout = absl::InfiniteDuration();
+  EXPECT_EQ(NewHttpClient(options).status().code(), absl::StatusCode::kInvalidArgument);
+  options = TestOptions();
+  options.max_response_bytes = 0;
+  EXPECT_EQ(NewHttpClient(options).status().code(), absl::StatusCode::kInvalidArgument);
+  options = TestOptions();
+  options.user_agent = "agent\r\nX-Injected: 1";
+  EXPECT_EQ(NewHttpClient(options).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(PercentEncodeTest, KeepsUnreservedAndEncodesEverythingElse) {
+  EXPECT_EQ(PercentEncode(""), "");
+  EXPECT_EQ(PercentEncode("AZaz09-._~"), "AZaz09-._~");
+  EXPECT_EQ(PercentEncode("a b"), "a%20b");
+  EXPECT_EQ(PercentEncode("a+b&c=d/e?f#g%h"), "a%2Bb%26c%3Dd%2Fe%3Ff%23g%25h");
+  EXPECT_EQ(PercentEncode(":@!$'()*,;[]"), "%3A%40%21%24%27%28%29%2A%2C%3B%5B%5D");
+  EXPECT_EQ(PercentEncode("\xC3\xA9t\xC3\xA9"), "%C3%A9t%C3%A9");
+  EXPECT_EQ(PercentEncode(std::string("\0\n\x7f\xff", 4)), "%00%0A%7F%FF");
+}
+
+TEST(FormEncodeTest, EncodesFieldsInOrder) {
+  EXPECT_EQ(FormEncode({}), "");
+  EXPECT_EQ(FormEncode({{"grant_type", "authorization_code"},
+                        {"code", "SplxlOBeZQQYbYS6WxSbIA"},
+                        {"redirect_uri", "https://client.example.com/cb?a=1&b=2"},
+                        {"scope", "openid email"},
+                        {"empty", ""}}),
+            "grant_type=authorization_code&code=SplxlOBeZQQYbYS6WxSbIA"
+            "&redirect_uri=https%3A%2F%2Fclient.example.com%2Fcb%3Fa%3D1%26b%3D2"
+            "&scope=openid%20email&empty=");
+  EXPECT_EQ(FormEncode({{"a b", "c+d"}, {"k", "=&"}}), "a%20b=c%2Bd&k=%3D%26");
+}
+
+}  // namespace
+}  // namespace grantvault::oauth
