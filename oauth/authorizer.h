@@ -15,6 +15,7 @@
 #include "common/clock.h"
 #include "common/secret_bytes.h"
 #include "hsm/sealer.h"
+#include "oauth/catalog.h"
 #include "oauth/http_client.h"
 #include "oauth/pkce.h"
 #include "store/grant_store.h"
@@ -26,6 +27,11 @@ inline constexpr absl::Duration kAuthorizationSessionLifetime = absl::Minutes(10
 // What the flow needs to know about one registered connector: its endpoints
 // (templates already expanded, discovery already done) and its quirks.
 struct ConnectorProfile {
+  // The catalog entry (after discovery, for OIDC) and its endpoints expanded
+  // for this registration: everything provider-specific the flow may need.
+  ConnectorType catalog_type;
+  ResolvedEndpoints resolved;
+
   std::string type;
   std::string display_name;
   std::string authorization_endpoint;

@@ -74,6 +74,8 @@ absl::StatusOr<ConnectorProfile> CatalogResolver::Resolve(
   GV_ASSIGN_OR_RETURN(ConnectorType type, TypeFor(registration));
   GV_ASSIGN_OR_RETURN(ResolvedEndpoints resolved, Catalog::Resolve(type, registration.parameters));
   ConnectorProfile p;
+  p.catalog_type = type;
+  p.resolved = resolved;
   p.type = type.type;
   p.display_name = type.display_name;
   p.authorization_endpoint = resolved.endpoints.authorization;
