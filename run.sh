@@ -1,32 +1,87 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds grantvault, and starts grantvaultd in the
-# foreground on the embedded default state under ./var (a SoftHSM2 token with
-# its PINs, KEK 1, the audit signing key and the SQLite database, all created
-# on the first start). Ctrl-C stops it.
+# Installs what is missing, builds grantvault, and starts, on the embedded
+# default state under ./var (SoftHSM2 token + SQLite, created on first start):
+#   - the local demo authorization server (oidc-provider over TLS on
+#     https://127.0.0.1:$DEMO_PORT), and
+#   - grantvaultd, with the demo server registered as connector "demo".
+# Both stop on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")"
+root=$PWD
+DEMO_PORT=${DEMO_PORT:-9443}
 
 scripts/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)" --target grantvaultd grantvault
 
+cli=("$root/build/cli/grantvault" --state-dir "$root/var")
 ./build/daemon/grantvaultd --state-dir ./var --init-only
+
+# The demo authorization server: its certificate, client and secret live in
+# var/demo-provider (mode 0700); the secret is made once and kept.
+demo=var/demo-provider
+mkdir -p "$demo" && chmod 700 "$demo"
+[ -f "$demo/cert.pem" ] || tests/provider/provider-cert.sh "$demo"
+if [ ! -f "$demo/client.secret" ]; then
+  (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$demo/client.secret")
+fi
+(umask 077 && cat > "$demo/clients.json" <<JSON
+[{"client_id": "grantvault-demo", "client_secret": "$(cat "$demo/client.secret")",
+  "redirect_uris": ["http://127.0.0.1/callback"]}]
+JSON
+)
+cat > var/grantvaultd.toml <<TOML
+# Written by run.sh: trust the demo authorization server's self-signed certificate.
+[oauth]
+ca_file = "$root/$demo/cert.pem"
+TOML
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+node tests/provider/server.mjs --port "$DEMO_PORT" --cert "$demo/cert.pem" --key "$demo/key.pem" \
+  --clients "$demo/clients.json" > "$demo/stdout" 2> "$demo/server.log" &
+pids+=($!)
+for _ in $(seq 1 100); do
+  grep -q '^READY' "$demo/stdout" 2>/dev/null && break
+  kill -0 "${pids[0]}" 2>/dev/null || { cat "$demo/server.log" >&2; exit 1; }
+  sleep 0.1
+done
+issuer=$(sed -n 's/^READY //p' "$demo/stdout")
+[ -n "$issuer" ] || { echo "the demo authorization server did not start" >&2; exit 1; }
+
+./build/daemon/grantvaultd --state-dir ./var --config var/grantvaultd.toml &
+pids+=($!)
+for _ in $(seq 1 100); do
+  "${cli[@]}" status >/dev/null 2>&1 && break
+  kill -0 "${pids[1]}" 2>/dev/null || exit 1
+  sleep 0.1
+done
+"${cli[@]}" connectors register --id demo --type oidc --client-id grantvault-demo \
+  --client-secret-file "$demo/client.secret" --issuer "$issuer" --admin "$(id -un)"
 
 cat <<MSG
 
-grantvaultd is starting on ./var (sockets in ./var/run). From a second terminal:
+grantvaultd is serving on ./var/run; the demo authorization server on $issuer
+(its log: $demo/server.log). From a second terminal:
 
-  export GRANTVAULT_STATE_DIR=$PWD/var
+  export GRANTVAULT_STATE_DIR=$root/var
   ./build/cli/grantvault status
-  ./build/cli/grantvault keys status
+  ./build/cli/grantvault authorize --workspace ws_demo --connector demo \\
+      --scopes "openid offline_access read"
+        # open the printed URL in a browser on this machine; any user name and
+        # password sign in; the browser comes back to the CLI's loopback listener
+  ./build/cli/grantvault grants list --workspace ws_demo
   ./build/cli/grantvault keys rotate && ./build/cli/grantvault keys rewrap
-  ./build/cli/grantvault --json keys status
 
-Look inside the token (type the PIN from var/hsm/user.pin at the prompt):
-  SOFTHSM2_CONF=var/hsm/softhsm2.conf pkcs11-tool --module /usr/lib/softhsm/libsofthsm2.so \\
-    --token-label grantvault --login --list-objects
+Without a browser here: add --paste to authorize, and paste the final redirect URL
+(or let tests/provider/approve.mjs --ca $demo/cert.pem --user alice 'URL' play the user).
 
-Stop the daemon with Ctrl-C. Run every test with ./test.sh.
+Stop both with Ctrl-C. Run every test with ./test.sh.
 
 MSG
-exec ./build/daemon/grantvaultd --state-dir ./var
+wait "${pids[1]}"
