@@ -301,6 +301,8 @@ std::vector<std::string> SplitScopes(const std::string& s) {
 int Main(int argc, char** argv) {
   CLI::App app{"grantvault: administer grantvaultd (keys, status)"};
   app.require_subcommand(1);
+  // Global options may also follow the subcommand: `grantvault keys status --json`.
+  app.fallthrough();
   Globals g;
   app.add_option("--state-dir", g.state_dir,
                  "the daemon's state directory (its sockets are in DIR/run); "

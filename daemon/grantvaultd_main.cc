@@ -131,6 +131,13 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
     return 2;
   }
   InitLogging(config->log_level);
+  ipc::SetLogSink([](ipc::LogKind kind, std::string_view line) {
+    if (kind == ipc::LogKind::kRoutine) {
+      spdlog::debug("{}", line);
+    } else {
+      spdlog::info("{}", line);
+    }
+  });
   HardenProcess();
   // Debian's abseil is built with lock-order (deadlock) detection on, which
   // costs a graph update per lock: the tests keep it, the daemon does not.

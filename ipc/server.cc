@@ -19,6 +19,7 @@
 #include <exception>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -58,11 +59,27 @@ constexpr size_t kReadChunk = 4096;
 constexpr size_t kKeepInputCapacity = 16 * 1024;
 constexpr auto kAcceptRetryDelay = std::chrono::milliseconds(100);
 
-// The module's one log sink: one line per call on stderr. Messages name
-// connections, peers and reasons; a payload is never logged.
-void Log(std::string_view message) {
-  const std::string line = absl::StrCat("ipc: ", Sv(message), "\n");
-  std::fwrite(line.data(), 1, line.size(), stderr);
+// The module's one log sink (SetLogSink): one line per call, stderr by
+// default. Messages name connections, peers and reasons; a payload is never
+// logged.
+std::mutex& LogMutex() {
+  static std::mutex* mu = new std::mutex();
+  return *mu;
+}
+std::function<void(LogKind, std::string_view)>& LogSinkRef() {
+  static auto* sink = new std::function<void(LogKind, std::string_view)>();
+  return *sink;
+}
+
+void Log(std::string_view message, LogKind kind = LogKind::kNotable) {
+  const std::string line = absl::StrCat("ipc: ", Sv(message));
+  std::lock_guard<std::mutex> lock(LogMutex());
+  if (LogSinkRef()) {
+    LogSinkRef()(kind, line);
+  } else {
+    const std::string with_newline = line + "\n";
+    std::fwrite(with_newline.data(), 1, with_newline.size(), stderr);
+  }
 }
 
 Clock::duration ToClock(absl::Duration d) {
@@ -652,7 +669,9 @@ void ServerCore::OnConnectionClosed(const ConnectionImpl& connection, CloseKind 
   if (kind == CloseKind::kTimeout) closed_timeout.fetch_add(1);
   const PeerCredentials& peer = connection.peer();
   Log(absl::StrCat("closed connection ", connection.id(), " (pid ", peer.pid, " uid ", peer.uid,
-                   ") on ", connection.listener(), ": ", Sv(reason)));
+                   ") on ", connection.listener(), ": ", Sv(reason)),
+      kind == CloseKind::kPeer || kind == CloseKind::kShutdown ? LogKind::kRoutine
+                                                               : LogKind::kNotable);
   absl::MutexLock lock(&mu);
   connections.erase(connection.id());
 }
@@ -1023,6 +1042,11 @@ absl::StatusOr<std::map<std::string, int>> SystemdSockets() {
     return status;
   }
   return sockets;
+}
+
+void SetLogSink(std::function<void(LogKind kind, std::string_view line)> sink) {
+  std::lock_guard<std::mutex> lock(LogMutex());
+  LogSinkRef() = std::move(sink);
 }
 
 }  // namespace grantvault::ipc

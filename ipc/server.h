@@ -110,6 +110,13 @@ class Server {
   virtual ServerStats stats() const = 0;
 };
 
+// Where the module's log lines go (default: stderr). `routine` is true for
+// ordinary events (a peer that closed its connection) and false for anything
+// an operator may want to see (bad frames, time-outs, refusals). Set it once,
+// before any Server starts.
+enum class LogKind { kRoutine, kNotable };
+void SetLogSink(std::function<void(LogKind kind, std::string_view line)> sink);
+
 // Creates a listening Unix socket at `path`, after checking its directory:
 // created with mode 0750 if missing; refused if it is a symlink, is not a
 // directory, is owned by another user, or is writable by group or others.
