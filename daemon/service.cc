@@ -206,7 +206,10 @@ void Service::OnFrame(v1::HelloReply::Role role, const std::shared_ptr<ipc::Conn
                       std::string payload) {
   const absl::Time received = clock_->Now();
   v1::Request request;
-  if (!request.ParseFromString(payload)) {
+  const bool parsed = request.ParseFromString(payload);
+  // The frame may carry a client secret or a code: wipe our copy at once.
+  OPENSSL_cleanse(payload.data(), payload.size());
+  if (!parsed) {
     SendResponse(*connection, ErrorResponse(0, v1::Error::INVALID_ARGUMENT,
                                             "the frame is not a grantvault.v1.Request"));
     connection->Close("unparseable request frame");

@@ -3,13 +3,14 @@
 #include <openssl/crypto.h>
 
 #include <algorithm>
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/ids.h"
 #include "common/status.h"
 #include "common/strings.h"
+#include "oauth/identity.h"
+#include "oauth/token_request.h"
 #include "oauth/token_response.h"
 
 namespace grantvault::oauth {
@@ -17,6 +18,8 @@ namespace {
 
 constexpr char kClientSecretPurpose[] = "client_secret";
 constexpr char kVerifierPurpose[] = "pkce_verifier";
+constexpr char kRefreshTokenPurpose[] = "refresh_token";
+constexpr char kAccessTokenPurpose[] = "access_token";
 constexpr absl::Duration kTokenDeadline = absl::Seconds(20);
 
 // A std::string that is wiped when it dies: for request bodies and headers
@@ -55,26 +58,6 @@ std::string Host(std::string_view uri) {
 
 bool Contains(const std::vector<std::string>& v, const std::string& s) {
   return std::find(v.begin(), v.end(), s) != v.end();
-}
-
-absl::StatusOr<std::string> GetJson(HttpClient& http, const std::string& url,
-                                    const std::string& bearer) {
-  HttpRequest request;
-  request.url = url;
-  request.headers.push_back({"Accept", "application/json"});
-  WipedString authorization;
-  if (!bearer.empty()) {
-    authorization.value = "Bearer " + bearer;
-    request.headers.push_back({"Authorization", authorization.value});
-  }
-  absl::StatusOr<HttpResponse> response = http.Send(request, kTokenDeadline);
-  for (auto& [name, value] : request.headers) OPENSSL_cleanse(value.data(), value.size());
-  GV_RETURN_IF_ERROR(response.status());
-  if (response->status != 200) {
-    return absl::UnavailableError(
-        absl::StrCat(url, " answered HTTP ", response->status, " instead of 200"));
-  }
-  return std::string(response->body);
 }
 
 }  // namespace
@@ -150,18 +133,17 @@ absl::StatusOr<Authorizer::Started> Authorizer::Begin(std::string_view workspace
   GV_ASSIGN_OR_RETURN(store::ConnectorRegistration registration,
                       deps_.store->GetConnectorRegistration(connector_id));
   GV_ASSIGN_OR_RETURN(ConnectorProfile profile, deps_.connectors->Resolve(registration));
-  if (scopes.empty()) scopes = profile.default_scopes;
-  for (const std::string& required : profile.required_scopes) {
-    if (!Contains(scopes, required)) scopes.insert(scopes.begin(), required);
+  const ConnectorType& type = profile.catalog_type;
+  if (scopes.empty()) scopes = type.scopes_default;
+  std::vector<std::string> missing;
+  for (const std::string& required : type.scopes_required) {
+    if (!Contains(scopes, required)) missing.push_back(required);
   }
-  for (const std::string& scope : scopes) {
-    if (scope.empty() || scope.find_first_of(" \t\r\n\"\\") != std::string::npos) {
-      return absl::InvalidArgumentError("a scope must be a non-empty token without spaces");
-    }
-    if (!profile.allowed_scopes.empty() && !Contains(profile.allowed_scopes, scope)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("connector ", Sv(connector_id), " does not allow the scope '", scope, "'"));
-    }
+  scopes.insert(scopes.begin(), missing.begin(), missing.end());
+  absl::Status allowed = Catalog::CheckScopes(type, scopes);
+  if (!allowed.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("connector ", Sv(connector_id), ": ", allowed.message()));
   }
   const absl::Time now = deps_.clock->Now();
   // Best effort: expired sessions are garbage, and removing them is not this
@@ -176,7 +158,7 @@ absl::StatusOr<Authorizer::Started> Authorizer::Begin(std::string_view workspace
   session.scopes = scopes;
   session.admin_user = std::string(admin_user);
   session.redirect_uri = std::string(redirect_uri);
-  session.nonce = profile.identity == ConnectorProfile::Identity::kIdToken ? NewNonce() : "";
+  session.nonce = type.identity.method == IdentityMethod::kIdToken ? NewNonce() : "";
   session.created_at = now;
   session.expires_at = now + kAuthorizationSessionLifetime;
 
@@ -184,10 +166,12 @@ absl::StatusOr<Authorizer::Started> Authorizer::Begin(std::string_view workspace
   AppendField(query, "response_type", "code");
   AppendField(query, "client_id", registration.client_id);
   AppendField(query, "redirect_uri", redirect_uri);
-  AppendField(query, "scope", absl::StrJoin(scopes, Sv(profile.scope_separator)));
+  if (!type.scope_param.empty()) {
+    AppendField(query, type.scope_param, absl::StrJoin(scopes, Sv(type.scope_separator)));
+  }
   AppendField(query, "state", state);
   std::optional<store::SealedSecret> sealed_verifier;
-  if (profile.pkce) {
+  if (type.pkce) {
     SecretBytes verifier = NewPkceVerifier();
     AppendField(query, "code_challenge", PkceChallengeS256(verifier));
     AppendField(query, "code_challenge_method", "S256");
@@ -203,7 +187,7 @@ absl::StatusOr<Authorizer::Started> Authorizer::Begin(std::string_view workspace
   }
   if (!session.nonce.empty()) AppendField(query, "nonce", session.nonce);
   bool has_prompt = false;
-  for (const auto& [name, value] : profile.extra_authorization_params) {
+  for (const auto& [name, value] : type.authorization_params) {
     AppendField(query, name, value);
     has_prompt = has_prompt || name == "prompt";
   }
@@ -212,46 +196,12 @@ absl::StatusOr<Authorizer::Started> Authorizer::Begin(std::string_view workspace
   GV_RETURN_IF_ERROR(deps_.store->InsertAuthorizationSession(session, sealed_verifier));
 
   Started started;
-  const char* joiner = profile.authorization_endpoint.find('?') == std::string::npos ? "?" : "&";
-  started.authorization_url = absl::StrCat(profile.authorization_endpoint, joiner, query);
+  const std::string& endpoint = profile.resolved.endpoints.authorization;
+  const char* joiner = endpoint.find('?') == std::string::npos ? "?" : "&";
+  started.authorization_url = absl::StrCat(endpoint, joiner, query);
   started.expires_at = session.expires_at;
   started.scopes = std::move(scopes);
   return started;
-}
-
-absl::StatusOr<std::string> Authorizer::AccountId(const ConnectorProfile& profile,
-                                                  const store::ConnectorRegistration& registration,
-                                                  const TokenResponse& tokens,
-                                                  std::string_view nonce) {
-  if (profile.identity == ConnectorProfile::Identity::kIdToken) {
-    if (tokens.id_token.empty()) {
-      return absl::FailedPreconditionError(
-          "the token response has no id_token; the account cannot be identified");
-    }
-    if (profile.jwks_uri.empty()) {
-      return absl::FailedPreconditionError("the connector has no jwks_uri to verify id_tokens");
-    }
-    GV_ASSIGN_OR_RETURN(std::string jwks, GetJson(*deps_.http, profile.jwks_uri, ""));
-    return deps_.id_tokens->VerifiedSubject(tokens.id_token, jwks, profile.issuer,
-                                            registration.client_id, nonce, deps_.clock->Now());
-  }
-  if (profile.userinfo_endpoint.empty()) {
-    return absl::FailedPreconditionError("the connector has no userinfo endpoint");
-  }
-  WipedString bearer{std::string(tokens.access_token.view())};
-  GV_ASSIGN_OR_RETURN(std::string body,
-                      GetJson(*deps_.http, profile.userinfo_endpoint, bearer.value));
-  nlohmann::json doc = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
-  if (doc.is_object()) {
-    for (const char* key : {"sub", "id", "user_id"}) {
-      auto it = doc.find(key);
-      if (it == doc.end()) continue;
-      if (it->is_string() && !it->get_ref<const std::string&>().empty())
-        return it->get<std::string>();
-      if (it->is_number_integer()) return it->dump();
-    }
-  }
-  return absl::UnavailableError("the userinfo answer names no account (no sub or id)");
 }
 
 absl::StatusOr<Authorizer::Completed> Authorizer::Complete(const Callback& callback) {
@@ -276,7 +226,11 @@ absl::StatusOr<Authorizer::Completed> Authorizer::Complete(const Callback& callb
   GV_ASSIGN_OR_RETURN(store::ConnectorRegistration registration,
                       deps_.store->GetConnectorRegistration(session.connector_id));
   GV_ASSIGN_OR_RETURN(ConnectorProfile profile, deps_.connectors->Resolve(registration));
-  if (!callback.issuer.empty() && !profile.issuer.empty() && callback.issuer != profile.issuer) {
+  const ConnectorType& type = profile.catalog_type;
+  const std::string& issuer = profile.resolved.endpoints.issuer;
+  // A templated issuer (Microsoft's {tenantid}) is checked on the id_token instead.
+  if (!callback.issuer.empty() && !issuer.empty() && issuer.find('{') == std::string::npos &&
+      callback.issuer != issuer) {
     return absl::InvalidArgumentError(
         "the redirect names another issuer than the connector's (RFC 9207 mix-up defence)");
   }
@@ -287,60 +241,69 @@ absl::StatusOr<Authorizer::Completed> Authorizer::Complete(const Callback& callb
   }
   GV_ASSIGN_OR_RETURN(SecretBytes client_secret, OpenClientSecret(registration));
 
-  // The token request (RFC 6749 §4.1.3).
-  HttpRequest request;
-  request.method = "POST";
-  request.url = profile.token_endpoint;
-  request.headers.push_back({"Content-Type", "application/x-www-form-urlencoded"});
-  request.headers.push_back({"Accept", "application/json"});
-  AppendField(request.body, "grant_type", "authorization_code");
-  AppendField(request.body, "code", callback.code.view());
-  AppendField(request.body, "redirect_uri", session.redirect_uri);
-  if (!verifier.empty()) AppendField(request.body, "code_verifier", verifier.view());
-  for (const auto& [name, value] : profile.extra_token_params)
-    AppendField(request.body, name, value);
-  if (profile.client_auth == ConnectorProfile::ClientAuth::kPost) {
-    AppendField(request.body, "client_id", registration.client_id);
-    AppendField(request.body, "client_secret", client_secret.view());
-  } else {
-    // RFC 6749 §2.3.1: both parts form-encoded before base64.
-    WipedString credentials{PercentEncode(registration.client_id) + ":" +
-                            PercentEncode(client_secret.view())};
-    std::string basic = "Basic " + Base64(credentials.value);
-    request.headers.push_back({"Authorization", basic});
-    OPENSSL_cleanse(basic.data(), basic.size());
+  // The exchange (RFC 6749 §4.1.3), in the provider's shape.
+  absl::StatusOr<HttpResponse> response;
+  {
+    const TokenRequest request(profile,
+                               AuthorizationCodeExchange{.client_id = registration.client_id,
+                                                         .client_secret = &client_secret,
+                                                         .code = &callback.code,
+                                                         .redirect_uri = session.redirect_uri,
+                                                         .pkce_verifier = &verifier});
+    response = deps_.http->Send(request.http(), kTokenDeadline);
   }
-  absl::StatusOr<HttpResponse> response = deps_.http->Send(request, kTokenDeadline);
-  for (auto& [name, value] : request.headers) OPENSSL_cleanse(value.data(), value.size());
+  client_secret.Clear();
+  verifier.Clear();
   GV_RETURN_IF_ERROR(response.status());
-  GV_ASSIGN_OR_RETURN(TokenResponse tokens, ParseTokenResponse(*response, profile.scope_separator));
-  GV_ASSIGN_OR_RETURN(std::string account_id,
-                      AccountId(profile, registration, tokens, session.nonce));
+  GV_ASSIGN_OR_RETURN(TokenResponse tokens, ParseTokenResponse(*response, type));
+  GV_ASSIGN_OR_RETURN(AccountIdentity identity,
+                      LearnIdentity(IdentityRequest{.profile = &profile,
+                                                    .registration = &registration,
+                                                    .tokens = &tokens,
+                                                    .nonce = session.nonce,
+                                                    .now = now},
+                                    *deps_.http, *deps_.id_tokens));
+
+  // Which secret the grant keeps: the refresh token, or the long-lived access token of a
+  // provider (or app setting) that issues none.
+  bool seal_refresh = false;
+  if (type.tokens.refresh != RefreshTokens::kNone) {
+    if (!tokens.refresh_token.empty()) {
+      seal_refresh = true;
+    } else if (!type.tokens.refresh_optional) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the token response has no refresh_token, which ", type.display_name,
+                       " always issues for this request; check the app's settings and the scopes"));
+    }
+  }
 
   store::Grant grant;
   grant.grant_id = NewGrantId();
   grant.workspace_id = session.workspace_id;
   grant.connector_id = session.connector_id;
   grant.connector_type = registration.connector_type;
-  grant.account_id = account_id;
-  grant.scopes = tokens.scopes.value_or(session.scopes);
+  grant.account_id = std::move(identity.account_id);
+  if (tokens.scopes) {
+    grant.scopes = *tokens.scopes;
+  } else if (identity.granted_scopes) {
+    grant.scopes = *identity.granted_scopes;
+  } else {
+    grant.scopes = session.scopes;
+  }
   grant.status = store::GrantStatus::kActive;
   grant.authorized_by = session.admin_user;
   grant.created_at = now;
   grant.updated_at = now;
   if (tokens.expires_in) grant.access_token_expires_at = now + *tokens.expires_in;
-  for (const auto& [key, value] : tokens.extra) {
-    if (key != "token_type") grant.metadata[key] = value;
-  }
+  grant.metadata = std::move(identity.metadata);
 
-  const bool has_refresh = !tokens.refresh_token.empty();
   store::SealedSecret secret;
-  secret.key = {grant.grant_id, has_refresh ? "refresh_token" : "access_token"};
+  secret.key = {grant.grant_id, seal_refresh ? kRefreshTokenPurpose : kAccessTokenPurpose};
   secret.workspace_id = grant.workspace_id;
   secret.connector_id = grant.connector_id;
   secret.account_id = grant.account_id;
   GV_ASSIGN_OR_RETURN(hsm::Sealed sealed,
-                      deps_.sealer->Seal(has_refresh ? tokens.refresh_token : tokens.access_token,
+                      deps_.sealer->Seal(seal_refresh ? tokens.refresh_token : tokens.access_token,
                                          ContextFor(secret)));
   secret.kek_label = sealed.kek.label;
   secret.record = std::move(sealed.record);

@@ -121,9 +121,6 @@ class Authorizer {
  private:
   explicit Authorizer(const AuthorizerDeps& deps) : deps_(deps) {}
   absl::StatusOr<SecretBytes> OpenClientSecret(const store::ConnectorRegistration& registration);
-  absl::StatusOr<std::string> AccountId(const ConnectorProfile& profile,
-                                        const store::ConnectorRegistration& registration,
-                                        const struct TokenResponse& tokens, std::string_view nonce);
 
   AuthorizerDeps deps_;
 };

@@ -91,34 +91,14 @@ absl::StatusOr<ConnectorProfile> CatalogResolver::Resolve(
   if (!type.any_scope) p.allowed_scopes = type.scopes_allowed;
   p.default_scopes = type.scopes_default;
   p.required_scopes = type.scopes_required;
-  switch (type.client_auth) {
-    case ClientAuth::kBasic:
-      p.client_auth = ConnectorProfile::ClientAuth::kBasic;
-      break;
-    case ClientAuth::kPost:
-      p.client_auth = ConnectorProfile::ClientAuth::kPost;
-      break;
-    case ClientAuth::kBasicJson:
-      return absl::UnimplementedError(absl::StrCat(
-          "connector type ", type.type, ": JSON token requests are not implemented yet"));
-  }
-  if (type.token_response != TokenResponseShape::kStandard) {
-    return absl::UnimplementedError(
-        absl::StrCat("connector type ", type.type, ": its token response shape (",
-                     Sv(ToString(type.token_response)), ") is not implemented yet"));
-  }
-  switch (type.identity.method) {
-    case IdentityMethod::kIdToken:
-      p.identity = ConnectorProfile::Identity::kIdToken;
-      break;
-    case IdentityMethod::kUserinfo:
-      p.identity = ConnectorProfile::Identity::kUserinfo;
-      break;
-    default:
-      return absl::UnimplementedError(
-          absl::StrCat("connector type ", type.type, ": account identification by ",
-                       Sv(ToString(type.identity.method)), " is not implemented yet"));
-  }
+  // Every client authentication, token response shape and identity method of the catalog is
+  // implemented (oauth/token_request.h, token_response.h, identity.h); the legacy fields below
+  // summarise them.
+  p.client_auth = type.client_auth == ClientAuth::kPost ? ConnectorProfile::ClientAuth::kPost
+                                                        : ConnectorProfile::ClientAuth::kBasic;
+  p.identity = type.identity.method == IdentityMethod::kIdToken
+                   ? ConnectorProfile::Identity::kIdToken
+                   : ConnectorProfile::Identity::kUserinfo;
   return p;
 }
 

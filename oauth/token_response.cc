@@ -124,7 +124,15 @@ absl::Status ReadTokenFields(json& obj, std::string_view scope_separator, TokenR
     if (!r->is_string()) return Malformed("refresh_token is not a string");
     out.refresh_token = SecretBytes::TakeFrom(r->get_ref<std::string&>());
   }
-  if (auto s = obj.find("scope"); s != obj.end() && !s->is_null()) {
+  if (auto s = obj.find("scope"); s != obj.end() && !s->is_null() && s->is_array()) {
+    // Some servers (Linear) send an array of scopes.
+    std::vector<std::string> scopes;
+    for (const json& scope : *s) {
+      if (!scope.is_string()) return Malformed("scope is not a string or an array of strings");
+      scopes.push_back(Printable(scope.get<std::string>(), 256));
+    }
+    out.scopes = std::move(scopes);
+  } else if (s != obj.end() && !s->is_null()) {
     if (!s->is_string()) return Malformed("scope is not a string");
     std::vector<std::string> scopes;
     for (absl::string_view scope :
@@ -195,15 +203,16 @@ absl::Status ReadSlack(json& doc, const ConnectorType& type, TokenResponse& out)
 
 // An https origin on *.salesforce.com or *.force.com: the API base of the org.
 bool IsSalesforceInstanceUrl(std::string_view url) {
-  if (!absl::ConsumePrefix(&url, "https://")) return false;
-  if (absl::EndsWith(url, "/")) url.remove_suffix(1);
-  if (url.empty() || url.find_first_not_of("abcdefghijklmnopqrstuvwxyz"
-                                           "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") !=
-                         std::string_view::npos) {
+  if (!url.starts_with("https://")) return false;
+  url.remove_prefix(8);
+  if (url.ends_with("/")) url.remove_suffix(1);
+  if (url.empty() ||
+      url.find_first_not_of("abcdefghijklmnopqrstuvwxyz"
+                            "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") != std::string_view::npos) {
     return false;
   }
   for (std::string_view suffix : {".salesforce.com", ".force.com"}) {
-    if (url.size() > suffix.size() && absl::EndsWithIgnoreCase(url, suffix) &&
+    if (url.size() > suffix.size() && absl::EndsWithIgnoreCase(Sv(url), Sv(suffix)) &&
         url[url.size() - suffix.size() - 1] != '.') {
       return true;
     }

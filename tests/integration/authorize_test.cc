@@ -12,6 +12,7 @@
 #include <fstream>
 #include <memory>
 
+#include "daemon/vault.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "oauth/pkce.h"
@@ -143,6 +144,25 @@ TEST_F(AuthorizeTest, RegisterThenAuthorizeThroughTheLoopbackListener) {
   EXPECT_THAT(log, Not(HasSubstr(code)));
   EXPECT_THAT(log, Not(HasSubstr(provider_->clients()[0].client_secret)));
   EXPECT_THAT(provider_->Log(), Not(HasSubstr(code)));
+
+  // Nor the refresh token itself (unsealed here, after the daemon stopped).
+  EXPECT_EQ(daemon_->Stop(SIGTERM), 0);
+  const std::string final_log = daemon_->Stderr();
+  daemon_.reset();
+  auto vault = daemon::OpenEmbeddedState(state_);
+  ASSERT_TRUE(vault.ok()) << vault.status();
+  auto grant_list = vault->store->ListGrants("ws_acme");
+  ASSERT_TRUE(grant_list.ok());
+  ASSERT_EQ(grant_list->size(), 1u);
+  auto secret = vault->store->GetSealedSecret({(*grant_list)[0].grant_id, "refresh_token"});
+  ASSERT_TRUE(secret.ok()) << secret.status();
+  auto refresh = vault->sealer->Open(
+      secret->record,
+      hsm::SealContext{secret->workspace_id, secret->connector_id, secret->account_id,
+                       secret->key.owner_id, secret->key.purpose});
+  ASSERT_TRUE(refresh.ok());
+  EXPECT_THAT(final_log, Not(HasSubstr(std::string(refresh->view()))));
+  EXPECT_THAT(provider_->Log(), Not(HasSubstr(std::string(refresh->view()))));
 }
 
 TEST_F(AuthorizeTest, TheSameFlowWorksWithAPastedRedirectAndRefusesAReplay) {
