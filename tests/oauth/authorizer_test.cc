@@ -20,6 +20,7 @@
 #include "tests/testing/oauth_provider.h"
 #include "tests/testing/softhsm_token.h"
 #include "tests/testing/temp_dir.h"
+#include "tests/testing/test_vault.h"
 
 namespace grantvault::oauth {
 namespace {
@@ -52,19 +53,11 @@ class AuthorizerTest : public ::testing::Test {
     auto provider = testing::OAuthProvider::Start({});
     ASSERT_TRUE(provider.ok()) << provider.status();
     provider_ = std::move(*provider);
-    auto hsm = testing::SoftHsmToken::Create();
-    ASSERT_TRUE(hsm.ok()) << hsm.status();
-    hsm_ = std::move(*hsm);
-    auto kek = hsm::GenerateKek(hsm_->token(), hsm::KekLabel(1));
-    ASSERT_TRUE(kek.ok());
-    auto store = store::OpenSqliteGrantStore(dir_.Join("grants.db"));
-    ASSERT_TRUE(store.ok()) << store.status();
-    store_ = std::move(*store);
-    store::KeyVersion v{1, kek->label, Hex(kek->id), store::KeyState::kActive, absl::Now(), {}};
-    ASSERT_TRUE(store_->AddKeyVersion(v).ok());
-    auto sealer = hsm::EnvelopeSealer::Create(&hsm_->token(), *kek);
-    ASSERT_TRUE(sealer.ok());
-    sealer_ = std::move(*sealer);
+    auto vault = testing::TestVault::Create(dir_.Join("grants.db"));
+    ASSERT_TRUE(vault.ok()) << vault.status();
+    hsm_ = std::move(vault->hsm);
+    store_ = std::move(vault->store);
+    sealer_ = std::move(vault->sealer);
     ASSERT_TRUE(MakeAuthorizer(provider_->ca_file()).ok());
   }
 

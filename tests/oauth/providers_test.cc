@@ -36,6 +36,7 @@
 #include "tests/testing/softhsm_token.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/test_cert.h"
+#include "tests/testing/test_vault.h"
 #include "tests/testing/tls_test_server.h"
 
 namespace grantvault::oauth {
@@ -141,19 +142,11 @@ class ProvidersTest : public ::testing::Test {
     server_ = std::move(*server);
     origin_ = absl::StrCat("https://127.0.0.1:", server_->port());
 
-    auto hsm = testing::SoftHsmToken::Create();
-    ASSERT_TRUE(hsm.ok()) << hsm.status();
-    hsm_ = std::move(*hsm);
-    auto kek = hsm::GenerateKek(hsm_->token(), hsm::KekLabel(1));
-    ASSERT_TRUE(kek.ok());
-    auto store = store::OpenSqliteGrantStore(dir_.Join("grants.db"));
-    ASSERT_TRUE(store.ok()) << store.status();
-    store_ = std::move(*store);
-    store::KeyVersion v{1, kek->label, Hex(kek->id), store::KeyState::kActive, absl::Now(), {}};
-    ASSERT_TRUE(store_->AddKeyVersion(v).ok());
-    auto sealer = hsm::EnvelopeSealer::Create(&hsm_->token(), *kek);
-    ASSERT_TRUE(sealer.ok());
-    sealer_ = std::move(*sealer);
+    auto vault = testing::TestVault::Create(dir_.Join("grants.db"));
+    ASSERT_TRUE(vault.ok()) << vault.status();
+    hsm_ = std::move(vault->hsm);
+    store_ = std::move(vault->store);
+    sealer_ = std::move(vault->sealer);
 
     HttpClientOptions http_options;
     http_options.use_system_trust_store = false;
