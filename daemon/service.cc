@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -262,20 +263,22 @@ void Service::Dispatch(v1::HelloReply::Role role,
                                               "Hello was already exchanged on this connection"));
       return;
     case v1::Request::kStatus: {
+      std::optional<v1::StatusReply> fresh;
       {
         absl::MutexLock lock(&snapshot_mu_);
-        if (clock_->Now() - snapshot_.taken < kStatusSnapshotMaxAge) {
-          v1::Response r;
-          r.set_request_id(id);
-          *r.mutable_status() = snapshot_.reply;
-          r.mutable_status()->set_uptime_ms(
-              static_cast<uint64_t>(absl::ToInt64Milliseconds(clock_->Now() - started_)));
-          if (server_ != nullptr) {
-            r.mutable_status()->set_open_connections(static_cast<uint32_t>(server_->stats().open));
-          }
-          SendResponse(*connection, r);
-          return;
+        if (clock_->Now() - snapshot_.taken < kStatusSnapshotMaxAge) fresh = snapshot_.reply;
+      }
+      if (fresh) {
+        v1::Response r;
+        r.set_request_id(id);
+        *r.mutable_status() = std::move(*fresh);
+        r.mutable_status()->set_uptime_ms(
+            static_cast<uint64_t>(absl::ToInt64Milliseconds(clock_->Now() - started_)));
+        if (server_ != nullptr) {
+          r.mutable_status()->set_open_connections(static_cast<uint32_t>(server_->stats().open));
         }
+        SendResponse(*connection, r);
+        return;
       }
       boost::asio::post(workers_->pool, [this, connection, id] { AnswerStatus(connection, id); });
       return;

@@ -293,7 +293,9 @@ bool ConnectionImpl::Send(std::string payload, bool final) {
                            " bytes of responses queued, over the cap of ", cap));
     return false;
   }
-  if (start_write) asio::post(strand_, [self = shared_from_this()] { self->StartWrite(); });
+  // On the connection's own strand (a handler answering inline), write now;
+  // from another thread, hand the write to the strand.
+  if (start_write) asio::dispatch(strand_, [self = shared_from_this()] { self->StartWrite(); });
   if (resume) asio::post(strand_, [self = shared_from_this()] { self->Resume(); });
   return true;
 }
