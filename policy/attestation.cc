@@ -28,9 +28,7 @@ std::string ProcPath(const std::string& root, pid_t pid, std::string_view leaf) 
   return absl::StrCat(root, "/", pid, "/", Sv(leaf));
 }
 
-std::string Exited(pid_t pid) {
-  return absl::StrCat("the calling process (pid ", pid, ") exited");
-}
+std::string Exited(pid_t pid) { return absl::StrCat("the calling process (pid ", pid, ") exited"); }
 
 // Reads a small /proc file. NotFound (ENOENT/ESRCH) means the process is gone.
 absl::StatusOr<std::string> ReadProcFile(const std::string& path) {
@@ -81,7 +79,8 @@ absl::StatusOr<std::vector<gid_t>> ReadSupplementaryGroups(const std::string& ro
   for (absl::string_view line : absl::StrSplit(*contents, '\n')) {
     if (!absl::ConsumePrefix(&line, "Groups:")) continue;
     std::vector<gid_t> groups;
-    for (absl::string_view field : absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty())) {
+    for (absl::string_view field :
+         absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty())) {
       std::uint32_t gid = 0;
       if (!absl::SimpleAtoi(field, &gid)) {
         return absl::DataLossError(absl::StrCat(path, ": malformed Groups: line"));

@@ -74,7 +74,7 @@ absl::Status StillSameProcess(const CallerIdentity& identity);
 // parentheses and may itself contain spaces and ')', so fields are counted
 // from the LAST ')'. Exposed for tests.
 struct ProcStat {
-  char state = '?';  // field 3
+  char state = '?';              // field 3
   std::uint64_t start_time = 0;  // field 22
 };
 absl::StatusOr<ProcStat> ParseProcStat(std::string_view contents);
