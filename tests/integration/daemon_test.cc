@@ -17,6 +17,7 @@
 #include "grantvault/v1/envelope.pb.h"
 #include "gtest/gtest.h"
 #include "ipc/client.h"
+#include "ipc/server.h"
 #include "tests/integration/raw_socket.h"
 #include "tests/keys/sealed_fixtures.h"
 #include "tests/testing/daemon_process.h"
@@ -429,6 +430,32 @@ TEST_F(DaemonTest, RestartKeepsEverythingAndReplacesAStaleSocket) {
   // A clean stop removes the sockets and exits 0.
   EXPECT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->Stderr();
   EXPECT_NE(::stat(AdminSocket().c_str(), &st), 0);
+}
+
+TEST_F(DaemonTest, SocketsHandedOverBySystemdAreServedByName) {
+  const std::string run = dir_.Join("activated");
+  auto agent = ipc::BindUnixSocket(run + "/agent.sock", 0660);
+  auto admin = ipc::BindUnixSocket(run + "/admin.sock", 0660);
+  ASSERT_TRUE(agent.ok() && admin.ok());
+  // Deliberately in the other order: the daemon must go by name, not position.
+  DaemonProcess d({GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+  d.InheritSockets({{"admin", *admin}, {"agent", *agent}});
+  ASSERT_TRUE(d.Start().ok()) << d.Stderr();
+  ::close(*agent);
+  ::close(*admin);
+  EXPECT_THAT(d.Stderr(), HasSubstr("socket.inherited name=agent"));
+  // The daemon bound nothing of its own.
+  struct stat st;
+  EXPECT_NE(::stat(AgentSocket().c_str(), &st), 0);
+  auto a = Connect(run + "/agent.sock");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->hello().socket_role(), v1::HelloReply::AGENT);
+  auto b = Connect(run + "/admin.sock");
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(b->hello().socket_role(), v1::HelloReply::ADMIN);
+  EXPECT_EQ(d.Stop(SIGTERM), 0);
+  // The sockets belong to systemd: the daemon leaves them in place.
+  EXPECT_EQ(::stat((run + "/agent.sock").c_str(), &st), 0);
 }
 
 TEST_F(DaemonTest, ASecondDaemonOnTheSameStateRefusesClearly) {

@@ -124,10 +124,27 @@ absl::Status DaemonProcess::Start(absl::Duration timeout) {
   std::vector<std::string> env = Environment({"NOTIFY_SOCKET=" + notify_path_});
   std::vector<char*> cargs = CStrings(args);
   std::vector<char*> cenv = CStrings(env);
+  std::string fd_names;
+  for (const auto& [name, fd] : inherited_) {
+    fd_names += (fd_names.empty() ? "" : ":") + name;
+  }
   pid_ = ::fork();
   if (pid_ == 0) {
     ::dup2(err_fd, STDERR_FILENO);
     ::dup2(err_fd, STDOUT_FILENO);
+    if (!inherited_.empty()) {
+      // Move the sockets out of the way first, then into 3, 4, … in order.
+      std::vector<int> moved;
+      for (const auto& entry : inherited_) moved.push_back(::fcntl(entry.second, F_DUPFD, 100));
+      for (size_t i = 0; i < moved.size(); ++i) ::dup2(moved[i], 3 + static_cast<int>(i));
+      std::string fds = "LISTEN_FDS=" + std::to_string(inherited_.size());
+      std::string names = "LISTEN_FDNAMES=" + fd_names;
+      std::string pid = "LISTEN_PID=" + std::to_string(::getpid());
+      env.push_back(fds);
+      env.push_back(names);
+      env.push_back(pid);
+      cenv = CStrings(env);
+    }
     ::execve(cargs[0], cargs.data(), cenv.data());
     ::_exit(127);
   }

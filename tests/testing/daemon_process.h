@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -27,6 +28,13 @@ CommandResult RunCommand(const std::vector<std::string>& argv,
 class DaemonProcess {
  public:
   explicit DaemonProcess(std::vector<std::string> args) : args_(std::move(args)) {}
+
+  // Hands listening sockets to the daemon the way systemd socket activation
+  // does (fds 3, 4, … with LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID). Call
+  // before Start(); the fds stay owned by the caller.
+  void InheritSockets(std::vector<std::pair<std::string, int>> named_fds) {
+    inherited_ = std::move(named_fds);
+  }
   ~DaemonProcess();
 
   // Starts the daemon and waits up to `timeout` for READY=1.
@@ -46,6 +54,7 @@ class DaemonProcess {
 
  private:
   std::vector<std::string> args_;
+  std::vector<std::pair<std::string, int>> inherited_;
   pid_t pid_ = -1;
   int notify_fd_ = -1;
   std::string notify_path_;
