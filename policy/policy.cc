@@ -1,0 +1,502 @@
+#include "policy/policy.h"
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <fstream>
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/strings.h"
+#include "nlohmann/json.hpp"
+#include "toml++/toml.h"
+
+namespace grantvault::policy {
+namespace {
+
+constexpr std::size_t kMaxFileBytes = 1024 * 1024;
+
+std::string Where(const std::string& file, const toml::source_region& region) {
+  return absl::StrCat(file, ":", region.begin.line);
+}
+
+absl::Status Invalid(const std::string& file, const toml::source_region& region,
+                     std::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(Where(file, region), ": ", Sv(what)));
+}
+
+absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read ", path));
+  std::string out;
+  std::array<char, 8192> buf;
+  while (in.read(buf.data(), buf.size()) || in.gcount() > 0) {
+    out.append(buf.data(), static_cast<std::size_t>(in.gcount()));
+    if (out.size() > kMaxFileBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(path, " is larger than 1 MiB"));
+    }
+  }
+  if (in.bad()) return absl::InvalidArgumentError(absl::StrCat("cannot read ", path));
+  return out;
+}
+
+std::string DirOf(const std::string& path) {
+  const std::size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+// Refuses keys of `table` outside `allowed`, naming file:line:key.
+absl::Status CheckKeys(const std::string& file, const toml::table& table,
+                       std::initializer_list<std::string_view> allowed) {
+  for (auto&& [key, node] : table) {
+    if (std::find(allowed.begin(), allowed.end(), key.str()) == allowed.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(Where(file, key.source()), ": unknown key '", Sv(key.str()), "'"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> GetString(const std::string& file, const toml::node& node,
+                                      std::string_view key) {
+  const toml::value<std::string>* s = node.as_string();
+  if (s == nullptr) return Invalid(file, node.source(), absl::StrCat(Sv(key), " must be a string"));
+  if (s->get().empty()) {
+    return Invalid(file, node.source(), absl::StrCat(Sv(key), " must not be empty"));
+  }
+  return s->get();
+}
+
+absl::StatusOr<std::vector<std::string>> GetStringArray(const std::string& file,
+                                                        const toml::node& node,
+                                                        std::string_view key) {
+  const toml::array* arr = node.as_array();
+  if (arr == nullptr) {
+    return Invalid(file, node.source(), absl::StrCat(Sv(key), " must be an array of strings"));
+  }
+  std::vector<std::string> out;
+  for (const toml::node& element : *arr) {
+    absl::StatusOr<std::string> s = GetString(file, element, key);
+    if (!s.ok()) return s.status();
+    out.push_back(*std::move(s));
+  }
+  return out;
+}
+
+absl::StatusOr<std::uint32_t> GetId(const std::string& file, const toml::node& node,
+                                    std::string_view key) {
+  const toml::value<std::int64_t>* v = node.as_integer();
+  if (v == nullptr || v->get() < 0 || v->get() > 0xfffffffe) {
+    return Invalid(file, node.source(),
+                   absl::StrCat(Sv(key), " must be an integer from 0 to 4294967294"));
+  }
+  return static_cast<std::uint32_t>(v->get());
+}
+
+bool IsLowerHex64(std::string_view s) {
+  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+// Shared by TOML tools and JSON manifest tools.
+absl::Status NormalizeScopes(std::vector<std::string>& scopes, const std::string& where) {
+  if (scopes.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": scopes must not be empty"));
+  }
+  for (const std::string& s : scopes) {
+    if (s.empty() || s.find_first_of(" \t\r\n") != std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": scope '", s, "' is empty or contains whitespace"));
+    }
+  }
+  std::sort(scopes.begin(), scopes.end());
+  scopes.erase(std::unique(scopes.begin(), scopes.end()), scopes.end());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CallerRule> ParseCallerRule(const std::string& file, const toml::node& node) {
+  const toml::table* t = node.as_table();
+  if (t == nullptr) return Invalid(file, node.source(), "each [[callers]] entry must be a table");
+  if (absl::Status s = CheckKeys(
+          file, *t, {"uid", "user", "gid", "group", "exe", "exe_sha256", "role", "workspaces"});
+      !s.ok()) {
+    return s;
+  }
+  CallerRule rule;
+  rule.where = Where(file, t->source());
+  bool has_role = false;
+  for (auto&& [key, value] : *t) {
+    const std::string_view k = key.str();
+    if (k == "uid") {
+      absl::StatusOr<std::uint32_t> v = GetId(file, value, k);
+      if (!v.ok()) return v.status();
+      rule.uid = static_cast<uid_t>(*v);
+    } else if (k == "gid") {
+      absl::StatusOr<std::uint32_t> v = GetId(file, value, k);
+      if (!v.ok()) return v.status();
+      rule.gid = static_cast<gid_t>(*v);
+    } else if (k == "user" || k == "group" || k == "exe" || k == "exe_sha256" || k == "role") {
+      absl::StatusOr<std::string> v = GetString(file, value, k);
+      if (!v.ok()) return v.status();
+      if (k == "user") {
+        rule.user = *v;
+      } else if (k == "group") {
+        rule.group = *v;
+      } else if (k == "exe") {
+        if ((*v)[0] != '/') return Invalid(file, value.source(), "exe must be an absolute path");
+        rule.exe = *v;
+      } else if (k == "exe_sha256") {
+        if (!IsLowerHex64(*v)) {
+          return Invalid(file, value.source(), "exe_sha256 must be 64 lowercase hex digits");
+        }
+        rule.exe_sha256 = *v;
+      } else {
+        if (*v == "agent") {
+          rule.role = Role::kAgent;
+        } else if (*v == "admin") {
+          rule.role = Role::kAdmin;
+        } else {
+          return Invalid(file, value.source(),
+                         absl::StrCat("unknown role '", *v, "' (expected \"agent\" or \"admin\")"));
+        }
+        has_role = true;
+      }
+    } else {  // workspaces
+      absl::StatusOr<std::vector<std::string>> v = GetStringArray(file, value, k);
+      if (!v.ok()) return v.status();
+      rule.workspaces = *std::move(v);
+      const bool has_star =
+          std::find(rule.workspaces.begin(), rule.workspaces.end(), "*") != rule.workspaces.end();
+      if (has_star && rule.workspaces.size() != 1) {
+        return Invalid(file, value.source(), "\"*\" must be the only entry of workspaces");
+      }
+    }
+  }
+  if (!has_role) return Invalid(file, t->source(), "caller rule has no role");
+  if (!rule.uid && !rule.user && !rule.gid && !rule.group && !rule.exe && !rule.exe_sha256) {
+    return Invalid(file, t->source(),
+                   "caller rule matches nothing (set uid, user, gid, group, exe or exe_sha256)");
+  }
+  if (rule.role == Role::kAgent && rule.workspaces.empty()) {
+    return Invalid(file, t->source(), "an agent rule must list its workspaces");
+  }
+  return rule;
+}
+
+absl::Status AddTool(WorkspacePolicy& ws, ToolDecl tool) {
+  if (const ToolDecl* existing = ws.FindTool(tool.name); existing != nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(tool.where, ": duplicate tool '", tool.name,
+                                                   "' in workspace '", ws.id,
+                                                   "' (first declared at ", existing->where, ")"));
+  }
+  ws.tools.push_back(std::move(tool));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ToolDecl> ParseTomlTool(const std::string& file, const toml::node& node) {
+  const toml::table* t = node.as_table();
+  if (t == nullptr) return Invalid(file, node.source(), "each tools entry must be a table");
+  if (absl::Status s = CheckKeys(file, *t, {"name", "connector", "scopes"}); !s.ok()) return s;
+  ToolDecl tool;
+  tool.where = Where(file, t->source());
+  for (std::string_view k : {"name", "connector", "scopes"}) {
+    if (!t->contains(k)) return Invalid(file, t->source(), absl::StrCat("tool has no ", Sv(k)));
+  }
+  absl::StatusOr<std::string> name = GetString(file, *t->get("name"), "name");
+  if (!name.ok()) return name.status();
+  absl::StatusOr<std::string> connector = GetString(file, *t->get("connector"), "connector");
+  if (!connector.ok()) return connector.status();
+  absl::StatusOr<std::vector<std::string>> scopes =
+      GetStringArray(file, *t->get("scopes"), "scopes");
+  if (!scopes.ok()) return scopes.status();
+  tool.name = *std::move(name);
+  tool.connector = *std::move(connector);
+  tool.scopes = *std::move(scopes);
+  if (absl::Status s = NormalizeScopes(tool.scopes, tool.where); !s.ok()) return s;
+  return tool;
+}
+
+// A manifest in JSON: {"tools": [{"name", "connector", "scopes": [...]}, ...]}.
+// Other keys (of the manifest or of a tool) are the agent platform's business
+// and are ignored; they cannot widen what a tool may do.
+absl::Status ImportManifest(const std::string& path, WorkspacePolicy& ws) {
+  absl::StatusOr<std::string> text = ReadTextFile(path);
+  if (!text.ok()) return text.status();
+  nlohmann::json doc = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not valid JSON"));
+  }
+  if (!doc.is_object() || !doc.contains("tools") || !doc["tools"].is_array()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": expected an object with a \"tools\" array"));
+  }
+  const nlohmann::json& tools = doc["tools"];
+  for (std::size_t i = 0; i < tools.size(); ++i) {
+    const nlohmann::json& t = tools[i];
+    ToolDecl tool;
+    tool.where = absl::StrCat(path, ": tools[", i, "]");
+    if (!t.is_object()) return absl::InvalidArgumentError(tool.where + " is not an object");
+    for (const char* k : {"name", "connector"}) {
+      if (!t.contains(k) || !t[k].is_string() || t[k].get_ref<const std::string&>().empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(tool.where, ": \"", k, "\" must be a non-empty string"));
+      }
+    }
+    tool.name = t["name"].get<std::string>();
+    tool.connector = t["connector"].get<std::string>();
+    if (!t.contains("scopes") || !t["scopes"].is_array()) {
+      return absl::InvalidArgumentError(tool.where + ": \"scopes\" must be an array of strings");
+    }
+    for (const nlohmann::json& s : t["scopes"]) {
+      if (!s.is_string()) {
+        return absl::InvalidArgumentError(tool.where + ": \"scopes\" must be an array of strings");
+      }
+      tool.scopes.push_back(s.get<std::string>());
+    }
+    if (absl::Status s = NormalizeScopes(tool.scopes, tool.where); !s.ok()) return s;
+    if (absl::Status s = AddTool(ws, std::move(tool)); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<WorkspacePolicy> ParseWorkspace(const std::string& file, const std::string& id,
+                                               const toml::node& node) {
+  const toml::table* t = node.as_table();
+  if (t == nullptr) {
+    return Invalid(file, node.source(), absl::StrCat("workspaces.", id, " must be a table"));
+  }
+  if (absl::Status s = CheckKeys(file, *t, {"allow_resolve_without_tool", "tools", "manifests"});
+      !s.ok()) {
+    return s;
+  }
+  WorkspacePolicy ws;
+  ws.id = id;
+  if (const toml::node* v = t->get("allow_resolve_without_tool"); v != nullptr) {
+    const toml::value<bool>* b = v->as_boolean();
+    if (b == nullptr) {
+      return Invalid(file, v->source(), "allow_resolve_without_tool must be true or false");
+    }
+    ws.allow_resolve_without_tool = b->get();
+  }
+  if (const toml::node* v = t->get("tools"); v != nullptr) {
+    const toml::array* arr = v->as_array();
+    if (arr == nullptr) return Invalid(file, v->source(), "tools must be an array of tables");
+    for (const toml::node& element : *arr) {
+      absl::StatusOr<ToolDecl> tool = ParseTomlTool(file, element);
+      if (!tool.ok()) return tool.status();
+      if (absl::Status s = AddTool(ws, *std::move(tool)); !s.ok()) return s;
+    }
+  }
+  if (const toml::node* v = t->get("manifests"); v != nullptr) {
+    absl::StatusOr<std::vector<std::string>> paths = GetStringArray(file, *v, "manifests");
+    if (!paths.ok()) return paths.status();
+    for (const std::string& p : *paths) {
+      const std::string resolved = p[0] == '/' ? p : absl::StrCat(DirOf(file), "/", p);
+      if (absl::Status s = ImportManifest(resolved, ws); !s.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(Where(file, v->source()), ": manifest: ", s.message()));
+      }
+    }
+  }
+  return ws;
+}
+
+absl::Status Denied(std::string_view why) { return absl::PermissionDeniedError(Sv(why)); }
+
+bool Contains(const std::vector<std::string>& set, const std::string& s) {
+  return std::find(set.begin(), set.end(), s) != set.end();
+}
+
+}  // namespace
+
+std::string_view RoleName(Role role) { return role == Role::kAdmin ? "admin" : "agent"; }
+
+bool CallerRule::Matches(const CallerIdentity& caller) const {
+  if (uid && *uid != caller.uid) return false;
+  if (user && *user != caller.user_name) return false;
+  if (gid && *gid != caller.gid &&
+      std::find(caller.supplementary_groups.begin(), caller.supplementary_groups.end(), *gid) ==
+          caller.supplementary_groups.end()) {
+    return false;
+  }
+  if (group && *group != caller.group_name && !Contains(caller.supplementary_group_names, *group)) {
+    return false;
+  }
+  // An identity attested without the exe path or hash never matches a rule
+  // that needs them: fail closed.
+  if (exe && (!caller.exe_path || *exe != *caller.exe_path)) return false;
+  if (exe_sha256 && (!caller.exe_sha256 || *exe_sha256 != *caller.exe_sha256)) return false;
+  return true;
+}
+
+bool CallerRule::AllowsWorkspace(std::string_view workspace) const {
+  if (workspaces.size() == 1 && workspaces[0] == "*") return true;
+  return std::find(workspaces.begin(), workspaces.end(), workspace) != workspaces.end();
+}
+
+const ToolDecl* WorkspacePolicy::FindTool(std::string_view name) const {
+  for (const ToolDecl& t : tools) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<Policy> Policy::Load(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadTextFile(path);
+  if (!text.ok()) return text.status();
+  return Parse(*text, path);
+}
+
+absl::StatusOr<Policy> Policy::Parse(std::string_view toml_text, const std::string& source_path) {
+  const std::string& file = source_path;
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, file);
+  } catch (const toml::parse_error& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file, ":", e.source().begin.line, ": ", Sv(e.description())));
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(file, ": ", e.what()));
+  }
+  if (absl::Status s = CheckKeys(file, root, {"callers", "workspaces"}); !s.ok()) return s;
+
+  Policy policy;
+  policy.source_path_ = file;
+  if (const toml::node* ws = root.get("workspaces"); ws != nullptr) {
+    const toml::table* t = ws->as_table();
+    if (t == nullptr) return Invalid(file, ws->source(), "workspaces must be a table");
+    for (auto&& [key, node] : *t) {
+      absl::StatusOr<WorkspacePolicy> parsed = ParseWorkspace(file, std::string(key.str()), node);
+      if (!parsed.ok()) return parsed.status();
+      policy.workspaces_.emplace(parsed->id, *std::move(parsed));
+    }
+  }
+  if (const toml::node* callers = root.get("callers"); callers != nullptr) {
+    const toml::array* arr = callers->as_array();
+    if (arr == nullptr)
+      return Invalid(file, callers->source(), "callers must be [[callers]] tables");
+    for (const toml::node& element : *arr) {
+      absl::StatusOr<CallerRule> rule = ParseCallerRule(file, element);
+      if (!rule.ok()) return rule.status();
+      for (const std::string& w : rule->workspaces) {
+        if (w != "*" && policy.workspaces_.find(w) == policy.workspaces_.end()) {
+          return absl::InvalidArgumentError(absl::StrCat(rule->where, ": workspace '", w,
+                                                         "' is not declared under [workspaces]"));
+        }
+      }
+      policy.callers_.push_back(*std::move(rule));
+    }
+  }
+  return policy;
+}
+
+absl::StatusOr<CallerRule> Policy::MatchCaller(const CallerIdentity& caller) const {
+  for (const CallerRule& rule : callers_) {
+    if (rule.Matches(caller)) return rule;
+  }
+  return absl::PermissionDeniedError(absl::StrCat("uid ", caller.uid, " is not in the policy"));
+}
+
+absl::Status Policy::CheckResolve(const CallerRule& rule, std::string_view workspace,
+                                  std::string_view connector, std::optional<std::string_view> tool,
+                                  const std::vector<std::string>& requested_scopes,
+                                  const std::vector<std::string>& grant_scopes) const {
+  if (!rule.AllowsWorkspace(workspace)) {
+    return Denied(absl::StrCat("workspace '", Sv(workspace), "' is not allowed for the caller (",
+                               rule.where, ")"));
+  }
+  auto ws = workspaces_.find(workspace);
+  if (ws == workspaces_.end()) {
+    return Denied(absl::StrCat("workspace '", Sv(workspace), "' is not in the policy"));
+  }
+  if (tool.has_value()) {
+    const ToolDecl* decl = ws->second.FindTool(*tool);
+    if (decl == nullptr) {
+      return Denied(absl::StrCat("tool '", Sv(*tool), "' is not declared in workspace '",
+                                 Sv(workspace), "'"));
+    }
+    if (decl->connector != connector) {
+      return Denied(absl::StrCat("tool '", Sv(*tool), "' is declared for connector '",
+                                 decl->connector, "', not '", Sv(connector), "'"));
+    }
+    for (const std::string& s : requested_scopes) {
+      if (!Contains(decl->scopes, s)) {
+        return Denied(absl::StrCat("scope '", s, "' is beyond tool '", Sv(*tool), "' scopes (",
+                                   absl::StrJoin(decl->scopes, " "), ")"));
+      }
+    }
+  } else if (!ws->second.allow_resolve_without_tool) {
+    return Denied(
+        absl::StrCat("workspace '", Sv(workspace), "' does not allow resolve without a tool"));
+  }
+  for (const std::string& s : requested_scopes) {
+    if (!Contains(grant_scopes, s)) {
+      return Denied(absl::StrCat("scope '", s, "' is beyond the grant's scopes"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::string>> Policy::SuggestScopes(std::string_view workspace,
+                                                               std::string_view connector) const {
+  auto ws = workspaces_.find(workspace);
+  if (ws == workspaces_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("workspace '", Sv(workspace), "' is not in the policy"));
+  }
+  std::set<std::string> scopes;
+  bool any = false;
+  for (const ToolDecl& t : ws->second.tools) {
+    if (t.connector != connector) continue;
+    any = true;
+    scopes.insert(t.scopes.begin(), t.scopes.end());
+  }
+  if (!any) {
+    return absl::NotFoundError(absl::StrCat(
+        "workspace '", Sv(workspace), "' declares no tool for connector '", Sv(connector), "'"));
+  }
+  return std::vector<std::string>(scopes.begin(), scopes.end());
+}
+
+AttestOptions Policy::RequiredAttestation() const {
+  AttestOptions options;
+  for (const CallerRule& rule : callers_) {
+    if (rule.exe) options.resolve_exe_path = true;
+    if (rule.exe_sha256) options.hash_exe = true;
+  }
+  return options;
+}
+
+PolicyHolder::PolicyHolder(Policy initial)
+    : current_(std::make_shared<const Policy>(std::move(initial))) {}
+
+absl::StatusOr<std::unique_ptr<PolicyHolder>> PolicyHolder::Create(const std::string& path) {
+  absl::StatusOr<Policy> policy = Policy::Load(path);
+  if (!policy.ok()) return policy.status();
+  return std::make_unique<PolicyHolder>(*std::move(policy));
+}
+
+absl::Status PolicyHolder::Reload(const std::string& path) {
+  absl::StatusOr<Policy> policy = Policy::Load(path);
+  if (!policy.ok()) {
+    return absl::Status(policy.status().code(),
+                        absl::StrCat("policy not reloaded, the previous one stays in force: ",
+                                     policy.status().message()));
+  }
+  auto next = std::make_shared<const Policy>(*std::move(policy));
+  absl::MutexLock lock(&mu_);
+  current_ = std::move(next);
+  return absl::OkStatus();
+}
+
+std::shared_ptr<const Policy> PolicyHolder::Current() const {
+  absl::MutexLock lock(&mu_);
+  return current_;
+}
+
+}  // namespace grantvault::policy
