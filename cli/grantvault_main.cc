@@ -17,17 +17,20 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/files.h"
 #include "google/protobuf/util/json_util.h"
 #include "grantvault/v1/envelope.pb.h"
 #include "ipc/client.h"
+#include "policy/policy.h"
 
 namespace grantvault::cli {
 namespace {
@@ -559,6 +562,48 @@ int Main(int argc, char** argv) {
                     done.replaced_grant_id().c_str());
       }
     });
+  });
+
+  // Offline: check a policy file before installing it (the daemon keeps its
+  // previous policy when a reload does not parse; this says why first).
+  CLI::App* policy_cmd = app.add_subcommand("policy", "caller and tool policy files");
+  policy_cmd->require_subcommand(1);
+  std::string policy_file;
+  CLI::App* check =
+      policy_cmd->add_subcommand("check", "parse and validate a policy file (offline)");
+  check->add_option("FILE", policy_file, "policy file (TOML, docs/policy.md)")->required();
+  check->callback([&] {
+    absl::StatusOr<policy::Policy> p = policy::Policy::Load(policy_file);
+    if (!p.ok()) {
+      if (g.json) {
+        v1::Error e;
+        e.set_code(v1::Error::INVALID_ARGUMENT);
+        e.set_message(std::string(p.status().message()));
+        PrintError(g, e);
+      } else {
+        std::fprintf(stderr, "grantvault: %s\n", std::string(p.status().message()).c_str());
+      }
+      rc = kUsage;
+      return;
+    }
+    size_t tools = 0;
+    for (const auto& [id, ws] : p->workspaces()) tools += ws.tools.size();
+    if (g.json) {
+      std::printf("{\"valid\":true,\"callers\":%zu,\"workspaces\":%zu,\"tools\":%zu}\n",
+                  p->callers().size(), p->workspaces().size(), tools);
+      return;
+    }
+    std::printf("%s is valid: %zu caller rule(s), %zu workspace(s), %zu tool(s).\n",
+                policy_file.c_str(), p->callers().size(), p->workspaces().size(), tools);
+    for (const auto& [id, ws] : p->workspaces()) {
+      std::map<std::string, int> per_connector;
+      for (const policy::ToolDecl& t : ws.tools) ++per_connector[t.connector];
+      for (const auto& [connector, n] : per_connector) {
+        absl::StatusOr<std::vector<std::string>> scopes = p->SuggestScopes(id, connector);
+        std::printf("  %s / %s: %d tool(s), narrowest scopes [%s]\n", id.c_str(), connector.c_str(),
+                    n, scopes.ok() ? absl::StrJoin(*scopes, " ").c_str() : "?");
+      }
+    }
   });
   CLI::App* grants = app.add_subcommand("grants", "the grants of a workspace (never a secret)");
   grants->require_subcommand(1);

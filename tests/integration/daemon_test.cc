@@ -232,6 +232,26 @@ TEST_F(DaemonTest, CliListsAndShowsGrantsWithoutSecrets) {
   EXPECT_THAT(daemon_->Stderr(), ::testing::Not(HasSubstr(refresh_token)));
 }
 
+TEST_F(DaemonTest, CliChecksAPolicyFileOffline) {
+  const std::string good = dir_.Join("policy.toml");
+  std::ofstream(good) << "[[callers]]\nuid = 1000\nrole = \"agent\"\nworkspaces = [\"acme\"]\n"
+                         "[workspaces.acme]\n"
+                         "[[workspaces.acme.tools]]\nname = \"send_email\"\n"
+                         "connector = \"google_workspace\"\nscopes = [\"gmail.send\"]\n"
+                         "[[workspaces.acme.tools]]\nname = \"read_inbox\"\n"
+                         "connector = \"google_workspace\"\nscopes = [\"gmail.readonly\"]\n";
+  CommandResult ok = RunCommand({GV_CLI, "policy", "check", good});
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_THAT(ok.out, HasSubstr("is valid: 1 caller rule(s), 1 workspace(s), 2 tool(s)"));
+  EXPECT_THAT(ok.out, HasSubstr("acme / google_workspace: 2 tool(s), narrowest scopes "
+                                "[gmail.readonly gmail.send]"));
+  const std::string bad = dir_.Join("bad.toml");
+  std::ofstream(bad) << "[[callers]]\nuid = 1000\nrole = \"agent\"\nworkspace = [\"acme\"]\n";
+  CommandResult refused = RunCommand({GV_CLI, "policy", "check", bad});
+  EXPECT_EQ(refused.exit_code, 2);
+  EXPECT_THAT(refused.err, HasSubstr("bad.toml:4: unknown key 'workspace'"));
+}
+
 TEST_F(DaemonTest, CliReportsAnUnreachableDaemon) {
   CommandResult r = Cli({"status"});
   EXPECT_EQ(r.exit_code, 5);
