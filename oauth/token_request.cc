@@ -43,11 +43,7 @@ bool SetsHeader(const ConnectorType& type, std::string_view name) {
 
 TokenRequest::TokenRequest(const ConnectorProfile& profile,
                            const AuthorizationCodeExchange& exchange) {
-  const ConnectorType& type = profile.catalog_type;
-  const bool basic = type.client_auth != ClientAuth::kPost;
-  const bool json_body = type.token_body == BodyFormat::kJson;
-
-  std::vector<std::pair<std::string_view, std::string_view>> fields = {
+  Fields fields = {
       {"grant_type", "authorization_code"},
       {"code", exchange.code->view()},
       {"redirect_uri", exchange.redirect_uri},
@@ -55,15 +51,29 @@ TokenRequest::TokenRequest(const ConnectorProfile& profile,
   if (exchange.pkce_verifier != nullptr && !exchange.pkce_verifier->empty()) {
     fields.emplace_back("code_verifier", exchange.pkce_verifier->view());
   }
-  for (const auto& [name, value] : type.token_params) fields.emplace_back(name, value);
+  for (const auto& [name, value] : profile.catalog_type.token_params) {
+    fields.emplace_back(name, value);
+  }
+  Build(profile, exchange.client_id, *exchange.client_secret, std::move(fields));
+}
+
+TokenRequest::TokenRequest(const ConnectorProfile& profile, const RefreshTokenExchange& exchange) {
+  Build(profile, exchange.client_id, *exchange.client_secret,
+        {{"grant_type", "refresh_token"}, {"refresh_token", exchange.refresh_token->view()}});
+}
+
+void TokenRequest::Build(const ConnectorProfile& profile, std::string_view client_id,
+                         const SecretBytes& client_secret, Fields fields) {
+  const ConnectorType& type = profile.catalog_type;
+  const bool basic = type.client_auth != ClientAuth::kPost;
   if (!basic) {
-    fields.emplace_back("client_id", exchange.client_id);
-    fields.emplace_back("client_secret", exchange.client_secret->view());
+    fields.emplace_back("client_id", client_id);
+    fields.emplace_back("client_secret", client_secret.view());
   }
 
   request_.method = "POST";
   request_.url = profile.resolved.endpoints.token;
-  if (json_body) {
+  if (type.token_body == BodyFormat::kJson) {
     nlohmann::json body = nlohmann::json::object();
     for (const auto& [name, value] : fields) body[std::string(name)] = std::string(value);
     request_.body = body.dump();
@@ -77,8 +87,8 @@ TokenRequest::TokenRequest(const ConnectorProfile& profile,
   for (const auto& [name, value] : type.token_headers) request_.headers.emplace_back(name, value);
   if (basic) {
     // RFC 6749 §2.3.1: both parts form-encoded before base64.
-    std::string id = PercentEncode(exchange.client_id);
-    std::string secret = PercentEncode(exchange.client_secret->view());
+    std::string id = PercentEncode(client_id);
+    std::string secret = PercentEncode(client_secret.view());
     std::string credentials = id + ":" + secret;
     std::string encoded = Base64(credentials);
     request_.headers.emplace_back("Authorization", "Basic " + encoded);

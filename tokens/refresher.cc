@@ -1,9 +1,6 @@
 #include "tokens/refresher.h"
 
-#include <openssl/crypto.h>
-
 #include <algorithm>
-#include <nlohmann/json.hpp>
 #include <utility>
 #include <vector>
 
@@ -13,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "common/strings.h"
-#include "oauth/pkce.h"
+#include "oauth/token_request.h"
 #include "oauth/token_response.h"
 
 namespace grantvault::tokens {
@@ -33,77 +30,6 @@ constexpr int kMaxRotationRounds = 3;
 hsm::SealContext ContextFor(const store::SealedSecret& s) {
   return hsm::SealContext{s.workspace_id, s.connector_id, s.account_id, s.key.owner_id,
                           s.key.purpose};
-}
-
-// A std::string wiped when it dies: request bodies and headers with secrets.
-struct WipedString {
-  std::string value;
-  WipedString() = default;
-  WipedString(const WipedString&) = delete;
-  WipedString& operator=(const WipedString&) = delete;
-  ~WipedString() { OPENSSL_cleanse(value.data(), value.size()); }
-};
-
-void AppendFormField(std::string& body, std::string_view name, std::string_view value) {
-  if (!body.empty()) body.push_back('&');
-  body += oauth::PercentEncode(name);
-  body.push_back('=');
-  WipedString encoded;
-  encoded.value = oauth::PercentEncode(value);
-  body += encoded.value;
-}
-
-// The refresh-token grant (RFC 6749 §6) in the connector's shape: form or JSON body, Basic or
-// body client authentication, the catalog's extra headers (not its code-exchange parameters).
-// Every header value and the body are wiped by the caller's HttpRequest / this function.
-void BuildRefreshRequest(const oauth::ConnectorProfile& profile, std::string_view client_id,
-                         const SecretBytes& client_secret, const SecretBytes& refresh_token,
-                         oauth::HttpRequest& request) {
-  const oauth::ConnectorType& type = profile.catalog_type;
-  const bool basic = type.client_auth != oauth::ClientAuth::kPost;
-  request.method = "POST";
-  request.url = profile.resolved.endpoints.token;
-  std::vector<std::pair<std::string_view, std::string_view>> fields = {
-      {"grant_type", "refresh_token"}, {"refresh_token", refresh_token.view()}};
-  if (!basic) {
-    fields.emplace_back("client_id", client_id);
-    fields.emplace_back("client_secret", client_secret.view());
-  }
-  if (type.token_body == oauth::BodyFormat::kJson) {
-    nlohmann::json body = nlohmann::json::object();
-    for (const auto& [name, value] : fields) body[std::string(name)] = std::string(value);
-    request.body = body.dump();
-    for (auto& [name, value] : body.items()) {
-      std::string& v = value.get_ref<std::string&>();
-      OPENSSL_cleanse(v.data(), v.size());
-    }
-    request.headers.emplace_back("Content-Type", "application/json");
-  } else {
-    for (const auto& [name, value] : fields) AppendFormField(request.body, name, value);
-    request.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
-  }
-  bool sets_accept = false;
-  for (const auto& [name, value] : type.token_headers) {
-    sets_accept = sets_accept || absl::EqualsIgnoreCase(name, "Accept");
-    request.headers.emplace_back(name, value);
-  }
-  if (!sets_accept) request.headers.emplace_back("Accept", "application/json");
-  if (basic) {
-    // RFC 6749 §2.3.1: both parts form-encoded before base64.
-    WipedString credentials;
-    credentials.value = oauth::PercentEncode(client_id);
-    credentials.value.push_back(':');
-    WipedString secret;
-    secret.value = oauth::PercentEncode(client_secret.view());
-    credentials.value += secret.value;
-    WipedString encoded;
-    encoded.value = oauth::Base64(credentials.value);
-    request.headers.emplace_back("Authorization", "Basic " + encoded.value);
-  }
-}
-
-void WipeHeaders(oauth::HttpRequest& request) {
-  for (auto& [name, value] : request.headers) OPENSSL_cleanse(value.data(), value.size());
 }
 
 // Retry-After (RFC 9110 §10.2.3) in delta-seconds; an HTTP date is not honoured.
@@ -291,14 +217,15 @@ absl::StatusOr<AccessToken> Refresher::Refresh(const std::string& grant_id, absl
       if (remaining <= absl::ZeroDuration()) break;
       absl::StatusOr<oauth::HttpResponse> response;
       {
-        oauth::HttpRequest request;
-        BuildRefreshRequest(profile, registration.client_id, client_secret, refresh_token, request);
+        const oauth::TokenRequest request(
+            profile, oauth::RefreshTokenExchange{.client_id = registration.client_id,
+                                                 .client_secret = &client_secret,
+                                                 .refresh_token = &refresh_token});
         {
           absl::MutexLock lock(&mu_);
           ++upstream_requests_;
         }
-        response = deps_.http->Send(request, std::min(remaining, options_.request_timeout));
-        WipeHeaders(request);
+        response = deps_.http->Send(request.http(), std::min(remaining, options_.request_timeout));
       }
       bool retryable = false;
       if (!response.ok()) {
