@@ -12,6 +12,7 @@
 #include "oauth/identity.h"
 #include "oauth/token_request.h"
 #include "oauth/token_response.h"
+#include "oauth/wiping.h"
 
 namespace grantvault::oauth {
 namespace {
@@ -21,13 +22,6 @@ constexpr char kVerifierPurpose[] = "pkce_verifier";
 constexpr char kRefreshTokenPurpose[] = "refresh_token";
 constexpr char kAccessTokenPurpose[] = "access_token";
 constexpr absl::Duration kTokenDeadline = absl::Seconds(20);
-
-// A std::string that is wiped when it dies: for request bodies and headers
-// that carry codes, verifiers and client secrets.
-struct WipedString {
-  std::string value;
-  ~WipedString() { OPENSSL_cleanse(value.data(), value.size()); }
-};
 
 void AppendField(std::string& body, std::string_view name, std::string_view value) {
   if (!body.empty()) body.push_back('&');

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "common/strings.h"
+#include "oauth/pkce.h"
 
 namespace grantvault::oauth {
 namespace {
@@ -40,40 +41,6 @@ absl::Status Malformed(std::string_view what) {
 absl::Status Failed(std::string_view check, std::string_view why) {
   return absl::UnauthenticatedError(
       absl::StrCat("id_token ", Sv(check), " check failed: ", Sv(why)));
-}
-
-// Strict base64url (RFC 4648 §5) without padding, as JWS uses it (RFC 7515 §2).
-bool IsBase64UrlChar(char c) {
-  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
-         c == '_';
-}
-
-int Base64UrlValue(char c) {
-  if (c >= 'A' && c <= 'Z') return c - 'A';
-  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-  if (c >= '0' && c <= '9') return c - '0' + 52;
-  return c == '-' ? 62 : 63;
-}
-
-std::optional<std::string> Base64UrlDecode(std::string_view in) {
-  if (in.size() % 4 == 1 || !std::all_of(in.begin(), in.end(), IsBase64UrlChar)) {
-    return std::nullopt;
-  }
-  std::string out;
-  out.reserve(in.size() * 3 / 4);
-  uint32_t acc = 0;
-  int bits = 0;
-  for (char c : in) {
-    acc = (acc << 6) | static_cast<uint32_t>(Base64UrlValue(c));
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<char>((acc >> bits) & 0xffu));
-    }
-  }
-  // Leftover bits must be zero (canonical encoding).
-  if (bits > 0 && (acc & ((1u << bits) - 1u)) != 0) return std::nullopt;
-  return out;
 }
 
 // Parses a JSON object, refusing duplicate member names at any depth: two parsers that keep

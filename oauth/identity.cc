@@ -11,6 +11,8 @@
 #include "absl/strings/str_split.h"
 #include "common/status.h"
 #include "common/strings.h"
+#include "oauth/pkce.h"
+#include "oauth/wiping.h"
 
 namespace grantvault::oauth {
 namespace {
@@ -20,22 +22,6 @@ using nlohmann::json;
 constexpr absl::Duration kIdentityDeadline = absl::Seconds(20);
 constexpr size_t kMaxAccountId = 255;
 constexpr size_t kMaxMetadataValue = 1024;
-
-void Cleanse(std::string& s) { OPENSSL_cleanse(s.data(), s.size()); }
-
-// A std::string wiped when it dies: URLs with a token in them, bearer headers.
-struct WipedString {
-  std::string value;
-  ~WipedString() { Cleanse(value); }
-};
-
-void WipeJson(json& j) {
-  if (j.is_string()) {
-    Cleanse(j.get_ref<std::string&>());
-  } else if (j.is_structured()) {
-    for (auto& child : j) WipeJson(child);
-  }
-}
 
 // A parsed identity answer, wiped when it dies (HubSpot's token info echoes the token).
 struct WipedJson {
@@ -128,37 +114,6 @@ absl::StatusOr<WipedJson> CallJson(HttpClient& http, const IdentityRequest& r, c
   if (out.doc.is_discarded()) {
     return absl::UnavailableError(
         absl::StrCat("identity call to ", Sv(call.url_template), " did not answer JSON"));
-  }
-  return out;
-}
-
-// base64url (padding optional) → bytes; nullopt on a character outside the alphabet.
-std::optional<std::string> Base64UrlDecode(std::string_view in) {
-  while (!in.empty() && in.back() == '=') in.remove_suffix(1);
-  std::string out;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (char c : in) {
-    int v;
-    if (c >= 'A' && c <= 'Z') {
-      v = c - 'A';
-    } else if (c >= 'a' && c <= 'z') {
-      v = c - 'a' + 26;
-    } else if (c >= '0' && c <= '9') {
-      v = c - '0' + 52;
-    } else if (c == '-') {
-      v = 62;
-    } else if (c == '_') {
-      v = 63;
-    } else {
-      return std::nullopt;
-    }
-    acc = (acc << 6) | static_cast<uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<char>((acc >> bits) & 0xff));
-    }
   }
   return out;
 }

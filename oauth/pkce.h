@@ -14,6 +14,9 @@ namespace grantvault::oauth {
 
 // base64url without padding (RFC 4648 §5).
 std::string Base64Url(const uint8_t* data, size_t size);
+// Strict base64url decoding (no padding, canonical trailing bits), as JWS uses it
+// (RFC 7515 §2); nullopt on anything else.
+std::optional<std::string> Base64UrlDecode(std::string_view in);
 // Standard base64 with padding (RFC 4648 §4), e.g. for HTTP Basic credentials.
 std::string Base64(std::string_view data);
 

@@ -9,11 +9,10 @@
 #include "absl/strings/match.h"
 #include "common/strings.h"
 #include "oauth/pkce.h"
+#include "oauth/wiping.h"
 
 namespace grantvault::oauth {
 namespace {
-
-void Cleanse(std::string& s) { OPENSSL_cleanse(s.data(), s.size()); }
 
 void AppendFormField(std::string& body, std::string_view name, std::string_view value) {
   if (!body.empty()) body.push_back('&');
@@ -22,14 +21,6 @@ void AppendFormField(std::string& body, std::string_view name, std::string_view 
   std::string encoded = PercentEncode(value);
   body += encoded;
   Cleanse(encoded);
-}
-
-void WipeJson(nlohmann::json& j) {
-  if (j.is_string()) {
-    Cleanse(j.get_ref<std::string&>());
-  } else if (j.is_structured()) {
-    for (auto& child : j) WipeJson(child);
-  }
 }
 
 bool SetsHeader(const ConnectorType& type, std::string_view name) {

@@ -12,25 +12,16 @@
 #include "common/status.h"
 #include "common/strings.h"
 #include "oauth/pkce.h"
+#include "oauth/wiping.h"
 
 namespace grantvault::oauth {
 namespace {
 
 using nlohmann::json;
 
-// Wipes every string in a parsed document before it is freed.
-void Wipe(json& j) {
-  if (j.is_string()) {
-    std::string& s = j.get_ref<std::string&>();
-    OPENSSL_cleanse(s.data(), s.size());
-  } else if (j.is_structured()) {
-    for (auto& child : j) Wipe(child);
-  }
-}
-
 struct WipeOnExit {
   json& j;
-  ~WipeOnExit() { Wipe(j); }
+  ~WipeOnExit() { WipeJson(j); }
 };
 
 absl::Status Malformed(std::string_view why) {

@@ -1,0 +1,32 @@
+// Wiping of ordinary strings and parsed JSON that held secrets (codes, verifiers, client
+// secrets, tokens): the oauth module's one copy of these helpers.
+#ifndef GRANTVAULT_OAUTH_WIPING_H_
+#define GRANTVAULT_OAUTH_WIPING_H_
+
+#include <openssl/crypto.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace grantvault::oauth {
+
+inline void Cleanse(std::string& s) { OPENSSL_cleanse(s.data(), s.size()); }
+
+// A std::string wiped when it dies: request bodies, headers and URLs with a secret in them.
+struct WipedString {
+  std::string value;
+  ~WipedString() { Cleanse(value); }
+};
+
+// Wipes every string in a parsed document (before it is freed).
+inline void WipeJson(nlohmann::json& j) {
+  if (j.is_string()) {
+    Cleanse(j.get_ref<std::string&>());
+  } else if (j.is_structured()) {
+    for (auto& child : j) WipeJson(child);
+  }
+}
+
+}  // namespace grantvault::oauth
+
+#endif  // GRANTVAULT_OAUTH_WIPING_H_
