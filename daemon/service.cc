@@ -269,15 +269,7 @@ void Service::Dispatch(v1::HelloReply::Role role,
         if (clock_->Now() - snapshot_.taken < kStatusSnapshotMaxAge) fresh = snapshot_.reply;
       }
       if (fresh) {
-        v1::Response r;
-        r.set_request_id(id);
-        *r.mutable_status() = std::move(*fresh);
-        r.mutable_status()->set_uptime_ms(
-            static_cast<uint64_t>(absl::ToInt64Milliseconds(clock_->Now() - started_)));
-        if (server_ != nullptr) {
-          r.mutable_status()->set_open_connections(static_cast<uint32_t>(server_->stats().open));
-        }
-        SendResponse(*connection, r);
+        SendStatus(*connection, id, std::move(*fresh));
         return;
       }
       boost::asio::post(workers_->pool, [this, connection, id] { AnswerStatus(connection, id); });
@@ -485,6 +477,20 @@ v1::StatusReply Service::ComputeStatus() {
   return s;
 }
 
+void Service::SendStatus(ipc::Connection& connection, uint64_t request_id,
+                         v1::StatusReply snapshot) {
+  v1::Response r;
+  r.set_request_id(request_id);
+  *r.mutable_status() = std::move(snapshot);
+  // Live fields on top of the (at most one second old) snapshot.
+  r.mutable_status()->set_uptime_ms(
+      static_cast<uint64_t>(absl::ToInt64Milliseconds(clock_->Now() - started_)));
+  if (server_ != nullptr) {
+    r.mutable_status()->set_open_connections(static_cast<uint32_t>(server_->stats().open));
+  }
+  SendResponse(connection, r);
+}
+
 void Service::AnswerStatus(const std::shared_ptr<ipc::Connection>& connection,
                            uint64_t request_id) {
   v1::StatusReply fresh = ComputeStatus();
@@ -493,15 +499,7 @@ void Service::AnswerStatus(const std::shared_ptr<ipc::Connection>& connection,
     snapshot_.taken = clock_->Now();
     snapshot_.reply = fresh;
   }
-  v1::Response r;
-  r.set_request_id(request_id);
-  *r.mutable_status() = std::move(fresh);
-  r.mutable_status()->set_uptime_ms(
-      static_cast<uint64_t>(absl::ToInt64Milliseconds(clock_->Now() - started_)));
-  if (server_ != nullptr) {
-    r.mutable_status()->set_open_connections(static_cast<uint32_t>(server_->stats().open));
-  }
-  SendResponse(*connection, r);
+  SendStatus(*connection, request_id, std::move(fresh));
 }
 
 namespace {

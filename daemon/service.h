@@ -87,6 +87,7 @@ class Service {
                         v1::Response& response);
   void AnswerStatus(const std::shared_ptr<ipc::Connection>& connection, uint64_t request_id);
   v1::StatusReply ComputeStatus();
+  void SendStatus(ipc::Connection& connection, uint64_t request_id, v1::StatusReply snapshot);
 
   Vault* const vault_;
   const OAuth oauth_;
