@@ -48,6 +48,7 @@ enum ExitCode {
 struct Globals {
   std::string state_dir;
   std::string socket;
+  std::string agent_socket;
   std::string admin;
   bool json = false;
   double timeout_s = 30;
@@ -96,6 +97,15 @@ std::string SocketPath(const Globals& g) {
   return "/run/grantvault/admin.sock";
 }
 
+// Where agent.sock is: --agent-socket, else next to admin.sock.
+std::string AgentSocketPath(const Globals& g) {
+  if (!g.agent_socket.empty()) return g.agent_socket;
+  std::string admin = SocketPath(g);
+  return admin.substr(0, admin.rfind('/') + 1) + "agent.sock";
+}
+
+enum class Socket { kAdmin, kAgent };
+
 std::string AdminUser(const Globals& g) {
   if (!g.admin.empty()) return g.admin;
   if (const char* sudo = std::getenv("SUDO_USER"); sudo != nullptr && *sudo != '\0') return sudo;
@@ -115,10 +125,10 @@ void PrintError(const Globals& g, const v1::Error& error) {
 // Runs one request; on success hands the final response to `print`.
 template <typename Print>
 int Run(const Globals& g, v1::Request request, Print print,
-        ipc::Client::PartialCallback on_partial = nullptr) {
+        ipc::Client::PartialCallback on_partial = nullptr, Socket socket = Socket::kAdmin) {
   ipc::ClientOptions options;
   options.client_name = "grantvault-cli/0.1";
-  const std::string path = SocketPath(g);
+  const std::string path = socket == Socket::kAdmin ? SocketPath(g) : AgentSocketPath(g);
   absl::StatusOr<std::unique_ptr<ipc::Client>> client = ipc::Client::Connect(path, options);
   if (!client.ok()) {
     v1::Error e;
@@ -129,7 +139,7 @@ int Run(const Globals& g, v1::Request request, Print print,
     PrintError(g, e);
     return ExitCodeFor(e.code());
   }
-  request.set_admin_user(AdminUser(g));
+  if (socket == Socket::kAdmin) request.set_admin_user(AdminUser(g));
   absl::StatusOr<v1::Response> response = (*client)->Call(
       std::move(request), absl::Milliseconds(static_cast<int64_t>(g.timeout_s * 1000)),
       std::move(on_partial));
@@ -311,6 +321,8 @@ int Main(int argc, char** argv) {
                  "the daemon's state directory (its sockets are in DIR/run); "
                  "default $GRANTVAULT_STATE_DIR");
   app.add_option("--socket", g.socket, "path of admin.sock (overrides --state-dir)");
+  app.add_option("--agent-socket", g.agent_socket,
+                 "path of agent.sock (default: next to admin.sock)");
   app.add_option("--admin", g.admin, "admin user recorded for this action (default: you)");
   app.add_flag("--json", g.json, "print the daemon's answer as JSON");
   app.add_option("--timeout", g.timeout_s, "seconds to wait for the daemon (default 30)")
@@ -499,6 +511,10 @@ int Main(int argc, char** argv) {
   authorize->add_option(
       "--scopes", az_scopes,
       "space- or comma-separated scopes (default: the connector's narrow default)");
+  bool az_from_manifests = false;
+  authorize->add_flag("--from-manifests", az_from_manifests,
+                      "request exactly the scopes the workspace's declared tools need (the "
+                      "daemon's policy; see `grantvault scopes suggest`)");
   authorize->add_flag("--paste", az_paste,
                       "paste the final redirect URL instead of running a loopback listener");
   authorize->add_option("--port", az_port, "loopback listener port (default: any free port)")
@@ -523,9 +539,20 @@ int Main(int argc, char** argv) {
     for (const std::string& s : SplitScopes(az_scopes))
       begin.mutable_begin_authorization()->add_scopes(s);
     begin.mutable_begin_authorization()->set_redirect_uri(redirect_uri);
+    begin.mutable_begin_authorization()->set_from_manifests(az_from_manifests);
     std::string url;
     rc = Run(g, begin, [&](const v1::Response& resp) {
-      url = resp.begin_authorization().authorization_url();
+      const v1::BeginAuthorizationReply& started = resp.begin_authorization();
+      url = started.authorization_url();
+      std::fprintf(stderr, "Requesting scopes: %s\n", absl::StrJoin(started.scopes(), " ").c_str());
+      if (started.unneeded_scopes_size() > 0) {
+        std::fprintf(stderr,
+                     "WARNING: no tool the workspace declares needs %s; the grant would reach "
+                     "further than the use case (declared tools need: %s). Use --from-manifests "
+                     "to request exactly those.\n",
+                     absl::StrJoin(started.unneeded_scopes(), " ").c_str(),
+                     absl::StrJoin(started.needed_scopes(), " ").c_str());
+      }
     });
     if (rc != kOk) return;
     std::fprintf(stderr, "Open this URL in a browser, sign in and approve:\n");
@@ -605,6 +632,75 @@ int Main(int argc, char** argv) {
       }
     }
   });
+  CLI::App* scopes_cmd = app.add_subcommand("scopes", "narrowest scopes for declared tools");
+  scopes_cmd->require_subcommand(1);
+  std::string sg_workspace, sg_connector;
+  CLI::App* suggest = scopes_cmd->add_subcommand(
+      "suggest", "the smallest scope set covering every tool a workspace declares for a connector");
+  suggest->add_option("--workspace", sg_workspace, "workspace id")->required();
+  suggest->add_option("--connector", sg_connector, "connector id")->required();
+  suggest->callback([&] {
+    v1::Request r;
+    r.mutable_suggest_scopes()->set_workspace_id(sg_workspace);
+    r.mutable_suggest_scopes()->set_connector_id(sg_connector);
+    rc = Run(g, r, [&](const v1::Response& resp) {
+      const v1::SuggestScopesReply& out = resp.suggest_scopes();
+      if (g.json) return (void)std::printf("%s\n", Json(out).c_str());
+      std::printf("%s\n", absl::StrJoin(out.scopes(), " ").c_str());
+      for (const v1::SuggestScopesReply::Tool& t : out.tools()) {
+        std::fprintf(stderr, "  tool %-24s needs %s  (%s)\n", t.name().c_str(),
+                     absl::StrJoin(t.scopes(), " ").c_str(), t.where().c_str());
+      }
+    });
+  });
+
+  std::string rs_workspace, rs_connector, rs_tool, rs_scopes;
+  uint32_t rs_min_valid = 0;
+  bool rs_reveal = false;
+  CLI::App* resolve = app.add_subcommand(
+      "resolve", "ask agent.sock for an access token, as an agent host does (for developers)");
+  resolve->add_option("--workspace", rs_workspace, "workspace id")->required();
+  resolve->add_option("--connector", rs_connector, "connector id")->required();
+  resolve->add_option("--tool", rs_tool, "the agent tool the token is for");
+  resolve->add_option("--scopes", rs_scopes,
+                      "space- or comma-separated scopes the call needs (default: the tool's)");
+  resolve->add_option("--min-valid", rs_min_valid,
+                      "seconds the token must stay valid (default 30, at most 600)");
+  resolve->add_flag("--reveal", rs_reveal,
+                    "print the access token itself (otherwise only its length is shown)");
+  resolve->callback([&] {
+    v1::Request r;
+    v1::ResolveRequest* in = r.mutable_resolve();
+    in->set_workspace_id(rs_workspace);
+    in->set_connector_id(rs_connector);
+    in->set_tool(rs_tool);
+    for (const std::string& s : SplitScopes(rs_scopes)) in->add_scopes(s);
+    in->set_min_valid_seconds(rs_min_valid);
+    rc = Run(
+        g, r,
+        [&](const v1::Response& resp) {
+          v1::ResolveReply out = resp.resolve();
+          const size_t length = out.access_token().size();
+          if (!rs_reveal) out.clear_access_token();
+          if (g.json) {
+            std::printf("%s\n", Json(out).c_str());
+          } else {
+            std::printf("grant      %s (%s)\naccount    %s\nscopes     %s\nexpires    %s\n",
+                        out.grant_id().c_str(), out.connector_type().c_str(),
+                        out.account_id().c_str(), absl::StrJoin(out.scopes(), " ").c_str(),
+                        out.expires_at_ms() == 0 ? "never" : Millis(out.expires_at_ms()).c_str());
+            if (rs_reveal) {
+              std::printf("%s %s\n", out.token_type().c_str(), out.access_token().c_str());
+            } else {
+              std::printf("token      %s, %zu bytes (--reveal prints it)\n",
+                          out.token_type().c_str(), length);
+            }
+          }
+          OPENSSL_cleanse(out.mutable_access_token()->data(), out.access_token().size());
+        },
+        nullptr, Socket::kAgent);
+  });
+
   CLI::App* grants = app.add_subcommand("grants", "the grants of a workspace (never a secret)");
   grants->require_subcommand(1);
   std::string workspace;

@@ -98,9 +98,11 @@ const toml::table* Section(const toml::table& root, const std::string& name) {
 
 absl::Status Apply(const toml::table& root, DaemonConfig& c) {
   GV_RETURN_IF_ERROR(OnlyKnownKeys(
-      root, "", {"state_dir", "hsm", "store", "sockets", "limits", "log", "admin", "oauth"}));
+      root, "",
+      {"state_dir", "hsm", "store", "sockets", "limits", "log", "admin", "oauth", "policy"}));
   GV_RETURN_IF_ERROR(Read(root, "state_dir", &c.state_dir));
-  for (const char* name : {"hsm", "store", "sockets", "limits", "log", "admin", "oauth"}) {
+  for (const char* name :
+       {"hsm", "store", "sockets", "limits", "log", "admin", "oauth", "policy"}) {
     const toml::node* node = root.get(name);
     if (node != nullptr && !node->is_table()) return Invalid(*node, name, "must be a table");
   }
@@ -125,7 +127,7 @@ absl::Status Apply(const toml::table& root, DaemonConfig& c) {
         OnlyKnownKeys(*t, "limits",
                       {"max_connections", "max_in_flight_per_connection",
                        "max_queued_bytes_per_connection", "frame_timeout_ms", "idle_timeout_ms",
-                       "write_timeout_ms", "io_threads", "worker_threads"}));
+                       "write_timeout_ms", "io_threads", "worker_threads", "agent_threads"}));
     GV_RETURN_IF_ERROR(ReadUnsigned(*t, "max_connections", 1, 1000000, &c.limits.max_connections));
     GV_RETURN_IF_ERROR(ReadUnsigned(*t, "max_in_flight_per_connection", 1, 100000,
                                     &c.limits.max_in_flight_per_connection));
@@ -136,6 +138,11 @@ absl::Status Apply(const toml::table& root, DaemonConfig& c) {
     GV_RETURN_IF_ERROR(ReadMillis(*t, "write_timeout_ms", 1, 3600000, &c.limits.write_timeout));
     GV_RETURN_IF_ERROR(ReadUnsigned(*t, "io_threads", 1, 64, &c.io_threads));
     GV_RETURN_IF_ERROR(ReadUnsigned(*t, "worker_threads", 1, 64, &c.worker_threads));
+    GV_RETURN_IF_ERROR(ReadUnsigned(*t, "agent_threads", 1, 256, &c.agent_threads));
+  }
+  if (const toml::table* t = Section(root, "policy")) {
+    GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "policy", {"file"}));
+    GV_RETURN_IF_ERROR(Read(*t, "file", &c.policy_file));
   }
   if (const toml::table* t = Section(root, "log")) {
     GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "log", {"level"}));
@@ -182,6 +189,7 @@ absl::StatusOr<DaemonConfig> LoadConfig(const std::string& config_file,
   while (c.state_dir.size() > 1 && c.state_dir.back() == '/') c.state_dir.pop_back();
   if (c.agent_socket.empty()) c.agent_socket = c.state_dir + "/run/agent.sock";
   if (c.admin_socket.empty()) c.admin_socket = c.state_dir + "/run/admin.sock";
+  if (c.policy_file.empty()) c.policy_file = c.state_dir + "/policy.toml";
   const bool external = !c.pin_file.empty() || !c.token_label.empty();
   if (external && (c.pin_file.empty() || c.token_label.empty())) {
     return absl::InvalidArgumentError(

@@ -35,6 +35,13 @@ struct DaemonConfig {
   ipc::ServerLimits limits;
   size_t io_threads = 2;
   size_t worker_threads = 2;
+  // Threads that run Resolve and Subscribe (a resolve may wait on a refresh).
+  size_t agent_threads = 8;
+
+  // The caller policy (docs/policy.md), re-read on SIGHUP. Default
+  // <state_dir>/policy.toml; while the file does not exist, every agent
+  // request is refused.
+  std::string policy_file;
 
   std::string log_level = "info";  // trace, debug, info, warn, error
 

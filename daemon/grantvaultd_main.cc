@@ -22,11 +22,14 @@
 #include "daemon/config.h"
 #include "daemon/logging.h"
 #include "daemon/oauth_engine.h"
+#include "daemon/resolver.h"
 #include "daemon/service.h"
 #include "daemon/vault.h"
 #include "hsm/keys.h"
 #include "ipc/server.h"
+#include "policy/policy.h"
 #include "spdlog/spdlog.h"
+#include "tokens/refresher.h"
 
 namespace grantvault::daemon {
 namespace {
@@ -118,6 +121,24 @@ AdminPolicy AdminPolicyFrom(const DaemonConfig& config) {
   return AdminPolicy{config.admin_uids, config.admin_gids};
 }
 
+// Loads the caller policy if its file exists; a file that exists but does not
+// load stops the daemon (a typo must not silently leave agents refused).
+absl::Status LoadPolicy(const std::string& path, Resolver& resolver) {
+  if (::access(path.c_str(), F_OK) != 0) {
+    spdlog::warn(
+        "policy.absent file={}: every agent request is refused until it exists and "
+        "the daemon is reloaded (SIGHUP)",
+        path);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<policy::Policy> loaded = policy::Policy::Load(path);
+  if (!loaded.ok()) return loaded.status();
+  spdlog::info("policy.loaded file={} callers={} workspaces={}", path, loaded->callers().size(),
+               loaded->workspaces().size());
+  resolver.SetPolicy(std::make_shared<const policy::Policy>(std::move(*loaded)));
+  return absl::OkStatus();
+}
+
 int Fail(const absl::Status& status) {
   spdlog::error("{}", std::string(status.message()));
   sd_notifyf(0, "STATUS=failed: %s", std::string(status.message()).c_str());
@@ -181,8 +202,18 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
       MakeOAuthEngine(*config, *vault, &RealClock());
   if (!oauth.ok()) return Fail(oauth.status());
   Service::OAuth oauth_deps{(*oauth)->authorizer.get(), &(*oauth)->connectors->catalog(), ""};
+  // Declared before the service, so that they outlive its worker threads.
+  absl::StatusOr<std::unique_ptr<tokens::Refresher>> refresher = tokens::Refresher::Create(
+      tokens::RefresherDeps{vault->store.get(), vault->sealer.get(), (*oauth)->http.get(),
+                            (*oauth)->connectors.get(), &RealClock()});
+  if (!refresher.ok()) return Fail(refresher.status());
+  Resolver resolver(vault->store.get(), refresher->get());
+  if (absl::Status loaded = LoadPolicy(config->policy_file, resolver); !loaded.ok()) {
+    return Fail(loaded);
+  }
   Service service(&*vault, oauth_deps, AdminPolicyFrom(*config), config->worker_threads,
                   &RealClock());
+  service.EnableAgents(Service::Agents{&resolver, config->policy_file, config->agent_threads});
   absl::StatusOr<Sockets> sockets = OpenSockets(*config, service);
   if (!sockets.ok()) return Fail(sockets.status());
   absl::StatusOr<std::unique_ptr<ipc::Server>> server =
@@ -207,6 +238,16 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
                       std::string(fresh.status().message()));
       } else {
         SetLogLevel(fresh->log_level);
+        if (fresh->policy_file != config->policy_file) {
+          spdlog::warn("policy.file changes apply at the next start; re-reading {}",
+                       config->policy_file);
+        }
+        if (absl::Status reloaded = service.ReloadPolicy(); reloaded.ok()) {
+          spdlog::info("policy.reloaded file={}", config->policy_file);
+        } else {
+          spdlog::error("policy.reload_failed file={} {}", config->policy_file,
+                        std::string(reloaded.message()));
+        }
         service.ReloadAdminPolicy(AdminPolicyFrom(*fresh));
         spdlog::info(
             "config.reloaded log_level={} admin_uids={} (sockets, token and limits "

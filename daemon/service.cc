@@ -6,9 +6,12 @@
 #include <algorithm>
 #include <optional>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
+#include "common/strings.h"
 #include "hsm/keys.h"
 #include "ipc/asio.h"
 #include "ipc/client.h"
@@ -20,6 +23,12 @@ namespace {
 
 constexpr absl::Duration kStatusSnapshotMaxAge = absl::Seconds(1);
 constexpr uint32_t kDefaultRewrapBatch = 1000;
+// Agent requests without a deadline of their own.
+constexpr absl::Duration kDefaultAgentDeadline = absl::Seconds(30);
+// Resolve's min_valid_seconds: the default, and the most honoured (beyond the
+// lifetime a provider gives its tokens, every call would refresh).
+constexpr absl::Duration kDefaultMinValid = absl::Seconds(30);
+constexpr absl::Duration kMaxMinValid = absl::Minutes(10);
 
 v1::Response ErrorResponse(uint64_t request_id, v1::Error::Code code, std::string message) {
   v1::Response r;
@@ -42,6 +51,7 @@ bool IsAdminRequest(const v1::Request& r) {
     case v1::Request::kCompleteAuthorization:
     case v1::Request::kListGrants:
     case v1::Request::kShowGrant:
+    case v1::Request::kSuggestScopes:
       return true;
     default:
       return false;
@@ -99,6 +109,20 @@ absl::StatusOr<v1::KeyVersion> FindKeyStatus(keys::KeyManager& keys, int version
   return absl::NotFoundError(absl::StrCat("there is no key version ", version));
 }
 
+// "… retry_after_ms=N" at the end of an Unavailable message (tokens/).
+std::optional<uint32_t> RetryAfterMillis(std::string_view message) {
+  constexpr std::string_view kKey = "retry_after_ms=";
+  const size_t at = message.rfind(kKey);
+  if (at == std::string_view::npos) return std::nullopt;
+  uint32_t ms = 0;
+  if (!absl::SimpleAtoi(Sv(message.substr(at + kKey.size())), &ms)) return std::nullopt;
+  return ms;
+}
+
+int64_t ExpiryMillis(absl::Time t) {
+  return t == absl::InfiniteFuture() ? 0 : absl::ToUnixMillis(t);
+}
+
 }  // namespace
 
 v1::Error StatusToError(const absl::Status& status) {
@@ -121,7 +145,9 @@ v1::Error StatusToError(const absl::Status& status) {
     case absl::StatusCode::kUnavailable:
     case absl::StatusCode::kAborted:
       e.set_code(v1::Error::UNAVAILABLE);
-      e.set_retry_after_ms(1000);
+      e.set_retry_after_ms(
+          RetryAfterMillis(std::string_view(status.message().data(), status.message().size()))
+              .value_or(1000));
       break;
     case absl::StatusCode::kDeadlineExceeded:
       e.set_code(v1::Error::DEADLINE_EXCEEDED);
@@ -131,7 +157,14 @@ v1::Error StatusToError(const absl::Status& status) {
       e.set_retry_after_ms(1000);
       break;
     case absl::StatusCode::kFailedPrecondition:
-      e.set_code(v1::Error::FAILED_PRECONDITION);
+      // The token engine names these two in the message (tokens/refresher.h).
+      if (absl::StartsWith(status.message(), "REVOKED:")) {
+        e.set_code(v1::Error::REVOKED);
+      } else if (absl::StartsWith(status.message(), "REAUTH_REQUIRED:")) {
+        e.set_code(v1::Error::REAUTH_REQUIRED);
+      } else {
+        e.set_code(v1::Error::FAILED_PRECONDITION);
+      }
       break;
     case absl::StatusCode::kAlreadyExists:
       e.set_code(v1::Error::ALREADY_EXISTS);
@@ -161,6 +194,9 @@ class Service::Handler final : public ipc::FrameHandler {
   Handler(Service* service, v1::HelloReply::Role role) : service_(service), role_(role) {}
   void OnFrame(const std::shared_ptr<ipc::Connection>& connection, std::string payload) override {
     service_->OnFrame(role_, connection, std::move(payload));
+  }
+  void OnConnect(const std::shared_ptr<ipc::Connection>& connection) override {
+    service_->OnConnect(role_, connection);
   }
   void OnDisconnect(const ipc::Connection& connection) override {
     service_->OnDisconnect(connection);
@@ -196,11 +232,65 @@ void Service::ReloadAdminPolicy(AdminPolicy admin) {
   admin_ = std::move(admin);
 }
 
-void Service::Stop() { workers_->pool.join(); }
+void Service::Stop() {
+  if (agent_workers_) agent_workers_->pool.join();
+  workers_->pool.join();
+}
+
+void Service::EnableAgents(Agents agents) {
+  agent_workers_ = std::make_unique<Workers>(std::max<size_t>(1, agents.threads));
+  agents_ = std::move(agents);
+}
+
+absl::Status Service::ReloadPolicy() {
+  if (agents_.resolver == nullptr) return absl::FailedPreconditionError("agents are not served");
+  absl::StatusOr<policy::Policy> fresh = policy::Policy::Load(agents_.policy_file);
+  if (!fresh.ok()) {
+    return absl::Status(fresh.status().code(), absl::StrCat("the previous policy stays in force: ",
+                                                            fresh.status().message()));
+  }
+  agents_.resolver->SetPolicy(std::make_shared<const policy::Policy>(std::move(*fresh)));
+  return absl::OkStatus();
+}
+
+void Service::OnConnect(v1::HelloReply::Role role,
+                        const std::shared_ptr<ipc::Connection>& connection) {
+  if (role != v1::HelloReply::AGENT) return;
+  // Who is calling is settled now, at accept: the kernel's SO_PEERCRED and the
+  // process start time (DESIGN §6). What a rule may need on top (executable
+  // path, hash) is collected on a worker by the first request that needs it.
+  auto slot = std::make_shared<CallerSlot>();
+  const ipc::PeerCredentials& peer = connection->peer();
+  absl::StatusOr<policy::CallerIdentity> identity =
+      policy::AttestCaller(peer.pid, peer.uid, peer.gid, policy::AttestOptions{});
+  {
+    absl::MutexLock slot_lock(&slot->mu);
+    slot->identity = std::move(identity);
+  }
+  absl::MutexLock lock(&mu_);
+  connections_[connection->id()].caller = std::move(slot);
+}
+
+absl::StatusOr<policy::CallerIdentity> Service::CopyCaller(CallerSlot* slot) {
+  if (slot == nullptr) return absl::UnauthenticatedError("the caller was not attested");
+  absl::MutexLock lock(&slot->mu);
+  return slot->identity;
+}
+
+std::shared_ptr<Service::CallerSlot> Service::CallerOf(const ipc::Connection& connection) {
+  absl::MutexLock lock(&mu_);
+  auto it = connections_.find(connection.id());
+  return it == connections_.end() ? nullptr : it->second.caller;
+}
 
 void Service::OnDisconnect(const ipc::Connection& connection) {
   absl::MutexLock lock(&mu_);
   connections_.erase(connection.id());
+  for (auto it = subscribers_.begin(); it != subscribers_.end();) {
+    std::erase_if(it->second,
+                  [&](const Subscription& s) { return s.connection_id == connection.id(); });
+    it = it->second.empty() ? subscribers_.erase(it) : std::next(it);
+  }
 }
 
 void Service::OnFrame(v1::HelloReply::Role role, const std::shared_ptr<ipc::Connection>& connection,
@@ -237,6 +327,22 @@ void Service::OnFrame(v1::HelloReply::Role role, const std::shared_ptr<ipc::Conn
                                      ipc::kProtocolVersion)));
       connection->Close("unsupported protocol version");
       return;
+    }
+    if (role == v1::HelloReply::AGENT) {
+      std::shared_ptr<CallerSlot> slot = CallerOf(*connection);
+      absl::Status attested = absl::UnauthenticatedError("the caller was not attested");
+      if (slot != nullptr) {
+        absl::MutexLock slot_lock(&slot->mu);
+        attested = slot->identity.status();
+      }
+      if (!attested.ok()) {
+        v1::Response refused;
+        refused.set_request_id(request.request_id());
+        *refused.mutable_error() = StatusToError(attested);
+        SendResponse(*connection, refused);
+        connection->Close("caller attestation failed");
+        return;
+      }
     }
     {
       absl::MutexLock lock(&mu_);
@@ -278,6 +384,15 @@ void Service::Dispatch(v1::HelloReply::Role role,
     case v1::Request::BODY_NOT_SET:
       SendResponse(*connection, ErrorResponse(id, v1::Error::INVALID_ARGUMENT,
                                               "unknown or missing request type"));
+      return;
+    case v1::Request::kResolve:
+    case v1::Request::kSubscribe:
+      if (role != v1::HelloReply::AGENT) {
+        SendResponse(*connection, ErrorResponse(id, v1::Error::PERMISSION_DENIED,
+                                                "agent requests are served only on agent.sock"));
+        return;
+      }
+      DispatchAgent(connection, std::move(request), received);
       return;
     default:
       break;
@@ -435,6 +550,30 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::R
       if (grant.ok()) ToProto(*grant, r.mutable_show_grant()->mutable_grant());
       break;
     }
+    case v1::Request::kSuggestScopes: {
+      const v1::SuggestScopesRequest& in = request.suggest_scopes();
+      std::shared_ptr<const policy::Policy> current =
+          agents_.resolver ? agents_.resolver->policy() : nullptr;
+      if (current == nullptr) {
+        status = absl::FailedPreconditionError("the daemon has no caller policy (docs/policy.md)");
+        break;
+      }
+      absl::StatusOr<std::vector<std::string>> scopes =
+          current->SuggestScopes(in.workspace_id(), in.connector_id());
+      status = scopes.status();
+      if (!scopes.ok()) break;
+      v1::SuggestScopesReply* out = r.mutable_suggest_scopes();
+      for (const std::string& scope : *scopes) out->add_scopes(scope);
+      const policy::WorkspacePolicy& ws = current->workspaces().find(in.workspace_id())->second;
+      for (const policy::ToolDecl& tool : ws.tools) {
+        if (tool.connector != in.connector_id()) continue;
+        v1::SuggestScopesReply::Tool* t = out->add_tools();
+        t->set_name(tool.name);
+        for (const std::string& scope : tool.scopes) t->add_scopes(scope);
+        t->set_where(tool.where);
+      }
+      break;
+    }
     case v1::Request::kRegisterConnector:
     case v1::Request::kListConnectors:
     case v1::Request::kBeginAuthorization:
@@ -489,6 +628,152 @@ void Service::SendStatus(ipc::Connection& connection, uint64_t request_id,
     r.mutable_status()->set_open_connections(static_cast<uint32_t>(server_->stats().open));
   }
   SendResponse(connection, r);
+}
+
+void Service::DispatchAgent(const std::shared_ptr<ipc::Connection>& connection, v1::Request request,
+                            absl::Time received) {
+  if (agents_.resolver == nullptr || agent_workers_ == nullptr) {
+    SendResponse(*connection, ErrorResponse(request.request_id(), v1::Error::UNAVAILABLE,
+                                            "this daemon does not serve agents"));
+    return;
+  }
+  const absl::Time deadline =
+      received + (request.deadline_ms() == 0 ? kDefaultAgentDeadline
+                                             : absl::Milliseconds(request.deadline_ms()));
+  boost::asio::post(agent_workers_->pool, [this, connection, request = std::move(request),
+                                           deadline]() {
+    if (clock_->Now() > deadline) {
+      SendResponse(*connection, ErrorResponse(request.request_id(), v1::Error::DEADLINE_EXCEEDED,
+                                              "the request's deadline passed before it ran"));
+      return;
+    }
+    if (request.has_resolve()) {
+      RunResolve(connection, request, deadline);
+    } else {
+      RunSubscribe(connection, request);
+    }
+  });
+}
+
+void Service::RunResolve(const std::shared_ptr<ipc::Connection>& connection,
+                         const v1::Request& request, absl::Time deadline) {
+  const v1::ResolveRequest& in = request.resolve();
+  std::shared_ptr<CallerSlot> slot = CallerOf(*connection);
+  absl::StatusOr<policy::CallerIdentity> caller = CopyCaller(slot.get());
+  ResolveQuery query;
+  query.workspace_id = in.workspace_id();
+  query.connector_id = in.connector_id();
+  if (!in.tool().empty()) query.tool = in.tool();
+  query.scopes.assign(in.scopes().begin(), in.scopes().end());
+  query.min_valid = in.min_valid_seconds() == 0
+                        ? kDefaultMinValid
+                        : std::min(absl::Seconds(in.min_valid_seconds()), kMaxMinValid);
+  query.deadline = deadline;
+
+  absl::StatusOr<Resolved> resolved = absl::UnknownError("not resolved");
+  if (!caller.ok()) {
+    resolved = caller.status();
+  } else {
+    const bool had_exe = caller->exe_path.has_value() || caller->exe_sha256.has_value();
+    resolved = agents_.resolver->Resolve(*caller, query);
+    const bool has_exe = caller->exe_path.has_value() || caller->exe_sha256.has_value();
+    if (has_exe && !had_exe && slot != nullptr) {
+      // Keep what the re-attestation learnt for the connection's next calls.
+      absl::MutexLock lock(&slot->mu);
+      if (slot->identity.ok() && slot->identity->start_time == caller->start_time) {
+        slot->identity = *caller;
+      }
+    }
+  }
+  const ipc::PeerCredentials& peer = connection->peer();
+  if (!resolved.ok()) {
+    spdlog::info("token.denied uid={} pid={} workspace={} connector={} tool={} reason={}", peer.uid,
+                 peer.pid, in.workspace_id(), in.connector_id(), in.tool(),
+                 std::string(resolved.status().message()));
+    v1::Response r;
+    r.set_request_id(request.request_id());
+    *r.mutable_error() = StatusToError(resolved.status());
+    SendResponse(*connection, r);
+    return;
+  }
+  spdlog::debug("token.released uid={} pid={} workspace={} connector={} grant={} tool={}", peer.uid,
+                peer.pid, in.workspace_id(), in.connector_id(), resolved->grant.grant_id,
+                in.tool());
+  v1::Response r;
+  r.set_request_id(request.request_id());
+  v1::ResolveReply* out = r.mutable_resolve();
+  out->set_access_token(std::string(resolved->token.token.view()));
+  out->set_token_type(resolved->token.token_type);
+  out->set_expires_at_ms(ExpiryMillis(resolved->token.expires_at));
+  out->set_grant_id(resolved->grant.grant_id);
+  out->set_account_id(resolved->grant.account_id);
+  for (const std::string& scope : resolved->grant.scopes) out->add_scopes(scope);
+  out->set_connector_type(resolved->grant.connector_type);
+  for (const auto& [k, v] : resolved->grant.metadata) (*out->mutable_metadata())[k] = v;
+  std::string bytes;
+  const bool serialized = r.SerializeToString(&bytes);
+  // Our copies of the token go now; the frame is the only one left.
+  OPENSSL_cleanse(out->mutable_access_token()->data(), out->access_token().size());
+  if (!serialized) {
+    OPENSSL_cleanse(bytes.data(), bytes.size());
+    SendResponse(*connection, ErrorResponse(request.request_id(), v1::Error::INTERNAL,
+                                            "the answer could not be encoded"));
+    return;
+  }
+  connection->Send(std::move(bytes), /*final=*/true);
+}
+
+void Service::RunSubscribe(const std::shared_ptr<ipc::Connection>& connection,
+                           const v1::Request& request) {
+  const std::string& workspace = request.subscribe().workspace_id();
+  std::shared_ptr<CallerSlot> slot = CallerOf(*connection);
+  absl::StatusOr<policy::CallerIdentity> caller = CopyCaller(slot.get());
+  absl::Status allowed = caller.status();
+  if (allowed.ok() && workspace.empty()) {
+    allowed = absl::InvalidArgumentError("subscribe needs a workspace id");
+  }
+  if (allowed.ok()) allowed = agents_.resolver->AllowWorkspace(*caller, workspace).status();
+  if (allowed.ok()) allowed = policy::StillSameProcess(*caller);
+  if (!allowed.ok()) {
+    v1::Response r;
+    r.set_request_id(request.request_id());
+    *r.mutable_error() = StatusToError(allowed);
+    SendResponse(*connection, r);
+    return;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    // Registered before the first answer, so no event can fall in between.
+    subscribers_[workspace].push_back(
+        Subscription{connection, connection->id(), request.request_id()});
+  }
+  v1::Response r;
+  r.set_request_id(request.request_id());
+  r.set_more(true);
+  v1::GrantEvent* event = r.mutable_grant_event();
+  event->set_kind(v1::GrantEvent::SUBSCRIBED);
+  event->set_workspace_id(workspace);
+  event->set_at_ms(UnixMillis(clock_->Now()));
+  SendResponse(*connection, r);
+}
+
+void Service::PublishGrantEvent(const v1::GrantEvent& event) {
+  std::vector<Subscription> targets;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = subscribers_.find(event.workspace_id());
+    if (it == subscribers_.end()) return;
+    targets = it->second;
+  }
+  for (const Subscription& s : targets) {
+    std::shared_ptr<ipc::Connection> connection = s.connection.lock();
+    if (connection == nullptr) continue;
+    v1::Response r;
+    r.set_request_id(s.request_id);
+    r.set_more(true);
+    *r.mutable_grant_event() = event;
+    SendResponse(*connection, r);
+  }
 }
 
 void Service::AnswerStatus(const std::shared_ptr<ipc::Connection>& connection,
@@ -561,11 +846,29 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
     }
     case v1::Request::kBeginAuthorization: {
       const v1::BeginAuthorizationRequest& in = request.begin_authorization();
-      GV_ASSIGN_OR_RETURN(
-          oauth::Authorizer::Started started,
-          authorizer.Begin(in.workspace_id(), in.connector_id(),
-                           std::vector<std::string>(in.scopes().begin(), in.scopes().end()), admin,
-                           in.redirect_uri()));
+      // What the workspace's declared tools need, when the policy says.
+      std::optional<std::vector<std::string>> needed;
+      if (std::shared_ptr<const policy::Policy> current =
+              agents_.resolver ? agents_.resolver->policy() : nullptr) {
+        absl::StatusOr<std::vector<std::string>> suggested =
+            current->SuggestScopes(in.workspace_id(), in.connector_id());
+        if (suggested.ok()) needed = std::move(*suggested);
+      }
+      std::vector<std::string> scopes(in.scopes().begin(), in.scopes().end());
+      if (in.from_manifests()) {
+        if (!scopes.empty()) {
+          return absl::InvalidArgumentError("give either scopes or from_manifests, not both");
+        }
+        if (!needed) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "the caller policy declares no tool for connector '", in.connector_id(),
+              "' in workspace '", in.workspace_id(), "', so there is no scope set to request"));
+        }
+        scopes = *needed;
+      }
+      GV_ASSIGN_OR_RETURN(oauth::Authorizer::Started started,
+                          authorizer.Begin(in.workspace_id(), in.connector_id(), std::move(scopes),
+                                           admin, in.redirect_uri()));
       spdlog::info("authorization.started admin={} uid={} workspace={} connector={} scopes={}",
                    admin, connection.peer().uid, in.workspace_id(), in.connector_id(),
                    absl::StrJoin(started.scopes, " "));
@@ -573,6 +876,22 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
       out->set_authorization_url(started.authorization_url);
       out->set_expires_at_ms(UnixMillis(started.expires_at));
       for (const std::string& s : started.scopes) out->add_scopes(s);
+      if (needed) {
+        for (const std::string& s : *needed) out->add_needed_scopes(s);
+        for (const std::string& s : started.scopes) {
+          if (std::find(needed->begin(), needed->end(), s) == needed->end() &&
+              std::find(started.required_scopes.begin(), started.required_scopes.end(), s) ==
+                  started.required_scopes.end()) {
+            out->add_unneeded_scopes(s);
+          }
+        }
+        if (out->unneeded_scopes_size() > 0) {
+          spdlog::warn(
+              "authorization.wider_than_needed admin={} workspace={} connector={} unneeded={}",
+              admin, in.workspace_id(), in.connector_id(),
+              absl::StrJoin(out->unneeded_scopes(), " "));
+        }
+      }
       return absl::OkStatus();
     }
     case v1::Request::kCompleteAuthorization: {
@@ -607,6 +926,17 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
       if (done->replaced_grant_id) {
         r.mutable_complete_authorization()->set_replaced_grant_id(*done->replaced_grant_id);
       }
+      if (agents_.resolver != nullptr)
+        agents_.resolver->ForgetGrant(g.workspace_id, g.connector_id);
+      v1::GrantEvent event;
+      event.set_kind(v1::GrantEvent::AUTHORIZED);
+      event.set_workspace_id(g.workspace_id);
+      event.set_connector_id(g.connector_id);
+      event.set_grant_id(g.grant_id);
+      event.set_account_id(g.account_id);
+      event.set_at_ms(UnixMillis(clock_->Now()));
+      if (done->replaced_grant_id) event.set_replaced_grant_id(*done->replaced_grant_id);
+      PublishGrantEvent(event);
       return absl::OkStatus();
     }
     default:

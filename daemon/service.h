@@ -11,6 +11,7 @@
 
 #include <sys/types.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
+#include "daemon/resolver.h"
 #include "daemon/vault.h"
 #include "grantvault/v1/envelope.pb.h"
 #include "ipc/server.h"
@@ -58,6 +60,21 @@ class Service {
 
   ipc::FrameHandler* agent_handler();
   ipc::FrameHandler* admin_handler();
+  // Serves Resolve and Subscribe on agent.sock (before the server starts;
+  // without it they are answered UNAVAILABLE). `policy_file` is what
+  // ReloadPolicy() reads; `threads` run resolves (which may wait on a refresh).
+  struct Agents {
+    Resolver* resolver = nullptr;
+    std::string policy_file;
+    size_t threads = 8;
+  };
+  void EnableAgents(Agents agents);
+  // SIGHUP: re-reads the policy file. On any error the previous policy stays
+  // in force and the error says why.
+  absl::Status ReloadPolicy();
+  // Sends `event` to every Subscribe stream open on its workspace.
+  void PublishGrantEvent(const v1::GrantEvent& event);
+
   // For the connection count in Status; may be set after construction.
   void set_server(const ipc::Server* server) { server_ = server; }
   // SIGHUP: new admin rules apply to the next request.
@@ -67,8 +84,21 @@ class Service {
 
  private:
   class Handler;
+  // The caller on an agent connection, attested when it connected. Resolves
+  // of one connection may run at once; each works on a copy.
+  struct CallerSlot {
+    absl::Mutex mu;
+    absl::StatusOr<policy::CallerIdentity> identity ABSL_GUARDED_BY(mu) =
+        absl::UnknownError("not attested");
+  };
   struct ConnectionState {
     bool hello_done = false;
+    std::shared_ptr<CallerSlot> caller;  // agent connections only
+  };
+  struct Subscription {
+    std::weak_ptr<ipc::Connection> connection;
+    uint64_t connection_id = 0;
+    uint64_t request_id = 0;
   };
   struct Snapshot {
     absl::Time taken = absl::InfinitePast();
@@ -77,7 +107,16 @@ class Service {
 
   void OnFrame(v1::HelloReply::Role role, const std::shared_ptr<ipc::Connection>& connection,
                std::string payload);
+  void OnConnect(v1::HelloReply::Role role, const std::shared_ptr<ipc::Connection>& connection);
   void OnDisconnect(const ipc::Connection& connection);
+  void DispatchAgent(const std::shared_ptr<ipc::Connection>& connection, v1::Request request,
+                     absl::Time received);
+  void RunResolve(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request,
+                  absl::Time deadline);
+  void RunSubscribe(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request);
+  std::shared_ptr<CallerSlot> CallerOf(const ipc::Connection& connection);
+  // A copy, so that concurrent requests of one connection never share it.
+  static absl::StatusOr<policy::CallerIdentity> CopyCaller(CallerSlot* slot);
   void Dispatch(v1::HelloReply::Role role, const std::shared_ptr<ipc::Connection>& connection,
                 v1::Request request, absl::Time received);
   absl::Status CheckAdmin(const ipc::Connection& connection, const v1::Request& request);
@@ -99,10 +138,13 @@ class Service {
 
   struct Workers;
   std::unique_ptr<Workers> workers_;
+  Agents agents_;
+  std::unique_ptr<Workers> agent_workers_;
 
   absl::Mutex mu_;
   AdminPolicy admin_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, ConnectionState> connections_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::vector<Subscription>, std::less<>> subscribers_ ABSL_GUARDED_BY(mu_);
 
   absl::Mutex snapshot_mu_;
   Snapshot snapshot_ ABSL_GUARDED_BY(snapshot_mu_);

@@ -195,6 +195,7 @@ absl::StatusOr<Authorizer::Started> Authorizer::Begin(std::string_view workspace
   started.authorization_url = absl::StrCat(endpoint, joiner, query);
   started.expires_at = session.expires_at;
   started.scopes = std::move(scopes);
+  started.required_scopes = type.scopes_required;
   return started;
 }
 

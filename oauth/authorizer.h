@@ -99,6 +99,9 @@ class Authorizer {
     std::string authorization_url;
     absl::Time expires_at;
     std::vector<std::string> scopes;
+    // The protocol scopes the connector always adds (e.g. openid,
+    // offline_access): part of `scopes`, never a tool's need.
+    std::vector<std::string> required_scopes;
   };
   // Requested scopes must be within what the connector allows (empty: its
   // default set). The redirect URI must be https, or http on a loopback

@@ -1,0 +1,129 @@
+#include "daemon/resolver.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+
+namespace grantvault::daemon {
+namespace {
+
+// Whether `have` was collected with at least what `need` asks for.
+bool Covers(const policy::CallerIdentity& have, const policy::AttestOptions& need) {
+  return (!need.resolve_exe_path || have.exe_path.has_value()) &&
+         (!need.hash_exe || have.exe_sha256.has_value());
+}
+
+}  // namespace
+
+void Resolver::SetPolicy(std::shared_ptr<const policy::Policy> policy) {
+  absl::MutexLock lock(&mu_);
+  policy_ = std::move(policy);
+}
+
+std::shared_ptr<const policy::Policy> Resolver::policy() const {
+  absl::MutexLock lock(&mu_);
+  return policy_;
+}
+
+absl::StatusOr<policy::CallerIdentity> Resolver::Attest(pid_t pid, uid_t uid, gid_t gid) const {
+  std::shared_ptr<const policy::Policy> current = policy();
+  return policy::AttestCaller(pid, uid, gid,
+                              current ? current->RequiredAttestation() : policy::AttestOptions{});
+}
+
+void Resolver::ForgetGrant(const std::string& workspace_id, const std::string& connector_id) {
+  absl::MutexLock lock(&mu_);
+  directory_.erase({workspace_id, connector_id});
+}
+
+absl::StatusOr<store::Grant> Resolver::FindGrant(const std::string& workspace_id,
+                                                 const std::string& connector_id) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = directory_.find({workspace_id, connector_id});
+    if (it != directory_.end()) return it->second;
+  }
+  absl::StatusOr<store::Grant> grant = store_->FindCurrentGrant(workspace_id, connector_id);
+  if (absl::IsNotFound(grant.status())) {
+    return absl::NotFoundError(absl::StrCat("workspace '", workspace_id,
+                                            "' has no grant for connector '", connector_id, "'"));
+  }
+  GV_RETURN_IF_ERROR(grant.status());
+  absl::MutexLock lock(&mu_);
+  directory_.insert_or_assign({workspace_id, connector_id}, *grant);
+  return grant;
+}
+
+absl::StatusOr<policy::CallerRule> Resolver::AllowWorkspace(policy::CallerIdentity& caller,
+                                                            const std::string& workspace_id) const {
+  return AllowWorkspaceUnder(policy(), caller, workspace_id);
+}
+
+absl::StatusOr<policy::CallerRule> Resolver::AllowWorkspaceUnder(
+    const std::shared_ptr<const policy::Policy>& current, policy::CallerIdentity& caller,
+    const std::string& workspace_id) {
+  if (current == nullptr) {
+    return absl::PermissionDeniedError(
+        "no caller policy is configured, so no agent may use grantvault (docs/policy.md)");
+  }
+  // A reload may ask for more than this connection was attested with.
+  const policy::AttestOptions needed = current->RequiredAttestation();
+  if (!Covers(caller, needed)) {
+    GV_ASSIGN_OR_RETURN(policy::CallerIdentity fresh,
+                        policy::AttestCaller(caller.pid, caller.uid, caller.gid, needed));
+    if (fresh.start_time != caller.start_time) {
+      return absl::PermissionDeniedError(absl::StrCat("the calling process (pid ", caller.pid,
+                                                      ") exited; its PID was reused by another "
+                                                      "process"));
+    }
+    caller = std::move(fresh);
+  }
+  GV_ASSIGN_OR_RETURN(policy::CallerRule rule, current->MatchCaller(caller));
+  if (!rule.AllowsWorkspace(workspace_id)) {
+    // Checked before any grant is looked up, so another workspace's grants
+    // are not even confirmed to exist.
+    return absl::PermissionDeniedError(absl::StrCat(
+        "workspace '", workspace_id, "' is not allowed for the caller (", rule.where, ")"));
+  }
+  return rule;
+}
+
+absl::StatusOr<Resolved> Resolver::Resolve(policy::CallerIdentity& caller,
+                                           const ResolveQuery& query,
+                                           std::optional<store::Grant>* found) {
+  if (query.workspace_id.empty() || query.connector_id.empty()) {
+    return absl::InvalidArgumentError("resolve needs a workspace id and a connector id");
+  }
+  // One snapshot for the whole request, however many reloads happen meanwhile.
+  const std::shared_ptr<const policy::Policy> current = policy();
+  GV_ASSIGN_OR_RETURN(policy::CallerRule rule,
+                      AllowWorkspaceUnder(current, caller, query.workspace_id));
+  GV_ASSIGN_OR_RETURN(store::Grant grant, FindGrant(query.workspace_id, query.connector_id));
+  if (found != nullptr) *found = grant;
+
+  std::vector<std::string> scopes = query.scopes;
+  if (scopes.empty()) {
+    const policy::ToolDecl* tool = nullptr;
+    if (query.tool) {
+      auto ws = current->workspaces().find(query.workspace_id);
+      if (ws != current->workspaces().end()) tool = ws->second.FindTool(*query.tool);
+    }
+    scopes = tool != nullptr ? tool->scopes : grant.scopes;
+  }
+  std::sort(scopes.begin(), scopes.end());
+  scopes.erase(std::unique(scopes.begin(), scopes.end()), scopes.end());
+  std::optional<std::string_view> tool;
+  if (query.tool) tool = *query.tool;
+  GV_RETURN_IF_ERROR(current->CheckResolve(rule, query.workspace_id, query.connector_id, tool,
+                                           scopes, grant.scopes));
+
+  GV_ASSIGN_OR_RETURN(tokens::AccessToken token,
+                      refresher_->GetAccessToken(grant.grant_id, query.min_valid, query.deadline));
+  // The process that asked must still be the one that was attested: a PID
+  // reused meanwhile must not receive the token.
+  GV_RETURN_IF_ERROR(policy::StillSameProcess(caller));
+  return Resolved{std::move(token), std::move(grant), std::move(rule), std::move(scopes)};
+}
+
+}  // namespace grantvault::daemon

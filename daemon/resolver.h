@@ -1,0 +1,106 @@
+// Resolve (DESIGN §7): an agent host asks for a connector's access token in
+// one workspace. The Resolver checks the caller against the policy, finds the
+// workspace's grant for the connector, checks the requested scopes against the
+// tool and the grant, gets a token from the Refresher (cache or one
+// single-flight refresh), and re-checks that the calling process is still the
+// one that was attested before the token leaves.
+//
+// Errors (all messages are free of secrets):
+//   PermissionDenied   no policy, caller not in the policy, workspace/tool/
+//                      scope not allowed, the calling process exited or its
+//                      PID was reused
+//   NotFound           the workspace holds no grant for the connector
+//   FailedPrecondition "REVOKED: …" / "REAUTH_REQUIRED: …"
+//   Unavailable        upstream trouble, "… retry_after_ms=N"
+//   InvalidArgument    a malformed request
+//
+// Thread-safe; blocking (run it on a worker thread, never an I/O thread).
+#ifndef GRANTVAULT_DAEMON_RESOLVER_H_
+#define GRANTVAULT_DAEMON_RESOLVER_H_
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "policy/attestation.h"
+#include "policy/policy.h"
+#include "store/grant_store.h"
+#include "tokens/refresher.h"
+
+namespace grantvault::daemon {
+
+struct ResolveQuery {
+  std::string workspace_id;
+  std::string connector_id;
+  std::optional<std::string> tool;
+  std::vector<std::string> scopes;  // empty: the tool's, or the grant's
+  absl::Duration min_valid = absl::Seconds(60);
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+struct Resolved {
+  tokens::AccessToken token;
+  store::Grant grant;
+  policy::CallerRule rule;          // the policy rule that allowed the caller
+  std::vector<std::string> scopes;  // the scopes the call was checked for
+};
+
+class Resolver {
+ public:
+  // Both must outlive the Resolver. Until SetPolicy() gives it a policy,
+  // every resolve is refused.
+  Resolver(store::GrantStore* store, tokens::Refresher* refresher)
+      : store_(store), refresher_(refresher) {}
+
+  // Publishes the policy resolves are checked against (null: none).
+  void SetPolicy(std::shared_ptr<const policy::Policy> policy) ABSL_LOCKS_EXCLUDED(mu_);
+  std::shared_ptr<const policy::Policy> policy() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Attests a newly connected caller with what the current policy needs.
+  absl::StatusOr<policy::CallerIdentity> Attest(pid_t pid, uid_t uid, gid_t gid) const;
+
+  // The policy rule that lets `caller` use `workspace_id` (Resolve and
+  // Subscribe both start here). `caller` may be re-attested as below.
+  absl::StatusOr<policy::CallerRule> AllowWorkspace(policy::CallerIdentity& caller,
+                                                    const std::string& workspace_id) const;
+
+  // `caller` may be re-attested (and updated) when the policy now needs more
+  // than it holds (an executable path or hash). `found` (optional) receives
+  // the grant as soon as it is known, for the audit of a refusal.
+  absl::StatusOr<Resolved> Resolve(policy::CallerIdentity& caller, const ResolveQuery& query,
+                                   std::optional<store::Grant>* found = nullptr);
+
+  // Drops the cached directory entry of (workspace, connector): called after
+  // an authorization, a scope change or a revocation.
+  void ForgetGrant(const std::string& workspace_id, const std::string& connector_id)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  static absl::StatusOr<policy::CallerRule> AllowWorkspaceUnder(
+      const std::shared_ptr<const policy::Policy>& current, policy::CallerIdentity& caller,
+      const std::string& workspace_id);
+  absl::StatusOr<store::Grant> FindGrant(const std::string& workspace_id,
+                                         const std::string& connector_id) ABSL_LOCKS_EXCLUDED(mu_);
+
+  store::GrantStore* const store_;
+  tokens::Refresher* const refresher_;
+
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const policy::Policy> policy_ ABSL_GUARDED_BY(mu_);
+  // (workspace, connector) → the current grant's non-secret fields. Only this
+  // daemon writes grants (one daemon per store), and it forgets an entry on
+  // every change it makes; a grant the refresher marks reauth_required is
+  // answered by the refresher itself.
+  std::map<std::pair<std::string, std::string>, store::Grant> directory_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace grantvault::daemon
+
+#endif  // GRANTVAULT_DAEMON_RESOLVER_H_

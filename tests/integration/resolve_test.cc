@@ -1,0 +1,363 @@
+// End-to-end Resolve: the real grantvaultd, a grant authorized against the
+// real oidc-provider over TLS (refresh tokens rotated on every use, a reused
+// refresh token kills the grant), agents calling agent.sock through the C++
+// client library, and the caller policy in force.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "ipc/client.h"
+#include "tests/integration/raw_socket.h"
+#include "tests/testing/daemon_process.h"
+#include "tests/testing/oauth_provider.h"
+#include "tests/testing/temp_dir.h"
+
+namespace grantvault {
+namespace {
+
+using testing::DaemonProcess;
+using ::testing::HasSubstr;
+
+constexpr char kWorkspace[] = "ws_acme";
+
+// The policy the tests start from: this process's uid is an agent of ws_acme,
+// which declares two tools of connector "demo".
+std::string PolicyFor(uid_t uid, bool allow_without_tool = false) {
+  return absl::StrCat(R"([[callers]]
+uid = )",
+                      uid, R"(
+role = "agent"
+workspaces = ["ws_acme"]
+
+[workspaces.ws_acme]
+allow_resolve_without_tool = )",
+                      allow_without_tool ? "true" : "false", R"(
+
+[[workspaces.ws_acme.tools]]
+name = "read_docs"
+connector = "demo"
+scopes = ["read"]
+
+[[workspaces.ws_acme.tools]]
+name = "write_docs"
+connector = "demo"
+scopes = ["read", "write"]
+
+[workspaces.ws_other]
+allow_resolve_without_tool = true
+)");
+}
+
+class ResolveTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    testing::OAuthProviderOptions options;
+    options.access_token_ttl = absl::Seconds(4);
+    auto provider = testing::OAuthProvider::Start(options);
+    ASSERT_TRUE(provider.ok()) << provider.status();
+    provider_ = std::move(*provider);
+    state_ = dir_.Join("state");
+    config_ = dir_.Join("grantvaultd.toml");
+    policy_ = dir_.Join("policy.toml");
+    WritePolicy(PolicyFor(::getuid()));
+    std::ofstream(config_) << "[oauth]\nca_file = \"" << provider_->ca_file()
+                           << "\"\nuse_system_trust_store = false\n[policy]\nfile = \"" << policy_
+                           << "\"\n[limits]\nmax_in_flight_per_connection = 64\n";
+    StartDaemon();
+    RegisterAndAuthorize({"openid", "offline_access", "read"});
+  }
+  void TearDown() override {
+    if (daemon_ && daemon_->running()) daemon_->Stop(SIGTERM);
+  }
+
+  void WritePolicy(const std::string& text) { std::ofstream(policy_, std::ios::trunc) << text; }
+
+  void StartDaemon() {
+    daemon_ = std::make_unique<DaemonProcess>(
+        std::vector<std::string>{GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+    absl::Status started = daemon_->Start();
+    ASSERT_TRUE(started.ok()) << started;
+  }
+
+  std::unique_ptr<ipc::Client> Connect(const std::string& socket) {
+    auto client = ipc::Client::Connect(state_ + "/run/" + socket);
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? std::move(*client) : nullptr;
+  }
+
+  v1::Response Admin(v1::Request request) {
+    if (admin_ == nullptr) admin_ = Connect("admin.sock");
+    request.set_admin_user("alice-admin");
+    auto response = admin_->Call(std::move(request), absl::Seconds(30));
+    EXPECT_TRUE(response.ok()) << response.status();
+    return response.ok() ? *response : v1::Response();
+  }
+
+  void RegisterAndAuthorize(const std::vector<std::string>& scopes) {
+    v1::Request reg;
+    v1::RegisterConnectorRequest* r = reg.mutable_register_connector();
+    r->set_connector_id("demo");
+    r->set_connector_type("oidc");
+    r->set_client_id(provider_->clients()[0].client_id);
+    r->set_client_secret(provider_->clients()[0].client_secret);
+    r->set_issuer(provider_->issuer());
+    v1::Response registered = Admin(reg);
+    ASSERT_FALSE(registered.has_error()) << registered.error().message();
+    Authorize(scopes);
+  }
+
+  void Authorize(const std::vector<std::string>& scopes) {
+    v1::Request begin;
+    begin.mutable_begin_authorization()->set_workspace_id(kWorkspace);
+    begin.mutable_begin_authorization()->set_connector_id("demo");
+    for (const std::string& s : scopes) begin.mutable_begin_authorization()->add_scopes(s);
+    begin.mutable_begin_authorization()->set_redirect_uri("http://127.0.0.1/callback");
+    v1::Response started = Admin(begin);
+    ASSERT_FALSE(started.has_error()) << started.error().message();
+    absl::StatusOr<std::string> redirect =
+        provider_->Approve(started.begin_authorization().authorization_url());
+    ASSERT_TRUE(redirect.ok()) << redirect.status();
+    v1::Request complete;
+    complete.mutable_complete_authorization()->set_callback_url(*redirect);
+    v1::Response done = Admin(complete);
+    ASSERT_FALSE(done.has_error()) << done.error().message() << daemon_->Stderr();
+    grant_id_ = done.complete_authorization().grant().grant_id();
+  }
+
+  static v1::Request ResolveRequest(const std::string& workspace, const std::string& tool,
+                                    std::vector<std::string> scopes = {},
+                                    uint32_t min_valid_seconds = 1) {
+    v1::Request request;
+    v1::ResolveRequest* in = request.mutable_resolve();
+    in->set_workspace_id(workspace);
+    in->set_connector_id("demo");
+    in->set_tool(tool);
+    for (const std::string& s : scopes) in->add_scopes(s);
+    in->set_min_valid_seconds(min_valid_seconds);
+    return request;
+  }
+
+  v1::Response Resolve(const v1::Request& request) {
+    if (agent_ == nullptr) agent_ = Connect("agent.sock");
+    auto response = agent_->Call(request, absl::Seconds(30));
+    EXPECT_TRUE(response.ok()) << response.status();
+    return response.ok() ? *response : v1::Response();
+  }
+
+  // "POST /token 200" lines: the code exchange plus every refresh.
+  int TokenRequests() const {
+    int n = 0;
+    for (absl::string_view line : absl::StrSplit(provider_->Log(), '\n')) {
+      if (absl::StrContains(line, "POST /token 200")) ++n;
+    }
+    return n;
+  }
+
+  testing::TempDir dir_;
+  std::unique_ptr<testing::OAuthProvider> provider_;
+  std::string state_, config_, policy_, grant_id_;
+  std::unique_ptr<DaemonProcess> daemon_;
+  std::unique_ptr<ipc::Client> admin_, agent_;
+};
+
+TEST_F(ResolveTest, AnAllowedToolGetsATokenBoundToTheGrantsAccount) {
+  v1::Response r = Resolve(ResolveRequest(kWorkspace, "read_docs"));
+  ASSERT_TRUE(r.has_resolve()) << r.error().message() << daemon_->Stderr();
+  EXPECT_FALSE(r.resolve().access_token().empty());
+  EXPECT_EQ(r.resolve().grant_id(), grant_id_);
+  EXPECT_EQ(r.resolve().account_id(), "alice");
+  EXPECT_EQ(r.resolve().token_type(), "Bearer");
+  EXPECT_GT(r.resolve().expires_at_ms(), absl::ToUnixMillis(absl::Now()));
+
+  // Cached: the same token again, and no second refresh.
+  const int before = TokenRequests();
+  v1::Response again = Resolve(ResolveRequest(kWorkspace, "read_docs"));
+  ASSERT_TRUE(again.has_resolve());
+  EXPECT_EQ(again.resolve().access_token(), r.resolve().access_token());
+  EXPECT_EQ(TokenRequests(), before);
+  // The daemon never logs the token.
+  EXPECT_THAT(daemon_->Stderr(), ::testing::Not(HasSubstr(r.resolve().access_token())));
+}
+
+TEST_F(ResolveTest, FiveHundredConcurrentResolvesOfAnExpiredTokenMakeOneRefresh) {
+  ASSERT_TRUE(Resolve(ResolveRequest(kWorkspace, "read_docs")).has_resolve());
+  absl::SleepFor(absl::Seconds(4.5));  // the cached access token expires
+  const int before = TokenRequests();
+
+  constexpr int kConnections = 50;
+  constexpr int kPerConnection = 10;
+  std::vector<std::unique_ptr<ipc::Client>> clients;
+  for (int i = 0; i < kConnections; ++i) clients.push_back(Connect("agent.sock"));
+  absl::Mutex mu;
+  std::map<std::string, int> tokens;
+  std::vector<std::string> errors;
+  int done = 0;
+  for (auto& client : clients) {
+    for (int j = 0; j < kPerConnection; ++j) {
+      client->CallAsync(ResolveRequest(kWorkspace, "read_docs"), absl::Seconds(30),
+                        [&](absl::StatusOr<v1::Response> r) {
+                          absl::MutexLock lock(&mu);
+                          ++done;
+                          if (!r.ok()) {
+                            errors.push_back(std::string(r.status().message()));
+                          } else if (r->has_error()) {
+                            errors.push_back(r->error().message());
+                          } else {
+                            ++tokens[r->resolve().access_token()];
+                          }
+                        });
+    }
+  }
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_TRUE(
+        mu.AwaitWithTimeout(absl::Condition(
+                                +[](int* d) { return *d == kConnections * kPerConnection; }, &done),
+                            absl::Seconds(60)));
+  }
+  EXPECT_TRUE(errors.empty()) << errors.front();
+  EXPECT_EQ(tokens.size(), 1u);  // every caller got the same new token
+  EXPECT_EQ(TokenRequests(), before + 1) << provider_->Log();
+
+  // The grant is alive: the rotated refresh token works (a duplicate refresh
+  // would have made the server revoke the whole grant).
+  absl::SleepFor(absl::Seconds(4.5));
+  v1::Response later = Resolve(ResolveRequest(kWorkspace, "read_docs"));
+  ASSERT_TRUE(later.has_resolve()) << later.error().message();
+  EXPECT_EQ(TokenRequests(), before + 2);
+}
+
+TEST_F(ResolveTest, ThePolicyRefusesWhatItDoesNotAllow) {
+  auto denied = [&](const v1::Request& request) {
+    v1::Response r = Resolve(request);
+    EXPECT_TRUE(r.has_error());
+    EXPECT_EQ(r.error().code(), v1::Error::PERMISSION_DENIED) << r.error().message();
+    return r.error().message();
+  };
+  EXPECT_THAT(denied(ResolveRequest("ws_other", "read_docs")), HasSubstr("ws_other"));
+  EXPECT_THAT(denied(ResolveRequest(kWorkspace, "delete_everything")), HasSubstr("not declared"));
+  EXPECT_THAT(denied(ResolveRequest(kWorkspace, "read_docs", {"write"})), HasSubstr("beyond tool"));
+  // write_docs declares "write", but the grant was authorized without it.
+  EXPECT_THAT(denied(ResolveRequest(kWorkspace, "write_docs", {"read", "write"})),
+              HasSubstr("beyond the grant"));
+  // Without a tool, only when the workspace allows it.
+  EXPECT_THAT(denied(ResolveRequest(kWorkspace, "")), HasSubstr("without a tool"));
+
+  // A uid not in the policy: the policy is reloaded to name another uid.
+  WritePolicy(PolicyFor(::getuid() + 4242));
+  daemon_->Signal(SIGHUP);
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_THAT(denied(ResolveRequest(kWorkspace, "read_docs")),
+              HasSubstr(absl::StrCat("uid ", ::getuid(), " is not in the policy")));
+
+  // A policy that does not parse keeps the previous one.
+  WritePolicy("[[callers]]\nrole = \"agent\"\nworkspaces = [\"ws_acme\"]\nbogus = 1\n");
+  daemon_->Signal(SIGHUP);
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_THAT(daemon_->Stderr(), HasSubstr("policy.reload_failed"));
+  EXPECT_THAT(denied(ResolveRequest(kWorkspace, "read_docs")), HasSubstr("is not in the policy"));
+
+  // And a good one applies at once.
+  WritePolicy(PolicyFor(::getuid(), /*allow_without_tool=*/true));
+  daemon_->Signal(SIGHUP);
+  absl::SleepFor(absl::Milliseconds(300));
+  v1::Response ok = Resolve(ResolveRequest(kWorkspace, ""));
+  EXPECT_TRUE(ok.has_resolve()) << ok.error().message();
+}
+
+TEST_F(ResolveTest, AnUnknownConnectorIsNotFound) {
+  v1::Request request = ResolveRequest(kWorkspace, "");
+  WritePolicy(PolicyFor(::getuid(), /*allow_without_tool=*/true));
+  daemon_->Signal(SIGHUP);
+  absl::SleepFor(absl::Milliseconds(300));
+  request.mutable_resolve()->set_connector_id("nope");
+  v1::Response r = Resolve(request);
+  ASSERT_TRUE(r.has_error());
+  EXPECT_EQ(r.error().code(), v1::Error::NOT_FOUND) << r.error().message();
+}
+
+TEST_F(ResolveTest, AConnectionWhoseProcessExitedIsRefused) {
+  // A child connects and says Hello (so it is attested), hands the connection
+  // to a grandchild and exits; the grandchild then asks on the child's behalf.
+  int report[2];
+  ASSERT_EQ(::pipe(report), 0);
+  const std::string socket = state_ + "/run/agent.sock";
+  pid_t child = ::fork();
+  if (child == 0) {
+    ::close(report[0]);
+    testing::RawSocket raw(socket);
+    if (!raw.connected() || !raw.Hello()) ::_exit(10);
+    const pid_t attested = ::getpid();
+    if (::fork() == 0) {
+      // Wait until the child is gone (a zombie counts as gone).
+      while (::getppid() == attested) ::usleep(1000);
+      ::usleep(200 * 1000);
+      if (!raw.WriteRequest(ResolveRequest(kWorkspace, "read_docs"))) ::_exit(11);
+      std::optional<v1::Response> r = raw.ReadResponse();
+      const int code = r && r->has_error() ? r->error().code() : (r ? 100 : 101);
+      const char byte = static_cast<char>(code);
+      (void)!::write(report[1], &byte, 1);
+      ::_exit(0);
+    }
+    ::_exit(0);
+  }
+  ::close(report[1]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_EQ(WEXITSTATUS(status), 0);
+  char byte = 0;
+  ASSERT_EQ(::read(report[0], &byte, 1), 1);
+  ::close(report[0]);
+  EXPECT_EQ(byte, static_cast<char>(v1::Error::PERMISSION_DENIED));
+  EXPECT_THAT(daemon_->Stderr(), HasSubstr("exited"));
+}
+
+TEST_F(ResolveTest, ScopesSuggestAndAWiderAuthorizationIsWarnedAbout) {
+  v1::Request suggest;
+  suggest.mutable_suggest_scopes()->set_workspace_id(kWorkspace);
+  suggest.mutable_suggest_scopes()->set_connector_id("demo");
+  v1::Response s = Admin(suggest);
+  ASSERT_TRUE(s.has_suggest_scopes()) << s.error().message();
+  EXPECT_THAT(s.suggest_scopes().scopes(), ::testing::ElementsAre("read", "write"));
+
+  v1::Request wide;
+  wide.mutable_begin_authorization()->set_workspace_id(kWorkspace);
+  wide.mutable_begin_authorization()->set_connector_id("demo");
+  for (const char* scope : {"read", "write", "admin"}) {
+    wide.mutable_begin_authorization()->add_scopes(scope);
+  }
+  wide.mutable_begin_authorization()->set_redirect_uri("http://127.0.0.1/callback");
+  v1::Response w = Admin(wide);
+  ASSERT_TRUE(w.has_begin_authorization()) << w.error().message();
+  EXPECT_THAT(w.begin_authorization().unneeded_scopes(), ::testing::ElementsAre("admin"));
+
+  v1::Request exact;
+  exact.mutable_begin_authorization()->set_workspace_id(kWorkspace);
+  exact.mutable_begin_authorization()->set_connector_id("demo");
+  exact.mutable_begin_authorization()->set_from_manifests(true);
+  exact.mutable_begin_authorization()->set_redirect_uri("http://127.0.0.1/callback");
+  v1::Response e = Admin(exact);
+  ASSERT_TRUE(e.has_begin_authorization()) << e.error().message();
+  // The connector's protocol scopes (openid, …) come on top, never counted as unneeded.
+  EXPECT_THAT(e.begin_authorization().scopes(), ::testing::IsSupersetOf({"read", "write"}));
+  EXPECT_THAT(e.begin_authorization().scopes(), ::testing::Not(::testing::Contains("admin")));
+  EXPECT_TRUE(e.begin_authorization().unneeded_scopes().empty());
+}
+
+}  // namespace
+}  // namespace grantvault
