@@ -159,6 +159,11 @@ class GrantStore {
   // A revoked grant cannot change status again (FailedPrecondition).
   virtual absl::Status SetGrantStatus(std::string_view grant_id, GrantStatus status,
                                       std::string_view reason, absl::Time now) = 0;
+  // Records when the grant's current access token expires (after a refresh)
+  // and sets updated_at to `now`; the status is untouched. NotFound for an
+  // unknown grant; FailedPrecondition for a revoked one.
+  virtual absl::Status SetAccessTokenExpiry(std::string_view grant_id, absl::Time expires_at,
+                                            absl::Time now) = 0;
   virtual absl::StatusOr<int64_t> CountGrants() = 0;
 
   // --- sealed secrets ------------------------------------------------------

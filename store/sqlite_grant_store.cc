@@ -628,6 +628,8 @@ class SqliteGrantStore final : public GrantStore {
   absl::StatusOr<std::vector<Grant>> ListGrants(std::string_view workspace_id) override;
   absl::Status SetGrantStatus(std::string_view grant_id, GrantStatus status,
                               std::string_view reason, absl::Time now) override;
+  absl::Status SetAccessTokenExpiry(std::string_view grant_id, absl::Time expires_at,
+                                    absl::Time now) override;
   absl::StatusOr<int64_t> CountGrants() override;
 
   absl::Status PutSealedSecrets(absl::Span<const SealedSecret> secrets) override;
@@ -842,6 +844,33 @@ absl::Status SqliteGrantStore::SetGrantStatus(std::string_view grant_id, GrantSt
   update.BindText(2, reason);
   update.BindTime(3, now);
   update.BindText(4, grant_id);
+  GV_RETURN_IF_ERROR(update.Run());
+  return txn.Commit();
+}
+
+absl::Status SqliteGrantStore::SetAccessTokenExpiry(std::string_view grant_id,
+                                                    absl::Time expires_at, absl::Time now) {
+  std::string context = absl::StrCat("record the access-token expiry of grant ", Sv(grant_id));
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(db(), "SELECT status FROM grants WHERE grant_id = ?", context));
+  query.BindText(1, grant_id);
+  GV_ASSIGN_OR_RETURN(bool row, query.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("grant ", Sv(grant_id), " does not exist"));
+  if (query.Text(0) == GrantStatusName(GrantStatus::kRevoked)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "grant ", Sv(grant_id), " is revoked; its access-token expiry is no longer recorded"));
+  }
+  GV_ASSIGN_OR_RETURN(
+      Statement update,
+      Statement::Prepare(
+          db(), "UPDATE grants SET access_token_expires_at = ?, updated_at = ? WHERE grant_id = ?",
+          context));
+  update.BindTime(1, expires_at);
+  update.BindTime(2, now);
+  update.BindText(3, grant_id);
   GV_RETURN_IF_ERROR(update.Run());
   return txn.Commit();
 }

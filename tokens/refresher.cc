@@ -26,6 +26,8 @@ constexpr absl::Duration kDefaultAccessTokenLifetime = absl::Hours(1);
 constexpr int kMaxCommitAttempts = 3;
 // How often a refresh starts over after another writer rotated the token.
 constexpr int kMaxRotationRounds = 3;
+// The least time between two claims of one cached token's refresh ahead.
+constexpr absl::Duration kMinRefreshAheadRetry = absl::Seconds(1);
 
 hsm::SealContext ContextFor(const store::SealedSecret& s) {
   return hsm::SealContext{s.workspace_id, s.connector_id, s.account_id, s.key.owner_id,
@@ -45,7 +47,28 @@ absl::StatusOr<AccessToken> CloneResult(const absl::StatusOr<AccessToken>& resul
   return result->Clone();
 }
 
+int64_t CeilMillis(absl::Duration d) {
+  return absl::ToInt64Milliseconds(absl::Ceil(d, absl::Milliseconds(1)));
+}
+
+absl::Status RevokedError(std::string_view grant_id, std::string_view reason) {
+  return absl::FailedPreconditionError(
+      absl::StrCat("REVOKED: grant ", Sv(grant_id), " is revoked: ", Sv(reason)));
+}
+
 }  // namespace
+
+std::string_view BreakerPhaseName(BreakerPhase phase) {
+  switch (phase) {
+    case BreakerPhase::kClosed:
+      return "closed";
+    case BreakerPhase::kOpen:
+      return "open";
+    case BreakerPhase::kHalfOpen:
+      return "half_open";
+  }
+  return "unknown";
+}
 
 absl::StatusOr<std::unique_ptr<Refresher>> Refresher::Create(const RefresherDeps& deps,
                                                              RefresherOptions options) {
@@ -60,7 +83,41 @@ absl::StatusOr<std::unique_ptr<Refresher>> Refresher::Create(const RefresherDeps
         "Refresher options: max_attempts >= 1, 0 < initial_backoff <= max_backoff, "
         "request_timeout > 0");
   }
-  return std::unique_ptr<Refresher>(new Refresher(deps, options));
+  bool margins_valid = options.refresh_ahead >= absl::ZeroDuration() &&
+                       options.refresh_ahead_jitter >= 0 && options.refresh_ahead_jitter < 1;
+  for (const auto& [connector, margin] : options.refresh_ahead_by_connector) {
+    if (connector.empty() || margin < absl::ZeroDuration()) margins_valid = false;
+  }
+  if (!margins_valid) {
+    return absl::InvalidArgumentError(
+        "Refresher options: refresh_ahead margins >= 0 (named by a connector), "
+        "0 <= refresh_ahead_jitter < 1");
+  }
+  if (options.breaker_failure_threshold < 1 || options.breaker_cooldown <= absl::ZeroDuration() ||
+      options.max_concurrent_refreshes < 1) {
+    return absl::InvalidArgumentError(
+        "Refresher options: breaker_failure_threshold >= 1, breaker_cooldown > 0, "
+        "max_concurrent_refreshes >= 1");
+  }
+  return std::unique_ptr<Refresher>(new Refresher(deps, std::move(options)));
+}
+
+Refresher::~Refresher() {
+  std::vector<std::thread> workers;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    for (auto& [grant_id, flight] : in_flight_) flight->abandoned = true;
+    for (const std::shared_ptr<Flight>& queued : queue_) {
+      queued->result = absl::UnavailableError("UNAVAILABLE: the refresher is shutting down");
+      queued->done = true;
+      auto it = in_flight_.find(queued->grant_id);
+      if (it != in_flight_.end() && it->second == queued) in_flight_.erase(it);
+    }
+    queue_.clear();
+    workers.swap(workers_);
+  }
+  for (std::thread& worker : workers) worker.join();
 }
 
 int64_t Refresher::upstream_requests() const {
@@ -73,54 +130,239 @@ absl::StatusOr<AccessToken> Refresher::GetAccessToken(std::string_view grant_id,
                                                       absl::Time deadline) {
   if (grant_id.empty()) return absl::InvalidArgumentError("a grant id is required");
   if (min_valid < absl::ZeroDuration()) min_valid = absl::ZeroDuration();
-  if (std::optional<AccessToken> hit = cache_.Get(grant_id, min_valid)) return std::move(*hit);
-
-  std::shared_ptr<Flight> flight;
-  bool leader = false;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = in_flight_.find(grant_id);
-    if (it == in_flight_.end()) {
-      flight = std::make_shared<Flight>();
-      in_flight_.emplace(std::string(grant_id), flight);
-      leader = true;
-    } else {
-      flight = it->second;
-    }
-  }
-
-  if (leader) {
-    // A flight may have finished between the cache miss and taking the lead.
-    absl::StatusOr<AccessToken> result = absl::UnknownError("unset");
-    if (std::optional<AccessToken> hit = cache_.Get(grant_id, min_valid)) {
-      result = std::move(*hit);
-    } else {
-      result = Refresh(std::string(grant_id), deadline);
-    }
-    {
-      absl::MutexLock lock(&mu_);
-      flight->result = CloneResult(result);
-      flight->done = true;
-      in_flight_.erase(in_flight_.find(grant_id));
-    }
-    if (!result.ok()) return ServeStaleOr(grant_id, result.status());
-    return result;
+  if (std::optional<TokenCache::Lookup> hit =
+          cache_.GetClaimingRefresh(grant_id, min_valid, kMinRefreshAheadRetry)) {
+    if (hit->refresh_claimed) StartRefreshAhead(grant_id);
+    return std::move(hit->token);
   }
 
   absl::StatusOr<AccessToken> result = absl::UnknownError("unset");
   {
     absl::MutexLock lock(&mu_);
-    if (!mu_.AwaitWithDeadline(absl::Condition(&flight->done), deadline)) {
+    if (auto revoked = revoked_.find(grant_id); revoked != revoked_.end()) {
+      return RevokedError(grant_id, revoked->second);
+    }
+    std::shared_ptr<Flight> flight;
+    if (auto it = in_flight_.find(grant_id); it != in_flight_.end()) {
+      flight = it->second;
+      flight->deadline = std::max(flight->deadline, deadline);
+    } else {
+      // A flight may have finished (and cached its token) since the miss above.
+      if (std::optional<AccessToken> hit = cache_.Get(grant_id, min_valid)) return std::move(*hit);
+      if (stopping_) return absl::UnavailableError("UNAVAILABLE: the refresher is shutting down");
+      flight = StartFlightLocked(grant_id, deadline);
+    }
+    if (!mu_.AwaitWithDeadline(absl::Condition(flight.get(), &Flight::Finished), deadline)) {
       result = absl::UnavailableError(
           absl::StrCat("UNAVAILABLE: the caller's deadline passed while grant ", Sv(grant_id),
                        " was being refreshed; retry_after_ms=",
-                       options_.initial_backoff / absl::Milliseconds(1)));
+                       CeilMillis(std::max(options_.initial_backoff, flight->retry_after))));
+    } else if (flight->revoked) {
+      result = RevokedError(grant_id, flight->revoke_reason);
+    } else if (!flight->done) {
+      result = absl::UnavailableError("UNAVAILABLE: the refresher is shutting down");
     } else {
       result = CloneResult(flight->result);
     }
   }
   if (!result.ok()) return ServeStaleOr(grant_id, result.status());
   return result;
+}
+
+void Refresher::Revoke(std::string_view grant_id, std::string reason) {
+  absl::MutexLock lock(&mu_);
+  MarkRevokedLocked(grant_id, std::move(reason));
+}
+
+void Refresher::Forget(std::string_view grant_id) { cache_.Erase(grant_id); }
+
+void Refresher::MarkRevokedLocked(std::string_view grant_id, std::string reason) {
+  cache_.Erase(grant_id);
+  if (auto it = in_flight_.find(grant_id); it != in_flight_.end()) {
+    it->second->revoked = true;
+    it->second->abandoned = true;
+    it->second->revoke_reason = reason;
+  }
+  revoked_.insert_or_assign(std::string(grant_id), std::move(reason));
+}
+
+std::vector<BreakerState> Refresher::Breakers() const {
+  const absl::Time now = deps_.clock->Now();
+  std::vector<BreakerState> out;
+  absl::MutexLock lock(&mu_);
+  out.reserve(breakers_.size());
+  for (const auto& [connector_id, breaker] : breakers_) {
+    BreakerState state{connector_id, breaker.phase, breaker.consecutive_failures,
+                       breaker.open_until, breaker.last_failure};
+    if (state.phase == BreakerPhase::kOpen && now >= state.open_until) {
+      state.phase = BreakerPhase::kHalfOpen;  // the next request is the probe
+    }
+    out.push_back(std::move(state));
+  }
+  return out;
+}
+
+std::shared_ptr<Refresher::Flight> Refresher::StartFlightLocked(std::string_view grant_id,
+                                                                absl::Time deadline) {
+  auto flight = std::make_shared<Flight>(grant_id, deadline);
+  in_flight_.emplace(std::string(grant_id), flight);
+  queue_.push_back(flight);
+  if (idle_workers_ < queue_.size() &&
+      workers_.size() < static_cast<size_t>(options_.max_concurrent_refreshes)) {
+    workers_.emplace_back([this] { WorkerLoop(); });
+  }
+  return flight;
+}
+
+void Refresher::StartRefreshAhead(std::string_view grant_id) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_ || revoked_.contains(grant_id) || in_flight_.contains(grant_id)) return;
+  // Nobody waits for it: it gets one request_timeout's worth of attempts, more if a caller
+  // joins it with a later deadline.
+  StartFlightLocked(grant_id, absl::Now() + options_.request_timeout);
+}
+
+void Refresher::WorkerLoop() {
+  mu_.Lock();
+  while (true) {
+    ++idle_workers_;
+    mu_.Await(absl::Condition(this, &Refresher::HasWorkOrStopping));
+    --idle_workers_;
+    if (queue_.empty()) break;  // stopping
+    std::shared_ptr<Flight> flight = std::move(queue_.front());
+    queue_.pop_front();
+    mu_.Unlock();
+    absl::StatusOr<Refreshed> outcome = Refresh(*flight);
+    mu_.Lock();
+    FinishLocked(*flight, std::move(outcome));
+  }
+  mu_.Unlock();
+}
+
+void Refresher::FinishLocked(Flight& flight, absl::StatusOr<Refreshed> outcome) {
+  if (auto revoked = revoked_.find(flight.grant_id); revoked != revoked_.end()) {
+    // Revoked while the refresh ran: its token is neither served nor cached.
+    flight.result = RevokedError(flight.grant_id, revoked->second);
+  } else if (outcome.ok()) {
+    cache_.Put(flight.grant_id, outcome->token.Clone(), outcome->refresh_at);
+    flight.result = std::move(outcome->token);
+  } else {
+    flight.result = outcome.status();
+  }
+  flight.done = true;
+  auto it = in_flight_.find(flight.grant_id);
+  if (it != in_flight_.end() && it->second.get() == &flight) in_flight_.erase(it);
+}
+
+bool Refresher::Abandoned(const Flight& flight) const {
+  absl::MutexLock lock(&mu_);
+  return flight.abandoned;
+}
+
+bool Refresher::IsRevoked(std::string_view grant_id) const {
+  absl::MutexLock lock(&mu_);
+  return revoked_.contains(grant_id);
+}
+
+absl::Time Refresher::FlightDeadline(const Flight& flight) const {
+  absl::MutexLock lock(&mu_);
+  return flight.deadline;
+}
+
+void Refresher::NoteRetryAfter(Flight& flight, absl::Duration wait) {
+  absl::MutexLock lock(&mu_);
+  flight.retry_after = std::max(flight.retry_after, wait);
+}
+
+absl::Status Refresher::UnavailableFor(const Flight& flight, std::string_view what) const {
+  absl::Duration retry_after = options_.initial_backoff;
+  {
+    absl::MutexLock lock(&mu_);
+    retry_after = std::max(retry_after, flight.retry_after);
+  }
+  return absl::UnavailableError(absl::StrCat("UNAVAILABLE: grant ", flight.grant_id, ": ", Sv(what),
+                                             "; retry_after_ms=", CeilMillis(retry_after)));
+}
+
+bool Refresher::BackOff(const Flight& flight, absl::Duration wait) {
+  absl::MutexLock lock(&mu_);
+  return !mu_.AwaitWithTimeout(absl::Condition(&flight.abandoned), wait);
+}
+
+absl::Time Refresher::RefreshAheadAt(const store::Grant& grant, absl::Time now,
+                                     absl::Duration lifetime, absl::BitGen& random) const {
+  absl::Duration margin = options_.refresh_ahead;
+  if (auto it = options_.refresh_ahead_by_connector.find(grant.connector_id);
+      it != options_.refresh_ahead_by_connector.end()) {
+    margin = it->second;
+  } else if (auto by_type = options_.refresh_ahead_by_connector.find(grant.connector_type);
+             by_type != options_.refresh_ahead_by_connector.end()) {
+    margin = by_type->second;
+  }
+  if (margin <= absl::ZeroDuration() || lifetime == absl::InfiniteDuration()) {
+    return absl::InfiniteFuture();
+  }
+  if (options_.refresh_ahead_jitter > 0) {
+    margin *=
+        absl::Uniform(random, 1 - options_.refresh_ahead_jitter, 1 + options_.refresh_ahead_jitter);
+  }
+  margin = std::min(margin, lifetime / 2);
+  return now + lifetime - margin;
+}
+
+absl::Status Refresher::AdmitUpstream(const std::string& connector_id, bool take_probe,
+                                      absl::Duration* retry_after) {
+  const absl::Time now = deps_.clock->Now();
+  absl::MutexLock lock(&mu_);
+  Breaker& breaker = breakers_[connector_id];
+  switch (breaker.phase) {
+    case BreakerPhase::kClosed:
+      return absl::OkStatus();
+    case BreakerPhase::kOpen:
+      if (now < breaker.open_until) {
+        *retry_after = breaker.open_until - now;
+        return absl::UnavailableError(absl::StrCat(
+            "the circuit breaker for connector ", connector_id, " is open after ",
+            breaker.consecutive_failures,
+            " consecutive upstream failures (last: ", breaker.last_failure, "); nothing was sent"));
+      }
+      if (take_probe) {
+        breaker.phase = BreakerPhase::kHalfOpen;
+        breaker.probe_in_flight = true;
+      }
+      return absl::OkStatus();
+    case BreakerPhase::kHalfOpen:
+      if (breaker.probe_in_flight) {
+        *retry_after = options_.initial_backoff;
+        return absl::UnavailableError(
+            absl::StrCat("the circuit breaker for connector ", connector_id,
+                         " is half-open and its probe request is in flight; nothing was sent"));
+      }
+      if (take_probe) breaker.probe_in_flight = true;
+      return absl::OkStatus();
+  }
+  return absl::OkStatus();
+}
+
+void Refresher::RecordUpstream(const std::string& connector_id, bool failed, std::string what,
+                               absl::Duration server_wait) {
+  const absl::Time now = deps_.clock->Now();
+  absl::MutexLock lock(&mu_);
+  Breaker& breaker = breakers_[connector_id];
+  if (!failed) {
+    breaker.phase = BreakerPhase::kClosed;
+    breaker.consecutive_failures = 0;
+    breaker.probe_in_flight = false;
+    return;
+  }
+  ++breaker.consecutive_failures;
+  breaker.last_failure = std::move(what);
+  if (breaker.phase == BreakerPhase::kHalfOpen ||
+      breaker.consecutive_failures >= options_.breaker_failure_threshold) {
+    breaker.phase = BreakerPhase::kOpen;
+    breaker.open_until = now + std::max(options_.breaker_cooldown, server_wait);
+    breaker.probe_in_flight = false;
+  }
 }
 
 absl::StatusOr<AccessToken> Refresher::ServeStaleOr(std::string_view grant_id,
@@ -133,14 +375,18 @@ absl::StatusOr<AccessToken> Refresher::ServeStaleOr(std::string_view grant_id,
   return status;
 }
 
-absl::StatusOr<AccessToken> Refresher::Refresh(const std::string& grant_id, absl::Time deadline) {
+absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
+  const std::string& grant_id = flight.grant_id;
   absl::BitGen random;
   for (int round = 0; round < kMaxRotationRounds; ++round) {
+    if (Abandoned(flight)) return UnavailableFor(flight, "the refresh was abandoned");
     GV_ASSIGN_OR_RETURN(store::Grant grant, deps_.store->GetGrant(grant_id));
     if (grant.status == store::GrantStatus::kRevoked) {
-      cache_.Erase(grant_id);
-      return absl::FailedPreconditionError(
-          absl::StrCat("REVOKED: grant ", grant_id, " is revoked: ", grant.status_reason));
+      {
+        absl::MutexLock lock(&mu_);
+        MarkRevokedLocked(grant_id, grant.status_reason);  // final: no need to ask again
+      }
+      return RevokedError(grant_id, grant.status_reason);
     }
     if (grant.status == store::GrantStatus::kReauthRequired) {
       cache_.Erase(grant_id);
@@ -154,22 +400,32 @@ absl::StatusOr<AccessToken> Refresher::Refresh(const std::string& grant_id, absl
       // A connector without refresh tokens: the grant keeps its long-lived access token.
       GV_ASSIGN_OR_RETURN(store::SealedSecret sealed_access,
                           deps_.store->GetSealedSecret({grant_id, kAccessTokenPurpose}));
-      AccessToken token;
-      GV_ASSIGN_OR_RETURN(token.token,
+      Refreshed out;
+      GV_ASSIGN_OR_RETURN(out.token.token,
                           deps_.sealer->Open(sealed_access.record, ContextFor(sealed_access)));
-      token.expires_at = grant.access_token_expires_at.value_or(absl::InfiniteFuture());
-      if (token.expires_at <= deps_.clock->Now()) {
+      out.token.expires_at = grant.access_token_expires_at.value_or(absl::InfiniteFuture());
+      if (out.token.expires_at <= deps_.clock->Now()) {
         return absl::FailedPreconditionError(
             absl::StrCat("REAUTH_REQUIRED: grant ", grant_id,
                          " holds an access token that has expired and no refresh token"));
       }
-      cache_.Put(grant_id, token.Clone());
-      return token;
+      return out;
     }
     GV_RETURN_IF_ERROR(sealed_refresh.status());
     if (sealed_refresh->workspace_id != grant.workspace_id ||
         sealed_refresh->connector_id != grant.connector_id) {
       return absl::DataLossError("the refresh token row is bound to another grant");
+    }
+    const std::string& connector_id = grant.connector_id;
+
+    // An open breaker: nothing is sent, and no marker is written.
+    {
+      absl::Duration wait = absl::ZeroDuration();
+      if (absl::Status admitted = AdmitUpstream(connector_id, /*take_probe=*/false, &wait);
+          !admitted.ok()) {
+        NoteRetryAfter(flight, wait);
+        return UnavailableFor(flight, std::string(admitted.message()));
+      }
     }
 
     GV_ASSIGN_OR_RETURN(store::ConnectorRegistration registration,
@@ -202,19 +458,32 @@ absl::StatusOr<AccessToken> Refresher::Refresh(const std::string& grant_id, absl
       marker.updated_at = deps_.clock->Now();
       GV_RETURN_IF_ERROR(deps_.store->PutSealedSecret(marker));
     }
-    auto resolve_attempt = [&] {
-      // Best effort: a marker left behind only makes a later invalid_grant name the crash
-      // window.
-      deps_.store->DeleteSealedSecret(marker.key).IgnoreError();
+    // Best effort: a marker left behind only makes a later invalid_grant name the crash window.
+    auto resolve_attempt = [&] { deps_.store->DeleteSealedSecret(marker.key).IgnoreError(); };
+    // After an outcome that rotated nothing, the marker goes unless it also stands for an
+    // earlier attempt whose outcome is still unknown.
+    auto resolve_attempt_unless_earlier = [&] {
+      if (!earlier_attempt_unresolved) resolve_attempt();
     };
 
     absl::Duration backoff = options_.initial_backoff;
-    absl::Status last = absl::UnavailableError("no attempt was made before the deadline");
-    absl::Duration retry_after = options_.initial_backoff;
+    std::string last = "no attempt was made";
+    bool outcome_unknown = false;  // a request may have reached the server unanswered
     std::optional<oauth::TokenResponse> tokens;
     for (int attempt = 0; attempt < options_.max_attempts; ++attempt) {
-      const absl::Duration remaining = deadline - deps_.clock->Now();
-      if (remaining <= absl::ZeroDuration()) break;
+      if (Abandoned(flight)) {
+        last = "the refresh was abandoned";
+        break;
+      }
+      {
+        absl::Duration wait = absl::ZeroDuration();
+        if (absl::Status admitted = AdmitUpstream(connector_id, /*take_probe=*/true, &wait);
+            !admitted.ok()) {
+          NoteRetryAfter(flight, wait);
+          last = std::string(admitted.message());
+          break;
+        }
+      }
       absl::StatusOr<oauth::HttpResponse> response;
       {
         const oauth::TokenRequest request(
@@ -225,28 +494,32 @@ absl::StatusOr<AccessToken> Refresher::Refresh(const std::string& grant_id, absl
           absl::MutexLock lock(&mu_);
           ++upstream_requests_;
         }
-        response = deps_.http->Send(request.http(), std::min(remaining, options_.request_timeout));
+        // Never cut short by a caller's deadline: an answer that carries a rotated token must
+        // be read and committed even when nobody waits for it any more.
+        response = deps_.http->Send(request.http(), options_.request_timeout);
       }
-      bool retryable = false;
+      absl::Duration server_wait = absl::ZeroDuration();
       if (!response.ok()) {
         // No answer: the server may or may not have rotated the token; the marker stays.
-        last = absl::UnavailableError(
-            absl::StrCat("the token endpoint did not answer: ", response.status().message()));
-        retryable = true;
+        last = absl::StrCat("the token endpoint did not answer: ", response.status().message());
+        outcome_unknown = true;
+        RecordUpstream(connector_id, /*failed=*/true, "no answer", absl::ZeroDuration());
       } else if (response->status == 429 || response->status >= 500) {
-        last = absl::UnavailableError(
-            absl::StrCat("the token endpoint answered HTTP ", response->status));
-        if (std::optional<absl::Duration> server_wait = RetryAfter(*response)) {
-          retry_after = std::max(retry_after, *server_wait);
-          backoff = std::max(backoff, *server_wait);
-        }
-        retryable = true;
+        last = absl::StrCat("the token endpoint answered HTTP ", response->status);
+        server_wait = RetryAfter(*response).value_or(absl::ZeroDuration());
+        NoteRetryAfter(flight, server_wait);
+        RecordUpstream(connector_id, /*failed=*/true, absl::StrCat("HTTP ", response->status),
+                       server_wait);
       } else {
         absl::StatusOr<oauth::TokenResponse> parsed =
             oauth::ParseTokenResponse(*response, profile.catalog_type);
         if (parsed.ok()) {
+          RecordUpstream(connector_id, /*failed=*/false, "", absl::ZeroDuration());
           tokens = std::move(*parsed);
           break;
+        }
+        if (absl::IsFailedPrecondition(parsed.status())) {
+          RecordUpstream(connector_id, /*failed=*/false, "", absl::ZeroDuration());
         }
         if (absl::IsFailedPrecondition(parsed.status()) &&
             absl::StrContains(parsed.status().message(), "invalid_grant")) {
@@ -256,36 +529,56 @@ absl::StatusOr<AccessToken> Refresher::Refresh(const std::string& grant_id, absl
                                                "the authorization server refused the refresh token "
                                                "(invalid_grant): revoked, expired or reused");
           cache_.Erase(grant_id);
-          GV_RETURN_IF_ERROR(deps_.store->SetGrantStatus(
-              grant_id, store::GrantStatus::kReauthRequired, reason, deps_.clock->Now()));
+          if (IsRevoked(grant_id)) {
+            resolve_attempt();
+            return absl::FailedPreconditionError(
+                absl::StrCat("REVOKED: grant ", grant_id, " is revoked"));
+          }
+          absl::Status marked = deps_.store->SetGrantStatus(
+              grant_id, store::GrantStatus::kReauthRequired, reason, deps_.clock->Now());
+          if (!marked.ok()) {
+            // A revoked grant cannot change status: a revocation won the race.
+            absl::StatusOr<store::Grant> now = deps_.store->GetGrant(grant_id);
+            if (now.ok() && now->status == store::GrantStatus::kRevoked) {
+              absl::MutexLock lock(&mu_);
+              MarkRevokedLocked(grant_id, now->status_reason);
+              return RevokedError(grant_id, now->status_reason);
+            }
+            return marked;
+          }
           resolve_attempt();
           return absl::FailedPreconditionError(
               absl::StrCat("REAUTH_REQUIRED: grant ", grant_id, ": ", reason));
         }
         if (absl::IsFailedPrecondition(parsed.status())) {
           // Another refusal (invalid_client, unauthorized_client…): nothing was rotated.
-          resolve_attempt();
+          resolve_attempt_unless_earlier();
           return parsed.status();
         }
-        // A malformed answer: it may have carried a rotated token; the marker stays.
-        return absl::UnavailableError(
-            absl::StrCat("UNAVAILABLE: grant ", grant_id, ": ", parsed.status().message(),
-                         "; retry_after_ms=", retry_after / absl::Milliseconds(1)));
+        // A malformed answer: it may have carried a rotated token (the marker stays), and
+        // resending could lose another one: no retry.
+        RecordUpstream(connector_id, /*failed=*/true, "malformed answer", absl::ZeroDuration());
+        return UnavailableFor(flight, std::string(parsed.status().message()));
       }
-      if (!retryable || attempt + 1 == options_.max_attempts) break;
-      const absl::Duration wait = std::min(
-          options_.max_backoff, backoff * absl::Uniform(random, 0.5, 1.5));  // jitter: ±50 %
-      if (deps_.clock->Now() + wait >= deadline) break;
-      absl::SleepFor(wait);
-      backoff = std::min(options_.max_backoff, backoff * 2);
+      if (attempt + 1 == options_.max_attempts) break;
+      const absl::Duration jittered =
+          std::min(options_.max_backoff, backoff * absl::Uniform(random, 0.5, 1.5));
+      const absl::Duration wait = std::max(jittered, server_wait);  // Retry-After is a floor
+      if (absl::Now() + wait >= FlightDeadline(flight)) break;
+      if (!BackOff(flight, wait)) {
+        last = "the refresh was abandoned";
+        break;
+      }
+      backoff = std::min(options_.max_backoff, std::max(backoff, server_wait) * 2);
     }
     if (!tokens.has_value()) {
-      return absl::UnavailableError(
-          absl::StrCat("UNAVAILABLE: grant ", grant_id, ": ", last.message(),
-                       "; retry_after_ms=", retry_after / absl::Milliseconds(1)));
+      if (!outcome_unknown) resolve_attempt_unless_earlier();
+      return UnavailableFor(flight, last);
     }
 
-    // Commit the rotated refresh token before anyone sees the access token.
+    // Commit the rotated refresh token before anyone sees the access token. Also when the
+    // grant was revoked meanwhile: the old token is dead, and revoking at the provider needs
+    // the current one.
     bool rotated_elsewhere = false;
     if (!tokens->refresh_token.empty()) {
       GV_ASSIGN_OR_RETURN(hsm::Sealed sealed,
@@ -298,10 +591,9 @@ absl::StatusOr<AccessToken> Refresher::Refresh(const std::string& grant_id, absl
         if (!applied.ok()) {
           // The new refresh token is not recorded: this is the crash window, and the marker
           // stays so that the invalid_grant that follows names it.
-          return absl::UnavailableError(absl::StrCat(
-              "UNAVAILABLE: grant ", grant_id,
-              ": the rotated refresh token could not be stored: ", applied.status().message(),
-              "; retry_after_ms=", options_.initial_backoff / absl::Milliseconds(1)));
+          return UnavailableFor(flight, absl::StrCat("the rotated refresh token could not be "
+                                                     "stored: ",
+                                                     applied.status().message()));
         }
         if (*applied == 1) {
           committed = true;
@@ -319,27 +611,24 @@ absl::StatusOr<AccessToken> Refresher::Refresh(const std::string& grant_id, absl
         update.expected_record = current.record;
       }
       if (rotated_elsewhere) continue;  // start over from the store; never resend the old token
-      if (!committed) {
-        return absl::UnavailableError(
-            absl::StrCat("UNAVAILABLE: grant ", grant_id,
-                         ": the refresh token row kept changing; retry_after_ms=",
-                         options_.initial_backoff / absl::Milliseconds(1)));
-      }
+      if (!committed) return UnavailableFor(flight, "the refresh token row kept changing");
     }
     resolve_attempt();
 
-    AccessToken token;
-    token.token = std::move(tokens->access_token);
-    if (!tokens->token_type.empty()) token.token_type = tokens->token_type;
-    token.expires_at =
-        deps_.clock->Now() + tokens->expires_in.value_or(kDefaultAccessTokenLifetime);
-    cache_.Put(grant_id, token.Clone());
-    return token;
+    const absl::Time now = deps_.clock->Now();
+    const absl::Duration lifetime = tokens->expires_in.value_or(kDefaultAccessTokenLifetime);
+    Refreshed out;
+    out.token.token = std::move(tokens->access_token);
+    if (!tokens->token_type.empty()) out.token.token_type = tokens->token_type;
+    out.token.expires_at = now + lifetime;
+    out.refresh_at = RefreshAheadAt(grant, now, lifetime, random);
+    if (!IsRevoked(grant_id)) {
+      // Best effort: the token is as valid whether or not its expiry is on record.
+      deps_.store->SetAccessTokenExpiry(grant_id, out.token.expires_at, now).IgnoreError();
+    }
+    return out;
   }
-  return absl::UnavailableError(absl::StrCat("UNAVAILABLE: grant ", grant_id,
-                                             ": its refresh token kept being rotated elsewhere; "
-                                             "retry_after_ms=",
-                                             options_.initial_backoff / absl::Milliseconds(1)));
+  return UnavailableFor(flight, "its refresh token kept being rotated elsewhere");
 }
 
 }  // namespace grantvault::tokens

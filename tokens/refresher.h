@@ -7,28 +7,50 @@
 //    and-swap on the record that was sent) before any caller sees the access
 //    token that came with it. A refresh token that has been sent is never
 //    sent again by this process once its successor is known.
+//  - Refreshes run on the Refresher's own worker threads; callers only wait
+//    for them, each until its own deadline. A request that has been sent is
+//    never cut short by a caller's deadline (only by request_timeout), so a
+//    rotated token is not lost because a caller gave up.
 //  - `invalid_grant` marks the grant reauth_required (with a reason) and
 //    answers FailedPrecondition "REAUTH_REQUIRED: …"; a revoked grant
 //    answers FailedPrecondition "REVOKED: …".
 //  - 5xx, 429 and transport failures are retried with jittered backoff inside
-//    the caller's deadline; meanwhile, and after, a cached token that is still
-//    valid (even for less than `min_valid`) is served; otherwise Unavailable
-//    "… retry_after_ms=N".
+//    the callers' deadlines (Retry-After honoured); meanwhile, and after, a
+//    cached token that is still valid (even for less than `min_valid`) is
+//    served; otherwise Unavailable "… retry_after_ms=N".
+//  - Refresh ahead: a cached token inside its connector's margin before
+//    expiry is still answered at once, and one background refresh is started.
+//  - A circuit breaker per connector opens after
+//    `breaker_failure_threshold` consecutive upstream failures; while open
+//    nothing is sent to that connector's token endpoint.
+//  - Revoke(grant) erases the cached token and releases every caller waiting
+//    for that grant with "REVOKED: …" at once; a refresh that completes later
+//    is neither served nor cached. The store is read only on a cache miss.
 //  - A grant whose connector issues no refresh token holds a sealed
 //    "access_token": it is answered as long-lived (or until the grant's
 //    recorded expiry).
 //  - Never logs; no error message holds a token or secret.
-// Thread-safe. Every dependency must outlive the Refresher.
+// Clocks: token expiry, refresh-ahead and the breaker's cool-down use
+// deps.clock; callers' deadlines, request timeouts and backoff sleeps are
+// real time (absl::Now()).
+// Thread-safe. Every dependency must outlive the Refresher; no call may be in
+// progress when it is destroyed (the destructor waits for requests already
+// sent, at most request_timeout).
 #ifndef GRANTVAULT_TOKENS_REFRESHER_H_
 #define GRANTVAULT_TOKENS_REFRESHER_H_
 
+#include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/random/random.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -65,6 +87,42 @@ struct RefresherOptions {
   absl::Duration max_backoff = absl::Seconds(5);
   // The most one token-endpoint request may take.
   absl::Duration request_timeout = absl::Seconds(20);
+
+  // Refresh ahead of expiry: a cached token with less than its margin left is
+  // still answered, and one background refresh is started. The margin is
+  // `refresh_ahead_by_connector[connector id]` (else [connector type], else
+  // `refresh_ahead`), scaled by a random factor in [1 - jitter, 1 + jitter]
+  // drawn once per token, and at most half the token's lifetime. A zero
+  // margin turns it off.
+  absl::Duration refresh_ahead = absl::Seconds(60);
+  double refresh_ahead_jitter = 0.2;
+  std::map<std::string, absl::Duration, std::less<>> refresh_ahead_by_connector;
+
+  // Circuit breaker per connector id: open after this many consecutive
+  // upstream failures (5xx, 429, no answer, a malformed answer; never a
+  // definite refusal such as invalid_grant), for `breaker_cooldown` or the
+  // server's Retry-After if longer; then one probe request is let through.
+  int breaker_failure_threshold = 5;
+  absl::Duration breaker_cooldown = absl::Seconds(30);
+
+  // Worker threads (grants refreshed at once); more grants wait their turn.
+  int max_concurrent_refreshes = 16;
+};
+
+enum class BreakerPhase {
+  kClosed,    // requests go upstream
+  kOpen,      // nothing is sent until `open_until`
+  kHalfOpen,  // the next request (one) is a probe; its outcome closes or reopens
+};
+std::string_view BreakerPhaseName(BreakerPhase phase);  // "closed", "open", "half_open"
+
+// One connector's circuit breaker, for status output.
+struct BreakerState {
+  std::string connector_id;
+  BreakerPhase phase = BreakerPhase::kClosed;
+  int consecutive_failures = 0;
+  absl::Time open_until = absl::InfinitePast();  // kOpen: when a probe may go
+  std::string last_failure;                      // e.g. "HTTP 503"; never holds a token or secret
 };
 
 class Refresher {
@@ -72,24 +130,99 @@ class Refresher {
   static absl::StatusOr<std::unique_ptr<Refresher>> Create(const RefresherDeps& deps,
                                                            RefresherOptions options = {});
 
+  ~Refresher();
+  Refresher(const Refresher&) = delete;
+  Refresher& operator=(const Refresher&) = delete;
+
   absl::StatusOr<AccessToken> GetAccessToken(std::string_view grant_id, absl::Duration min_valid,
                                              absl::Time deadline);
+
+  // The revoke path calls this (after or before marking the grant revoked in
+  // the store): the cached token is erased, every caller waiting for the
+  // grant returns FailedPrecondition "REVOKED: grant <id> is revoked:
+  // <reason>" at once, a refresh still in flight is neither served nor cached
+  // nor recorded, and later calls answer the same without reading the store.
+  // Final for the life of the Refresher.
+  void Revoke(std::string_view grant_id, std::string reason);
+  // Drops the grant's cached token, so that the next call reads the store
+  // (e.g. after its status was changed elsewhere).
+  void Forget(std::string_view grant_id);
+
+  // Every connector's circuit breaker seen so far, ordered by connector id.
+  std::vector<BreakerState> Breakers() const;
 
   // Number of refresh-token requests sent upstream (for tests and metrics).
   int64_t upstream_requests() const;
   TokenCache& cache() { return cache_; }
 
  private:
+  // One refresh of one grant, run by a worker; callers wait for it. Fields are
+  // guarded by the Refresher's mu_.
   struct Flight {
+    explicit Flight(std::string_view id, absl::Time first_deadline)
+        : grant_id(id), deadline(first_deadline) {}
+    bool Finished() const { return done || abandoned; }
+
+    const std::string grant_id;
+    absl::Time deadline;  // the latest deadline of anyone waiting: no new attempt after it
+    absl::Duration retry_after = absl::ZeroDuration();  // the longest wait upstream asked for
     bool done = false;
+    bool abandoned = false;  // revoked, or the Refresher is shutting down
+    std::string revoke_reason;
+    bool revoked = false;
     absl::StatusOr<AccessToken> result = absl::UnknownError("pending");
+  };
+  struct Refreshed {
+    AccessToken token;
+    absl::Time refresh_at = absl::InfiniteFuture();  // refresh ahead from then on
+  };
+  struct Breaker {
+    BreakerPhase phase = BreakerPhase::kClosed;
+    int consecutive_failures = 0;
+    absl::Time open_until = absl::InfinitePast();
+    bool probe_in_flight = false;
+    std::string last_failure;
   };
 
   Refresher(const RefresherDeps& deps, RefresherOptions options)
-      : deps_(deps), options_(options), cache_(deps.clock) {}
+      : deps_(deps), options_(std::move(options)), cache_(deps.clock) {}
 
-  // One refresh for `grant_id` (the caller is the flight's leader).
-  absl::StatusOr<AccessToken> Refresh(const std::string& grant_id, absl::Time deadline);
+  // Creates the grant's flight and queues it for a worker.
+  std::shared_ptr<Flight> StartFlightLocked(std::string_view grant_id, absl::Time deadline)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void StartRefreshAhead(std::string_view grant_id) ABSL_LOCKS_EXCLUDED(mu_);
+  void WorkerLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  bool HasWorkOrStopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || !queue_.empty();
+  }
+  // Publishes a flight's outcome (caching a token unless the grant was revoked).
+  void FinishLocked(Flight& flight, absl::StatusOr<Refreshed> outcome)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MarkRevokedLocked(std::string_view grant_id, std::string reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // One refresh for the flight's grant, on a worker thread.
+  absl::StatusOr<Refreshed> Refresh(Flight& flight) ABSL_LOCKS_EXCLUDED(mu_);
+  bool Abandoned(const Flight& flight) const ABSL_LOCKS_EXCLUDED(mu_);
+  bool IsRevoked(std::string_view grant_id) const ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Time FlightDeadline(const Flight& flight) const ABSL_LOCKS_EXCLUDED(mu_);
+  void NoteRetryAfter(Flight& flight, absl::Duration wait) ABSL_LOCKS_EXCLUDED(mu_);
+  // Unavailable "UNAVAILABLE: grant <id>: <what>; retry_after_ms=N".
+  absl::Status UnavailableFor(const Flight& flight, std::string_view what) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Sleeps `wait` unless the flight is abandoned first (then false).
+  bool BackOff(const Flight& flight, absl::Duration wait) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Time RefreshAheadAt(const store::Grant& grant, absl::Time now, absl::Duration lifetime,
+                            absl::BitGen& random) const;
+
+  // The connector's breaker: OK when a request may be sent now (with
+  // `take_probe`, a half-open breaker's one probe is taken by this request);
+  // otherwise Unavailable, and `retry_after` says when to ask again.
+  absl::Status AdmitUpstream(const std::string& connector_id, bool take_probe,
+                             absl::Duration* retry_after) ABSL_LOCKS_EXCLUDED(mu_);
+  void RecordUpstream(const std::string& connector_id, bool failed, std::string what,
+                      absl::Duration server_wait) ABSL_LOCKS_EXCLUDED(mu_);
+
   // Falls back to a still-valid cached token when `status` is Unavailable.
   absl::StatusOr<AccessToken> ServeStaleOr(std::string_view grant_id, absl::Status status);
 
@@ -97,8 +230,14 @@ class Refresher {
   const RefresherOptions options_;
   TokenCache cache_;
 
-  mutable absl::Mutex mu_;
+  mutable absl::Mutex mu_;  // order: mu_ before the cache's mutex
   std::map<std::string, std::shared_ptr<Flight>, std::less<>> in_flight_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string, std::less<>> revoked_ ABSL_GUARDED_BY(mu_);  // → reason
+  std::map<std::string, Breaker, std::less<>> breakers_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::shared_ptr<Flight>> queue_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> workers_ ABSL_GUARDED_BY(mu_);
+  size_t idle_workers_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int64_t upstream_requests_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

@@ -1,5 +1,6 @@
 #include "tokens/token_cache.h"
 
+#include <algorithm>
 #include <utility>
 
 namespace grantvault::tokens {
@@ -9,17 +10,42 @@ std::optional<AccessToken> TokenCache::Get(std::string_view grant_id, absl::Dura
   absl::MutexLock lock(&mu_);
   auto it = entries_.find(grant_id);
   if (it == entries_.end()) return std::nullopt;
-  if (it->second.expires_at <= now) {
+  if (it->second.token.expires_at <= now) {
     entries_.erase(it);
     return std::nullopt;
   }
-  if (it->second.expires_at - now < min_valid) return std::nullopt;
-  return it->second.Clone();
+  if (it->second.token.expires_at - now < min_valid) return std::nullopt;
+  return it->second.token.Clone();
+}
+
+std::optional<TokenCache::Lookup> TokenCache::GetClaimingRefresh(std::string_view grant_id,
+                                                                 absl::Duration min_valid,
+                                                                 absl::Duration min_retry) {
+  const absl::Time now = clock_->Now();
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(grant_id);
+  if (it == entries_.end()) return std::nullopt;
+  Entry& entry = it->second;
+  if (entry.token.expires_at <= now) {
+    entries_.erase(it);
+    return std::nullopt;
+  }
+  if (entry.token.expires_at - now < min_valid) return std::nullopt;
+  Lookup lookup{entry.token.Clone(), false};
+  if (entry.refresh_at <= now) {
+    lookup.refresh_claimed = true;
+    entry.refresh_at = now + std::max(min_retry, (entry.token.expires_at - now) / 4);
+  }
+  return lookup;
 }
 
 void TokenCache::Put(std::string_view grant_id, AccessToken token) {
+  Put(grant_id, std::move(token), absl::InfiniteFuture());
+}
+
+void TokenCache::Put(std::string_view grant_id, AccessToken token, absl::Time refresh_at) {
   absl::MutexLock lock(&mu_);
-  entries_.insert_or_assign(std::string(grant_id), std::move(token));
+  entries_.insert_or_assign(std::string(grant_id), Entry{std::move(token), refresh_at});
 }
 
 void TokenCache::Erase(std::string_view grant_id) {

@@ -1,6 +1,7 @@
 // TokenCache: the access tokens grantvault holds, in SecretBytes, keyed by
 // grant id, each with the time it expires (absl::InfiniteFuture for a
-// long-lived token). Thread-safe; values are handed out as deliberate copies.
+// long-lived token) and the time a refresh ahead of that expiry becomes due.
+// Thread-safe; values are handed out as deliberate copies.
 #ifndef GRANTVAULT_TOKENS_TOKEN_CACHE_H_
 #define GRANTVAULT_TOKENS_TOKEN_CACHE_H_
 
@@ -36,13 +37,31 @@ class TokenCache {
   // `min_valid` from now; nullopt otherwise (an expired entry is dropped).
   std::optional<AccessToken> Get(std::string_view grant_id, absl::Duration min_valid);
   void Put(std::string_view grant_id, AccessToken token);
+  // As Put; from `refresh_at` on, GetClaimingRefresh reports the refresh due.
+  void Put(std::string_view grant_id, AccessToken token, absl::Time refresh_at);
+
+  struct Lookup {
+    AccessToken token;
+    // This caller claimed the entry's refresh ahead of expiry and should start it.
+    bool refresh_claimed = false;
+  };
+  // As Get; and when the entry's refresh time has come, exactly one caller is
+  // told refresh_claimed, and the entry's refresh time moves on by a quarter
+  // of its remaining life (at least `min_retry`), so that a refresh that fails
+  // is claimed again later, not by every caller at once. A new Put resets it.
+  std::optional<Lookup> GetClaimingRefresh(std::string_view grant_id, absl::Duration min_valid,
+                                           absl::Duration min_retry);
   void Erase(std::string_view grant_id);
   size_t size() const;
 
  private:
   Clock* const clock_;
   mutable absl::Mutex mu_;
-  std::map<std::string, AccessToken, std::less<>> entries_ ABSL_GUARDED_BY(mu_);
+  struct Entry {
+    AccessToken token;
+    absl::Time refresh_at = absl::InfiniteFuture();
+  };
+  std::map<std::string, Entry, std::less<>> entries_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace grantvault::tokens

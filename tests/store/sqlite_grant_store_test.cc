@@ -341,6 +341,43 @@ TEST_F(SqliteGrantStoreTest, GrantStatusChangesAndRevokedIsFinal) {
   EXPECT_THAT(raw.status().message(), HasSubstr("a revoked grant cannot change status"));
 }
 
+TEST_F(SqliteGrantStoreTest, RecordsTheAccessTokenExpiryButNotOfARevokedGrant) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  Grant grant = MakeGrant("gr_1", "ws1", "google_workspace");
+  grant.access_token_expires_at.reset();
+  ASSERT_TRUE(store->InsertGrant(grant, SecretFor(grant)).ok());
+  ASSERT_TRUE(
+      store->SetGrantStatus("gr_1", GrantStatus::kReauthRequired, "invalid_grant", At(150)).ok());
+
+  ASSERT_TRUE(store->SetAccessTokenExpiry("gr_1", At(3800), At(200)).ok());
+  absl::StatusOr<Grant> got = store->GetGrant("gr_1");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->access_token_expires_at, At(3800));
+  EXPECT_EQ(got->updated_at, At(200));
+  // The status and its reason are untouched.
+  EXPECT_EQ(got->status, GrantStatus::kReauthRequired);
+  EXPECT_EQ(got->status_reason, "invalid_grant");
+  EXPECT_EQ(got->created_at, At(100));
+
+  // A second refresh moves it on; the value survives reopening.
+  ASSERT_TRUE(store->SetAccessTokenExpiry("gr_1", At(7400), At(3700)).ok());
+  store.reset();
+  store = Open();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(store->GetGrant("gr_1")->access_token_expires_at, At(7400));
+
+  EXPECT_EQ(store->SetAccessTokenExpiry("gr_none", At(1), At(1)).code(),
+            absl::StatusCode::kNotFound);
+  ASSERT_TRUE(store->SetGrantStatus("gr_1", GrantStatus::kRevoked, "admin revoked", At(8000)).ok());
+  absl::Status refused = store->SetAccessTokenExpiry("gr_1", At(9999), At(8100));
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  got = store->GetGrant("gr_1");
+  EXPECT_EQ(got->access_token_expires_at, At(7400));
+  EXPECT_EQ(got->updated_at, At(8000));
+  EXPECT_EQ(got->status, GrantStatus::kRevoked);
+}
+
 TEST_F(SqliteGrantStoreTest, OneCurrentGrantPerWorkspaceConnector) {
   std::unique_ptr<GrantStore> store = OpenWithKeys();
   ASSERT_NE(store, nullptr);

@@ -35,5 +35,41 @@ TEST(TokenCacheTest, PutReplacesAndEraseRemoves) {
   EXPECT_FALSE(cache.Get("gr_a", absl::ZeroDuration()).has_value());
 }
 
+TEST(TokenCacheTest, ARefreshAheadIsClaimedByOneCallerAtATime) {
+  ManualClock clock;
+  TokenCache cache(&clock);
+  const absl::Time expires = clock.Now() + absl::Seconds(100);
+  cache.Put("gr_a", Token("tok-a", expires), /*refresh_at=*/expires - absl::Seconds(40));
+  auto early = cache.GetClaimingRefresh("gr_a", absl::ZeroDuration(), absl::Seconds(1));
+  ASSERT_TRUE(early.has_value());
+  EXPECT_FALSE(early->refresh_claimed);
+
+  clock.Advance(absl::Seconds(60));  // due, 40 s left
+  auto claimed = cache.GetClaimingRefresh("gr_a", absl::ZeroDuration(), absl::Seconds(1));
+  ASSERT_TRUE(claimed.has_value());
+  EXPECT_TRUE(claimed->refresh_claimed);
+  EXPECT_EQ(claimed->token.token.view(), "tok-a");
+  // Everyone else is served without the claim, until a quarter of the remaining life passed.
+  for (int i = 0; i < 5; ++i) {
+    auto other = cache.GetClaimingRefresh("gr_a", absl::ZeroDuration(), absl::Seconds(1));
+    ASSERT_TRUE(other.has_value());
+    EXPECT_FALSE(other->refresh_claimed);
+  }
+  clock.Advance(absl::Seconds(9));
+  EXPECT_FALSE(
+      cache.GetClaimingRefresh("gr_a", absl::ZeroDuration(), absl::Seconds(1))->refresh_claimed);
+  clock.Advance(absl::Seconds(1));
+  EXPECT_TRUE(
+      cache.GetClaimingRefresh("gr_a", absl::ZeroDuration(), absl::Seconds(1))->refresh_claimed);
+  // min_valid still applies, and Get never claims.
+  EXPECT_FALSE(cache.GetClaimingRefresh("gr_a", absl::Seconds(31), absl::Seconds(1)).has_value());
+  // A Put replaces the entry and its refresh time; the plain Put never asks for a refresh.
+  cache.Put("gr_a", Token("tok-b", clock.Now() + absl::Seconds(10)));
+  auto replaced = cache.GetClaimingRefresh("gr_a", absl::ZeroDuration(), absl::Seconds(1));
+  ASSERT_TRUE(replaced.has_value());
+  EXPECT_EQ(replaced->token.token.view(), "tok-b");
+  EXPECT_FALSE(replaced->refresh_claimed);
+}
+
 }  // namespace
 }  // namespace grantvault::tokens
