@@ -1,0 +1,171 @@
+// The audit trail: one hash chain per workspace plus one for the system, kept in
+// its own SQLite database, with checkpoints signed by the HSM audit key, export
+// (JSONL, CSV) and, in audit/verify.h, offline verification.
+//
+// File format and guarantees: docs/audit.md.
+#ifndef GRANTVAULT_AUDIT_AUDIT_LOG_H_
+#define GRANTVAULT_AUDIT_AUDIT_LOG_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "audit/signer.h"
+#include "common/clock.h"
+#include "common/secret_bytes.h"
+
+namespace grantvault::audit {
+
+// Who did it: an admin (by name) or an agent caller (by attested identity).
+struct Actor {
+  std::string admin_user;
+  std::optional<uint32_t> uid;
+  std::optional<int32_t> pid;
+  std::string exe;
+};
+
+// The event types the log accepts; anything else is refused.
+inline constexpr const char* kEventTypes[] = {
+    "grant.authorized",      "grant.scope_changed",    "grant.revoked",
+    "grant.reauth_required", "grant.upstream_revoked", "grant.upstream_revoke_failed",
+    "token.released",        "token.denied",           "key.created",
+    "key.rotated",           "keys.rewrapped",         "key.retired",
+    "connector.registered",  "policy.reloaded",
+};
+bool IsKnownEventType(std::string_view type);
+
+// One audited event. Never holds a secret: a token is named by
+// AuditLog::Fingerprint() (e.g. details["token_fingerprint"]). Strings are
+// recorded as UTF-8; invalid sequences are replaced by U+FFFD before hashing.
+struct Event {
+  std::string type;          // one of kEventTypes
+  std::string workspace_id;  // empty → the system chain
+  Actor actor;
+  std::string grant_id, connector_id, account_id;
+  std::vector<std::string> scopes;  // kept in the given order
+  std::string outcome;              // "ok" | "denied" | "failed"
+  std::string reason;               // never a secret
+  // e.g. "token_fingerprint", "kek", "tool", "request_id". Keys that name a
+  // secret ("access_token", "refresh_token", "client_secret", "code", …) are
+  // refused.
+  std::map<std::string, std::string> details;
+};
+
+enum class Durability {
+  // fsync()ed before Append returns (admin and key events).
+  kDurable,
+  // Committed to the database (so a killed daemon loses nothing) before Append
+  // returns, fsync()ed within AuditOptions::group_commit_interval (so a power
+  // loss loses at most that window). For token.released / token.denied.
+  kGrouped,
+};
+
+struct AuditOptions {
+  // A chain is checkpointed when it has this many records since its last
+  // checkpoint…
+  uint64_t checkpoint_every_records = 1000;
+  // …or when its oldest unsigned record is this old (by the injected Clock).
+  absl::Duration checkpoint_every = absl::Seconds(60);
+  // How often (real time) the checkpoint thread looks at the clock, and the
+  // wait before retrying a checkpoint whose signing failed.
+  absl::Duration checkpoint_poll_interval = absl::Seconds(1);
+  absl::Duration checkpoint_retry_interval = absl::Seconds(5);
+  // kGrouped records are fsync()ed at least this often (real time). Zero:
+  // every batch is fsync()ed, like kDurable.
+  absl::Duration group_commit_interval = absl::Milliseconds(200);
+  // At most this many events per transaction.
+  size_t max_batch = 4096;
+  // How long a writer waits for another connection's lock (SQLite busy timeout).
+  int busy_timeout_ms = 5000;
+};
+
+// What to export: one chain (a workspace, or the system chain when
+// workspace_id is empty), optionally limited by time and event type. Records
+// outside the filter appear as stubs (hashes, seq, time, type; no content), so
+// the export still verifies and proves that nothing matching was left out.
+struct ExportFilter {
+  std::string workspace_id;         // empty → the system chain
+  std::optional<absl::Time> since;  // inclusive
+  std::optional<absl::Time> until;  // exclusive
+  std::vector<std::string> types;   // empty → every type
+};
+
+enum class ExportFormat { kJsonl, kCsv };
+
+// Checkpoint signing health, for the daemon's status.
+struct CheckpointHealth {
+  uint64_t checkpoints_written = 0;
+  uint64_t signing_failures = 0;   // since Open
+  std::string last_signing_error;  // empty when the last attempt succeeded
+  uint64_t unsigned_records = 0;   // records not yet covered by a checkpoint, all chains
+};
+
+// Thread-safe. One writer thread commits queued events in batches; one
+// checkpoint thread signs. Destruction waits for queued events and stops both.
+class AuditLog {
+ public:
+  // Opens (creating if missing, mode 0600, WAL) the database at
+  // `database_path`, records the signer's public key (FailedPrecondition if the
+  // log was signed by a different key under the same label), and checks every
+  // chain's stored tail: the head matches the chains table, each record since
+  // the last checkpoint hashes and links correctly, and that checkpoint's
+  // signature verifies. A tampered or truncated tail is DataLoss naming the
+  // chain and seq; the log is then not opened.
+  //
+  // `fingerprint_key` (at least 32 bytes) keys Fingerprint(); the daemon keeps
+  // it as a sealed secret so that fingerprints stay comparable across restarts.
+  // `clock` (not owned) must outlive the log.
+  static absl::StatusOr<std::unique_ptr<AuditLog>> Open(const std::string& database_path,
+                                                        std::unique_ptr<Signer> signer,
+                                                        SecretBytes fingerprint_key, Clock* clock,
+                                                        AuditOptions options = {});
+  ~AuditLog();
+  AuditLog(const AuditLog&) = delete;
+  AuditLog& operator=(const AuditLog&) = delete;
+
+  // Blocks until the event is recorded (see Durability). An error means the
+  // event is NOT recorded — nothing of it was written — and the caller must
+  // fail closed. InvalidArgument for an unknown type or outcome, a detail key
+  // that names a secret, or an event larger than 64 KiB; ResourceExhausted
+  // when the disk is full; Unavailable for other write failures.
+  absl::Status Append(Event event, Durability durability);
+
+  // "hmac-sha256:" + the first 16 bytes, in hex, of HMAC-SHA256(fingerprint
+  // key, token): names a token without revealing it.
+  std::string Fingerprint(const SecretBytes& token) const;
+
+  // Signs and durably writes a checkpoint of every chain whose head is not
+  // covered yet. An error (e.g. the HSM is unreachable) names the chain.
+  absl::Status Checkpoint();
+
+  // Writes one chain as an export file (format: docs/audit.md): a signed export
+  // statement, the records (stubs outside the filter) and checkpoints, ending
+  // with a signed checkpoint of its last record (Checkpoint() is called first).
+  // `progress` (may be empty) is called with (entries written, total entries).
+  // Appends continue meanwhile; the export is one consistent snapshot.
+  absl::Status Export(const ExportFilter& filter, ExportFormat format, std::ostream& out,
+                      std::function<void(uint64_t done, uint64_t total)> progress);
+
+  // The PEM public key that verifies this log's signatures.
+  std::string PublicKeyPem() const;
+
+  CheckpointHealth checkpoint_health() const;
+
+ private:
+  class Impl;
+  explicit AuditLog(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace grantvault::audit
+
+#endif  // GRANTVAULT_AUDIT_AUDIT_LOG_H_
