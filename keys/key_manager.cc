@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/ids.h"
 #include "common/status.h"
+#include "keys/sealed_context.h"
 
 namespace grantvault::keys {
 namespace {
@@ -143,9 +144,7 @@ absl::StatusOr<RewrapResult> KeyManager::Rewrap(
               std::any_of(result.failures.begin(), result.failures.end(),
                           [&](const RewrapResult::Failure& f) { return f.key == s.key; });
           if (known_failure) continue;
-          hsm::SealContext context{s.workspace_id, s.connector_id, s.account_id, s.key.owner_id,
-                                   s.key.purpose};
-          absl::StatusOr<hsm::Sealed> moved = sealer.Rewrap(s.record, context);
+          absl::StatusOr<hsm::Sealed> moved = sealer.Rewrap(s.record, SealContextOf(s));
           if (!moved.ok()) {
             // A token fault (not the record's) stops the run; it resumes later.
             if (!absl::IsDataLoss(moved.status()) && !absl::IsNotFound(moved.status()) &&

@@ -9,6 +9,7 @@
 #include "common/ids.h"
 #include "common/status.h"
 #include "common/strings.h"
+#include "keys/sealed_context.h"
 #include "oauth/identity.h"
 #include "oauth/token_request.h"
 #include "oauth/token_response.h"
@@ -29,11 +30,6 @@ void AppendField(std::string& body, std::string_view name, std::string_view valu
   body.push_back('=');
   WipedString encoded{PercentEncode(value)};
   body += encoded.value;
-}
-
-hsm::SealContext ContextFor(const store::SealedSecret& s) {
-  return hsm::SealContext{s.workspace_id, s.connector_id, s.account_id, s.key.owner_id,
-                          s.key.purpose};
 }
 
 std::string Host(std::string_view uri) {
@@ -93,7 +89,8 @@ absl::StatusOr<store::ConnectorRegistration> Authorizer::Register(
   store::SealedSecret secret;
   secret.key = {store::RegistrationSecretOwner(registration.connector_id), kClientSecretPurpose};
   secret.connector_id = registration.connector_id;
-  GV_ASSIGN_OR_RETURN(hsm::Sealed sealed, deps_.sealer->Seal(client_secret, ContextFor(secret)));
+  GV_ASSIGN_OR_RETURN(hsm::Sealed sealed,
+                      deps_.sealer->Seal(client_secret, keys::SealContextOf(secret)));
   secret.kek_label = sealed.kek.label;
   secret.record = std::move(sealed.record);
   secret.updated_at = now;
@@ -110,7 +107,7 @@ absl::StatusOr<SecretBytes> Authorizer::OpenClientSecret(
   if (secret.connector_id != registration.connector_id) {
     return absl::DataLossError("the client secret row is bound to another connector");
   }
-  return deps_.sealer->Open(secret.record, ContextFor(secret));
+  return deps_.sealer->Open(secret.record, keys::SealContextOf(secret));
 }
 
 absl::StatusOr<Authorizer::Started> Authorizer::Begin(std::string_view workspace_id,
@@ -173,7 +170,7 @@ absl::StatusOr<Authorizer::Started> Authorizer::Begin(std::string_view workspace
     s.key = {session.session_id, kVerifierPurpose};
     s.workspace_id = session.workspace_id;
     s.connector_id = session.connector_id;
-    GV_ASSIGN_OR_RETURN(hsm::Sealed sealed, deps_.sealer->Seal(verifier, ContextFor(s)));
+    GV_ASSIGN_OR_RETURN(hsm::Sealed sealed, deps_.sealer->Seal(verifier, keys::SealContextOf(s)));
     s.kek_label = sealed.kek.label;
     s.record = std::move(sealed.record);
     s.updated_at = now;
@@ -231,8 +228,9 @@ absl::StatusOr<Authorizer::Completed> Authorizer::Complete(const Callback& callb
   }
   SecretBytes verifier;
   if (consumed->pkce_verifier.has_value()) {
-    GV_ASSIGN_OR_RETURN(verifier, deps_.sealer->Open(consumed->pkce_verifier->record,
-                                                     ContextFor(*consumed->pkce_verifier)));
+    GV_ASSIGN_OR_RETURN(verifier,
+                        deps_.sealer->Open(consumed->pkce_verifier->record,
+                                           keys::SealContextOf(*consumed->pkce_verifier)));
   }
   GV_ASSIGN_OR_RETURN(SecretBytes client_secret, OpenClientSecret(registration));
 
@@ -299,7 +297,7 @@ absl::StatusOr<Authorizer::Completed> Authorizer::Complete(const Callback& callb
   secret.account_id = grant.account_id;
   GV_ASSIGN_OR_RETURN(hsm::Sealed sealed,
                       deps_.sealer->Seal(seal_refresh ? tokens.refresh_token : tokens.access_token,
-                                         ContextFor(secret)));
+                                         keys::SealContextOf(secret)));
   secret.kek_label = sealed.kek.label;
   secret.record = std::move(sealed.record);
   secret.updated_at = now;

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "common/strings.h"
+#include "keys/sealed_context.h"
 #include "oauth/token_request.h"
 #include "oauth/token_response.h"
 
@@ -28,11 +29,6 @@ constexpr int kMaxCommitAttempts = 3;
 constexpr int kMaxRotationRounds = 3;
 // The least time between two claims of one cached token's refresh ahead.
 constexpr absl::Duration kMinRefreshAheadRetry = absl::Seconds(1);
-
-hsm::SealContext ContextFor(const store::SealedSecret& s) {
-  return hsm::SealContext{s.workspace_id, s.connector_id, s.account_id, s.key.owner_id,
-                          s.key.purpose};
-}
 
 // Retry-After (RFC 9110 §10.2.3) in delta-seconds; an HTTP date is not honoured.
 std::optional<absl::Duration> RetryAfter(const oauth::HttpResponse& response) {
@@ -231,12 +227,19 @@ void Refresher::WorkerLoop() {
     if (queue_.empty()) break;  // stopping
     std::shared_ptr<Flight> flight = std::move(queue_.front());
     queue_.pop_front();
+    running_.insert(flight->grant_id);
     mu_.Unlock();
     absl::StatusOr<Refreshed> outcome = Refresh(*flight);
     mu_.Lock();
+    running_.erase(running_.find(flight->grant_id));
     FinishLocked(*flight, std::move(outcome));
   }
   mu_.Unlock();
+}
+
+bool Refresher::Refreshing(std::string_view grant_id) const {
+  absl::MutexLock lock(&mu_);
+  return running_.find(grant_id) != running_.end();
 }
 
 void Refresher::FinishLocked(Flight& flight, absl::StatusOr<Refreshed> outcome) {
@@ -401,8 +404,8 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
       GV_ASSIGN_OR_RETURN(store::SealedSecret sealed_access,
                           deps_.store->GetSealedSecret({grant_id, kAccessTokenPurpose}));
       Refreshed out;
-      GV_ASSIGN_OR_RETURN(out.token.token,
-                          deps_.sealer->Open(sealed_access.record, ContextFor(sealed_access)));
+      GV_ASSIGN_OR_RETURN(out.token.token, deps_.sealer->Open(sealed_access.record,
+                                                              keys::SealContextOf(sealed_access)));
       out.token.expires_at = grant.access_token_expires_at.value_or(absl::InfiniteFuture());
       if (out.token.expires_at <= deps_.clock->Now()) {
         return absl::FailedPreconditionError(
@@ -437,9 +440,10 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
             {store::RegistrationSecretOwner(registration.connector_id), kClientSecretPurpose}));
     GV_ASSIGN_OR_RETURN(
         SecretBytes client_secret,
-        deps_.sealer->Open(sealed_client_secret.record, ContextFor(sealed_client_secret)));
-    GV_ASSIGN_OR_RETURN(SecretBytes refresh_token,
-                        deps_.sealer->Open(sealed_refresh->record, ContextFor(*sealed_refresh)));
+        deps_.sealer->Open(sealed_client_secret.record, keys::SealContextOf(sealed_client_secret)));
+    GV_ASSIGN_OR_RETURN(
+        SecretBytes refresh_token,
+        deps_.sealer->Open(sealed_refresh->record, keys::SealContextOf(*sealed_refresh)));
 
     // The attempt marker: present before the request is sent, removed once its outcome is
     // known. Finding one left over means an earlier attempt's outcome was lost (a crash, or a
@@ -452,7 +456,7 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
     const bool earlier_attempt_unresolved = deps_.store->GetSealedSecret(marker.key).ok();
     {
       GV_ASSIGN_OR_RETURN(hsm::Sealed sealed,
-                          deps_.sealer->Seal(SecretBytes::Random(16), ContextFor(marker)));
+                          deps_.sealer->Seal(SecretBytes::Random(16), keys::SealContextOf(marker)));
       marker.kek_label = sealed.kek.label;
       marker.record = std::move(sealed.record);
       marker.updated_at = deps_.clock->Now();
@@ -547,6 +551,7 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
             return marked;
           }
           resolve_attempt();
+          if (deps_.on_reauth_required) deps_.on_reauth_required(grant_id, reason);
           return absl::FailedPreconditionError(
               absl::StrCat("REAUTH_REQUIRED: grant ", grant_id, ": ", reason));
         }
@@ -581,8 +586,9 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
     // the current one.
     bool rotated_elsewhere = false;
     if (!tokens->refresh_token.empty()) {
-      GV_ASSIGN_OR_RETURN(hsm::Sealed sealed,
-                          deps_.sealer->Seal(tokens->refresh_token, ContextFor(*sealed_refresh)));
+      GV_ASSIGN_OR_RETURN(
+          hsm::Sealed sealed,
+          deps_.sealer->Seal(tokens->refresh_token, keys::SealContextOf(*sealed_refresh)));
       store::SealedSecretUpdate update{sealed_refresh->key, sealed_refresh->record,
                                        sealed.kek.label, std::move(sealed.record)};
       bool committed = false;
@@ -603,7 +609,7 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
         GV_ASSIGN_OR_RETURN(store::SealedSecret current,
                             deps_.store->GetSealedSecret(sealed_refresh->key));
         GV_ASSIGN_OR_RETURN(SecretBytes current_token,
-                            deps_.sealer->Open(current.record, ContextFor(current)));
+                            deps_.sealer->Open(current.record, keys::SealContextOf(current)));
         if (!(current_token == refresh_token)) {
           rotated_elsewhere = true;
           break;
