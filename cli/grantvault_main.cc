@@ -4,6 +4,7 @@
 // argument, 3 permission denied, 4 not found, 5 daemon unavailable (not
 // running, busy, deadline), 6 refused in the current state.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <poll.h>
@@ -26,6 +27,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "audit/verify.h"
 #include "common/files.h"
 #include "google/protobuf/util/json_util.h"
 #include "grantvault/v1/envelope.pb.h"
@@ -190,6 +192,17 @@ void PrintGrant(const v1::GrantInfo& g, bool detail) {
   std::printf("  updated        %s\n", Millis(g.updated_at_ms()).c_str());
   if (!g.status_reason().empty()) std::printf("  reason         %s\n", g.status_reason().c_str());
   for (const auto& [k, v] : g.metadata()) std::printf("  %-14s %s\n", k.c_str(), v.c_str());
+  if (!g.upstream_revocation().empty()) {
+    std::printf("  at provider    %s after %u attempt(s)\n", g.upstream_revocation().c_str(),
+                g.upstream_revocation_attempts());
+    if (g.upstream_revocation() == "pending") {
+      std::printf("  last error     %s\n  next attempt   %s\n",
+                  g.upstream_revocation_error().c_str(),
+                  Millis(g.upstream_revocation_next_attempt_ms()).c_str());
+    } else if (g.upstream_revocation() == "manual") {
+      std::printf("  (the provider has no revocation API: remove the app in its admin console)\n");
+    }
+  }
 }
 
 void PrintKey(const v1::KeyVersion& k) {
@@ -203,25 +216,28 @@ void PrintKey(const v1::KeyVersion& k) {
 // A progress bar on stderr when it is a terminal; nothing otherwise.
 class ProgressBar {
  public:
-  explicit ProgressBar(bool enabled) : enabled_(enabled && ::isatty(STDERR_FILENO)) {}
+  ProgressBar(bool enabled, std::string label)
+      : enabled_(enabled && ::isatty(STDERR_FILENO)), label_(std::move(label)) {}
   void Update(uint64_t done, uint64_t remaining) {
     if (!enabled_) return;
     const uint64_t total = done + remaining;
     const int width = 40;
     const int filled = total == 0 ? width : static_cast<int>(width * done / total);
-    std::fprintf(stderr, "\rrewrap [%s%s] %3d%% %llu/%llu",
+    std::fprintf(stderr, "\r%s [%s%s] %3d%% %llu/%llu", label_.c_str(),
                  std::string(static_cast<size_t>(filled), '#').c_str(),
                  std::string(static_cast<size_t>(width - filled), '.').c_str(),
                  total == 0 ? 100 : static_cast<int>(100 * done / total),
                  static_cast<unsigned long long>(done), static_cast<unsigned long long>(total));
     drawn_ = true;
   }
+
   ~ProgressBar() {
     if (drawn_) std::fputc('\n', stderr);
   }
 
  private:
-  bool enabled_;
+  const bool enabled_;
+  const std::string label_;
   bool drawn_ = false;
 };
 
@@ -347,6 +363,15 @@ int Main(int argc, char** argv) {
       std::printf("  sealed      %llu secret(s)\n",
                   static_cast<unsigned long long>(s.sealed_secrets()));
       std::printf("  connections %u\n", s.open_connections());
+      if (s.upstream_revocations_pending() > 0) {
+        std::printf("  revocations %u pending at providers (grants show names them)\n",
+                    s.upstream_revocations_pending());
+      }
+      std::printf("  audit       %s\n",
+                  !s.audit_enabled() ? "OFF"
+                  : s.audit_last_signing_error().empty()
+                      ? "on"
+                      : ("on; checkpoints failing: " + s.audit_last_signing_error()).c_str());
     });
   });
 
@@ -378,7 +403,7 @@ int Main(int argc, char** argv) {
   rewrap->callback([&] {
     v1::Request r;
     r.mutable_rewrap()->set_batch_size(batch);
-    ProgressBar bar(!g.json);
+    ProgressBar bar(!g.json, "rewrap");
     bool left_records = false;
     rc = Run(
         g, r,
@@ -699,6 +724,143 @@ int Main(int argc, char** argv) {
           OPENSSL_cleanse(out.mutable_access_token()->data(), out.access_token().size());
         },
         nullptr, Socket::kAgent);
+  });
+
+  std::string rv_grant, rv_workspace, rv_connector, rv_reason;
+  CLI::App* revoke = app.add_subcommand(
+      "revoke", "revoke a grant: at once here, then at the provider (retried until it succeeds)");
+  revoke->add_option("GRANT_ID", rv_grant, "grant id (gr_…); or --workspace and --connector");
+  revoke->add_option("--workspace", rv_workspace, "the workspace whose current grant to revoke");
+  revoke->add_option("--connector", rv_connector, "with --workspace: the connector");
+  revoke->add_option("--reason", rv_reason, "why (audited)")->required();
+  revoke->callback([&] {
+    v1::Request r;
+    v1::RevokeGrantRequest* in = r.mutable_revoke_grant();
+    in->set_grant_id(rv_grant);
+    in->set_workspace_id(rv_workspace);
+    in->set_connector_id(rv_connector);
+    in->set_reason(rv_reason);
+    rc = Run(g, r, [&](const v1::Response& resp) {
+      if (g.json) return (void)std::printf("%s\n", Json(resp.revoke_grant()).c_str());
+      std::printf("Revoked: ");
+      PrintGrant(resp.revoke_grant().grant(), true);
+    });
+  });
+
+  CLI::App* audit_cmd = app.add_subcommand("audit", "the tamper-evident audit log");
+  audit_cmd->require_subcommand(1);
+  std::string ax_workspace, ax_since, ax_until, ax_format = "jsonl", ax_out;
+  std::vector<std::string> ax_events;
+  bool ax_system = false;
+  CLI::App* ax = audit_cmd->add_subcommand(
+      "export", "export one chain (a workspace, or --system) as JSONL or CSV (docs/audit.md)");
+  ax->add_option("--workspace", ax_workspace, "workspace id");
+  ax->add_flag("--system", ax_system, "the system chain (keys, connectors, policy)");
+  ax->add_option("--since", ax_since, "from this time (RFC 3339, inclusive)");
+  ax->add_option("--until", ax_until, "up to this time (RFC 3339, exclusive)");
+  ax->add_option("--event", ax_events, "only these event types (repeatable)");
+  ax->add_option("--format", ax_format, "jsonl (default) or csv")
+      ->check(CLI::IsMember({"jsonl", "csv"}));
+  ax->add_option("-o,--output", ax_out, "file to write (created 0600)")->required();
+  ax->callback([&] {
+    v1::Request r;
+    v1::AuditExportRequest* in = r.mutable_audit_export();
+    in->set_workspace_id(ax_workspace);
+    in->set_system(ax_system);
+    for (const auto& [text, field] :
+         {std::pair{&ax_since, &v1::AuditExportRequest::set_since_ms},
+          std::pair{&ax_until, &v1::AuditExportRequest::set_until_ms}}) {
+      if (text->empty()) continue;
+      absl::Time t;
+      std::string error;
+      if (!absl::ParseTime(absl::RFC3339_full, *text, &t, &error)) {
+        std::fprintf(stderr, "grantvault: '%s' is not an RFC 3339 time: %s\n", text->c_str(),
+                     error.c_str());
+        rc = kUsage;
+        return;
+      }
+      (in->*field)(absl::ToUnixMillis(t));
+    }
+    for (const std::string& e : ax_events) in->add_event_types(e);
+    in->set_format(ax_format);
+    const int fd = ::open(ax_out.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    std::FILE* out = fd >= 0 ? ::fdopen(fd, "w") : nullptr;
+    if (out == nullptr) {
+      if (fd >= 0) ::close(fd);
+      std::fprintf(stderr, "grantvault: cannot create %s: %s\n", ax_out.c_str(),
+                   std::strerror(errno));
+      rc = kUsage;
+      return;
+    }
+    ProgressBar progress(!g.json, "export");
+    bool write_failed = false;
+    rc = Run(
+        g, r,
+        [&](const v1::Response& resp) {
+          const v1::AuditExportReply& done = resp.audit_export();
+          if (g.json) return (void)std::printf("%s\n", Json(done).c_str());
+          std::printf("Exported %llu record(s), %llu bytes, to %s\n",
+                      static_cast<unsigned long long>(done.records()),
+                      static_cast<unsigned long long>(done.bytes()), ax_out.c_str());
+        },
+        [&](const v1::Response& partial) {
+          const v1::AuditExportChunk& chunk = partial.audit_export_chunk();
+          if (std::fwrite(chunk.data().data(), 1, chunk.data().size(), out) !=
+              chunk.data().size()) {
+            write_failed = true;
+          }
+          progress.Update(chunk.done(), chunk.total() - std::min(chunk.total(), chunk.done()));
+        });
+    if (std::fclose(out) != 0 || write_failed) {
+      std::fprintf(stderr, "grantvault: writing %s failed: %s\n", ax_out.c_str(),
+                   std::strerror(errno));
+      if (rc == kOk) rc = kInternal;
+    }
+    if (rc != kOk) ::unlink(ax_out.c_str());
+  });
+  std::string av_file, av_key;
+  CLI::App* av = audit_cmd->add_subcommand(
+      "verify", "verify an export offline: hash chains and signed checkpoints (no daemon needed)");
+  av->add_option("FILE", av_file, "the exported file (JSONL or CSV)")->required();
+  av->add_option("--public-key", av_key,
+                 "the audit public key (PEM; `grantvault keys audit-public-key -o FILE`)")
+      ->required();
+  av->callback([&] {
+    std::ifstream key_file(av_key);
+    std::string pem((std::istreambuf_iterator<char>(key_file)), std::istreambuf_iterator<char>());
+    if (!key_file.good() && !key_file.eof()) {
+      std::fprintf(stderr, "grantvault: cannot read %s\n", av_key.c_str());
+      rc = kUsage;
+      return;
+    }
+    absl::StatusOr<audit::VerifyReport> report = audit::VerifyExport(av_file, pem);
+    if (!report.ok()) {
+      std::fprintf(stderr, "grantvault: %s: NOT VERIFIED: %s\n", av_file.c_str(),
+                   std::string(report.status().message()).c_str());
+      rc = absl::IsDataLoss(report.status()) ? kRefused : kUsage;
+      return;
+    }
+    const audit::VerifyReport& v = *report;
+    if (g.json) {
+      std::printf(
+          "{\"verified\":true,\"chain\":\"%s\",\"first_seq\":%llu,\"last_seq\":%llu,"
+          "\"records\":%llu,\"stubs\":%llu,\"checkpoints\":%llu,\"key_label\":\"%s\"}\n",
+          v.chain.c_str(), static_cast<unsigned long long>(v.first_seq),
+          static_cast<unsigned long long>(v.last_seq), static_cast<unsigned long long>(v.records),
+          static_cast<unsigned long long>(v.stubs), static_cast<unsigned long long>(v.checkpoints),
+          v.key_label.c_str());
+      return;
+    }
+    std::printf(
+        "%s: verified (%s)\n  chain        %s\n  records      seq %llu..%llu: %llu in "
+        "full, %llu outside the filter\n  checkpoints  %llu, signed by %s, last at %s\n"
+        "  exported at  %s%s\n",
+        av_file.c_str(), v.format.c_str(), v.chain.c_str(),
+        static_cast<unsigned long long>(v.first_seq), static_cast<unsigned long long>(v.last_seq),
+        static_cast<unsigned long long>(v.records), static_cast<unsigned long long>(v.stubs),
+        static_cast<unsigned long long>(v.checkpoints), v.key_label.c_str(),
+        v.last_checkpoint_time.c_str(), v.exported_at.c_str(),
+        v.window_closed ? "" : " (complete up to the last checkpoint)");
   });
 
   CLI::App* grants = app.add_subcommand("grants", "the grants of a workspace (never a secret)");

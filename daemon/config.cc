@@ -97,12 +97,12 @@ const toml::table* Section(const toml::table& root, const std::string& name) {
 }
 
 absl::Status Apply(const toml::table& root, DaemonConfig& c) {
-  GV_RETURN_IF_ERROR(OnlyKnownKeys(
-      root, "",
-      {"state_dir", "hsm", "store", "sockets", "limits", "log", "admin", "oauth", "policy"}));
+  GV_RETURN_IF_ERROR(OnlyKnownKeys(root, "",
+                                   {"state_dir", "hsm", "store", "sockets", "limits", "log",
+                                    "admin", "oauth", "policy", "audit"}));
   GV_RETURN_IF_ERROR(Read(root, "state_dir", &c.state_dir));
   for (const char* name :
-       {"hsm", "store", "sockets", "limits", "log", "admin", "oauth", "policy"}) {
+       {"hsm", "store", "sockets", "limits", "log", "admin", "oauth", "policy", "audit"}) {
     const toml::node* node = root.get(name);
     if (node != nullptr && !node->is_table()) return Invalid(*node, name, "must be a table");
   }
@@ -140,6 +140,15 @@ absl::Status Apply(const toml::table& root, DaemonConfig& c) {
     GV_RETURN_IF_ERROR(ReadUnsigned(*t, "worker_threads", 1, 64, &c.worker_threads));
     GV_RETURN_IF_ERROR(ReadUnsigned(*t, "agent_threads", 1, 256, &c.agent_threads));
   }
+  if (const toml::table* t = Section(root, "audit")) {
+    GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "audit", {"enabled", "database", "group_commit_ms"}));
+    if (const toml::node* n = t->get("enabled")) {
+      if (!n->is_boolean()) return Invalid(*n, "audit.enabled", "must be true or false");
+      c.audit_enabled = n->as_boolean()->get();
+    }
+    GV_RETURN_IF_ERROR(Read(*t, "database", &c.audit_database));
+    GV_RETURN_IF_ERROR(ReadMillis(*t, "group_commit_ms", 0, 10000, &c.audit_group_commit));
+  }
   if (const toml::table* t = Section(root, "policy")) {
     GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "policy", {"file"}));
     GV_RETURN_IF_ERROR(Read(*t, "file", &c.policy_file));
@@ -150,7 +159,14 @@ absl::Status Apply(const toml::table& root, DaemonConfig& c) {
   }
   if (const toml::table* t = Section(root, "oauth")) {
     GV_RETURN_IF_ERROR(
-        OnlyKnownKeys(*t, "oauth", {"ca_file", "use_system_trust_store", "connector_catalog"}));
+        OnlyKnownKeys(*t, "oauth",
+                      {"ca_file", "use_system_trust_store", "connector_catalog",
+                       "revocation_timeout_ms", "revocation_retry_ms", "refresh_timeout_ms"}));
+    GV_RETURN_IF_ERROR(ReadMillis(*t, "refresh_timeout_ms", 100, 600000, &c.oauth_refresh_timeout));
+    GV_RETURN_IF_ERROR(
+        ReadMillis(*t, "revocation_timeout_ms", 100, 600000, &c.oauth_revocation_timeout));
+    GV_RETURN_IF_ERROR(
+        ReadMillis(*t, "revocation_retry_ms", 10, 600000, &c.oauth_revocation_backoff));
     GV_RETURN_IF_ERROR(Read(*t, "ca_file", &c.oauth_ca_file));
     GV_RETURN_IF_ERROR(Read(*t, "connector_catalog", &c.connector_catalog));
     if (const toml::node* n = t->get("use_system_trust_store")) {
@@ -190,6 +206,7 @@ absl::StatusOr<DaemonConfig> LoadConfig(const std::string& config_file,
   if (c.agent_socket.empty()) c.agent_socket = c.state_dir + "/run/agent.sock";
   if (c.admin_socket.empty()) c.admin_socket = c.state_dir + "/run/admin.sock";
   if (c.policy_file.empty()) c.policy_file = c.state_dir + "/policy.toml";
+  if (c.audit_database.empty()) c.audit_database = c.state_dir + "/audit.db";
   const bool external = !c.pin_file.empty() || !c.token_label.empty();
   if (external && (c.pin_file.empty() || c.token_label.empty())) {
     return absl::InvalidArgumentError(

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "ipc/server.h"
 
 namespace grantvault::daemon {
@@ -43,6 +44,14 @@ struct DaemonConfig {
   // request is refused.
   std::string policy_file;
 
+  // The audit log (docs/audit.md). Turning it off is for measuring its cost
+  // only: the daemon then warns at every start, and nothing is audited.
+  bool audit_enabled = true;
+  std::string audit_database;  // default <state_dir>/audit.db
+  // Token releases are committed before the token leaves and fsynced at least
+  // this often (0: every batch). Admin events are always fsynced first.
+  absl::Duration audit_group_commit = absl::Milliseconds(200);
+
   std::string log_level = "info";  // trace, debug, info, warn, error
 
   // OAuth engine: extra trust anchors (PEM) for authorization servers with a
@@ -51,6 +60,12 @@ struct DaemonConfig {
   std::string oauth_ca_file;
   bool oauth_use_system_trust = true;
   std::string connector_catalog;
+  // Revocation at the provider: the most one request may take, and the first
+  // wait before a retry (doubling up to 5 minutes).
+  absl::Duration oauth_revocation_timeout = absl::Seconds(20);
+  // The most one refresh-token request may take (tokens/refresher.h).
+  absl::Duration oauth_refresh_timeout = absl::Seconds(20);
+  absl::Duration oauth_revocation_backoff = absl::Seconds(1);
 
   // Peers allowed on admin.sock, besides the daemon's own uid.
   std::vector<uid_t> admin_uids;

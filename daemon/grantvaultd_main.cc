@@ -15,15 +15,19 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "audit/audit_log.h"
 #include "common/files.h"
 #include "common/status.h"
+#include "daemon/audit_setup.h"
 #include "daemon/config.h"
 #include "daemon/logging.h"
 #include "daemon/oauth_engine.h"
 #include "daemon/resolver.h"
 #include "daemon/service.h"
+#include "daemon/upstream_revoker.h"
 #include "daemon/vault.h"
 #include "hsm/keys.h"
 #include "ipc/server.h"
@@ -139,6 +143,24 @@ absl::Status LoadPolicy(const std::string& path, Resolver& resolver) {
   return absl::OkStatus();
 }
 
+tokens::RefresherOptions RefresherOptionsFrom(const DaemonConfig& config) {
+  tokens::RefresherOptions options;
+  options.request_timeout = config.oauth_refresh_timeout;
+  return options;
+}
+
+// An event of the daemon itself, on the system chain.
+audit::Event SystemEvent(std::string type, std::string reason) {
+  audit::Event e;
+  e.type = std::move(type);
+  e.actor.admin_user = "grantvaultd";
+  e.actor.uid = ::getuid();
+  e.actor.pid = ::getpid();
+  e.outcome = "ok";
+  e.reason = std::move(reason);
+  return e;
+}
+
 int Fail(const absl::Status& status) {
   spdlog::error("{}", std::string(status.message()));
   sd_notifyf(0, "STATUS=failed: %s", std::string(status.message()).c_str());
@@ -170,6 +192,9 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&signals, sig);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
+  // A file-size limit makes writes fail (and the operation with them, closed)
+  // instead of killing the daemon.
+  ::signal(SIGXFSZ, SIG_IGN);
 
   absl::StatusOr<int> lock = LockStateDirectory(config->state_dir);
   if (!lock.ok()) return Fail(lock.status());
@@ -203,17 +228,71 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   if (!oauth.ok()) return Fail(oauth.status());
   Service::OAuth oauth_deps{(*oauth)->authorizer.get(), &(*oauth)->connectors->catalog(), ""};
   // Declared before the service, so that they outlive its worker threads.
-  absl::StatusOr<std::unique_ptr<tokens::Refresher>> refresher = tokens::Refresher::Create(
-      tokens::RefresherDeps{vault->store.get(), vault->sealer.get(), (*oauth)->http.get(),
-                            (*oauth)->connectors.get(), &RealClock()});
-  if (!refresher.ok()) return Fail(refresher.status());
-  Resolver resolver(vault->store.get(), refresher->get());
-  if (absl::Status loaded = LoadPolicy(config->policy_file, resolver); !loaded.ok()) {
-    return Fail(loaded);
+  std::unique_ptr<audit::AuditLog> audit_log;
+  if (config->audit_enabled) {
+    absl::StatusOr<std::unique_ptr<audit::AuditLog>> opened =
+        OpenAuditLog(*config, *vault, &RealClock());
+    if (!opened.ok()) return Fail(opened.status());
+    audit_log = std::move(*opened);
+  } else {
+    spdlog::warn(
+        "audit.disabled: nothing is audited ([audit] enabled = false is for measuring "
+        "the audit log's cost only)");
   }
+  Service* service_for_callbacks = nullptr;  // set once the service exists
+  tokens::RefresherDeps refresher_deps;
+  refresher_deps.store = vault->store.get();
+  refresher_deps.sealer = vault->sealer.get();
+  refresher_deps.http = (*oauth)->http.get();
+  refresher_deps.connectors = (*oauth)->connectors.get();
+  refresher_deps.clock = &RealClock();
+  refresher_deps.on_reauth_required = [&](std::string_view grant_id, std::string_view reason) {
+    if (service_for_callbacks != nullptr) service_for_callbacks->OnReauthRequired(grant_id, reason);
+  };
+  absl::StatusOr<std::unique_ptr<tokens::Refresher>> refresher =
+      tokens::Refresher::Create(refresher_deps, RefresherOptionsFrom(*config));
+  if (!refresher.ok()) return Fail(refresher.status());
+  UpstreamRevoker::Deps revoker_deps;
+  revoker_deps.store = vault->store.get();
+  revoker_deps.sealer = vault->sealer.get();
+  revoker_deps.http = (*oauth)->http.get();
+  revoker_deps.connectors = (*oauth)->connectors.get();
+  revoker_deps.clock = &RealClock();
+  revoker_deps.on_attempt = [&](const store::Grant& grant, const store::UpstreamRevocation& state) {
+    if (service_for_callbacks != nullptr) service_for_callbacks->OnUpstreamAttempt(grant, state);
+  };
+  revoker_deps.refreshing = [&](const std::string& grant_id) {
+    return (*refresher)->Refreshing(grant_id);
+  };
+  UpstreamRevoker::Options revoker_options;
+  revoker_options.request_timeout = config->oauth_revocation_timeout;
+  revoker_options.initial_backoff = config->oauth_revocation_backoff;
+  UpstreamRevoker revoker(revoker_deps, revoker_options);
+  Resolver resolver(vault->store.get(), refresher->get());
+  absl::Status policy_loaded = LoadPolicy(config->policy_file, resolver);
+  if (!policy_loaded.ok()) return Fail(policy_loaded);
   Service service(&*vault, oauth_deps, AdminPolicyFrom(*config), config->worker_threads,
                   &RealClock());
   service.EnableAgents(Service::Agents{&resolver, config->policy_file, config->agent_threads});
+  service.EnableTrail(Service::Trail{audit_log.get(), refresher->get(), &revoker});
+  service_for_callbacks = &service;
+  for (const std::string& c : created) {
+    if (!absl::StrContains(c, "KEK") && !absl::StrContains(c, "audit signing key")) continue;
+    if (absl::Status audited =
+            service.Audit(SystemEvent("key.created", c), audit::Durability::kDurable);
+        !audited.ok()) {
+      return Fail(audited);
+    }
+  }
+  if (resolver.policy() != nullptr) {
+    audit::Event e = SystemEvent("policy.reloaded", "loaded at start");
+    e.details["file"] = config->policy_file;
+    if (absl::Status audited = service.Audit(std::move(e), audit::Durability::kDurable);
+        !audited.ok()) {
+      return Fail(audited);
+    }
+  }
+  revoker.Start();
   absl::StatusOr<Sockets> sockets = OpenSockets(*config, service);
   if (!sockets.ok()) return Fail(sockets.status());
   absl::StatusOr<std::unique_ptr<ipc::Server>> server =
@@ -242,11 +321,21 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
           spdlog::warn("policy.file changes apply at the next start; re-reading {}",
                        config->policy_file);
         }
-        if (absl::Status reloaded = service.ReloadPolicy(); reloaded.ok()) {
+        absl::Status reloaded = service.ReloadPolicy();
+        if (reloaded.ok()) {
           spdlog::info("policy.reloaded file={}", config->policy_file);
         } else {
           spdlog::error("policy.reload_failed file={} {}", config->policy_file,
                         std::string(reloaded.message()));
+        }
+        audit::Event e = SystemEvent("policy.reloaded", reloaded.ok() ? "SIGHUP" : "");
+        e.outcome = reloaded.ok() ? "ok" : "failed";
+        if (!reloaded.ok()) e.reason = std::string(reloaded.message());
+        e.details["file"] = config->policy_file;
+        if (absl::Status audited = service.Audit(std::move(e), audit::Durability::kDurable);
+            !audited.ok()) {
+          spdlog::error("audit.write_failed event=policy.reloaded: {}",
+                        std::string(audited.message()));
         }
         service.ReloadAdminPolicy(AdminPolicyFrom(*fresh));
         spdlog::info(
@@ -262,6 +351,7 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   }
   sd_notify(0, "STOPPING=1");
   (*server)->Shutdown(absl::Seconds(5));
+  revoker.Stop();
   service.Stop();
   for (const std::string& path : sockets->bound_paths) ::unlink(path.c_str());
   spdlog::info("grantvaultd.stopped");

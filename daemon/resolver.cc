@@ -39,20 +39,45 @@ void Resolver::ForgetGrant(const std::string& workspace_id, const std::string& c
 
 absl::StatusOr<store::Grant> Resolver::FindGrant(const std::string& workspace_id,
                                                  const std::string& connector_id) {
+  std::optional<store::Grant> grant;
   {
     absl::MutexLock lock(&mu_);
     auto it = directory_.find({workspace_id, connector_id});
-    if (it != directory_.end()) return it->second;
+    if (it != directory_.end()) grant = it->second;
   }
-  absl::StatusOr<store::Grant> grant = store_->FindCurrentGrant(workspace_id, connector_id);
-  if (absl::IsNotFound(grant.status())) {
-    return absl::NotFoundError(absl::StrCat("workspace '", workspace_id,
-                                            "' has no grant for connector '", connector_id, "'"));
+  if (!grant) {
+    absl::StatusOr<store::Grant> current = store_->FindCurrentGrant(workspace_id, connector_id);
+    if (absl::IsNotFound(current.status())) {
+      // No current grant: if the last one was revoked, say so (an agent must
+      // tell "revoked" from "never authorized").
+      GV_ASSIGN_OR_RETURN(std::vector<store::Grant> all, store_->ListGrants(workspace_id));
+      for (auto it = all.rbegin(); it != all.rend(); ++it) {
+        if (it->connector_id == connector_id) {
+          current = *it;
+          break;
+        }
+      }
+    }
+    if (absl::IsNotFound(current.status())) {
+      return absl::NotFoundError(absl::StrCat("workspace '", workspace_id,
+                                              "' has no grant for connector '", connector_id, "'"));
+    }
+    GV_RETURN_IF_ERROR(current.status());
+    grant = std::move(*current);
+    absl::MutexLock lock(&mu_);
+    directory_.insert_or_assign({workspace_id, connector_id}, *grant);
   }
-  GV_RETURN_IF_ERROR(grant.status());
-  absl::MutexLock lock(&mu_);
-  directory_.insert_or_assign({workspace_id, connector_id}, *grant);
-  return grant;
+  switch (grant->status) {
+    case store::GrantStatus::kRevoked:
+      return absl::FailedPreconditionError(
+          absl::StrCat("REVOKED: grant ", grant->grant_id, " is revoked: ", grant->status_reason));
+    case store::GrantStatus::kReauthRequired:
+      return absl::FailedPreconditionError(
+          absl::StrCat("REAUTH_REQUIRED: grant ", grant->grant_id, ": ", grant->status_reason));
+    case store::GrantStatus::kActive:
+      break;
+  }
+  return *std::move(grant);
 }
 
 absl::StatusOr<policy::CallerRule> Resolver::AllowWorkspace(policy::CallerIdentity& caller,

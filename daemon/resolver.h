@@ -9,7 +9,7 @@
 //   PermissionDenied   no policy, caller not in the policy, workspace/tool/
 //                      scope not allowed, the calling process exited or its
 //                      PID was reused
-//   NotFound           the workspace holds no grant for the connector
+//   NotFound           the workspace never held a grant for the connector
 //   FailedPrecondition "REVOKED: …" / "REAUTH_REQUIRED: …"
 //   Unavailable        upstream trouble, "… retry_after_ms=N"
 //   InvalidArgument    a malformed request
@@ -94,10 +94,10 @@ class Resolver {
 
   mutable absl::Mutex mu_;
   std::shared_ptr<const policy::Policy> policy_ ABSL_GUARDED_BY(mu_);
-  // (workspace, connector) → the current grant's non-secret fields. Only this
-  // daemon writes grants (one daemon per store), and it forgets an entry on
-  // every change it makes; a grant the refresher marks reauth_required is
-  // answered by the refresher itself.
+  // (workspace, connector) → the current grant's non-secret fields, or the
+  // last revoked one when there is no current one. Only this daemon writes
+  // grants (one daemon per store), and it forgets an entry on every change it
+  // makes (authorization, revocation, reauth_required).
   std::map<std::pair<std::string, std::string>, store::Grant> directory_ ABSL_GUARDED_BY(mu_);
 };
 

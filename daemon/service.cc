@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <optional>
+#include <ostream>
+#include <streambuf>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -52,6 +54,8 @@ bool IsAdminRequest(const v1::Request& r) {
     case v1::Request::kListGrants:
     case v1::Request::kShowGrant:
     case v1::Request::kSuggestScopes:
+    case v1::Request::kRevokeGrant:
+    case v1::Request::kAuditExport:
       return true;
     default:
       return false;
@@ -109,14 +113,33 @@ absl::StatusOr<v1::KeyVersion> FindKeyStatus(keys::KeyManager& keys, int version
   return absl::NotFoundError(absl::StrCat("there is no key version ", version));
 }
 
-// "… retry_after_ms=N" at the end of an Unavailable message (tokens/).
-std::optional<uint32_t> RetryAfterMillis(std::string_view message) {
-  constexpr std::string_view kKey = "retry_after_ms=";
-  const size_t at = message.rfind(kKey);
-  if (at == std::string_view::npos) return std::nullopt;
-  uint32_t ms = 0;
-  if (!absl::SimpleAtoi(Sv(message.substr(at + kKey.size())), &ms)) return std::nullopt;
-  return ms;
+// An event done by an admin on admin.sock.
+audit::Event AdminEvent(const v1::Request& request, const ipc::Connection& connection,
+                        std::string type) {
+  audit::Event e;
+  e.type = std::move(type);
+  e.actor.admin_user = request.admin_user();
+  e.actor.uid = connection.peer().uid;
+  e.actor.pid = connection.peer().pid;
+  e.outcome = "ok";
+  return e;
+}
+
+// An admin operation that succeeded but could not be audited is reported as
+// failed: the admin must know the trail has a gap.
+absl::Status AuditFailedAfter(std::string_view what, const absl::Status& audited) {
+  if (audited.ok()) return audited;
+  return absl::Status(audited.code(),
+                      absl::StrCat(Sv(what), " was done, but the audit log could not record it: ",
+                                   audited.message()));
+}
+
+void AddGrantFields(const store::Grant& g, audit::Event& e) {
+  e.workspace_id = g.workspace_id;
+  e.grant_id = g.grant_id;
+  e.connector_id = g.connector_id;
+  e.account_id = g.account_id;
+  e.scopes = g.scopes;
 }
 
 int64_t ExpiryMillis(absl::Time t) {
@@ -145,9 +168,7 @@ v1::Error StatusToError(const absl::Status& status) {
     case absl::StatusCode::kUnavailable:
     case absl::StatusCode::kAborted:
       e.set_code(v1::Error::UNAVAILABLE);
-      e.set_retry_after_ms(
-          RetryAfterMillis(std::string_view(status.message().data(), status.message().size()))
-              .value_or(1000));
+      e.set_retry_after_ms(RetryAfterMillis(status).value_or(1000));
       break;
     case absl::StatusCode::kDeadlineExceeded:
       e.set_code(v1::Error::DEADLINE_EXCEEDED);
@@ -464,8 +485,11 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::R
       if (v.ok()) {
         spdlog::info("key.rotated admin={} uid={} new_kek={}", request.admin_user(),
                      connection->peer().uid, v->label);
+        audit::Event e = AdminEvent(request, *connection, "key.rotated");
+        e.details["kek"] = v->label;
         absl::StatusOr<v1::KeyVersion> k = FindKeyStatus(keys, v->version);
-        status = k.status();
+        status = AuditFailedAfter("the rotation", Audit(std::move(e), audit::Durability::kDurable));
+        if (status.ok()) status = k.status();
         if (k.ok()) *r.mutable_rotate_key()->mutable_key() = *k;
       }
       break;
@@ -487,6 +511,11 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::R
         spdlog::info("keys.rewrapped admin={} uid={} rewrapped={} failures={}",
                      request.admin_user(), connection->peer().uid, result->rewrapped,
                      result->failures.size());
+        audit::Event e = AdminEvent(request, *connection, "keys.rewrapped");
+        e.details["rewrapped"] = absl::StrCat(result->rewrapped);
+        e.details["failures"] = absl::StrCat(result->failures.size());
+        e.details["active_kek"] = vault_->sealer->ActiveKek().label;
+        status = AuditFailedAfter("the rewrap", Audit(std::move(e), audit::Durability::kDurable));
         v1::RewrapReply* reply = r.mutable_rewrap();
         reply->set_rewrapped(static_cast<uint64_t>(result->rewrapped));
         reply->set_changed_meanwhile(static_cast<uint64_t>(result->changed_meanwhile));
@@ -509,8 +538,12 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::R
       if (status.ok()) {
         spdlog::info("key.retired admin={} uid={} version={}", request.admin_user(),
                      connection->peer().uid, version);
+        audit::Event e = AdminEvent(request, *connection, "key.retired");
+        e.details["version"] = absl::StrCat(version);
         absl::StatusOr<v1::KeyVersion> k = FindKeyStatus(keys, version);
-        status = k.status();
+        status =
+            AuditFailedAfter("the retirement", Audit(std::move(e), audit::Durability::kDurable));
+        if (status.ok()) status = k.status();
         if (k.ok()) *r.mutable_retire_key()->mutable_key() = *k;
       }
       break;
@@ -540,16 +573,22 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::R
       status = grants.status();
       if (grants.ok()) {
         v1::ListGrantsReply* reply = r.mutable_list_grants();
-        for (const store::Grant& g : *grants) ToProto(g, reply->add_grants());
+        for (const store::Grant& g : *grants) FillGrant(g, reply->add_grants());
       }
       break;
     }
     case v1::Request::kShowGrant: {
       absl::StatusOr<store::Grant> grant = vault_->store->GetGrant(request.show_grant().grant_id());
       status = grant.status();
-      if (grant.ok()) ToProto(*grant, r.mutable_show_grant()->mutable_grant());
+      if (grant.ok()) FillGrant(*grant, r.mutable_show_grant()->mutable_grant());
       break;
     }
+    case v1::Request::kRevokeGrant:
+      status = RunRevoke(request, r);
+      break;
+    case v1::Request::kAuditExport:
+      status = RunAuditExport(connection, request, r);
+      break;
     case v1::Request::kSuggestScopes: {
       const v1::SuggestScopesRequest& in = request.suggest_scopes();
       std::shared_ptr<const policy::Policy> current =
@@ -613,6 +652,17 @@ v1::StatusReply Service::ComputeStatus() {
     s.set_sealed_secrets(static_cast<uint64_t>(total));
   }
   s.set_active_kek(vault_->sealer->ActiveKek().label);
+  if (absl::StatusOr<std::vector<store::UpstreamRevocation>> pending =
+          vault_->store->ListPendingUpstreamRevocations();
+      pending.ok()) {
+    s.set_upstream_revocations_pending(static_cast<uint32_t>(pending->size()));
+  }
+  s.set_audit_enabled(trail_.audit != nullptr);
+  if (trail_.audit != nullptr) {
+    const audit::CheckpointHealth health = trail_.audit->checkpoint_health();
+    s.set_audit_unsigned_records(health.unsigned_records);
+    s.set_audit_last_signing_error(health.last_signing_error);
+  }
   return s;
 }
 
@@ -686,6 +736,37 @@ void Service::RunResolve(const std::shared_ptr<ipc::Connection>& connection,
     }
   }
   const ipc::PeerCredentials& peer = connection->peer();
+  audit::Event e;
+  e.workspace_id = in.workspace_id();
+  e.connector_id = in.connector_id();
+  e.actor.uid = peer.uid;
+  e.actor.pid = peer.pid;
+  if (caller.ok() && caller->exe_path) e.actor.exe = *caller->exe_path;
+  if (!in.tool().empty()) e.details["tool"] = in.tool();
+  e.details["request_id"] = absl::StrCat(request.request_id());
+  if (resolved.ok()) {
+    e.type = "token.released";
+    e.outcome = "ok";
+    AddGrantFields(resolved->grant, e);
+    e.scopes = resolved->scopes;
+    if (trail_.audit != nullptr) {
+      e.details["token_fingerprint"] = trail_.audit->Fingerprint(resolved->token.token);
+    }
+    // Fail closed: a token whose release cannot be recorded is not released.
+    if (absl::Status audited = Audit(std::move(e), audit::Durability::kGrouped); !audited.ok()) {
+      spdlog::error("token.withheld uid={} pid={} workspace={} connector={}: audit log: {}",
+                    peer.uid, peer.pid, in.workspace_id(), in.connector_id(),
+                    std::string(audited.message()));
+      resolved = absl::UnavailableError(absl::StrCat(
+          "the audit log cannot record the release, so no token is released: ", audited.message()));
+    }
+  } else {
+    e.type = "token.denied";
+    e.outcome = "denied";
+    e.reason = std::string(resolved.status().message());
+    e.scopes.assign(in.scopes().begin(), in.scopes().end());
+    (void)Audit(std::move(e), audit::Durability::kGrouped);  // refused either way
+  }
   if (!resolved.ok()) {
     spdlog::info("token.denied uid={} pid={} workspace={} connector={} tool={} reason={}", peer.uid,
                  peer.pid, in.workspace_id(), in.connector_id(), in.tool(),
@@ -755,6 +836,239 @@ void Service::RunSubscribe(const std::shared_ptr<ipc::Connection>& connection,
   event->set_workspace_id(workspace);
   event->set_at_ms(UnixMillis(clock_->Now()));
   SendResponse(*connection, r);
+}
+
+absl::Status Service::Audit(audit::Event event, audit::Durability durability) {
+  if (trail_.audit == nullptr) return absl::OkStatus();
+  return trail_.audit->Append(std::move(event), durability);
+}
+
+void Service::FillGrant(const store::Grant& grant, v1::GrantInfo* out) {
+  ToProto(grant, out);
+  absl::StatusOr<store::UpstreamRevocation> upstream =
+      vault_->store->GetUpstreamRevocation(grant.grant_id);
+  if (!upstream.ok()) return;
+  out->set_upstream_revocation(std::string(store::UpstreamRevocationStateName(upstream->state)));
+  out->set_upstream_revocation_attempts(static_cast<uint32_t>(upstream->attempts));
+  out->set_upstream_revocation_error(upstream->last_error);
+  if (upstream->state == store::UpstreamRevocationState::kPending) {
+    out->set_upstream_revocation_next_attempt_ms(UnixMillis(upstream->next_attempt_at));
+  }
+}
+
+void Service::OnReauthRequired(std::string_view grant_id, std::string_view reason) {
+  absl::StatusOr<store::Grant> grant = vault_->store->GetGrant(grant_id);
+  if (!grant.ok()) return;
+  spdlog::warn("grant.reauth_required workspace={} connector={} grant={} reason={}",
+               grant->workspace_id, grant->connector_id, grant->grant_id, reason);
+  if (agents_.resolver != nullptr) {
+    agents_.resolver->ForgetGrant(grant->workspace_id, grant->connector_id);
+  }
+  audit::Event e;
+  e.type = "grant.reauth_required";
+  e.actor.admin_user = "grantvaultd";
+  AddGrantFields(*grant, e);
+  e.outcome = "ok";
+  e.reason = std::string(reason);
+  if (absl::Status audited = Audit(std::move(e), audit::Durability::kDurable); !audited.ok()) {
+    spdlog::error("audit.write_failed event=grant.reauth_required grant={}: {}", grant->grant_id,
+                  std::string(audited.message()));
+  }
+  v1::GrantEvent event;
+  event.set_kind(v1::GrantEvent::REAUTH_REQUIRED);
+  event.set_workspace_id(grant->workspace_id);
+  event.set_connector_id(grant->connector_id);
+  event.set_grant_id(grant->grant_id);
+  event.set_account_id(grant->account_id);
+  event.set_reason(std::string(reason));
+  event.set_at_ms(UnixMillis(clock_->Now()));
+  PublishGrantEvent(event);
+}
+
+void Service::OnUpstreamAttempt(const store::Grant& grant, const store::UpstreamRevocation& state) {
+  const bool done = state.state != store::UpstreamRevocationState::kPending;
+  if (done) {
+    spdlog::info("grant.upstream_revoked grant={} connector={} outcome={} attempts={}",
+                 grant.grant_id, grant.connector_id,
+                 store::UpstreamRevocationStateName(state.state), state.attempts);
+  } else {
+    spdlog::warn(
+        "grant.upstream_revoke_failed grant={} connector={} attempts={} next_in={} "
+        "error={}",
+        grant.grant_id, grant.connector_id, state.attempts,
+        absl::FormatDuration(state.next_attempt_at - clock_->Now()), state.last_error);
+  }
+  // Every outcome, and the first failure: later retries are in the log and
+  // in `grants show`, not one audit record per retry.
+  if (!done && state.attempts > 1) return;
+  audit::Event e;
+  e.type = done ? "grant.upstream_revoked" : "grant.upstream_revoke_failed";
+  e.actor.admin_user = "grantvaultd";
+  AddGrantFields(grant, e);
+  e.outcome = done ? "ok" : "failed";
+  e.reason = done ? std::string(store::UpstreamRevocationStateName(state.state)) : state.last_error;
+  e.details["attempts"] = absl::StrCat(state.attempts);
+  if (absl::Status audited = Audit(std::move(e), audit::Durability::kDurable); !audited.ok()) {
+    spdlog::error("audit.write_failed event={} grant={}: {}",
+                  done ? "grant.upstream_revoked" : "grant.upstream_revoke_failed", grant.grant_id,
+                  std::string(audited.message()));
+  }
+}
+
+absl::Status Service::RunRevoke(const v1::Request& request, v1::Response& response) {
+  const v1::RevokeGrantRequest& in = request.revoke_grant();
+  if (in.reason().empty()) return absl::InvalidArgumentError("a revocation needs a reason");
+  absl::StatusOr<store::Grant> found = absl::InvalidArgumentError(
+      "name the grant: its id, or the workspace and connector whose current grant it is");
+  if (!in.grant_id().empty()) {
+    found = vault_->store->GetGrant(in.grant_id());
+  } else if (!in.workspace_id().empty() && !in.connector_id().empty()) {
+    found = vault_->store->FindCurrentGrant(in.workspace_id(), in.connector_id());
+  }
+  GV_RETURN_IF_ERROR(found.status());
+  const store::Grant& grant = *found;
+  if (grant.status == store::GrantStatus::kRevoked) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("grant ", grant.grant_id, " is already revoked (", grant.status_reason, ")"));
+  }
+  // 1. The audit record first: if it cannot be written, nothing happens.
+  audit::Event e;
+  e.type = "grant.revoked";
+  e.actor.admin_user = request.admin_user();
+  AddGrantFields(grant, e);
+  e.outcome = "ok";
+  e.reason = in.reason();
+  if (absl::Status audited = Audit(e, audit::Durability::kDurable); !audited.ok()) {
+    return absl::Status(audited.code(),
+                        absl::StrCat("the audit log cannot record the revocation, so nothing was "
+                                     "revoked: ",
+                                     audited.message()));
+  }
+  // 2. Durable: revoked, and its upstream revocation pending, in one transaction.
+  const std::string reason = absl::StrCat("revoked by ", request.admin_user(), ": ", in.reason());
+  if (absl::Status revoked = vault_->store->RevokeGrant(grant.grant_id, reason, clock_->Now());
+      !revoked.ok()) {
+    e.outcome = "failed";
+    e.details["error"] = std::string(revoked.message());
+    (void)Audit(std::move(e), audit::Durability::kDurable);
+    return revoked;
+  }
+  // 3 and 4. The cached token goes, and every resolve waiting on the grant
+  // fails with REVOKED; the directory forgets it.
+  if (trail_.refresher != nullptr) trail_.refresher->Revoke(grant.grant_id, reason);
+  if (agents_.resolver != nullptr) {
+    agents_.resolver->ForgetGrant(grant.workspace_id, grant.connector_id);
+  }
+  // 5. Agent hosts subscribed to the workspace hear of it.
+  v1::GrantEvent event;
+  event.set_kind(v1::GrantEvent::REVOKED);
+  event.set_workspace_id(grant.workspace_id);
+  event.set_connector_id(grant.connector_id);
+  event.set_grant_id(grant.grant_id);
+  event.set_account_id(grant.account_id);
+  event.set_reason(reason);
+  event.set_at_ms(UnixMillis(clock_->Now()));
+  PublishGrantEvent(event);
+  // 6. The provider, in the background (retried until it confirms).
+  if (trail_.revoker != nullptr) trail_.revoker->Wake();
+  spdlog::info("grant.revoked admin={} workspace={} connector={} grant={} reason={}",
+               request.admin_user(), grant.workspace_id, grant.connector_id, grant.grant_id,
+               in.reason());
+  GV_ASSIGN_OR_RETURN(store::Grant now, vault_->store->GetGrant(grant.grant_id));
+  FillGrant(now, response.mutable_revoke_grant()->mutable_grant());
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Sends what is written to it as AuditExportChunk responses of at most
+// kChunkBytes each (protobuf + frame overhead stay well inside 64 KiB).
+class ChunkStream final : public std::streambuf {
+ public:
+  static constexpr size_t kChunkBytes = 48 * 1024;
+  ChunkStream(ipc::Connection& connection, uint64_t request_id)
+      : connection_(connection), request_id_(request_id) {
+    buffer_.resize(kChunkBytes);
+    setp(buffer_.data(), buffer_.data() + buffer_.size());
+  }
+  void set_progress(uint64_t done, uint64_t total) {
+    done_ = done;
+    total_ = total;
+  }
+  uint64_t bytes() const { return bytes_; }
+  bool Flush() {
+    const size_t n = static_cast<size_t>(pptr() - pbase());
+    if (n == 0) return true;
+    v1::Response r;
+    r.set_request_id(request_id_);
+    r.set_more(true);
+    v1::AuditExportChunk* chunk = r.mutable_audit_export_chunk();
+    chunk->set_data(std::string(pbase(), n));
+    chunk->set_done(done_);
+    chunk->set_total(total_);
+    bytes_ += n;
+    setp(buffer_.data(), buffer_.data() + buffer_.size());
+    std::string frame;
+    if (!r.SerializeToString(&frame)) return false;
+    return connection_.Send(std::move(frame), /*final=*/false);
+  }
+
+ protected:
+  int_type overflow(int_type ch) override {
+    if (!Flush()) return traits_type::eof();
+    if (ch != traits_type::eof()) {
+      *pptr() = traits_type::to_char_type(ch);
+      pbump(1);
+    }
+    return traits_type::not_eof(ch);
+  }
+  int sync() override { return Flush() ? 0 : -1; }
+
+ private:
+  ipc::Connection& connection_;
+  const uint64_t request_id_;
+  std::vector<char> buffer_;
+  uint64_t done_ = 0, total_ = 0, bytes_ = 0;
+};
+
+}  // namespace
+
+absl::Status Service::RunAuditExport(const std::shared_ptr<ipc::Connection>& connection,
+                                     const v1::Request& request, v1::Response& response) {
+  if (trail_.audit == nullptr) {
+    return absl::FailedPreconditionError("auditing is turned off ([audit] enabled = false)");
+  }
+  const v1::AuditExportRequest& in = request.audit_export();
+  if (in.workspace_id().empty() && !in.system()) {
+    return absl::InvalidArgumentError("name a workspace, or ask for the system chain");
+  }
+  if (!in.workspace_id().empty() && in.system()) {
+    return absl::InvalidArgumentError("a workspace or the system chain, not both");
+  }
+  audit::ExportFormat format = audit::ExportFormat::kJsonl;
+  if (in.format() == "csv") {
+    format = audit::ExportFormat::kCsv;
+  } else if (!in.format().empty() && in.format() != "jsonl") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown export format '", in.format(), "' (jsonl or csv)"));
+  }
+  audit::ExportFilter filter;
+  filter.workspace_id = in.workspace_id();
+  if (in.since_ms() != 0) filter.since = absl::FromUnixMillis(in.since_ms());
+  if (in.until_ms() != 0) filter.until = absl::FromUnixMillis(in.until_ms());
+  filter.types.assign(in.event_types().begin(), in.event_types().end());
+  ChunkStream chunks(*connection, request.request_id());
+  std::ostream out(&chunks);
+  uint64_t records = 0;
+  GV_RETURN_IF_ERROR(trail_.audit->Export(filter, format, out, [&](uint64_t done, uint64_t total) {
+    chunks.set_progress(done, total);
+    records = done;
+  }));
+  out.flush();
+  if (!chunks.Flush()) return absl::UnavailableError("the connection closed during the export");
+  response.mutable_audit_export()->set_records(records);
+  response.mutable_audit_export()->set_bytes(chunks.bytes());
+  return absl::OkStatus();
 }
 
 void Service::PublishGrantEvent(const v1::GrantEvent& event) {
@@ -841,6 +1155,12 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
       spdlog::info("connector.registered admin={} uid={} connector={} type={} client_id={}", admin,
                    connection.peer().uid, stored.connector_id, stored.connector_type,
                    stored.client_id);
+      audit::Event e = AdminEvent(request, connection, "connector.registered");
+      e.connector_id = stored.connector_id;
+      e.details["connector_type"] = stored.connector_type;
+      e.details["client_id"] = stored.client_id;
+      GV_RETURN_IF_ERROR(
+          AuditFailedAfter("the registration", Audit(std::move(e), audit::Durability::kDurable)));
       ToProto(stored, oauth_.catalog, r.mutable_register_connector()->mutable_connector());
       return absl::OkStatus();
     }
@@ -922,7 +1242,23 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
                    g.authorized_by, connection.peer().uid, g.workspace_id, g.connector_id,
                    g.grant_id, g.account_id, absl::StrJoin(g.scopes, " "),
                    done->replaced_grant_id ? " replaced=" + *done->replaced_grant_id : "");
-      ToProto(g, r.mutable_complete_authorization()->mutable_grant());
+      audit::Event e =
+          AdminEvent(request, connection,
+                     done->replaced_grant_id ? "grant.scope_changed" : "grant.authorized");
+      e.actor.admin_user = g.authorized_by;
+      AddGrantFields(g, e);
+      if (done->replaced_grant_id) e.details["replaced_grant_id"] = *done->replaced_grant_id;
+      if (absl::Status audited = Audit(std::move(e), audit::Durability::kDurable); !audited.ok()) {
+        // Fail closed: a grant nobody can account for is not left usable.
+        (void)vault_->store->SetGrantStatus(g.grant_id, store::GrantStatus::kRevoked,
+                                            "the audit log could not record its authorization",
+                                            clock_->Now());
+        return absl::Status(audited.code(),
+                            absl::StrCat("the audit log could not record the authorization, so "
+                                         "the new grant was revoked: ",
+                                         audited.message()));
+      }
+      FillGrant(g, r.mutable_complete_authorization()->mutable_grant());
       if (done->replaced_grant_id) {
         r.mutable_complete_authorization()->set_replaced_grant_id(*done->replaced_grant_id);
       }

@@ -21,8 +21,10 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "audit/audit_log.h"
 #include "common/clock.h"
 #include "daemon/resolver.h"
+#include "daemon/upstream_revoker.h"
 #include "daemon/vault.h"
 #include "grantvault/v1/envelope.pb.h"
 #include "ipc/server.h"
@@ -69,6 +71,23 @@ class Service {
     size_t threads = 8;
   };
   void EnableAgents(Agents agents);
+  // The audit log (null: auditing off), the refresher (whose Revoke() purges
+  // a revoked grant's token and fails its waiters) and the upstream revoker.
+  // Before the server starts.
+  struct Trail {
+    audit::AuditLog* audit = nullptr;
+    tokens::Refresher* refresher = nullptr;
+    UpstreamRevoker* revoker = nullptr;
+  };
+  void EnableTrail(Trail trail) { trail_ = trail; }
+  // Appends `event`; OK when auditing is off. An error means it was not
+  // recorded: the caller must fail closed.
+  absl::Status Audit(audit::Event event, audit::Durability durability);
+  // The refresher marked a grant reauth_required: audit it, tell subscribers.
+  void OnReauthRequired(std::string_view grant_id, std::string_view reason);
+  // The upstream revoker made an attempt: audit its outcome.
+  void OnUpstreamAttempt(const store::Grant& grant, const store::UpstreamRevocation& state);
+
   // SIGHUP: re-reads the policy file. On any error the previous policy stays
   // in force and the error says why.
   absl::Status ReloadPolicy();
@@ -126,6 +145,11 @@ class Service {
                         v1::Response& response);
   void AnswerStatus(const std::shared_ptr<ipc::Connection>& connection, uint64_t request_id);
   v1::StatusReply ComputeStatus();
+  absl::Status RunRevoke(const v1::Request& request, v1::Response& response);
+  absl::Status RunAuditExport(const std::shared_ptr<ipc::Connection>& connection,
+                              const v1::Request& request, v1::Response& response);
+  // A grant with its upstream revocation state, for answers.
+  void FillGrant(const store::Grant& grant, v1::GrantInfo* out);
   void SendStatus(ipc::Connection& connection, uint64_t request_id, v1::StatusReply snapshot);
 
   Vault* const vault_;
@@ -139,6 +163,7 @@ class Service {
   struct Workers;
   std::unique_ptr<Workers> workers_;
   Agents agents_;
+  Trail trail_;
   std::unique_ptr<Workers> agent_workers_;
 
   absl::Mutex mu_;

@@ -27,6 +27,29 @@ absl::StatusOr<GrantStatus> ParseGrantStatus(std::string_view name) {
                    "\" (expected active, reauth_required or revoked)"));
 }
 
+std::string_view UpstreamRevocationStateName(UpstreamRevocationState state) {
+  switch (state) {
+    case UpstreamRevocationState::kPending:
+      return "pending";
+    case UpstreamRevocationState::kRevoked:
+      return "revoked";
+    case UpstreamRevocationState::kAlreadyInvalid:
+      return "already_invalid";
+    case UpstreamRevocationState::kManual:
+      return "manual";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<UpstreamRevocationState> ParseUpstreamRevocationState(std::string_view name) {
+  if (name == "pending") return UpstreamRevocationState::kPending;
+  if (name == "revoked") return UpstreamRevocationState::kRevoked;
+  if (name == "already_invalid") return UpstreamRevocationState::kAlreadyInvalid;
+  if (name == "manual") return UpstreamRevocationState::kManual;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown upstream revocation state \"", absl::CHexEscape(Sv(name)), "\""));
+}
+
 std::string_view KeyStateName(KeyState state) {
   switch (state) {
     case KeyState::kActive:

@@ -139,6 +139,27 @@ struct AuthorizationSession {
   bool operator==(const AuthorizationSession&) const = default;
 };
 
+// Revocation at the target tool, after the local revocation.
+enum class UpstreamRevocationState {
+  kPending,         // not done yet: retried with backoff
+  kRevoked,         // the provider confirmed it
+  kAlreadyInvalid,  // the provider said the token was already gone
+  kManual,          // the provider has no API: an admin must remove the app there
+};
+std::string_view UpstreamRevocationStateName(UpstreamRevocationState state);
+absl::StatusOr<UpstreamRevocationState> ParseUpstreamRevocationState(std::string_view name);
+
+struct UpstreamRevocation {
+  std::string grant_id;
+  UpstreamRevocationState state = UpstreamRevocationState::kPending;
+  int attempts = 0;
+  std::string last_error;  // the last failure (never a secret); empty once done
+  absl::Time next_attempt_at = absl::InfinitePast();
+  absl::Time updated_at = absl::InfinitePast();
+
+  bool operator==(const UpstreamRevocation&) const = default;
+};
+
 class GrantStore {
  public:
   virtual ~GrantStore() = default;
@@ -165,6 +186,17 @@ class GrantStore {
   virtual absl::Status SetAccessTokenExpiry(std::string_view grant_id, absl::Time expires_at,
                                             absl::Time now) = 0;
   virtual absl::StatusOr<int64_t> CountGrants() = 0;
+  // Marks the grant revoked with `reason` and records its upstream revocation
+  // as pending, in one transaction. FailedPrecondition if already revoked.
+  virtual absl::Status RevokeGrant(std::string_view grant_id, std::string_view reason,
+                                   absl::Time now) = 0;
+
+  // --- upstream revocations ------------------------------------------------
+  virtual absl::Status PutUpstreamRevocation(const UpstreamRevocation& revocation) = 0;
+  // NotFound when the grant was never revoked through RevokeGrant.
+  virtual absl::StatusOr<UpstreamRevocation> GetUpstreamRevocation(std::string_view grant_id) = 0;
+  // Every pending one, soonest next attempt first.
+  virtual absl::StatusOr<std::vector<UpstreamRevocation>> ListPendingUpstreamRevocations() = 0;
 
   // --- sealed secrets ------------------------------------------------------
   // Inserts or replaces each secret under its key, all in one transaction

@@ -180,6 +180,20 @@ CREATE TABLE authorization_sessions (
 
 CREATE INDEX authorization_sessions_by_expiry ON authorization_sessions (expires_at);
 )sql"},
+    {4, R"sql(
+-- Revocation at the provider, after the local one (DESIGN §7 "Revoke"):
+-- retried in the background until it is done; never blocks the local one.
+CREATE TABLE upstream_revocations (
+  grant_id TEXT PRIMARY KEY NOT NULL REFERENCES grants (grant_id) ON DELETE CASCADE,
+  state TEXT NOT NULL CHECK (state IN ('pending', 'revoked', 'already_invalid', 'manual')),
+  attempts INTEGER NOT NULL,
+  last_error TEXT NOT NULL,
+  next_attempt_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+) STRICT;
+
+CREATE INDEX upstream_revocations_pending ON upstream_revocations (state, next_attempt_at);
+)sql"},
 };
 
 constexpr int kLatestSchemaVersion = kMigrations[std::size(kMigrations) - 1].version;
@@ -631,6 +645,11 @@ class SqliteGrantStore final : public GrantStore {
   absl::Status SetAccessTokenExpiry(std::string_view grant_id, absl::Time expires_at,
                                     absl::Time now) override;
   absl::StatusOr<int64_t> CountGrants() override;
+  absl::Status RevokeGrant(std::string_view grant_id, std::string_view reason,
+                           absl::Time now) override;
+  absl::Status PutUpstreamRevocation(const UpstreamRevocation& revocation) override;
+  absl::StatusOr<UpstreamRevocation> GetUpstreamRevocation(std::string_view grant_id) override;
+  absl::StatusOr<std::vector<UpstreamRevocation>> ListPendingUpstreamRevocations() override;
 
   absl::Status PutSealedSecrets(absl::Span<const SealedSecret> secrets) override;
   absl::StatusOr<SealedSecret> GetSealedSecret(const SealedSecretKey& key) override;
@@ -846,6 +865,116 @@ absl::Status SqliteGrantStore::SetGrantStatus(std::string_view grant_id, GrantSt
   update.BindText(4, grant_id);
   GV_RETURN_IF_ERROR(update.Run());
   return txn.Commit();
+}
+
+absl::Status SqliteGrantStore::RevokeGrant(std::string_view grant_id, std::string_view reason,
+                                           absl::Time now) {
+  std::string context = absl::StrCat("revoke grant ", Sv(grant_id));
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(db(), "SELECT status FROM grants WHERE grant_id = ?", context));
+  query.BindText(1, grant_id);
+  GV_ASSIGN_OR_RETURN(bool row, query.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("grant ", Sv(grant_id), " does not exist"));
+  if (query.Text(0) == GrantStatusName(GrantStatus::kRevoked)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("grant ", Sv(grant_id), " is already revoked"));
+  }
+  GV_ASSIGN_OR_RETURN(
+      Statement update,
+      Statement::Prepare(db(),
+                         "UPDATE grants SET status = 'revoked', status_reason = ?, updated_at = ? "
+                         "WHERE grant_id = ?",
+                         context));
+  update.BindText(1, reason);
+  update.BindTime(2, now);
+  update.BindText(3, grant_id);
+  GV_RETURN_IF_ERROR(update.Run());
+  GV_ASSIGN_OR_RETURN(
+      Statement pending,
+      Statement::Prepare(
+          db(),
+          "INSERT OR REPLACE INTO upstream_revocations (grant_id, state, attempts, "
+          "last_error, next_attempt_at, updated_at) VALUES (?, 'pending', 0, '', ?, ?)",
+          context));
+  pending.BindText(1, grant_id);
+  pending.BindTime(2, now);
+  pending.BindTime(3, now);
+  GV_RETURN_IF_ERROR(pending.Run());
+  return txn.Commit();
+}
+
+absl::Status SqliteGrantStore::PutUpstreamRevocation(const UpstreamRevocation& r) {
+  std::string context = absl::StrCat("record the upstream revocation of grant ", r.grant_id);
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(
+      Statement put,
+      Statement::Prepare(db(),
+                         "INSERT OR REPLACE INTO upstream_revocations (grant_id, state, attempts, "
+                         "last_error, next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                         context));
+  put.BindText(1, r.grant_id);
+  put.BindText(2, UpstreamRevocationStateName(r.state));
+  put.BindInt(3, r.attempts);
+  put.BindText(4, r.last_error);
+  put.BindTime(5, r.next_attempt_at);
+  put.BindTime(6, r.updated_at);
+  return put.Run();
+}
+
+namespace {
+
+constexpr char kSelectUpstreamRevocation[] =
+    "SELECT grant_id, state, attempts, last_error, next_attempt_at, updated_at "
+    "FROM upstream_revocations ";
+
+absl::StatusOr<UpstreamRevocation> ReadUpstreamRevocation(const Statement& row) {
+  UpstreamRevocation r;
+  r.grant_id = row.Text(0);
+  GV_ASSIGN_OR_RETURN(r.state, ParseUpstreamRevocationState(row.Text(1)));
+  r.attempts = static_cast<int>(row.Int(2));
+  r.last_error = row.Text(3);
+  r.next_attempt_at = row.Time(4);
+  r.updated_at = row.Time(5);
+  return r;
+}
+
+}  // namespace
+
+absl::StatusOr<UpstreamRevocation> SqliteGrantStore::GetUpstreamRevocation(
+    std::string_view grant_id) {
+  std::string context = absl::StrCat("read the upstream revocation of grant ", Sv(grant_id));
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(db(), absl::StrCat(kSelectUpstreamRevocation, "WHERE grant_id = ?"),
+                         context));
+  query.BindText(1, grant_id);
+  GV_ASSIGN_OR_RETURN(bool row, query.Step());
+  if (!row) {
+    return absl::NotFoundError(absl::StrCat("grant ", Sv(grant_id), " has no upstream revocation"));
+  }
+  return ReadUpstreamRevocation(query);
+}
+
+absl::StatusOr<std::vector<UpstreamRevocation>> SqliteGrantStore::ListPendingUpstreamRevocations() {
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(
+      Statement query,
+      Statement::Prepare(db(),
+                         absl::StrCat(kSelectUpstreamRevocation,
+                                      "WHERE state = 'pending' ORDER BY next_attempt_at"),
+                         "list pending upstream revocations"));
+  std::vector<UpstreamRevocation> out;
+  for (;;) {
+    GV_ASSIGN_OR_RETURN(bool row, query.Step());
+    if (!row) break;
+    GV_ASSIGN_OR_RETURN(UpstreamRevocation r, ReadUpstreamRevocation(query));
+    out.push_back(std::move(r));
+  }
+  return out;
 }
 
 absl::Status SqliteGrantStore::SetAccessTokenExpiry(std::string_view grant_id,

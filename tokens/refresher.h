@@ -41,9 +41,11 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -78,6 +80,10 @@ struct RefresherDeps {
   oauth::HttpClient* http = nullptr;
   oauth::ConnectorResolver* connectors = nullptr;
   Clock* clock = nullptr;
+  // Called once a grant has been marked reauth_required (after the store
+  // committed it), on the refreshing thread; may be empty. For the audit log
+  // and the grant-event stream.
+  std::function<void(std::string_view grant_id, std::string_view reason)> on_reauth_required;
 };
 
 struct RefresherOptions {
@@ -147,6 +153,11 @@ class Refresher {
   // Drops the grant's cached token, so that the next call reads the store
   // (e.g. after its status was changed elsewhere).
   void Forget(std::string_view grant_id);
+
+  // Whether a refresh of the grant is being run right now (its request may
+  // still bring back a rotated refresh token, which is then committed). The
+  // upstream revoker waits for it, so that it revokes the newest token.
+  bool Refreshing(std::string_view grant_id) const;
 
   // Every connector's circuit breaker seen so far, ordered by connector id.
   std::vector<BreakerState> Breakers() const;
@@ -235,6 +246,9 @@ class Refresher {
   std::map<std::string, std::string, std::less<>> revoked_ ABSL_GUARDED_BY(mu_);  // → reason
   std::map<std::string, Breaker, std::less<>> breakers_ ABSL_GUARDED_BY(mu_);
   std::deque<std::shared_ptr<Flight>> queue_ ABSL_GUARDED_BY(mu_);
+  // Grants whose refresh a worker is running now (even after a revocation
+  // abandoned its callers: the request may still bring a rotated token).
+  std::multiset<std::string, std::less<>> running_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> workers_ ABSL_GUARDED_BY(mu_);
   size_t idle_workers_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -203,7 +203,8 @@ TEST_F(SqliteGrantStoreTest, MigratesEmptyFileWithDurableSettingsAndPrivateMode)
   for (const auto& row : tables) names.push_back(row[0]);
   EXPECT_THAT(names, ElementsAre("authorization_sessions", "connector_parameters",
                                  "connector_registrations", "grant_metadata", "grant_scopes",
-                                 "grants", "key_versions", "schema_migrations", "sealed_secrets"));
+                                 "grants", "key_versions", "schema_migrations", "sealed_secrets",
+                                 "upstream_revocations"));
 }
 
 TEST_F(SqliteGrantStoreTest, ReopeningKeepsDataAndAppliesNothingTwice) {
@@ -339,6 +340,48 @@ TEST_F(SqliteGrantStoreTest, GrantStatusChangesAndRevokedIsFinal) {
       *store, "UPDATE grants SET status = 'active' WHERE grant_id = 'gr_1'");
   EXPECT_EQ(raw.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(raw.status().message(), HasSubstr("a revoked grant cannot change status"));
+}
+
+TEST_F(SqliteGrantStoreTest, RevokeGrantRecordsThePendingUpstreamRevocationInOneStep) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  Grant grant = MakeGrant("gr_1", "ws1", "google_workspace");
+  ASSERT_TRUE(store->InsertGrant(grant, SecretFor(grant)).ok());
+  EXPECT_TRUE(absl::IsNotFound(store->GetUpstreamRevocation("gr_1").status()));
+
+  ASSERT_TRUE(store->RevokeGrant("gr_1", "revoked by alice: offboarding", At(200)).ok());
+  absl::StatusOr<Grant> got = store->GetGrant("gr_1");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->status, GrantStatus::kRevoked);
+  EXPECT_EQ(got->status_reason, "revoked by alice: offboarding");
+  absl::StatusOr<UpstreamRevocation> pending = store->GetUpstreamRevocation("gr_1");
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  EXPECT_EQ(pending->state, UpstreamRevocationState::kPending);
+  EXPECT_EQ(pending->attempts, 0);
+  EXPECT_EQ(pending->next_attempt_at, At(200));
+  EXPECT_EQ(store->ListPendingUpstreamRevocations()->size(), 1u);
+  // Revoked is final: a second revocation is refused and changes nothing.
+  EXPECT_TRUE(absl::IsFailedPrecondition(store->RevokeGrant("gr_1", "again", At(300))));
+  EXPECT_TRUE(absl::IsNotFound(store->RevokeGrant("gr_nope", "x", At(300))));
+
+  // A failed attempt, then success: the state survives reopening.
+  UpstreamRevocation failed = *pending;
+  failed.attempts = 1;
+  failed.last_error = "HTTP 503";
+  failed.next_attempt_at = At(260);
+  failed.updated_at = At(250);
+  ASSERT_TRUE(store->PutUpstreamRevocation(failed).ok());
+  EXPECT_EQ(*store->GetUpstreamRevocation("gr_1"), failed);
+  UpstreamRevocation done = failed;
+  done.state = UpstreamRevocationState::kRevoked;
+  done.attempts = 2;
+  done.last_error.clear();
+  ASSERT_TRUE(store->PutUpstreamRevocation(done).ok());
+  store.reset();
+  store = Open();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(*store->GetUpstreamRevocation("gr_1"), done);
+  EXPECT_TRUE(store->ListPendingUpstreamRevocations()->empty());
 }
 
 TEST_F(SqliteGrantStoreTest, RecordsTheAccessTokenExpiryButNotOfARevokedGrant) {

@@ -48,7 +48,7 @@ struct OAuthProviderOptions {
   int port = 0;
   absl::Duration access_token_ttl = absl::Seconds(60);
   absl::Duration refresh_token_ttl = absl::Hours(14 * 24);
-  absl::Duration startup_timeout = absl::Seconds(20);
+  absl::Duration startup_timeout = absl::Seconds(60);  // generous: CI machines are loaded
 };
 
 class OAuthProvider {
@@ -64,6 +64,8 @@ class OAuthProvider {
   // "https://127.0.0.1:<port>"; discovery at issuer() + "/.well-known/openid-configuration".
   const std::string& issuer() const { return issuer_; }
   int port() const { return port_; }
+  // The server process (tests stall it with SIGSTOP / SIGCONT).
+  pid_t pid() const { return pid_; }
   // The server's self-signed certificate: the one CA a client must trust.
   const std::string& ca_file() const { return ca_file_; }
   const std::vector<OAuthProviderClient>& clients() const { return clients_; }

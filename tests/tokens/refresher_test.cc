@@ -120,7 +120,7 @@ class RefresherTest : public ::testing::Test {
     ASSERT_TRUE(store_->GetSealedSecret({grant_id_, "refresh_token"}).ok());
 
     auto refresher = Refresher::Create(
-        RefresherDeps{store_.get(), sealer_.get(), http_.get(), resolver_.get(), &RealClock()});
+        RefresherDeps{store_.get(), sealer_.get(), http_.get(), resolver_.get(), &RealClock(), {}});
     ASSERT_TRUE(refresher.ok()) << refresher.status();
     refresher_ = std::move(*refresher);
   }
@@ -323,7 +323,7 @@ TEST_F(RefresherTest, ErrorsNeverCarryTokens) {
 TEST_F(RefresherTest, ServerErrorsAreRetriedInsideTheDeadline) {
   FaultyTokenEndpoint faulty(http_.get());
   auto refresher = Refresher::Create(
-      RefresherDeps{store_.get(), sealer_.get(), &faulty, resolver_.get(), &RealClock()});
+      RefresherDeps{store_.get(), sealer_.get(), &faulty, resolver_.get(), &RealClock(), {}});
   ASSERT_TRUE(refresher.ok());
   faulty.Inject(2, 503);
   const absl::Time start = absl::Now();
@@ -341,7 +341,7 @@ TEST_F(RefresherTest, ServerErrorsAreRetriedInsideTheDeadline) {
 TEST_F(RefresherTest, TooManyRequestsServesAStillValidTokenThenUnavailable) {
   FaultyTokenEndpoint faulty(http_.get());
   auto created = Refresher::Create(
-      RefresherDeps{store_.get(), sealer_.get(), &faulty, resolver_.get(), &RealClock()});
+      RefresherDeps{store_.get(), sealer_.get(), &faulty, resolver_.get(), &RealClock(), {}});
   ASSERT_TRUE(created.ok());
   Refresher& refresher = **created;
   auto first =

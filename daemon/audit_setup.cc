@@ -1,0 +1,52 @@
+#include "daemon/audit_setup.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "audit/signer.h"
+#include "common/status.h"
+#include "keys/key_manager.h"
+#include "keys/sealed_context.h"
+
+namespace grantvault::daemon {
+namespace {
+
+constexpr char kFingerprintKeyOwner[] = "audit";
+constexpr char kFingerprintKeyPurpose[] = "fingerprint_key";
+constexpr size_t kFingerprintKeyBytes = 32;
+
+absl::StatusOr<SecretBytes> LoadOrCreateFingerprintKey(Vault& vault, Clock* clock) {
+  const store::SealedSecretKey key{kFingerprintKeyOwner, kFingerprintKeyPurpose};
+  absl::StatusOr<store::SealedSecret> stored = vault.store->GetSealedSecret(key);
+  if (stored.ok()) return keys::OpenSealed(*vault.sealer, *stored);
+  if (!absl::IsNotFound(stored.status())) return stored.status();
+  SecretBytes fresh = SecretBytes::Random(kFingerprintKeyBytes);
+  store::SealedSecret secret;
+  secret.key = key;
+  GV_ASSIGN_OR_RETURN(hsm::Sealed sealed, vault.sealer->Seal(fresh, keys::SealContextOf(secret)));
+  secret.kek_label = sealed.kek.label;
+  secret.record = std::move(sealed.record);
+  secret.updated_at = clock->Now();
+  GV_RETURN_IF_ERROR(vault.store->PutSealedSecret(secret));
+  return fresh;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<audit::AuditLog>> OpenAuditLog(const DaemonConfig& config,
+                                                              Vault& vault, Clock* clock) {
+  GV_ASSIGN_OR_RETURN(std::unique_ptr<audit::Signer> signer,
+                      audit::MakeHsmSigner(*vault.token, keys::kAuditKeyLabel));
+  GV_ASSIGN_OR_RETURN(SecretBytes fingerprint_key, LoadOrCreateFingerprintKey(vault, clock));
+  audit::AuditOptions options;
+  options.group_commit_interval = config.audit_group_commit;
+  absl::StatusOr<std::unique_ptr<audit::AuditLog>> log = audit::AuditLog::Open(
+      config.audit_database, std::move(signer), std::move(fingerprint_key), clock, options);
+  if (!log.ok()) {
+    return absl::Status(log.status().code(), absl::StrCat("audit log ", config.audit_database, ": ",
+                                                          log.status().message()));
+  }
+  return log;
+}
+
+}  // namespace grantvault::daemon

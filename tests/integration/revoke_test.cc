@@ -1,0 +1,424 @@
+// End-to-end revocation and audit: the real grantvaultd and grantvault CLI
+// against the real oidc-provider over TLS.
+//
+//  - Revocation reaches everything: a resolve held on a stalled refresh gets
+//    REVOKED, a subscriber hears of it at once, later resolves get REVOKED,
+//    the failing revocation at the provider is retried and visible until it
+//    succeeds, and then the provider's introspection says the refresh token
+//    is inactive.
+//  - A scripted scenario produces every audit event type; exports of the
+//    workspace and system chains verify offline; no token value is in the
+//    audit database or its exports; an audit log that cannot be written makes
+//    resolve and revoke fail closed.
+#include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <memory>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "daemon/vault.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "ipc/client.h"
+#include "keys/sealed_context.h"
+#include "nlohmann/json.hpp"
+#include "oauth/http_client.h"
+#include "oauth/pkce.h"
+#include "tests/testing/daemon_process.h"
+#include "tests/testing/oauth_provider.h"
+#include "tests/testing/temp_dir.h"
+
+namespace grantvault {
+namespace {
+
+using json = nlohmann::json;
+using testing::CommandResult;
+using testing::DaemonProcess;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::RunCommand;
+
+constexpr char kWorkspace[] = "ws_acme";
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+class RevokeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto provider = testing::OAuthProvider::Start({});
+    ASSERT_TRUE(provider.ok()) << provider.status();
+    provider_ = std::move(*provider);
+    state_ = dir_.Join("state");
+    config_ = dir_.Join("grantvaultd.toml");
+    policy_ = dir_.Join("policy.toml");
+    std::ofstream(policy_) << "[[callers]]\nuid = " << ::getuid()
+                           << "\nrole = \"agent\"\nworkspaces = [\"" << kWorkspace
+                           << "\"]\n[workspaces." << kWorkspace
+                           << "]\nallow_resolve_without_tool = true\n";
+    std::ofstream(config_) << "[oauth]\nca_file = \"" << provider_->ca_file()
+                           << "\"\nuse_system_trust_store = false\n"
+                              "revocation_timeout_ms = 1000\nrevocation_retry_ms = 300\n"
+                              "refresh_timeout_ms = 2000\n"
+                              "[policy]\nfile = \""
+                           << policy_ << "\"\n[audit]\ngroup_commit_ms = 50\n";
+    daemon_ = std::make_unique<DaemonProcess>(
+        std::vector<std::string>{GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+    absl::Status started = daemon_->Start();
+    ASSERT_TRUE(started.ok()) << started;
+    secret_file_ = dir_.Join("client.secret");
+    std::ofstream(secret_file_) << provider_->clients()[0].client_secret;
+    ::chmod(secret_file_.c_str(), 0600);
+    oauth::HttpClientOptions http;
+    http.use_system_trust_store = false;
+    http.ca_file = provider_->ca_file();
+    auto client = oauth::NewHttpClient(http);
+    ASSERT_TRUE(client.ok());
+    http_ = std::move(*client);
+  }
+  void TearDown() override {
+    if (provider_ && provider_->pid() > 0) ::kill(provider_->pid(), SIGCONT);
+    if (daemon_ && daemon_->running()) daemon_->Stop(SIGTERM);
+  }
+
+  CommandResult Cli(std::vector<std::string> args) {
+    args.insert(args.begin(), {GV_CLI, "--state-dir", state_});
+    return RunCommand(args);
+  }
+
+  json CliJson(std::vector<std::string> args) {
+    args.insert(args.begin(), "--json");
+    CommandResult r = Cli(std::move(args));
+    EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+    return json::parse(r.out, nullptr, /*allow_exceptions=*/false);
+  }
+
+  void Register(const std::string& connector) {
+    CommandResult reg =
+        Cli({"connectors", "register", "--id", connector, "--type", "oidc", "--client-id",
+             provider_->clients()[0].client_id, "--client-secret-file", secret_file_, "--issuer",
+             provider_->issuer()});
+    ASSERT_EQ(reg.exit_code, 0) << reg.out << reg.err;
+  }
+
+  // Authorizes through the admin socket; returns the grant id.
+  std::string Authorize(const std::string& connector, std::vector<std::string> scopes = {}) {
+    auto admin = ipc::Client::Connect(state_ + "/run/admin.sock");
+    EXPECT_TRUE(admin.ok());
+    if (!admin.ok()) return "";
+    v1::Request begin;
+    begin.set_admin_user("alice-admin");
+    begin.mutable_begin_authorization()->set_workspace_id(kWorkspace);
+    begin.mutable_begin_authorization()->set_connector_id(connector);
+    for (const std::string& s : scopes) begin.mutable_begin_authorization()->add_scopes(s);
+    begin.mutable_begin_authorization()->set_redirect_uri("http://127.0.0.1/callback");
+    auto started = (*admin)->Call(begin, absl::Seconds(30));
+    EXPECT_TRUE(started.ok() && started->has_begin_authorization());
+    if (!started.ok() || !started->has_begin_authorization()) return "";
+    auto redirect = provider_->Approve(started->begin_authorization().authorization_url());
+    EXPECT_TRUE(redirect.ok()) << redirect.status();
+    v1::Request complete;
+    complete.set_admin_user("alice-admin");
+    complete.mutable_complete_authorization()->set_callback_url(redirect.value_or(""));
+    auto done = (*admin)->Call(complete, absl::Seconds(30));
+    EXPECT_TRUE(done.ok() && done->has_complete_authorization())
+        << (done.ok() ? done->error().message() : done.status().ToString());
+    return done.ok() ? done->complete_authorization().grant().grant_id() : "";
+  }
+
+  static v1::Request Resolve(const std::string& connector, uint32_t min_valid_seconds = 1) {
+    v1::Request r;
+    r.mutable_resolve()->set_workspace_id(kWorkspace);
+    r.mutable_resolve()->set_connector_id(connector);
+    r.mutable_resolve()->set_min_valid_seconds(min_valid_seconds);
+    return r;
+  }
+
+  std::unique_ptr<ipc::Client> Agent() {
+    auto client = ipc::Client::Connect(state_ + "/run/agent.sock");
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? std::move(*client) : nullptr;
+  }
+
+  // The grant's refresh token as the daemon holds it now (read from the
+  // state, which may be opened next to the running daemon).
+  std::string StoredRefreshToken(const std::string& grant_id) {
+    auto vault = daemon::OpenEmbeddedState(state_);
+    EXPECT_TRUE(vault.ok()) << vault.status();
+    if (!vault.ok()) return "";
+    auto secret = vault->store->GetSealedSecret({grant_id, "refresh_token"});
+    EXPECT_TRUE(secret.ok()) << secret.status();
+    if (!secret.ok()) return "";
+    auto token = keys::OpenSealed(*vault->sealer, *secret);
+    EXPECT_TRUE(token.ok());
+    return token.ok() ? std::string(token->view()) : "";
+  }
+
+  // RFC 7009 / RFC 7662 calls of the provider's own, as another client would.
+  absl::StatusOr<json> CallProvider(const std::string& endpoint_key, const std::string& token) {
+    oauth::HttpRequest discovery;
+    discovery.url = provider_->issuer() + "/.well-known/openid-configuration";
+    auto document = http_->Send(discovery, absl::Seconds(10));
+    if (!document.ok()) return document.status();
+    const json metadata = json::parse(document->body, nullptr, false);
+    oauth::HttpRequest request;
+    request.method = "POST";
+    request.url = metadata.value(endpoint_key, "");
+    request.headers = {
+        {"Content-Type", "application/x-www-form-urlencoded"},
+        {"Accept", "application/json"},
+        {"Authorization", "Basic " + oauth::Base64(provider_->clients()[0].client_id + ":" +
+                                                   provider_->clients()[0].client_secret)}};
+    request.body = oauth::FormEncode({{"token", token}, {"token_type_hint", "refresh_token"}});
+    auto response = http_->Send(request, absl::Seconds(10));
+    if (!response.ok()) return response.status();
+    if (response->body.empty()) return json::object();
+    return json::parse(response->body, nullptr, false);
+  }
+
+  testing::TempDir dir_;
+  std::unique_ptr<testing::OAuthProvider> provider_;
+  std::string state_, config_, policy_, secret_file_;
+  std::unique_ptr<DaemonProcess> daemon_;
+  std::unique_ptr<oauth::HttpClient> http_;
+};
+
+TEST_F(RevokeTest, RevocationReachesTheCacheTheWaitersTheSubscribersAndTheProvider) {
+  Register("demo");
+  const std::string grant_id = Authorize("demo");
+  ASSERT_FALSE(grant_id.empty());
+  std::unique_ptr<ipc::Client> agent = Agent();
+  auto first = agent->Call(Resolve("demo"), absl::Seconds(30));
+  ASSERT_TRUE(first.ok() && first->has_resolve())
+      << (first.ok() ? first->error().message() : first.status().ToString());
+  const std::string refresh_token = StoredRefreshToken(grant_id);
+  ASSERT_FALSE(refresh_token.empty());
+  auto active = CallProvider("introspection_endpoint", refresh_token);
+  ASSERT_TRUE(active.ok()) << active.status();
+  ASSERT_EQ((*active)["active"], true) << active->dump();
+
+  // An agent host subscribed to the workspace.
+  absl::Mutex mu;
+  std::vector<std::pair<v1::GrantEvent, absl::Time>> events;
+  std::unique_ptr<ipc::Client> subscriber = Agent();
+  v1::Request subscribe;
+  subscribe.mutable_subscribe()->set_workspace_id(kWorkspace);
+  subscriber->CallAsync(
+      subscribe, absl::Hours(1), [](absl::StatusOr<v1::Response>) {},
+      [&](const v1::Response& r) {
+        absl::MutexLock lock(&mu);
+        events.emplace_back(r.grant_event(), absl::Now());
+      });
+
+  // A resolve held on a refresh the stalled provider does not answer.
+  ASSERT_EQ(::kill(provider_->pid(), SIGSTOP), 0);
+  absl::Notification held_done;
+  absl::StatusOr<v1::Response> held = absl::UnknownError("pending");
+  std::unique_ptr<ipc::Client> waiter = Agent();
+  waiter->CallAsync(Resolve("demo", /*min_valid_seconds=*/600), absl::Seconds(30),
+                    [&](absl::StatusOr<v1::Response> r) {
+                      held = std::move(r);
+                      held_done.Notify();
+                    });
+  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_FALSE(held_done.HasBeenNotified());
+
+  const absl::Time revoke_started = absl::Now();
+  CommandResult revoked = Cli({"revoke", grant_id, "--reason", "offboarding"});
+  const absl::Time revoke_returned = absl::Now();
+  ASSERT_EQ(revoked.exit_code, 0) << revoked.out << revoked.err;
+  EXPECT_THAT(revoked.out, HasSubstr("revoked"));
+
+  // The waiter is released with REVOKED.
+  ASSERT_TRUE(held_done.WaitForNotificationWithTimeout(absl::Seconds(2)));
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_EQ(held->error().code(), v1::Error::REVOKED) << held->error().message();
+
+  // The subscriber heard of it within 100 ms.
+  {
+    absl::MutexLock lock(&mu);
+    auto revoked_event = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+      return std::any_of(events.begin(), events.end(),
+                         [](const auto& e) { return e.first.kind() == v1::GrantEvent::REVOKED; });
+    };
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&revoked_event), absl::Seconds(2)));
+    for (const auto& [event, at] : events) {
+      if (event.kind() != v1::GrantEvent::REVOKED) continue;
+      EXPECT_EQ(event.grant_id(), grant_id);
+      EXPECT_LT(at - revoke_started, (revoke_returned - revoke_started) + absl::Milliseconds(100));
+      std::printf(
+          "subscriber got REVOKED %.1f ms after the revoke started (the CLI took %.1f ms)\n",
+          absl::ToDoubleMilliseconds(at - revoke_started),
+          absl::ToDoubleMilliseconds(revoke_returned - revoke_started));
+    }
+  }
+
+  // Later resolves are REVOKED, from the cache and from a new connection.
+  auto later = Agent()->Call(Resolve("demo"), absl::Seconds(10));
+  ASSERT_TRUE(later.ok());
+  EXPECT_EQ(later->error().code(), v1::Error::REVOKED) << later->error().message();
+
+  // The provider is down: the revocation there fails, is retried, and shows.
+  json shown;
+  for (int i = 0; i < 100; ++i) {
+    shown = CliJson({"grants", "show", grant_id});
+    if (shown["grant"].value("upstream_revocation_attempts", 0) >= 1) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(shown["grant"]["status"], "revoked");
+  EXPECT_EQ(shown["grant"]["upstream_revocation"], "pending") << shown.dump();
+  EXPECT_GE(shown["grant"]["upstream_revocation_attempts"].get<int>(), 1) << shown.dump();
+  EXPECT_FALSE(shown["grant"]["upstream_revocation_error"].get<std::string>().empty());
+  json status = CliJson({"status"});
+  EXPECT_GE(status["upstream_revocations_pending"].get<int>(), 1) << status.dump();
+
+  // The provider comes back: the retry succeeds.
+  ASSERT_EQ(::kill(provider_->pid(), SIGCONT), 0);
+  for (int i = 0; i < 200; ++i) {
+    shown = CliJson({"grants", "show", grant_id});
+    if (shown["grant"]["upstream_revocation"] != "pending") break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(shown["grant"]["upstream_revocation"], "revoked") << shown.dump() << provider_->Log();
+  auto inactive = CallProvider("introspection_endpoint", refresh_token);
+  ASSERT_TRUE(inactive.ok()) << inactive.status();
+  EXPECT_EQ((*inactive)["active"], false) << inactive->dump();
+  for (int i = 0; i < 30; ++i) {  // Status is a snapshot at most a second old
+    status = CliJson({"status"});
+    if (status["upstream_revocations_pending"].get<int>() == 0) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(status["upstream_revocations_pending"].get<int>(), 0);
+}
+
+TEST_F(RevokeTest, EveryEventIsAuditedExportsVerifyAndNoTokenIsInThem) {
+  Register("demo");
+  Register("demo2");
+  const std::string grant_id = Authorize("demo");
+  ASSERT_FALSE(grant_id.empty());
+  // A scope change replaces the grant.
+  const std::string changed = Authorize("demo", {"openid", "offline_access", "profile"});
+  ASSERT_FALSE(changed.empty());
+  std::unique_ptr<ipc::Client> agent = Agent();
+  std::vector<std::string> tokens;
+  auto released = agent->Call(Resolve("demo"), absl::Seconds(30));
+  ASSERT_TRUE(released.ok() && released->has_resolve());
+  tokens.push_back(released->resolve().access_token());
+  tokens.push_back(StoredRefreshToken(changed));
+  auto denied = agent->Call(Resolve("nope"), absl::Seconds(30));
+  ASSERT_TRUE(denied.ok() && denied->has_error());
+
+  // grant.reauth_required: demo2's refresh token is revoked at the provider
+  // behind grantvault's back; its next refresh is refused (invalid_grant).
+  const std::string second = Authorize("demo2");
+  ASSERT_FALSE(second.empty());
+  const std::string second_refresh = StoredRefreshToken(second);
+  tokens.push_back(second_refresh);
+  ASSERT_TRUE(CallProvider("revocation_endpoint", second_refresh).ok());
+  auto reauth = agent->Call(Resolve("demo2", 600), absl::Seconds(30));
+  ASSERT_TRUE(reauth.ok());
+  EXPECT_EQ(reauth->error().code(), v1::Error::REAUTH_REQUIRED) << reauth->error().message();
+
+  ASSERT_EQ(Cli({"revoke", "--workspace", kWorkspace, "--connector", "demo", "--reason", "done"})
+                .exit_code,
+            0);
+  for (int i = 0; i < 100; ++i) {
+    if (CliJson({"grants", "show", changed})["grant"]["upstream_revocation"] == "revoked") break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_EQ(Cli({"keys", "rotate"}).exit_code, 0);
+  ASSERT_EQ(Cli({"keys", "rewrap"}).exit_code, 0);
+  CommandResult retired = Cli({"keys", "retire", "1"});
+  ASSERT_EQ(retired.exit_code, 0) << retired.out << retired.err;
+  daemon_->Signal(SIGHUP);  // policy.reloaded
+  absl::SleepFor(absl::Milliseconds(300));
+
+  const std::string pem = dir_.Join("audit.pem");
+  ASSERT_EQ(Cli({"keys", "audit-public-key", "-o", pem}).exit_code, 0);
+  const std::string ws_export = dir_.Join("ws.jsonl");
+  const std::string system_export = dir_.Join("system.csv");
+  CommandResult exported = Cli({"audit", "export", "--workspace", kWorkspace, "-o", ws_export});
+  ASSERT_EQ(exported.exit_code, 0) << exported.out << exported.err;
+  exported = Cli({"audit", "export", "--system", "--format", "csv", "-o", system_export});
+  ASSERT_EQ(exported.exit_code, 0) << exported.out << exported.err;
+
+  // Offline: the daemon is not needed to verify.
+  for (const std::string& file : {ws_export, system_export}) {
+    CommandResult verified = RunCommand({GV_CLI, "audit", "verify", file, "--public-key", pem});
+    EXPECT_EQ(verified.exit_code, 0) << verified.out << verified.err;
+    EXPECT_THAT(verified.out, HasSubstr("verified"));
+  }
+  const std::string all = Slurp(ws_export) + Slurp(system_export);
+  for (const char* type :
+       {"grant.authorized", "grant.scope_changed", "grant.revoked", "grant.reauth_required",
+        "grant.upstream_revoked", "token.released", "token.denied", "key.created", "key.rotated",
+        "keys.rewrapped", "key.retired", "connector.registered", "policy.reloaded"}) {
+    EXPECT_THAT(all, HasSubstr(type)) << type;
+  }
+  // An edited record is caught and named.
+  std::string edited = Slurp(ws_export);
+  const size_t at = edited.find("offboarding") != std::string::npos ? edited.find("offboarding")
+                                                                    : edited.find("\"done\"");
+  ASSERT_NE(at, std::string::npos);
+  edited.replace(at + 1, 2, "XX");
+  const std::string tampered = dir_.Join("tampered.jsonl");
+  std::ofstream(tampered) << edited;
+  CommandResult broken = RunCommand({GV_CLI, "audit", "verify", tampered, "--public-key", pem});
+  EXPECT_NE(broken.exit_code, 0);
+  EXPECT_THAT(broken.err, HasSubstr("line "));
+
+  // No token value in the audit database, its WAL, or the exports.
+  const std::string database = Slurp(state_ + "/audit.db") + Slurp(state_ + "/audit.db-wal");
+  for (const std::string& token : tokens) {
+    ASSERT_FALSE(token.empty());
+    EXPECT_THAT(database, Not(HasSubstr(token)));
+    EXPECT_THAT(all, Not(HasSubstr(token)));
+  }
+}
+
+TEST_F(RevokeTest, AnAuditLogThatCannotBeWrittenMakesResolveAndRevokeFailClosed) {
+  Register("demo");
+  const std::string grant_id = Authorize("demo");
+  ASSERT_FALSE(grant_id.empty());
+  std::unique_ptr<ipc::Client> agent = Agent();
+  auto ok = agent->Call(Resolve("demo"), absl::Seconds(30));
+  ASSERT_TRUE(ok.ok() && ok->has_resolve());
+
+  // Every write that would grow a file now fails (EFBIG): the real database
+  // refuses, whoever the daemon runs as (root ignores file modes, not this).
+  struct rlimit limits {};
+  ASSERT_EQ(::prlimit(daemon_->pid(), RLIMIT_FSIZE, nullptr, &limits), 0);
+  const rlimit tiny{1, limits.rlim_max};
+  ASSERT_EQ(::prlimit(daemon_->pid(), RLIMIT_FSIZE, &tiny, nullptr), 0);
+
+  auto refused = agent->Call(Resolve("demo"), absl::Seconds(30));
+  ASSERT_TRUE(refused.ok());
+  EXPECT_FALSE(refused->has_resolve());
+  EXPECT_EQ(refused->error().code(), v1::Error::UNAVAILABLE) << refused->error().message();
+  EXPECT_THAT(refused->error().message(), HasSubstr("audit"));
+  CommandResult revoke = Cli({"revoke", grant_id, "--reason", "test"});
+  EXPECT_NE(revoke.exit_code, 0);
+  EXPECT_THAT(revoke.err, HasSubstr("audit"));
+
+  ASSERT_EQ(::prlimit(daemon_->pid(), RLIMIT_FSIZE, &limits, nullptr), 0);
+  // Nothing was revoked, and the token flows again once the log can be written.
+  EXPECT_EQ(CliJson({"grants", "show", grant_id})["grant"]["status"], "active");
+  auto again = agent->Call(Resolve("demo"), absl::Seconds(30));
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->has_resolve()) << again->error().message();
+}
+
+}  // namespace
+}  // namespace grantvault
