@@ -36,6 +36,26 @@ cat > var/grantvaultd.toml <<TOML
 ca_file = "$root/$demo/cert.pem"
 TOML
 
+# A caller policy that lets you (this uid) resolve tokens in workspace ws_demo
+# for one declared tool (docs/policy.md). Kept once written: edit it and send
+# the daemon SIGHUP to reload.
+if [ ! -f var/policy.toml ]; then
+  cat > var/policy.toml <<TOML
+# Written by run.sh (docs/policy.md).
+[[callers]]
+uid = $(id -u)
+role = "agent"
+workspaces = ["ws_demo"]
+
+[workspaces.ws_demo]
+
+[[workspaces.ws_demo.tools]]
+name = "read_profile"
+connector = "demo"
+scopes = ["read"]
+TOML
+fi
+
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -71,11 +91,17 @@ grantvaultd is serving on ./var/run; the demo authorization server on $issuer
 
   export GRANTVAULT_STATE_DIR=$root/var
   ./build/cli/grantvault status
-  ./build/cli/grantvault authorize --workspace ws_demo --connector demo \\
-      --scopes "openid offline_access read"
+  ./build/cli/grantvault scopes suggest --workspace ws_demo --connector demo
+  ./build/cli/grantvault authorize --workspace ws_demo --connector demo --from-manifests
         # open the printed URL in a browser on this machine; any user name and
         # password sign in; the browser comes back to the CLI's loopback listener
   ./build/cli/grantvault grants list --workspace ws_demo
+  ./build/cli/grantvault resolve --workspace ws_demo --connector demo --tool read_profile
+        # what an agent host gets on agent.sock (--reveal prints the token)
+  ./build/cli/grantvault revoke --workspace ws_demo --connector demo --reason "trying it"
+  ./build/cli/grantvault keys audit-public-key -o audit.pem
+  ./build/cli/grantvault audit export --workspace ws_demo -o ws_demo.jsonl
+  ./build/cli/grantvault audit verify ws_demo.jsonl --public-key audit.pem
   ./build/cli/grantvault keys rotate && ./build/cli/grantvault keys rewrap
 
 Without a browser here: add --paste to authorize, and paste the final redirect URL
