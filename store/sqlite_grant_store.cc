@@ -685,6 +685,10 @@ class SqliteGrantStore final : public GrantStore {
 
   absl::Status RevokeReplacedGrant(std::string_view replaced_id, const Grant& successor)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // NotFound unless the grant exists; FailedPrecondition(`if_revoked`) when
+  // it is revoked (a revoked grant is final). Inside the caller's transaction.
+  absl::Status RequireNotRevoked(std::string_view grant_id, const std::string& context,
+                                 std::string if_revoked) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::vector<ConnectorRegistration>> SelectRegistrations(
       std::optional<std::string_view> connector_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -838,11 +842,9 @@ absl::StatusOr<std::vector<Grant>> SqliteGrantStore::ListGrants(std::string_view
   return grants;
 }
 
-absl::Status SqliteGrantStore::SetGrantStatus(std::string_view grant_id, GrantStatus status,
-                                              std::string_view reason, absl::Time now) {
-  std::string context = absl::StrCat("set status of grant ", Sv(grant_id));
-  absl::MutexLock lock(&mu_);
-  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+absl::Status SqliteGrantStore::RequireNotRevoked(std::string_view grant_id,
+                                                 const std::string& context,
+                                                 std::string if_revoked) {
   GV_ASSIGN_OR_RETURN(
       Statement query,
       Statement::Prepare(db(), "SELECT status FROM grants WHERE grant_id = ?", context));
@@ -850,9 +852,19 @@ absl::Status SqliteGrantStore::SetGrantStatus(std::string_view grant_id, GrantSt
   GV_ASSIGN_OR_RETURN(bool row, query.Step());
   if (!row) return absl::NotFoundError(absl::StrCat("grant ", Sv(grant_id), " does not exist"));
   if (query.Text(0) == GrantStatusName(GrantStatus::kRevoked)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("grant ", Sv(grant_id), " is revoked; a revoked grant cannot change status"));
+    return absl::FailedPreconditionError(std::move(if_revoked));
   }
+  return absl::OkStatus();
+}
+
+absl::Status SqliteGrantStore::SetGrantStatus(std::string_view grant_id, GrantStatus status,
+                                              std::string_view reason, absl::Time now) {
+  std::string context = absl::StrCat("set status of grant ", Sv(grant_id));
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  GV_RETURN_IF_ERROR(RequireNotRevoked(
+      grant_id, context,
+      absl::StrCat("grant ", Sv(grant_id), " is revoked; a revoked grant cannot change status")));
   GV_ASSIGN_OR_RETURN(
       Statement update,
       Statement::Prepare(db(),
@@ -872,16 +884,8 @@ absl::Status SqliteGrantStore::RevokeGrant(std::string_view grant_id, std::strin
   std::string context = absl::StrCat("revoke grant ", Sv(grant_id));
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
-  GV_ASSIGN_OR_RETURN(
-      Statement query,
-      Statement::Prepare(db(), "SELECT status FROM grants WHERE grant_id = ?", context));
-  query.BindText(1, grant_id);
-  GV_ASSIGN_OR_RETURN(bool row, query.Step());
-  if (!row) return absl::NotFoundError(absl::StrCat("grant ", Sv(grant_id), " does not exist"));
-  if (query.Text(0) == GrantStatusName(GrantStatus::kRevoked)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("grant ", Sv(grant_id), " is already revoked"));
-  }
+  GV_RETURN_IF_ERROR(RequireNotRevoked(
+      grant_id, context, absl::StrCat("grant ", Sv(grant_id), " is already revoked")));
   GV_ASSIGN_OR_RETURN(
       Statement update,
       Statement::Prepare(db(),
@@ -982,16 +986,10 @@ absl::Status SqliteGrantStore::SetAccessTokenExpiry(std::string_view grant_id,
   std::string context = absl::StrCat("record the access-token expiry of grant ", Sv(grant_id));
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
-  GV_ASSIGN_OR_RETURN(
-      Statement query,
-      Statement::Prepare(db(), "SELECT status FROM grants WHERE grant_id = ?", context));
-  query.BindText(1, grant_id);
-  GV_ASSIGN_OR_RETURN(bool row, query.Step());
-  if (!row) return absl::NotFoundError(absl::StrCat("grant ", Sv(grant_id), " does not exist"));
-  if (query.Text(0) == GrantStatusName(GrantStatus::kRevoked)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "grant ", Sv(grant_id), " is revoked; its access-token expiry is no longer recorded"));
-  }
+  GV_RETURN_IF_ERROR(RequireNotRevoked(
+      grant_id, context,
+      absl::StrCat("grant ", Sv(grant_id),
+                   " is revoked; its access-token expiry is no longer recorded")));
   GV_ASSIGN_OR_RETURN(
       Statement update,
       Statement::Prepare(
