@@ -1,22 +1,34 @@
 // loadgen: closed-loop load generator for grantvault's Unix sockets (and for
 // bench/echo_server, the baseline speaking the same framing).
 //
-//   loadgen --socket PATH [--request status|echo] [--connections N] [--depth D]
-//           [--duration S] [--warmup S] [--threads T] [--label NAME] [--json]
-//   loadgen --socket PATH --probe [--request status|echo]
+//   loadgen --socket PATH [--request status|resolve|echo|echo-resolve]
+//           [--connections N] [--depth D] [--duration S] [--warmup S]
+//           [--threads T] [--count N] [--label NAME] [--json]
+//           [--workspace W --connector C [--tool T] [--min-valid S]]
+//   loadgen --socket PATH --probe [--request …] [--workspace W --connector C …]
 //
 // Every connection keeps D requests outstanding: each answer is checked
-// (request id, a StatusReply body, no Error) and immediately replaced by a new
-// request. --request status: each connection first exchanges Hello (protocol
-// version 1) and then sends StatusRequests. --request echo: the very same
-// StatusRequest frames without Hello (an echo server returns them unchanged,
-// so the checks are the same). Latency is measured per request id (answers may
-// come out of order) from just before the write to just after the read, for
-// requests sent after the warm-up and answered before the end. Requests/s
-// counts answers received in the measured window.
+// (request id, the expected reply body, no Error) and immediately replaced by
+// a new request. --request status: each connection first exchanges Hello
+// (protocol version 1) and then sends StatusRequests. --request resolve: Hello,
+// then ResolveRequest{workspace_id, connector_id, tool, min_valid_seconds}
+// (agent.sock; answered from the token cache once the first call has filled
+// it, unless --min-valid exceeds the token's lifetime, which forces a refresh
+// per call). --request echo / echo-resolve: the very same Status / Resolve
+// frames without Hello (an echo server returns them unchanged; Request and
+// Response number the status and resolve bodies alike, so the checks are the
+// same). Latency is measured per request id (answers may come out of order)
+// from just before the write to just after the read, for requests sent after
+// the warm-up and answered before the end. Requests/s counts answers received
+// in the measured window.
 //
-// --probe: one connection, Hello (status) and one request; exit status 0 if it
-// was answered correctly. Scripts use it to wait for a server to be ready.
+// --count N: no warm-up; exactly N requests are sent (then the run ends when
+// they are answered, or after --duration at the latest) and requests/s is N
+// over the time to the last answer. For timing a fixed number of slow calls.
+//
+// --probe: one connection, Hello (status, resolve) and one request; exit
+// status 0 if it was answered correctly (an Error's message goes to stderr).
+// Scripts use it to wait for a server to be ready.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/epoll.h>
@@ -81,17 +93,22 @@ class Histogram {
     const uint64_t v = ns < 0 ? 0 : static_cast<uint64_t>(ns);
     ++counts_[Index(v)];
     ++total_;
+    sum_ += v;
     max_ = std::max(max_, v);
   }
 
   void Merge(const Histogram& other) {
     for (size_t i = 0; i < kBuckets; ++i) counts_[i] += other.counts_[i];
     total_ += other.total_;
+    sum_ += other.sum_;
     max_ = std::max(max_, other.max_);
   }
 
   uint64_t total() const { return total_; }
   uint64_t max() const { return max_; }
+  double mean() const {
+    return total_ == 0 ? 0 : static_cast<double>(sum_) / static_cast<double>(total_);
+  }
 
   // The upper bound of the bucket holding the q-quantile, in ns.
   uint64_t Quantile(double q) const {
@@ -124,6 +141,7 @@ class Histogram {
 
   std::vector<uint64_t> counts_;
   uint64_t total_ = 0;
+  uint64_t sum_ = 0;
   uint64_t max_ = 0;
 };
 
@@ -146,15 +164,22 @@ void PutHeader(std::string& out, size_t payload) {
   out.push_back(static_cast<char>(payload & 0xff));
 }
 
-// Request{request_id = id, status = {}}: field 1 varint, field 11 empty.
-void AppendStatusFrame(std::string& out, uint64_t id) {
+constexpr int kStatusField = 11;   // Request.status, Response.status
+constexpr int kResolveField = 20;  // Request.resolve, Response.resolve
+constexpr int kErrorField = 9;     // Response.error
+
+// Request{request_id = id, <body field> = body}: field 1 varint, then the
+// body, length-delimited. `body` is the encoded StatusRequest (empty) or
+// ResolveRequest; it is the same for every request of a run.
+void AppendFrame(std::string& out, uint64_t id, int body_field, std::string_view body) {
   std::string payload;
   if (id != 0) {
     payload.push_back(0x08);
     PutVarint(payload, id);
   }
-  payload.push_back(0x5a);  // field 11, length-delimited
-  payload.push_back(0x00);
+  PutVarint(payload, (static_cast<uint64_t>(body_field) << 3) | 2);
+  PutVarint(payload, body.size());
+  payload.append(body);
   PutHeader(out, payload.size());
   out += payload;
 }
@@ -166,21 +191,31 @@ std::string Frame(const std::string& payload) {
   return out;
 }
 
-void SelfCheck() {
+// What every request of a run carries: its body field and encoded body.
+struct RequestBody {
+  int field = kStatusField;
+  std::string bytes;
+};
+
+void SelfCheck(const RequestBody& body) {
   for (uint64_t id : {uint64_t{0}, uint64_t{1}, uint64_t{0x12345}, uint64_t{1} << 40}) {
     v1::Request r;
     r.set_request_id(id);
-    r.mutable_status();
+    if (body.field == kStatusField) {
+      r.mutable_status();
+    } else if (!r.mutable_resolve()->ParseFromString(body.bytes)) {
+      Fatal("internal: the ResolveRequest body does not parse");
+    }
     std::string mine;
-    AppendStatusFrame(mine, id);
-    if (mine != Frame(r.SerializeAsString())) Fatal("internal: hand-encoded Status differs");
+    AppendFrame(mine, id, body.field, body.bytes);
+    if (mine != Frame(r.SerializeAsString())) Fatal("internal: hand-encoded request differs");
   }
 }
 
 struct Answer {
   bool ok = false;
   uint64_t request_id = 0;
-  int body_field = 0;  // the oneof field present (11 = status, 9 = error, 10 = hello)
+  int body_field = 0;  // the oneof field present (11 status, 20 resolve, 9 error, 10 hello)
 };
 
 bool ReadVarint(const unsigned char*& p, const unsigned char* end, uint64_t* v) {
@@ -195,7 +230,8 @@ bool ReadVarint(const unsigned char*& p, const unsigned char* end, uint64_t* v) 
 }
 
 // Scans a Response (or an echoed Request: the numbers of request_id and of
-// the status body are the same) for its request_id and its body field.
+// the status and resolve bodies are the same) for its request_id and its body
+// field.
 Answer Decode(const unsigned char* p, size_t size) {
   Answer a;
   const unsigned char* end = p + size;
@@ -312,9 +348,31 @@ struct Options {
   double duration = 5;
   double warmup = 1;
   uint32_t threads = 2;
+  uint64_t count = 0;  // 0: run for --duration
   bool json = false;
   bool probe = false;
+  // --request resolve / echo-resolve
+  std::string workspace;
+  std::string connector;
+  std::string tool;
+  uint32_t min_valid_seconds = 0;
+
+  bool hello() const { return request == "status" || request == "resolve"; }
+  bool resolve() const { return request == "resolve" || request == "echo-resolve"; }
 };
+
+RequestBody BodyFor(const Options& o) {
+  RequestBody body;
+  if (!o.resolve()) return body;
+  v1::ResolveRequest r;
+  r.set_workspace_id(o.workspace);
+  r.set_connector_id(o.connector);
+  r.set_tool(o.tool);
+  r.set_min_valid_seconds(o.min_valid_seconds);
+  body.field = kResolveField;
+  body.bytes = r.SerializeAsString();
+  return body;
+}
 
 struct Conn {
   int fd = -1;
@@ -332,19 +390,22 @@ constexpr size_t kInBuffer = 2 * (kHeaderSize + kMaxPayload);
 struct Window {
   int64_t measure_begin = 0;
   int64_t measure_end = 0;
+  // --count: requests left to send, shared by every worker; null otherwise.
+  std::atomic<int64_t>* budget = nullptr;
 };
 
 struct WorkerResult {
   Histogram latency;
   uint64_t answered = 0;  // in the measured window
   uint64_t errors = 0;
+  int64_t last_answer_ns = 0;
   std::string failure;  // first failure, if any
 };
 
 class Worker {
  public:
-  Worker(std::vector<Conn*> conns, uint32_t depth, Window window)
-      : conns_(std::move(conns)), depth_(depth), window_(window) {}
+  Worker(std::vector<Conn*> conns, uint32_t depth, Window window, const RequestBody* body)
+      : conns_(std::move(conns)), depth_(depth), window_(window), body_(body) {}
 
   WorkerResult& result() { return result_; }
 
@@ -364,6 +425,7 @@ class Worker {
     for (;;) {
       const int64_t now = NowNs();
       if (now >= window_.measure_end) break;
+      if (window_.budget != nullptr && outstanding_ == 0) break;  // --count: all answered
       const int64_t left_ms = (window_.measure_end - now) / 1'000'000 + 1;
       const int n = ::epoll_wait(ep, events.data(), static_cast<int>(events.size()),
                                  static_cast<int>(std::min<int64_t>(left_ms, 100)));
@@ -386,9 +448,14 @@ class Worker {
   void Stop(int ep) { ::close(ep); }
 
   void Queue(Conn* c, uint32_t slot, int64_t now) {
+    if (window_.budget != nullptr && window_.budget->fetch_sub(1) <= 0) {
+      c->sent_ns[slot] = 0;  // the slot stays idle
+      return;
+    }
     const uint64_t gen = ++c->generation[slot];
-    AppendStatusFrame(c->out, (gen << kSlotBits) | slot);
+    AppendFrame(c->out, (gen << kSlotBits) | slot, body_->field, body_->bytes);
     c->sent_ns[slot] = now;
+    ++outstanding_;
   }
 
   bool Fail(const std::string& why) {
@@ -444,9 +511,11 @@ class Worker {
       const Answer a = Decode(h + kHeaderSize, len);
       c->in_begin += kHeaderSize + len;
       if (!a.ok) return Fail("unparseable answer");
-      if (a.body_field != 11) {
-        return Fail(a.body_field == 9 ? "the server answered with an Error"
-                                      : "an answer without a StatusReply");
+      if (a.body_field != body_->field) {
+        return Fail(a.body_field == kErrorField
+                        ? "the server answered with an Error (run --probe to see it)"
+                    : body_->field == kStatusField ? "an answer without a StatusReply"
+                                                   : "an answer without a ResolveReply");
       }
       const uint64_t slot = a.request_id & kSlotMask;
       if (slot >= depth_ || c->sent_ns[slot] == 0 ||
@@ -455,8 +524,10 @@ class Worker {
                     ")");
       }
       const int64_t sent = c->sent_ns[slot];
+      --outstanding_;
       if (now >= window_.measure_begin && now < window_.measure_end) {
         ++result_.answered;
+        result_.last_answer_ns = now;
         if (sent >= window_.measure_begin) result_.latency.Add(now - sent);
       }
       Queue(c, static_cast<uint32_t>(slot), now);
@@ -467,6 +538,8 @@ class Worker {
   std::vector<Conn*> conns_;
   uint32_t depth_;
   Window window_;
+  const RequestBody* body_;
+  uint64_t outstanding_ = 0;
   WorkerResult result_;
 };
 
@@ -474,10 +547,11 @@ class Worker {
 
 [[noreturn]] void Usage() {
   std::fprintf(stderr,
-               "usage: loadgen --socket PATH [--request status|echo] [--connections N]\n"
-               "               [--depth D] [--duration S] [--warmup S] [--threads T]\n"
-               "               [--label NAME] [--json]\n"
-               "       loadgen --socket PATH --probe [--request status|echo]\n");
+               "usage: loadgen --socket PATH [--request status|resolve|echo|echo-resolve]\n"
+               "               [--connections N] [--depth D] [--duration S] [--warmup S]\n"
+               "               [--threads T] [--count N] [--label NAME] [--json]\n"
+               "               [--workspace W --connector C [--tool T] [--min-valid S]]\n"
+               "       loadgen --socket PATH --probe [--request ...] [--workspace ...]\n");
   std::exit(2);
 }
 
@@ -531,29 +605,67 @@ Options ParseOptions(int argc, char** argv) {
       o.duration = ParseSeconds(v, 0.1, 60, "--duration");
     } else if (a == "--warmup") {
       o.warmup = ParseSeconds(v, 0, 60, "--warmup");
+    } else if (a == "--count") {
+      o.count = ParseCount(v, 1, 1'000'000'000, "--count");
+    } else if (a == "--workspace") {
+      o.workspace = v;
+    } else if (a == "--connector") {
+      o.connector = v;
+    } else if (a == "--tool") {
+      o.tool = v;
+    } else if (a == "--min-valid") {
+      o.min_valid_seconds = ParseCount(v, 0, 86400, "--min-valid");
     } else {
       Usage();
     }
   }
   if (o.socket.empty()) Usage();
-  if (o.request != "status" && o.request != "echo") Fatal("--request must be status or echo");
-  if (o.label.empty()) o.label = o.request == "status" ? "grantvaultd-status" : "echo";
+  if (o.request != "status" && o.request != "resolve" && o.request != "echo" &&
+      o.request != "echo-resolve") {
+    Fatal("--request must be status, resolve, echo or echo-resolve");
+  }
+  if (o.resolve() && (o.workspace.empty() || o.connector.empty())) {
+    Fatal("--request " + o.request + " needs --workspace and --connector");
+  }
+  if (o.count > 0) o.warmup = 0;
+  if (o.label.empty()) {
+    o.label = o.request == "status"    ? "grantvaultd-status"
+              : o.request == "resolve" ? "grantvaultd-resolve"
+                                       : o.request;
+  }
   return o;
 }
 
-int Probe(const Options& o) {
+int Probe(const Options& o, const RequestBody& body) {
   int fd = Connect(o.socket);
   if (fd < 0) return 1;
-  timeval tv{2, 0};
+  // A resolve may wait for a refresh (the provider, the HSM, the disk).
+  timeval tv{o.resolve() ? 30 : 2, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  if (o.request == "status" && !Hello(fd).empty()) return 1;
+  if (o.hello() && !Hello(fd).empty()) return 1;
   std::string frame;
-  AppendStatusFrame(frame, 7);
+  AppendFrame(frame, 7, body.field, body.bytes);
   std::string payload;
   if (!WriteAll(fd, frame) || !ReadFrame(fd, &payload)) return 1;
-  const Answer a = Decode(reinterpret_cast<const unsigned char*>(payload.data()), payload.size());
   ::close(fd);
-  return a.ok && a.body_field == 11 && a.request_id == 7 ? 0 : 1;
+  const Answer a = Decode(reinterpret_cast<const unsigned char*>(payload.data()), payload.size());
+  if (a.ok && a.body_field == kErrorField) {
+    v1::Response r;
+    if (r.ParseFromString(payload)) {
+      std::fprintf(stderr, "loadgen: probe: %s: %s\n",
+                   v1::Error::Code_Name(r.error().code()).c_str(), r.error().message().c_str());
+    }
+    return 1;
+  }
+  if (!a.ok || a.body_field != body.field || a.request_id != 7) return 1;
+  if (o.request == "resolve") {
+    v1::Response r;
+    if (!r.ParseFromString(payload) || r.resolve().access_token().empty()) {
+      std::fprintf(stderr, "loadgen: probe: a ResolveReply without an access token\n");
+      return 1;
+    }
+  }
+  return 0;
 }
 
 }  // namespace
@@ -562,8 +674,9 @@ int main(int argc, char** argv) {
   GOOGLE_PROTOBUF_VERIFY_VERSION;
   const Options o = ParseOptions(argc, argv);
   ::signal(SIGPIPE, SIG_IGN);
-  SelfCheck();
-  if (o.probe) return Probe(o);
+  const RequestBody body = BodyFor(o);
+  SelfCheck(body);
+  if (o.probe) return Probe(o, body);
 
   rlimit files{};
   if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
@@ -577,7 +690,7 @@ int main(int argc, char** argv) {
     auto c = std::make_unique<Conn>();
     c->fd = Connect(o.socket);
     if (c->fd < 0) FatalErrno("connect " + o.socket + " (connection " + std::to_string(i) + ")");
-    if (o.request == "status") {
+    if (o.hello()) {
       const std::string err = Hello(c->fd);
       if (!err.empty()) Fatal("connection " + std::to_string(i) + ": " + err);
     }
@@ -591,14 +704,16 @@ int main(int argc, char** argv) {
   }
 
   const uint32_t nthreads = std::min(o.threads, o.connections);
+  std::atomic<int64_t> budget{static_cast<int64_t>(o.count)};
   Window window;
   window.measure_begin = NowNs() + static_cast<int64_t>(o.warmup * 1e9);
   window.measure_end = window.measure_begin + static_cast<int64_t>(o.duration * 1e9);
+  if (o.count > 0) window.budget = &budget;
   std::vector<std::unique_ptr<Worker>> workers;
   for (uint32_t t = 0; t < nthreads; ++t) {
     std::vector<Conn*> mine;
     for (size_t i = t; i < conns.size(); i += nthreads) mine.push_back(conns[i].get());
-    workers.push_back(std::make_unique<Worker>(std::move(mine), o.depth, window));
+    workers.push_back(std::make_unique<Worker>(std::move(mine), o.depth, window, &body));
   }
   std::vector<std::thread> threads;
   for (auto& w : workers) threads.emplace_back([&w] { w->Run(); });
@@ -610,25 +725,36 @@ int main(int argc, char** argv) {
     total.latency.Merge(w->result().latency);
     total.answered += w->result().answered;
     total.errors += w->result().errors;
+    total.last_answer_ns = std::max(total.last_answer_ns, w->result().last_answer_ns);
     if (total.failure.empty()) total.failure = w->result().failure;
   }
-  const double seconds = static_cast<double>(window.measure_end - window.measure_begin) / 1e9;
+  if (o.count > 0 && total.errors == 0 && total.answered < o.count) {
+    ++total.errors;
+    total.failure = "only " + std::to_string(total.answered) + " of " + std::to_string(o.count) +
+                    " requests were answered within --duration";
+  }
+  // --count: the time to the last answer; otherwise the fixed window.
+  const int64_t end =
+      o.count > 0 && total.last_answer_ns > 0 ? total.last_answer_ns : window.measure_end;
+  const double seconds = static_cast<double>(end - window.measure_begin) / 1e9;
   const double rps = static_cast<double>(total.answered) / seconds;
   auto us = [&](double q) { return static_cast<double>(total.latency.Quantile(q)) / 1000.0; };
   const double max_us = static_cast<double>(total.latency.max()) / 1000.0;
+  const double mean_us = total.latency.mean() / 1000.0;
   if (o.json) {
     std::printf(
         "{\"target\":\"%s\",\"connections\":%u,\"depth\":%u,\"threads\":%u,\"duration_s\":%.3f,"
         "\"requests\":%llu,\"rps\":%.0f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
-        "\"max_us\":%.1f,\"errors\":%llu}\n",
+        "\"max_us\":%.1f,\"mean_us\":%.1f,\"errors\":%llu}\n",
         o.label.c_str(), o.connections, o.depth, nthreads, seconds,
         static_cast<unsigned long long>(total.answered), rps, us(0.5), us(0.99), us(0.999), max_us,
-        static_cast<unsigned long long>(total.errors));
+        mean_us, static_cast<unsigned long long>(total.errors));
   } else {
     std::printf(
         "target=%s connections=%u depth=%u rps=%.0f p50_us=%.1f p99_us=%.1f p999_us=%.1f "
-        "max_us=%.1f errors=%llu\n",
-        o.label.c_str(), o.connections, o.depth, rps, us(0.5), us(0.99), us(0.999), max_us,
+        "max_us=%.1f mean_us=%.1f requests=%llu seconds=%.3f errors=%llu\n",
+        o.label.c_str(), o.connections, o.depth, rps, us(0.5), us(0.99), us(0.999), max_us, mean_us,
+        static_cast<unsigned long long>(total.answered), seconds,
         static_cast<unsigned long long>(total.errors));
   }
   if (total.errors > 0) {
