@@ -301,6 +301,9 @@ struct Job {
   Durability durability = Durability::kDurable;
   format::Checkpoint checkpoint;  // kCheckpoint
   int64_t checkpoint_time_us = 0;
+  // AppendAsync: called by the writer with the result, after which the
+  // writer deletes the job. Empty for a caller waiting in Submit().
+  std::function<void(absl::Status)> on_done;
   // Set by the writer.
   absl::Status result;
   bool done = false;
@@ -391,6 +394,27 @@ class AuditLog::Impl {
     job.record = std::move(record);
     job.durability = durability;
     return Submit(job);
+  }
+
+  void AppendAsync(Event event, Durability durability, std::function<void(absl::Status)> on_done) {
+    absl::StatusOr<Record> record = PrepareRecord(std::move(event));
+    if (!record.ok()) {
+      on_done(record.status());
+      return;
+    }
+    auto job = std::make_unique<Job>();
+    job->kind = Job::Kind::kAppend;
+    job->record = std::move(*record);
+    job->durability = durability;
+    job->on_done = std::move(on_done);
+    {
+      absl::MutexLock lock(&mu_);
+      if (!writer_stop_) {
+        queue_.push_back(job.release());
+        return;
+      }
+    }
+    job->on_done(absl::FailedPreconditionError("audit log is closing"));
   }
 
   std::string Fingerprint(const SecretBytes& token) const {
@@ -580,41 +604,53 @@ class AuditLog::Impl {
     absl::Status status =
         WriteBatchTransaction(batch, durable, touched, new_chain_workspace, first_new_time);
     bool wake_checkpointer = false;
-    absl::MutexLock lock(&mu_);
-    if (status.ok()) {
-      // Checkpoints first: a record of this batch is always after them.
-      for (const Job* job : batch) {
-        if (job->kind != Job::Kind::kCheckpoint) continue;
-        ChainState& state = chains_[job->checkpoint.chain];
-        if (job->checkpoint.seq > state.signed_seq) {
-          state.signed_seq = job->checkpoint.seq;
-          state.unsigned_since_us = job->unsigned_since_us;
+    std::vector<Job*> finished_async;
+    {
+      absl::MutexLock lock(&mu_);
+      if (status.ok()) {
+        // Checkpoints first: a record of this batch is always after them.
+        for (const Job* job : batch) {
+          if (job->kind != Job::Kind::kCheckpoint) continue;
+          ChainState& state = chains_[job->checkpoint.chain];
+          if (job->checkpoint.seq > state.signed_seq) {
+            state.signed_seq = job->checkpoint.seq;
+            state.unsigned_since_us = job->unsigned_since_us;
+          }
+        }
+        for (auto& [chain, head] : touched) {
+          writer_heads_[chain] = head;
+          ChainState& state = chains_[chain];
+          if (auto it = new_chain_workspace.find(chain); it != new_chain_workspace.end()) {
+            state.workspace_id = it->second;
+          }
+          if (state.head.seq <= state.signed_seq) state.unsigned_since_us = first_new_time[chain];
+          state.head = head;
+          if (state.head.seq - state.signed_seq >= options_.checkpoint_every_records) {
+            wake_checkpointer = true;
+          }
+        }
+        if (durable) {
+          unsynced_ = false;
+        } else if (!unsynced_) {
+          unsynced_ = true;
+          sync_deadline_ = absl::Now() + options_.group_commit_interval;
         }
       }
-      for (auto& [chain, head] : touched) {
-        writer_heads_[chain] = head;
-        ChainState& state = chains_[chain];
-        if (auto it = new_chain_workspace.find(chain); it != new_chain_workspace.end()) {
-          state.workspace_id = it->second;
-        }
-        if (state.head.seq <= state.signed_seq) state.unsigned_since_us = first_new_time[chain];
-        state.head = head;
-        if (state.head.seq - state.signed_seq >= options_.checkpoint_every_records) {
-          wake_checkpointer = true;
+      for (Job* job : batch) {
+        if (!status.ok()) job->result = status;
+        if (job->on_done) {
+          finished_async.push_back(job);
+        } else {
+          job->done = true;  // its waiter may free it from here on
         }
       }
-      if (durable) {
-        unsynced_ = false;
-      } else if (!unsynced_) {
-        unsynced_ = true;
-        sync_deadline_ = absl::Now() + options_.group_commit_interval;
-      }
+      if (wake_checkpointer) checkpoint_wakeup_ = true;
     }
-    for (Job* job : batch) {
-      if (!status.ok()) job->result = status;
-      job->done = true;
+    // Outside the lock: a callback may append again.
+    for (Job* job : finished_async) {
+      std::unique_ptr<Job> owned(job);
+      owned->on_done(owned->result);
     }
-    if (wake_checkpointer) checkpoint_wakeup_ = true;
   }
 
   absl::Status WriteBatchTransaction(const std::vector<Job*>& batch, bool durable,
@@ -1167,6 +1203,11 @@ AuditLog::~AuditLog() = default;
 
 absl::Status AuditLog::Append(Event event, Durability durability) {
   return impl_->Append(std::move(event), durability);
+}
+
+void AuditLog::AppendAsync(Event event, Durability durability,
+                           std::function<void(absl::Status)> on_done) {
+  impl_->AppendAsync(std::move(event), durability, std::move(on_done));
 }
 
 std::string AuditLog::Fingerprint(const SecretBytes& token) const {

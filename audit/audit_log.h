@@ -138,6 +138,12 @@ class AuditLog {
   // that names a secret, or an event larger than 64 KiB; ResourceExhausted
   // when the disk is full; Unavailable for other write failures.
   absl::Status Append(Event event, Durability durability);
+  // As Append, without waiting: `on_done` is called once with the same
+  // result, on the writer thread (or at once, on the caller's, when the event
+  // is refused before it is queued). It must not block. For callers that
+  // must not hold a thread while the batch commits (Resolve answers on the
+  // I/O thread and sends the token from `on_done`).
+  void AppendAsync(Event event, Durability durability, std::function<void(absl::Status)> on_done);
 
   // "hmac-sha256:" + the first 16 bytes, in hex, of HMAC-SHA256(fingerprint
   // key, token): names a token without revealing it.

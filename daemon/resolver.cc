@@ -39,12 +39,7 @@ void Resolver::ForgetGrant(const std::string& workspace_id, const std::string& c
 
 absl::StatusOr<store::Grant> Resolver::FindGrant(const std::string& workspace_id,
                                                  const std::string& connector_id) {
-  std::optional<store::Grant> grant;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = directory_.find({workspace_id, connector_id});
-    if (it != directory_.end()) grant = it->second;
-  }
+  std::optional<store::Grant> grant = CachedGrant(workspace_id, connector_id);
   if (!grant) {
     absl::StatusOr<store::Grant> current = store_->FindCurrentGrant(workspace_id, connector_id);
     if (absl::IsNotFound(current.status())) {
@@ -126,13 +121,27 @@ absl::StatusOr<Resolved> Resolver::Resolve(policy::CallerIdentity& caller,
                       AllowWorkspaceUnder(current, caller, query.workspace_id));
   GV_ASSIGN_OR_RETURN(store::Grant grant, FindGrant(query.workspace_id, query.connector_id));
   if (found != nullptr) *found = grant;
+  GV_ASSIGN_OR_RETURN(Checked checked,
+                      CheckQuery(*current, std::move(rule), std::move(grant), query));
+  GV_ASSIGN_OR_RETURN(
+      tokens::AccessToken token,
+      refresher_->GetAccessToken(checked.grant.grant_id, query.min_valid, query.deadline));
+  // The process that asked must still be the one that was attested: a PID
+  // reused meanwhile must not receive the token.
+  GV_RETURN_IF_ERROR(policy::StillSameProcess(caller));
+  return Resolved{std::move(token), std::move(checked.grant), std::move(checked.rule),
+                  std::move(checked.scopes)};
+}
 
+absl::StatusOr<Resolver::Checked> Resolver::CheckQuery(const policy::Policy& current,
+                                                       policy::CallerRule rule, store::Grant grant,
+                                                       const ResolveQuery& query) {
   std::vector<std::string> scopes = query.scopes;
   if (scopes.empty()) {
     const policy::ToolDecl* tool = nullptr;
     if (query.tool) {
-      auto ws = current->workspaces().find(query.workspace_id);
-      if (ws != current->workspaces().end()) tool = ws->second.FindTool(*query.tool);
+      auto ws = current.workspaces().find(query.workspace_id);
+      if (ws != current.workspaces().end()) tool = ws->second.FindTool(*query.tool);
     }
     scopes = tool != nullptr ? tool->scopes : grant.scopes;
   }
@@ -140,15 +149,41 @@ absl::StatusOr<Resolved> Resolver::Resolve(policy::CallerIdentity& caller,
   scopes.erase(std::unique(scopes.begin(), scopes.end()), scopes.end());
   std::optional<std::string_view> tool;
   if (query.tool) tool = *query.tool;
-  GV_RETURN_IF_ERROR(current->CheckResolve(rule, query.workspace_id, query.connector_id, tool,
-                                           scopes, grant.scopes));
+  GV_RETURN_IF_ERROR(current.CheckResolve(rule, query.workspace_id, query.connector_id, tool,
+                                          scopes, grant.scopes));
+  return Checked{std::move(rule), std::move(grant), std::move(scopes)};
+}
 
-  GV_ASSIGN_OR_RETURN(tokens::AccessToken token,
-                      refresher_->GetAccessToken(grant.grant_id, query.min_valid, query.deadline));
-  // The process that asked must still be the one that was attested: a PID
-  // reused meanwhile must not receive the token.
-  GV_RETURN_IF_ERROR(policy::StillSameProcess(caller));
-  return Resolved{std::move(token), std::move(grant), std::move(rule), std::move(scopes)};
+std::optional<store::Grant> Resolver::CachedGrant(const std::string& workspace_id,
+                                                  const std::string& connector_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = directory_.find({workspace_id, connector_id});
+  if (it == directory_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::optional<absl::StatusOr<Resolved>> Resolver::ResolveIfCached(
+    const policy::CallerIdentity& caller, const ResolveQuery& query) {
+  const std::shared_ptr<const policy::Policy> current = policy();
+  if (current == nullptr || query.workspace_id.empty() || query.connector_id.empty() ||
+      !Covers(caller, current->RequiredAttestation())) {
+    return std::nullopt;  // the slow path says why, or attests more
+  }
+  std::optional<store::Grant> grant = CachedGrant(query.workspace_id, query.connector_id);
+  if (!grant || grant->status != store::GrantStatus::kActive) return std::nullopt;
+  absl::StatusOr<policy::CallerRule> rule = current->MatchCaller(caller);
+  if (!rule.ok() || !rule->AllowsWorkspace(query.workspace_id)) return std::nullopt;
+  absl::StatusOr<Checked> checked =
+      CheckQuery(*current, *std::move(rule), *std::move(grant), query);
+  if (!checked.ok()) return absl::StatusOr<Resolved>(checked.status());
+  std::optional<tokens::AccessToken> token =
+      refresher_->GetCached(checked->grant.grant_id, query.min_valid);
+  if (!token) return std::nullopt;
+  if (absl::Status same = policy::StillSameProcess(caller); !same.ok()) {
+    return absl::StatusOr<Resolved>(same);
+  }
+  return absl::StatusOr<Resolved>(Resolved{*std::move(token), std::move(checked->grant),
+                                           std::move(checked->rule), std::move(checked->scopes)});
 }
 
 }  // namespace grantvault::daemon

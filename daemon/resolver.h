@@ -77,6 +77,13 @@ class Resolver {
   absl::StatusOr<Resolved> Resolve(policy::CallerIdentity& caller, const ResolveQuery& query,
                                    std::optional<store::Grant>* found = nullptr);
 
+  // Resolve without blocking, for the I/O thread: the answer when everything
+  // it needs is in memory (the caller attested with what the policy needs,
+  // the grant in the directory, its token cached), nullopt otherwise (then
+  // call Resolve on a worker).
+  std::optional<absl::StatusOr<Resolved>> ResolveIfCached(const policy::CallerIdentity& caller,
+                                                          const ResolveQuery& query);
+
   // Drops the cached directory entry of (workspace, connector): called after
   // an authorization, a scope change or a revocation.
   void ForgetGrant(const std::string& workspace_id, const std::string& connector_id)
@@ -86,6 +93,17 @@ class Resolver {
   static absl::StatusOr<policy::CallerRule> AllowWorkspaceUnder(
       const std::shared_ptr<const policy::Policy>& current, policy::CallerIdentity& caller,
       const std::string& workspace_id);
+  // Everything but the token: the rule and the checked scopes, with the grant.
+  struct Checked {
+    policy::CallerRule rule;
+    store::Grant grant;
+    std::vector<std::string> scopes;
+  };
+  static absl::StatusOr<Checked> CheckQuery(const policy::Policy& current, policy::CallerRule rule,
+                                            store::Grant grant, const ResolveQuery& query);
+  // The directory entry alone (never the store); nullopt when absent.
+  std::optional<store::Grant> CachedGrant(const std::string& workspace_id,
+                                          const std::string& connector_id) ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<store::Grant> FindGrant(const std::string& workspace_id,
                                          const std::string& connector_id) ABSL_LOCKS_EXCLUDED(mu_);
 

@@ -413,6 +413,7 @@ void Service::Dispatch(v1::HelloReply::Role role,
                                                 "agent requests are served only on agent.sock"));
         return;
       }
+      if (request.has_resolve() && TryResolveOnIoThread(connection, request, received)) return;
       DispatchAgent(connection, std::move(request), received);
       return;
     default:
@@ -705,11 +706,9 @@ void Service::DispatchAgent(const std::shared_ptr<ipc::Connection>& connection, 
   });
 }
 
-void Service::RunResolve(const std::shared_ptr<ipc::Connection>& connection,
-                         const v1::Request& request, absl::Time deadline) {
-  const v1::ResolveRequest& in = request.resolve();
-  std::shared_ptr<CallerSlot> slot = CallerOf(*connection);
-  absl::StatusOr<policy::CallerIdentity> caller = CopyCaller(slot.get());
+namespace {
+
+ResolveQuery QueryFor(const v1::ResolveRequest& in, absl::Time deadline) {
   ResolveQuery query;
   query.workspace_id = in.workspace_id();
   query.connector_id = in.connector_id();
@@ -719,13 +718,59 @@ void Service::RunResolve(const std::shared_ptr<ipc::Connection>& connection,
                         ? kDefaultMinValid
                         : std::min(absl::Seconds(in.min_valid_seconds()), kMaxMinValid);
   query.deadline = deadline;
+  return query;
+}
 
+// The answer frame carrying the token. The token's copies other than the
+// frame are wiped; the caller must wipe the frame if it is not sent.
+absl::StatusOr<std::string> TokenFrame(uint64_t request_id, const Resolved& resolved) {
+  v1::Response r;
+  r.set_request_id(request_id);
+  v1::ResolveReply* out = r.mutable_resolve();
+  out->set_access_token(std::string(resolved.token.token.view()));
+  out->set_token_type(resolved.token.token_type);
+  out->set_expires_at_ms(ExpiryMillis(resolved.token.expires_at));
+  out->set_grant_id(resolved.grant.grant_id);
+  out->set_account_id(resolved.grant.account_id);
+  for (const std::string& scope : resolved.grant.scopes) out->add_scopes(scope);
+  out->set_connector_type(resolved.grant.connector_type);
+  for (const auto& [k, v] : resolved.grant.metadata) (*out->mutable_metadata())[k] = v;
+  std::string bytes;
+  const bool serialized = r.SerializeToString(&bytes);
+  OPENSSL_cleanse(out->mutable_access_token()->data(), out->access_token().size());
+  if (!serialized) {
+    OPENSSL_cleanse(bytes.data(), bytes.size());
+    return absl::InternalError("the answer could not be encoded");
+  }
+  return bytes;
+}
+
+}  // namespace
+
+bool Service::TryResolveOnIoThread(const std::shared_ptr<ipc::Connection>& connection,
+                                   const v1::Request& request, absl::Time received) {
+  if (agents_.resolver == nullptr) return false;
+  std::shared_ptr<CallerSlot> slot = CallerOf(*connection);
+  absl::StatusOr<policy::CallerIdentity> caller = CopyCaller(slot.get());
+  if (!caller.ok()) return false;
+  const ResolveQuery query = QueryFor(request.resolve(), received + kDefaultAgentDeadline);
+  std::optional<absl::StatusOr<Resolved>> resolved =
+      agents_.resolver->ResolveIfCached(*caller, query);
+  if (!resolved) return false;
+  FinishResolve(connection, request, &*caller, std::move(*resolved));
+  return true;
+}
+
+void Service::RunResolve(const std::shared_ptr<ipc::Connection>& connection,
+                         const v1::Request& request, absl::Time deadline) {
+  std::shared_ptr<CallerSlot> slot = CallerOf(*connection);
+  absl::StatusOr<policy::CallerIdentity> caller = CopyCaller(slot.get());
   absl::StatusOr<Resolved> resolved = absl::UnknownError("not resolved");
   if (!caller.ok()) {
     resolved = caller.status();
   } else {
     const bool had_exe = caller->exe_path.has_value() || caller->exe_sha256.has_value();
-    resolved = agents_.resolver->Resolve(*caller, query);
+    resolved = agents_.resolver->Resolve(*caller, QueryFor(request.resolve(), deadline));
     const bool has_exe = caller->exe_path.has_value() || caller->exe_sha256.has_value();
     if (has_exe && !had_exe && slot != nullptr) {
       // Keep what the re-attestation learnt for the connection's next calls.
@@ -735,73 +780,79 @@ void Service::RunResolve(const std::shared_ptr<ipc::Connection>& connection,
       }
     }
   }
+  FinishResolve(connection, request, caller.ok() ? &*caller : nullptr, std::move(resolved));
+}
+
+void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
+                            const v1::Request& request, const policy::CallerIdentity* caller,
+                            absl::StatusOr<Resolved> resolved) {
+  const v1::ResolveRequest& in = request.resolve();
   const ipc::PeerCredentials& peer = connection->peer();
+  const uint64_t id = request.request_id();
   audit::Event e;
   e.workspace_id = in.workspace_id();
   e.connector_id = in.connector_id();
   e.actor.uid = peer.uid;
   e.actor.pid = peer.pid;
-  if (caller.ok() && caller->exe_path) e.actor.exe = *caller->exe_path;
+  if (caller != nullptr && caller->exe_path) e.actor.exe = *caller->exe_path;
   if (!in.tool().empty()) e.details["tool"] = in.tool();
-  e.details["request_id"] = absl::StrCat(request.request_id());
-  if (resolved.ok()) {
-    e.type = "token.released";
-    e.outcome = "ok";
-    AddGrantFields(resolved->grant, e);
-    e.scopes = resolved->scopes;
-    if (trail_.audit != nullptr) {
-      e.details["token_fingerprint"] = trail_.audit->Fingerprint(resolved->token.token);
-    }
-    // Fail closed: a token whose release cannot be recorded is not released.
-    if (absl::Status audited = Audit(std::move(e), audit::Durability::kGrouped); !audited.ok()) {
-      spdlog::error("token.withheld uid={} pid={} workspace={} connector={}: audit log: {}",
-                    peer.uid, peer.pid, in.workspace_id(), in.connector_id(),
-                    std::string(audited.message()));
-      resolved = absl::UnavailableError(absl::StrCat(
-          "the audit log cannot record the release, so no token is released: ", audited.message()));
-    }
-  } else {
-    e.type = "token.denied";
-    e.outcome = "denied";
-    e.reason = std::string(resolved.status().message());
-    e.scopes.assign(in.scopes().begin(), in.scopes().end());
-    (void)Audit(std::move(e), audit::Durability::kGrouped);  // refused either way
-  }
+  e.details["request_id"] = absl::StrCat(id);
   if (!resolved.ok()) {
     spdlog::info("token.denied uid={} pid={} workspace={} connector={} tool={} reason={}", peer.uid,
                  peer.pid, in.workspace_id(), in.connector_id(), in.tool(),
                  std::string(resolved.status().message()));
+    e.type = "token.denied";
+    e.outcome = "denied";
+    e.reason = std::string(resolved.status().message());
+    e.scopes.assign(in.scopes().begin(), in.scopes().end());
     v1::Response r;
-    r.set_request_id(request.request_id());
+    r.set_request_id(id);
     *r.mutable_error() = StatusToError(resolved.status());
     SendResponse(*connection, r);
+    // Refused either way: the record is not waited for.
+    if (trail_.audit != nullptr) {
+      trail_.audit->AppendAsync(std::move(e), audit::Durability::kGrouped, [](absl::Status) {});
+    }
+    return;
+  }
+  absl::StatusOr<std::string> frame = TokenFrame(id, *resolved);
+  if (!frame.ok()) {
+    SendResponse(*connection,
+                 ErrorResponse(id, v1::Error::INTERNAL, std::string(frame.status().message())));
     return;
   }
   spdlog::debug("token.released uid={} pid={} workspace={} connector={} grant={} tool={}", peer.uid,
                 peer.pid, in.workspace_id(), in.connector_id(), resolved->grant.grant_id,
                 in.tool());
-  v1::Response r;
-  r.set_request_id(request.request_id());
-  v1::ResolveReply* out = r.mutable_resolve();
-  out->set_access_token(std::string(resolved->token.token.view()));
-  out->set_token_type(resolved->token.token_type);
-  out->set_expires_at_ms(ExpiryMillis(resolved->token.expires_at));
-  out->set_grant_id(resolved->grant.grant_id);
-  out->set_account_id(resolved->grant.account_id);
-  for (const std::string& scope : resolved->grant.scopes) out->add_scopes(scope);
-  out->set_connector_type(resolved->grant.connector_type);
-  for (const auto& [k, v] : resolved->grant.metadata) (*out->mutable_metadata())[k] = v;
-  std::string bytes;
-  const bool serialized = r.SerializeToString(&bytes);
-  // Our copies of the token go now; the frame is the only one left.
-  OPENSSL_cleanse(out->mutable_access_token()->data(), out->access_token().size());
-  if (!serialized) {
-    OPENSSL_cleanse(bytes.data(), bytes.size());
-    SendResponse(*connection, ErrorResponse(request.request_id(), v1::Error::INTERNAL,
-                                            "the answer could not be encoded"));
+  if (trail_.audit == nullptr) {
+    connection->Send(*std::move(frame), /*final=*/true);
     return;
   }
-  connection->Send(std::move(bytes), /*final=*/true);
+  e.type = "token.released";
+  e.outcome = "ok";
+  AddGrantFields(resolved->grant, e);
+  e.scopes = resolved->scopes;
+  e.details["token_fingerprint"] = trail_.audit->Fingerprint(resolved->token.token);
+  // Fail closed: the token leaves only once its release is recorded (group
+  // commit: the writer calls back when the batch is committed).
+  auto bytes = std::make_shared<std::string>(*std::move(frame));
+  trail_.audit->AppendAsync(
+      std::move(e), audit::Durability::kGrouped,
+      [connection, bytes, id, uid = peer.uid, pid = peer.pid](absl::Status audited) {
+        if (audited.ok()) {
+          connection->Send(std::move(*bytes), /*final=*/true);
+          return;
+        }
+        OPENSSL_cleanse(bytes->data(), bytes->size());
+        spdlog::error("token.withheld uid={} pid={}: the audit log cannot record it: {}", uid, pid,
+                      std::string(audited.message()));
+        v1::Response r = ErrorResponse(
+            id, v1::Error::UNAVAILABLE,
+            absl::StrCat("the audit log cannot record the release, so no token is released: ",
+                         audited.message()));
+        r.mutable_error()->set_retry_after_ms(1000);
+        SendResponse(*connection, r);
+      });
 }
 
 void Service::RunSubscribe(const std::shared_ptr<ipc::Connection>& connection,

@@ -132,6 +132,13 @@ class Service {
                      absl::Time received);
   void RunResolve(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request,
                   absl::Time deadline);
+  // A resolve answered from memory alone (policy, grant directory, token
+  // cache), on the I/O thread; false when it needs a worker.
+  bool TryResolveOnIoThread(const std::shared_ptr<ipc::Connection>& connection,
+                            const v1::Request& request, absl::Time received);
+  // Audits and answers a resolve: a token only once its release is recorded.
+  void FinishResolve(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request,
+                     const policy::CallerIdentity* caller, absl::StatusOr<Resolved> resolved);
   void RunSubscribe(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request);
   std::shared_ptr<CallerSlot> CallerOf(const ipc::Connection& connection);
   // A copy, so that concurrent requests of one connection never share it.

@@ -574,4 +574,21 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& socke
   return std::unique_ptr<Client>(std::move(client));
 }
 
+void SubscribeGrantEvents(Client& client, const std::string& workspace_id,
+                          std::function<void(const v1::GrantEvent&)> on_event,
+                          std::function<void(absl::Status)> on_end) {
+  v1::Request request;
+  request.mutable_subscribe()->set_workspace_id(workspace_id);
+  client.CallAsync(
+      std::move(request), absl::InfiniteDuration(),
+      [on_end = std::move(on_end)](absl::StatusOr<v1::Response> last) {
+        if (!last.ok()) return on_end(last.status());
+        if (last->has_error()) return on_end(ErrorToStatus(last->error()));
+        on_end(absl::OkStatus());
+      },
+      [on_event = std::move(on_event)](const v1::Response& partial) {
+        if (partial.has_grant_event()) on_event(partial.grant_event());
+      });
+}
+
 }  // namespace grantvault::ipc

@@ -62,6 +62,16 @@ class Client {
   virtual absl::Duration default_deadline() const = 0;
 };
 
+// Opens a Subscribe stream (agent.sock) for `workspace_id` on `client`:
+// `on_event` is called on the client's I/O thread for every GrantEvent, the
+// first one of kind SUBSCRIBED (the stream is open: no event can be missed
+// from then on); `on_end` once, when the stream ends — the connection broke
+// (Unavailable), or the server refused it (e.g. PermissionDenied: the caller
+// may not use the workspace). The stream has no deadline.
+void SubscribeGrantEvents(Client& client, const std::string& workspace_id,
+                          std::function<void(const v1::GrantEvent&)> on_event,
+                          std::function<void(absl::Status)> on_end);
+
 }  // namespace grantvault::ipc
 
 #endif  // GRANTVAULT_IPC_CLIENT_H_

@@ -3,7 +3,9 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <openssl/evp.h>
+#include <poll.h>
 #include <pwd.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <array>
@@ -210,8 +212,13 @@ absl::StatusOr<CallerIdentity> AttestCaller(pid_t pid, uid_t uid, gid_t gid,
   if (options.hash_exe) {
     GV_ASSIGN_OR_RETURN(id.exe_sha256, HashExe(id.proc_root, pid));
   }
-  // Everything above must describe the process that started at start_time.
-  GV_RETURN_IF_ERROR(StillSameProcess(id));
+  if (id.proc_root == "/proc") {
+    const int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    if (fd >= 0) id.pidfd = std::make_shared<const UniqueFd>(fd);
+  }
+  // Everything above (and the pidfd) must describe the process that started
+  // at start_time: read /proc once more, after all of it.
+  GV_RETURN_IF_ERROR(StillSameProcessByProc(id));
   id.user_name = UserName(uid);
   id.group_name = GroupName(gid);
   for (gid_t g : id.supplementary_groups) {
@@ -222,6 +229,24 @@ absl::StatusOr<CallerIdentity> AttestCaller(pid_t pid, uid_t uid, gid_t gid,
 }
 
 absl::Status StillSameProcess(const CallerIdentity& identity) {
+  if (identity.pidfd != nullptr && identity.pidfd->valid()) {
+    // A pidfd becomes readable when its process exits (a zombie included).
+    pollfd p{identity.pidfd->get(), POLLIN, 0};
+    const int ready = ::poll(&p, 1, 0);
+    if (ready < 0) {
+      return absl::InternalError(
+          absl::StrCat("poll on the caller's pidfd: ", std::strerror(errno)));
+    }
+    if (ready > 0) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("the calling process (pid ", identity.pid, ") exited"));
+    }
+    return absl::OkStatus();
+  }
+  return StillSameProcessByProc(identity);
+}
+
+absl::Status StillSameProcessByProc(const CallerIdentity& identity) {
   GV_ASSIGN_OR_RETURN(ProcStat stat, ReadLiveStat(identity.proc_root, identity.pid));
   if (stat.start_time != identity.start_time) {
     return absl::PermissionDeniedError(

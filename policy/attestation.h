@@ -16,6 +16,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -23,6 +24,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/unique_fd.h"
 
 namespace grantvault::policy {
 
@@ -55,6 +57,12 @@ struct CallerIdentity {
   std::optional<std::string> exe_sha256;  // 64 lowercase hex digits
   // The procfs root the identity was read from; StillSameProcess uses it.
   std::string proc_root = "/proc";
+  // A pidfd (pidfd_open) on the attested process, opened and then confirmed
+  // to name the process that started at start_time. It cannot be fooled by
+  // PID reuse, so StillSameProcess only polls it (one syscall) instead of
+  // re-reading /proc. Null when pidfd_open is unavailable or proc_root is not
+  // "/proc" (tests), and then /proc is read.
+  std::shared_ptr<const UniqueFd> pidfd;
 };
 
 // Attests the process `pid` whose credentials SO_PEERCRED reported as
@@ -69,6 +77,8 @@ absl::StatusOr<CallerIdentity> AttestCaller(pid_t pid, uid_t uid, gid_t gid,
 // PermissionDenied "... PID was reused" when the pid now names a process with
 // another start time.
 absl::Status StillSameProcess(const CallerIdentity& identity);
+// The same check by /proc alone (the start time re-read), whatever the pidfd.
+absl::Status StillSameProcessByProc(const CallerIdentity& identity);
 
 // Parses the contents of /proc/<pid>/stat. The comm field (2) is in
 // parentheses and may itself contain spaces and ')', so fields are counted

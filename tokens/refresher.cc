@@ -126,11 +126,7 @@ absl::StatusOr<AccessToken> Refresher::GetAccessToken(std::string_view grant_id,
                                                       absl::Time deadline) {
   if (grant_id.empty()) return absl::InvalidArgumentError("a grant id is required");
   if (min_valid < absl::ZeroDuration()) min_valid = absl::ZeroDuration();
-  if (std::optional<TokenCache::Lookup> hit =
-          cache_.GetClaimingRefresh(grant_id, min_valid, kMinRefreshAheadRetry)) {
-    if (hit->refresh_claimed) StartRefreshAhead(grant_id);
-    return std::move(hit->token);
-  }
+  if (std::optional<AccessToken> hit = GetCached(grant_id, min_valid)) return std::move(*hit);
 
   absl::StatusOr<AccessToken> result = absl::UnknownError("unset");
   {
@@ -163,6 +159,15 @@ absl::StatusOr<AccessToken> Refresher::GetAccessToken(std::string_view grant_id,
   }
   if (!result.ok()) return ServeStaleOr(grant_id, result.status());
   return result;
+}
+
+std::optional<AccessToken> Refresher::GetCached(std::string_view grant_id,
+                                                absl::Duration min_valid) {
+  std::optional<TokenCache::Lookup> hit = cache_.GetClaimingRefresh(
+      grant_id, std::max(min_valid, absl::ZeroDuration()), kMinRefreshAheadRetry);
+  if (!hit) return std::nullopt;
+  if (hit->refresh_claimed) StartRefreshAhead(grant_id);
+  return std::move(hit->token);
 }
 
 void Refresher::Revoke(std::string_view grant_id, std::string reason) {

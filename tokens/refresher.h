@@ -143,6 +143,12 @@ class Refresher {
   absl::StatusOr<AccessToken> GetAccessToken(std::string_view grant_id, absl::Duration min_valid,
                                              absl::Time deadline);
 
+  // The cache-hit half of GetAccessToken, which never waits: the cached token
+  // when it stays valid for `min_valid` (starting a refresh ahead in the
+  // background when one is due), nullopt otherwise. A revoked grant's token
+  // is never cached, so a hit is a token of a grant not revoked here.
+  std::optional<AccessToken> GetCached(std::string_view grant_id, absl::Duration min_valid);
+
   // The revoke path calls this (after or before marking the grant revoked in
   // the store): the cached token is erased, every caller waiting for the
   // grant returns FailedPrecondition "REVOKED: grant <id> is revoked:

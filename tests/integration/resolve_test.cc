@@ -257,6 +257,20 @@ TEST_F(ResolveTest, ThePolicyRefusesWhatItDoesNotAllow) {
               HasSubstr("beyond the grant"));
   // Without a tool, only when the workspace allows it.
   EXPECT_THAT(denied(ResolveRequest(kWorkspace, "")), HasSubstr("without a tool"));
+  // Nor may it listen to another workspace's grant events.
+  {
+    absl::Notification ended;
+    absl::Status end;
+    std::unique_ptr<ipc::Client> subscriber = Connect("agent.sock");
+    ipc::SubscribeGrantEvents(
+        *subscriber, "ws_other", [](const v1::GrantEvent&) {},
+        [&](absl::Status s) {
+          end = s;
+          ended.Notify();
+        });
+    ASSERT_TRUE(ended.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    EXPECT_TRUE(absl::IsPermissionDenied(end)) << end;
+  }
 
   // A uid not in the policy: the policy is reloaded to name another uid.
   WritePolicy(PolicyFor(::getuid() + 4242));

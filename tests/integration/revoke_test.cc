@@ -213,14 +213,19 @@ TEST_F(RevokeTest, RevocationReachesTheCacheTheWaitersTheSubscribersAndTheProvid
   absl::Mutex mu;
   std::vector<std::pair<v1::GrantEvent, absl::Time>> events;
   std::unique_ptr<ipc::Client> subscriber = Agent();
-  v1::Request subscribe;
-  subscribe.mutable_subscribe()->set_workspace_id(kWorkspace);
-  subscriber->CallAsync(
-      subscribe, absl::Hours(1), [](absl::StatusOr<v1::Response>) {},
-      [&](const v1::Response& r) {
+  ipc::SubscribeGrantEvents(
+      *subscriber, kWorkspace,
+      [&](const v1::GrantEvent& event) {
         absl::MutexLock lock(&mu);
-        events.emplace_back(r.grant_event(), absl::Now());
-      });
+        events.emplace_back(event, absl::Now());
+      },
+      [](absl::Status) {});
+  {
+    absl::MutexLock lock(&mu);
+    auto subscribed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return !events.empty(); };
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&subscribed), absl::Seconds(5)));
+    EXPECT_EQ(events.front().first.kind(), v1::GrantEvent::SUBSCRIBED);
+  }
 
   // A resolve held on a refresh the stalled provider does not answer.
   ASSERT_EQ(::kill(provider_->pid(), SIGSTOP), 0);

@@ -180,13 +180,22 @@ TEST(AttestationTest, ReusedPidIsRefused) {
   const pid_t pid = child.pid();
   absl::StatusOr<CallerIdentity> id = AttestCaller(pid, ::getuid(), ::getgid());
   ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_NE(id->pidfd, nullptr);  // pidfd_open works on this kernel
   child.Release();
   child.Reap();
+  // The pidfd names the attested process itself: whatever now has its pid,
+  // it says the caller exited.
+  absl::Status by_pidfd = StillSameProcess(*id);
+  EXPECT_TRUE(absl::IsPermissionDenied(by_pidfd)) << by_pidfd;
+  EXPECT_THAT(by_pidfd.message(), HasSubstr("exited"));
 
+  // Without a pidfd, /proc: a pid now held by a process with another start
+  // time is a reused PID.
   TempDir fake;
   WriteFakeProc(fake, pid, FakeStat(pid, "impostor", 'S', id->start_time + 4242));
   CallerIdentity seen_through_fake = *id;
   seen_through_fake.proc_root = fake.path();
+  seen_through_fake.pidfd = nullptr;
   absl::Status status = StillSameProcess(seen_through_fake);
   EXPECT_TRUE(absl::IsPermissionDenied(status)) << status;
   EXPECT_THAT(status.message(), HasSubstr("reused"));
