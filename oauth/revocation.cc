@@ -18,6 +18,7 @@
 #include "common/strings.h"
 #include "oauth/catalog.h"
 #include "oauth/pkce.h"
+#include "oauth/request_parts.h"
 #include "oauth/wiping.h"
 
 namespace grantvault::oauth {
@@ -153,28 +154,6 @@ WipedString FillRunTime(std::string_view url_template, std::string_view client_i
       {{"{token}", encoded_token.value}, {"{client_id}", PercentEncode(client_id)}})};
 }
 
-// "Basic " + base64(urlencode(client_id) ":" urlencode(client_secret)) (RFC 6749 §2.3.1).
-std::string BasicAuthorization(std::string_view client_id, std::string_view client_secret) {
-  WipedString secret{PercentEncode(client_secret)};
-  WipedString credentials{absl::StrCat(PercentEncode(client_id), ":", secret.value)};
-  WipedString encoded{Base64(credentials.value)};
-  return absl::StrCat("Basic ", encoded.value);
-}
-
-void AppendFormField(std::string& body, std::string_view name, std::string_view value) {
-  if (!body.empty()) body.push_back('&');
-  absl::StrAppend(&body, PercentEncode(name), "=");
-  WipedString encoded{PercentEncode(value)};
-  body += encoded.value;
-}
-
-bool SetsHeader(const ConnectorType& type, std::string_view name) {
-  for (const auto& [header, value] : type.token_headers) {
-    if (absl::EqualsIgnoreCase(header, Sv(name))) return true;
-  }
-  return false;
-}
-
 // --- sending -------------------------------------------------------------------------------
 
 absl::StatusOr<HttpResponse> Send(HttpClient& http, const Call& call, const HttpRequest& request,
@@ -228,7 +207,8 @@ absl::StatusOr<RevocationOutcome> RevokeRfc7009(HttpClient& http, const Revocati
     for (const auto& [name, value] : fields) AppendFormField(request.body, name, value);
     request.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
   }
-  if (!SetsHeader(type, "Accept")) request.headers.emplace_back("Accept", "application/json");
+  if (!CatalogSetsHeader(type, "Accept"))
+    request.headers.emplace_back("Accept", "application/json");
   for (const auto& [name, value] : type.token_headers) request.headers.emplace_back(name, value);
   if (basic)
     request.headers.emplace_back("Authorization", BasicAuthorization(in.client_id, secret));

@@ -6,31 +6,12 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "common/strings.h"
 #include "oauth/pkce.h"
+#include "oauth/request_parts.h"
 #include "oauth/wiping.h"
 
 namespace grantvault::oauth {
-namespace {
-
-void AppendFormField(std::string& body, std::string_view name, std::string_view value) {
-  if (!body.empty()) body.push_back('&');
-  body += PercentEncode(name);
-  body.push_back('=');
-  std::string encoded = PercentEncode(value);
-  body += encoded;
-  Cleanse(encoded);
-}
-
-bool SetsHeader(const ConnectorType& type, std::string_view name) {
-  for (const auto& [header, value] : type.token_headers) {
-    if (absl::EqualsIgnoreCase(header, Sv(name))) return true;
-  }
-  return false;
-}
-
-}  // namespace
 
 TokenRequest::TokenRequest(const ConnectorProfile& profile,
                            const AuthorizationCodeExchange& exchange) {
@@ -74,18 +55,12 @@ void TokenRequest::Build(const ConnectorProfile& profile, std::string_view clien
     for (const auto& [name, value] : fields) AppendFormField(request_.body, name, value);
     request_.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
   }
-  if (!SetsHeader(type, "Accept")) request_.headers.emplace_back("Accept", "application/json");
+  if (!CatalogSetsHeader(type, "Accept"))
+    request_.headers.emplace_back("Accept", "application/json");
   for (const auto& [name, value] : type.token_headers) request_.headers.emplace_back(name, value);
   if (basic) {
-    // RFC 6749 §2.3.1: both parts form-encoded before base64.
-    std::string id = PercentEncode(client_id);
-    std::string secret = PercentEncode(client_secret.view());
-    std::string credentials = id + ":" + secret;
-    std::string encoded = Base64(credentials);
-    request_.headers.emplace_back("Authorization", "Basic " + encoded);
-    Cleanse(secret);
-    Cleanse(credentials);
-    Cleanse(encoded);
+    request_.headers.emplace_back("Authorization",
+                                  BasicAuthorization(client_id, client_secret.view()));
   }
 }
 
