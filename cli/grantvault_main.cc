@@ -363,6 +363,11 @@ int Main(int argc, char** argv) {
       std::printf("  sealed      %llu secret(s)\n",
                   static_cast<unsigned long long>(s.sealed_secrets()));
       std::printf("  connections %u\n", s.open_connections());
+      for (const v1::StatusReply::Breaker& b : s.breakers()) {
+        std::printf("  breaker     %s %s until %s after %u failure(s) (%s)\n",
+                    b.connector_id().c_str(), b.phase().c_str(), Millis(b.open_until_ms()).c_str(),
+                    b.consecutive_failures(), b.last_failure().c_str());
+      }
       if (s.upstream_revocations_pending() > 0) {
         std::printf("  revocations %u pending at providers (grants show names them)\n",
                     s.upstream_revocations_pending());

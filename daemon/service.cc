@@ -271,7 +271,44 @@ absl::Status Service::ReloadPolicy() {
                                                             fresh.status().message()));
   }
   agents_.resolver->SetPolicy(std::make_shared<const policy::Policy>(std::move(*fresh)));
+  EndRefusedSubscriptions();
   return absl::OkStatus();
+}
+
+void Service::EndRefusedSubscriptions() {
+  std::vector<std::pair<std::string, Subscription>> all;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [workspace, subscriptions] : subscribers_) {
+      for (const Subscription& s : subscriptions) all.emplace_back(workspace, s);
+    }
+  }
+  for (const auto& [workspace, s] : all) {
+    std::shared_ptr<ipc::Connection> connection = s.connection.lock();
+    if (connection == nullptr) continue;
+    std::shared_ptr<CallerSlot> slot = CallerOf(*connection);
+    absl::StatusOr<policy::CallerIdentity> caller = CopyCaller(slot.get());
+    absl::Status allowed = caller.status();
+    if (allowed.ok()) allowed = agents_.resolver->AllowWorkspace(*caller, workspace).status();
+    if (allowed.ok()) continue;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = subscribers_.find(workspace);
+      if (it != subscribers_.end()) {
+        std::erase_if(it->second, [&](const Subscription& other) {
+          return other.connection_id == s.connection_id && other.request_id == s.request_id;
+        });
+        if (it->second.empty()) subscribers_.erase(it);
+      }
+    }
+    // The stream ends with the reason: the reloaded policy no longer lets
+    // this caller hear of the workspace's grants.
+    v1::Response r;
+    r.set_request_id(s.request_id);
+    *r.mutable_error() = StatusToError(absl::PermissionDeniedError(
+        absl::StrCat("the reloaded policy ends this subscription: ", allowed.message())));
+    SendResponse(*connection, r);
+  }
 }
 
 void Service::OnConnect(v1::HelloReply::Role role,
@@ -657,6 +694,17 @@ v1::StatusReply Service::ComputeStatus() {
           vault_->store->ListPendingUpstreamRevocations();
       pending.ok()) {
     s.set_upstream_revocations_pending(static_cast<uint32_t>(pending->size()));
+  }
+  if (trail_.refresher != nullptr) {
+    for (const tokens::BreakerState& b : trail_.refresher->Breakers()) {
+      if (b.phase == tokens::BreakerPhase::kClosed) continue;
+      v1::StatusReply::Breaker* out = s.add_breakers();
+      out->set_connector_id(b.connector_id);
+      out->set_phase(std::string(tokens::BreakerPhaseName(b.phase)));
+      out->set_open_until_ms(UnixMillis(b.open_until));
+      out->set_consecutive_failures(static_cast<uint32_t>(b.consecutive_failures));
+      out->set_last_failure(b.last_failure);
+    }
   }
   s.set_audit_enabled(trail_.audit != nullptr);
   if (trail_.audit != nullptr) {

@@ -91,6 +91,9 @@ class Service {
   // SIGHUP: re-reads the policy file. On any error the previous policy stays
   // in force and the error says why.
   absl::Status ReloadPolicy();
+  // Ends (PERMISSION_DENIED) every Subscribe stream the current policy no
+  // longer allows; ReloadPolicy calls it.
+  void EndRefusedSubscriptions();
   // Sends `event` to every Subscribe stream open on its workspace.
   void PublishGrantEvent(const v1::GrantEvent& event);
 

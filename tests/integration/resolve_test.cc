@@ -272,12 +272,28 @@ TEST_F(ResolveTest, ThePolicyRefusesWhatItDoesNotAllow) {
     EXPECT_TRUE(absl::IsPermissionDenied(end)) << end;
   }
 
+  // A subscription the policy allows now…
+  absl::Notification subscription_ended;
+  absl::Status subscription_end;
+  std::unique_ptr<ipc::Client> listener = Connect("agent.sock");
+  ipc::SubscribeGrantEvents(
+      *listener, kWorkspace, [](const v1::GrantEvent&) {},
+      [&](absl::Status s) {
+        subscription_end = s;
+        subscription_ended.Notify();
+      });
+  absl::SleepFor(absl::Milliseconds(200));
+  ASSERT_FALSE(subscription_ended.HasBeenNotified());
+
   // A uid not in the policy: the policy is reloaded to name another uid.
   WritePolicy(PolicyFor(::getuid() + 4242));
   daemon_->Signal(SIGHUP);
   absl::SleepFor(absl::Milliseconds(300));
   EXPECT_THAT(denied(ResolveRequest(kWorkspace, "read_docs")),
               HasSubstr(absl::StrCat("uid ", ::getuid(), " is not in the policy")));
+  // …is ended by the reload that no longer allows it.
+  ASSERT_TRUE(subscription_ended.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_TRUE(absl::IsPermissionDenied(subscription_end)) << subscription_end;
 
   // A policy that does not parse keeps the previous one.
   WritePolicy("[[callers]]\nrole = \"agent\"\nworkspaces = [\"ws_acme\"]\nbogus = 1\n");
