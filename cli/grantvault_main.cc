@@ -196,9 +196,10 @@ void PrintGrant(const v1::GrantInfo& g, bool detail) {
     std::printf("  at provider    %s after %u attempt(s)\n", g.upstream_revocation().c_str(),
                 g.upstream_revocation_attempts());
     if (g.upstream_revocation() == "pending") {
-      std::printf("  last error     %s\n  next attempt   %s\n",
-                  g.upstream_revocation_error().c_str(),
-                  Millis(g.upstream_revocation_next_attempt_ms()).c_str());
+      if (!g.upstream_revocation_error().empty()) {
+        std::printf("  last error     %s\n", g.upstream_revocation_error().c_str());
+      }
+      std::printf("  next attempt   %s\n", Millis(g.upstream_revocation_next_attempt_ms()).c_str());
     } else if (g.upstream_revocation() == "manual") {
       std::printf("  (the provider has no revocation API: remove the app in its admin console)\n");
     }

@@ -179,13 +179,17 @@ v1::Error StatusToError(const absl::Status& status) {
       break;
     case absl::StatusCode::kFailedPrecondition:
       // The token engine names these two in the message (tokens/refresher.h).
-      if (absl::StartsWith(status.message(), "REVOKED:")) {
-        e.set_code(v1::Error::REVOKED);
-      } else if (absl::StartsWith(status.message(), "REAUTH_REQUIRED:")) {
-        e.set_code(v1::Error::REAUTH_REQUIRED);
-      } else {
-        e.set_code(v1::Error::FAILED_PRECONDITION);
+      // (the code then says it; the message drops the prefix).
+      for (const auto& [prefix, code] :
+           {std::pair{std::string_view("REVOKED: "), v1::Error::REVOKED},
+            std::pair{std::string_view("REAUTH_REQUIRED: "), v1::Error::REAUTH_REQUIRED}}) {
+        if (absl::StartsWith(status.message(), Sv(prefix))) {
+          e.set_code(code);
+          e.set_message(std::string(status.message().substr(prefix.size())));
+          return e;
+        }
       }
+      e.set_code(v1::Error::FAILED_PRECONDITION);
       break;
     case absl::StatusCode::kAlreadyExists:
       e.set_code(v1::Error::ALREADY_EXISTS);
