@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -276,6 +277,15 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   service.EnableAgents(Service::Agents{&resolver, config->policy_file, config->agent_threads});
   service.EnableTrail(Service::Trail{audit_log.get(), refresher->get(), &revoker});
   service_for_callbacks = &service;
+  // On every way out, before the service is destroyed: the threads that call
+  // back into it (the upstream revoker, the refresher's workers) are stopped
+  // first. (The service's own workers are joined by its destructor.)
+  absl::Cleanup stop_callers_of_service = [&] {
+    revoker.Stop();
+    service.Stop();
+    refresher->reset();  // waits for a refresh still in flight (≤ refresh_timeout)
+    service_for_callbacks = nullptr;
+  };
   for (const std::string& c : created) {
     if (!absl::StrContains(c, "KEK") && !absl::StrContains(c, "audit signing key")) continue;
     if (absl::Status audited =
