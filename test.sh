@@ -29,7 +29,10 @@ echo "== tests (RelWithDebInfo)"
 (cd build && ctest --output-on-failure -j2 --repeat until-pass:2) || status=1
 echo "== tests (local authorization server, node)"
 # A file list, not the directory: Node 21+ no longer searches a directory argument.
-node --test tests/provider/*.test.mjs || status=1
+# Like ctest above, a failing run is tried once more (and says so).
+node --test tests/provider/*.test.mjs ||
+  { echo "test.sh: node tests failed; running them once more" >&2;
+    node --test tests/provider/*.test.mjs; } || status=1
 echo "== tests (ASan + UBSan)"
 (cd build-asan &&
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1 \

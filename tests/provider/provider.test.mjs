@@ -65,7 +65,8 @@ before(async () => {
   server.stderr.on('data', (d) => { serverErr += d; });
   issuer = await new Promise((resolve, reject) => {
     let out = '';
-    const timer = setTimeout(() => reject(new Error(`no READY in 10 s; stderr:\n${serverErr}`)), 10_000);
+    // Generous, as the C++ harness's 60 s: a loaded CI machine can stall a start for seconds.
+    const timer = setTimeout(() => reject(new Error(`no READY in 60 s; stderr:\n${serverErr}`)), 60_000);
     server.stdout.setEncoding('utf8');
     server.stdout.on('data', (d) => {
       out += d;
