@@ -142,6 +142,20 @@ void AddGrantFields(const store::Grant& g, audit::Event& e) {
   e.scopes = g.scopes;
 }
 
+// The event subscribers of the grant's workspace are sent.
+v1::GrantEvent GrantEventOf(v1::GrantEvent::Kind kind, const store::Grant& g, std::string reason,
+                            absl::Time at) {
+  v1::GrantEvent event;
+  event.set_kind(kind);
+  event.set_workspace_id(g.workspace_id);
+  event.set_connector_id(g.connector_id);
+  event.set_grant_id(g.grant_id);
+  event.set_account_id(g.account_id);
+  event.set_reason(std::move(reason));
+  event.set_at_ms(UnixMillis(at));
+  return event;
+}
+
 int64_t ExpiryMillis(absl::Time t) {
   return t == absl::InfiniteFuture() ? 0 : absl::ToUnixMillis(t);
 }
@@ -977,15 +991,8 @@ void Service::OnReauthRequired(std::string_view grant_id, std::string_view reaso
     spdlog::error("audit.write_failed event=grant.reauth_required grant={}: {}", grant->grant_id,
                   std::string(audited.message()));
   }
-  v1::GrantEvent event;
-  event.set_kind(v1::GrantEvent::REAUTH_REQUIRED);
-  event.set_workspace_id(grant->workspace_id);
-  event.set_connector_id(grant->connector_id);
-  event.set_grant_id(grant->grant_id);
-  event.set_account_id(grant->account_id);
-  event.set_reason(std::string(reason));
-  event.set_at_ms(UnixMillis(clock_->Now()));
-  PublishGrantEvent(event);
+  PublishGrantEvent(
+      GrantEventOf(v1::GrantEvent::REAUTH_REQUIRED, *grant, std::string(reason), clock_->Now()));
 }
 
 void Service::OnUpstreamAttempt(const store::Grant& grant, const store::UpstreamRevocation& state) {
@@ -1063,15 +1070,7 @@ absl::Status Service::RunRevoke(const v1::Request& request, v1::Response& respon
     agents_.resolver->ForgetGrant(grant.workspace_id, grant.connector_id);
   }
   // 5. Agent hosts subscribed to the workspace hear of it.
-  v1::GrantEvent event;
-  event.set_kind(v1::GrantEvent::REVOKED);
-  event.set_workspace_id(grant.workspace_id);
-  event.set_connector_id(grant.connector_id);
-  event.set_grant_id(grant.grant_id);
-  event.set_account_id(grant.account_id);
-  event.set_reason(reason);
-  event.set_at_ms(UnixMillis(clock_->Now()));
-  PublishGrantEvent(event);
+  PublishGrantEvent(GrantEventOf(v1::GrantEvent::REVOKED, grant, reason, clock_->Now()));
   // 6. The provider, in the background (retried until it confirms).
   if (trail_.revoker != nullptr) trail_.revoker->Wake();
   spdlog::info("grant.revoked admin={} workspace={} connector={} grant={} reason={}",
@@ -1367,13 +1366,7 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
       }
       if (agents_.resolver != nullptr)
         agents_.resolver->ForgetGrant(g.workspace_id, g.connector_id);
-      v1::GrantEvent event;
-      event.set_kind(v1::GrantEvent::AUTHORIZED);
-      event.set_workspace_id(g.workspace_id);
-      event.set_connector_id(g.connector_id);
-      event.set_grant_id(g.grant_id);
-      event.set_account_id(g.account_id);
-      event.set_at_ms(UnixMillis(clock_->Now()));
+      v1::GrantEvent event = GrantEventOf(v1::GrantEvent::AUTHORIZED, g, "", clock_->Now());
       if (done->replaced_grant_id) event.set_replaced_grant_id(*done->replaced_grant_id);
       PublishGrantEvent(event);
       return absl::OkStatus();
