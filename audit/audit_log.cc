@@ -11,9 +11,11 @@
 #include <optional>
 #include <set>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -30,6 +32,8 @@ using format::Record;
 using format::RecordBody;
 
 constexpr size_t kMaxEventBytes = 64 * 1024;
+// The detail a coalesced record carries: how many identical events it stands for.
+constexpr std::string_view kCountDetail = "count";
 constexpr size_t kMinFingerprintKeyBytes = 32;
 
 // Detail keys that would name a secret. A token is recorded only through
@@ -236,6 +240,9 @@ absl::StatusOr<Record> PrepareRecord(Event event) {
     return absl::InvalidArgumentError(absl::StrCat(
         "audit: outcome must be ok, denied or failed (got \"", SanitizeUtf8(event.outcome), "\")"));
   }
+  if (event.coalesce && event.details.contains(std::string(kCountDetail))) {
+    return absl::InvalidArgumentError("audit: detail \"count\" is reserved for coalesced events");
+  }
   Record r;
   r.chain = format::ChainIdFor(event.workspace_id);
   r.type = std::move(event.type);
@@ -268,7 +275,7 @@ absl::StatusOr<Record> PrepareRecord(Event event) {
     // Sanitising can merge two keys; the later one wins, as in any map.
     b.details[SanitizeUtf8(key)] = SanitizeUtf8(value);
   }
-  if (format::CanonicalBody(b).size() > kMaxEventBytes) {
+  if (format::CanonicalBodySize(b) > kMaxEventBytes) {
     return absl::InvalidArgumentError("audit: event larger than 64 KiB");
   }
   return r;
@@ -299,6 +306,7 @@ struct Job {
   Kind kind = Kind::kAppend;
   Record record;  // kAppend: chain, type and body; the writer fills the rest
   Durability durability = Durability::kDurable;
+  bool coalesce = false;          // Event::coalesce
   format::Checkpoint checkpoint;  // kCheckpoint
   int64_t checkpoint_time_us = 0;
   // AppendAsync: called by the writer with the result, after which the
@@ -308,7 +316,49 @@ struct Job {
   absl::Status result;
   bool done = false;
   int64_t unsigned_since_us = 0;  // kCheckpoint: time of the record after it, if any
+  // Coalescing (Event::coalesce), set by the writer for one batch: a folded
+  // job is recorded by the identical job it points to, which counts them.
+  Job* folded_into = nullptr;
+  uint64_t folded = 0;
 };
+
+bool CoalescesWith(const Job& a, const Job& b) {
+  return a.record.chain == b.record.chain && a.record.type == b.record.type &&
+         a.record.body == b.record.body;
+}
+
+// Folds every coalescable grouped event of `batch` into the first identical
+// one (Event::coalesce). Any other event closes every open group, so that a
+// record never stands for events on both sides of another event.
+void CoalesceBatch(const std::vector<Job*>& batch) {
+  std::unordered_multimap<size_t, Job*> open;  // by hash of chain, type and body
+  for (Job* job : batch) {
+    if (job->kind != Job::Kind::kAppend) continue;  // a checkpoint covers earlier records only
+    if (!job->coalesce || job->durability != Durability::kGrouped) {
+      open.clear();
+      continue;
+    }
+    const Record& r = job->record;
+    const RecordBody& b = r.body;
+    const size_t hash =
+        absl::HashOf(r.chain, r.type, b.workspace_id, b.admin_user, b.uid, b.pid, b.exe, b.grant_id,
+                     b.connector_id, b.account_id, b.scopes, b.outcome, b.reason, b.details);
+    Job* representative = nullptr;
+    auto [first, last] = open.equal_range(hash);
+    for (auto it = first; it != last; ++it) {
+      if (CoalescesWith(*it->second, *job)) {
+        representative = it->second;
+        break;
+      }
+    }
+    if (representative == nullptr) {
+      open.emplace(hash, job);
+    } else {
+      job->folded_into = representative;
+      ++representative->folded;
+    }
+  }
+}
 
 Record ReadRecordRow(const db::Statement& row) {
   // Columns: chain, seq, time, type, prev_hash, body_hash, hash, workspace_id,
@@ -388,15 +438,18 @@ class AuditLog::Impl {
   }
 
   absl::Status Append(Event event, Durability durability) {
+    const bool coalesce = event.coalesce;
     GV_ASSIGN_OR_RETURN(Record record, PrepareRecord(std::move(event)));
     Job job;
     job.kind = Job::Kind::kAppend;
     job.record = std::move(record);
     job.durability = durability;
+    job.coalesce = coalesce;
     return Submit(job);
   }
 
   void AppendAsync(Event event, Durability durability, std::function<void(absl::Status)> on_done) {
+    const bool coalesce = event.coalesce;
     absl::StatusOr<Record> record = PrepareRecord(std::move(event));
     if (!record.ok()) {
       on_done(record.status());
@@ -406,6 +459,7 @@ class AuditLog::Impl {
     job->kind = Job::Kind::kAppend;
     job->record = std::move(*record);
     job->durability = durability;
+    job->coalesce = coalesce;
     job->on_done = std::move(on_done);
     {
       absl::MutexLock lock(&mu_);
@@ -601,8 +655,12 @@ class AuditLog::Impl {
     std::map<std::string, Head> touched;
     std::map<std::string, std::string> new_chain_workspace;
     std::map<std::string, int64_t> first_new_time;  // per chain, the batch's first record
+    CoalesceBatch(batch);
     absl::Status status =
         WriteBatchTransaction(batch, durable, touched, new_chain_workspace, first_new_time);
+    for (Job* job : batch) {
+      if (job->folded_into != nullptr) job->result = job->folded_into->result;
+    }
     bool wake_checkpointer = false;
     std::vector<Job*> finished_async;
     {
@@ -677,7 +735,10 @@ class AuditLog::Impl {
         GV_RETURN_IF_ERROR(InsertCheckpoint(db, *job));
         continue;
       }
+      if (job->folded_into != nullptr) continue;  // recorded by its representative
       Record& r = job->record;
+      if (job->folded > 0)
+        r.body.details[std::string(kCountDetail)] = std::to_string(job->folded + 1);
       auto [it, inserted] = touched.try_emplace(r.chain);
       Head& head = it->second;
       if (inserted) {

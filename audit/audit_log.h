@@ -58,6 +58,15 @@ struct Event {
   // secret ("access_token", "refresh_token", "client_secret", "code", …) are
   // refused.
   std::map<std::string, std::string> details;
+  // Identical events may share one record: with Durability::kGrouped, events
+  // marked `coalesce` that are equal in every field above and are committed in
+  // the same batch, with no other event of their chain between them, are
+  // recorded once, with details["count"] = how many (absent means 1). Each
+  // caller still learns the outcome only after that record is committed. For
+  // token.released, where one agent process fetching the same cached token
+  // many times a second would otherwise write a row per fetch. The detail
+  // "count" is then reserved.
+  bool coalesce = false;
 };
 
 enum class Durability {

@@ -779,6 +779,31 @@ bool IsCanonicalTime(std::string_view t) {
   return true;
 }
 
+namespace {
+
+size_t FieldSize(size_t value_size) {
+  size_t digits = 1;
+  for (size_t n = value_size; n >= 10; n /= 10) ++digits;
+  return digits + 2 + value_size;  // "<size>:<value>\n"
+}
+
+}  // namespace
+
+size_t CanonicalBodySize(const RecordBody& b) {
+  size_t size = std::string_view("grantvault.audit.body.v1\n").size();
+  for (const std::string* field :
+       {&b.workspace_id, &b.admin_user, &b.uid, &b.pid, &b.exe, &b.grant_id, &b.connector_id,
+        &b.account_id, &b.outcome, &b.reason}) {
+    size += FieldSize(field->size());
+  }
+  size += FieldSize(std::to_string(b.scopes.size()).size());
+  for (const std::string& scope : b.scopes) size += FieldSize(scope.size());
+  size += FieldSize(std::to_string(b.details.size()).size());
+  for (const auto& [key, value] : b.details)
+    size += FieldSize(key.size()) + FieldSize(value.size());
+  return size;
+}
+
 std::string CanonicalBody(const RecordBody& b) {
   std::string out = "grantvault.audit.body.v1\n";
   for (const std::string* field : {&b.workspace_id, &b.admin_user, &b.uid, &b.pid, &b.exe,

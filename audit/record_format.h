@@ -51,6 +51,8 @@ struct RecordBody {
   std::string outcome;
   std::string reason;
   std::map<std::string, std::string> details;  // ascending byte order
+
+  bool operator==(const RecordBody&) const = default;
 };
 
 struct Record {
@@ -89,6 +91,8 @@ struct Statement {
 
 // Canonical forms: see docs/audit.md, "Canonical forms".
 std::string CanonicalBody(const RecordBody& body);
+// CanonicalBody(body).size(), without building it.
+size_t CanonicalBodySize(const RecordBody& body);
 std::string CanonicalRecord(const Record& record);  // uses body_hash, not body
 std::string CanonicalCheckpoint(const Checkpoint& checkpoint);
 std::string CanonicalStatement(const Statement& statement);

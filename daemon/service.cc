@@ -862,8 +862,8 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
   e.actor.pid = peer.pid;
   if (caller != nullptr && caller->exe_path) e.actor.exe = *caller->exe_path;
   if (!in.tool().empty()) e.details["tool"] = in.tool();
-  e.details["request_id"] = absl::StrCat(id);
   if (!resolved.ok()) {
+    e.details["request_id"] = absl::StrCat(id);
     spdlog::info("token.denied uid={} pid={} workspace={} connector={} tool={} reason={}", peer.uid,
                  peer.pid, in.workspace_id(), in.connector_id(), in.tool(),
                  std::string(resolved.status().message()));
@@ -899,6 +899,9 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
   AddGrantFields(resolved->grant, e);
   e.scopes = resolved->scopes;
   e.details["token_fingerprint"] = trail_.audit->Fingerprint(resolved->token.token);
+  // Repeated releases of the same token to the same process share a record
+  // (with a count): the release is recorded, not the request (docs/audit.md).
+  e.coalesce = true;
   // Fail closed: the token leaves only once its release is recorded (group
   // commit: the writer calls back when the batch is committed).
   auto bytes = std::make_shared<std::string>(*std::move(frame));

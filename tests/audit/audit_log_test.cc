@@ -10,6 +10,7 @@
 #include <functional>
 #include <sstream>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -17,6 +18,7 @@
 #include "audit/verify.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/audit/audit_test_fixture.h"
 #include "tests/audit/audit_test_util.h"
 
@@ -114,6 +116,102 @@ TEST_F(AuditTest, EveryFieldOfTheEventIsExported) {
         "\"request_id\":\"r-99\"", "\"tool\":\"gmail.search\"", "\"time\":\"20"}) {
     EXPECT_THAT(text, HasSubstr(expected));
   }
+}
+
+// Holds SQLite's write lock on the log's database (BEGIN IMMEDIATE on a
+// connection of the test's own) until Release(): the writer then waits in its
+// busy timeout, and what is appended meanwhile queues up for one batch.
+class WriteLockHolder {
+ public:
+  explicit WriteLockHolder(const std::string& path) {
+    EXPECT_EQ(sqlite3_open(path.c_str(), &db_), SQLITE_OK);
+    EXPECT_EQ(sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  }
+  ~WriteLockHolder() { Release(); }
+  void Release() {
+    if (db_ == nullptr) return;
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    sqlite3_close(db_);
+    db_ = nullptr;
+  }
+
+ private:
+  sqlite3* db_ = nullptr;
+};
+
+// The records of a JSONL export, as (type, details["count"] or "1", pid).
+std::vector<std::tuple<std::string, std::string, std::string>> RecordsOf(const std::string& text) {
+  std::vector<std::tuple<std::string, std::string, std::string>> out;
+  for (const std::string& line : testing::SplitLines(text)) {
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_object() || j.value("kind", "") != "record") continue;
+    const nlohmann::json& details = j["details"];
+    out.emplace_back(j.value("type", ""), details.value("count", "1"),
+                     j["actor"]["pid"].is_number() ? j["actor"]["pid"].dump() : "");
+  }
+  return out;
+}
+
+TEST_F(AuditTest, IdenticalCoalescableEventsOfOneBatchShareARecordWithTheirCount) {
+  auto log = OpenLog();
+  ASSERT_NE(log, nullptr);
+  auto coalescable = [](int32_t pid) {
+    Event e = TokenEvent("acme", "gr_1");
+    e.actor.pid = pid;
+    e.coalesce = true;
+    return e;
+  };
+  std::atomic<int> ok{0};
+  std::atomic<int> answered{0};
+  auto on_done = [&](absl::Status s) {
+    if (s.ok()) ++ok;
+    ++answered;
+  };
+  {
+    WriteLockHolder lock(db_path());
+    // The writer takes this one and waits for the lock; everything after it
+    // queues up meanwhile and is committed in the next batch.
+    log->AppendAsync(AdminEvent("acme", "first"), Durability::kGrouped, on_done);
+    absl::SleepFor(absl::Milliseconds(50));
+    for (int i = 0; i < 40; ++i) log->AppendAsync(coalescable(4242), Durability::kGrouped, on_done);
+    log->AppendAsync(coalescable(5555), Durability::kGrouped, on_done);  // another caller
+    for (int i = 0; i < 10; ++i) log->AppendAsync(coalescable(4242), Durability::kGrouped, on_done);
+    // Another event of the chain closes the groups: releases after it get their own record.
+    log->AppendAsync(AdminEvent("acme", "between"), Durability::kGrouped, on_done);
+    for (int i = 0; i < 7; ++i) log->AppendAsync(coalescable(4242), Durability::kGrouped, on_done);
+    // Not grouped: never coalesced.
+    log->AppendAsync(coalescable(4242), Durability::kDurable, on_done);
+    log->AppendAsync(coalescable(4242), Durability::kDurable, on_done);
+    // Nothing is answered before the batch is committed.
+    absl::SleepFor(absl::Milliseconds(50));
+    EXPECT_EQ(answered.load(), 0);
+  }
+  ASSERT_TRUE(WaitFor([&] { return answered.load() == 62; }));
+  EXPECT_EQ(ok.load(), 62);
+
+  const std::string text = ExportToString(*log, Chain("acme"), ExportFormat::kJsonl);
+  auto report = VerifyString(text, log->PublicKeyPem());
+  ASSERT_TRUE(report.ok()) << report.status();
+  using R = std::tuple<std::string, std::string, std::string>;
+  EXPECT_THAT(
+      RecordsOf(text),
+      ::testing::ElementsAre(R{"grant.revoked", "1", ""}, R{"token.released", "50", "4242"},
+                             R{"token.released", "1", "5555"}, R{"grant.revoked", "1", ""},
+                             R{"token.released", "7", "4242"}, R{"token.released", "1", "4242"},
+                             R{"token.released", "1", "4242"}));
+}
+
+TEST_F(AuditTest, ACoalescableEventMayNotSetTheCountItself) {
+  auto log = OpenLog();
+  ASSERT_NE(log, nullptr);
+  Event e = TokenEvent("acme", "gr_1");
+  e.coalesce = true;
+  e.details["count"] = "1000";
+  absl::Status s = log->Append(e, Durability::kGrouped);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("count"));
+  e.coalesce = false;  // an ordinary event may carry any detail of that name
+  EXPECT_TRUE(log->Append(e, Durability::kGrouped).ok());
 }
 
 TEST_F(AuditTest, ReopeningContinuesEveryChain) {

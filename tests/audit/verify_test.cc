@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "audit/audit_log.h"
+#include "audit/record_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hsm/keys.h"
@@ -315,6 +316,20 @@ TEST(VerifyStubTest, AStubCannotHideASelectedRecord) {
   ASSERT_FALSE(report.ok());
   EXPECT_THAT(report.status().message(), HasSubstr(absl::StrCat("line ", i + 1, ": seq 4")));
   EXPECT_THAT(report.status().message(), HasSubstr("stub hides"));
+}
+
+// The size check on every append uses CanonicalBodySize, which must agree
+// with the body it stands for, whatever the lengths (1, 2 and 5 digits).
+TEST(RecordFormatTest, CanonicalBodySizeIsTheSizeOfTheCanonicalBody) {
+  format::RecordBody b;
+  EXPECT_EQ(format::CanonicalBodySize(b), format::CanonicalBody(b).size());
+  b.workspace_id = "acme";
+  b.uid = "1000";
+  b.exe = std::string(12345, 'x');
+  b.scopes = std::vector<std::string>(11, "scope");
+  b.reason = std::string(99, 'r');
+  for (size_t i = 0; i < 12; ++i) b.details[absl::StrCat("k", i)] = std::string(i * 10, 'v');
+  EXPECT_EQ(format::CanonicalBodySize(b), format::CanonicalBody(b).size());
 }
 
 }  // namespace
