@@ -37,10 +37,10 @@ void Resolver::ForgetGrant(const std::string& workspace_id, const std::string& c
   directory_.erase({workspace_id, connector_id});
 }
 
-absl::StatusOr<store::Grant> Resolver::FindGrant(const std::string& workspace_id,
-                                                 const std::string& connector_id) {
-  std::optional<store::Grant> grant = CachedGrant(workspace_id, connector_id);
-  if (!grant) {
+absl::StatusOr<std::shared_ptr<const store::Grant>> Resolver::FindGrant(
+    const std::string& workspace_id, const std::string& connector_id) {
+  std::shared_ptr<const store::Grant> grant = CachedGrant(workspace_id, connector_id);
+  if (grant == nullptr) {
     absl::StatusOr<store::Grant> current = store_->FindCurrentGrant(workspace_id, connector_id);
     if (absl::IsNotFound(current.status())) {
       // No current grant: if the last one was revoked, say so (an agent must
@@ -48,7 +48,7 @@ absl::StatusOr<store::Grant> Resolver::FindGrant(const std::string& workspace_id
       GV_ASSIGN_OR_RETURN(std::vector<store::Grant> all, store_->ListGrants(workspace_id));
       for (auto it = all.rbegin(); it != all.rend(); ++it) {
         if (it->connector_id == connector_id) {
-          current = *it;
+          current = std::move(*it);
           break;
         }
       }
@@ -58,9 +58,9 @@ absl::StatusOr<store::Grant> Resolver::FindGrant(const std::string& workspace_id
                                               "' has no grant for connector '", connector_id, "'"));
     }
     GV_RETURN_IF_ERROR(current.status());
-    grant = std::move(*current);
+    grant = std::make_shared<const store::Grant>(*std::move(current));
     absl::MutexLock lock(&mu_);
-    directory_.insert_or_assign({workspace_id, connector_id}, *grant);
+    directory_.insert_or_assign({workspace_id, connector_id}, grant);
   }
   switch (grant->status) {
     case store::GrantStatus::kRevoked:
@@ -72,16 +72,19 @@ absl::StatusOr<store::Grant> Resolver::FindGrant(const std::string& workspace_id
     case store::GrantStatus::kActive:
       break;
   }
-  return *std::move(grant);
+  return grant;
 }
 
 absl::StatusOr<policy::CallerRule> Resolver::AllowWorkspace(policy::CallerIdentity& caller,
                                                             const std::string& workspace_id) const {
-  return AllowWorkspaceUnder(policy(), caller, workspace_id);
+  const std::shared_ptr<const policy::Policy> current = policy();
+  GV_ASSIGN_OR_RETURN(const policy::CallerRule* rule,
+                      AllowWorkspaceUnder(current.get(), caller, workspace_id));
+  return *rule;
 }
 
-absl::StatusOr<policy::CallerRule> Resolver::AllowWorkspaceUnder(
-    const std::shared_ptr<const policy::Policy>& current, policy::CallerIdentity& caller,
+absl::StatusOr<const policy::CallerRule*> Resolver::AllowWorkspaceUnder(
+    const policy::Policy* current, policy::CallerIdentity& caller,
     const std::string& workspace_id) {
   if (current == nullptr) {
     return absl::PermissionDeniedError(
@@ -99,12 +102,14 @@ absl::StatusOr<policy::CallerRule> Resolver::AllowWorkspaceUnder(
     }
     caller = std::move(fresh);
   }
-  GV_ASSIGN_OR_RETURN(policy::CallerRule rule, current->MatchCaller(caller));
-  if (!rule.AllowsWorkspace(workspace_id)) {
+  const policy::CallerRule* rule = current->FindCaller(caller);
+  // No rule: MatchCaller (same rules, same caller) says why.
+  if (rule == nullptr) return current->MatchCaller(caller).status();
+  if (!rule->AllowsWorkspace(workspace_id)) {
     // Checked before any grant is looked up, so another workspace's grants
     // are not even confirmed to exist.
     return absl::PermissionDeniedError(absl::StrCat(
-        "workspace '", workspace_id, "' is not allowed for the caller (", rule.where, ")"));
+        "workspace '", workspace_id, "' is not allowed for the caller (", rule->where, ")"));
   }
   return rule;
 }
@@ -116,26 +121,25 @@ absl::StatusOr<Resolved> Resolver::Resolve(policy::CallerIdentity& caller,
     return absl::InvalidArgumentError("resolve needs a workspace id and a connector id");
   }
   // One snapshot for the whole request, however many reloads happen meanwhile.
-  const std::shared_ptr<const policy::Policy> current = policy();
-  GV_ASSIGN_OR_RETURN(policy::CallerRule rule,
-                      AllowWorkspaceUnder(current, caller, query.workspace_id));
-  GV_ASSIGN_OR_RETURN(store::Grant grant, FindGrant(query.workspace_id, query.connector_id));
-  if (found != nullptr) *found = grant;
-  GV_ASSIGN_OR_RETURN(Checked checked,
-                      CheckQuery(*current, std::move(rule), std::move(grant), query));
-  GV_ASSIGN_OR_RETURN(
-      tokens::AccessToken token,
-      refresher_->GetAccessToken(checked.grant.grant_id, query.min_valid, query.deadline));
+  std::shared_ptr<const policy::Policy> current = policy();
+  GV_ASSIGN_OR_RETURN(const policy::CallerRule* rule,
+                      AllowWorkspaceUnder(current.get(), caller, query.workspace_id));
+  GV_ASSIGN_OR_RETURN(std::shared_ptr<const store::Grant> grant,
+                      FindGrant(query.workspace_id, query.connector_id));
+  if (found != nullptr) *found = *grant;
+  GV_ASSIGN_OR_RETURN(std::vector<std::string> scopes, CheckQuery(*current, *rule, *grant, query));
+  GV_ASSIGN_OR_RETURN(tokens::AccessToken token,
+                      refresher_->GetAccessToken(grant->grant_id, query.min_valid, query.deadline));
   // The process that asked must still be the one that was attested: a PID
   // reused meanwhile must not receive the token.
   GV_RETURN_IF_ERROR(policy::StillSameProcess(caller));
-  return Resolved{std::move(token), std::move(checked.grant), std::move(checked.rule),
-                  std::move(checked.scopes)};
+  return Resolved{std::move(token), std::move(grant), std::move(current), rule, std::move(scopes)};
 }
 
-absl::StatusOr<Resolver::Checked> Resolver::CheckQuery(const policy::Policy& current,
-                                                       policy::CallerRule rule, store::Grant grant,
-                                                       const ResolveQuery& query) {
+absl::StatusOr<std::vector<std::string>> Resolver::CheckQuery(const policy::Policy& current,
+                                                              const policy::CallerRule& rule,
+                                                              const store::Grant& grant,
+                                                              const ResolveQuery& query) {
   std::vector<std::string> scopes = query.scopes;
   if (scopes.empty()) {
     const policy::ToolDecl* tool = nullptr;
@@ -151,39 +155,38 @@ absl::StatusOr<Resolver::Checked> Resolver::CheckQuery(const policy::Policy& cur
   if (query.tool) tool = *query.tool;
   GV_RETURN_IF_ERROR(current.CheckResolve(rule, query.workspace_id, query.connector_id, tool,
                                           scopes, grant.scopes));
-  return Checked{std::move(rule), std::move(grant), std::move(scopes)};
+  return scopes;
 }
 
-std::optional<store::Grant> Resolver::CachedGrant(const std::string& workspace_id,
-                                                  const std::string& connector_id) {
+std::shared_ptr<const store::Grant> Resolver::CachedGrant(const std::string& workspace_id,
+                                                          const std::string& connector_id) {
   absl::MutexLock lock(&mu_);
   auto it = directory_.find({workspace_id, connector_id});
-  if (it == directory_.end()) return std::nullopt;
+  if (it == directory_.end()) return nullptr;
   return it->second;
 }
 
 std::optional<absl::StatusOr<Resolved>> Resolver::ResolveIfCached(
     const policy::CallerIdentity& caller, const ResolveQuery& query) {
-  const std::shared_ptr<const policy::Policy> current = policy();
+  std::shared_ptr<const policy::Policy> current = policy();
   if (current == nullptr || query.workspace_id.empty() || query.connector_id.empty() ||
       !Covers(caller, current->RequiredAttestation())) {
     return std::nullopt;  // the slow path says why, or attests more
   }
-  std::optional<store::Grant> grant = CachedGrant(query.workspace_id, query.connector_id);
-  if (!grant || grant->status != store::GrantStatus::kActive) return std::nullopt;
-  absl::StatusOr<policy::CallerRule> rule = current->MatchCaller(caller);
-  if (!rule.ok() || !rule->AllowsWorkspace(query.workspace_id)) return std::nullopt;
-  absl::StatusOr<Checked> checked =
-      CheckQuery(*current, *std::move(rule), *std::move(grant), query);
-  if (!checked.ok()) return absl::StatusOr<Resolved>(checked.status());
+  std::shared_ptr<const store::Grant> grant = CachedGrant(query.workspace_id, query.connector_id);
+  if (grant == nullptr || grant->status != store::GrantStatus::kActive) return std::nullopt;
+  const policy::CallerRule* rule = current->FindCaller(caller);
+  if (rule == nullptr || !rule->AllowsWorkspace(query.workspace_id)) return std::nullopt;
+  absl::StatusOr<std::vector<std::string>> scopes = CheckQuery(*current, *rule, *grant, query);
+  if (!scopes.ok()) return absl::StatusOr<Resolved>(scopes.status());
   std::optional<tokens::AccessToken> token =
-      refresher_->GetCached(checked->grant.grant_id, query.min_valid);
+      refresher_->GetCached(grant->grant_id, query.min_valid);
   if (!token) return std::nullopt;
   if (absl::Status same = policy::StillSameProcess(caller); !same.ok()) {
     return absl::StatusOr<Resolved>(same);
   }
-  return absl::StatusOr<Resolved>(Resolved{*std::move(token), std::move(checked->grant),
-                                           std::move(checked->rule), std::move(checked->scopes)});
+  return absl::StatusOr<Resolved>(
+      Resolved{*std::move(token), std::move(grant), std::move(current), rule, *std::move(scopes)});
 }
 
 }  // namespace grantvault::daemon

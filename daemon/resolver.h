@@ -47,8 +47,12 @@ struct ResolveQuery {
 
 struct Resolved {
   tokens::AccessToken token;
-  store::Grant grant;
-  policy::CallerRule rule;          // the policy rule that allowed the caller
+  // Shared with the Resolver's directory: never copied on the hot path.
+  std::shared_ptr<const store::Grant> grant;
+  // The policy the call was checked against, and its rule that allowed the
+  // caller (points into `policy`).
+  std::shared_ptr<const policy::Policy> policy;
+  const policy::CallerRule* rule = nullptr;
   std::vector<std::string> scopes;  // the scopes the call was checked for
 };
 
@@ -90,22 +94,23 @@ class Resolver {
       ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  static absl::StatusOr<policy::CallerRule> AllowWorkspaceUnder(
-      const std::shared_ptr<const policy::Policy>& current, policy::CallerIdentity& caller,
+  // The rule of `current` that lets `caller` use `workspace_id`.
+  static absl::StatusOr<const policy::CallerRule*> AllowWorkspaceUnder(
+      const policy::Policy* current, policy::CallerIdentity& caller,
       const std::string& workspace_id);
-  // Everything but the token: the rule and the checked scopes, with the grant.
-  struct Checked {
-    policy::CallerRule rule;
-    store::Grant grant;
-    std::vector<std::string> scopes;
-  };
-  static absl::StatusOr<Checked> CheckQuery(const policy::Policy& current, policy::CallerRule rule,
-                                            store::Grant grant, const ResolveQuery& query);
-  // The directory entry alone (never the store); nullopt when absent.
-  std::optional<store::Grant> CachedGrant(const std::string& workspace_id,
-                                          const std::string& connector_id) ABSL_LOCKS_EXCLUDED(mu_);
-  absl::StatusOr<store::Grant> FindGrant(const std::string& workspace_id,
-                                         const std::string& connector_id) ABSL_LOCKS_EXCLUDED(mu_);
+  // The scopes the query asks for (sorted, unique), checked against the
+  // policy and the grant.
+  static absl::StatusOr<std::vector<std::string>> CheckQuery(const policy::Policy& current,
+                                                             const policy::CallerRule& rule,
+                                                             const store::Grant& grant,
+                                                             const ResolveQuery& query);
+  // The directory entry alone (never the store); null when absent.
+  std::shared_ptr<const store::Grant> CachedGrant(const std::string& workspace_id,
+                                                  const std::string& connector_id)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<std::shared_ptr<const store::Grant>> FindGrant(const std::string& workspace_id,
+                                                                const std::string& connector_id)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   store::GrantStore* const store_;
   tokens::Refresher* const refresher_;
@@ -116,7 +121,8 @@ class Resolver {
   // last revoked one when there is no current one. Only this daemon writes
   // grants (one daemon per store), and it forgets an entry on every change it
   // makes (authorization, revocation, reauth_required).
-  std::map<std::pair<std::string, std::string>, store::Grant> directory_ ABSL_GUARDED_BY(mu_);
+  std::map<std::pair<std::string, std::string>, std::shared_ptr<const store::Grant>> directory_
+      ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace grantvault::daemon

@@ -341,16 +341,26 @@ void Service::OnConnect(v1::HelloReply::Role role,
       policy::AttestCaller(peer.pid, peer.uid, peer.gid, policy::AttestOptions{});
   {
     absl::MutexLock slot_lock(&slot->mu);
-    slot->identity = std::move(identity);
+    if (identity.ok()) {
+      slot->identity = std::make_shared<const policy::CallerIdentity>(*std::move(identity));
+    } else {
+      slot->identity = identity.status();
+    }
   }
   absl::MutexLock lock(&mu_);
   connections_[connection->id()].caller = std::move(slot);
 }
 
-absl::StatusOr<policy::CallerIdentity> Service::CopyCaller(CallerSlot* slot) {
+absl::StatusOr<std::shared_ptr<const policy::CallerIdentity>> Service::SharedCaller(
+    CallerSlot* slot) {
   if (slot == nullptr) return absl::UnauthenticatedError("the caller was not attested");
   absl::MutexLock lock(&slot->mu);
   return slot->identity;
+}
+
+absl::StatusOr<policy::CallerIdentity> Service::CopyCaller(CallerSlot* slot) {
+  GV_ASSIGN_OR_RETURN(std::shared_ptr<const policy::CallerIdentity> shared, SharedCaller(slot));
+  return *shared;
 }
 
 std::shared_ptr<Service::CallerSlot> Service::CallerOf(const ipc::Connection& connection) {
@@ -796,11 +806,11 @@ absl::StatusOr<std::string> TokenFrame(uint64_t request_id, const Resolved& reso
   out->set_access_token(std::string(resolved.token.token.view()));
   out->set_token_type(resolved.token.token_type);
   out->set_expires_at_ms(ExpiryMillis(resolved.token.expires_at));
-  out->set_grant_id(resolved.grant.grant_id);
-  out->set_account_id(resolved.grant.account_id);
-  for (const std::string& scope : resolved.grant.scopes) out->add_scopes(scope);
-  out->set_connector_type(resolved.grant.connector_type);
-  for (const auto& [k, v] : resolved.grant.metadata) (*out->mutable_metadata())[k] = v;
+  out->set_grant_id(resolved.grant->grant_id);
+  out->set_account_id(resolved.grant->account_id);
+  for (const std::string& scope : resolved.grant->scopes) out->add_scopes(scope);
+  out->set_connector_type(resolved.grant->connector_type);
+  for (const auto& [k, v] : resolved.grant->metadata) (*out->mutable_metadata())[k] = v;
   std::string bytes;
   const bool serialized = r.SerializeToString(&bytes);
   OPENSSL_cleanse(out->mutable_access_token()->data(), out->access_token().size());
@@ -817,13 +827,13 @@ bool Service::TryResolveOnIoThread(const std::shared_ptr<ipc::Connection>& conne
                                    const v1::Request& request, absl::Time received) {
   if (agents_.resolver == nullptr) return false;
   std::shared_ptr<CallerSlot> slot = CallerOf(*connection);
-  absl::StatusOr<policy::CallerIdentity> caller = CopyCaller(slot.get());
+  absl::StatusOr<std::shared_ptr<const policy::CallerIdentity>> caller = SharedCaller(slot.get());
   if (!caller.ok()) return false;
   const ResolveQuery query = QueryFor(request.resolve(), received + kDefaultAgentDeadline);
   std::optional<absl::StatusOr<Resolved>> resolved =
-      agents_.resolver->ResolveIfCached(*caller, query);
+      agents_.resolver->ResolveIfCached(**caller, query);
   if (!resolved) return false;
-  FinishResolve(connection, request, &*caller, std::move(*resolved));
+  FinishResolve(connection, request, caller->get(), std::move(*resolved));
   return true;
 }
 
@@ -841,8 +851,8 @@ void Service::RunResolve(const std::shared_ptr<ipc::Connection>& connection,
     if (has_exe && !had_exe && slot != nullptr) {
       // Keep what the re-attestation learnt for the connection's next calls.
       absl::MutexLock lock(&slot->mu);
-      if (slot->identity.ok() && slot->identity->start_time == caller->start_time) {
-        slot->identity = *caller;
+      if (slot->identity.ok() && (*slot->identity)->start_time == caller->start_time) {
+        slot->identity = std::make_shared<const policy::CallerIdentity>(*caller);
       }
     }
   }
@@ -888,7 +898,7 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
     return;
   }
   spdlog::debug("token.released uid={} pid={} workspace={} connector={} grant={} tool={}", peer.uid,
-                peer.pid, in.workspace_id(), in.connector_id(), resolved->grant.grant_id,
+                peer.pid, in.workspace_id(), in.connector_id(), resolved->grant->grant_id,
                 in.tool());
   if (trail_.audit == nullptr) {
     connection->Send(*std::move(frame), /*final=*/true);
@@ -896,7 +906,7 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
   }
   e.type = "token.released";
   e.outcome = "ok";
-  AddGrantFields(resolved->grant, e);
+  AddGrantFields(*resolved->grant, e);
   e.scopes = resolved->scopes;
   e.details["token_fingerprint"] = trail_.audit->Fingerprint(resolved->token.token);
   // Repeated releases of the same token to the same process share a record

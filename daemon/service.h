@@ -110,7 +110,8 @@ class Service {
   // of one connection may run at once; each works on a copy.
   struct CallerSlot {
     absl::Mutex mu;
-    absl::StatusOr<policy::CallerIdentity> identity ABSL_GUARDED_BY(mu) =
+    // Replaced, never changed in place: readers share it without a copy.
+    absl::StatusOr<std::shared_ptr<const policy::CallerIdentity>> identity ABSL_GUARDED_BY(mu) =
         absl::UnknownError("not attested");
   };
   struct ConnectionState {
@@ -146,6 +147,9 @@ class Service {
   std::shared_ptr<CallerSlot> CallerOf(const ipc::Connection& connection);
   // A copy, so that concurrent requests of one connection never share it.
   static absl::StatusOr<policy::CallerIdentity> CopyCaller(CallerSlot* slot);
+  // The slot's identity itself, for readers that do not change it.
+  static absl::StatusOr<std::shared_ptr<const policy::CallerIdentity>> SharedCaller(
+      CallerSlot* slot);
   void Dispatch(v1::HelloReply::Role role, const std::shared_ptr<ipc::Connection>& connection,
                 v1::Request request, absl::Time received);
   absl::Status CheckAdmin(const ipc::Connection& connection, const v1::Request& request);

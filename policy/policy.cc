@@ -395,10 +395,15 @@ absl::StatusOr<Policy> Policy::Parse(std::string_view toml_text, const std::stri
   return policy;
 }
 
-absl::StatusOr<CallerRule> Policy::MatchCaller(const CallerIdentity& caller) const {
+const CallerRule* Policy::FindCaller(const CallerIdentity& caller) const {
   for (const CallerRule& rule : callers_) {
-    if (rule.Matches(caller)) return rule;
+    if (rule.Matches(caller)) return &rule;
   }
+  return nullptr;
+}
+
+absl::StatusOr<CallerRule> Policy::MatchCaller(const CallerIdentity& caller) const {
+  if (const CallerRule* rule = FindCaller(caller); rule != nullptr) return *rule;
   return absl::PermissionDeniedError(absl::StrCat("uid ", caller.uid, " is not in the policy"));
 }
 

@@ -77,6 +77,9 @@ class Policy {
   // The first rule (in file order) that matches, or PermissionDenied
   // "uid N is not in the policy".
   absl::StatusOr<CallerRule> MatchCaller(const CallerIdentity& caller) const;
+  // The same rule without a copy (null when none matches): it lives as long
+  // as this Policy.
+  const CallerRule* FindCaller(const CallerIdentity& caller) const;
 
   // Whether `rule`'s caller may resolve a token of `connector` in `workspace`
   // with `requested_scopes`, given that the grant holds `grant_scopes`.
