@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <deque>
 #include <iterator>
 #include <limits>
@@ -334,7 +335,7 @@ void CoalesceBatch(const std::vector<Job*>& batch) {
   std::unordered_multimap<size_t, Job*> open;  // by hash of chain, type and body
   for (Job* job : batch) {
     if (job->kind != Job::Kind::kAppend) continue;  // a checkpoint covers earlier records only
-    if (!job->coalesce || job->durability != Durability::kGrouped) {
+    if (!job->coalesce || job->durability == Durability::kDurable) {
       open.clear();
       continue;
     }
@@ -464,7 +465,7 @@ class AuditLog::Impl {
     {
       absl::MutexLock lock(&mu_);
       if (!writer_stop_) {
-        queue_.push_back(job.release());
+        EnqueueLocked(job.release());
         return;
       }
     }
@@ -504,6 +505,8 @@ class AuditLog::Impl {
 
   const std::string& pem() const { return pem_; }
 
+  size_t backlog() const { return backlog_.load(std::memory_order_relaxed); }
+
   CheckpointHealth health() const {
     absl::MutexLock lock(&mu_);
     CheckpointHealth h = health_;
@@ -517,7 +520,7 @@ class AuditLog::Impl {
   absl::Status Submit(Job& job) {
     absl::MutexLock lock(&mu_);
     if (writer_stop_) return absl::FailedPreconditionError("audit log is closing");
-    queue_.push_back(&job);
+    EnqueueLocked(&job);
     mu_.Await(absl::Condition(&job.done));
     return job.result;
   }
@@ -588,6 +591,37 @@ class AuditLog::Impl {
     }
   }
 
+  void EnqueueLocked(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    queue_.push_back(job);
+    backlog_.fetch_add(1, std::memory_order_relaxed);
+    if (job->durability != Durability::kDeferred) {
+      ++urgent_queued_;
+    } else if (deferred_deadline_ == absl::InfiniteFuture()) {
+      deferred_deadline_ = absl::Now() + options_.deferred_interval;
+    }
+  }
+
+  // Waits until there is a batch to write or a grouped commit to fsync:
+  // anything but kDeferred events at once; kDeferred ones once the oldest
+  // has waited deferred_interval or a batch is full.
+  void AwaitWorkLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    while (true) {
+      const absl::Time now = absl::Now();
+      if (writer_stop_ || urgent_queued_ > 0 || queue_.size() >= options_.max_batch ||
+          (!queue_.empty() && now >= deferred_deadline_) || (unsynced_ && now >= sync_deadline_)) {
+        return;
+      }
+      absl::Time wake = unsynced_ ? sync_deadline_ : absl::InfiniteFuture();
+      if (!queue_.empty()) wake = std::min(wake, deferred_deadline_);
+      // Woken early when something urgent arrives or a sooner deadline is set.
+      auto changed = [this, wake]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return writer_stop_ || urgent_queued_ > 0 || queue_.size() >= options_.max_batch ||
+               deferred_deadline_ < wake;
+      };
+      mu_.AwaitWithDeadline(absl::Condition(&changed), wake);
+    }
+  }
+
   void WriterLoop() {
     while (true) {
       std::vector<Job*> batch;
@@ -595,17 +629,17 @@ class AuditLog::Impl {
       bool stopping = false;
       {
         absl::MutexLock lock(&mu_);
-        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return !queue_.empty() || writer_stop_;
-        };
-        if (unsynced_) {
-          mu_.AwaitWithDeadline(absl::Condition(&ready), sync_deadline_);
-        } else {
-          mu_.Await(absl::Condition(&ready));
-        }
+        AwaitWorkLocked();
         size_t n = std::min(queue_.size(), options_.max_batch);
         batch.assign(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
         queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
+        backlog_.fetch_sub(n, std::memory_order_relaxed);
+        urgent_queued_ =
+            static_cast<size_t>(std::count_if(queue_.begin(), queue_.end(), [](const Job* job) {
+              return job->durability != Durability::kDeferred;
+            }));
+        // What is left (more than one batch) is written next, without waiting.
+        deferred_deadline_ = queue_.empty() ? absl::InfiniteFuture() : absl::InfinitePast();
         stopping = writer_stop_ && queue_.empty();
         sync_due = unsynced_ && (stopping || absl::Now() >= sync_deadline_);
         if (stopping && batch.empty() && !unsynced_) return;
@@ -867,6 +901,10 @@ class AuditLog::Impl {
 
   mutable absl::Mutex mu_;
   std::deque<Job*> queue_ ABSL_GUARDED_BY(mu_);
+  std::atomic<size_t> backlog_{0};                 // queue_.size(), readable without mu_
+  size_t urgent_queued_ ABSL_GUARDED_BY(mu_) = 0;  // queued, not kDeferred
+  // When the oldest queued kDeferred event is due (InfiniteFuture: none).
+  absl::Time deferred_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   bool stop_ ABSL_GUARDED_BY(mu_) = false;         // the checkpoint thread
   bool writer_stop_ ABSL_GUARDED_BY(mu_) = false;  // the writer (after the checkpoint thread)
   bool checkpoint_wakeup_ ABSL_GUARDED_BY(mu_) = false;
@@ -1285,5 +1323,7 @@ absl::Status AuditLog::Export(const ExportFilter& filter, ExportFormat format, s
 std::string AuditLog::PublicKeyPem() const { return impl_->pem(); }
 
 CheckpointHealth AuditLog::checkpoint_health() const { return impl_->health(); }
+
+size_t AuditLog::backlog() const { return impl_->backlog(); }
 
 }  // namespace grantvault::audit

@@ -58,7 +58,7 @@ struct Event {
   // secret ("access_token", "refresh_token", "client_secret", "code", …) are
   // refused.
   std::map<std::string, std::string> details;
-  // Identical events may share one record: with Durability::kGrouped, events
+  // Identical events may share one record: with Durability::kGrouped or kDeferred, events
   // marked `coalesce` that are equal in every field above and are committed in
   // the same batch, with no other event of their chain between them, are
   // recorded once, with details["count"] = how many (absent means 1). Each
@@ -76,6 +76,11 @@ enum class Durability {
   // returns, fsync()ed within AuditOptions::group_commit_interval (so a power
   // loss loses at most that window). For token.released / token.denied.
   kGrouped,
+  // As kGrouped, but nobody waits for it: the writer may hold it up to
+  // AuditOptions::deferred_interval to commit it together with others (a
+  // killed daemon loses at most that window of such events). For what may be
+  // answered before it is recorded: a repeated token release (docs/audit.md).
+  kDeferred,
 };
 
 struct AuditOptions {
@@ -91,6 +96,8 @@ struct AuditOptions {
   // kGrouped records are fsync()ed at least this often (real time). Zero:
   // every batch is fsync()ed, like kDurable.
   absl::Duration group_commit_interval = absl::Milliseconds(200);
+  // kDeferred events wait at most this long (real time) for a batch.
+  absl::Duration deferred_interval = absl::Milliseconds(50);
   // At most this many events per transaction.
   size_t max_batch = 4096;
   // How long a writer waits for another connection's lock (SQLite busy timeout).
@@ -174,6 +181,10 @@ class AuditLog {
   std::string PublicKeyPem() const;
 
   CheckpointHealth checkpoint_health() const;
+
+  // Events queued and not yet taken by the writer (a snapshot, without a
+  // lock): callers that append without waiting use it to bound the backlog.
+  size_t backlog() const;
 
  private:
   class Impl;

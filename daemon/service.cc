@@ -27,6 +27,11 @@ constexpr absl::Duration kStatusSnapshotMaxAge = absl::Seconds(1);
 constexpr uint32_t kDefaultRewrapBatch = 1000;
 // Agent requests without a deadline of their own.
 constexpr absl::Duration kDefaultAgentDeadline = absl::Seconds(30);
+// Token releases remembered as recorded per connection (more: forget them all).
+constexpr size_t kMaxRecordedReleases = 64;
+// A repeated release is answered before its record commits only while the
+// audit writer has fewer events than this waiting.
+constexpr size_t kMaxAuditBacklog = 16384;
 // Resolve's min_valid_seconds: the default, and the most honoured (beyond the
 // lifetime a provider gives its tokens, every call would refresh).
 constexpr absl::Duration kDefaultMinValid = absl::Seconds(30);
@@ -821,6 +826,24 @@ absl::StatusOr<std::string> TokenFrame(uint64_t request_id, const Resolved& reso
   return bytes;
 }
 
+// What makes two releases to one process the same release: the token (by
+// fingerprint), the grant, the tool and the scopes. Everything else in the
+// record is the caller's, fixed for the connection.
+// (Length-prefixed fields: no two different releases share a key.)
+std::string ReleaseKey(const audit::Event& e) {
+  std::string key;
+  auto add = [&key](const std::string& field) { absl::StrAppend(&key, field.size(), ":", field); };
+  add(e.grant_id);
+  absl::StrAppend(&key, e.details.size(), "d");
+  for (const auto& [k, v] : e.details) {
+    add(k);
+    add(v);
+  }
+  absl::StrAppend(&key, e.scopes.size(), "s");
+  for (const std::string& scope : e.scopes) add(scope);
+  return key;
+}
+
 }  // namespace
 
 bool Service::TryResolveOnIoThread(const std::shared_ptr<ipc::Connection>& connection,
@@ -833,7 +856,7 @@ bool Service::TryResolveOnIoThread(const std::shared_ptr<ipc::Connection>& conne
   std::optional<absl::StatusOr<Resolved>> resolved =
       agents_.resolver->ResolveIfCached(**caller, query);
   if (!resolved) return false;
-  FinishResolve(connection, request, caller->get(), std::move(*resolved));
+  FinishResolve(connection, request, slot, caller->get(), std::move(*resolved));
   return true;
 }
 
@@ -856,11 +879,12 @@ void Service::RunResolve(const std::shared_ptr<ipc::Connection>& connection,
       }
     }
   }
-  FinishResolve(connection, request, caller.ok() ? &*caller : nullptr, std::move(resolved));
+  FinishResolve(connection, request, slot, caller.ok() ? &*caller : nullptr, std::move(resolved));
 }
 
 void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
-                            const v1::Request& request, const policy::CallerIdentity* caller,
+                            const v1::Request& request, const std::shared_ptr<CallerSlot>& slot,
+                            const policy::CallerIdentity* caller,
                             absl::StatusOr<Resolved> resolved) {
   const v1::ResolveRequest& in = request.resolve();
   const ipc::PeerCredentials& peer = connection->peer();
@@ -912,16 +936,36 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
   // Repeated releases of the same token to the same process share a record
   // (with a count): the release is recorded, not the request (docs/audit.md).
   e.coalesce = true;
+  std::string key = ReleaseKey(e);
+  const uint64_t epoch = audit_epoch_->load();
+  if (slot != nullptr && AlreadyRecorded(*slot, key, epoch) &&
+      trail_.audit->backlog() < kMaxAuditBacklog) {
+    // This process already received this very token, and that release is
+    // committed: sending it again discloses nothing new. The repeat is still
+    // recorded (counted), without holding the answer back. A failure makes
+    // every release wait for its record again.
+    connection->Send(*std::move(frame), /*final=*/true);
+    trail_.audit->AppendAsync(
+        std::move(e), audit::Durability::kDeferred, [epochs = audit_epoch_](absl::Status audited) {
+          if (audited.ok()) return;
+          epochs->fetch_add(1);
+          spdlog::error("token.released (repeat) not recorded: {}", std::string(audited.message()));
+        });
+    return;
+  }
   // Fail closed: the token leaves only once its release is recorded (group
   // commit: the writer calls back when the batch is committed).
   auto bytes = std::make_shared<std::string>(*std::move(frame));
   trail_.audit->AppendAsync(
       std::move(e), audit::Durability::kGrouped,
-      [connection, bytes, id, uid = peer.uid, pid = peer.pid](absl::Status audited) {
+      [connection, bytes, id, uid = peer.uid, pid = peer.pid, slot, key = std::move(key), epoch,
+       epochs = audit_epoch_](absl::Status audited) {
         if (audited.ok()) {
+          if (slot != nullptr && epochs->load() == epoch) RememberRecorded(*slot, key, epoch);
           connection->Send(std::move(*bytes), /*final=*/true);
           return;
         }
+        epochs->fetch_add(1);
         OPENSSL_cleanse(bytes->data(), bytes->size());
         spdlog::error("token.withheld uid={} pid={}: the audit log cannot record it: {}", uid, pid,
                       std::string(audited.message()));
@@ -932,6 +976,18 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
         r.mutable_error()->set_retry_after_ms(1000);
         SendResponse(*connection, r);
       });
+}
+
+bool Service::AlreadyRecorded(CallerSlot& slot, const std::string& key, uint64_t epoch) {
+  absl::MutexLock lock(&slot.mu);
+  auto it = slot.recorded_releases.find(key);
+  return it != slot.recorded_releases.end() && it->second == epoch;
+}
+
+void Service::RememberRecorded(CallerSlot& slot, const std::string& key, uint64_t epoch) {
+  absl::MutexLock lock(&slot.mu);
+  if (slot.recorded_releases.size() >= kMaxRecordedReleases) slot.recorded_releases.clear();
+  slot.recorded_releases.insert_or_assign(key, epoch);
 }
 
 void Service::RunSubscribe(const std::shared_ptr<ipc::Connection>& connection,

@@ -113,6 +113,10 @@ class Service {
     // Replaced, never changed in place: readers share it without a copy.
     absl::StatusOr<std::shared_ptr<const policy::CallerIdentity>> identity ABSL_GUARDED_BY(mu) =
         absl::UnknownError("not attested");
+    // Releases to this connection's process whose record is committed
+    // (ReleaseKey → the audit epoch it was committed in): a repeat of one of
+    // them is answered before its own record commits (docs/audit.md).
+    absl::flat_hash_map<std::string, uint64_t> recorded_releases ABSL_GUARDED_BY(mu);
   };
   struct ConnectionState {
     bool hello_done = false;
@@ -140,9 +144,15 @@ class Service {
   // cache), on the I/O thread; false when it needs a worker.
   bool TryResolveOnIoThread(const std::shared_ptr<ipc::Connection>& connection,
                             const v1::Request& request, absl::Time received);
-  // Audits and answers a resolve: a token only once its release is recorded.
+  // Audits and answers a resolve: a token only once its release to this
+  // process is recorded.
   void FinishResolve(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request,
-                     const policy::CallerIdentity* caller, absl::StatusOr<Resolved> resolved);
+                     const std::shared_ptr<CallerSlot>& slot, const policy::CallerIdentity* caller,
+                     absl::StatusOr<Resolved> resolved);
+  // Whether the release named `key` (ReleaseKey) was recorded for this
+  // connection's process in audit epoch `epoch`; and remembering that it was.
+  static bool AlreadyRecorded(CallerSlot& slot, const std::string& key, uint64_t epoch);
+  static void RememberRecorded(CallerSlot& slot, const std::string& key, uint64_t epoch);
   void RunSubscribe(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request);
   std::shared_ptr<CallerSlot> CallerOf(const ipc::Connection& connection);
   // A copy, so that concurrent requests of one connection never share it.
@@ -184,6 +194,12 @@ class Service {
   AdminPolicy admin_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, ConnectionState> connections_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::vector<Subscription>, std::less<>> subscribers_ ABSL_GUARDED_BY(mu_);
+
+  // Bumped whenever a token release could not be recorded: every release
+  // remembered in a CallerSlot before then must be recorded again before its
+  // token leaves. Shared with the audit callbacks, which may outlive a request.
+  const std::shared_ptr<std::atomic<uint64_t>> audit_epoch_ =
+      std::make_shared<std::atomic<uint64_t>>(0);
 
   absl::Mutex snapshot_mu_;
   Snapshot snapshot_ ABSL_GUARDED_BY(snapshot_mu_);

@@ -201,6 +201,39 @@ TEST_F(AuditTest, IdenticalCoalescableEventsOfOneBatchShareARecordWithTheirCount
                              R{"token.released", "1", "4242"}));
 }
 
+TEST_F(AuditTest, ADeferredEventWaitsForItsIntervalOrTheNextUrgentOne) {
+  AuditOptions options;
+  options.deferred_interval = absl::Milliseconds(400);
+  auto log = OpenLog(options);
+  ASSERT_NE(log, nullptr);
+  std::atomic<int> done{0};
+  const absl::Time start = absl::Now();
+  std::atomic<int64_t> committed_after_ms{-1};
+  log->AppendAsync(TokenEvent("acme", "gr_1"), Durability::kDeferred, [&](absl::Status s) {
+    EXPECT_TRUE(s.ok()) << s;
+    committed_after_ms = absl::ToInt64Milliseconds(absl::Now() - start);
+    ++done;
+  });
+  ASSERT_TRUE(WaitFor([&] { return done.load() == 1; }));
+  // Alone, it waited for its interval (and not much longer).
+  EXPECT_GE(committed_after_ms.load(), 390);
+  EXPECT_LT(committed_after_ms.load(), 5000);
+
+  // Followed by an event somebody waits for, it is written with that one.
+  const absl::Time second = absl::Now();
+  log->AppendAsync(TokenEvent("acme", "gr_2"), Durability::kDeferred, [&](absl::Status s) {
+    EXPECT_TRUE(s.ok()) << s;
+    ++done;
+  });
+  ASSERT_TRUE(log->Append(TokenEvent("acme", "gr_3"), Durability::kGrouped).ok());
+  EXPECT_LT(absl::Now() - second, absl::Milliseconds(390));
+  ASSERT_TRUE(WaitFor([&] { return done.load() == 2; }));
+  auto report =
+      VerifyString(ExportToString(*log, Chain("acme"), ExportFormat::kJsonl), log->PublicKeyPem());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->records, 3u);
+}
+
 TEST_F(AuditTest, ACoalescableEventMayNotSetTheCountItself) {
   auto log = OpenLog();
   ASSERT_NE(log, nullptr);

@@ -11,6 +11,7 @@
 //    audit database or its exports; an audit log that cannot be written makes
 //    resolve and revoke fail closed.
 #include <signal.h>
+#include <sqlite3.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -310,6 +311,57 @@ TEST_F(RevokeTest, RevocationReachesTheCacheTheWaitersTheSubscribersAndTheProvid
     absl::SleepFor(absl::Milliseconds(100));
   }
   EXPECT_EQ(status["upstream_revocations_pending"].get<int>(), 0);
+}
+
+// A process that already holds a token gets it again without waiting for the
+// audit log (the repeat is recorded afterwards); a first release waits for its
+// record. The log's write lock is held by this test to stop every commit.
+TEST_F(RevokeTest, ARepeatedReleaseIsAnsweredBeforeItsRecordAFirstOneIsNot) {
+  Register("demo");
+  ASSERT_FALSE(Authorize("demo").empty());
+  std::unique_ptr<ipc::Client> first = Agent();
+  ASSERT_NE(first, nullptr);
+  auto recorded = first->Call(Resolve("demo"), absl::Seconds(30));
+  ASSERT_TRUE(recorded.ok() && recorded->has_resolve());
+  const std::string token = recorded->resolve().access_token();
+  std::unique_ptr<ipc::Client> second = Agent();
+  ASSERT_NE(second, nullptr);
+
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((state_ + "/audit.db").c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  // The same token to the same connection's process: answered at once.
+  for (int i = 0; i < 20; ++i) {
+    auto repeat = first->Call(Resolve("demo"), absl::Seconds(2));
+    ASSERT_TRUE(repeat.ok()) << repeat.status();
+    ASSERT_TRUE(repeat->has_resolve()) << repeat->error().message();
+    EXPECT_EQ(repeat->resolve().access_token(), token);
+  }
+  // A first release on another connection is not answered while nothing can
+  // be recorded…
+  auto waiting = second->Call(Resolve("demo"), absl::Milliseconds(1500));
+  EXPECT_EQ(waiting.status().code(), absl::StatusCode::kDeadlineExceeded) << waiting.status();
+  sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+  sqlite3_close(db);
+  // …and is once its record commits.
+  std::unique_ptr<ipc::Client> third = Agent();
+  ASSERT_NE(third, nullptr);
+  auto released = third->Call(Resolve("demo"), absl::Seconds(30));
+  ASSERT_TRUE(released.ok() && released->has_resolve());
+
+  // Every release is counted: 1 + 20 repeats + the one that waited + 1.
+  const std::string exported = dir_.Join("repeat.jsonl");
+  absl::SleepFor(absl::Milliseconds(200));  // the repeats' deferred batch
+  CommandResult export_result = Cli({"audit", "export", "--workspace", kWorkspace, "-o", exported});
+  ASSERT_EQ(export_result.exit_code, 0) << export_result.err;
+  uint64_t releases = 0;
+  const std::vector<std::string> lines = absl::StrSplit(Slurp(exported), '\n', absl::SkipEmpty());
+  for (const std::string& line : lines) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    if (j.value("kind", "") != "record" || j.value("type", "") != "token.released") continue;
+    releases += std::stoull(j["details"].value("count", "1"));
+  }
+  EXPECT_EQ(releases, 23u);
 }
 
 TEST_F(RevokeTest, EveryEventIsAuditedExportsVerifyAndNoTokenIsInThem) {
