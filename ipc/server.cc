@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -55,8 +56,9 @@ using Acceptor = asio::basic_socket_acceptor<stream_protocol, IoExecutor>;
 using Timer = asio::basic_waitable_timer<Clock, asio::wait_traits<Clock>, IoExecutor>;
 
 constexpr size_t kMaxIoThreads = 256;
-// Responses written by one gather write at most.
-constexpr size_t kMaxFramesPerWrite = 64;
+// Responses written by one gather write at most: two buffers each (header,
+// payload), and Asio hands at most 64 buffers to one writev.
+constexpr size_t kMaxFramesPerWrite = 32;
 // A read asks for at least this much, so that pipelined small frames arrive together.
 constexpr size_t kReadChunk = 4096;
 // An emptied input buffer larger than this is released.
@@ -175,6 +177,14 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   void OnAccept(ListenerState& listener, size_t io_index, const ErrorCode& ec, Socket socket);
 };
 
+// A response frame: the header apart, so that the handler's payload string is
+// written as it is, without copying it into a new one.
+struct OutFrame {
+  std::array<uint8_t, kFrameHeaderSize> header;
+  std::string payload;
+  size_t size() const { return kFrameHeaderSize + payload.size(); }
+};
+
 // Lives on one io_context (`io_index` in the core), whose one thread runs all
 // of its handlers: that thread, not a strand, serialises the connection.
 class ConnectionImpl final : public Connection,
@@ -264,7 +274,8 @@ class ConnectionImpl final : public Connection,
   bool read_timer_waiting_ = false;
   Clock::time_point write_deadline_ = Clock::time_point::max();
   bool write_timer_waiting_ = false;
-  std::vector<std::string> writing_;  // frames of the write in progress
+  std::vector<OutFrame> writing_;                  // frames of the write in progress
+  std::vector<asio::const_buffer> write_buffers_;  // writing_'s header and payload buffers
   bool connect_delivered_ = false;
   bool torn_down_ = false;
 
@@ -273,11 +284,11 @@ class ConnectionImpl final : public Connection,
   bool flushing_ ABSL_GUARDED_BY(mu_) = false;  // closed, still writing what was queued
   CloseKind close_kind_ ABSL_GUARDED_BY(mu_) = CloseKind::kPeer;
   std::string close_reason_ ABSL_GUARDED_BY(mu_);
-  std::deque<std::string> outbox_ ABSL_GUARDED_BY(mu_);  // encoded frames not yet written
-  size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;         // outbox_ and the write in progress
-  size_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;            // frames handed out, not answered
-  bool write_active_ ABSL_GUARDED_BY(mu_) = false;       // a StartWrite chain is running
-  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;        // back-pressure
+  std::deque<OutFrame> outbox_ ABSL_GUARDED_BY(mu_);  // frames not yet written
+  size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;      // outbox_ and the write in progress
+  size_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;         // frames handed out, not answered
+  bool write_active_ ABSL_GUARDED_BY(mu_) = false;    // a StartWrite chain is running
+  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;     // back-pressure
 };
 
 // --- ConnectionImpl ----------------------------------------------------------
@@ -291,7 +302,7 @@ bool ConnectionImpl::Send(std::string payload, bool final) {
     }
     return false;
   }
-  std::string frame = EncodeFrame(payload);
+  OutFrame frame{EncodeFrameHeader(size), std::move(payload)};
   const size_t cap = core_->limits.max_queued_bytes_per_connection;
   bool start_write = false;
   bool resume = false;
@@ -536,19 +547,22 @@ void ConnectionImpl::StartWrite() {
       outbox_.pop_front();
     }
   }
-  std::vector<asio::const_buffer> buffers;
-  buffers.reserve(writing_.size());
-  for (const std::string& frame : writing_) buffers.push_back(asio::buffer(frame));
+  write_buffers_.clear();
+  for (const OutFrame& frame : writing_) {
+    write_buffers_.push_back(asio::buffer(frame.header));
+    write_buffers_.push_back(asio::buffer(frame.payload));
+  }
   write_deadline_ = Clock::now() + ToClock(core_->limits.write_timeout);
   ArmWriteTimer();
-  asio::async_write(socket_, buffers, [self = shared_from_this()](const ErrorCode& ec, size_t) {
-    self->OnWrite(ec);
-  });
+  // async_write keeps a copy of the buffer sequence: a span, not the vector.
+  asio::async_write(
+      socket_, std::span<const asio::const_buffer>(write_buffers_),
+      [self = shared_from_this()](const ErrorCode& ec, size_t) { self->OnWrite(ec); });
 }
 
 void ConnectionImpl::OnWrite(const ErrorCode& ec) {
   size_t written = 0;
-  for (const std::string& frame : writing_) written += frame.size();
+  for (const OutFrame& frame : writing_) written += frame.size();
   writing_.clear();
   write_deadline_ = Clock::time_point::max();
   if (ec) {
