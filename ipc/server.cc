@@ -20,8 +20,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -48,11 +48,17 @@ namespace asio = boost::asio;
 using stream_protocol = asio::local::stream_protocol;
 using Clock = std::chrono::steady_clock;
 using ErrorCode = boost::system::error_code;
-using Strand = asio::strand<asio::io_context::executor_type>;
+// Every socket, acceptor and timer names its io_context's executor type
+// rather than any_io_executor: no type erasure on the completion path.
+using IoExecutor = asio::io_context::executor_type;
+using Socket = asio::basic_stream_socket<stream_protocol, IoExecutor>;
+using Acceptor = asio::basic_socket_acceptor<stream_protocol, IoExecutor>;
+using Timer = asio::basic_waitable_timer<Clock, asio::wait_traits<Clock>, IoExecutor>;
 
 constexpr size_t kMaxIoThreads = 256;
-// Responses written by one gather write at most.
-constexpr size_t kMaxFramesPerWrite = 64;
+// Responses written by one gather write at most: two buffers each (header,
+// payload), and Asio hands at most 64 buffers to one writev.
+constexpr size_t kMaxFramesPerWrite = 32;
 // A read asks for at least this much, so that pipelined small frames arrive together.
 constexpr size_t kReadChunk = 4096;
 // An emptied input buffer larger than this is released.
@@ -97,31 +103,47 @@ enum class CloseKind { kPeer, kBadFrame, kTimeout, kOverflow, kHandler, kShutdow
 
 class ServerCore;
 
+// A listener lives on one io_context; that io_context's one thread runs its
+// accept loop and its stop, which serialises them.
 struct ListenerState {
   ListenerState(asio::io_context& io, std::string listener_name, FrameHandler* frame_handler)
       : name(std::move(listener_name)),
         handler(frame_handler),
-        strand(asio::make_strand(io)),
+        executor(io.get_executor()),
         acceptor(io),
         retry_timer(io) {}
 
   const std::string name;
   FrameHandler* const handler;
-  // Serialises the accept loop with its stop.
-  Strand strand;
-  stream_protocol::acceptor acceptor;
-  asio::steady_timer retry_timer;  // after a failed accept (e.g. EMFILE)
+  const IoExecutor executor;
+  Acceptor acceptor;
+  Timer retry_timer;  // after a failed accept (e.g. EMFILE)
 };
+
+// One io_context per I/O thread, each run by exactly that thread: concurrency
+// hint 1 (Asio then queues work posted from its own thread without locking;
+// posts from other threads still lock).
+std::vector<std::unique_ptr<asio::io_context>> MakeIoContexts(size_t count) {
+  std::vector<std::unique_ptr<asio::io_context>> ios;
+  ios.reserve(count);
+  for (size_t i = 0; i < count; ++i) ios.push_back(std::make_unique<asio::io_context>(1));
+  return ios;
+}
 
 class ConnectionImpl;
 
 // What the server and its connections share. Connections hold it by
-// shared_ptr, so the io_context outlives every socket and timer even when a
-// handler keeps a Connection after the Server is gone.
+// shared_ptr, so the io_contexts outlive every socket and timer even when a
+// handler keeps a Connection after the Server is gone: the core can only be
+// destroyed once no connection, and no pending handler (they hold the core or
+// a connection), is left; then the listeners go, and the io_contexts last.
 class ServerCore : public std::enable_shared_from_this<ServerCore> {
  public:
-  explicit ServerCore(const ServerLimits& server_limits) : limits(server_limits) {}
+  ServerCore(const ServerLimits& server_limits, size_t io_count)
+      : ios(MakeIoContexts(io_count)), limits(server_limits), io_load(io_count, 0) {}
 
+  // Starts one accept; its connection will live on the io_context with the
+  // fewest connections at this moment (ties rotate).
   void DoAccept(ListenerState& listener);
   void OnConnectionClosed(const ConnectionImpl& connection, CloseKind kind,
                           std::string_view reason);
@@ -129,7 +151,8 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   std::vector<std::shared_ptr<ConnectionImpl>> Connections() ABSL_LOCKS_EXCLUDED(mu);
   bool AllQuiet() ABSL_LOCKS_EXCLUDED(mu);
 
-  asio::io_context io;  // declared first: destroyed last
+  // Declared first: destroyed last. Each is run by one I/O thread.
+  const std::vector<std::unique_ptr<asio::io_context>> ios;
   const ServerLimits limits;
   std::vector<std::unique_ptr<ListenerState>> listeners;
 
@@ -146,27 +169,42 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   bool stopping ABSL_GUARDED_BY(mu) = false;  // no new connection is admitted
   uint64_t next_id ABSL_GUARDED_BY(mu) = 1;
   std::map<uint64_t, std::shared_ptr<ConnectionImpl>> connections ABSL_GUARDED_BY(mu);
+  std::vector<size_t> io_load ABSL_GUARDED_BY(mu);  // open connections per io_context
+  size_t next_io ABSL_GUARDED_BY(mu) = 0;           // where the search for the least loaded starts
 
  private:
-  void OnAccept(ListenerState& listener, const ErrorCode& ec, stream_protocol::socket socket);
+  size_t PickIo() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  void OnAccept(ListenerState& listener, size_t io_index, const ErrorCode& ec, Socket socket);
 };
 
+// A response frame: the header apart, so that the handler's payload string is
+// written as it is, without copying it into a new one.
+struct OutFrame {
+  std::array<uint8_t, kFrameHeaderSize> header;
+  std::string payload;
+  size_t size() const { return kFrameHeaderSize + payload.size(); }
+};
+
+// Lives on one io_context (`io_index` in the core), whose one thread runs all
+// of its handlers: that thread, not a strand, serialises the connection.
 class ConnectionImpl final : public Connection,
                              public std::enable_shared_from_this<ConnectionImpl> {
  public:
   ConnectionImpl(std::shared_ptr<ServerCore> core, const ListenerState& listener, uint64_t id,
-                 stream_protocol::socket socket, const PeerCredentials& peer)
+                 size_t io_index, Socket socket, const PeerCredentials& peer)
       : core_(std::move(core)),
         handler_(listener.handler),
         listener_(listener.name),
         id_(id),
+        io_index_(io_index),
         peer_(peer),
-        strand_(asio::make_strand(core_->io)),
+        executor_(core_->ios[io_index_]->get_executor()),
         socket_(std::move(socket)),
-        read_timer_(core_->io),
-        write_timer_(core_->io) {}
+        read_timer_(*core_->ios[io_index_]),
+        write_timer_(*core_->ios[io_index_]) {}
 
   uint64_t id() const override { return id_; }
+  size_t io_index() const { return io_index_; }
   const PeerCredentials& peer() const override { return peer_; }
   const std::string& listener() const override { return listener_; }
   bool Send(std::string payload, bool final) override;
@@ -178,12 +216,12 @@ class ConnectionImpl final : public Connection,
     return closed_;
   }
 
-  // Delivers OnConnect and starts reading, on the connection's strand.
+  // Delivers OnConnect and starts reading, on the connection's thread.
   void Start() {
-    asio::post(strand_, [self = shared_from_this()] { self->OnStart(); });
+    asio::post(executor_, [self = shared_from_this()] { self->OnStart(); });
   }
   // Marks the connection closed (Send and Close do nothing from now on) and
-  // tears it down on its strand, where the close is logged once. With `flush`,
+  // tears it down on its thread, where the close is logged once. With `flush`,
   // frames already queued are written first (within write_timeout); a later
   // close without `flush` cuts that short.
   void CloseWith(CloseKind kind, std::string_view reason, bool flush = false)
@@ -199,7 +237,7 @@ class ConnectionImpl final : public Connection,
  private:
   enum class ReadDeadlineKind { kNone, kFrame, kIdle };
 
-  // All of these run on strand_.
+  // All of these run on the connection's thread (executor_).
   void OnStart();
   void ProcessInput();
   void Resume();
@@ -214,17 +252,18 @@ class ConnectionImpl final : public Connection,
   void OnWriteTimer();
   void Teardown();
 
-  const std::shared_ptr<ServerCore> core_;  // declared first: the io_context outlives the rest
+  const std::shared_ptr<ServerCore> core_;  // declared first: the io_contexts outlive the rest
   FrameHandler* const handler_;
   const std::string listener_;
   const uint64_t id_;
+  const size_t io_index_;
   const PeerCredentials peer_;
-  Strand strand_;
-  stream_protocol::socket socket_;
-  asio::steady_timer read_timer_;
-  asio::steady_timer write_timer_;
+  const IoExecutor executor_;
+  Socket socket_;
+  Timer read_timer_;
+  Timer write_timer_;
 
-  // Touched on strand_ only.
+  // Touched on the connection's thread only.
   std::string input_;    // received and not yet handed out (and, while reading_, the read buffer)
   size_t received_ = 0;  // bytes of input_ actually received
   bool reading_ = false;
@@ -235,7 +274,8 @@ class ConnectionImpl final : public Connection,
   bool read_timer_waiting_ = false;
   Clock::time_point write_deadline_ = Clock::time_point::max();
   bool write_timer_waiting_ = false;
-  std::vector<std::string> writing_;  // frames of the write in progress
+  std::vector<OutFrame> writing_;                  // frames of the write in progress
+  std::vector<asio::const_buffer> write_buffers_;  // writing_'s header and payload buffers
   bool connect_delivered_ = false;
   bool torn_down_ = false;
 
@@ -244,11 +284,11 @@ class ConnectionImpl final : public Connection,
   bool flushing_ ABSL_GUARDED_BY(mu_) = false;  // closed, still writing what was queued
   CloseKind close_kind_ ABSL_GUARDED_BY(mu_) = CloseKind::kPeer;
   std::string close_reason_ ABSL_GUARDED_BY(mu_);
-  std::deque<std::string> outbox_ ABSL_GUARDED_BY(mu_);  // encoded frames not yet written
-  size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;         // outbox_ and the write in progress
-  size_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;            // frames handed out, not answered
-  bool write_active_ ABSL_GUARDED_BY(mu_) = false;       // a StartWrite chain is running
-  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;        // back-pressure
+  std::deque<OutFrame> outbox_ ABSL_GUARDED_BY(mu_);  // frames not yet written
+  size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;      // outbox_ and the write in progress
+  size_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;         // frames handed out, not answered
+  bool write_active_ ABSL_GUARDED_BY(mu_) = false;    // a StartWrite chain is running
+  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;     // back-pressure
 };
 
 // --- ConnectionImpl ----------------------------------------------------------
@@ -262,7 +302,7 @@ bool ConnectionImpl::Send(std::string payload, bool final) {
     }
     return false;
   }
-  std::string frame = EncodeFrame(payload);
+  OutFrame frame{EncodeFrameHeader(size), std::move(payload)};
   const size_t cap = core_->limits.max_queued_bytes_per_connection;
   bool start_write = false;
   bool resume = false;
@@ -293,10 +333,10 @@ bool ConnectionImpl::Send(std::string payload, bool final) {
                            " bytes of responses queued, over the cap of ", cap));
     return false;
   }
-  // On the connection's own strand (a handler answering inline), write now;
-  // from another thread, hand the write to the strand.
-  if (start_write) asio::dispatch(strand_, [self = shared_from_this()] { self->StartWrite(); });
-  if (resume) asio::post(strand_, [self = shared_from_this()] { self->Resume(); });
+  // On the connection's own thread (a handler answering inline), write now;
+  // from another thread, hand the write to the connection's thread.
+  if (start_write) asio::dispatch(executor_, [self = shared_from_this()] { self->StartWrite(); });
+  if (resume) asio::post(executor_, [self = shared_from_this()] { self->Resume(); });
   return true;
 }
 
@@ -320,7 +360,7 @@ void ConnectionImpl::CloseWith(CloseKind kind, std::string_view reason, bool flu
     outbox_.clear();
     queued_bytes_ = 0;
   }
-  asio::post(strand_, [self = shared_from_this()] { self->Teardown(); });
+  asio::post(executor_, [self = shared_from_this()] { self->Teardown(); });
 }
 
 void ConnectionImpl::OnStart() {
@@ -428,8 +468,7 @@ void ConnectionImpl::ArmReadTimer() {
   }
   read_timer_.expires_at(read_deadline_);
   read_timer_waiting_ = true;
-  read_timer_.async_wait(asio::bind_executor(
-      strand_, [self = shared_from_this()](const ErrorCode&) { self->OnReadTimer(); }));
+  read_timer_.async_wait([self = shared_from_this()](const ErrorCode&) { self->OnReadTimer(); });
 }
 
 void ConnectionImpl::OnReadTimer() {
@@ -465,10 +504,9 @@ void ConnectionImpl::ReadMore() {
   input_.resize(old_size + want);
   reading_ = true;
   socket_.async_read_some(asio::buffer(input_.data() + old_size, want),
-                          asio::bind_executor(strand_, [self = shared_from_this(), old_size](
-                                                           const ErrorCode& ec, size_t n) {
+                          [self = shared_from_this(), old_size](const ErrorCode& ec, size_t n) {
                             self->OnRead(ec, old_size, n);
-                          }));
+                          });
 }
 
 void ConnectionImpl::OnRead(const ErrorCode& ec, size_t old_size, size_t n) {
@@ -500,7 +538,7 @@ void ConnectionImpl::StartWrite() {
       write_active_ = false;
       if (flushing_) {
         flushing_ = false;  // everything queued before the close is written
-        asio::post(strand_, [self = shared_from_this()] { self->Teardown(); });
+        asio::post(executor_, [self = shared_from_this()] { self->Teardown(); });
       }
       return;
     }
@@ -509,21 +547,22 @@ void ConnectionImpl::StartWrite() {
       outbox_.pop_front();
     }
   }
-  std::vector<asio::const_buffer> buffers;
-  buffers.reserve(writing_.size());
-  for (const std::string& frame : writing_) buffers.push_back(asio::buffer(frame));
+  write_buffers_.clear();
+  for (const OutFrame& frame : writing_) {
+    write_buffers_.push_back(asio::buffer(frame.header));
+    write_buffers_.push_back(asio::buffer(frame.payload));
+  }
   write_deadline_ = Clock::now() + ToClock(core_->limits.write_timeout);
   ArmWriteTimer();
+  // async_write keeps a copy of the buffer sequence: a span, not the vector.
   asio::async_write(
-      socket_, buffers,
-      asio::bind_executor(strand_, [self = shared_from_this()](const ErrorCode& ec, size_t) {
-        self->OnWrite(ec);
-      }));
+      socket_, std::span<const asio::const_buffer>(write_buffers_),
+      [self = shared_from_this()](const ErrorCode& ec, size_t) { self->OnWrite(ec); });
 }
 
 void ConnectionImpl::OnWrite(const ErrorCode& ec) {
   size_t written = 0;
-  for (const std::string& frame : writing_) written += frame.size();
+  for (const OutFrame& frame : writing_) written += frame.size();
   writing_.clear();
   write_deadline_ = Clock::time_point::max();
   if (ec) {
@@ -552,8 +591,7 @@ void ConnectionImpl::ArmWriteTimer() {
   }
   write_timer_.expires_at(write_deadline_);
   write_timer_waiting_ = true;
-  write_timer_.async_wait(asio::bind_executor(
-      strand_, [self = shared_from_this()](const ErrorCode&) { self->OnWriteTimer(); }));
+  write_timer_.async_wait([self = shared_from_this()](const ErrorCode&) { self->OnWriteTimer(); });
 }
 
 void ConnectionImpl::OnWriteTimer() {
@@ -575,7 +613,7 @@ void ConnectionImpl::Teardown() {
   if (torn_down_) return;
   torn_down_ = true;
   ErrorCode ignored;
-  socket_.shutdown(stream_protocol::socket::shutdown_both, ignored);
+  socket_.shutdown(Socket::shutdown_both, ignored);
   socket_.close(ignored);
   read_timer_.cancel();
   write_timer_.cancel();
@@ -592,16 +630,31 @@ void ConnectionImpl::Teardown() {
 
 // --- ServerCore --------------------------------------------------------------
 
-void ServerCore::DoAccept(ListenerState& listener) {
-  listener.acceptor.async_accept(asio::bind_executor(
-      listener.strand,
-      [self = shared_from_this(), &listener](const ErrorCode& ec, stream_protocol::socket socket) {
-        self->OnAccept(listener, ec, std::move(socket));
-      }));
+size_t ServerCore::PickIo() {
+  size_t best = next_io;
+  for (size_t k = 1; k < ios.size(); ++k) {
+    const size_t i = (next_io + k) % ios.size();
+    if (io_load[i] < io_load[best]) best = i;
+  }
+  next_io = (best + 1) % ios.size();
+  return best;
 }
 
-void ServerCore::OnAccept(ListenerState& listener, const ErrorCode& ec,
-                          stream_protocol::socket socket) {
+// The accepted socket is created on the chosen io_context directly.
+void ServerCore::DoAccept(ListenerState& listener) {
+  size_t io_index;
+  {
+    absl::MutexLock lock(&mu);
+    io_index = PickIo();
+  }
+  listener.acceptor.async_accept(*ios[io_index], [self = shared_from_this(), &listener, io_index](
+                                                     const ErrorCode& ec, Socket socket) {
+    self->OnAccept(listener, io_index, ec, std::move(socket));
+  });
+}
+
+void ServerCore::OnAccept(ListenerState& listener, size_t io_index, const ErrorCode& ec,
+                          Socket socket) {
   ErrorCode ignored;
   {
     absl::MutexLock lock(&mu);
@@ -614,10 +667,10 @@ void ServerCore::OnAccept(ListenerState& listener, const ErrorCode& ec,
   if (ec) {
     Log(absl::StrCat("accept failed on ", listener.name, ": ", ec.message(), "; retrying"));
     listener.retry_timer.expires_after(kAcceptRetryDelay);
-    listener.retry_timer.async_wait(asio::bind_executor(
-        listener.strand, [self = shared_from_this(), &listener](const ErrorCode& wait_ec) {
+    listener.retry_timer.async_wait(
+        [self = shared_from_this(), &listener](const ErrorCode& wait_ec) {
           if (!wait_ec) self->DoAccept(listener);
-        }));
+        });
     return;
   }
   accepted.fetch_add(1);
@@ -648,9 +701,10 @@ void ServerCore::OnAccept(ListenerState& listener, const ErrorCode& ec,
     open_count = connections.size();
     if (open_count < limits.max_connections) {
       const uint64_t id = next_id++;
-      auto connection = std::make_shared<ConnectionImpl>(shared_from_this(), listener, id,
+      auto connection = std::make_shared<ConnectionImpl>(shared_from_this(), listener, id, io_index,
                                                          std::move(socket), peer);
       connections.emplace(id, connection);
+      ++io_load[io_index];
       connection->Start();
       admitted = true;
     }
@@ -675,7 +729,7 @@ void ServerCore::OnConnectionClosed(const ConnectionImpl& connection, CloseKind 
       kind == CloseKind::kPeer || kind == CloseKind::kShutdown ? LogKind::kRoutine
                                                                : LogKind::kNotable);
   absl::MutexLock lock(&mu);
-  connections.erase(connection.id());
+  if (connections.erase(connection.id()) > 0) --io_load[connection.io_index()];
 }
 
 std::vector<std::shared_ptr<ConnectionImpl>> ServerCore::Connections() {
@@ -697,8 +751,7 @@ bool ServerCore::AllQuiet() {
 
 class ServerImpl final : public Server {
  public:
-  ServerImpl(std::shared_ptr<ServerCore> core, size_t io_threads)
-      : core_(std::move(core)), io_threads_(io_threads) {}
+  explicit ServerImpl(std::shared_ptr<ServerCore> core) : core_(std::move(core)) {}
   ~ServerImpl() override { Shutdown(absl::ZeroDuration()); }
 
   absl::Status Start() override;
@@ -710,11 +763,10 @@ class ServerImpl final : public Server {
   using WorkGuard = asio::executor_work_guard<asio::io_context::executor_type>;
 
   const std::shared_ptr<ServerCore> core_;
-  const size_t io_threads_;
   absl::Mutex lifecycle_mu_;  // held for the whole of Start and Shutdown
   State state_ ABSL_GUARDED_BY(lifecycle_mu_) = State::kCreated;
-  std::optional<WorkGuard> work_ ABSL_GUARDED_BY(lifecycle_mu_);
-  std::vector<std::thread> threads_ ABSL_GUARDED_BY(lifecycle_mu_);
+  std::vector<WorkGuard> work_ ABSL_GUARDED_BY(lifecycle_mu_);       // one per io_context
+  std::vector<std::thread> threads_ ABSL_GUARDED_BY(lifecycle_mu_);  // one per io_context
 };
 
 absl::Status ServerImpl::Start() {
@@ -723,16 +775,18 @@ absl::Status ServerImpl::Start() {
     return absl::FailedPreconditionError("the server was already started");
   }
   state_ = State::kRunning;
-  work_.emplace(asio::make_work_guard(core_->io));
+  work_.reserve(core_->ios.size());
+  for (const auto& io : core_->ios) work_.push_back(asio::make_work_guard(*io));
   for (const auto& listener : core_->listeners) {
     ListenerState* l = listener.get();
-    asio::post(l->strand, [core = core_, l] { core->DoAccept(*l); });
+    asio::post(l->executor, [core = core_, l] { core->DoAccept(*l); });
   }
-  threads_.reserve(io_threads_);
-  for (size_t i = 0; i < io_threads_; ++i) {
-    threads_.emplace_back([core = core_] {
+  threads_.reserve(core_->ios.size());
+  for (const auto& io : core_->ios) {
+    // The thread holds the core, so its io_context outlives the run.
+    threads_.emplace_back([core = core_, io = io.get()] {
       try {
-        core->io.run();
+        io->run();
       } catch (const std::exception& e) {
         Log(absl::StrCat("fatal: exception on an I/O thread: ", e.what()));
         std::abort();
@@ -769,7 +823,7 @@ void ServerImpl::Shutdown(absl::Duration drain) {
   core_->draining.store(true);
   for (const auto& listener : core_->listeners) {
     ListenerState* l = listener.get();
-    asio::post(l->strand, [l] {
+    asio::post(l->executor, [l] {
       ErrorCode ignored;
       l->acceptor.close(ignored);
       l->retry_timer.cancel();
@@ -780,11 +834,13 @@ void ServerImpl::Shutdown(absl::Duration drain) {
   const absl::Time deadline = absl::Now() + std::max(drain, absl::ZeroDuration());
   while (!core_->AllQuiet() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(2));
 
-  // Stage 3: close everything; the threads end when no work is left.
+  // Stage 3: close everything; each thread ends when its io_context has no
+  // work left (the teardowns just posted are work).
   for (const auto& connection : core_->Connections()) {
     connection->CloseWith(CloseKind::kShutdown, "server is shutting down");
   }
-  work_.reset();
+  for (WorkGuard& work : work_) work.reset();
+  work_.clear();
   for (std::thread& thread : threads_) thread.join();
   threads_.clear();
 }
@@ -960,9 +1016,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(std::vector<Listener> lis
     close_all();
     return valid;
   }
-  auto core = std::make_shared<ServerCore>(limits);
-  for (Listener& listener : listeners) {
-    auto state = std::make_unique<ListenerState>(core->io, listener.name, listener.handler);
+  auto core = std::make_shared<ServerCore>(limits, io_threads);
+  for (size_t i = 0; i < listeners.size(); ++i) {
+    Listener& listener = listeners[i];
+    // Listeners spread over the io_contexts; usually there are more threads.
+    auto state = std::make_unique<ListenerState>(*core->ios[i % core->ios.size()], listener.name,
+                                                 listener.handler);
     SetCloseOnExec(listener.fd);
     ErrorCode ec;
     state->acceptor.assign(stream_protocol(), listener.fd, ec);
@@ -975,7 +1034,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(std::vector<Listener> lis
     listener.fd = -1;  // owned by the acceptor now
     core->listeners.push_back(std::move(state));
   }
-  return std::unique_ptr<Server>(new ServerImpl(std::move(core), io_threads));
+  return std::unique_ptr<Server>(new ServerImpl(std::move(core)));
 }
 
 absl::StatusOr<int> BindUnixSocket(const std::string& path, mode_t mode) {

@@ -101,7 +101,10 @@ class Server {
                                                         size_t io_threads);
   virtual ~Server() = default;
 
-  // Starts accepting on every listener, on `io_threads` threads.
+  // Starts accepting on every listener, on `io_threads` threads, each running
+  // its own io_context. Each connection is pinned to one of them (the one with
+  // the fewest connections when it is accepted): its handler calls, in order,
+  // all come from that one thread.
   virtual absl::Status Start() = 0;
   // Two stages: stop accepting; wait up to `drain` for every in-flight request
   // to be answered and its answer written; then close every connection and

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <deque>
@@ -16,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -171,6 +173,71 @@ class AnswerAndCloseHandler : public FrameHandler {
   std::atomic<bool> sent_after_close_{false};
 };
 
+// Records the threads each connection's events run on. Answers the frames of
+// odd-numbered connections inline and those of even-numbered ones from its
+// own worker thread (a Send from a thread that is not the connection's).
+class ThreadRecordingHandler : public FrameHandler {
+ public:
+  ThreadRecordingHandler() : worker_([this] { Work(); }) {}
+  ~ThreadRecordingHandler() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    worker_.join();
+  }
+
+  void OnConnect(const std::shared_ptr<Connection>& connection) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    threads_[connection->id()].insert(std::this_thread::get_id());
+  }
+  void OnFrame(const std::shared_ptr<Connection>& connection, std::string payload) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      threads_[connection->id()].insert(std::this_thread::get_id());
+      if (connection->id() % 2 == 0) {
+        queue_.emplace_back(connection, std::move(payload));
+        cv_.notify_one();
+        return;
+      }
+    }
+    connection->Send(std::move(payload), /*final=*/true);
+  }
+  void OnDisconnect(const Connection& connection) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    threads_[connection.id()].insert(std::this_thread::get_id());
+  }
+
+  // By connection id.
+  std::map<uint64_t, std::set<std::thread::id>> threads() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return threads_;
+  }
+
+ private:
+  void Work() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (stop_) return;
+      std::pair<std::shared_ptr<Connection>, std::string> frame = std::move(queue_.front());
+      queue_.pop_front();
+      lock.unlock();
+      frame.first->Send(std::move(frame.second), /*final=*/true);
+      frame.first.reset();
+      lock.lock();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::deque<std::pair<std::shared_ptr<Connection>, std::string>> queue_;
+  std::map<uint64_t, std::set<std::thread::id>> threads_;
+  std::thread worker_;  // last: starts once the rest exists
+};
+
 ServerLimits FastLimits() {
   ServerLimits limits;
   limits.frame_timeout = absl::Seconds(5);
@@ -217,6 +284,7 @@ class ServerTest : public ::testing::Test {
   HoldingHandler holding_;
   StreamingHandler streaming_;
   AnswerAndCloseHandler answer_and_close_;
+  ThreadRecordingHandler recording_;
   std::unique_ptr<grantvault::testing::TempDir> dir_;
   std::string path_;
   std::unique_ptr<Server> server_;
@@ -730,6 +798,90 @@ TEST_F(ServerTest, StartTwiceFailsAndShutdownIsIdempotent) {
   server_->Shutdown(absl::ZeroDuration());
   server_->Shutdown(absl::ZeroDuration());
   EXPECT_EQ(server_->Start().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(ServerTest, FourIoThreadsServeEveryConnectionEachOnOneThread) {
+  ThreadRecordingHandler& handler = recording_;
+  StartServer(&handler, FastLimits(), /*io_threads=*/4);
+  constexpr size_t kClients = 64;
+  constexpr size_t kRounds = 5;
+  std::vector<RawClient> clients;
+  for (size_t i = 0; i < kClients; ++i) {
+    clients.push_back(Connect());
+    ASSERT_TRUE(clients.back().connected()) << i;
+  }
+  for (size_t round = 0; round < kRounds; ++round) {
+    for (size_t i = 0; i < kClients; ++i) {
+      const std::string frame = "client " + std::to_string(i) + " round " + std::to_string(round);
+      // Even rounds pipeline two frames.
+      ASSERT_TRUE(clients[i].SendFrame(frame));
+      if (round % 2 == 0) {
+        ASSERT_TRUE(clients[i].SendFrame(frame + " again"));
+      }
+    }
+    for (size_t i = 0; i < kClients; ++i) {
+      const std::string frame = "client " + std::to_string(i) + " round " + std::to_string(round);
+      ASSERT_EQ(clients[i].ReadFrame(), frame);
+      if (round % 2 == 0) {
+        ASSERT_EQ(clients[i].ReadFrame(), frame + " again");
+      }
+    }
+  }
+  clients.clear();
+  ASSERT_TRUE(WaitFor([&] { return server_->stats().open == 0; }));
+
+  const std::map<uint64_t, std::set<std::thread::id>> threads = handler.threads();
+  ASSERT_EQ(threads.size(), kClients);
+  std::set<std::thread::id> all;
+  for (const auto& [id, on] : threads) {
+    EXPECT_EQ(on.size(), 1u) << "connection " << id << " ran on several threads";
+    all.insert(on.begin(), on.end());
+  }
+  EXPECT_EQ(all.size(), 4u) << "connections are not spread over every I/O thread";
+}
+
+TEST_F(ServerTest, ShutdownDrainsAndClosesConnectionsOnEveryIoThread) {
+  HoldingHandler& handler = holding_;
+  StartServer(&handler, FastLimits(), /*io_threads=*/4);
+  constexpr size_t kClients = 16;
+  std::vector<RawClient> clients;
+  for (size_t i = 0; i < kClients; ++i) {
+    clients.push_back(Connect());
+    ASSERT_TRUE(clients.back().SendFrame("request " + std::to_string(i)));
+  }
+  ASSERT_TRUE(WaitFor([&] { return handler.held() == kClients; }));
+
+  const auto start = Clock::now();
+  std::thread shutdown([&] { server_->Shutdown(absl::Seconds(5)); });
+  std::this_thread::sleep_for(milliseconds(100));
+  EXPECT_FALSE(RawClient::Connect(path_).connected());
+  // Answered from this thread during the drain window: every answer is written.
+  for (size_t i = 0; i < kClients; ++i) EXPECT_TRUE(handler.AnswerOne()) << i;
+  for (size_t i = 0; i < kClients; ++i) {
+    EXPECT_EQ(clients[i].ReadFrame(), "request " + std::to_string(i));
+    EXPECT_TRUE(clients[i].WaitClosed()) << i;
+  }
+  shutdown.join();
+  EXPECT_LT(Clock::now() - start, milliseconds(2000));
+  EXPECT_EQ(server_->stats().open, 0u);
+}
+
+TEST_F(ServerTest, ShutdownWithoutDrainClosesHeldConnectionsOnEveryIoThread) {
+  HoldingHandler& handler = holding_;
+  StartServer(&handler, FastLimits(), /*io_threads=*/4);
+  constexpr size_t kClients = 16;
+  std::vector<RawClient> clients;
+  for (size_t i = 0; i < kClients; ++i) {
+    clients.push_back(Connect());
+    ASSERT_TRUE(clients.back().SendFrame("never answered"));
+  }
+  ASSERT_TRUE(WaitFor([&] { return handler.held() == kClients; }));
+  server_->Shutdown(absl::ZeroDuration());
+  for (RawClient& client : clients) EXPECT_TRUE(client.WaitClosed());
+  EXPECT_EQ(server_->stats().open, 0u);
+  // The handler still holds every connection; the server goes first.
+  server_.reset();
+  EXPECT_FALSE(handler.AnswerOne());
 }
 
 TEST_F(ServerTest, ServesTwoListeners) {
