@@ -320,7 +320,10 @@ struct Job {
   // Coalescing (Event::coalesce), set by the writer for one batch: a folded
   // job is recorded by the identical job it points to, which counts them.
   Job* folded_into = nullptr;
-  uint64_t folded = 0;
+  // How many events the job stands for: 1, or its PendingCount once taken,
+  // plus what was folded into it.
+  uint64_t weight = 1;
+  std::shared_ptr<PendingCount> counter;  // AppendCounted
 };
 
 bool CoalescesWith(const Job& a, const Job& b) {
@@ -356,7 +359,7 @@ void CoalesceBatch(const std::vector<Job*>& batch) {
       open.emplace(hash, job);
     } else {
       job->folded_into = representative;
-      ++representative->folded;
+      representative->weight += job->weight;
     }
   }
 }
@@ -450,26 +453,17 @@ class AuditLog::Impl {
   }
 
   void AppendAsync(Event event, Durability durability, std::function<void(absl::Status)> on_done) {
-    const bool coalesce = event.coalesce;
-    absl::StatusOr<Record> record = PrepareRecord(std::move(event));
-    if (!record.ok()) {
-      on_done(record.status());
-      return;
+    Enqueue(std::move(event), durability, std::move(on_done), nullptr);
+  }
+
+  std::shared_ptr<PendingCount> AppendCounted(Event event, Durability durability,
+                                              std::function<void(absl::Status)> on_done) {
+    if (!event.coalesce) {
+      on_done(absl::InvalidArgumentError("audit: a counted event must be coalescable"));
+      return nullptr;
     }
-    auto job = std::make_unique<Job>();
-    job->kind = Job::Kind::kAppend;
-    job->record = std::move(*record);
-    job->durability = durability;
-    job->coalesce = coalesce;
-    job->on_done = std::move(on_done);
-    {
-      absl::MutexLock lock(&mu_);
-      if (!writer_stop_) {
-        EnqueueLocked(job.release());
-        return;
-      }
-    }
-    job->on_done(absl::FailedPreconditionError("audit log is closing"));
+    auto counter = std::make_shared<PendingCount>();
+    return Enqueue(std::move(event), durability, std::move(on_done), counter) ? counter : nullptr;
   }
 
   std::string Fingerprint(const SecretBytes& token) const {
@@ -591,6 +585,34 @@ class AuditLog::Impl {
     }
   }
 
+  // Queues an asynchronous append; false (after calling on_done with the
+  // reason) when it was refused.
+  bool Enqueue(Event event, Durability durability, std::function<void(absl::Status)> on_done,
+               std::shared_ptr<PendingCount> counter) {
+    const bool coalesce = event.coalesce;
+    absl::StatusOr<Record> record = PrepareRecord(std::move(event));
+    if (!record.ok()) {
+      on_done(record.status());
+      return false;
+    }
+    auto job = std::make_unique<Job>();
+    job->kind = Job::Kind::kAppend;
+    job->record = std::move(*record);
+    job->durability = durability;
+    job->coalesce = coalesce;
+    job->on_done = std::move(on_done);
+    job->counter = std::move(counter);
+    {
+      absl::MutexLock lock(&mu_);
+      if (!writer_stop_) {
+        EnqueueLocked(job.release());
+        return true;
+      }
+    }
+    job->on_done(absl::FailedPreconditionError("audit log is closing"));
+    return false;
+  }
+
   void EnqueueLocked(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     queue_.push_back(job);
     backlog_.fetch_add(1, std::memory_order_relaxed);
@@ -643,6 +665,10 @@ class AuditLog::Impl {
         stopping = writer_stop_ && queue_.empty();
         sync_due = unsynced_ && (stopping || absl::Now() >= sync_deadline_);
         if (stopping && batch.empty() && !unsynced_) return;
+      }
+      // Counted events stop counting now: what is added later needs a new event.
+      for (Job* job : batch) {
+        if (job->counter != nullptr) job->weight = job->counter->Take();
       }
       if (!batch.empty()) {
         WriteBatch(batch, sync_due);
@@ -771,8 +797,7 @@ class AuditLog::Impl {
       }
       if (job->folded_into != nullptr) continue;  // recorded by its representative
       Record& r = job->record;
-      if (job->folded > 0)
-        r.body.details[std::string(kCountDetail)] = std::to_string(job->folded + 1);
+      if (job->weight > 1) r.body.details[std::string(kCountDetail)] = std::to_string(job->weight);
       auto [it, inserted] = touched.try_emplace(r.chain);
       Head& head = it->second;
       if (inserted) {
@@ -1302,6 +1327,11 @@ AuditLog::~AuditLog() = default;
 
 absl::Status AuditLog::Append(Event event, Durability durability) {
   return impl_->Append(std::move(event), durability);
+}
+
+std::shared_ptr<PendingCount> AuditLog::AppendCounted(Event event, Durability durability,
+                                                      std::function<void(absl::Status)> on_done) {
+  return impl_->AppendCounted(std::move(event), durability, std::move(on_done));
 }
 
 void AuditLog::AppendAsync(Event event, Durability durability,

@@ -6,6 +6,7 @@
 #ifndef GRANTVAULT_AUDIT_AUDIT_LOG_H_
 #define GRANTVAULT_AUDIT_AUDIT_LOG_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -125,6 +126,27 @@ struct CheckpointHealth {
   uint64_t unsigned_records = 0;   // records not yet covered by a checkpoint, all chains
 };
 
+// The count of a queued coalescable event (AuditLog::AppendCounted): more
+// identical events are added to it, without a queue entry each, until the
+// writer takes it. Thread-safe, lock-free.
+class PendingCount {
+ public:
+  // Counts one more identical event into the queued one; false once the
+  // writer has taken it (then append a new event instead).
+  bool Add() {
+    int64_t n = n_.load(std::memory_order_relaxed);
+    while (n >= 0) {
+      if (n_.compare_exchange_weak(n, n + 1, std::memory_order_acq_rel)) return true;
+    }
+    return false;
+  }
+  // For the writer: the final count; Add() fails from now on.
+  uint64_t Take() { return static_cast<uint64_t>(n_.exchange(-1, std::memory_order_acq_rel)); }
+
+ private:
+  std::atomic<int64_t> n_{1};  // -1: taken by the writer
+};
+
 // Thread-safe. One writer thread commits queued events in batches; one
 // checkpoint thread signs. Destruction waits for queued events and stops both.
 class AuditLog {
@@ -160,6 +182,12 @@ class AuditLog {
   // must not hold a thread while the batch commits (Resolve answers on the
   // I/O thread and sends the token from `on_done`).
   void AppendAsync(Event event, Durability durability, std::function<void(absl::Status)> on_done);
+  // As AppendAsync for an event with `coalesce` set, returning its count:
+  // PendingCount::Add() records one more identical event at the cost of an
+  // atomic increment (its outcome is `on_done`'s). Null when the event was
+  // refused at once (`on_done` has been called).
+  std::shared_ptr<PendingCount> AppendCounted(Event event, Durability durability,
+                                              std::function<void(absl::Status)> on_done);
 
   // "hmac-sha256:" + the first 16 bytes, in hex, of HMAC-SHA256(fingerprint
   // key, token): names a token without revealing it.

@@ -830,17 +830,14 @@ absl::StatusOr<std::string> TokenFrame(uint64_t request_id, const Resolved& reso
 // fingerprint), the grant, the tool and the scopes. Everything else in the
 // record is the caller's, fixed for the connection.
 // (Length-prefixed fields: no two different releases share a key.)
-std::string ReleaseKey(const audit::Event& e) {
+std::string ReleaseKey(const std::string& grant_id, const std::string& token_fingerprint,
+                       const std::string& tool, const std::vector<std::string>& scopes) {
   std::string key;
   auto add = [&key](const std::string& field) { absl::StrAppend(&key, field.size(), ":", field); };
-  add(e.grant_id);
-  absl::StrAppend(&key, e.details.size(), "d");
-  for (const auto& [k, v] : e.details) {
-    add(k);
-    add(v);
-  }
-  absl::StrAppend(&key, e.scopes.size(), "s");
-  for (const std::string& scope : e.scopes) add(scope);
+  add(grant_id);
+  add(token_fingerprint);
+  add(tool);
+  for (const std::string& scope : scopes) add(scope);
   return key;
 }
 
@@ -889,14 +886,20 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
   const v1::ResolveRequest& in = request.resolve();
   const ipc::PeerCredentials& peer = connection->peer();
   const uint64_t id = request.request_id();
-  audit::Event e;
-  e.workspace_id = in.workspace_id();
-  e.connector_id = in.connector_id();
-  e.actor.uid = peer.uid;
-  e.actor.pid = peer.pid;
-  if (caller != nullptr && caller->exe_path) e.actor.exe = *caller->exe_path;
-  if (!in.tool().empty()) e.details["tool"] = in.tool();
+  // The audit record's fields common to a release and a refusal (built only
+  // when a record is written: a counted repeat needs none).
+  auto event_of_call = [&] {
+    audit::Event e;
+    e.workspace_id = in.workspace_id();
+    e.connector_id = in.connector_id();
+    e.actor.uid = peer.uid;
+    e.actor.pid = peer.pid;
+    if (caller != nullptr && caller->exe_path) e.actor.exe = *caller->exe_path;
+    if (!in.tool().empty()) e.details["tool"] = in.tool();
+    return e;
+  };
   if (!resolved.ok()) {
+    audit::Event e = event_of_call();
     e.details["request_id"] = absl::StrCat(id);
     spdlog::info("token.denied uid={} pid={} workspace={} connector={} tool={} reason={}", peer.uid,
                  peer.pid, in.workspace_id(), in.connector_id(), in.tool(),
@@ -928,29 +931,41 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
     connection->Send(*std::move(frame), /*final=*/true);
     return;
   }
+  std::string fingerprint = trail_.audit->Fingerprint(resolved->token.token);
+  std::string key = ReleaseKey(resolved->grant->grant_id, fingerprint, in.tool(), resolved->scopes);
+  const uint64_t epoch = audit_epoch_->load();
+  const RepeatKind kind = slot != nullptr && trail_.audit->backlog() < kMaxAuditBacklog
+                              ? CountRepeat(*slot, key, epoch)
+                              : RepeatKind::kFirst;
+  if (kind != RepeatKind::kFirst) {
+    // This process already received this very token, and that release is
+    // committed: sending it again discloses nothing new. The repeat is still
+    // recorded (counted into a deferred record), without holding the answer
+    // back. A failure makes every release wait for its record again.
+    connection->Send(*std::move(frame), /*final=*/true);
+    if (kind == RepeatKind::kCounted) return;
+  }
+  audit::Event e = event_of_call();
   e.type = "token.released";
   e.outcome = "ok";
   AddGrantFields(*resolved->grant, e);
   e.scopes = resolved->scopes;
-  e.details["token_fingerprint"] = trail_.audit->Fingerprint(resolved->token.token);
+  e.details["token_fingerprint"] = std::move(fingerprint);
   // Repeated releases of the same token to the same process share a record
   // (with a count): the release is recorded, not the request (docs/audit.md).
   e.coalesce = true;
-  std::string key = ReleaseKey(e);
-  const uint64_t epoch = audit_epoch_->load();
-  if (slot != nullptr && AlreadyRecorded(*slot, key, epoch) &&
-      trail_.audit->backlog() < kMaxAuditBacklog) {
-    // This process already received this very token, and that release is
-    // committed: sending it again discloses nothing new. The repeat is still
-    // recorded (counted), without holding the answer back. A failure makes
-    // every release wait for its record again.
-    connection->Send(*std::move(frame), /*final=*/true);
-    trail_.audit->AppendAsync(
+  if (kind == RepeatKind::kUncounted) {
+    std::shared_ptr<audit::PendingCount> count = trail_.audit->AppendCounted(
         std::move(e), audit::Durability::kDeferred, [epochs = audit_epoch_](absl::Status audited) {
           if (audited.ok()) return;
           epochs->fetch_add(1);
           spdlog::error("token.released (repeat) not recorded: {}", std::string(audited.message()));
         });
+    if (count != nullptr) {
+      absl::MutexLock lock(&slot->mu);
+      slot->counting_key = std::move(key);
+      slot->counting = std::move(count);
+    }
     return;
   }
   // Fail closed: the token leaves only once its release is recorded (group
@@ -978,10 +993,14 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
       });
 }
 
-bool Service::AlreadyRecorded(CallerSlot& slot, const std::string& key, uint64_t epoch) {
+Service::RepeatKind Service::CountRepeat(CallerSlot& slot, const std::string& key, uint64_t epoch) {
   absl::MutexLock lock(&slot.mu);
   auto it = slot.recorded_releases.find(key);
-  return it != slot.recorded_releases.end() && it->second == epoch;
+  if (it == slot.recorded_releases.end() || it->second != epoch) return RepeatKind::kFirst;
+  if (slot.counting != nullptr && slot.counting_key == key && slot.counting->Add()) {
+    return RepeatKind::kCounted;
+  }
+  return RepeatKind::kUncounted;
 }
 
 void Service::RememberRecorded(CallerSlot& slot, const std::string& key, uint64_t epoch) {

@@ -117,6 +117,15 @@ class Service {
     // (ReleaseKey → the audit epoch it was committed in): a repeat of one of
     // them is answered before its own record commits (docs/audit.md).
     absl::flat_hash_map<std::string, uint64_t> recorded_releases ABSL_GUARDED_BY(mu);
+    // The queued record that counts this connection's repeats of the release
+    // `counting_key`, until the audit writer takes it.
+    std::string counting_key ABSL_GUARDED_BY(mu);
+    std::shared_ptr<audit::PendingCount> counting ABSL_GUARDED_BY(mu);
+  };
+  enum class RepeatKind {
+    kFirst,      // not known to be recorded: wait for the record
+    kCounted,    // a repeat, counted into a queued record
+    kUncounted,  // a repeat that needs a (deferred) record of its own
   };
   struct ConnectionState {
     bool hello_done = false;
@@ -150,8 +159,9 @@ class Service {
                      const std::shared_ptr<CallerSlot>& slot, const policy::CallerIdentity* caller,
                      absl::StatusOr<Resolved> resolved);
   // Whether the release named `key` (ReleaseKey) was recorded for this
-  // connection's process in audit epoch `epoch`; and remembering that it was.
-  static bool AlreadyRecorded(CallerSlot& slot, const std::string& key, uint64_t epoch);
+  // connection's process in audit epoch `epoch` (and if so, counts it into the
+  // connection's queued record when there is one); and remembering that it was.
+  static RepeatKind CountRepeat(CallerSlot& slot, const std::string& key, uint64_t epoch);
   static void RememberRecorded(CallerSlot& slot, const std::string& key, uint64_t epoch);
   void RunSubscribe(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request);
   std::shared_ptr<CallerSlot> CallerOf(const ipc::Connection& connection);

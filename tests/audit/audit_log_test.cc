@@ -234,6 +234,37 @@ TEST_F(AuditTest, ADeferredEventWaitsForItsIntervalOrTheNextUrgentOne) {
   EXPECT_EQ(report->records, 3u);
 }
 
+TEST_F(AuditTest, ACountedEventRecordsEveryAddUntilTheWriterTakesIt) {
+  AuditOptions options;
+  options.deferred_interval = absl::Milliseconds(300);
+  auto log = OpenLog(options);
+  ASSERT_NE(log, nullptr);
+  Event e = TokenEvent("acme", "gr_1");
+  e.coalesce = true;
+  std::atomic<int> done{0};
+  std::shared_ptr<PendingCount> count =
+      log->AppendCounted(e, Durability::kDeferred, [&](absl::Status s) {
+        EXPECT_TRUE(s.ok()) << s;
+        ++done;
+      });
+  ASSERT_NE(count, nullptr);
+  for (int i = 0; i < 9; ++i) EXPECT_TRUE(count->Add());
+  ASSERT_TRUE(WaitFor([&] { return done.load() == 1; }));
+  EXPECT_FALSE(count->Add());  // taken: a later repeat needs an event of its own
+
+  const std::string text = ExportToString(*log, Chain("acme"), ExportFormat::kJsonl);
+  ASSERT_TRUE(VerifyString(text, log->PublicKeyPem()).ok());
+  using R = std::tuple<std::string, std::string, std::string>;
+  EXPECT_THAT(RecordsOf(text), ::testing::ElementsAre(R{"token.released", "10", "4242"}));
+
+  // Only a coalescable event can be counted.
+  e.coalesce = false;
+  absl::Status refused;
+  EXPECT_EQ(log->AppendCounted(e, Durability::kDeferred, [&](absl::Status s) { refused = s; }),
+            nullptr);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(AuditTest, ACoalescableEventMayNotSetTheCountItself) {
   auto log = OpenLog();
   ASSERT_NE(log, nullptr);
