@@ -28,6 +28,10 @@
 #   REPEAT       runs per connection count and server (median shown,
 #                min–max spread too)                                        [3]
 #   THREADS      loadgen threads                                            [2]
+#   LOADGEN_SCHED batch: the measured loadgen runs under SCHED_BATCH (chrt -b 0),
+#                for the echo server and grantvaultd alike, so that on cores it
+#                shares with the server it does not preempt it at every answer
+#                (docs/performance.md, "Scheduling"); normal: as started  [batch]
 #   ECHO_THREADS echo_server threads                                        [2]
 #   COLD         resolves for step 2 (0 skips it)                           [200]
 #   AT_TTL       the provider's access-token lifetime, s: long enough to stay
@@ -55,6 +59,12 @@ BUILD_DIR=${BUILD_DIR:-build}
 GRANTVAULTD=${GRANTVAULTD:-$BUILD_DIR/daemon/grantvaultd}
 GRANTVAULT=${GRANTVAULT:-$BUILD_DIR/cli/grantvault}
 LOADGEN=${LOADGEN:-$BUILD_DIR/bench/loadgen}
+LOADGEN_SCHED=${LOADGEN_SCHED:-batch}
+case $LOADGEN_SCHED in
+  batch) loadgen_sched=(chrt -b 0) ;;
+  normal) loadgen_sched=() ;;
+  *) echo "resolve_bench: LOADGEN_SCHED must be batch or normal" >&2; exit 2 ;;
+esac
 ECHO_SERVER=${ECHO_SERVER:-$BUILD_DIR/bench/echo_server}
 SEED_GRANTS=${SEED_GRANTS:-$BUILD_DIR/bench/seed_grants}
 READY_TIMER=${READY_TIMER:-$BUILD_DIR/bench/ready_timer}
@@ -245,7 +255,7 @@ exec 3>&-
 wait "$authorize_pid" || die "authorize failed: $(cat "$tmp/authorize.log")"
 probe_resolve
 
-echo "resolve_bench: $(nproc) cores, load average $(loadavg); depth 1, ${DURATION} s per run" \
+echo "resolve_bench: $(nproc) cores, load average $(loadavg); loadgen scheduling $LOADGEN_SCHED; depth 1, ${DURATION} s per run" \
   "after ${WARMUP} s warm-up, $REPEAT run(s) each, loadgen threads $THREADS," \
   "echo_server threads $ECHO_THREADS, provider access tokens ${AT_TTL} s"
 
@@ -263,8 +273,8 @@ run() {  # request connections [extra loadgen args…] -> one loadgen result lin
   [[ $request == echo* ]] && sock=$echo_sock
   local line
   line=$(timeout $((${DURATION%.*} + ${WARMUP%.*} + 30)) \
-    "$LOADGEN" --socket "$sock" --request "$request" "${resolve_args[@]}" --connections "$c" \
-    --depth 1 --duration "$DURATION" --warmup "$WARMUP" --threads "$THREADS" "$@")
+    "${loadgen_sched[@]}" "$LOADGEN" --socket "$sock" --request "$request" "${resolve_args[@]}" \
+    --connections "$c" --depth 1 --duration "$DURATION" --warmup "$WARMUP" --threads "$THREADS" "$@")
   echo "$line compilers=$(ps -eo comm= | grep -cxE 'cc1plus|cc1|collect2|ld|as' || true)"
 }
 # The run with the median requests/s of those given.

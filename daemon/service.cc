@@ -827,15 +827,15 @@ absl::StatusOr<std::string> TokenFrame(uint64_t request_id, const Resolved& reso
 }
 
 // What makes two releases to one process the same release: the token (by
-// fingerprint), the grant, the tool and the scopes. Everything else in the
+// serial, or fingerprint), the grant, the tool and the scopes. Everything else in the
 // record is the caller's, fixed for the connection.
 // (Length-prefixed fields: no two different releases share a key.)
-std::string ReleaseKey(const std::string& grant_id, const std::string& token_fingerprint,
+std::string ReleaseKey(const std::string& grant_id, const std::string& token_name,
                        const std::string& tool, const std::vector<std::string>& scopes) {
   std::string key;
   auto add = [&key](const std::string& field) { absl::StrAppend(&key, field.size(), ":", field); };
   add(grant_id);
-  add(token_fingerprint);
+  add(token_name);
   add(tool);
   for (const std::string& scope : scopes) add(scope);
   return key;
@@ -931,8 +931,14 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
     connection->Send(*std::move(frame), /*final=*/true);
     return;
   }
-  std::string fingerprint = trail_.audit->Fingerprint(resolved->token.token);
-  std::string key = ReleaseKey(resolved->grant->grant_id, fingerprint, in.tool(), resolved->scopes);
+  // The token is named by its serial when it has one (no HMAC per repeat);
+  // its fingerprint is computed only for a record.
+  std::string fingerprint;
+  if (resolved->token.serial == 0) fingerprint = trail_.audit->Fingerprint(resolved->token.token);
+  std::string key = ReleaseKey(
+      resolved->grant->grant_id,
+      resolved->token.serial != 0 ? absl::StrCat("serial ", resolved->token.serial) : fingerprint,
+      in.tool(), resolved->scopes);
   const uint64_t epoch = audit_epoch_->load();
   const RepeatKind kind = slot != nullptr && trail_.audit->backlog() < kMaxAuditBacklog
                               ? CountRepeat(*slot, key, epoch)
@@ -950,6 +956,7 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
   e.outcome = "ok";
   AddGrantFields(*resolved->grant, e);
   e.scopes = resolved->scopes;
+  if (fingerprint.empty()) fingerprint = trail_.audit->Fingerprint(resolved->token.token);
   e.details["token_fingerprint"] = std::move(fingerprint);
   // Repeated releases of the same token to the same process share a record
   // (with a count): the release is recorded, not the request (docs/audit.md).

@@ -1,6 +1,7 @@
 #include "tokens/token_cache.h"
 
 #include <algorithm>
+#include <atomic>
 #include <utility>
 
 namespace grantvault::tokens {
@@ -44,6 +45,8 @@ void TokenCache::Put(std::string_view grant_id, AccessToken token) {
 }
 
 void TokenCache::Put(std::string_view grant_id, AccessToken token, absl::Time refresh_at) {
+  static std::atomic<uint64_t> next_serial{1};
+  token.serial = next_serial.fetch_add(1, std::memory_order_relaxed);
   absl::MutexLock lock(&mu_);
   entries_.insert_or_assign(std::string(grant_id), Entry{std::move(token), refresh_at});
 }

@@ -5,6 +5,7 @@
 #ifndef GRANTVAULT_TOKENS_TOKEN_CACHE_H_
 #define GRANTVAULT_TOKENS_TOKEN_CACHE_H_
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -22,8 +23,12 @@ struct AccessToken {
   SecretBytes token;
   std::string token_type = "Bearer";
   absl::Time expires_at = absl::InfiniteFuture();
+  // Names this token (not its value) within the process: TokenCache::Put
+  // gives every token it stores a new one, copies keep it; 0 when never
+  // cached. Lets callers recognise a token they saw before without hashing it.
+  uint64_t serial = 0;
 
-  AccessToken Clone() const { return AccessToken{token.Clone(), token_type, expires_at}; }
+  AccessToken Clone() const { return AccessToken{token.Clone(), token_type, expires_at, serial}; }
 };
 
 class TokenCache {
