@@ -168,12 +168,18 @@ std::shared_ptr<const store::Grant> Resolver::CachedGrant(const std::string& wor
 
 std::optional<absl::StatusOr<Resolved>> Resolver::ResolveIfCached(
     const policy::CallerIdentity& caller, const ResolveQuery& query) {
-  std::shared_ptr<const policy::Policy> current = policy();
+  std::shared_ptr<const policy::Policy> current;
+  std::shared_ptr<const store::Grant> grant;
+  {
+    absl::MutexLock lock(&mu_);  // one lock for both: this runs on the I/O threads
+    current = policy_;
+    auto it = directory_.find({query.workspace_id, query.connector_id});
+    if (it != directory_.end()) grant = it->second;
+  }
   if (current == nullptr || query.workspace_id.empty() || query.connector_id.empty() ||
       !Covers(caller, current->RequiredAttestation())) {
     return std::nullopt;  // the slow path says why, or attests more
   }
-  std::shared_ptr<const store::Grant> grant = CachedGrant(query.workspace_id, query.connector_id);
   if (grant == nullptr || grant->status != store::GrantStatus::kActive) return std::nullopt;
   const policy::CallerRule* rule = current->FindCaller(caller);
   if (rule == nullptr || !rule->AllowsWorkspace(query.workspace_id)) return std::nullopt;

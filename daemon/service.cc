@@ -336,12 +336,17 @@ void Service::EndRefusedSubscriptions() {
 
 void Service::OnConnect(v1::HelloReply::Role role,
                         const std::shared_ptr<ipc::Connection>& connection) {
-  if (role != v1::HelloReply::AGENT) return;
+  auto state = std::make_shared<ConnectionState>();
+  if (role == v1::HelloReply::AGENT) state->caller = AttestedSlot(*connection);
+  connection->set_context(std::move(state));
+}
+
+std::shared_ptr<Service::CallerSlot> Service::AttestedSlot(const ipc::Connection& connection) {
   // Who is calling is settled now, at accept: the kernel's SO_PEERCRED and the
   // process start time (DESIGN §6). What a rule may need on top (executable
   // path, hash) is collected on a worker by the first request that needs it.
   auto slot = std::make_shared<CallerSlot>();
-  const ipc::PeerCredentials& peer = connection->peer();
+  const ipc::PeerCredentials& peer = connection.peer();
   absl::StatusOr<policy::CallerIdentity> identity =
       policy::AttestCaller(peer.pid, peer.uid, peer.gid, policy::AttestOptions{});
   {
@@ -352,8 +357,7 @@ void Service::OnConnect(v1::HelloReply::Role role,
       slot->identity = identity.status();
     }
   }
-  absl::MutexLock lock(&mu_);
-  connections_[connection->id()].caller = std::move(slot);
+  return slot;
 }
 
 absl::StatusOr<std::shared_ptr<const policy::CallerIdentity>> Service::SharedCaller(
@@ -369,14 +373,12 @@ absl::StatusOr<policy::CallerIdentity> Service::CopyCaller(CallerSlot* slot) {
 }
 
 std::shared_ptr<Service::CallerSlot> Service::CallerOf(const ipc::Connection& connection) {
-  absl::MutexLock lock(&mu_);
-  auto it = connections_.find(connection.id());
-  return it == connections_.end() ? nullptr : it->second.caller;
+  const ConnectionState* state = StateOf(connection);
+  return state == nullptr ? nullptr : state->caller;
 }
 
 void Service::OnDisconnect(const ipc::Connection& connection) {
   absl::MutexLock lock(&mu_);
-  connections_.erase(connection.id());
   for (auto it = subscribers_.begin(); it != subscribers_.end();) {
     std::erase_if(it->second,
                   [&](const Subscription& s) { return s.connection_id == connection.id(); });
@@ -397,12 +399,14 @@ void Service::OnFrame(v1::HelloReply::Role role, const std::shared_ptr<ipc::Conn
     connection->Close("unparseable request frame");
     return;
   }
-  bool hello_done;
-  {
-    absl::MutexLock lock(&mu_);
-    hello_done = connections_[connection->id()].hello_done;
+  ConnectionState* state = StateOf(*connection);
+  if (state == nullptr) {  // OnConnect always sets it; never trust that blindly
+    SendResponse(*connection, ErrorResponse(request.request_id(), v1::Error::INTERNAL,
+                                            "the connection was not set up"));
+    connection->Close("connection without state");
+    return;
   }
-  if (!hello_done) {
+  if (!state->hello_done.load(std::memory_order_acquire)) {
     if (!request.has_hello()) {
       SendResponse(*connection, ErrorResponse(request.request_id(), v1::Error::INVALID_ARGUMENT,
                                               "the first request on a connection must be Hello"));
@@ -435,10 +439,7 @@ void Service::OnFrame(v1::HelloReply::Role role, const std::shared_ptr<ipc::Conn
         return;
       }
     }
-    {
-      absl::MutexLock lock(&mu_);
-      connections_[connection->id()].hello_done = true;
-    }
+    state->hello_done.store(true, std::memory_order_release);
     v1::Response r;
     r.set_request_id(request.request_id());
     r.mutable_hello()->set_protocol_version(ipc::kProtocolVersion);

@@ -11,6 +11,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <string>
@@ -127,10 +128,15 @@ class Service {
     kCounted,    // a repeat, counted into a queued record
     kUncounted,  // a repeat that needs a (deferred) record of its own
   };
+  // Kept as the connection's context (ipc::Connection::set_context), so
+  // that a request finds it without a lock shared by every connection.
   struct ConnectionState {
-    bool hello_done = false;
+    std::atomic<bool> hello_done{false};
     std::shared_ptr<CallerSlot> caller;  // agent connections only
   };
+  static ConnectionState* StateOf(const ipc::Connection& connection) {
+    return static_cast<ConnectionState*>(connection.context().get());
+  }
   struct Subscription {
     std::weak_ptr<ipc::Connection> connection;
     uint64_t connection_id = 0;
@@ -165,6 +171,8 @@ class Service {
   static void RememberRecorded(CallerSlot& slot, const std::string& key, uint64_t epoch);
   void RunSubscribe(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request);
   std::shared_ptr<CallerSlot> CallerOf(const ipc::Connection& connection);
+  // A new agent connection's caller, attested from its peer credentials.
+  static std::shared_ptr<CallerSlot> AttestedSlot(const ipc::Connection& connection);
   // A copy, so that concurrent requests of one connection never share it.
   static absl::StatusOr<policy::CallerIdentity> CopyCaller(CallerSlot* slot);
   // The slot's identity itself, for readers that do not change it.
@@ -202,7 +210,6 @@ class Service {
 
   absl::Mutex mu_;
   AdminPolicy admin_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<uint64_t, ConnectionState> connections_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::vector<Subscription>, std::less<>> subscribers_ ABSL_GUARDED_BY(mu_);
 
   // Bumped whenever a token release could not be recorded: every release

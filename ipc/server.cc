@@ -215,6 +215,8 @@ class ConnectionImpl final : public Connection,
     absl::MutexLock lock(&mu_);
     return closed_;
   }
+  void set_context(std::shared_ptr<void> context) override { context_ = std::move(context); }
+  const std::shared_ptr<void>& context() const override { return context_; }
 
   // Delivers OnConnect and starts reading, on the connection's thread.
   void Start() {
@@ -262,6 +264,8 @@ class ConnectionImpl final : public Connection,
   Socket socket_;
   Timer read_timer_;
   Timer write_timer_;
+
+  std::shared_ptr<void> context_;  // set once, in OnConnect (see Connection::set_context)
 
   // Touched on the connection's thread only.
   std::string input_;    // received and not yet handed out (and, while reading_, the read buffer)

@@ -62,6 +62,12 @@ class Connection {
   // write_timeout, so that an Error sent just before Close reaches the peer.
   virtual void Close(std::string_view reason) = 0;
   virtual bool closed() const = 0;
+  // The handler's own state for this connection (null until set). Set it in
+  // FrameHandler::OnConnect, before any frame is delivered, and never again:
+  // it is then read without a lock, on any thread that was handed one of the
+  // connection's frames (or the connection) after that.
+  virtual void set_context(std::shared_ptr<void> context) = 0;
+  virtual const std::shared_ptr<void>& context() const = 0;
 };
 
 // Receives the frames of every connection of one listener.

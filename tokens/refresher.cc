@@ -252,6 +252,8 @@ void Refresher::FinishLocked(Flight& flight, absl::StatusOr<Refreshed> outcome) 
     // Revoked while the refresh ran: its token is neither served nor cached.
     flight.result = RevokedError(flight.grant_id, revoked->second);
   } else if (outcome.ok()) {
+    // One serial for the cached copy and the one the waiters get.
+    if (outcome->token.serial == 0) outcome->token.serial = NewTokenSerial();
     cache_.Put(flight.grant_id, outcome->token.Clone(), outcome->refresh_at);
     flight.result = std::move(outcome->token);
   } else {

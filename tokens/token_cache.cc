@@ -44,9 +44,13 @@ void TokenCache::Put(std::string_view grant_id, AccessToken token) {
   Put(grant_id, std::move(token), absl::InfiniteFuture());
 }
 
-void TokenCache::Put(std::string_view grant_id, AccessToken token, absl::Time refresh_at) {
+uint64_t NewTokenSerial() {
   static std::atomic<uint64_t> next_serial{1};
-  token.serial = next_serial.fetch_add(1, std::memory_order_relaxed);
+  return next_serial.fetch_add(1, std::memory_order_relaxed);
+}
+
+void TokenCache::Put(std::string_view grant_id, AccessToken token, absl::Time refresh_at) {
+  if (token.serial == 0) token.serial = NewTokenSerial();
   absl::MutexLock lock(&mu_);
   entries_.insert_or_assign(std::string(grant_id), Entry{std::move(token), refresh_at});
 }

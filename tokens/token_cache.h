@@ -23,13 +23,17 @@ struct AccessToken {
   SecretBytes token;
   std::string token_type = "Bearer";
   absl::Time expires_at = absl::InfiniteFuture();
-  // Names this token (not its value) within the process: TokenCache::Put
-  // gives every token it stores a new one, copies keep it; 0 when never
-  // cached. Lets callers recognise a token they saw before without hashing it.
+  // Names this token (not its value) within the process: NewTokenSerial(),
+  // given by whoever obtained the token (TokenCache::Put gives one to a token
+  // that has none); copies keep it. Lets callers recognise a token they saw
+  // before without hashing it.
   uint64_t serial = 0;
 
   AccessToken Clone() const { return AccessToken{token.Clone(), token_type, expires_at, serial}; }
 };
+
+// A serial no other token of this process has (never 0).
+uint64_t NewTokenSerial();
 
 class TokenCache {
  public:

@@ -35,6 +35,26 @@ TEST(TokenCacheTest, PutReplacesAndEraseRemoves) {
   EXPECT_FALSE(cache.Get("gr_a", absl::ZeroDuration()).has_value());
 }
 
+TEST(TokenCacheTest, EveryStoredTokenHasItsOwnSerialAndCopiesKeepIt) {
+  ManualClock clock;
+  TokenCache cache(&clock);
+  cache.Put("gr_a", Token("one", absl::InfiniteFuture()));
+  std::optional<AccessToken> first = cache.Get("gr_a", absl::ZeroDuration());
+  ASSERT_TRUE(first.has_value());
+  EXPECT_NE(first->serial, 0u);
+  EXPECT_EQ(cache.Get("gr_a", absl::ZeroDuration())->serial, first->serial);
+  EXPECT_EQ(first->Clone().serial, first->serial);
+  cache.Put("gr_a", Token("two", absl::InfiniteFuture()));
+  EXPECT_NE(cache.Get("gr_a", absl::ZeroDuration())->serial, first->serial);
+  // A serial given before the token is stored is kept (the refresher gives
+  // the cached copy and the waiters' copy the same one).
+  AccessToken named = Token("three", absl::InfiniteFuture());
+  named.serial = NewTokenSerial();
+  const uint64_t serial = named.serial;
+  cache.Put("gr_b", std::move(named));
+  EXPECT_EQ(cache.Get("gr_b", absl::ZeroDuration())->serial, serial);
+}
+
 TEST(TokenCacheTest, ARefreshAheadIsClaimedByOneCallerAtATime) {
   ManualClock clock;
   TokenCache cache(&clock);
