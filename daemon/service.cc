@@ -803,11 +803,12 @@ ResolveQuery QueryFor(const v1::ResolveRequest& in, absl::Time deadline) {
   return query;
 }
 
-// The answer frame carrying the token. The token's copies other than the
-// frame are wiped; the caller must wipe the frame if it is not sent.
-absl::StatusOr<std::string> TokenFrame(uint64_t request_id, const Resolved& resolved) {
+// The answer carrying the token, without its request id: a Response with
+// only `resolve` set, serialized. (Serialized messages concatenate as a merge,
+// so the frame is RequestIdPart() followed by this.) The token's copies other
+// than the result are wiped.
+absl::StatusOr<SecretBytes> ResolvePart(const Resolved& resolved) {
   v1::Response r;
-  r.set_request_id(request_id);
   v1::ResolveReply* out = r.mutable_resolve();
   out->set_access_token(std::string(resolved.token.token.view()));
   out->set_token_type(resolved.token.token_type);
@@ -824,7 +825,18 @@ absl::StatusOr<std::string> TokenFrame(uint64_t request_id, const Resolved& reso
     OPENSSL_cleanse(bytes.data(), bytes.size());
     return absl::InternalError("the answer could not be encoded");
   }
-  return bytes;
+  return SecretBytes::TakeFrom(bytes);  // wipes `bytes`
+}
+
+// The answer frame: the request id, then the resolve part.
+std::string TokenFrame(uint64_t request_id, const SecretBytes& resolve_part) {
+  v1::Response head;
+  head.set_request_id(request_id);
+  std::string frame;
+  frame.reserve(head.ByteSizeLong() + resolve_part.size());
+  head.AppendToString(&frame);
+  frame.append(resolve_part.view());
+  return frame;
 }
 
 // What makes two releases to one process the same release: the token (by
@@ -919,7 +931,7 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
     }
     return;
   }
-  absl::StatusOr<std::string> frame = TokenFrame(id, *resolved);
+  absl::StatusOr<std::string> frame = ReplyFrame(slot.get(), id, *resolved);
   if (!frame.ok()) {
     SendResponse(*connection,
                  ErrorResponse(id, v1::Error::INTERNAL, std::string(frame.status().message())));
@@ -999,6 +1011,28 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
         r.mutable_error()->set_retry_after_ms(1000);
         SendResponse(*connection, r);
       });
+}
+
+absl::StatusOr<std::string> Service::ReplyFrame(CallerSlot* slot, uint64_t request_id,
+                                                const Resolved& resolved) {
+  // The same token of the same grant again (a cached resolve): its encoded
+  // answer is kept for the connection, in secret memory.
+  const bool cacheable = slot != nullptr && resolved.token.serial != 0;
+  if (cacheable) {
+    absl::MutexLock lock(&slot->mu);
+    if (slot->reply_serial == resolved.token.serial && slot->reply_grant == resolved.grant) {
+      return TokenFrame(request_id, slot->reply);
+    }
+  }
+  GV_ASSIGN_OR_RETURN(SecretBytes part, ResolvePart(resolved));
+  std::string frame = TokenFrame(request_id, part);
+  if (cacheable) {
+    absl::MutexLock lock(&slot->mu);
+    slot->reply = std::move(part);
+    slot->reply_serial = resolved.token.serial;
+    slot->reply_grant = resolved.grant;
+  }
+  return frame;
 }
 
 Service::RepeatKind Service::CountRepeat(CallerSlot& slot, const std::string& key, uint64_t epoch) {

@@ -24,6 +24,7 @@
 #include "absl/time/time.h"
 #include "audit/audit_log.h"
 #include "common/clock.h"
+#include "common/secret_bytes.h"
 #include "daemon/resolver.h"
 #include "daemon/upstream_revoker.h"
 #include "daemon/vault.h"
@@ -122,6 +123,11 @@ class Service {
     // `counting_key`, until the audit writer takes it.
     std::string counting_key ABSL_GUARDED_BY(mu);
     std::shared_ptr<audit::PendingCount> counting ABSL_GUARDED_BY(mu);
+    // The last token answer sent on this connection, encoded without its
+    // request id (ResolvePart), for the token `reply_serial` of `reply_grant`.
+    SecretBytes reply ABSL_GUARDED_BY(mu);
+    uint64_t reply_serial ABSL_GUARDED_BY(mu) = 0;
+    std::shared_ptr<const store::Grant> reply_grant ABSL_GUARDED_BY(mu);
   };
   enum class RepeatKind {
     kFirst,      // not known to be recorded: wait for the record
@@ -168,6 +174,10 @@ class Service {
   // connection's process in audit epoch `epoch` (and if so, counts it into the
   // connection's queued record when there is one); and remembering that it was.
   static RepeatKind CountRepeat(CallerSlot& slot, const std::string& key, uint64_t epoch);
+  // The frame answering `request_id` with the resolved token (from the
+  // connection's last answer when it is the same token of the same grant).
+  static absl::StatusOr<std::string> ReplyFrame(CallerSlot* slot, uint64_t request_id,
+                                                const Resolved& resolved);
   static void RememberRecorded(CallerSlot& slot, const std::string& key, uint64_t epoch);
   void RunSubscribe(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request);
   std::shared_ptr<CallerSlot> CallerOf(const ipc::Connection& connection);
