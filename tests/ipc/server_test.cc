@@ -271,6 +271,7 @@ class ServerTest : public ::testing::Test {
     EXPECT_TRUE(client.connected());
     return client;
   }
+  std::vector<RawClient> HoldRequestsOnFourIoThreads(size_t clients_count);
 
   // A fresh client gets its frame echoed: the server is still serving.
   void ExpectServing() {
@@ -840,16 +841,24 @@ TEST_F(ServerTest, FourIoThreadsServeEveryConnectionEachOnOneThread) {
   EXPECT_EQ(all.size(), 4u) << "connections are not spread over every I/O thread";
 }
 
+// Four I/O threads; 16 clients whose requests ("request <i>") the holding
+// handler holds unanswered.
+std::vector<RawClient> ServerTest::HoldRequestsOnFourIoThreads(size_t clients_count) {
+  StartServer(&holding_, FastLimits(), /*io_threads=*/4);
+  std::vector<RawClient> clients;
+  for (size_t i = 0; i < clients_count; ++i) {
+    clients.push_back(Connect());
+    EXPECT_TRUE(clients.back().SendFrame("request " + std::to_string(i)));
+  }
+  EXPECT_TRUE(WaitFor([&] { return holding_.held() == clients_count; }));
+  return clients;
+}
+
 TEST_F(ServerTest, ShutdownDrainsAndClosesConnectionsOnEveryIoThread) {
   HoldingHandler& handler = holding_;
-  StartServer(&handler, FastLimits(), /*io_threads=*/4);
   constexpr size_t kClients = 16;
-  std::vector<RawClient> clients;
-  for (size_t i = 0; i < kClients; ++i) {
-    clients.push_back(Connect());
-    ASSERT_TRUE(clients.back().SendFrame("request " + std::to_string(i)));
-  }
-  ASSERT_TRUE(WaitFor([&] { return handler.held() == kClients; }));
+  std::vector<RawClient> clients = HoldRequestsOnFourIoThreads(kClients);
+  ASSERT_FALSE(HasFailure());
 
   const auto start = Clock::now();
   std::thread shutdown([&] { server_->Shutdown(absl::Seconds(5)); });
@@ -868,14 +877,8 @@ TEST_F(ServerTest, ShutdownDrainsAndClosesConnectionsOnEveryIoThread) {
 
 TEST_F(ServerTest, ShutdownWithoutDrainClosesHeldConnectionsOnEveryIoThread) {
   HoldingHandler& handler = holding_;
-  StartServer(&handler, FastLimits(), /*io_threads=*/4);
-  constexpr size_t kClients = 16;
-  std::vector<RawClient> clients;
-  for (size_t i = 0; i < kClients; ++i) {
-    clients.push_back(Connect());
-    ASSERT_TRUE(clients.back().SendFrame("never answered"));
-  }
-  ASSERT_TRUE(WaitFor([&] { return handler.held() == kClients; }));
+  std::vector<RawClient> clients = HoldRequestsOnFourIoThreads(16);
+  ASSERT_FALSE(HasFailure());
   server_->Shutdown(absl::ZeroDuration());
   for (RawClient& client : clients) EXPECT_TRUE(client.WaitClosed());
   EXPECT_EQ(server_->stats().open, 0u);
