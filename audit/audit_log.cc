@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <deque>
 #include <iterator>
 #include <limits>
@@ -331,9 +332,11 @@ bool CoalescesWith(const Job& a, const Job& b) {
          a.record.body == b.record.body;
 }
 
-// Folds every coalescable grouped event of `batch` into the first identical
-// one (Event::coalesce). Any other event closes every open group, so that a
-// record never stands for events on both sides of another event.
+// Folds every coalescable event of `batch` (kGrouped or kDeferred) into the
+// first identical one (Event::coalesce). An event that is not coalesced
+// closes every open group, so that a record never stands for events on both
+// sides of such an event (coalesced events of other callers may move past
+// each other within the batch).
 void CoalesceBatch(const std::vector<Job*>& batch) {
   std::unordered_multimap<size_t, Job*> open;  // by hash of chain, type and body
   for (Job* job : batch) {
@@ -501,6 +504,16 @@ class AuditLog::Impl {
 
   size_t backlog() const { return backlog_.load(std::memory_order_relaxed); }
 
+  absl::Duration oldest_uncommitted_age() const {
+    int64_t oldest = 0;
+    for (const auto* since : {&queued_since_ns_, &inflight_since_ns_}) {
+      const int64_t t = since->load(std::memory_order_relaxed);
+      if (t != 0 && (oldest == 0 || t < oldest)) oldest = t;
+    }
+    if (oldest == 0) return absl::ZeroDuration();
+    return std::max(absl::Nanoseconds(SteadyNanos() - oldest), absl::ZeroDuration());
+  }
+
   CheckpointHealth health() const {
     absl::MutexLock lock(&mu_);
     CheckpointHealth h = health_;
@@ -616,11 +629,28 @@ class AuditLog::Impl {
   void EnqueueLocked(Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     queue_.push_back(job);
     backlog_.fetch_add(1, std::memory_order_relaxed);
+    if (queued_since_ns_.load(std::memory_order_relaxed) == 0) {
+      queued_since_ns_.store(SteadyNanos(), std::memory_order_relaxed);
+    }
     if (job->durability != Durability::kDeferred) {
       ++urgent_queued_;
     } else if (deferred_deadline_ == absl::InfiniteFuture()) {
       deferred_deadline_ = absl::Now() + options_.deferred_interval;
     }
+    if (job->counter != nullptr) {
+      open_counters_.push_back(job->counter);
+    } else if (!job->coalesce || job->durability == Durability::kDurable) {
+      // An event that coalesced records must not overtake: nothing counted
+      // after it may join a record queued before it (CoalesceBatch's rule).
+      for (const auto& counter : open_counters_) counter->Seal();
+      open_counters_.clear();
+    }
+  }
+
+  static int64_t SteadyNanos() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
   }
 
   // Waits until there is a batch to write or a grouped commit to fsync:
@@ -629,8 +659,13 @@ class AuditLog::Impl {
   void AwaitWorkLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     while (true) {
       const absl::Time now = absl::Now();
+      // A deadline further away than it can be was set before the clock
+      // stepped back: it is due.
+      const bool deferred_due =
+          now >= deferred_deadline_ || (deferred_deadline_ != absl::InfiniteFuture() &&
+                                        deferred_deadline_ - now > options_.deferred_interval);
       if (writer_stop_ || urgent_queued_ > 0 || queue_.size() >= options_.max_batch ||
-          (!queue_.empty() && now >= deferred_deadline_) || (unsynced_ && now >= sync_deadline_)) {
+          (!queue_.empty() && deferred_due) || (unsynced_ && now >= sync_deadline_)) {
         return;
       }
       absl::Time wake = unsynced_ ? sync_deadline_ : absl::InfiniteFuture();
@@ -662,6 +697,21 @@ class AuditLog::Impl {
             }));
         // What is left (more than one batch) is written next, without waiting.
         deferred_deadline_ = queue_.empty() ? absl::InfiniteFuture() : absl::InfinitePast();
+        // The batch's counts are final from here on.
+        for (Job* job : batch) {
+          if (job->counter != nullptr) job->counter->Seal();
+        }
+        open_counters_.clear();
+        for (const Job* job : queue_) {
+          if (job->counter != nullptr) open_counters_.push_back(job->counter);
+        }
+        // The oldest event in flight is the oldest that was queued; what is
+        // still queued is counted as at least that old.
+        if (!batch.empty()) {
+          inflight_since_ns_.store(queued_since_ns_.load(std::memory_order_relaxed),
+                                   std::memory_order_relaxed);
+        }
+        if (queue_.empty()) queued_since_ns_.store(0, std::memory_order_relaxed);
         stopping = writer_stop_ && queue_.empty();
         sync_due = unsynced_ && (stopping || absl::Now() >= sync_deadline_);
         if (stopping && batch.empty() && !unsynced_) return;
@@ -672,6 +722,7 @@ class AuditLog::Impl {
       }
       if (!batch.empty()) {
         WriteBatch(batch, sync_due);
+        inflight_since_ns_.store(0, std::memory_order_relaxed);
       } else if (sync_due && !ForceSync() && stopping) {
         return;  // nothing more can be done; the last grouped commits stay unsynced
       }
@@ -928,6 +979,13 @@ class AuditLog::Impl {
   std::deque<Job*> queue_ ABSL_GUARDED_BY(mu_);
   std::atomic<size_t> backlog_{0};                 // queue_.size(), readable without mu_
   size_t urgent_queued_ ABSL_GUARDED_BY(mu_) = 0;  // queued, not kDeferred
+  // Counters of queued events that may still be added to (PendingCount).
+  std::vector<std::shared_ptr<PendingCount>> open_counters_ ABSL_GUARDED_BY(mu_);
+  // Steady-clock nanoseconds at which the oldest queued event, and the
+  // oldest event of the batch being written, were queued (0: none). Written
+  // under mu_ (queued) or by the writer (in flight); read without a lock.
+  std::atomic<int64_t> queued_since_ns_{0};
+  std::atomic<int64_t> inflight_since_ns_{0};
   // When the oldest queued kDeferred event is due (InfiniteFuture: none).
   absl::Time deferred_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   bool stop_ ABSL_GUARDED_BY(mu_) = false;         // the checkpoint thread
@@ -1306,6 +1364,10 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& data
         "audit options: checkpoint cadence, poll interval and batch size must be positive, "
         "intervals and busy timeout not negative");
   }
+  if (options.deferred_interval < absl::ZeroDuration() ||
+      options.deferred_interval > absl::Minutes(1)) {
+    return absl::InvalidArgumentError("audit options: deferred_interval must be 0..60 s");
+  }
   if (signer->key_label().empty()) {
     return absl::InvalidArgumentError("audit signer has no key label");
   }
@@ -1355,5 +1417,7 @@ std::string AuditLog::PublicKeyPem() const { return impl_->pem(); }
 CheckpointHealth AuditLog::checkpoint_health() const { return impl_->health(); }
 
 size_t AuditLog::backlog() const { return impl_->backlog(); }
+
+absl::Duration AuditLog::oldest_uncommitted_age() const { return impl_->oldest_uncommitted_age(); }
 
 }  // namespace grantvault::audit

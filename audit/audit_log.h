@@ -59,10 +59,12 @@ struct Event {
   // secret ("access_token", "refresh_token", "client_secret", "code", …) are
   // refused.
   std::map<std::string, std::string> details;
-  // Identical events may share one record: with Durability::kGrouped or kDeferred, events
-  // marked `coalesce` that are equal in every field above and are committed in
-  // the same batch, with no other event of their chain between them, are
-  // recorded once, with details["count"] = how many (absent means 1). Each
+  // Identical events may share one record: with Durability::kGrouped or
+  // kDeferred, events marked `coalesce` that are equal in every field above
+  // and are committed in the same batch, with no event that is not coalesced
+  // between them, are recorded once, with details["count"] = how many (absent
+  // means 1). Coalesced events of different callers in one batch may be
+  // recorded in another order than they were appended. Each
   // caller still learns the outcome only after that record is committed. For
   // token.released, where one agent process fetching the same cached token
   // many times a second would otherwise write a row per fetch. The detail
@@ -77,10 +79,11 @@ enum class Durability {
   // returns, fsync()ed within AuditOptions::group_commit_interval (so a power
   // loss loses at most that window). For token.released / token.denied.
   kGrouped,
-  // As kGrouped, but nobody waits for it: the writer may hold it up to
+  // As kGrouped, but the writer may hold it up to
   // AuditOptions::deferred_interval to commit it together with others (a
-  // killed daemon loses at most that window of such events). For what may be
+  // killed daemon loses such events not yet committed). For what may be
   // answered before it is recorded: a repeated token release (docs/audit.md).
+  // A synchronous Append waits for that interval too: use AppendAsync.
   kDeferred,
 };
 
@@ -97,7 +100,8 @@ struct AuditOptions {
   // kGrouped records are fsync()ed at least this often (real time). Zero:
   // every batch is fsync()ed, like kDurable.
   absl::Duration group_commit_interval = absl::Milliseconds(200);
-  // kDeferred events wait at most this long (real time) for a batch.
+  // kDeferred events wait at most this long (real time) for a batch
+  // (0..60 s).
   absl::Duration deferred_interval = absl::Milliseconds(50);
   // At most this many events per transaction.
   size_t max_batch = 4096;
@@ -131,20 +135,26 @@ struct CheckpointHealth {
 // writer takes it. Thread-safe, lock-free.
 class PendingCount {
  public:
-  // Counts one more identical event into the queued one; false once the
-  // writer has taken it (then append a new event instead).
+  // Counts one more identical event into the queued one; false once it is
+  // sealed (then append a new event instead).
   bool Add() {
     int64_t n = n_.load(std::memory_order_relaxed);
-    while (n >= 0) {
+    while (n >= 0 && (n & kSealed) == 0) {
       if (n_.compare_exchange_weak(n, n + 1, std::memory_order_acq_rel)) return true;
     }
     return false;
   }
-  // For the writer: the final count; Add() fails from now on.
-  uint64_t Take() { return static_cast<uint64_t>(n_.exchange(-1, std::memory_order_acq_rel)); }
+  // For the log: Add() fails from now on (the writer took the event, or an
+  // event that must not be overtaken was queued after it).
+  void Seal() { n_.fetch_or(kSealed, std::memory_order_acq_rel); }
+  // For the writer, once sealed: the final count.
+  uint64_t Take() {
+    return static_cast<uint64_t>(n_.exchange(-1, std::memory_order_acq_rel) & ~kSealed);
+  }
 
  private:
-  std::atomic<int64_t> n_{1};  // -1: taken by the writer
+  static constexpr int64_t kSealed = int64_t{1} << 62;
+  std::atomic<int64_t> n_{1};  // the count, | kSealed once sealed; -1 once taken
 };
 
 // Thread-safe. One writer thread commits queued events in batches; one
@@ -213,6 +223,11 @@ class AuditLog {
   // Events queued and not yet taken by the writer (a snapshot, without a
   // lock): callers that append without waiting use it to bound the backlog.
   size_t backlog() const;
+  // How long the oldest event not yet committed (queued, or in the batch
+  // being written) has waited; zero when there is none. Without a lock. A
+  // caller that answers before the record commits (a counted repeat) stops
+  // doing so when this grows: the writer is stuck or failing.
+  absl::Duration oldest_uncommitted_age() const;
 
  private:
   class Impl;

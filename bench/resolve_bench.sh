@@ -273,7 +273,7 @@ run() {  # request connections [extra loadgen args…] -> one loadgen result lin
   [[ $request == echo* ]] && sock=$echo_sock
   local line
   line=$(timeout $((${DURATION%.*} + ${WARMUP%.*} + 30)) \
-    "${loadgen_sched[@]}" "$LOADGEN" --socket "$sock" --request "$request" "${resolve_args[@]}" \
+    ${loadgen_sched[@]+"${loadgen_sched[@]}"} "$LOADGEN" --socket "$sock" --request "$request" "${resolve_args[@]}" \
     --connections "$c" --depth 1 --duration "$DURATION" --warmup "$WARMUP" --threads "$THREADS" "$@")
   echo "$line compilers=$(ps -eo comm= | grep -cxE 'cc1plus|cc1|collect2|ld|as' || true)"
 }

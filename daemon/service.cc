@@ -32,6 +32,9 @@ constexpr size_t kMaxRecordedReleases = 64;
 // A repeated release is answered before its record commits only while the
 // audit writer has fewer events than this waiting.
 constexpr size_t kMaxAuditBacklog = 16384;
+// …and while no audit event has waited longer than this to be committed (a
+// stuck or failing writer): repeats then wait for their records too.
+constexpr absl::Duration kMaxUnrecordedRepeatAge = absl::Milliseconds(500);
 // Resolve's min_valid_seconds: the default, and the most honoured (beyond the
 // lifetime a provider gives its tokens, every call would refresh).
 constexpr absl::Duration kDefaultMinValid = absl::Seconds(30);
@@ -840,13 +843,16 @@ std::string TokenFrame(uint64_t request_id, const SecretBytes& resolve_part) {
 }
 
 // What makes two releases to one process the same release: the token (by
-// serial, or fingerprint), the grant, the tool and the scopes. Everything else in the
-// record is the caller's, fixed for the connection.
+// serial, or fingerprint), the grant, the tool, the scopes and the caller's
+// executable when known. Everything else in the record is the caller's, fixed
+// for the connection.
 // (Length-prefixed fields: no two different releases share a key.)
 std::string ReleaseKey(const std::string& grant_id, const std::string& token_name,
-                       const std::string& tool, const std::vector<std::string>& scopes) {
+                       const std::string& tool, const std::vector<std::string>& scopes,
+                       const std::string& exe) {
   std::string key;
   auto add = [&key](const std::string& field) { absl::StrAppend(&key, field.size(), ":", field); };
+  add(exe);  // what the record names the caller by, once learnt
   add(grant_id);
   add(token_name);
   add(tool);
@@ -951,9 +957,11 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
   std::string key = ReleaseKey(
       resolved->grant->grant_id,
       resolved->token.serial != 0 ? absl::StrCat("serial ", resolved->token.serial) : fingerprint,
-      in.tool(), resolved->scopes);
+      in.tool(), resolved->scopes,
+      caller != nullptr && caller->exe_path ? *caller->exe_path : std::string());
   const uint64_t epoch = audit_epoch_->load();
-  const RepeatKind kind = slot != nullptr && trail_.audit->backlog() < kMaxAuditBacklog
+  const RepeatKind kind = slot != nullptr && trail_.audit->backlog() < kMaxAuditBacklog &&
+                                  trail_.audit->oldest_uncommitted_age() < kMaxUnrecordedRepeatAge
                               ? CountRepeat(*slot, key, epoch)
                               : RepeatKind::kFirst;
   if (kind != RepeatKind::kFirst) {
