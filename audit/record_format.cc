@@ -781,6 +781,27 @@ bool IsCanonicalTime(std::string_view t) {
 
 namespace {
 
+constexpr std::string_view kBodyHeader = "grantvault.audit.body.v1\n";
+
+// Calls `field` with every field of the canonical body, in order (after
+// kBodyHeader): CanonicalBody and CanonicalBodySize walk the same fields.
+template <typename F>
+void ForEachBodyField(const RecordBody& b, F&& field) {
+  for (const std::string* value : {&b.workspace_id, &b.admin_user, &b.uid, &b.pid, &b.exe,
+                                   &b.grant_id, &b.connector_id, &b.account_id}) {
+    field(*value);
+  }
+  field(std::to_string(b.scopes.size()));
+  for (const std::string& scope : b.scopes) field(scope);
+  field(b.outcome);
+  field(b.reason);
+  field(std::to_string(b.details.size()));
+  for (const auto& [key, value] : b.details) {
+    field(key);
+    field(value);
+  }
+}
+
 size_t FieldSize(size_t value_size) {
   size_t digits = 1;
   for (size_t n = value_size; n >= 10; n /= 10) ++digits;
@@ -790,35 +811,14 @@ size_t FieldSize(size_t value_size) {
 }  // namespace
 
 size_t CanonicalBodySize(const RecordBody& b) {
-  size_t size = std::string_view("grantvault.audit.body.v1\n").size();
-  for (const std::string* field :
-       {&b.workspace_id, &b.admin_user, &b.uid, &b.pid, &b.exe, &b.grant_id, &b.connector_id,
-        &b.account_id, &b.outcome, &b.reason}) {
-    size += FieldSize(field->size());
-  }
-  size += FieldSize(std::to_string(b.scopes.size()).size());
-  for (const std::string& scope : b.scopes) size += FieldSize(scope.size());
-  size += FieldSize(std::to_string(b.details.size()).size());
-  for (const auto& [key, value] : b.details)
-    size += FieldSize(key.size()) + FieldSize(value.size());
+  size_t size = kBodyHeader.size();
+  ForEachBodyField(b, [&size](std::string_view value) { size += FieldSize(value.size()); });
   return size;
 }
 
 std::string CanonicalBody(const RecordBody& b) {
-  std::string out = "grantvault.audit.body.v1\n";
-  for (const std::string* field : {&b.workspace_id, &b.admin_user, &b.uid, &b.pid, &b.exe,
-                                   &b.grant_id, &b.connector_id, &b.account_id}) {
-    AppendField(out, *field);
-  }
-  AppendField(out, std::to_string(b.scopes.size()));
-  for (const std::string& scope : b.scopes) AppendField(out, scope);
-  AppendField(out, b.outcome);
-  AppendField(out, b.reason);
-  AppendField(out, std::to_string(b.details.size()));
-  for (const auto& [key, value] : b.details) {
-    AppendField(out, key);
-    AppendField(out, value);
-  }
+  std::string out(kBodyHeader);
+  ForEachBodyField(b, [&out](std::string_view value) { AppendField(out, value); });
   return out;
 }
 
