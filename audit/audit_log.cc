@@ -445,13 +445,7 @@ class AuditLog::Impl {
   }
 
   absl::Status Append(Event event, Durability durability) {
-    const bool coalesce = event.coalesce;
-    GV_ASSIGN_OR_RETURN(Record record, PrepareRecord(std::move(event)));
-    Job job;
-    job.kind = Job::Kind::kAppend;
-    job.record = std::move(record);
-    job.durability = durability;
-    job.coalesce = coalesce;
+    GV_ASSIGN_OR_RETURN(Job job, AppendJob(std::move(event), durability));
     return Submit(job);
   }
 
@@ -598,21 +592,28 @@ class AuditLog::Impl {
     }
   }
 
+  // The job that appends `event` (refused as PrepareRecord refuses it).
+  static absl::StatusOr<Job> AppendJob(Event event, Durability durability) {
+    const bool coalesce = event.coalesce;
+    GV_ASSIGN_OR_RETURN(Record record, PrepareRecord(std::move(event)));
+    Job job;
+    job.kind = Job::Kind::kAppend;
+    job.record = std::move(record);
+    job.durability = durability;
+    job.coalesce = coalesce;
+    return job;
+  }
+
   // Queues an asynchronous append; false (after calling on_done with the
   // reason) when it was refused.
   bool Enqueue(Event event, Durability durability, std::function<void(absl::Status)> on_done,
                std::shared_ptr<PendingCount> counter) {
-    const bool coalesce = event.coalesce;
-    absl::StatusOr<Record> record = PrepareRecord(std::move(event));
-    if (!record.ok()) {
-      on_done(record.status());
+    absl::StatusOr<Job> prepared = AppendJob(std::move(event), durability);
+    if (!prepared.ok()) {
+      on_done(prepared.status());
       return false;
     }
-    auto job = std::make_unique<Job>();
-    job->kind = Job::Kind::kAppend;
-    job->record = std::move(*record);
-    job->durability = durability;
-    job->coalesce = coalesce;
+    auto job = std::make_unique<Job>(*std::move(prepared));
     job->on_done = std::move(on_done);
     job->counter = std::move(counter);
     {
