@@ -161,9 +161,13 @@ absl::StatusOr<std::vector<std::string>> Resolver::CheckQuery(const policy::Poli
 std::shared_ptr<const store::Grant> Resolver::CachedGrant(const std::string& workspace_id,
                                                           const std::string& connector_id) {
   absl::MutexLock lock(&mu_);
+  return DirectoryEntryLocked(workspace_id, connector_id);
+}
+
+std::shared_ptr<const store::Grant> Resolver::DirectoryEntryLocked(
+    const std::string& workspace_id, const std::string& connector_id) const {
   auto it = directory_.find({workspace_id, connector_id});
-  if (it == directory_.end()) return nullptr;
-  return it->second;
+  return it == directory_.end() ? nullptr : it->second;
 }
 
 std::optional<absl::StatusOr<Resolved>> Resolver::ResolveIfCached(
@@ -173,8 +177,7 @@ std::optional<absl::StatusOr<Resolved>> Resolver::ResolveIfCached(
   {
     absl::MutexLock lock(&mu_);  // one lock for both: this runs on the I/O threads
     current = policy_;
-    auto it = directory_.find({query.workspace_id, query.connector_id});
-    if (it != directory_.end()) grant = it->second;
+    grant = DirectoryEntryLocked(query.workspace_id, query.connector_id);
   }
   if (current == nullptr || query.workspace_id.empty() || query.connector_id.empty() ||
       !Covers(caller, current->RequiredAttestation())) {

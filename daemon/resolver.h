@@ -108,6 +108,9 @@ class Resolver {
   std::shared_ptr<const store::Grant> CachedGrant(const std::string& workspace_id,
                                                   const std::string& connector_id)
       ABSL_LOCKS_EXCLUDED(mu_);
+  std::shared_ptr<const store::Grant> DirectoryEntryLocked(const std::string& workspace_id,
+                                                           const std::string& connector_id) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::shared_ptr<const store::Grant>> FindGrant(const std::string& workspace_id,
                                                                 const std::string& connector_id)
       ABSL_LOCKS_EXCLUDED(mu_);
