@@ -313,6 +313,25 @@ TEST_F(RevokeTest, RevocationReachesTheCacheTheWaitersTheSubscribersAndTheProvid
   EXPECT_EQ(status["upstream_revocations_pending"].get<int>(), 0);
 }
 
+// The token.released records of a JSONL export (of `grant_id` only, when
+// given), and the releases they stand for (their counts).
+struct Releases {
+  uint64_t records = 0;
+  uint64_t releases = 0;
+};
+Releases ReleasesIn(const std::string& jsonl, const std::string& grant_id = "") {
+  Releases out;
+  const std::vector<std::string> lines = absl::StrSplit(jsonl, '\n', absl::SkipEmpty());
+  for (const std::string& line : lines) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    if (j.value("kind", "") != "record" || j.value("type", "") != "token.released") continue;
+    if (!grant_id.empty() && j.value("grant_id", "") != grant_id) continue;
+    ++out.records;
+    out.releases += std::stoull(j["details"].value("count", "1"));
+  }
+  return out;
+}
+
 // A process that already holds a token gets it again without waiting for the
 // audit log (the repeat is recorded afterwards); a first release waits for its
 // record. The log's write lock is held by this test to stop every commit.
@@ -359,14 +378,7 @@ TEST_F(RevokeTest, ARepeatedReleaseIsAnsweredBeforeItsRecordAFirstOneIsNot) {
   absl::SleepFor(absl::Milliseconds(200));  // the repeats' deferred batch
   CommandResult export_result = Cli({"audit", "export", "--workspace", kWorkspace, "-o", exported});
   ASSERT_EQ(export_result.exit_code, 0) << export_result.err;
-  uint64_t releases = 0;
-  const std::vector<std::string> lines = absl::StrSplit(Slurp(exported), '\n', absl::SkipEmpty());
-  for (const std::string& line : lines) {
-    nlohmann::json j = nlohmann::json::parse(line);
-    if (j.value("kind", "") != "record" || j.value("type", "") != "token.released") continue;
-    releases += std::stoull(j["details"].value("count", "1"));
-  }
-  EXPECT_EQ(releases, 24u);
+  EXPECT_EQ(ReleasesIn(Slurp(exported)).releases, 24u);
 }
 
 TEST_F(RevokeTest, EveryEventIsAuditedExportsVerifyAndNoTokenIsInThem) {
@@ -446,20 +458,9 @@ TEST_F(RevokeTest, EveryEventIsAuditedExportsVerifyAndNoTokenIsInThem) {
     EXPECT_EQ(verified.exit_code, 0) << verified.out << verified.err;
     EXPECT_THAT(verified.out, HasSubstr("verified"));
   }
-  uint64_t releases_of_changed = 0;
-  uint64_t release_records = 0;
-  const std::vector<std::string> lines = absl::StrSplit(Slurp(ws_export), '\n', absl::SkipEmpty());
-  for (const std::string& line : lines) {
-    nlohmann::json j = nlohmann::json::parse(line);
-    if (j.value("kind", "") != "record" || j.value("type", "") != "token.released" ||
-        j.value("grant_id", "") != changed) {
-      continue;
-    }
-    ++release_records;
-    releases_of_changed += std::stoull(j["details"].value("count", "1"));
-  }
-  EXPECT_EQ(releases_of_changed, 1u + kThreads * kCallsPerThread);
-  std::cout << "201 releases of one token to one process: " << release_records
+  const Releases of_changed = ReleasesIn(Slurp(ws_export), changed);
+  EXPECT_EQ(of_changed.releases, 1u + kThreads * kCallsPerThread);
+  std::cout << "201 releases of one token to one process: " << of_changed.records
             << " token.released records\n";
   const std::string all = Slurp(ws_export) + Slurp(system_export);
   for (const char* type :
