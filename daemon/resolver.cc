@@ -128,7 +128,7 @@ absl::StatusOr<Resolved> Resolver::Resolve(policy::CallerIdentity& caller,
                       FindGrant(query.workspace_id, query.connector_id));
   if (found != nullptr) *found = *grant;
   GV_ASSIGN_OR_RETURN(std::vector<std::string> scopes, CheckQuery(*current, *rule, *grant, query));
-  GV_ASSIGN_OR_RETURN(tokens::AccessToken token,
+  GV_ASSIGN_OR_RETURN(tokens::SharedAccessToken token,
                       refresher_->GetAccessToken(grant->grant_id, query.min_valid, query.deadline));
   // The process that asked must still be the one that was attested: a PID
   // reused meanwhile must not receive the token.
@@ -188,14 +188,13 @@ std::optional<absl::StatusOr<Resolved>> Resolver::ResolveIfCached(
   if (rule == nullptr || !rule->AllowsWorkspace(query.workspace_id)) return std::nullopt;
   absl::StatusOr<std::vector<std::string>> scopes = CheckQuery(*current, *rule, *grant, query);
   if (!scopes.ok()) return absl::StatusOr<Resolved>(scopes.status());
-  std::optional<tokens::AccessToken> token =
-      refresher_->GetCached(grant->grant_id, query.min_valid);
+  tokens::SharedAccessToken token = refresher_->GetCached(grant->grant_id, query.min_valid);
   if (!token) return std::nullopt;
   if (absl::Status same = policy::StillSameProcess(caller); !same.ok()) {
     return absl::StatusOr<Resolved>(same);
   }
   return absl::StatusOr<Resolved>(
-      Resolved{*std::move(token), std::move(grant), std::move(current), rule, *std::move(scopes)});
+      Resolved{std::move(token), std::move(grant), std::move(current), rule, *std::move(scopes)});
 }
 
 }  // namespace grantvault::daemon

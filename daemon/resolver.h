@@ -46,7 +46,7 @@ struct ResolveQuery {
 };
 
 struct Resolved {
-  tokens::AccessToken token;
+  tokens::SharedAccessToken token;  // never null; shared with the token cache
   // Shared with the Resolver's directory: never copied on the hot path.
   std::shared_ptr<const store::Grant> grant;
   // The policy the call was checked against, and its rule that allowed the

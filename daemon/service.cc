@@ -813,9 +813,9 @@ ResolveQuery QueryFor(const v1::ResolveRequest& in, absl::Time deadline) {
 absl::StatusOr<SecretBytes> ResolvePart(const Resolved& resolved) {
   v1::Response r;
   v1::ResolveReply* out = r.mutable_resolve();
-  out->set_access_token(std::string(resolved.token.token.view()));
-  out->set_token_type(resolved.token.token_type);
-  out->set_expires_at_ms(ExpiryMillis(resolved.token.expires_at));
+  out->set_access_token(std::string(resolved.token->token.view()));
+  out->set_token_type(resolved.token->token_type);
+  out->set_expires_at_ms(ExpiryMillis(resolved.token->expires_at));
   out->set_grant_id(resolved.grant->grant_id);
   out->set_account_id(resolved.grant->account_id);
   for (const std::string& scope : resolved.grant->scopes) out->add_scopes(scope);
@@ -953,10 +953,10 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
   // The token is named by its serial when it has one (no HMAC per repeat);
   // its fingerprint is computed only for a record.
   std::string fingerprint;
-  if (resolved->token.serial == 0) fingerprint = trail_.audit->Fingerprint(resolved->token.token);
+  if (resolved->token->serial == 0) fingerprint = trail_.audit->Fingerprint(resolved->token->token);
   std::string key = ReleaseKey(
       resolved->grant->grant_id,
-      resolved->token.serial != 0 ? absl::StrCat("serial ", resolved->token.serial) : fingerprint,
+      resolved->token->serial != 0 ? absl::StrCat("serial ", resolved->token->serial) : fingerprint,
       in.tool(), resolved->scopes,
       caller != nullptr && caller->exe_path ? *caller->exe_path : std::string());
   const uint64_t epoch = audit_epoch_->load();
@@ -977,7 +977,7 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
   e.outcome = "ok";
   AddGrantFields(*resolved->grant, e);
   e.scopes = resolved->scopes;
-  if (fingerprint.empty()) fingerprint = trail_.audit->Fingerprint(resolved->token.token);
+  if (fingerprint.empty()) fingerprint = trail_.audit->Fingerprint(resolved->token->token);
   e.details["token_fingerprint"] = std::move(fingerprint);
   // Repeated releases of the same token to the same process share a record
   // (with a count): the release is recorded, not the request (docs/audit.md).
@@ -1025,10 +1025,10 @@ absl::StatusOr<std::string> Service::ReplyFrame(CallerSlot* slot, uint64_t reque
                                                 const Resolved& resolved) {
   // The same token of the same grant again (a cached resolve): its encoded
   // answer is kept for the connection, in secret memory.
-  const bool cacheable = slot != nullptr && resolved.token.serial != 0;
+  const bool cacheable = slot != nullptr && resolved.token->serial != 0;
   if (cacheable) {
     absl::MutexLock lock(&slot->mu);
-    if (slot->reply_serial == resolved.token.serial && slot->reply_grant == resolved.grant) {
+    if (slot->reply_serial == resolved.token->serial && slot->reply_grant == resolved.grant) {
       return TokenFrame(request_id, slot->reply);
     }
   }
@@ -1037,7 +1037,7 @@ absl::StatusOr<std::string> Service::ReplyFrame(CallerSlot* slot, uint64_t reque
   if (cacheable) {
     absl::MutexLock lock(&slot->mu);
     slot->reply = std::move(part);
-    slot->reply_serial = resolved.token.serial;
+    slot->reply_serial = resolved.token->serial;
     slot->reply_grant = resolved.grant;
   }
   return frame;

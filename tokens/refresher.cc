@@ -38,11 +38,6 @@ std::optional<absl::Duration> RetryAfter(const oauth::HttpResponse& response) {
   return absl::Seconds(std::min(seconds, 3600));
 }
 
-absl::StatusOr<AccessToken> CloneResult(const absl::StatusOr<AccessToken>& result) {
-  if (!result.ok()) return result.status();
-  return result->Clone();
-}
-
 int64_t CeilMillis(absl::Duration d) {
   return absl::ToInt64Milliseconds(absl::Ceil(d, absl::Milliseconds(1)));
 }
@@ -121,14 +116,14 @@ int64_t Refresher::upstream_requests() const {
   return upstream_requests_;
 }
 
-absl::StatusOr<AccessToken> Refresher::GetAccessToken(std::string_view grant_id,
-                                                      absl::Duration min_valid,
-                                                      absl::Time deadline) {
+absl::StatusOr<SharedAccessToken> Refresher::GetAccessToken(std::string_view grant_id,
+                                                            absl::Duration min_valid,
+                                                            absl::Time deadline) {
   if (grant_id.empty()) return absl::InvalidArgumentError("a grant id is required");
   if (min_valid < absl::ZeroDuration()) min_valid = absl::ZeroDuration();
-  if (std::optional<AccessToken> hit = GetCached(grant_id, min_valid)) return std::move(*hit);
+  if (SharedAccessToken hit = GetCached(grant_id, min_valid)) return hit;
 
-  absl::StatusOr<AccessToken> result = absl::UnknownError("unset");
+  absl::StatusOr<SharedAccessToken> result = absl::UnknownError("unset");
   {
     absl::MutexLock lock(&mu_);
     if (auto revoked = revoked_.find(grant_id); revoked != revoked_.end()) {
@@ -140,7 +135,7 @@ absl::StatusOr<AccessToken> Refresher::GetAccessToken(std::string_view grant_id,
       flight->deadline = std::max(flight->deadline, deadline);
     } else {
       // A flight may have finished (and cached its token) since the miss above.
-      if (std::optional<AccessToken> hit = cache_.Get(grant_id, min_valid)) return std::move(*hit);
+      if (SharedAccessToken hit = cache_.Get(grant_id, min_valid)) return hit;
       if (stopping_) return absl::UnavailableError("UNAVAILABLE: the refresher is shutting down");
       flight = StartFlightLocked(grant_id, deadline);
     }
@@ -154,18 +149,17 @@ absl::StatusOr<AccessToken> Refresher::GetAccessToken(std::string_view grant_id,
     } else if (!flight->done) {
       result = absl::UnavailableError("UNAVAILABLE: the refresher is shutting down");
     } else {
-      result = CloneResult(flight->result);
+      result = flight->result;  // every waiter shares the one token
     }
   }
   if (!result.ok()) return ServeStaleOr(grant_id, result.status());
   return result;
 }
 
-std::optional<AccessToken> Refresher::GetCached(std::string_view grant_id,
-                                                absl::Duration min_valid) {
+SharedAccessToken Refresher::GetCached(std::string_view grant_id, absl::Duration min_valid) {
   std::optional<TokenCache::Lookup> hit = cache_.GetClaimingRefresh(
       grant_id, std::max(min_valid, absl::ZeroDuration()), kMinRefreshAheadRetry);
-  if (!hit) return std::nullopt;
+  if (!hit) return nullptr;
   if (hit->refresh_claimed) StartRefreshAhead(grant_id);
   return std::move(hit->token);
 }
@@ -252,10 +246,11 @@ void Refresher::FinishLocked(Flight& flight, absl::StatusOr<Refreshed> outcome) 
     // Revoked while the refresh ran: its token is neither served nor cached.
     flight.result = RevokedError(flight.grant_id, revoked->second);
   } else if (outcome.ok()) {
-    // One serial for the cached copy and the one the waiters get.
+    // The cache and the waiters share one token (one serial, one copy of the bytes).
     if (outcome->token.serial == 0) outcome->token.serial = NewTokenSerial();
-    cache_.Put(flight.grant_id, outcome->token.Clone(), outcome->refresh_at);
-    flight.result = std::move(outcome->token);
+    auto token = std::make_shared<const AccessToken>(std::move(outcome->token));
+    cache_.Put(flight.grant_id, token, outcome->refresh_at);
+    flight.result = std::move(token);
   } else {
     flight.result = outcome.status();
   }
@@ -375,12 +370,10 @@ void Refresher::RecordUpstream(const std::string& connector_id, bool failed, std
   }
 }
 
-absl::StatusOr<AccessToken> Refresher::ServeStaleOr(std::string_view grant_id,
-                                                    absl::Status status) {
+absl::StatusOr<SharedAccessToken> Refresher::ServeStaleOr(std::string_view grant_id,
+                                                          absl::Status status) {
   if (absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status)) {
-    if (std::optional<AccessToken> stale = cache_.Get(grant_id, absl::ZeroDuration())) {
-      return std::move(*stale);
-    }
+    if (SharedAccessToken stale = cache_.Get(grant_id, absl::ZeroDuration())) return stale;
   }
   return status;
 }

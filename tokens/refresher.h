@@ -140,14 +140,14 @@ class Refresher {
   Refresher(const Refresher&) = delete;
   Refresher& operator=(const Refresher&) = delete;
 
-  absl::StatusOr<AccessToken> GetAccessToken(std::string_view grant_id, absl::Duration min_valid,
-                                             absl::Time deadline);
+  absl::StatusOr<SharedAccessToken> GetAccessToken(std::string_view grant_id,
+                                                   absl::Duration min_valid, absl::Time deadline);
 
   // The cache-hit half of GetAccessToken, which never waits: the cached token
   // when it stays valid for `min_valid` (starting a refresh ahead in the
-  // background when one is due), nullopt otherwise. A revoked grant's token
+  // background when one is due), null otherwise. A revoked grant's token
   // is never cached, so a hit is a token of a grant not revoked here.
-  std::optional<AccessToken> GetCached(std::string_view grant_id, absl::Duration min_valid);
+  SharedAccessToken GetCached(std::string_view grant_id, absl::Duration min_valid);
 
   // The revoke path calls this (after or before marking the grant revoked in
   // the store): the cached token is erased, every caller waiting for the
@@ -187,7 +187,7 @@ class Refresher {
     bool abandoned = false;  // revoked, or the Refresher is shutting down
     std::string revoke_reason;
     bool revoked = false;
-    absl::StatusOr<AccessToken> result = absl::UnknownError("pending");
+    absl::StatusOr<SharedAccessToken> result = absl::UnknownError("pending");
   };
   struct Refreshed {
     AccessToken token;
@@ -241,7 +241,7 @@ class Refresher {
                       absl::Duration server_wait) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Falls back to a still-valid cached token when `status` is Unavailable.
-  absl::StatusOr<AccessToken> ServeStaleOr(std::string_view grant_id, absl::Status status);
+  absl::StatusOr<SharedAccessToken> ServeStaleOr(std::string_view grant_id, absl::Status status);
 
   const RefresherDeps deps_;
   const RefresherOptions options_;

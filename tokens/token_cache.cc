@@ -2,21 +2,23 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <utility>
 
 namespace grantvault::tokens {
 
-std::optional<AccessToken> TokenCache::Get(std::string_view grant_id, absl::Duration min_valid) {
+SharedAccessToken TokenCache::Get(std::string_view grant_id, absl::Duration min_valid) {
   const absl::Time now = clock_->Now();
   absl::MutexLock lock(&mu_);
   auto it = entries_.find(grant_id);
-  if (it == entries_.end()) return std::nullopt;
-  if (it->second.token.expires_at <= now) {
+  if (it == entries_.end()) return nullptr;
+  if (it->second.token->expires_at <= now) {
     entries_.erase(it);
-    return std::nullopt;
+    return nullptr;
   }
-  if (it->second.token.expires_at - now < min_valid) return std::nullopt;
-  return it->second.token.Clone();
+  if (it->second.token->expires_at - now < min_valid) return nullptr;
+  return it->second.token;
 }
 
 std::optional<TokenCache::Lookup> TokenCache::GetClaimingRefresh(std::string_view grant_id,
@@ -27,15 +29,15 @@ std::optional<TokenCache::Lookup> TokenCache::GetClaimingRefresh(std::string_vie
   auto it = entries_.find(grant_id);
   if (it == entries_.end()) return std::nullopt;
   Entry& entry = it->second;
-  if (entry.token.expires_at <= now) {
+  if (entry.token->expires_at <= now) {
     entries_.erase(it);
     return std::nullopt;
   }
-  if (entry.token.expires_at - now < min_valid) return std::nullopt;
-  Lookup lookup{entry.token.Clone(), false};
+  if (entry.token->expires_at - now < min_valid) return std::nullopt;
+  Lookup lookup{entry.token, false};
   if (entry.refresh_at <= now) {
     lookup.refresh_claimed = true;
-    entry.refresh_at = now + std::max(min_retry, (entry.token.expires_at - now) / 4);
+    entry.refresh_at = now + std::max(min_retry, (entry.token->expires_at - now) / 4);
   }
   return lookup;
 }
@@ -51,14 +53,28 @@ uint64_t NewTokenSerial() {
 
 void TokenCache::Put(std::string_view grant_id, AccessToken token, absl::Time refresh_at) {
   if (token.serial == 0) token.serial = NewTokenSerial();
+  Put(grant_id, std::make_shared<const AccessToken>(std::move(token)), refresh_at);
+}
+
+void TokenCache::Put(std::string_view grant_id, SharedAccessToken token, absl::Time refresh_at) {
+  if (token == nullptr || token->serial == 0) {
+    std::fprintf(stderr, "fatal: TokenCache::Put of a token without a serial\n");
+    std::abort();
+  }
+  SharedAccessToken replaced;  // wiped, if nobody else holds it, after the lock is released
   absl::MutexLock lock(&mu_);
-  entries_.insert_or_assign(std::string(grant_id), Entry{std::move(token), refresh_at});
+  auto [it, inserted] = entries_.try_emplace(std::string(grant_id));
+  if (!inserted) replaced = std::move(it->second.token);
+  it->second = Entry{std::move(token), refresh_at};
 }
 
 void TokenCache::Erase(std::string_view grant_id) {
+  SharedAccessToken erased;  // wiped, if nobody else holds it, after the lock is released
   absl::MutexLock lock(&mu_);
   auto it = entries_.find(grant_id);
-  if (it != entries_.end()) entries_.erase(it);
+  if (it == entries_.end()) return;
+  erased = std::move(it->second.token);
+  entries_.erase(it);
 }
 
 size_t TokenCache::size() const {

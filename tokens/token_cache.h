@@ -1,12 +1,16 @@
 // TokenCache: the access tokens grantvault holds, in SecretBytes, keyed by
 // grant id, each with the time it expires (absl::InfiniteFuture for a
 // long-lived token) and the time a refresh ahead of that expiry becomes due.
-// Thread-safe; values are handed out as deliberate copies.
+// Thread-safe. A cached token is immutable and shared (SharedAccessToken):
+// a hit hands out a reference, not a copy of the secret, so the token's
+// bytes exist once however many callers hold it, and are wiped when the last
+// holder lets go (after the cache has dropped or replaced it).
 #ifndef GRANTVAULT_TOKENS_TOKEN_CACHE_H_
 #define GRANTVAULT_TOKENS_TOKEN_CACHE_H_
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -32,6 +36,10 @@ struct AccessToken {
   AccessToken Clone() const { return AccessToken{token.Clone(), token_type, expires_at, serial}; }
 };
 
+// A token as the cache and the refresher hand it out: shared, never changed
+// after it was made (so its serial keeps naming exactly these bytes).
+using SharedAccessToken = std::shared_ptr<const AccessToken>;
+
 // A serial no other token of this process has (never 0).
 uint64_t NewTokenSerial();
 
@@ -42,15 +50,17 @@ class TokenCache {
   TokenCache(const TokenCache&) = delete;
   TokenCache& operator=(const TokenCache&) = delete;
 
-  // A copy of the grant's token when it is still valid for at least
-  // `min_valid` from now; nullopt otherwise (an expired entry is dropped).
-  std::optional<AccessToken> Get(std::string_view grant_id, absl::Duration min_valid);
+  // The grant's token when it is still valid for at least `min_valid` from
+  // now; null otherwise (an expired entry is dropped).
+  SharedAccessToken Get(std::string_view grant_id, absl::Duration min_valid);
   void Put(std::string_view grant_id, AccessToken token);
   // As Put; from `refresh_at` on, GetClaimingRefresh reports the refresh due.
   void Put(std::string_view grant_id, AccessToken token, absl::Time refresh_at);
+  // As Put, sharing `token` (not null, with a serial) with whoever else holds it.
+  void Put(std::string_view grant_id, SharedAccessToken token, absl::Time refresh_at);
 
   struct Lookup {
-    AccessToken token;
+    SharedAccessToken token;  // never null
     // This caller claimed the entry's refresh ahead of expiry and should start it.
     bool refresh_claimed = false;
   };
@@ -67,7 +77,7 @@ class TokenCache {
   Clock* const clock_;
   mutable absl::Mutex mu_;
   struct Entry {
-    AccessToken token;
+    SharedAccessToken token;  // never null
     absl::Time refresh_at = absl::InfiniteFuture();
   };
   std::map<std::string, Entry, std::less<>> entries_ ABSL_GUARDED_BY(mu_);

@@ -29,6 +29,11 @@ namespace {
 
 using ::testing::HasSubstr;
 
+absl::StatusOr<AccessToken> Copied(const absl::StatusOr<SharedAccessToken>& shared) {
+  if (!shared.ok()) return shared.status();
+  return (*shared)->Clone();
+}
+
 constexpr char kRedirect[] = "http://127.0.0.1:45678/callback";
 
 // Puts upstream faults in front of the real provider: the next `faults` token-endpoint
@@ -125,8 +130,10 @@ class RefresherTest : public ::testing::Test {
     refresher_ = std::move(*refresher);
   }
 
+  // A copy of the token the refresher shares, so that tests can keep it.
   absl::StatusOr<AccessToken> Get(absl::Duration min_valid = absl::ZeroDuration()) {
-    return refresher_->GetAccessToken(grant_id_, min_valid, absl::Now() + absl::Seconds(10));
+    return Copied(
+        refresher_->GetAccessToken(grant_id_, min_valid, absl::Now() + absl::Seconds(10)));
   }
 
   store::SealedSecret StoredRefresh() {
@@ -353,9 +360,9 @@ TEST_F(RefresherTest, TooManyRequestsServesAStillValidTokenThenUnavailable) {
   auto stale =
       refresher.GetAccessToken(grant_id_, absl::Hours(1), absl::Now() + absl::Milliseconds(800));
   ASSERT_TRUE(stale.ok()) << stale.status();
-  EXPECT_TRUE(stale->token == first->token);
+  EXPECT_TRUE((*stale)->token == (*first)->token);
 
-  absl::SleepFor(first->expires_at - absl::Now() + absl::Milliseconds(50));
+  absl::SleepFor((*first)->expires_at - absl::Now() + absl::Milliseconds(50));
   const absl::Time start = absl::Now();
   auto refused =
       refresher.GetAccessToken(grant_id_, absl::ZeroDuration(), start + absl::Seconds(3));

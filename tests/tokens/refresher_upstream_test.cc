@@ -37,6 +37,11 @@ namespace grantvault::tokens {
 namespace {
 
 using ::grantvault::testing::RecordedRequest;
+
+absl::StatusOr<AccessToken> Copied(const absl::StatusOr<SharedAccessToken>& shared) {
+  if (!shared.ok()) return shared.status();
+  return (*shared)->Clone();
+}
 using ::grantvault::testing::Reply;
 using ::testing::HasSubstr;
 using json = nlohmann::json;
@@ -181,9 +186,10 @@ class RefresherUpstreamTest : public ::testing::Test {
     return options;
   }
 
+  // A copy of the token the refresher shares, so that tests can keep it.
   absl::StatusOr<AccessToken> Get(absl::Duration deadline_in = absl::Seconds(5),
                                   absl::Duration min_valid = absl::ZeroDuration()) {
-    return refresher_->GetAccessToken(grant_id_, min_valid, absl::Now() + deadline_in);
+    return Copied(refresher_->GetAccessToken(grant_id_, min_valid, absl::Now() + deadline_in));
   }
 
   // --- the fake token endpoint ------------------------------------------------------------

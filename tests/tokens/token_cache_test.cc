@@ -14,12 +14,12 @@ TEST(TokenCacheTest, AnswersOnlyWhileValidForTheAskedMargin) {
   TokenCache cache(&clock);
   cache.Put("gr_a", Token("tok-a", clock.Now() + absl::Seconds(60)));
   auto hit = cache.Get("gr_a", absl::Seconds(30));
-  ASSERT_TRUE(hit.has_value());
+  ASSERT_NE(hit, nullptr);
   EXPECT_EQ(hit->token.view(), "tok-a");
-  EXPECT_FALSE(cache.Get("gr_a", absl::Seconds(61)).has_value());
-  EXPECT_FALSE(cache.Get("gr_b", absl::ZeroDuration()).has_value());
+  EXPECT_FALSE(cache.Get("gr_a", absl::Seconds(61)) != nullptr);
+  EXPECT_FALSE(cache.Get("gr_b", absl::ZeroDuration()) != nullptr);
   clock.Advance(absl::Seconds(60));
-  EXPECT_FALSE(cache.Get("gr_a", absl::ZeroDuration()).has_value());
+  EXPECT_FALSE(cache.Get("gr_a", absl::ZeroDuration()) != nullptr);
   EXPECT_EQ(cache.size(), 0u);  // an expired entry is dropped
 }
 
@@ -29,18 +29,18 @@ TEST(TokenCacheTest, PutReplacesAndEraseRemoves) {
   cache.Put("gr_a", Token("one", absl::InfiniteFuture()));
   cache.Put("gr_a", Token("two", absl::InfiniteFuture()));
   auto hit = cache.Get("gr_a", absl::Hours(1000));
-  ASSERT_TRUE(hit.has_value());
+  ASSERT_NE(hit, nullptr);
   EXPECT_EQ(hit->token.view(), "two");
   cache.Erase("gr_a");
-  EXPECT_FALSE(cache.Get("gr_a", absl::ZeroDuration()).has_value());
+  EXPECT_FALSE(cache.Get("gr_a", absl::ZeroDuration()) != nullptr);
 }
 
 TEST(TokenCacheTest, EveryStoredTokenHasItsOwnSerialAndCopiesKeepIt) {
   ManualClock clock;
   TokenCache cache(&clock);
   cache.Put("gr_a", Token("one", absl::InfiniteFuture()));
-  std::optional<AccessToken> first = cache.Get("gr_a", absl::ZeroDuration());
-  ASSERT_TRUE(first.has_value());
+  SharedAccessToken first = cache.Get("gr_a", absl::ZeroDuration());
+  ASSERT_NE(first, nullptr);
   EXPECT_NE(first->serial, 0u);
   EXPECT_EQ(cache.Get("gr_a", absl::ZeroDuration())->serial, first->serial);
   EXPECT_EQ(first->Clone().serial, first->serial);
@@ -53,6 +53,24 @@ TEST(TokenCacheTest, EveryStoredTokenHasItsOwnSerialAndCopiesKeepIt) {
   const uint64_t serial = named.serial;
   cache.Put("gr_b", std::move(named));
   EXPECT_EQ(cache.Get("gr_b", absl::ZeroDuration())->serial, serial);
+}
+
+TEST(TokenCacheTest, AHitSharesTheCachedTokenAndOutlivesItsEntry) {
+  ManualClock clock;
+  TokenCache cache(&clock);
+  cache.Put("gr_a", Token("tok-a", absl::InfiniteFuture()));
+  SharedAccessToken first = cache.Get("gr_a", absl::ZeroDuration());
+  SharedAccessToken second = cache.Get("gr_a", absl::ZeroDuration());
+  ASSERT_NE(first, nullptr);
+  // One copy of the bytes however many callers hold the token.
+  EXPECT_EQ(first.get(), second.get());
+  EXPECT_EQ(first->token.data(), second->token.data());
+  // Erased (revoked) or replaced, the token stays intact for whoever still holds it.
+  cache.Erase("gr_a");
+  EXPECT_EQ(first->token.view(), "tok-a");
+  cache.Put("gr_a", Token("tok-b", absl::InfiniteFuture()));
+  EXPECT_EQ(first->token.view(), "tok-a");
+  EXPECT_EQ(cache.Get("gr_a", absl::ZeroDuration())->token.view(), "tok-b");
 }
 
 TEST(TokenCacheTest, ARefreshAheadIsClaimedByOneCallerAtATime) {
@@ -68,7 +86,7 @@ TEST(TokenCacheTest, ARefreshAheadIsClaimedByOneCallerAtATime) {
   auto claimed = cache.GetClaimingRefresh("gr_a", absl::ZeroDuration(), absl::Seconds(1));
   ASSERT_TRUE(claimed.has_value());
   EXPECT_TRUE(claimed->refresh_claimed);
-  EXPECT_EQ(claimed->token.token.view(), "tok-a");
+  EXPECT_EQ(claimed->token->token.view(), "tok-a");
   // Everyone else is served without the claim, until a quarter of the remaining life passed.
   for (int i = 0; i < 5; ++i) {
     auto other = cache.GetClaimingRefresh("gr_a", absl::ZeroDuration(), absl::Seconds(1));
@@ -87,7 +105,7 @@ TEST(TokenCacheTest, ARefreshAheadIsClaimedByOneCallerAtATime) {
   cache.Put("gr_a", Token("tok-b", clock.Now() + absl::Seconds(10)));
   auto replaced = cache.GetClaimingRefresh("gr_a", absl::ZeroDuration(), absl::Seconds(1));
   ASSERT_TRUE(replaced.has_value());
-  EXPECT_EQ(replaced->token.token.view(), "tok-b");
+  EXPECT_EQ(replaced->token->token.view(), "tok-b");
   EXPECT_FALSE(replaced->refresh_claimed);
 }
 
