@@ -64,6 +64,10 @@ void Release(uint8_t* p, size_t size) {
 
 void EnsureSodiumInitialized() { InitializeOnce(); }
 
+void WipeMemory(void* data, size_t size) {
+  if (data != nullptr && size > 0) sodium_memzero(data, size);
+}
+
 bool ConfigureSecretHeap(size_t bytes) {
   if (bytes == 0 || (bytes & (bytes - 1)) != 0) return false;
   requested_heap_size = bytes;

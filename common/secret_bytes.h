@@ -87,6 +87,11 @@ std::ostream& operator<<(std::ostream&, const SecretBytes&) = delete;
 template <typename Sink>
 void AbslStringify(Sink&, const SecretBytes&) = delete;
 
+// Zeroes `size` bytes at `data` in a way the compiler cannot drop: for memory
+// outside a SecretBytes that held secret bytes in passing (a socket buffer, a
+// serialised frame).
+void WipeMemory(void* data, size_t size);
+
 // Initialises libsodium and the secret heap once per process; aborts if
 // libsodium cannot start (no CSPRNG).
 void EnsureSodiumInitialized();

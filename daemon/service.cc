@@ -239,8 +239,9 @@ void SendResponse(ipc::Connection& connection, const v1::Response& response) {
 class Service::Handler final : public ipc::FrameHandler {
  public:
   Handler(Service* service, v1::HelloReply::Role role) : service_(service), role_(role) {}
-  void OnFrame(const std::shared_ptr<ipc::Connection>& connection, std::string payload) override {
-    service_->OnFrame(role_, connection, std::move(payload));
+  void OnFrame(const std::shared_ptr<ipc::Connection>& connection,
+               std::string_view payload) override {
+    service_->OnFrame(role_, connection, payload);
   }
   void OnConnect(const std::shared_ptr<ipc::Connection>& connection) override {
     service_->OnConnect(role_, connection);
@@ -390,12 +391,12 @@ void Service::OnDisconnect(const ipc::Connection& connection) {
 }
 
 void Service::OnFrame(v1::HelloReply::Role role, const std::shared_ptr<ipc::Connection>& connection,
-                      std::string payload) {
+                      std::string_view payload) {
   const absl::Time received = clock_->Now();
   v1::Request request;
-  const bool parsed = request.ParseFromString(payload);
-  // The frame may carry a client secret or a code: wipe our copy at once.
-  OPENSSL_cleanse(payload.data(), payload.size());
+  // (The ipc server wipes the frame, which may carry a client secret or a
+  // code, once this returns.)
+  const bool parsed = request.ParseFromArray(payload.data(), static_cast<int>(payload.size()));
   if (!parsed) {
     SendResponse(*connection, ErrorResponse(0, v1::Error::INVALID_ARGUMENT,
                                             "the frame is not a grantvault.v1.Request"));

@@ -154,7 +154,7 @@ class Service {
   };
 
   void OnFrame(v1::HelloReply::Role role, const std::shared_ptr<ipc::Connection>& connection,
-               std::string payload);
+               std::string_view payload);
   void OnConnect(v1::HelloReply::Role role, const std::shared_ptr<ipc::Connection>& connection);
   void OnDisconnect(const ipc::Connection& connection);
   void DispatchAgent(const std::shared_ptr<ipc::Connection>& connection, v1::Request request,

@@ -36,6 +36,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/secret_bytes.h"
 #include "common/strings.h"
 #include "common/unique_fd.h"
 #include "ipc/asio.h"
@@ -178,11 +179,44 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
 };
 
 // A response frame: the header apart, so that the handler's payload string is
-// written as it is, without copying it into a new one.
+// written as it is, without copying it into a new one. The first `sent` bytes
+// (header first) are written already. A payload may carry a token: it is
+// wiped when the frame dies, written or dropped.
 struct OutFrame {
+  OutFrame(std::array<uint8_t, kFrameHeaderSize> frame_header, std::string frame_payload)
+      : header(frame_header), payload(std::move(frame_payload)) {}
+  OutFrame(OutFrame&& other) noexcept = default;
+  OutFrame& operator=(OutFrame&& other) noexcept {
+    if (this != &other) {
+      Wipe();
+      header = other.header;
+      payload = std::move(other.payload);
+      sent = other.sent;
+    }
+    return *this;
+  }
+  ~OutFrame() { Wipe(); }
+
+  size_t size() const { return kFrameHeaderSize + payload.size(); }
+  size_t unsent() const { return size() - sent; }
+  // The buffers of what is not written yet: two, or one once the header is out.
+  std::span<const asio::const_buffer> Unsent(std::array<asio::const_buffer, 2>& out) const {
+    if (sent < kFrameHeaderSize) {
+      out = {asio::buffer(header.data() + sent, kFrameHeaderSize - sent), asio::buffer(payload)};
+      return {out.data(), 2};
+    }
+    out[0] = asio::buffer(payload.data() + (sent - kFrameHeaderSize), unsent());
+    return {out.data(), 1};
+  }
+
   std::array<uint8_t, kFrameHeaderSize> header;
   std::string payload;
-  size_t size() const { return kFrameHeaderSize + payload.size(); }
+  size_t sent = 0;
+
+ private:
+  // The whole buffer, not just size(): a moved-from short string keeps its
+  // bytes in its inline buffer.
+  void Wipe() { WipeMemory(payload.data(), payload.capacity()); }
 };
 
 // Lives on one io_context (`io_index` in the core), whose one thread runs all
@@ -208,6 +242,7 @@ class ConnectionImpl final : public Connection,
   const PeerCredentials& peer() const override { return peer_; }
   const std::string& listener() const override { return listener_; }
   bool Send(std::string payload, bool final) override;
+  ~ConnectionImpl() override { ReleaseInput(); }
   void Close(std::string_view reason) override {
     CloseWith(CloseKind::kHandler, reason, /*flush=*/true);
   }
@@ -247,7 +282,11 @@ class ConnectionImpl final : public Connection,
   void ArmReadTimer();
   void OnReadTimer();
   void ReadMore();
-  void OnRead(const ErrorCode& ec, size_t old_size, size_t n);
+  void OnRead(const ErrorCode& ec, size_t n);
+  size_t Buffered() const { return in_end_ - in_begin_; }
+  void ReserveInput(size_t want);
+  void ReleaseInput();
+  void WriteNow(OutFrame frame);
   void StartWrite();
   void OnWrite(const ErrorCode& ec);
   void ArmWriteTimer();
@@ -268,8 +307,14 @@ class ConnectionImpl final : public Connection,
   std::shared_ptr<void> context_;  // set once, in OnConnect (see Connection::set_context)
 
   // Touched on the connection's thread only.
-  std::string input_;    // received and not yet handed out (and, while reading_, the read buffer)
-  size_t received_ = 0;  // bytes of input_ actually received
+  // Received and not yet handed out: in_[in_begin_, in_end_); a read fills
+  // in_[in_end_, in_capacity_). Never zero-filled: nothing past in_end_ is
+  // read. Frames may carry secrets, so every byte is wiped once handed out,
+  // moved away or released.
+  std::unique_ptr<char[]> in_;
+  size_t in_capacity_ = 0;
+  size_t in_begin_ = 0;
+  size_t in_end_ = 0;
   bool reading_ = false;
   bool frame_started_ = false;  // input_ holds part of a frame
   Clock::time_point frame_start_;
@@ -306,8 +351,12 @@ bool ConnectionImpl::Send(std::string payload, bool final) {
     }
     return false;
   }
-  OutFrame frame{EncodeFrameHeader(size), std::move(payload)};
+  OutFrame frame(EncodeFrameHeader(size), std::move(payload));
   const size_t cap = core_->limits.max_queued_bytes_per_connection;
+  // A handler answering inline, on the connection's own thread, with nothing
+  // queued before it: written at once, no round trip through the io_context.
+  const bool own_thread = executor_.running_in_this_thread();
+  bool write_now = false;
   bool start_write = false;
   bool resume = false;
   size_t queued = 0;
@@ -317,11 +366,12 @@ bool ConnectionImpl::Send(std::string payload, bool final) {
     queued = queued_bytes_ + frame.size();
     if (queued <= cap) {
       queued_bytes_ = queued;
-      outbox_.push_back(std::move(frame));
       if (!write_active_) {
         write_active_ = true;
-        start_write = true;
+        write_now = own_thread;
+        start_write = !own_thread;
       }
+      if (!write_now) outbox_.push_back(std::move(frame));
       if (final && in_flight_ > 0) {
         --in_flight_;
         if (read_paused_) {
@@ -337,9 +387,12 @@ bool ConnectionImpl::Send(std::string payload, bool final) {
                            " bytes of responses queued, over the cap of ", cap));
     return false;
   }
-  // On the connection's own thread (a handler answering inline), write now;
-  // from another thread, hand the write to the connection's thread.
-  if (start_write) asio::dispatch(executor_, [self = shared_from_this()] { self->StartWrite(); });
+  if (write_now) {
+    WriteNow(std::move(frame));
+  } else if (start_write) {
+    // From another thread: the write happens on the connection's thread.
+    asio::post(executor_, [self = shared_from_this()] { self->StartWrite(); });
+  }
   if (resume) asio::post(executor_, [self = shared_from_this()] { self->Resume(); });
   return true;
 }
@@ -369,6 +422,14 @@ void ConnectionImpl::CloseWith(CloseKind kind, std::string_view reason, bool flu
 
 void ConnectionImpl::OnStart() {
   if (closed()) return;
+  // Synchronous writes (WriteNow) must never block the I/O thread.
+  ErrorCode ec;
+  socket_.non_blocking(true, ec);
+  if (ec) {
+    CloseWith(CloseKind::kError,
+              absl::StrCat("cannot make the socket non-blocking: ", ec.message()));
+    return;
+  }
   connect_delivered_ = true;
   handler_->OnConnect(shared_from_this());
   ProcessInput();
@@ -379,19 +440,16 @@ void ConnectionImpl::OnStart() {
 void ConnectionImpl::ProcessInput() {
   if (closed() || reading_) return;
   const size_t max_in_flight = core_->limits.max_in_flight_per_connection;
-  size_t pos = 0;
   bool stop_reading = false;
-  for (;;) {
-    const size_t available = input_.size() - pos;
-    if (available < kFrameHeaderSize) break;
+  while (Buffered() >= kFrameHeaderSize) {
     std::array<uint8_t, kFrameHeaderSize> header;
-    std::memcpy(header.data(), input_.data() + pos, kFrameHeaderSize);
+    std::memcpy(header.data(), in_.get() + in_begin_, kFrameHeaderSize);
     const absl::StatusOr<uint32_t> length = DecodeFrameHeader(header);
     if (!length.ok()) {
       CloseWith(CloseKind::kBadFrame, ToString(length.status().message()));
       return;
     }
-    if (available < kFrameHeaderSize + *length) break;
+    if (Buffered() < kFrameHeaderSize + *length) break;
     {
       absl::MutexLock lock(&mu_);
       if (closed_) return;
@@ -406,14 +464,18 @@ void ConnectionImpl::ProcessInput() {
       }
       ++in_flight_;
     }
-    std::string payload = input_.substr(pos + kFrameHeaderSize, *length);
-    pos += kFrameHeaderSize + *length;
+    // Handed out in place (OnFrame's view lives for the call), then wiped.
+    char* const payload = in_.get() + in_begin_ + kFrameHeaderSize;
+    in_begin_ += kFrameHeaderSize + *length;
     frame_started_ = false;
     core_->frames.fetch_add(1);
-    handler_->OnFrame(shared_from_this(), std::move(payload));
+    handler_->OnFrame(shared_from_this(), std::string_view(payload, *length));
+    WipeMemory(payload, *length);
   }
-  input_.erase(0, pos);
-  if (input_.empty() && input_.capacity() > kKeepInputCapacity) std::string().swap(input_);
+  if (Buffered() == 0) {
+    in_begin_ = in_end_ = 0;
+    if (in_capacity_ > kKeepInputCapacity) ReleaseInput();
+  }
   if (core_->draining.load()) stop_reading = true;
   if (stop_reading) {
     // Whatever is buffered waits; its frame clock starts when reading resumes.
@@ -421,7 +483,7 @@ void ConnectionImpl::ProcessInput() {
     UpdateReadDeadline();
     return;
   }
-  if (!input_.empty() && !frame_started_) {
+  if (Buffered() > 0 && !frame_started_) {
     frame_started_ = true;
     frame_start_ = Clock::now();
   }
@@ -482,7 +544,7 @@ void ConnectionImpl::OnReadTimer() {
     if (read_deadline_kind_ == ReadDeadlineKind::kFrame) {
       CloseWith(CloseKind::kTimeout, absl::StrCat("frame not completed within ",
                                                   absl::FormatDuration(core_->limits.frame_timeout),
-                                                  " (", received_, " bytes received)"));
+                                                  " (", Buffered(), " bytes received)"));
     } else {
       CloseWith(CloseKind::kTimeout,
                 absl::StrCat("idle for ", absl::FormatDuration(core_->limits.idle_timeout)));
@@ -495,36 +557,59 @@ void ConnectionImpl::OnReadTimer() {
 void ConnectionImpl::ReadMore() {
   if (reading_) return;
   size_t want = kReadChunk;
-  if (input_.size() >= kFrameHeaderSize) {
+  if (Buffered() >= kFrameHeaderSize) {
     // ProcessInput validated this header: the rest of the frame is wanted.
-    const size_t length = (size_t{static_cast<uint8_t>(input_[0])} << 24) |
-                          (size_t{static_cast<uint8_t>(input_[1])} << 16) |
-                          (size_t{static_cast<uint8_t>(input_[2])} << 8) |
-                          size_t{static_cast<uint8_t>(input_[3])};
-    want = std::max(want, kFrameHeaderSize + length - input_.size());
+    const auto* h = reinterpret_cast<const uint8_t*>(in_.get() + in_begin_);
+    const size_t length =
+        (size_t{h[0]} << 24) | (size_t{h[1]} << 16) | (size_t{h[2]} << 8) | size_t{h[3]};
+    want = std::max(want, kFrameHeaderSize + length - Buffered());
   }
-  const size_t old_size = input_.size();
-  received_ = old_size;
-  input_.resize(old_size + want);
+  ReserveInput(want);
   reading_ = true;
-  socket_.async_read_some(asio::buffer(input_.data() + old_size, want),
-                          [self = shared_from_this(), old_size](const ErrorCode& ec, size_t n) {
-                            self->OnRead(ec, old_size, n);
-                          });
+  socket_.async_read_some(
+      asio::buffer(in_.get() + in_end_, in_capacity_ - in_end_),
+      [self = shared_from_this()](const ErrorCode& ec, size_t n) { self->OnRead(ec, n); });
 }
 
-void ConnectionImpl::OnRead(const ErrorCode& ec, size_t old_size, size_t n) {
+// Room for at least `want` bytes after in_end_: the unconsumed bytes move to
+// the front of the buffer, or to a larger one. At most one incomplete frame
+// is buffered when this runs, so the buffer stays within one frame and a
+// read chunk.
+void ConnectionImpl::ReserveInput(size_t want) {
+  if (in_capacity_ - in_end_ >= want) return;
+  const size_t buffered = Buffered();
+  if (in_capacity_ >= buffered + want) {
+    std::memmove(in_.get(), in_.get() + in_begin_, buffered);
+    WipeMemory(in_.get() + buffered, in_end_ - buffered);  // what the move left behind
+  } else {
+    const size_t capacity = std::max(kReadChunk, buffered + want);
+    auto grown = std::make_unique_for_overwrite<char[]>(capacity);
+    if (buffered > 0) std::memcpy(grown.get(), in_.get() + in_begin_, buffered);
+    ReleaseInput();
+    in_ = std::move(grown);
+    in_capacity_ = capacity;
+  }
+  in_begin_ = 0;
+  in_end_ = buffered;
+}
+
+void ConnectionImpl::ReleaseInput() {
+  if (in_ != nullptr) WipeMemory(in_.get() + in_begin_, Buffered());
+  in_.reset();
+  in_capacity_ = in_begin_ = in_end_ = 0;
+}
+
+void ConnectionImpl::OnRead(const ErrorCode& ec, size_t n) {
   reading_ = false;
-  input_.resize(old_size + (ec ? 0 : n));
-  received_ = input_.size();
+  if (!ec) in_end_ += n;
   if (closed() || ec == asio::error::operation_aborted) return;
   if (ec == asio::error::eof || ec == asio::error::connection_reset) {
-    if (input_.empty()) {
+    if (Buffered() == 0) {
       CloseWith(CloseKind::kPeer, "peer closed the connection");
     } else {
       CloseWith(CloseKind::kPeer, absl::StrCat("peer closed the connection in the middle of a "
                                                "frame (",
-                                               input_.size(), " bytes received)"));
+                                               Buffered(), " bytes received)"));
     }
     return;
   }
@@ -533,6 +618,33 @@ void ConnectionImpl::OnRead(const ErrorCode& ec, size_t old_size, size_t n) {
     return;
   }
   ProcessInput();
+}
+
+// On the connection's thread, with the write chain claimed (write_active_)
+// and nothing queued before `frame`: one non-blocking send. What the socket
+// does not take now, and whatever was queued meanwhile, goes the
+// asynchronous way.
+void ConnectionImpl::WriteNow(OutFrame frame) {
+  std::array<asio::const_buffer, 2> buffers;
+  ErrorCode ec;
+  const size_t n = socket_.write_some(frame.Unsent(buffers), ec);
+  if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
+    CloseWith(CloseKind::kError, absl::StrCat("write failed: ", ec.message()));
+    return;
+  }
+  bool drained = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (closed_ && !flushing_) return;
+    queued_bytes_ -= n;
+    if (n < frame.size()) {
+      frame.sent = n;
+      outbox_.push_front(std::move(frame));
+    }
+    drained = queued_bytes_ == 0;
+  }
+  if (drained && core_->limits.idle_timeout > absl::ZeroDuration()) UpdateReadDeadline();
+  StartWrite();  // the rest, or what other threads queued meanwhile; else the chain ends
 }
 
 void ConnectionImpl::StartWrite() {
@@ -553,8 +665,9 @@ void ConnectionImpl::StartWrite() {
   }
   write_buffers_.clear();
   for (const OutFrame& frame : writing_) {
-    write_buffers_.push_back(asio::buffer(frame.header));
-    write_buffers_.push_back(asio::buffer(frame.payload));
+    std::array<asio::const_buffer, 2> buffers;
+    const std::span<const asio::const_buffer> unsent = frame.Unsent(buffers);
+    write_buffers_.insert(write_buffers_.end(), unsent.begin(), unsent.end());
   }
   write_deadline_ = Clock::now() + ToClock(core_->limits.write_timeout);
   ArmWriteTimer();
@@ -566,7 +679,7 @@ void ConnectionImpl::StartWrite() {
 
 void ConnectionImpl::OnWrite(const ErrorCode& ec) {
   size_t written = 0;
-  for (const OutFrame& frame : writing_) written += frame.size();
+  for (const OutFrame& frame : writing_) written += frame.unsent();
   writing_.clear();
   write_deadline_ = Clock::time_point::max();
   if (ec) {
@@ -619,6 +732,7 @@ void ConnectionImpl::Teardown() {
   ErrorCode ignored;
   socket_.shutdown(Socket::shutdown_both, ignored);
   socket_.close(ignored);
+  ReleaseInput();  // the read, if one was pending, is aborted: nothing writes to it any more
   read_timer_.cancel();
   write_timer_.cancel();
   CloseKind kind;

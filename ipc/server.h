@@ -54,6 +54,9 @@ class Connection {
   virtual const std::string& listener() const = 0;  // "agent" or "admin"
   // Queues `payload` (1..65,536 bytes) as one frame. `final` marks the last
   // frame answering one request: it frees that request's in-flight slot.
+  // Called on the connection's own I/O thread (a handler answering inline)
+  // with nothing else queued, the frame is written at once. The payload is
+  // wiped once written or dropped (it may carry a token).
   // Returns false if the connection is closed or the queue is over its cap
   // (the connection is then closed).
   virtual bool Send(std::string payload, bool final) = 0;
@@ -77,7 +80,10 @@ class FrameHandler {
   // Called on an I/O thread, in order for each connection. Must not block:
   // hand slow work to another thread and answer with Connection::Send. Each
   // frame holds one in-flight slot until a Send(..., final = true).
-  virtual void OnFrame(const std::shared_ptr<Connection>& connection, std::string payload) = 0;
+  // `payload` points into the connection's input buffer: it is valid for the
+  // call only, and wiped when the call returns (a frame may carry a secret),
+  // so copy whatever must outlive it.
+  virtual void OnFrame(const std::shared_ptr<Connection>& connection, std::string_view payload) = 0;
   virtual void OnConnect(const std::shared_ptr<Connection>&) {}
   virtual void OnDisconnect(const Connection&) {}
 };

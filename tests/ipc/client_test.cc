@@ -44,9 +44,9 @@ enum class Mode { kNormal, kPartials, kNeverAnswer, kRefuseHello, kGarbage };
 // A small daemon stand-in: parses each Request and answers a Response.
 class ProtoHandler : public FrameHandler {
  public:
-  void OnFrame(const std::shared_ptr<Connection>& connection, std::string payload) override {
+  void OnFrame(const std::shared_ptr<Connection>& connection, std::string_view payload) override {
     v1::Request request;
-    if (!request.ParseFromString(payload)) {
+    if (!request.ParseFromArray(payload.data(), static_cast<int>(payload.size()))) {
       connection->Close("unparsable request");
       return;
     }

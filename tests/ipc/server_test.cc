@@ -45,8 +45,8 @@ using Clock = std::chrono::steady_clock;
 // Answers every frame with the same bytes, at once.
 class EchoHandler : public FrameHandler {
  public:
-  void OnFrame(const std::shared_ptr<Connection>& connection, std::string payload) override {
-    connection->Send(std::move(payload), /*final=*/true);
+  void OnFrame(const std::shared_ptr<Connection>& connection, std::string_view payload) override {
+    connection->Send(std::string(payload), /*final=*/true);
   }
   void OnConnect(const std::shared_ptr<Connection>& connection) override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -87,9 +87,9 @@ class EchoHandler : public FrameHandler {
 // Holds every frame until the test answers it.
 class HoldingHandler : public FrameHandler {
  public:
-  void OnFrame(const std::shared_ptr<Connection>& connection, std::string payload) override {
+  void OnFrame(const std::shared_ptr<Connection>& connection, std::string_view payload) override {
     std::lock_guard<std::mutex> lock(mu_);
-    held_.emplace_back(connection, std::move(payload));
+    held_.emplace_back(connection, std::string(payload));
     ++received_;
     max_held_ = std::max(max_held_, held_.size());
   }
@@ -132,11 +132,12 @@ class HoldingHandler : public FrameHandler {
 // Answers each frame with two partial frames, then (on request) a final one.
 class StreamingHandler : public FrameHandler {
  public:
-  void OnFrame(const std::shared_ptr<Connection>& connection, std::string payload) override {
-    connection->Send(payload + " part 1", /*final=*/false);
-    connection->Send(payload + " part 2", /*final=*/false);
+  void OnFrame(const std::shared_ptr<Connection>& connection, std::string_view payload) override {
+    const std::string request(payload);
+    connection->Send(request + " part 1", /*final=*/false);
+    connection->Send(request + " part 2", /*final=*/false);
     std::lock_guard<std::mutex> lock(mu_);
-    pending_.emplace_back(connection, std::move(payload));
+    pending_.emplace_back(connection, request);
     ++received_;
   }
   size_t received() {
@@ -162,8 +163,8 @@ class StreamingHandler : public FrameHandler {
 // Answers the first frame, then closes.
 class AnswerAndCloseHandler : public FrameHandler {
  public:
-  void OnFrame(const std::shared_ptr<Connection>& connection, std::string payload) override {
-    connection->Send(std::move(payload), /*final=*/true);
+  void OnFrame(const std::shared_ptr<Connection>& connection, std::string_view payload) override {
+    connection->Send(std::string(payload), /*final=*/true);
     connection->Close("answered, then closed");
     sent_after_close_ = connection->Send("after close", true);
   }
@@ -192,17 +193,17 @@ class ThreadRecordingHandler : public FrameHandler {
     std::lock_guard<std::mutex> lock(mu_);
     threads_[connection->id()].insert(std::this_thread::get_id());
   }
-  void OnFrame(const std::shared_ptr<Connection>& connection, std::string payload) override {
+  void OnFrame(const std::shared_ptr<Connection>& connection, std::string_view payload) override {
     {
       std::lock_guard<std::mutex> lock(mu_);
       threads_[connection->id()].insert(std::this_thread::get_id());
       if (connection->id() % 2 == 0) {
-        queue_.emplace_back(connection, std::move(payload));
+        queue_.emplace_back(connection, std::string(payload));
         cv_.notify_one();
         return;
       }
     }
-    connection->Send(std::move(payload), /*final=*/true);
+    connection->Send(std::string(payload), /*final=*/true);
   }
   void OnDisconnect(const Connection& connection) override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -312,6 +313,69 @@ TEST_F(ServerTest, ServesTheLargestFrame) {
   for (size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<char>('a' + i % 26);
   ASSERT_TRUE(client.SendFrame(payload));
   EXPECT_EQ(client.ReadFrame(), payload);
+}
+
+// Inline answers (written at once on the connection's thread) that the socket
+// cannot take whole: the rest of a half-written frame, and the frames behind
+// it, go the asynchronous way, in order and intact.
+TEST_F(ServerTest, InlineAnswersTheSocketCannotTakeAtOnceArriveWholeAndInOrder) {
+  EchoHandler& handler = echo_;
+  StartServer(&handler, FastLimits());
+  RawClient client = Connect();
+  timeval send_timeout = {5, 0};
+  ::setsockopt(client.fd(), SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof(send_timeout));
+  constexpr size_t kFrames = 24;  // 1.4 MB: far more than a Unix socket buffers
+  std::vector<std::string> sent;
+  for (size_t i = 0; i < kFrames; ++i) {
+    std::string payload(60000, '\0');
+    for (size_t k = 0; k < payload.size(); ++k) payload[k] = static_cast<char>('a' + (i + k) % 26);
+    ASSERT_TRUE(client.SendFrame(payload)) << "frame " << i;  // nothing is read yet
+    sent.push_back(std::move(payload));
+  }
+  for (size_t i = 0; i < kFrames; ++i) EXPECT_EQ(client.ReadFrame(), sent[i]) << "frame " << i;
+  EXPECT_EQ(server_->stats().open, 1u);
+}
+
+// Hands out each frame in place and remembers where it was.
+class RememberingHandler : public FrameHandler {
+ public:
+  void OnFrame(const std::shared_ptr<Connection>& connection, std::string_view payload) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      last_ = payload;
+    }
+    connection->Send(std::string(payload), /*final=*/true);
+  }
+  std::string_view last() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::string_view last_;
+};
+
+// A frame may carry a client secret: the server's copy is wiped once the
+// handler returns. (White-box: the view points into the live connection's
+// input buffer, which an idle connection keeps.)
+TEST_F(ServerTest, AFrameIsWipedInTheInputBufferOnceItsHandlerReturns) {
+  RememberingHandler handler;
+  StartServer(&handler, FastLimits());
+  RawClient client = Connect();
+  const std::string secret = "client_secret=s3cr3t-value-that-must-not-linger";
+  ASSERT_TRUE(client.SendFrame(secret));
+  ASSERT_EQ(client.ReadFrame(), secret);
+  const std::string_view handed = handler.last();
+  ASSERT_EQ(handed.size(), secret.size());
+  const auto wiped = [&] {
+    for (const char& c : handed) {
+      if (*static_cast<const volatile char*>(&c) != 0) return false;
+    }
+    return true;
+  };
+  EXPECT_TRUE(WaitFor(wiped));  // the answer can arrive before the handler has returned
+  server_->Shutdown(absl::ZeroDuration());
 }
 
 TEST_F(ServerTest, ClosesOnZeroLengthAndLogsTheReason) {
