@@ -40,6 +40,7 @@ absl::StatusOr<std::unique_ptr<audit::AuditLog>> OpenAuditLog(const DaemonConfig
   GV_ASSIGN_OR_RETURN(SecretBytes fingerprint_key, LoadOrCreateFingerprintKey(vault, clock));
   audit::AuditOptions options;
   options.group_commit_interval = config.audit_group_commit;
+  options.deferred_interval = config.audit_repeat_record;
   absl::StatusOr<std::unique_ptr<audit::AuditLog>> log = audit::AuditLog::Open(
       config.audit_database, std::move(signer), std::move(fingerprint_key), clock, options);
   if (!log.ok()) {

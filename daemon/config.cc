@@ -141,13 +141,15 @@ absl::Status Apply(const toml::table& root, DaemonConfig& c) {
     GV_RETURN_IF_ERROR(ReadUnsigned(*t, "agent_threads", 1, 256, &c.agent_threads));
   }
   if (const toml::table* t = Section(root, "audit")) {
-    GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "audit", {"enabled", "database", "group_commit_ms"}));
+    GV_RETURN_IF_ERROR(
+        OnlyKnownKeys(*t, "audit", {"enabled", "database", "group_commit_ms", "repeat_record_ms"}));
     if (const toml::node* n = t->get("enabled")) {
       if (!n->is_boolean()) return Invalid(*n, "audit.enabled", "must be true or false");
       c.audit_enabled = n->as_boolean()->get();
     }
     GV_RETURN_IF_ERROR(Read(*t, "database", &c.audit_database));
     GV_RETURN_IF_ERROR(ReadMillis(*t, "group_commit_ms", 0, 10000, &c.audit_group_commit));
+    GV_RETURN_IF_ERROR(ReadMillis(*t, "repeat_record_ms", 0, 400, &c.audit_repeat_record));
   }
   if (const toml::table* t = Section(root, "policy")) {
     GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "policy", {"file"}));

@@ -51,6 +51,10 @@ struct DaemonConfig {
   // Token releases are committed before the token leaves and fsynced at least
   // this often (0: every batch). Admin events are always fsynced first.
   absl::Duration audit_group_commit = absl::Milliseconds(200);
+  // Repeated releases (a token sent again to a process that already has it)
+  // are counted into a record written at most this long after (0..400 ms:
+  // repeats stop being answered early once a record has waited 500 ms).
+  absl::Duration audit_repeat_record = absl::Milliseconds(50);
 
   std::string log_level = "info";  // trace, debug, info, warn, error
 

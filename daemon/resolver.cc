@@ -17,8 +17,11 @@ bool Covers(const policy::CallerIdentity& have, const policy::AttestOptions& nee
 }  // namespace
 
 void Resolver::SetPolicy(std::shared_ptr<const policy::Policy> policy) {
-  absl::MutexLock lock(&mu_);
-  policy_ = std::move(policy);
+  {
+    absl::MutexLock lock(&mu_);
+    policy_ = std::move(policy);
+  }
+  generation_.fetch_add(1, std::memory_order_release);
 }
 
 std::shared_ptr<const policy::Policy> Resolver::policy() const {
@@ -33,8 +36,11 @@ absl::StatusOr<policy::CallerIdentity> Resolver::Attest(pid_t pid, uid_t uid, gi
 }
 
 void Resolver::ForgetGrant(const std::string& workspace_id, const std::string& connector_id) {
-  absl::MutexLock lock(&mu_);
-  directory_.erase({workspace_id, connector_id});
+  {
+    absl::MutexLock lock(&mu_);
+    directory_.erase({workspace_id, connector_id});
+  }
+  generation_.fetch_add(1, std::memory_order_release);
 }
 
 absl::StatusOr<std::shared_ptr<const store::Grant>> Resolver::FindGrant(
@@ -133,7 +139,9 @@ absl::StatusOr<Resolved> Resolver::Resolve(policy::CallerIdentity& caller,
   // The process that asked must still be the one that was attested: a PID
   // reused meanwhile must not receive the token.
   GV_RETURN_IF_ERROR(policy::StillSameProcess(caller));
-  return Resolved{std::move(token), std::move(grant), std::move(current), rule, std::move(scopes)};
+  return Resolved{
+      std::move(token), absl::InfiniteFuture(), std::move(grant), std::move(current), rule,
+      std::move(scopes)};
 }
 
 absl::StatusOr<std::vector<std::string>> Resolver::CheckQuery(const policy::Policy& current,
@@ -188,13 +196,15 @@ std::optional<absl::StatusOr<Resolved>> Resolver::ResolveIfCached(
   if (rule == nullptr || !rule->AllowsWorkspace(query.workspace_id)) return std::nullopt;
   absl::StatusOr<std::vector<std::string>> scopes = CheckQuery(*current, *rule, *grant, query);
   if (!scopes.ok()) return absl::StatusOr<Resolved>(scopes.status());
-  tokens::SharedAccessToken token = refresher_->GetCached(grant->grant_id, query.min_valid);
-  if (!token) return std::nullopt;
+  std::optional<tokens::TokenCache::Lookup> cached =
+      refresher_->GetCached(grant->grant_id, query.min_valid);
+  if (!cached) return std::nullopt;
   if (absl::Status same = policy::StillSameProcess(caller); !same.ok()) {
     return absl::StatusOr<Resolved>(same);
   }
-  return absl::StatusOr<Resolved>(
-      Resolved{std::move(token), std::move(grant), std::move(current), rule, *std::move(scopes)});
+  return absl::StatusOr<Resolved>(Resolved{std::move(cached->token), cached->refresh_at,
+                                           std::move(grant), std::move(current), rule,
+                                           *std::move(scopes)});
 }
 
 }  // namespace grantvault::daemon

@@ -18,6 +18,7 @@
 #ifndef GRANTVAULT_DAEMON_RESOLVER_H_
 #define GRANTVAULT_DAEMON_RESOLVER_H_
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <optional>
@@ -47,6 +48,8 @@ struct ResolveQuery {
 
 struct Resolved {
   tokens::SharedAccessToken token;  // never null; shared with the token cache
+  // When the token's refresh ahead falls due (answered from the cache), or never.
+  absl::Time refresh_at = absl::InfiniteFuture();
   // Shared with the Resolver's directory: never copied on the hot path.
   std::shared_ptr<const store::Grant> grant;
   // The policy the call was checked against, and its rule that allowed the
@@ -93,6 +96,14 @@ class Resolver {
   void ForgetGrant(const std::string& workspace_id, const std::string& connector_id)
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Grows whenever an answer may have changed: a new policy, a forgotten
+  // grant, a cached token replaced or dropped. Read before a resolve, it lets
+  // the caller reuse that resolve's answer for as long as it is unchanged
+  // (and the token still valid and not due for refresh: Resolved::refresh_at).
+  uint64_t generation() const {
+    return generation_.load(std::memory_order_acquire) + refresher_->cache_generation();
+  }
+
  private:
   // The rule of `current` that lets `caller` use `workspace_id`.
   static absl::StatusOr<const policy::CallerRule*> AllowWorkspaceUnder(
@@ -126,6 +137,7 @@ class Resolver {
   // makes (authorization, revocation, reauth_required).
   std::map<std::pair<std::string, std::string>, std::shared_ptr<const store::Grant>> directory_
       ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> generation_{0};  // bumped after SetPolicy and ForgetGrant
 };
 
 }  // namespace grantvault::daemon

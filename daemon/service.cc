@@ -794,15 +794,19 @@ void Service::DispatchAgent(const std::shared_ptr<ipc::Connection>& connection, 
 
 namespace {
 
+absl::Duration MinValidOf(const v1::ResolveRequest& in) {
+  return in.min_valid_seconds() == 0
+             ? kDefaultMinValid
+             : std::min(absl::Seconds(in.min_valid_seconds()), kMaxMinValid);
+}
+
 ResolveQuery QueryFor(const v1::ResolveRequest& in, absl::Time deadline) {
   ResolveQuery query;
   query.workspace_id = in.workspace_id();
   query.connector_id = in.connector_id();
   if (!in.tool().empty()) query.tool = in.tool();
   query.scopes.assign(in.scopes().begin(), in.scopes().end());
-  query.min_valid = in.min_valid_seconds() == 0
-                        ? kDefaultMinValid
-                        : std::min(absl::Seconds(in.min_valid_seconds()), kMaxMinValid);
+  query.min_valid = MinValidOf(in);
   query.deadline = deadline;
   return query;
 }
@@ -867,13 +871,75 @@ bool Service::TryResolveOnIoThread(const std::shared_ptr<ipc::Connection>& conne
                                    const v1::Request& request, absl::Time received) {
   if (agents_.resolver == nullptr) return false;
   std::shared_ptr<CallerSlot> slot = CallerOf(*connection);
+  if (slot != nullptr && TryAnswerRepeat(connection, *slot, request, received)) return true;
   absl::StatusOr<std::shared_ptr<const policy::CallerIdentity>> caller = SharedCaller(slot.get());
   if (!caller.ok()) return false;
+  // Read before anything the answer depends on: a change after this makes a
+  // memo of the answer stale.
+  RepeatBasis basis{agents_.resolver->generation(), *caller};
   const ResolveQuery query = QueryFor(request.resolve(), received + kDefaultAgentDeadline);
   std::optional<absl::StatusOr<Resolved>> resolved =
       agents_.resolver->ResolveIfCached(**caller, query);
   if (!resolved) return false;
-  FinishResolve(connection, request, slot, caller->get(), std::move(*resolved));
+  FinishResolve(connection, request, slot, caller->get(), std::move(*resolved), basis);
+  return true;
+}
+
+void Service::RememberRepeat(CallerSlot& slot, const v1::ResolveRequest& in,
+                             const Resolved& resolved, const RepeatBasis& basis, uint64_t epoch) {
+  // The memo answers with the slot's encoded answer and counts into its
+  // record: only while both are this release's.
+  if (slot.reply_serial != resolved.token->serial || slot.reply_grant != resolved.grant ||
+      !slot.identity.ok() || *slot.identity != basis.caller) {
+    slot.repeat.Forget();
+    return;
+  }
+  slot.repeat.Remember(in, RepeatMemo::Basis{basis.generation, epoch, basis.caller, resolved.grant,
+                                             resolved.token->serial, resolved.token->expires_at,
+                                             resolved.refresh_at, slot.counting});
+}
+
+bool Service::TryAnswerRepeat(const std::shared_ptr<ipc::Connection>& connection, CallerSlot& slot,
+                              const v1::Request& request, absl::Time now) {
+  // As CountRepeat's callers: repeats wait for their record while the log lags.
+  if (trail_.audit == nullptr || trail_.audit->backlog() >= kMaxAuditBacklog ||
+      trail_.audit->oldest_uncommitted_age() >= kMaxUnrecordedRepeatAge) {
+    return false;
+  }
+  const v1::ResolveRequest& in = request.resolve();
+  const uint64_t generation = agents_.resolver->generation();
+  const uint64_t epoch = audit_epoch_->load();
+  const absl::Duration min_valid = MinValidOf(in);
+  std::shared_ptr<const policy::CallerIdentity> caller;
+  std::shared_ptr<audit::PendingCount> counting;
+  std::string frame;
+  std::string grant_id;
+  {
+    absl::MutexLock lock(&slot.mu);
+    const RepeatMemo::Current current{
+        generation,
+        epoch,
+        slot.identity.ok() ? slot.identity->get() : nullptr,
+        slot.reply_grant.get(),
+        slot.reply_serial,
+        slot.counting.get(),
+    };
+    if (!slot.repeat.Answers(in, now, min_valid, current)) return false;
+    caller = slot.repeat.basis().caller;
+    counting = slot.repeat.basis().counting;
+    if (spdlog::should_log(spdlog::level::debug)) grant_id = slot.repeat.basis().grant->grant_id;
+    frame = TokenFrame(request.request_id(), slot.reply);
+  }
+  // As on the full path: the process must still be the one attested, and the
+  // repeat is counted before its token leaves.
+  if (!policy::StillSameProcess(*caller).ok() || !counting->Add()) {
+    WipeMemory(frame.data(), frame.capacity());
+    return false;  // the full path says why, or records the repeat anew
+  }
+  const ipc::PeerCredentials& peer = connection->peer();
+  spdlog::debug("token.released uid={} pid={} workspace={} connector={} grant={} tool={}", peer.uid,
+                peer.pid, in.workspace_id(), in.connector_id(), grant_id, in.tool());
+  connection->Send(std::move(frame), /*final=*/true);
   return true;
 }
 
@@ -901,8 +967,8 @@ void Service::RunResolve(const std::shared_ptr<ipc::Connection>& connection,
 
 void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
                             const v1::Request& request, const std::shared_ptr<CallerSlot>& slot,
-                            const policy::CallerIdentity* caller,
-                            absl::StatusOr<Resolved> resolved) {
+                            const policy::CallerIdentity* caller, absl::StatusOr<Resolved> resolved,
+                            const std::optional<RepeatBasis>& basis) {
   const v1::ResolveRequest& in = request.resolve();
   const ipc::PeerCredentials& peer = connection->peer();
   const uint64_t id = request.request_id();
@@ -971,7 +1037,13 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
     // recorded (counted into a deferred record), without holding the answer
     // back. A failure makes every release wait for its record again.
     connection->Send(*std::move(frame), /*final=*/true);
-    if (kind == RepeatKind::kCounted) return;
+    if (kind == RepeatKind::kCounted) {
+      if (basis) {
+        absl::MutexLock lock(&slot->mu);
+        RememberRepeat(*slot, in, *resolved, *basis, epoch);
+      }
+      return;
+    }
   }
   audit::Event e = event_of_call();
   e.type = "token.released";
@@ -994,6 +1066,7 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
       absl::MutexLock lock(&slot->mu);
       slot->counting_key = std::move(key);
       slot->counting = std::move(count);
+      if (basis) RememberRepeat(*slot, in, *resolved, *basis, epoch);
     }
     return;
   }

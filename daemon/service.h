@@ -14,6 +14,7 @@
 #include <atomic>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,7 @@
 #include "audit/audit_log.h"
 #include "common/clock.h"
 #include "common/secret_bytes.h"
+#include "daemon/repeat_memo.h"
 #include "daemon/resolver.h"
 #include "daemon/upstream_revoker.h"
 #include "daemon/vault.h"
@@ -108,6 +110,11 @@ class Service {
 
  private:
   class Handler;
+  // What a memo made from a resolve on the I/O thread rests on.
+  struct RepeatBasis {
+    uint64_t generation = 0;  // Resolver::generation() before the resolve
+    std::shared_ptr<const policy::CallerIdentity> caller;
+  };
   // The caller on an agent connection, attested when it connected. Resolves
   // of one connection may run at once; each works on a copy.
   struct CallerSlot {
@@ -128,6 +135,8 @@ class Service {
     SecretBytes reply ABSL_GUARDED_BY(mu);
     uint64_t reply_serial ABSL_GUARDED_BY(mu) = 0;
     std::shared_ptr<const store::Grant> reply_grant ABSL_GUARDED_BY(mu);
+    // The last counted release, to answer its exact repeat (TryAnswerRepeat).
+    RepeatMemo repeat ABSL_GUARDED_BY(mu);
   };
   enum class RepeatKind {
     kFirst,      // not known to be recorded: wait for the record
@@ -165,11 +174,20 @@ class Service {
   // cache), on the I/O thread; false when it needs a worker.
   bool TryResolveOnIoThread(const std::shared_ptr<ipc::Connection>& connection,
                             const v1::Request& request, absl::Time received);
+  // The exact repeat of the slot's memo (RepeatMemo), answered and counted
+  // with nothing but the memo, the caller's liveness check and a few atomics;
+  // false (nothing sent) when anything differs.
+  bool TryAnswerRepeat(const std::shared_ptr<ipc::Connection>& connection, CallerSlot& slot,
+                       const v1::Request& request, absl::Time now);
   // Audits and answers a resolve: a token only once its release to this
-  // process is recorded.
+  // process is recorded. With `basis`, a counted repeat becomes the slot's memo.
   void FinishResolve(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request,
                      const std::shared_ptr<CallerSlot>& slot, const policy::CallerIdentity* caller,
-                     absl::StatusOr<Resolved> resolved);
+                     absl::StatusOr<Resolved> resolved,
+                     const std::optional<RepeatBasis>& basis = std::nullopt);
+  static void RememberRepeat(CallerSlot& slot, const v1::ResolveRequest& in,
+                             const Resolved& resolved, const RepeatBasis& basis, uint64_t epoch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(slot.mu);
   // Whether the release named `key` (ReleaseKey) was recorded for this
   // connection's process in audit epoch `epoch` (and if so, counts it into the
   // connection's queued record when there is one); and remembering that it was.

@@ -121,7 +121,9 @@ absl::StatusOr<SharedAccessToken> Refresher::GetAccessToken(std::string_view gra
                                                             absl::Time deadline) {
   if (grant_id.empty()) return absl::InvalidArgumentError("a grant id is required");
   if (min_valid < absl::ZeroDuration()) min_valid = absl::ZeroDuration();
-  if (SharedAccessToken hit = GetCached(grant_id, min_valid)) return hit;
+  if (std::optional<TokenCache::Lookup> hit = GetCached(grant_id, min_valid)) {
+    return std::move(hit->token);
+  }
 
   absl::StatusOr<SharedAccessToken> result = absl::UnknownError("unset");
   {
@@ -156,12 +158,12 @@ absl::StatusOr<SharedAccessToken> Refresher::GetAccessToken(std::string_view gra
   return result;
 }
 
-SharedAccessToken Refresher::GetCached(std::string_view grant_id, absl::Duration min_valid) {
+std::optional<TokenCache::Lookup> Refresher::GetCached(std::string_view grant_id,
+                                                       absl::Duration min_valid) {
   std::optional<TokenCache::Lookup> hit = cache_.GetClaimingRefresh(
       grant_id, std::max(min_valid, absl::ZeroDuration()), kMinRefreshAheadRetry);
-  if (!hit) return nullptr;
-  if (hit->refresh_claimed) StartRefreshAhead(grant_id);
-  return std::move(hit->token);
+  if (hit && hit->refresh_claimed) StartRefreshAhead(grant_id);
+  return hit;
 }
 
 void Refresher::Revoke(std::string_view grant_id, std::string reason) {

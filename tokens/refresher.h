@@ -145,9 +145,12 @@ class Refresher {
 
   // The cache-hit half of GetAccessToken, which never waits: the cached token
   // when it stays valid for `min_valid` (starting a refresh ahead in the
-  // background when one is due), null otherwise. A revoked grant's token
+  // background when one is due), nullopt otherwise. A revoked grant's token
   // is never cached, so a hit is a token of a grant not revoked here.
-  SharedAccessToken GetCached(std::string_view grant_id, absl::Duration min_valid);
+  std::optional<TokenCache::Lookup> GetCached(std::string_view grant_id, absl::Duration min_valid);
+  // TokenCache::generation() of the cache: changes when any cached token is
+  // replaced (a refresh) or dropped (a revocation, a reauth_required).
+  uint64_t cache_generation() const { return cache_.generation(); }
 
   // The revoke path calls this (after or before marking the grant revoked in
   // the store): the cached token is erased, every caller waiting for the

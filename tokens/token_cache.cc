@@ -39,6 +39,7 @@ std::optional<TokenCache::Lookup> TokenCache::GetClaimingRefresh(std::string_vie
     lookup.refresh_claimed = true;
     entry.refresh_at = now + std::max(min_retry, (entry.token->expires_at - now) / 4);
   }
+  lookup.refresh_at = entry.refresh_at;
   return lookup;
 }
 
@@ -66,6 +67,7 @@ void TokenCache::Put(std::string_view grant_id, SharedAccessToken token, absl::T
   auto [it, inserted] = entries_.try_emplace(std::string(grant_id));
   if (!inserted) replaced = std::move(it->second.token);
   it->second = Entry{std::move(token), refresh_at};
+  generation_.fetch_add(1, std::memory_order_release);
 }
 
 void TokenCache::Erase(std::string_view grant_id) {
@@ -75,6 +77,7 @@ void TokenCache::Erase(std::string_view grant_id) {
   if (it == entries_.end()) return;
   erased = std::move(it->second.token);
   entries_.erase(it);
+  generation_.fetch_add(1, std::memory_order_release);
 }
 
 size_t TokenCache::size() const {

@@ -8,6 +8,7 @@
 #ifndef GRANTVAULT_TOKENS_TOKEN_CACHE_H_
 #define GRANTVAULT_TOKENS_TOKEN_CACHE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -63,6 +64,8 @@ class TokenCache {
     SharedAccessToken token;  // never null
     // This caller claimed the entry's refresh ahead of expiry and should start it.
     bool refresh_claimed = false;
+    // When the next refresh ahead falls due (after this lookup's claim, if any).
+    absl::Time refresh_at = absl::InfiniteFuture();
   };
   // As Get; and when the entry's refresh time has come, exactly one caller is
   // told refresh_claimed, and the entry's refresh time moves on by a quarter
@@ -72,6 +75,9 @@ class TokenCache {
                                            absl::Duration min_retry);
   void Erase(std::string_view grant_id);
   size_t size() const;
+  // Grows with every Put and Erase (read it before a lookup): a caller that
+  // remembers an answer can tell that a token was replaced or removed since.
+  uint64_t generation() const { return generation_.load(std::memory_order_acquire); }
 
  private:
   Clock* const clock_;
@@ -81,6 +87,7 @@ class TokenCache {
     absl::Time refresh_at = absl::InfiniteFuture();
   };
   std::map<std::string, Entry, std::less<>> entries_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> generation_{0};  // bumped after each change of entries_
 };
 
 }  // namespace grantvault::tokens

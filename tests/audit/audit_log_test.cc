@@ -21,6 +21,7 @@
 #include "nlohmann/json.hpp"
 #include "tests/audit/audit_test_fixture.h"
 #include "tests/audit/audit_test_util.h"
+#include "tests/testing/wait.h"
 
 namespace grantvault::audit {
 namespace {
@@ -34,15 +35,7 @@ using testing::SoftwareSigner;
 using testing::TokenEvent;
 using testing::VerifyString;
 
-// Polls `done` every few milliseconds for up to ten seconds.
-bool WaitFor(const std::function<bool()>& done) {
-  absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (absl::Now() < deadline) {
-    if (done()) return true;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return done();
-}
+using ::grantvault::testing::WaitFor;
 
 // Runs SQL on the database with a connection of the test's own (no defensive
 // mode: tests tamper with the file as an attacker with write access would).

@@ -26,6 +26,7 @@
 #include "tests/testing/daemon_process.h"
 #include "tests/testing/oauth_provider.h"
 #include "tests/testing/temp_dir.h"
+#include "tests/testing/wait.h"
 
 namespace grantvault {
 namespace {
@@ -77,7 +78,12 @@ class ResolveTest : public ::testing::Test {
     WritePolicy(PolicyFor(::getuid()));
     std::ofstream(config_) << "[oauth]\nca_file = \"" << provider_->ca_file()
                            << "\"\nuse_system_trust_store = false\n[policy]\nfile = \"" << policy_
-                           << "\"\n[limits]\nmax_in_flight_per_connection = 64\n";
+                           << "\"\n[limits]\nmax_in_flight_per_connection = 64\n"
+                           // Repeats are counted into one record for 400 ms (and
+                           // no fsync takes it sooner): long enough for a test to
+                           // reach the connection's memo of them (RepeatMemo)
+                           // after a fork and an exit.
+                           << "[audit]\nrepeat_record_ms = 400\ngroup_commit_ms = 1000\n";
     StartDaemon();
     RegisterAndAuthorize({"openid", "offline_access", "read"});
   }
@@ -310,6 +316,77 @@ TEST_F(ResolveTest, ThePolicyRefusesWhatItDoesNotAllow) {
   EXPECT_TRUE(ok.has_resolve()) << ok.error().message();
 }
 
+// One connection repeating one request is answered from its memo of the last
+// counted release (daemon/service.h, RepeatMemo): every change the answer
+// depends on must end the memo at once.
+TEST_F(ResolveTest, ARepeatedResolveIsAnsweredAfreshOnceAnythingItRestsOnChanges) {
+  const v1::Request read = ResolveRequest(kWorkspace, "read_docs");
+  // A first release, a repeat that starts a counted record, repeats counted into it.
+  std::string token;
+  for (int i = 0; i < 4; ++i) {
+    v1::Response r = Resolve(read);
+    ASSERT_TRUE(r.has_resolve()) << r.error().message();
+    if (token.empty()) token = r.resolve().access_token();
+    EXPECT_EQ(r.resolve().access_token(), token);
+  }
+  auto code = [&](const v1::Request& request) {
+    v1::Response r = Resolve(request);
+    return r.has_error() ? r.error().code() : v1::Error::CODE_UNSPECIFIED;
+  };
+  // Another request on the same connection is checked in full.
+  EXPECT_EQ(code(ResolveRequest(kWorkspace, "read_docs", {"write"})), v1::Error::PERMISSION_DENIED);
+  EXPECT_EQ(Resolve(read).resolve().access_token(), token);
+
+  // A reloaded policy applies to the very next repeat.
+  WritePolicy(PolicyFor(::getuid() + 4242));
+  daemon_->Signal(SIGHUP);
+  ASSERT_TRUE(testing::WaitFor([&] { return code(read) == v1::Error::PERMISSION_DENIED; }));
+  WritePolicy(PolicyFor(::getuid()));
+  daemon_->Signal(SIGHUP);
+  ASSERT_TRUE(testing::WaitFor([&] { return code(read) == v1::Error::CODE_UNSPECIFIED; }));
+  EXPECT_EQ(Resolve(read).resolve().access_token(), token);
+
+  // A longer min_valid than the token has left is not served from the memo.
+  v1::Response longer = Resolve(ResolveRequest(kWorkspace, "read_docs", {}, 600));
+  ASSERT_TRUE(longer.has_resolve()) << longer.error().message();
+  EXPECT_NE(longer.resolve().access_token(), token);
+  token = longer.resolve().access_token();
+
+  // Repeats never get a token closer to its expiry than they ask for (1 s),
+  // and the refreshes reach the connection; at least one ahead of expiry
+  // (the provider's tokens live 4 s, refresh-ahead starts 2 s before the
+  // end): the old token still had more than the asked second left.
+  int switches = 0;
+  bool switched_ahead = false;
+  std::string last = token;
+  absl::Time last_expiry = absl::FromUnixMillis(longer.resolve().expires_at_ms());
+  const absl::Time end = absl::Now() + absl::Seconds(9);
+  while (absl::Now() < end) {
+    v1::Response r = Resolve(read);
+    const absl::Time now = absl::Now();
+    ASSERT_TRUE(r.has_resolve()) << r.error().message();
+    EXPECT_GE(absl::FromUnixMillis(r.resolve().expires_at_ms()), now + absl::Seconds(1));
+    if (r.resolve().access_token() != last) {
+      ++switches;
+      if (last_expiry - now > absl::Milliseconds(1300)) switched_ahead = true;
+      last = r.resolve().access_token();
+      last_expiry = absl::FromUnixMillis(r.resolve().expires_at_ms());
+    }
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_GE(switches, 2);
+  EXPECT_TRUE(switched_ahead);
+
+  // A revocation ends the memo before the revoke call returns.
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Resolve(read).has_resolve());
+  v1::Request revoke;
+  revoke.mutable_revoke_grant()->set_grant_id(grant_id_);
+  revoke.mutable_revoke_grant()->set_reason("memo test");
+  v1::Response revoked = Admin(revoke);
+  ASSERT_FALSE(revoked.has_error()) << revoked.error().message();
+  EXPECT_EQ(code(read), v1::Error::REVOKED);
+}
+
 TEST_F(ResolveTest, AnUnknownConnectorIsNotFound) {
   v1::Request request = ResolveRequest(kWorkspace, "");
   WritePolicy(PolicyFor(::getuid(), /*allow_without_tool=*/true));
@@ -332,6 +409,13 @@ TEST_F(ResolveTest, AConnectionWhoseProcessExitedIsRefused) {
     ::close(report[0]);
     testing::RawSocket raw(socket);
     if (!raw.connected() || !raw.Hello()) ::_exit(10);
+    // Repeats first, so that the grandchild's request is an exact repeat of
+    // the connection's last release (answered from its memo but for this check).
+    for (int i = 0; i < 4; ++i) {
+      if (!raw.WriteRequest(ResolveRequest(kWorkspace, "read_docs"))) ::_exit(12);
+      std::optional<v1::Response> r = raw.ReadResponse();
+      if (!r || !r->has_resolve()) ::_exit(13);
+    }
     const pid_t attested = ::getpid();
     if (::fork() == 0) {
       // Wait until the child is gone (a zombie counts as gone).

@@ -73,6 +73,25 @@ TEST(TokenCacheTest, AHitSharesTheCachedTokenAndOutlivesItsEntry) {
   EXPECT_EQ(cache.Get("gr_a", absl::ZeroDuration())->token.view(), "tok-b");
 }
 
+TEST(TokenCacheTest, TheGenerationGrowsWithEveryPutAndEraseOnly) {
+  ManualClock clock;
+  TokenCache cache(&clock);
+  const uint64_t empty = cache.generation();
+  cache.Put("gr_a", Token("one", absl::InfiniteFuture()));
+  const uint64_t one = cache.generation();
+  EXPECT_GT(one, empty);
+  // Lookups, hits or misses, and claims change nothing.
+  ASSERT_NE(cache.Get("gr_a", absl::ZeroDuration()), nullptr);
+  EXPECT_EQ(cache.Get("gr_b", absl::ZeroDuration()), nullptr);
+  ASSERT_TRUE(cache.GetClaimingRefresh("gr_a", absl::ZeroDuration(), absl::Seconds(1)));
+  EXPECT_EQ(cache.generation(), one);
+  cache.Put("gr_a", Token("two", absl::InfiniteFuture()));  // a refresh
+  const uint64_t two = cache.generation();
+  EXPECT_GT(two, one);
+  cache.Erase("gr_a");  // a revocation
+  EXPECT_GT(cache.generation(), two);
+}
+
 TEST(TokenCacheTest, ARefreshAheadIsClaimedByOneCallerAtATime) {
   ManualClock clock;
   TokenCache cache(&clock);
@@ -81,11 +100,13 @@ TEST(TokenCacheTest, ARefreshAheadIsClaimedByOneCallerAtATime) {
   auto early = cache.GetClaimingRefresh("gr_a", absl::ZeroDuration(), absl::Seconds(1));
   ASSERT_TRUE(early.has_value());
   EXPECT_FALSE(early->refresh_claimed);
+  EXPECT_EQ(early->refresh_at, expires - absl::Seconds(40));
 
   clock.Advance(absl::Seconds(60));  // due, 40 s left
   auto claimed = cache.GetClaimingRefresh("gr_a", absl::ZeroDuration(), absl::Seconds(1));
   ASSERT_TRUE(claimed.has_value());
   EXPECT_TRUE(claimed->refresh_claimed);
+  EXPECT_EQ(claimed->refresh_at, clock.Now() + absl::Seconds(10));  // the lookup says when next
   EXPECT_EQ(claimed->token->token.view(), "tok-a");
   // Everyone else is served without the claim, until a quarter of the remaining life passed.
   for (int i = 0; i < 5; ++i) {
