@@ -287,6 +287,9 @@ class ConnectionImpl final : public Connection,
   void ReserveInput(size_t want);
   void ReleaseInput();
   void WriteNow(OutFrame frame);
+  // The outbox is empty: the write chain ends; true when that completes a
+  // flushing close (the caller then tears down).
+  bool EndWriteChainLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StartWrite();
   void OnWrite(const ErrorCode& ec);
   void ArmWriteTimer();
@@ -500,6 +503,13 @@ void ConnectionImpl::Resume() {
 }
 
 void ConnectionImpl::UpdateReadDeadline() {
+  const absl::Duration idle = core_->limits.idle_timeout;
+  if (!frame_started_ && idle <= absl::ZeroDuration()) {
+    // No frame under way and no idle limit: nothing to time, paused or not.
+    read_deadline_ = Clock::time_point::max();
+    read_deadline_kind_ = ReadDeadlineKind::kNone;
+    return;
+  }
   bool paused;
   bool busy;  // a request is being answered: the connection is not idle
   {
@@ -507,7 +517,6 @@ void ConnectionImpl::UpdateReadDeadline() {
     paused = read_paused_;
     busy = in_flight_ > 0 || queued_bytes_ > 0;
   }
-  const absl::Duration idle = core_->limits.idle_timeout;
   if (paused || core_->draining.load()) {
     read_deadline_ = Clock::time_point::max();
     read_deadline_kind_ = ReadDeadlineKind::kNone;
@@ -633,6 +642,8 @@ void ConnectionImpl::WriteNow(OutFrame frame) {
     return;
   }
   bool drained = false;
+  bool more = false;
+  bool teardown = false;
   {
     absl::MutexLock lock(&mu_);
     if (closed_ && !flushing_) return;
@@ -642,18 +653,29 @@ void ConnectionImpl::WriteNow(OutFrame frame) {
       outbox_.push_front(std::move(frame));
     }
     drained = queued_bytes_ == 0;
+    more = !outbox_.empty();  // the rest, or what other threads queued meanwhile
+    if (!more) teardown = EndWriteChainLocked();
+  }
+  if (teardown) {
+    asio::post(executor_, [self = shared_from_this()] { self->Teardown(); });
+    return;
   }
   if (drained && core_->limits.idle_timeout > absl::ZeroDuration()) UpdateReadDeadline();
-  StartWrite();  // the rest, or what other threads queued meanwhile; else the chain ends
+  if (more) StartWrite();
+}
+
+bool ConnectionImpl::EndWriteChainLocked() {
+  write_active_ = false;
+  if (!flushing_) return false;
+  flushing_ = false;  // everything queued before the close is written
+  return true;
 }
 
 void ConnectionImpl::StartWrite() {
   {
     absl::MutexLock lock(&mu_);
     if ((closed_ && !flushing_) || outbox_.empty()) {
-      write_active_ = false;
-      if (flushing_) {
-        flushing_ = false;  // everything queued before the close is written
+      if (EndWriteChainLocked()) {
         asio::post(executor_, [self = shared_from_this()] { self->Teardown(); });
       }
       return;
