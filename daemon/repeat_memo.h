@@ -3,7 +3,9 @@
 // audit record: docs/audit.md), so that the exact repeat of that request is
 // answered without the resolver (docs/performance.md, "The repeat memo").
 //
-// The memo holds the request as asked and everything its answer was checked
+// The memo holds the request as encoded (an exact repeat is the same bytes
+// but for the request id: no parsing needed to recognise it) and everything
+// its answer was checked
 // against or made of: the Resolver's generation (policy, grant directory,
 // token cache) and the audit epoch read before the checks, the caller's
 // identity, the grant and token the connection's encoded answer is of, the
@@ -21,12 +23,14 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/time/time.h"
 #include "audit/audit_log.h"
-#include "grantvault/v1/agent.pb.h"
+#include "grantvault/v1/envelope.pb.h"
 #include "policy/attestation.h"
 #include "store/grant_store.h"
 
@@ -57,27 +61,38 @@ class RepeatMemo {
     const audit::PendingCount* counting = nullptr;
   };
 
-  // Remembers `in` as answered on `basis` (nothing, if basis has no record,
-  // caller, grant or token serial to rest on).
-  void Remember(const v1::ResolveRequest& in, Basis basis);
+  // A frame as its request id and the rest of its encoding past the request
+  // id and the deadline (which does not change an answer from memory), when
+  // it starts with the request id (protobuf encoders write fields in number
+  // order: request_id is field 1, deadline_ms field 3); nullopt otherwise:
+  // parse it.
+  struct Framed {
+    uint64_t request_id = 0;
+    std::string_view rest;
+  };
+  static std::optional<Framed> SplitRequestId(std::string_view frame);
+
+  // Remembers the Resolve `request` as answered on `basis` (nothing, if basis
+  // has no record, caller, grant or token serial to rest on). `min_valid` is
+  // the validity the request asks of its token.
+  void Remember(const v1::Request& request, absl::Duration min_valid, Basis basis);
   void Forget() { *this = RepeatMemo(); }
 
-  // Whether `in`, asked at `now` for a token valid `min_valid` more, is the
-  // remembered request and `current` is what its answer rested on.
-  bool Answers(const v1::ResolveRequest& in, absl::Time now, absl::Duration min_valid,
-               const Current& current) const;
+  // Whether a frame whose encoding after its request id is `rest`, received
+  // at `now`, is the remembered request, byte for byte, and `current` is
+  // what its answer rested on.
+  bool Answers(std::string_view rest, absl::Time now, const Current& current) const;
 
-  // The remembered answer's basis (meaningful while Answers can be true).
+  // The remembered answer's basis and request (meaningful while Answers can
+  // be true).
   const Basis& basis() const { return basis_; }
+  const v1::ResolveRequest& resolve() const { return resolve_; }
 
  private:
-  bool Asks(const v1::ResolveRequest& in) const;
-
   bool remembered_ = false;
-  std::string workspace_id_;
-  std::string connector_id_;
-  std::string tool_;
-  std::vector<std::string> scopes_;  // as asked, in order
+  std::string encoded_;         // the Request's encoding without request id and deadline
+  v1::ResolveRequest resolve_;  // its Resolve, for the caller's log line
+  absl::Duration min_valid_;
   Basis basis_;
 };
 

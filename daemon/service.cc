@@ -393,6 +393,7 @@ void Service::OnDisconnect(const ipc::Connection& connection) {
 void Service::OnFrame(v1::HelloReply::Role role, const std::shared_ptr<ipc::Connection>& connection,
                       std::string_view payload) {
   const absl::Time received = clock_->Now();
+  if (role == v1::HelloReply::AGENT && TryAnswerRepeat(connection, payload, received)) return;
   v1::Request request;
   // (The ipc server wipes the frame, which may carry a client secret or a
   // code, once this returns.)
@@ -871,7 +872,6 @@ bool Service::TryResolveOnIoThread(const std::shared_ptr<ipc::Connection>& conne
                                    const v1::Request& request, absl::Time received) {
   if (agents_.resolver == nullptr) return false;
   std::shared_ptr<CallerSlot> slot = CallerOf(*connection);
-  if (slot != nullptr && TryAnswerRepeat(connection, *slot, request, received)) return true;
   absl::StatusOr<std::shared_ptr<const policy::CallerIdentity>> caller = SharedCaller(slot.get());
   if (!caller.ok()) return false;
   // Read before anything the answer depends on: a change after this makes a
@@ -885,8 +885,8 @@ bool Service::TryResolveOnIoThread(const std::shared_ptr<ipc::Connection>& conne
   return true;
 }
 
-void Service::RememberRepeat(CallerSlot& slot, const v1::ResolveRequest& in,
-                             const Resolved& resolved, const RepeatBasis& basis, uint64_t epoch) {
+void Service::RememberRepeat(CallerSlot& slot, const v1::Request& request, const Resolved& resolved,
+                             const RepeatBasis& basis, uint64_t epoch) {
   // The memo answers with the slot's encoded answer and counts into its
   // record: only while both are this release's.
   if (slot.reply_serial != resolved.token->serial || slot.reply_grant != resolved.grant ||
@@ -894,25 +894,34 @@ void Service::RememberRepeat(CallerSlot& slot, const v1::ResolveRequest& in,
     slot.repeat.Forget();
     return;
   }
-  slot.repeat.Remember(in, RepeatMemo::Basis{basis.generation, epoch, basis.caller, resolved.grant,
-                                             resolved.token->serial, resolved.token->expires_at,
-                                             resolved.refresh_at, slot.counting});
+  slot.repeat.Remember(request, MinValidOf(request.resolve()),
+                       RepeatMemo::Basis{basis.generation, epoch, basis.caller, resolved.grant,
+                                         resolved.token->serial, resolved.token->expires_at,
+                                         resolved.refresh_at, slot.counting});
 }
 
-bool Service::TryAnswerRepeat(const std::shared_ptr<ipc::Connection>& connection, CallerSlot& slot,
-                              const v1::Request& request, absl::Time now) {
+bool Service::TryAnswerRepeat(const std::shared_ptr<ipc::Connection>& connection,
+                              std::string_view payload, absl::Time now) {
   // As CountRepeat's callers: repeats wait for their record while the log lags.
-  if (trail_.audit == nullptr || trail_.audit->backlog() >= kMaxAuditBacklog ||
+  if (agents_.resolver == nullptr || trail_.audit == nullptr ||
+      trail_.audit->backlog() >= kMaxAuditBacklog ||
       trail_.audit->oldest_uncommitted_age() >= kMaxUnrecordedRepeatAge) {
     return false;
   }
-  const v1::ResolveRequest& in = request.resolve();
+  const ConnectionState* state = StateOf(*connection);
+  if (state == nullptr || state->caller == nullptr ||
+      !state->hello_done.load(std::memory_order_acquire)) {
+    return false;
+  }
+  const std::optional<RepeatMemo::Framed> framed = RepeatMemo::SplitRequestId(payload);
+  if (!framed) return false;
+  CallerSlot& slot = *state->caller;
   const uint64_t generation = agents_.resolver->generation();
   const uint64_t epoch = audit_epoch_->load();
-  const absl::Duration min_valid = MinValidOf(in);
   std::shared_ptr<const policy::CallerIdentity> caller;
   std::shared_ptr<audit::PendingCount> counting;
   std::string frame;
+  v1::ResolveRequest logged;  // for the debug log only
   std::string grant_id;
   {
     absl::MutexLock lock(&slot.mu);
@@ -924,11 +933,14 @@ bool Service::TryAnswerRepeat(const std::shared_ptr<ipc::Connection>& connection
         slot.reply_serial,
         slot.counting.get(),
     };
-    if (!slot.repeat.Answers(in, now, min_valid, current)) return false;
+    if (!slot.repeat.Answers(framed->rest, now, current)) return false;
     caller = slot.repeat.basis().caller;
     counting = slot.repeat.basis().counting;
-    if (spdlog::should_log(spdlog::level::debug)) grant_id = slot.repeat.basis().grant->grant_id;
-    frame = TokenFrame(request.request_id(), slot.reply);
+    if (spdlog::should_log(spdlog::level::debug)) {
+      logged = slot.repeat.resolve();
+      grant_id = slot.repeat.basis().grant->grant_id;
+    }
+    frame = TokenFrame(framed->request_id, slot.reply);
   }
   // As on the full path: the process must still be the one attested, and the
   // repeat is counted before its token leaves.
@@ -938,7 +950,7 @@ bool Service::TryAnswerRepeat(const std::shared_ptr<ipc::Connection>& connection
   }
   const ipc::PeerCredentials& peer = connection->peer();
   spdlog::debug("token.released uid={} pid={} workspace={} connector={} grant={} tool={}", peer.uid,
-                peer.pid, in.workspace_id(), in.connector_id(), grant_id, in.tool());
+                peer.pid, logged.workspace_id(), logged.connector_id(), grant_id, logged.tool());
   connection->Send(std::move(frame), /*final=*/true);
   return true;
 }
@@ -1040,7 +1052,7 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
     if (kind == RepeatKind::kCounted) {
       if (basis) {
         absl::MutexLock lock(&slot->mu);
-        RememberRepeat(*slot, in, *resolved, *basis, epoch);
+        RememberRepeat(*slot, request, *resolved, *basis, epoch);
       }
       return;
     }
@@ -1066,7 +1078,7 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
       absl::MutexLock lock(&slot->mu);
       slot->counting_key = std::move(key);
       slot->counting = std::move(count);
-      if (basis) RememberRepeat(*slot, in, *resolved, *basis, epoch);
+      if (basis) RememberRepeat(*slot, request, *resolved, *basis, epoch);
     }
     return;
   }

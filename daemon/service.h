@@ -174,19 +174,20 @@ class Service {
   // cache), on the I/O thread; false when it needs a worker.
   bool TryResolveOnIoThread(const std::shared_ptr<ipc::Connection>& connection,
                             const v1::Request& request, absl::Time received);
-  // The exact repeat of the slot's memo (RepeatMemo), answered and counted
-  // with nothing but the memo, the caller's liveness check and a few atomics;
-  // false (nothing sent) when anything differs.
-  bool TryAnswerRepeat(const std::shared_ptr<ipc::Connection>& connection, CallerSlot& slot,
-                       const v1::Request& request, absl::Time now);
+  // A frame that is the exact repeat of its connection's memo (RepeatMemo),
+  // answered and counted with nothing but the memo, the caller's liveness
+  // check and a few atomics, before the frame is even parsed; false (nothing
+  // sent) when anything differs.
+  bool TryAnswerRepeat(const std::shared_ptr<ipc::Connection>& connection, std::string_view frame,
+                       absl::Time now);
   // Audits and answers a resolve: a token only once its release to this
   // process is recorded. With `basis`, a counted repeat becomes the slot's memo.
   void FinishResolve(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request,
                      const std::shared_ptr<CallerSlot>& slot, const policy::CallerIdentity* caller,
                      absl::StatusOr<Resolved> resolved,
                      const std::optional<RepeatBasis>& basis = std::nullopt);
-  static void RememberRepeat(CallerSlot& slot, const v1::ResolveRequest& in,
-                             const Resolved& resolved, const RepeatBasis& basis, uint64_t epoch)
+  static void RememberRepeat(CallerSlot& slot, const v1::Request& request, const Resolved& resolved,
+                             const RepeatBasis& basis, uint64_t epoch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(slot.mu);
   // Whether the release named `key` (ReleaseKey) was recorded for this
   // connection's process in audit epoch `epoch` (and if so, counts it into the

@@ -411,8 +411,10 @@ TEST_F(ResolveTest, AConnectionWhoseProcessExitedIsRefused) {
     if (!raw.connected() || !raw.Hello()) ::_exit(10);
     // Repeats first, so that the grandchild's request is an exact repeat of
     // the connection's last release (answered from its memo but for this check).
-    for (int i = 0; i < 4; ++i) {
-      if (!raw.WriteRequest(ResolveRequest(kWorkspace, "read_docs"))) ::_exit(12);
+    for (uint64_t i = 0; i < 4; ++i) {
+      v1::Request repeat = ResolveRequest(kWorkspace, "read_docs");
+      repeat.set_request_id(2 + i);
+      if (!raw.WriteRequest(repeat)) ::_exit(12);
       std::optional<v1::Response> r = raw.ReadResponse();
       if (!r || !r->has_resolve()) ::_exit(13);
     }
@@ -421,7 +423,9 @@ TEST_F(ResolveTest, AConnectionWhoseProcessExitedIsRefused) {
       // Wait until the child is gone (a zombie counts as gone).
       while (::getppid() == attested) ::usleep(1000);
       ::usleep(200 * 1000);
-      if (!raw.WriteRequest(ResolveRequest(kWorkspace, "read_docs"))) ::_exit(11);
+      v1::Request last = ResolveRequest(kWorkspace, "read_docs");
+      last.set_request_id(6);
+      if (!raw.WriteRequest(last)) ::_exit(11);
       std::optional<v1::Response> r = raw.ReadResponse();
       const int code = r && r->has_error() ? r->error().code() : (r ? 100 : 101);
       const char byte = static_cast<char>(code);
