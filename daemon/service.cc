@@ -885,12 +885,13 @@ bool Service::TryResolveOnIoThread(const std::shared_ptr<ipc::Connection>& conne
   return true;
 }
 
-void Service::RememberRepeat(CallerSlot& slot, const v1::Request& request, const Resolved& resolved,
-                             const RepeatBasis& basis, uint64_t epoch) {
+void Service::RememberRepeat(CallerSlot& slot, const v1::Request& request, const std::string& key,
+                             const Resolved& resolved, const RepeatBasis& basis, uint64_t epoch) {
   // The memo answers with the slot's encoded answer and counts into its
-  // record: only while both are this release's.
-  if (slot.reply_serial != resolved.token->serial || slot.reply_grant != resolved.grant ||
-      !slot.identity.ok() || *slot.identity != basis.caller) {
+  // record: only while both are this release's (another request of the
+  // connection may have replaced either since this one was counted).
+  if (slot.counting_key != key || slot.reply_serial != resolved.token->serial ||
+      slot.reply_grant != resolved.grant || !slot.identity.ok() || *slot.identity != basis.caller) {
     slot.repeat.Forget();
     return;
   }
@@ -1052,7 +1053,7 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
     if (kind == RepeatKind::kCounted) {
       if (basis) {
         absl::MutexLock lock(&slot->mu);
-        RememberRepeat(*slot, request, *resolved, *basis, epoch);
+        RememberRepeat(*slot, request, key, *resolved, *basis, epoch);
       }
       return;
     }
@@ -1076,9 +1077,9 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
         });
     if (count != nullptr) {
       absl::MutexLock lock(&slot->mu);
-      slot->counting_key = std::move(key);
+      slot->counting_key = key;
       slot->counting = std::move(count);
-      if (basis) RememberRepeat(*slot, request, *resolved, *basis, epoch);
+      if (basis) RememberRepeat(*slot, request, key, *resolved, *basis, epoch);
     }
     return;
   }
@@ -1141,7 +1142,10 @@ Service::RepeatKind Service::CountRepeat(CallerSlot& slot, const std::string& ke
 
 void Service::RememberRecorded(CallerSlot& slot, const std::string& key, uint64_t epoch) {
   absl::MutexLock lock(&slot.mu);
-  if (slot.recorded_releases.size() >= kMaxRecordedReleases) slot.recorded_releases.clear();
+  if (slot.recorded_releases.size() >= kMaxRecordedReleases) {
+    slot.recorded_releases.clear();
+    slot.repeat.Forget();  // it rests on a release remembered here
+  }
   slot.recorded_releases.insert_or_assign(key, epoch);
 }
 

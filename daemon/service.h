@@ -186,8 +186,10 @@ class Service {
                      const std::shared_ptr<CallerSlot>& slot, const policy::CallerIdentity* caller,
                      absl::StatusOr<Resolved> resolved,
                      const std::optional<RepeatBasis>& basis = std::nullopt);
-  static void RememberRepeat(CallerSlot& slot, const v1::Request& request, const Resolved& resolved,
-                             const RepeatBasis& basis, uint64_t epoch)
+  // Makes the counted release `key` (ReleaseKey) the slot's memo, if the
+  // slot's record and encoded answer are still that release's.
+  static void RememberRepeat(CallerSlot& slot, const v1::Request& request, const std::string& key,
+                             const Resolved& resolved, const RepeatBasis& basis, uint64_t epoch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(slot.mu);
   // Whether the release named `key` (ReleaseKey) was recorded for this
   // connection's process in audit epoch `epoch` (and if so, counts it into the

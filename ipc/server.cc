@@ -348,6 +348,7 @@ class ConnectionImpl final : public Connection,
 bool ConnectionImpl::Send(std::string payload, bool final) {
   const size_t size = payload.size();
   if (size == 0 || size > kMaxFramePayload) {
+    WipeMemory(payload.data(), payload.capacity());  // dropped: wiped, as every frame
     if (!closed()) {
       CloseWith(CloseKind::kError, absl::StrCat("handler sent a frame of ", size,
                                                 " bytes (allowed 1..", kMaxFramePayload, ")"));
@@ -603,7 +604,9 @@ void ConnectionImpl::ReserveInput(size_t want) {
 }
 
 void ConnectionImpl::ReleaseInput() {
-  if (in_ != nullptr) WipeMemory(in_.get() + in_begin_, Buffered());
+  // All of it: a read that completed but was never handed out (a close in
+  // between) left bytes past in_end_.
+  if (in_ != nullptr) WipeMemory(in_.get(), in_capacity_);
   in_.reset();
   in_capacity_ = in_begin_ = in_end_ = 0;
 }
