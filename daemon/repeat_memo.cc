@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "google/protobuf/io/coded_stream.h"
+#include "tokens/token_cache.h"
 
 namespace grantvault::daemon {
 
@@ -45,11 +46,10 @@ bool RepeatMemo::Answers(std::string_view rest, absl::Time now, const Current& c
   const Basis& b = basis_;
   // The token cache's own tests first (TokenCache::GetClaimingRefresh), then
   // everything else the answer rests on, then the request itself.
-  return remembered_ && b.expires_at > now && b.expires_at - now >= min_valid_ &&
-         now < b.refresh_at && current.generation == b.generation &&
-         current.audit_epoch == b.audit_epoch && current.caller == b.caller.get() &&
-         current.grant == b.grant.get() && current.serial == b.serial &&
-         current.counting == b.counting.get() && rest == encoded_;
+  return remembered_ && tokens::ValidFor(b.expires_at, now, min_valid_) && now < b.refresh_at &&
+         current.generation == b.generation && current.audit_epoch == b.audit_epoch &&
+         current.caller == b.caller.get() && current.grant == b.grant.get() &&
+         current.serial == b.serial && current.counting == b.counting.get() && rest == encoded_;
 }
 
 }  // namespace grantvault::daemon

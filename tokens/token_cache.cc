@@ -8,17 +8,22 @@
 
 namespace grantvault::tokens {
 
-SharedAccessToken TokenCache::Get(std::string_view grant_id, absl::Duration min_valid) {
-  const absl::Time now = clock_->Now();
-  absl::MutexLock lock(&mu_);
+TokenCache::Entry* TokenCache::ValidEntryLocked(std::string_view grant_id, absl::Time now,
+                                                absl::Duration min_valid) {
   auto it = entries_.find(grant_id);
   if (it == entries_.end()) return nullptr;
   if (it->second.token->expires_at <= now) {
     entries_.erase(it);
     return nullptr;
   }
-  if (it->second.token->expires_at - now < min_valid) return nullptr;
-  return it->second.token;
+  return ValidFor(it->second.token->expires_at, now, min_valid) ? &it->second : nullptr;
+}
+
+SharedAccessToken TokenCache::Get(std::string_view grant_id, absl::Duration min_valid) {
+  const absl::Time now = clock_->Now();
+  absl::MutexLock lock(&mu_);
+  const Entry* entry = ValidEntryLocked(grant_id, now, min_valid);
+  return entry == nullptr ? nullptr : entry->token;
 }
 
 std::optional<TokenCache::Lookup> TokenCache::GetClaimingRefresh(std::string_view grant_id,
@@ -26,14 +31,9 @@ std::optional<TokenCache::Lookup> TokenCache::GetClaimingRefresh(std::string_vie
                                                                  absl::Duration min_retry) {
   const absl::Time now = clock_->Now();
   absl::MutexLock lock(&mu_);
-  auto it = entries_.find(grant_id);
-  if (it == entries_.end()) return std::nullopt;
-  Entry& entry = it->second;
-  if (entry.token->expires_at <= now) {
-    entries_.erase(it);
-    return std::nullopt;
-  }
-  if (entry.token->expires_at - now < min_valid) return std::nullopt;
+  Entry* found = ValidEntryLocked(grant_id, now, min_valid);
+  if (found == nullptr) return std::nullopt;
+  Entry& entry = *found;
   Lookup lookup{entry.token, false};
   if (entry.refresh_at <= now) {
     lookup.refresh_claimed = true;

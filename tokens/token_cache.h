@@ -44,6 +44,13 @@ using SharedAccessToken = std::shared_ptr<const AccessToken>;
 // A serial no other token of this process has (never 0).
 uint64_t NewTokenSerial();
 
+// The cache's one rule for a token it may answer with: not expired at `now`,
+// and valid for at least `min_valid` more. (Callers that remember a cached
+// token's expiry apply the same rule.)
+inline bool ValidFor(absl::Time expires_at, absl::Time now, absl::Duration min_valid) {
+  return expires_at > now && expires_at - now >= min_valid;
+}
+
 class TokenCache {
  public:
   // `clock` must outlive the cache.
@@ -86,6 +93,11 @@ class TokenCache {
     SharedAccessToken token;  // never null
     absl::Time refresh_at = absl::InfiniteFuture();
   };
+  // The grant's entry when its token is ValidFor `min_valid` at `now`; null
+  // otherwise (an expired entry is dropped).
+  Entry* ValidEntryLocked(std::string_view grant_id, absl::Time now, absl::Duration min_valid)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   std::map<std::string, Entry, std::less<>> entries_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> generation_{0};  // bumped after each change of entries_
 };
