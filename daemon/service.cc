@@ -801,6 +801,13 @@ absl::Duration MinValidOf(const v1::ResolveRequest& in) {
              : std::min(absl::Seconds(in.min_valid_seconds()), kMaxMinValid);
 }
 
+// A released token, named by its grant only (debug level: a line per resolve).
+void LogRelease(const ipc::PeerCredentials& peer, const v1::ResolveRequest& in,
+                const std::string& grant_id) {
+  spdlog::debug("token.released uid={} pid={} workspace={} connector={} grant={} tool={}", peer.uid,
+                peer.pid, in.workspace_id(), in.connector_id(), grant_id, in.tool());
+}
+
 ResolveQuery QueryFor(const v1::ResolveRequest& in, absl::Time deadline) {
   ResolveQuery query;
   query.workspace_id = in.workspace_id();
@@ -901,14 +908,16 @@ void Service::RememberRepeat(CallerSlot& slot, const v1::Request& request, const
                                          resolved.refresh_at, slot.counting});
 }
 
+bool Service::RepeatsGoFirst() const {
+  // Repeats wait for their record like first releases while the log lags
+  // (docs/audit.md): too much queued, or an event uncommitted for too long.
+  return trail_.audit != nullptr && trail_.audit->backlog() < kMaxAuditBacklog &&
+         trail_.audit->oldest_uncommitted_age() < kMaxUnrecordedRepeatAge;
+}
+
 bool Service::TryAnswerRepeat(const std::shared_ptr<ipc::Connection>& connection,
                               std::string_view payload, absl::Time now) {
-  // As CountRepeat's callers: repeats wait for their record while the log lags.
-  if (agents_.resolver == nullptr || trail_.audit == nullptr ||
-      trail_.audit->backlog() >= kMaxAuditBacklog ||
-      trail_.audit->oldest_uncommitted_age() >= kMaxUnrecordedRepeatAge) {
-    return false;
-  }
+  if (agents_.resolver == nullptr || !RepeatsGoFirst()) return false;
   const ConnectionState* state = StateOf(*connection);
   if (state == nullptr || state->caller == nullptr ||
       !state->hello_done.load(std::memory_order_acquire)) {
@@ -949,9 +958,7 @@ bool Service::TryAnswerRepeat(const std::shared_ptr<ipc::Connection>& connection
     WipeMemory(frame.data(), frame.capacity());
     return false;  // the full path says why, or records the repeat anew
   }
-  const ipc::PeerCredentials& peer = connection->peer();
-  spdlog::debug("token.released uid={} pid={} workspace={} connector={} grant={} tool={}", peer.uid,
-                peer.pid, logged.workspace_id(), logged.connector_id(), grant_id, logged.tool());
+  LogRelease(connection->peer(), logged, grant_id);
   connection->Send(std::move(frame), /*final=*/true);
   return true;
 }
@@ -1023,9 +1030,7 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
                  ErrorResponse(id, v1::Error::INTERNAL, std::string(frame.status().message())));
     return;
   }
-  spdlog::debug("token.released uid={} pid={} workspace={} connector={} grant={} tool={}", peer.uid,
-                peer.pid, in.workspace_id(), in.connector_id(), resolved->grant->grant_id,
-                in.tool());
+  LogRelease(peer, in, resolved->grant->grant_id);
   if (trail_.audit == nullptr) {
     connection->Send(*std::move(frame), /*final=*/true);
     return;
@@ -1040,10 +1045,8 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
       in.tool(), resolved->scopes,
       caller != nullptr && caller->exe_path ? *caller->exe_path : std::string());
   const uint64_t epoch = audit_epoch_->load();
-  const RepeatKind kind = slot != nullptr && trail_.audit->backlog() < kMaxAuditBacklog &&
-                                  trail_.audit->oldest_uncommitted_age() < kMaxUnrecordedRepeatAge
-                              ? CountRepeat(*slot, key, epoch)
-                              : RepeatKind::kFirst;
+  const RepeatKind kind =
+      slot != nullptr && RepeatsGoFirst() ? CountRepeat(*slot, key, epoch) : RepeatKind::kFirst;
   if (kind != RepeatKind::kFirst) {
     // This process already received this very token, and that release is
     // committed: sending it again discloses nothing new. The repeat is still

@@ -174,6 +174,9 @@ class Service {
   // cache), on the I/O thread; false when it needs a worker.
   bool TryResolveOnIoThread(const std::shared_ptr<ipc::Connection>& connection,
                             const v1::Request& request, absl::Time received);
+  // Whether a repeated release may be answered before its record: only while
+  // the audit log keeps up.
+  bool RepeatsGoFirst() const;
   // A frame that is the exact repeat of its connection's memo (RepeatMemo),
   // answered and counted with nothing but the memo, the caller's liveness
   // check and a few atomics, before the frame is even parsed; false (nothing
