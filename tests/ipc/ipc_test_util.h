@@ -16,11 +16,11 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <utility>
 
 #include "ipc/frame.h"
 #include "tests/testing/temp_dir.h"
+#include "tests/testing/wait.h"
 
 namespace grantvault::ipc::testing {
 
@@ -38,15 +38,10 @@ inline std::unique_ptr<grantvault::testing::TempDir> MakeSocketDir() {
   return dir;
 }
 
-// Polls `done` every 2 ms until it holds or `timeout` passes.
+// grantvault::testing::WaitFor with the ipc tests' chrono timeouts.
 inline bool WaitFor(const std::function<bool()>& done,
                     std::chrono::milliseconds timeout = std::chrono::milliseconds(5000)) {
-  const auto until = std::chrono::steady_clock::now() + timeout;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() >= until) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return true;
+  return grantvault::testing::WaitFor(done, absl::FromChrono(timeout));
 }
 
 inline std::string Header(uint32_t length) {
