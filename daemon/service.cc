@@ -1191,6 +1191,12 @@ absl::Status Service::Audit(audit::Event event, audit::Durability durability) {
   return trail_.audit->Append(std::move(event), durability);
 }
 
+void Service::RetireInMemory(const std::string& workspace_id, const std::string& connector_id,
+                             const std::string& grant_id, std::string reason) {
+  if (trail_.refresher != nullptr) trail_.refresher->Revoke(grant_id, std::move(reason));
+  if (agents_.resolver != nullptr) agents_.resolver->ForgetGrant(workspace_id, connector_id);
+}
+
 void Service::FillGrant(const store::Grant& grant, v1::GrantInfo* out) {
   ToProto(grant, out);
   absl::StatusOr<store::UpstreamRevocation> upstream =
@@ -1570,6 +1576,15 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
         return done.status();
       }
       const store::Grant& g = done->grant;
+      // The store has committed: the replaced grant is revoked there. It
+      // leaves memory now, before anything below can fail, so that no path
+      // (a failed audit write included) leaves its token servable.
+      if (done->replaced_grant_id) {
+        RetireInMemory(g.workspace_id, g.connector_id, *done->replaced_grant_id,
+                       absl::StrCat("replaced by ", g.grant_id));
+      } else if (agents_.resolver != nullptr) {
+        agents_.resolver->ForgetGrant(g.workspace_id, g.connector_id);
+      }
       spdlog::info("{} admin={} uid={} workspace={} connector={} grant={} account={} scopes={}{}",
                    done->replaced_grant_id ? "grant.scope_changed" : "grant.authorized",
                    g.authorized_by, connection.peer().uid, g.workspace_id, g.connector_id,
@@ -1583,9 +1598,23 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
       if (done->replaced_grant_id) e.details["replaced_grant_id"] = *done->replaced_grant_id;
       if (absl::Status audited = Audit(std::move(e), audit::Durability::kDurable); !audited.ok()) {
         // Fail closed: a grant nobody can account for is not left usable.
-        (void)vault_->store->SetGrantStatus(g.grant_id, store::GrantStatus::kRevoked,
-                                            "the audit log could not record its authorization",
-                                            clock_->Now());
+        const std::string reason = "the audit log could not record its authorization";
+        if (absl::Status revoked = vault_->store->SetGrantStatus(
+                g.grant_id, store::GrantStatus::kRevoked, reason, clock_->Now());
+            !revoked.ok()) {
+          spdlog::error("grant.unaccounted grant={}: it could not be revoked: {}", g.grant_id,
+                        std::string(revoked.message()));
+        }
+        RetireInMemory(g.workspace_id, g.connector_id, g.grant_id, reason);
+        // Agent hosts hear that the grant they used is gone (no AUTHORIZED
+        // event follows to tell them of its successor).
+        if (done->replaced_grant_id) {
+          absl::StatusOr<store::Grant> replaced = vault_->store->GetGrant(*done->replaced_grant_id);
+          if (replaced.ok()) {
+            PublishGrantEvent(GrantEventOf(v1::GrantEvent::REVOKED, *replaced,
+                                           replaced->status_reason, clock_->Now()));
+          }
+        }
         return absl::Status(audited.code(),
                             absl::StrCat("the audit log could not record the authorization, so "
                                          "the new grant was revoked: ",
@@ -1595,8 +1624,6 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
       if (done->replaced_grant_id) {
         r.mutable_complete_authorization()->set_replaced_grant_id(*done->replaced_grant_id);
       }
-      if (agents_.resolver != nullptr)
-        agents_.resolver->ForgetGrant(g.workspace_id, g.connector_id);
       v1::GrantEvent event = GrantEventOf(v1::GrantEvent::AUTHORIZED, g, "", clock_->Now());
       if (done->replaced_grant_id) event.set_replaced_grant_id(*done->replaced_grant_id);
       PublishGrantEvent(event);

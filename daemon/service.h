@@ -224,6 +224,11 @@ class Service {
   absl::Status RunRevoke(const v1::Request& request, v1::Response& response);
   absl::Status RunAuditExport(const std::shared_ptr<ipc::Connection>& connection,
                               const v1::Request& request, v1::Response& response);
+  // After the store revoked `grant_id`: its cached token is erased, resolves
+  // waiting on it fail REVOKED, and the directory forgets the (workspace,
+  // connector) entry, so that nothing in memory serves it any more.
+  void RetireInMemory(const std::string& workspace_id, const std::string& connector_id,
+                      const std::string& grant_id, std::string reason);
   // A grant with its upstream revocation state, for answers.
   void FillGrant(const store::Grant& grant, v1::GrantInfo* out);
   void SendStatus(ipc::Connection& connection, uint64_t request_id, v1::StatusReply snapshot);

@@ -120,9 +120,18 @@ class RevokeTest : public ::testing::Test {
 
   // Authorizes through the admin socket; returns the grant id.
   std::string Authorize(const std::string& connector, std::vector<std::string> scopes = {}) {
+    auto done = CompleteAuthorization(connector, std::move(scopes));
+    EXPECT_TRUE(done.ok() && done->has_complete_authorization())
+        << (done.ok() ? done->error().message() : done.status().ToString());
+    return done.ok() ? done->complete_authorization().grant().grant_id() : "";
+  }
+
+  // Begins an authorization, approves it at the provider and completes it;
+  // the daemon's answer to the completion.
+  absl::StatusOr<v1::Response> CompleteAuthorization(const std::string& connector,
+                                                     std::vector<std::string> scopes = {}) {
     auto admin = ipc::Client::Connect(state_ + "/run/admin.sock");
-    EXPECT_TRUE(admin.ok());
-    if (!admin.ok()) return "";
+    if (!admin.ok()) return admin.status();
     v1::Request begin;
     begin.set_admin_user("alice-admin");
     begin.mutable_begin_authorization()->set_workspace_id(kWorkspace);
@@ -130,17 +139,16 @@ class RevokeTest : public ::testing::Test {
     for (const std::string& s : scopes) begin.mutable_begin_authorization()->add_scopes(s);
     begin.mutable_begin_authorization()->set_redirect_uri("http://127.0.0.1/callback");
     auto started = (*admin)->Call(begin, absl::Seconds(30));
-    EXPECT_TRUE(started.ok() && started->has_begin_authorization());
-    if (!started.ok() || !started->has_begin_authorization()) return "";
+    if (!started.ok()) return started.status();
+    if (!started->has_begin_authorization()) {
+      return absl::InternalError("begin failed: " + started->error().message());
+    }
     auto redirect = provider_->Approve(started->begin_authorization().authorization_url());
-    EXPECT_TRUE(redirect.ok()) << redirect.status();
+    if (!redirect.ok()) return redirect.status();
     v1::Request complete;
     complete.set_admin_user("alice-admin");
-    complete.mutable_complete_authorization()->set_callback_url(redirect.value_or(""));
-    auto done = (*admin)->Call(complete, absl::Seconds(30));
-    EXPECT_TRUE(done.ok() && done->has_complete_authorization())
-        << (done.ok() ? done->error().message() : done.status().ToString());
-    return done.ok() ? done->complete_authorization().grant().grant_id() : "";
+    complete.mutable_complete_authorization()->set_callback_url(*redirect);
+    return (*admin)->Call(complete, absl::Seconds(30));
   }
 
   static v1::Request Resolve(const std::string& connector, uint32_t min_valid_seconds = 1) {
@@ -536,6 +544,67 @@ TEST_F(RevokeTest, AnAuditLogThatCannotBeWrittenMakesResolveAndRevokeFailClosed)
   auto again = agent->Call(Resolve("demo"), absl::Seconds(30));
   ASSERT_TRUE(again.ok());
   EXPECT_TRUE(again->has_resolve()) << again->error().message();
+}
+
+// A re-authorization replaces the workspace's grant. When its audit record
+// cannot be written the new grant is revoked (fail closed), and the replaced
+// one, revoked by the store in the same transaction as the new one's insert,
+// must not live on in the daemon's memory: its cached token is never served
+// again, neither as a repeat to the process that already holds it nor to a
+// new connection. The audit log's write lock is held by the test, so only the
+// audit write fails (the grant store writes as usual).
+TEST_F(RevokeTest, AGrantReplacedByAnUnauditedReauthorizationIsNeverServedAgain) {
+  Register("demo");
+  const std::string old_grant = Authorize("demo");
+  ASSERT_FALSE(old_grant.empty());
+  std::unique_ptr<ipc::Client> agent = Agent();
+  ASSERT_NE(agent, nullptr);
+  auto first = agent->Call(Resolve("demo"), absl::Seconds(30));
+  ASSERT_TRUE(first.ok() && first->has_resolve())
+      << (first.ok() ? first->error().message() : first.status().ToString());
+  const std::string old_token = first->resolve().access_token();
+  // A repeat, so that the connection answers it from memory from now on.
+  auto repeat = agent->Call(Resolve("demo"), absl::Seconds(30));
+  ASSERT_TRUE(repeat.ok() && repeat->has_resolve());
+  ASSERT_EQ(repeat->resolve().access_token(), old_token);
+
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((state_ + "/audit.db").c_str(), &db), SQLITE_OK);
+  sqlite3_busy_timeout(db, 5000);  // the daemon's own writes may hold it a moment
+  ASSERT_EQ(sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  auto changed = CompleteAuthorization("demo", {"openid", "offline_access", "profile"});
+  sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+  sqlite3_close(db);
+  ASSERT_TRUE(changed.ok()) << changed.status();
+  ASSERT_TRUE(changed->has_error()) << "the scope change was answered as if audited";
+  EXPECT_THAT(changed->error().message(), HasSubstr("audit"));
+
+  // The log is writable again: anything served now is recorded, so only the
+  // fix keeps the replaced grant's token from flowing.
+  std::unique_ptr<ipc::Client> fresh = Agent();
+  ASSERT_NE(fresh, nullptr);
+  for (ipc::Client* client : {agent.get(), fresh.get()}) {
+    for (int i = 0; i < 3; ++i) {
+      auto after = client->Call(Resolve("demo"), absl::Seconds(30));
+      ASSERT_TRUE(after.ok()) << after.status();
+      if (after->has_resolve()) {
+        EXPECT_NE(after->resolve().access_token(), old_token) << "the replaced grant was served";
+        EXPECT_NE(after->resolve().grant_id(), old_grant);
+      } else {
+        EXPECT_EQ(after->error().code(), v1::Error::REVOKED) << after->error().message();
+      }
+    }
+  }
+  EXPECT_EQ(CliJson({"grants", "show", old_grant})["grant"]["status"], "revoked");
+
+  // A later, audited re-authorization gives the workspace a working grant again.
+  const std::string again = Authorize("demo");
+  ASSERT_FALSE(again.empty());
+  auto working = agent->Call(Resolve("demo"), absl::Seconds(30));
+  ASSERT_TRUE(working.ok() && working->has_resolve())
+      << (working.ok() ? working->error().message() : working.status().ToString());
+  EXPECT_EQ(working->resolve().grant_id(), again);
+  EXPECT_NE(working->resolve().access_token(), old_token);
 }
 
 }  // namespace
