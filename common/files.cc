@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -50,10 +51,18 @@ absl::StatusOr<SecretBytes> ReadSecretFile(const std::string& path) {
   if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
     return absl::InvalidArgumentError(absl::StrCat("secret file ", path, " is not a regular file"));
   }
-  if ((st.st_mode & S_IRWXO) != 0) {
+  // Only this process's user may have any access: a group that can read a
+  // PIN holds the token, and a file another user owns is theirs to change.
+  if (st.st_uid != ::geteuid()) {
     return absl::PermissionDeniedError(absl::StrFormat(
-        "secret file %s is accessible to other users (mode %04o); run: chmod 600 %s", path,
-        st.st_mode & 07777, path));
+        "secret file %s is owned by uid %d, not by this process's uid %d (mode %04o); run: "
+        "chown %d %s",
+        path, st.st_uid, ::geteuid(), st.st_mode & 07777, ::geteuid(), path));
+  }
+  if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+    return absl::PermissionDeniedError(absl::StrFormat(
+        "secret file %s is accessible to its group or other users (mode %04o); run: chmod 600 %s",
+        path, st.st_mode & 07777, path));
   }
   if (st.st_size <= 0)
     return absl::InvalidArgumentError(absl::StrCat("secret file ", path, " is empty"));
@@ -113,6 +122,38 @@ absl::Status WriteFileAtomically(const std::string& path, std::string_view conte
     ::unlink(tmp.c_str());
     return absl::InternalError(
         absl::StrCat("cannot rename ", tmp, " to ", path, ": ", ErrnoText(err)));
+  }
+  return FsyncDirectory(DirName(path));
+}
+
+absl::Status RemoveSecretFile(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (fd.get() < 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot open secret file ", path, " to remove it: ", ErrnoText(errno)));
+  }
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat("secret file ", path, " is not a regular file"));
+  }
+  const std::string zeros(4096, '\0');
+  off_t done = 0;
+  while (done < st.st_size) {
+    const size_t chunk = static_cast<size_t>(std::min<off_t>(st.st_size - done, 4096));
+    const ssize_t n = ::pwrite(fd.get(), zeros.data(), chunk, done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      return absl::InternalError(
+          absl::StrCat("cannot overwrite secret file ", path, ": ", ErrnoText(errno)));
+    }
+    done += n;
+  }
+  if (::fsync(fd.get()) != 0) {
+    return absl::InternalError(absl::StrCat("cannot fsync ", path, ": ", ErrnoText(errno)));
+  }
+  if (::unlink(path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("cannot remove ", path, ": ", ErrnoText(errno)));
   }
   return FsyncDirectory(DirName(path));
 }

@@ -80,8 +80,12 @@ absl::StatusOr<int> LockStateDirectory(const std::string& state_dir) {
   return fd;
 }
 
-absl::StatusOr<Vault> OpenVault(const DaemonConfig& config, std::vector<std::string>* created) {
-  if (config.uses_embedded_token()) return InitEmbeddedState(config.state_dir, created);
+absl::StatusOr<Vault> OpenVault(const DaemonConfig& config, const EmbeddedStateOptions& embedded,
+                                std::vector<std::string>* created,
+                                std::vector<std::string>* removed) {
+  if (config.uses_embedded_token()) {
+    return InitEmbeddedState(config.state_dir, created, embedded, removed);
+  }
   hsm::TokenOptions token;
   if (!config.hsm_module.empty()) token.module_path = config.hsm_module;
   token.token_label = config.token_label;
@@ -168,7 +172,8 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
-int Run(const std::string& config_file, const std::string& state_dir, bool init_only) {
+int Run(const std::string& config_file, const std::string& state_dir, bool init_only,
+        const EmbeddedStateOptions& embedded) {
   absl::StatusOr<DaemonConfig> config = LoadConfig(config_file, state_dir);
   if (!config.ok()) {
     std::fprintf(stderr, "grantvaultd: %s\n", std::string(config.status().message()).c_str());
@@ -200,10 +205,11 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   absl::StatusOr<int> lock = LockStateDirectory(config->state_dir);
   if (!lock.ok()) return Fail(lock.status());
 
-  std::vector<std::string> created;
-  absl::StatusOr<Vault> vault = OpenVault(*config, &created);
+  std::vector<std::string> created, removed;
+  absl::StatusOr<Vault> vault = OpenVault(*config, embedded, &created, &removed);
   if (!vault.ok()) return Fail(vault.status());
   for (const std::string& c : created) spdlog::info("state.created {}", c);
+  for (const std::string& r : removed) spdlog::info("state.removed {}", r);
 
   if (init_only) {
     if (created.empty()) {
@@ -213,6 +219,7 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
       std::printf("Initialised the state in %s:\n", config->state_dir.c_str());
       for (const std::string& c : created) std::printf("  created %s\n", c.c_str());
     }
+    for (const std::string& r : removed) std::printf("  removed %s\n", r.c_str());
     absl::StatusOr<std::vector<keys::KeyStatus>> keys = vault->keys->Status();
     if (!keys.ok()) return Fail(keys.status());
     std::printf("Key-encryption keys in token '%s':\n", vault->token->label().c_str());
@@ -375,12 +382,16 @@ int main(int argc, char** argv) {
   CLI::App app{"grantvaultd: keeps OAuth grants sealed under HSM-held keys"};
   std::string state_dir, config_file;
   bool init_only = false;
+  grantvault::daemon::EmbeddedStateOptions embedded;
   app.add_option("--state-dir", state_dir,
                  "state directory (embedded default: SoftHSM2 token + SQLite database, created on "
                  "first start)");
   app.add_option("--config", config_file, "TOML configuration file (docs/operations.md)");
   app.add_flag("--init-only", init_only,
                "create whatever is missing of the state, report it, and exit");
+  app.add_flag("--keep-so-pin", embedded.keep_so_pin,
+               "keep the embedded token's security-officer PIN in <state>/hsm/so.pin (by default "
+               "it is removed once the token is initialised; move a kept one to safe storage)");
   CLI11_PARSE(app, argc, argv);
-  return grantvault::daemon::Run(config_file, state_dir, init_only);
+  return grantvault::daemon::Run(config_file, state_dir, init_only, embedded);
 }

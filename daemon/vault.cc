@@ -64,7 +64,9 @@ StateLayout LayoutFor(const std::string& state_dir) {
 }
 
 absl::StatusOr<Vault> InitEmbeddedState(const std::string& state_dir,
-                                        std::vector<std::string>* created) {
+                                        std::vector<std::string>* created,
+                                        const EmbeddedStateOptions& options,
+                                        std::vector<std::string>* removed) {
   const StateLayout layout = LayoutFor(state_dir);
   const bool had_dir = Exists(layout.dir);
   GV_RETURN_IF_ERROR(EnsurePrivateDirectory(layout.dir, 0700));
@@ -75,13 +77,15 @@ absl::StatusOr<Vault> InitEmbeddedState(const std::string& state_dir,
   if (!had_conf && created) {
     created->push_back(absl::StrCat("SoftHSM2 configuration ", layout.softhsm_conf));
   }
-  GV_RETURN_IF_ERROR(EnsurePinFile(layout.so_pin_file, created, "security-officer PIN"));
-  GV_RETURN_IF_ERROR(EnsurePinFile(layout.user_pin_file, created, "user PIN"));
-
   {
     GV_ASSIGN_OR_RETURN(std::shared_ptr<hsm::Module> module,
                         hsm::Module::Load(hsm::kDefaultModulePath));
-    if (absl::IsNotFound(module->FindToken(kEmbeddedTokenLabel).status())) {
+    const bool token_missing = absl::IsNotFound(module->FindToken(kEmbeddedTokenLabel).status());
+    if (token_missing) {
+      GV_RETURN_IF_ERROR(EnsurePinFile(layout.so_pin_file, created, "security-officer PIN"));
+    }
+    GV_RETURN_IF_ERROR(EnsurePinFile(layout.user_pin_file, created, "user PIN"));
+    if (token_missing) {
       GV_ASSIGN_OR_RETURN(SecretBytes so_pin, ReadSecretFile(layout.so_pin_file));
       GV_ASSIGN_OR_RETURN(SecretBytes user_pin, ReadSecretFile(layout.user_pin_file));
       GV_RETURN_IF_ERROR(
@@ -89,6 +93,16 @@ absl::StatusOr<Vault> InitEmbeddedState(const std::string& state_dir,
       if (created) {
         created->push_back(absl::StrCat("SoftHSM2 token '", kEmbeddedTokenLabel, "' in ",
                                         layout.hsm_dir, "/tokens"));
+      }
+    }
+    // From here on nothing needs the SO PIN: a copy of it beside the user PIN
+    // would only be one more secret for a reader of the state to take.
+    if (!options.keep_so_pin && Exists(layout.so_pin_file)) {
+      GV_RETURN_IF_ERROR(RemoveSecretFile(layout.so_pin_file));
+      if (removed) {
+        removed->push_back(absl::StrCat(
+            "security-officer PIN ", layout.so_pin_file,
+            " (the token is initialised and the daemon never needs it; --keep-so-pin keeps it)"));
       }
     }
   }

@@ -7,7 +7,8 @@
 //     hsm/                   0700  SoftHSM2 configuration and token store
 //       softhsm2.conf
 //       tokens/
-//       so.pin               0600  security-officer PIN (only for token admin)
+//       so.pin               0600  security-officer PIN: only until the token is
+//                                  initialised (kept only on request, below)
 //       user.pin             0600  the PIN grantvault logs in with
 //     grantvault.db          0600  SQLite (WAL): grants, sealed secrets, keys
 #ifndef GRANTVAULT_DAEMON_VAULT_H_
@@ -47,14 +48,27 @@ struct Vault {
   std::unique_ptr<hsm::EnvelopeSealer> sealer;
 };
 
+struct EmbeddedStateOptions {
+  // Keep <state>/hsm/so.pin once the token is initialised. The daemon never
+  // needs the security-officer PIN after C_InitToken/C_InitPIN, so by default
+  // the file is overwritten and removed then (and any so.pin found in an
+  // initialised state, e.g. left by an older version or a crash, is removed
+  // at start). An operator who wants it asks for it and moves it away.
+  bool keep_so_pin = false;
+};
+
 // Creates whatever is missing of the embedded state under `state_dir` (the
 // directory, the SoftHSM2 configuration, the token with generated PINs stored
 // in 0600 files, the database, KEK 1 and the audit signing key), then opens it.
 // Idempotent: on an existing state it creates nothing. `created` (optional)
 // receives one line per thing created. PIN files are written before the token
-// is initialised, so a crash in between never loses a PIN.
+// is initialised, so a crash in between never loses a PIN; the SO PIN file is
+// then removed unless `options.keep_so_pin` (`removed`, optional, receives
+// one line per file removed).
 absl::StatusOr<Vault> InitEmbeddedState(const std::string& state_dir,
-                                        std::vector<std::string>* created = nullptr);
+                                        std::vector<std::string>* created = nullptr,
+                                        const EmbeddedStateOptions& options = {},
+                                        std::vector<std::string>* removed = nullptr);
 
 // Opens an existing embedded state; FailedPrecondition naming what is missing
 // when it was never initialised.
