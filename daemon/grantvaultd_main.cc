@@ -21,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "audit/audit_log.h"
 #include "common/files.h"
+#include "common/log_escape.h"
 #include "common/status.h"
 #include "daemon/audit_setup.h"
 #include "daemon/config.h"
@@ -167,7 +168,7 @@ audit::Event SystemEvent(std::string type, std::string reason) {
 }
 
 int Fail(const absl::Status& status) {
-  spdlog::error("{}", std::string(status.message()));
+  spdlog::error("{}", EscapeTextForLog(std::string(status.message()), 4096));
   sd_notifyf(0, "STATUS=failed: %s", std::string(status.message()).c_str());
   return 1;
 }
@@ -331,7 +332,7 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
       absl::StatusOr<DaemonConfig> fresh = LoadConfig(config_file, state_dir);
       if (!fresh.ok()) {
         spdlog::error("config.reload_failed keeping the previous configuration: {}",
-                      std::string(fresh.status().message()));
+                      EscapeTextForLog(std::string(fresh.status().message())));
       } else {
         SetLogLevel(fresh->log_level);
         if (fresh->policy_file != config->policy_file) {
@@ -352,7 +353,7 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
         if (absl::Status audited = service.Audit(std::move(e), audit::Durability::kDurable);
             !audited.ok()) {
           spdlog::error("audit.write_failed event=policy.reloaded: {}",
-                        std::string(audited.message()));
+                        EscapeTextForLog(std::string(audited.message())));
         }
         service.ReloadAdminPolicy(AdminPolicyFrom(*fresh));
         spdlog::info(

@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/log_escape.h"
 #include "common/status.h"
 #include "common/strings.h"
 #include "hsm/keys.h"
@@ -162,6 +163,17 @@ v1::GrantEvent GrantEventOf(v1::GrantEvent::Kind kind, const store::Grant& g, st
   event.set_reason(std::move(reason));
   event.set_at_ms(UnixMillis(at));
   return event;
+}
+
+// Caller-supplied items (scopes) for one log field: each escaped, joined by ','.
+template <typename List>
+std::string EscapedList(const List& items) {
+  std::string out;
+  for (const auto& item : items) {
+    if (!out.empty()) out += ',';
+    out += EscapeForLog(item);
+  }
+  return out.empty() ? EscapeForLog("") : out;
 }
 
 int64_t ExpiryMillis(absl::Time t) {
@@ -560,7 +572,7 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::R
       absl::StatusOr<store::KeyVersion> v = keys.Rotate(vault_->sealer.get());
       status = v.status();
       if (v.ok()) {
-        spdlog::info("key.rotated admin={} uid={} new_kek={}", request.admin_user(),
+        spdlog::info("key.rotated admin={} uid={} new_kek={}", EscapeForLog(request.admin_user()),
                      connection->peer().uid, v->label);
         audit::Event e = AdminEvent(request, *connection, "key.rotated");
         e.details["kek"] = v->label;
@@ -586,7 +598,7 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::R
       status = result.status();
       if (result.ok()) {
         spdlog::info("keys.rewrapped admin={} uid={} rewrapped={} failures={}",
-                     request.admin_user(), connection->peer().uid, result->rewrapped,
+                     EscapeForLog(request.admin_user()), connection->peer().uid, result->rewrapped,
                      result->failures.size());
         audit::Event e = AdminEvent(request, *connection, "keys.rewrapped");
         e.details["rewrapped"] = absl::StrCat(result->rewrapped);
@@ -613,7 +625,7 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::R
       const int version = static_cast<int>(request.retire_key().version());
       status = keys.Retire(version);
       if (status.ok()) {
-        spdlog::info("key.retired admin={} uid={} version={}", request.admin_user(),
+        spdlog::info("key.retired admin={} uid={} version={}", EscapeForLog(request.admin_user()),
                      connection->peer().uid, version);
         audit::Event e = AdminEvent(request, *connection, "key.retired");
         e.details["version"] = absl::StrCat(version);
@@ -700,9 +712,10 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::R
       status = absl::UnimplementedError("this daemon does not serve that admin request yet");
   }
   if (!status.ok()) {
-    spdlog::warn("admin request failed: admin={} uid={} request={} error={}", request.admin_user(),
-                 connection->peer().uid, static_cast<int>(request.body_case()),
-                 std::string(status.message()));
+    spdlog::warn("admin request failed: admin={} uid={} request={} error={}",
+                 EscapeForLog(request.admin_user()), connection->peer().uid,
+                 static_cast<int>(request.body_case()),
+                 EscapeTextForLog(std::string(status.message())));
     r.clear_body();
     *r.mutable_error() = StatusToError(status);
   }
@@ -805,7 +818,8 @@ absl::Duration MinValidOf(const v1::ResolveRequest& in) {
 void LogRelease(const ipc::PeerCredentials& peer, const v1::ResolveRequest& in,
                 const std::string& grant_id) {
   spdlog::debug("token.released uid={} pid={} workspace={} connector={} grant={} tool={}", peer.uid,
-                peer.pid, in.workspace_id(), in.connector_id(), grant_id, in.tool());
+                peer.pid, EscapeForLog(in.workspace_id()), EscapeForLog(in.connector_id()),
+                grant_id, EscapeForLog(in.tool()));
 }
 
 ResolveQuery QueryFor(const v1::ResolveRequest& in, absl::Time deadline) {
@@ -1008,8 +1022,9 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
     audit::Event e = event_of_call();
     e.details["request_id"] = absl::StrCat(id);
     spdlog::info("token.denied uid={} pid={} workspace={} connector={} tool={} reason={}", peer.uid,
-                 peer.pid, in.workspace_id(), in.connector_id(), in.tool(),
-                 std::string(resolved.status().message()));
+                 peer.pid, EscapeForLog(in.workspace_id()), EscapeForLog(in.connector_id()),
+                 EscapeForLog(in.tool()),
+                 EscapeTextForLog(std::string(resolved.status().message())));
     e.type = "token.denied";
     e.outcome = "denied";
     e.reason = std::string(resolved.status().message());
@@ -1076,7 +1091,8 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
         std::move(e), audit::Durability::kDeferred, [epochs = audit_epoch_](absl::Status audited) {
           if (audited.ok()) return;
           epochs->fetch_add(1);
-          spdlog::error("token.released (repeat) not recorded: {}", std::string(audited.message()));
+          spdlog::error("token.released (repeat) not recorded: {}",
+                        EscapeTextForLog(std::string(audited.message())));
         });
     if (count != nullptr) {
       absl::MutexLock lock(&slot->mu);
@@ -1101,7 +1117,7 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
         epochs->fetch_add(1);
         OPENSSL_cleanse(bytes->data(), bytes->size());
         spdlog::error("token.withheld uid={} pid={}: the audit log cannot record it: {}", uid, pid,
-                      std::string(audited.message()));
+                      EscapeTextForLog(std::string(audited.message())));
         v1::Response r = ErrorResponse(
             id, v1::Error::UNAVAILABLE,
             absl::StrCat("the audit log cannot record the release, so no token is released: ",
@@ -1214,7 +1230,8 @@ void Service::OnReauthRequired(std::string_view grant_id, std::string_view reaso
   absl::StatusOr<store::Grant> grant = vault_->store->GetGrant(grant_id);
   if (!grant.ok()) return;
   spdlog::warn("grant.reauth_required workspace={} connector={} grant={} reason={}",
-               grant->workspace_id, grant->connector_id, grant->grant_id, reason);
+               EscapeForLog(grant->workspace_id), EscapeForLog(grant->connector_id),
+               grant->grant_id, EscapeTextForLog(reason));
   if (agents_.resolver != nullptr) {
     agents_.resolver->ForgetGrant(grant->workspace_id, grant->connector_id);
   }
@@ -1226,7 +1243,7 @@ void Service::OnReauthRequired(std::string_view grant_id, std::string_view reaso
   e.reason = std::string(reason);
   if (absl::Status audited = Audit(std::move(e), audit::Durability::kDurable); !audited.ok()) {
     spdlog::error("audit.write_failed event=grant.reauth_required grant={}: {}", grant->grant_id,
-                  std::string(audited.message()));
+                  EscapeTextForLog(std::string(audited.message())));
   }
   PublishGrantEvent(
       GrantEventOf(v1::GrantEvent::REAUTH_REQUIRED, *grant, std::string(reason), clock_->Now()));
@@ -1236,14 +1253,15 @@ void Service::OnUpstreamAttempt(const store::Grant& grant, const store::Upstream
   const bool done = state.state != store::UpstreamRevocationState::kPending;
   if (done) {
     spdlog::info("grant.upstream_revoked grant={} connector={} outcome={} attempts={}",
-                 grant.grant_id, grant.connector_id,
+                 grant.grant_id, EscapeForLog(grant.connector_id),
                  store::UpstreamRevocationStateName(state.state), state.attempts);
   } else {
     spdlog::warn(
         "grant.upstream_revoke_failed grant={} connector={} attempts={} next_in={} "
         "error={}",
-        grant.grant_id, grant.connector_id, state.attempts,
-        absl::FormatDuration(state.next_attempt_at - clock_->Now()), state.last_error);
+        grant.grant_id, EscapeForLog(grant.connector_id), state.attempts,
+        absl::FormatDuration(state.next_attempt_at - clock_->Now()),
+        EscapeTextForLog(state.last_error));
   }
   // Every outcome, and the first failure: later retries are in the log and
   // in `grants show`, not one audit record per retry.
@@ -1258,7 +1276,7 @@ void Service::OnUpstreamAttempt(const store::Grant& grant, const store::Upstream
   if (absl::Status audited = Audit(std::move(e), audit::Durability::kDurable); !audited.ok()) {
     spdlog::error("audit.write_failed event={} grant={}: {}",
                   done ? "grant.upstream_revoked" : "grant.upstream_revoke_failed", grant.grant_id,
-                  std::string(audited.message()));
+                  EscapeTextForLog(std::string(audited.message())));
   }
 }
 
@@ -1491,9 +1509,9 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
       reg.registered_by = admin;
       GV_ASSIGN_OR_RETURN(store::ConnectorRegistration stored,
                           authorizer.Register(std::move(reg), client_secret));
-      spdlog::info("connector.registered admin={} uid={} connector={} type={} client_id={}", admin,
-                   connection.peer().uid, stored.connector_id, stored.connector_type,
-                   stored.client_id);
+      spdlog::info("connector.registered admin={} uid={} connector={} type={} client_id={}",
+                   EscapeForLog(admin), connection.peer().uid, EscapeForLog(stored.connector_id),
+                   EscapeForLog(stored.connector_type), EscapeForLog(stored.client_id));
       audit::Event e = AdminEvent(request, connection, "connector.registered");
       e.connector_id = stored.connector_id;
       e.details["connector_type"] = stored.connector_type;
@@ -1529,8 +1547,8 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
                           authorizer.Begin(in.workspace_id(), in.connector_id(), std::move(scopes),
                                            admin, in.redirect_uri()));
       spdlog::info("authorization.started admin={} uid={} workspace={} connector={} scopes={}",
-                   admin, connection.peer().uid, in.workspace_id(), in.connector_id(),
-                   absl::StrJoin(started.scopes, " "));
+                   EscapeForLog(admin), connection.peer().uid, EscapeForLog(in.workspace_id()),
+                   EscapeForLog(in.connector_id()), EscapedList(started.scopes));
       v1::BeginAuthorizationReply* out = r.mutable_begin_authorization();
       out->set_authorization_url(started.authorization_url);
       out->set_expires_at_ms(UnixMillis(started.expires_at));
@@ -1547,8 +1565,8 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
         if (out->unneeded_scopes_size() > 0) {
           spdlog::warn(
               "authorization.wider_than_needed admin={} workspace={} connector={} unneeded={}",
-              admin, in.workspace_id(), in.connector_id(),
-              absl::StrJoin(out->unneeded_scopes(), " "));
+              EscapeForLog(admin), EscapeForLog(in.workspace_id()), EscapeForLog(in.connector_id()),
+              EscapedList(out->unneeded_scopes()));
         }
       }
       return absl::OkStatus();
@@ -1571,8 +1589,8 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
       }
       absl::StatusOr<oauth::Authorizer::Completed> done = authorizer.Complete(callback);
       if (!done.ok()) {
-        spdlog::warn("authorization.failed admin={} uid={} reason={}", admin, connection.peer().uid,
-                     std::string(done.status().message()));
+        spdlog::warn("authorization.failed admin={} uid={} reason={}", EscapeForLog(admin),
+                     connection.peer().uid, EscapeTextForLog(std::string(done.status().message())));
         return done.status();
       }
       const store::Grant& g = done->grant;
@@ -1587,8 +1605,9 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
       }
       spdlog::info("{} admin={} uid={} workspace={} connector={} grant={} account={} scopes={}{}",
                    done->replaced_grant_id ? "grant.scope_changed" : "grant.authorized",
-                   g.authorized_by, connection.peer().uid, g.workspace_id, g.connector_id,
-                   g.grant_id, g.account_id, absl::StrJoin(g.scopes, " "),
+                   EscapeForLog(g.authorized_by), connection.peer().uid,
+                   EscapeForLog(g.workspace_id), EscapeForLog(g.connector_id), g.grant_id,
+                   EscapeForLog(g.account_id), EscapedList(g.scopes),
                    done->replaced_grant_id ? " replaced=" + *done->replaced_grant_id : "");
       audit::Event e =
           AdminEvent(request, connection,
@@ -1603,7 +1622,7 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
                 g.grant_id, store::GrantStatus::kRevoked, reason, clock_->Now());
             !revoked.ok()) {
           spdlog::error("grant.unaccounted grant={}: it could not be revoked: {}", g.grant_id,
-                        std::string(revoked.message()));
+                        EscapeTextForLog(std::string(revoked.message())));
         }
         RetireInMemory(g.workspace_id, g.connector_id, g.grant_id, reason);
         // Agent hosts hear that the grant they used is gone (no AUTHORIZED

@@ -22,6 +22,7 @@
 #include "tests/keys/sealed_fixtures.h"
 #include "tests/testing/daemon_process.h"
 #include "tests/testing/temp_dir.h"
+#include "tests/testing/wait.h"
 
 namespace grantvault {
 namespace {
@@ -511,6 +512,26 @@ TEST_F(DaemonTest, AnUnknownConfigKeyIsRefusedWithItsLine) {
   EXPECT_FALSE(d.Start().ok());
   EXPECT_EQ(d.Wait(), 2);
   EXPECT_THAT(d.Stderr(), HasSubstr("max_conections"));
+}
+
+// A caller's strings cannot end a log line and forge the next one.
+TEST_F(DaemonTest, CallerSuppliedStringsCannotForgeLogLines) {
+  StartDaemon();
+  auto admin = Connect(AdminSocket());
+  ASSERT_NE(admin, nullptr);
+  v1::Request r;
+  r.set_admin_user("eve\n2026-01-01T00:00:00.000 info key.rotated admin=root uid=0");
+  r.mutable_show_grant()->set_grant_id("gr_nope\ninfo grant.revoked admin=root");
+  auto resp = admin->Call(r);
+  ASSERT_TRUE(resp.ok()) << resp.status();
+  EXPECT_EQ(resp->error().code(), v1::Error::NOT_FOUND) << resp->DebugString();
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return daemon_->Stderr().find("admin request failed") != std::string::npos; }));
+  const std::string log = daemon_->Stderr();
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("\n2026-01-01T00:00:00.000 info key.rotated")));
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("\ninfo grant.revoked")));
+  EXPECT_THAT(log, HasSubstr("admin=eve\\x0a2026-01-01T00:00:00.000\\x20info\\x20key.rotated"));
+  EXPECT_THAT(log, HasSubstr("gr_nope\\x0ainfo grant.revoked"));
 }
 
 }  // namespace
