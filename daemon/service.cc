@@ -352,8 +352,11 @@ void Service::EndRefusedSubscriptions() {
 
 void Service::OnConnect(v1::HelloReply::Role role,
                         const std::shared_ptr<ipc::Connection>& connection) {
+  (void)role;
   auto state = std::make_shared<ConnectionState>();
-  if (role == v1::HelloReply::AGENT) state->caller = AttestedSlot(*connection);
+  // Admin peers too: the admin check needs their supplementary groups (and
+  // the policy's role), read now, while the pid is surely the peer's.
+  state->caller = AttestedSlot(*connection);
   connection->set_context(std::move(state));
 }
 
@@ -544,10 +547,34 @@ absl::Status Service::CheckAdmin(const ipc::Connection& connection, const v1::Re
   }
   const ipc::PeerCredentials& peer = connection.peer();
   if (peer.uid == ::geteuid()) return absl::OkStatus();
+  absl::StatusOr<std::shared_ptr<const policy::CallerIdentity>> caller =
+      SharedCaller(CallerOf(connection).get());
+  // A rule of the caller policy that names the peer decides by its role.
+  // (Matched on what was attested at connect: a rule that needs the
+  // executable never matches here.)
+  if (caller.ok() && agents_.resolver != nullptr) {
+    if (std::shared_ptr<const policy::Policy> current = agents_.resolver->policy()) {
+      if (const policy::CallerRule* rule = current->FindCaller(**caller); rule != nullptr) {
+        if (rule->role == policy::Role::kAdmin) return absl::OkStatus();
+        return absl::PermissionDeniedError(
+            absl::StrCat("uid ", peer.uid, " has the agent role in the caller policy (",
+                         rule->where, "): agents may only resolve and subscribe on agent.sock"));
+      }
+    }
+  }
+  std::vector<gid_t> groups = {peer.gid};
+  if (caller.ok()) {
+    groups.insert(groups.end(), (*caller)->supplementary_groups.begin(),
+                  (*caller)->supplementary_groups.end());
+  }
   absl::MutexLock lock(&mu_);
-  if (std::find(admin_.uids.begin(), admin_.uids.end(), peer.uid) != admin_.uids.end() ||
-      std::find(admin_.gids.begin(), admin_.gids.end(), peer.gid) != admin_.gids.end()) {
+  if (std::find(admin_.uids.begin(), admin_.uids.end(), peer.uid) != admin_.uids.end()) {
     return absl::OkStatus();
+  }
+  for (gid_t gid : groups) {
+    if (std::find(admin_.gids.begin(), admin_.gids.end(), gid) != admin_.gids.end()) {
+      return absl::OkStatus();
+    }
   }
   return absl::PermissionDeniedError(
       absl::StrCat("uid ", peer.uid, " is not allowed to administer grantvault"));
@@ -673,7 +700,7 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::R
       break;
     }
     case v1::Request::kRevokeGrant:
-      status = RunRevoke(request, r);
+      status = RunRevoke(*connection, request, r);
       break;
     case v1::Request::kAuditExport:
       status = RunAuditExport(connection, request, r);
@@ -1280,7 +1307,8 @@ void Service::OnUpstreamAttempt(const store::Grant& grant, const store::Upstream
   }
 }
 
-absl::Status Service::RunRevoke(const v1::Request& request, v1::Response& response) {
+absl::Status Service::RunRevoke(const ipc::Connection& connection, const v1::Request& request,
+                                v1::Response& response) {
   const v1::RevokeGrantRequest& in = request.revoke_grant();
   if (in.reason().empty()) return absl::InvalidArgumentError("a revocation needs a reason");
   absl::StatusOr<store::Grant> found = absl::InvalidArgumentError(
@@ -1300,6 +1328,8 @@ absl::Status Service::RunRevoke(const v1::Request& request, v1::Response& respon
   audit::Event e;
   e.type = "grant.revoked";
   e.actor.admin_user = request.admin_user();
+  e.actor.uid = connection.peer().uid;
+  e.actor.pid = connection.peer().pid;
   AddGrantFields(grant, e);
   e.outcome = "ok";
   e.reason = in.reason();
@@ -1328,9 +1358,10 @@ absl::Status Service::RunRevoke(const v1::Request& request, v1::Response& respon
   PublishGrantEvent(GrantEventOf(v1::GrantEvent::REVOKED, grant, reason, clock_->Now()));
   // 6. The provider, in the background (retried until it confirms).
   if (trail_.revoker != nullptr) trail_.revoker->Wake();
-  spdlog::info("grant.revoked admin={} workspace={} connector={} grant={} reason={}",
-               request.admin_user(), grant.workspace_id, grant.connector_id, grant.grant_id,
-               in.reason());
+  spdlog::info("grant.revoked admin={} uid={} workspace={} connector={} grant={} reason={}",
+               EscapeForLog(request.admin_user()), connection.peer().uid,
+               EscapeForLog(grant.workspace_id), EscapeForLog(grant.connector_id), grant.grant_id,
+               EscapeTextForLog(in.reason()));
   GV_ASSIGN_OR_RETURN(store::Grant now, vault_->store->GetGrant(grant.grant_id));
   FillGrant(now, response.mutable_revoke_grant()->mutable_grant());
   return absl::OkStatus();

@@ -214,14 +214,24 @@ class Service {
       CallerSlot* slot);
   void Dispatch(v1::HelloReply::Role role, const std::shared_ptr<ipc::Connection>& connection,
                 v1::Request request, absl::Time received);
+  // Whether the peer may make admin requests: the daemon's own uid; else the
+  // role of the caller policy's first rule that matches the peer (attested at
+  // connect); else [admin] allowed_uids, or allowed_gids against the peer's
+  // primary and supplementary groups.
   absl::Status CheckAdmin(const ipc::Connection& connection, const v1::Request& request);
+  // Status on agent.sock: only for a peer the caller policy names (on an
+  // agent worker: matching may re-attest the caller).
+  void AnswerAgentStatus(const std::shared_ptr<ipc::Connection>& connection, uint64_t request_id);
+  // Answers from the snapshot when it is fresh enough; false when it is not.
+  bool SendFreshStatus(ipc::Connection& connection, uint64_t request_id);
   void RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::Request& request);
   // The OAuth requests (register, list connectors, begin/complete authorization).
   absl::Status RunOAuth(const ipc::Connection& connection, v1::Request& request,
                         v1::Response& response);
   void AnswerStatus(const std::shared_ptr<ipc::Connection>& connection, uint64_t request_id);
   v1::StatusReply ComputeStatus();
-  absl::Status RunRevoke(const v1::Request& request, v1::Response& response);
+  absl::Status RunRevoke(const ipc::Connection& connection, const v1::Request& request,
+                         v1::Response& response);
   absl::Status RunAuditExport(const std::shared_ptr<ipc::Connection>& connection,
                               const v1::Request& request, v1::Response& response);
   // After the store revoked `grant_id`: its cached token is erased, resolves

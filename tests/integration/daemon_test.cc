@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/ids.h"
 #include "daemon/vault.h"
 #include "gmock/gmock.h"
@@ -45,14 +46,39 @@ class DaemonTest : public ::testing::Test {
   void SetUp() override {
     state_ = dir_.Join("state");
     config_ = dir_.Join("grantvaultd.toml");
+    policy_ = dir_.Join("policy.toml");
     WriteConfig("");
   }
   void TearDown() override {
     if (daemon_) daemon_->Stop(SIGTERM);
   }
 
-  void WriteConfig(const std::string& extra) {
-    std::ofstream(config_) << "[limits]\nframe_timeout_ms = 400\n" << extra;
+  // `policy` goes into the [policy] section, whose file is policy_.
+  void WriteConfig(const std::string& extra, const std::string& policy = "") {
+    std::ofstream(config_) << "[limits]\nframe_timeout_ms = 400\n"
+                           << extra << "\n[policy]\nfile = \"" << policy_ << "\"\n"
+                           << policy;
+  }
+
+  void WritePolicy(const std::string& text) { std::ofstream(policy_, std::ios::trunc) << text; }
+
+  // This process's uid as an agent of workspace "w".
+  static std::string AgentPolicy(uid_t uid) {
+    return absl::StrCat("[[callers]]\nuid = ", uid,
+                        "\nrole = \"agent\"\nworkspaces = [\"w\"]\n"
+                        "[workspaces.w]\nallow_resolve_without_tool = true\n");
+  }
+
+  // SIGHUP, and the daemon's READY=1 once it has re-read everything.
+  void Reload() {
+    daemon_->Signal(SIGHUP);
+    ASSERT_TRUE(daemon_->WaitForNotification("READY=1", absl::Seconds(10)).ok());
+  }
+
+  static v1::Request StatusRequest() {
+    v1::Request r;
+    r.mutable_status();
+    return r;
   }
 
   // Seals kRecords records into the state before the daemon starts.
@@ -94,6 +120,7 @@ class DaemonTest : public ::testing::Test {
   TempDir dir_;
   std::string state_;
   std::string config_;
+  std::string policy_;
   std::unique_ptr<DaemonProcess> daemon_;
 };
 
@@ -512,6 +539,68 @@ TEST_F(DaemonTest, AnUnknownConfigKeyIsRefusedWithItsLine) {
   EXPECT_FALSE(d.Start().ok());
   EXPECT_EQ(d.Wait(), 2);
   EXPECT_THAT(d.Stderr(), HasSubstr("max_conections"));
+}
+
+// Admin rights on admin.sock: the caller policy's role decides for a peer a
+// rule names; otherwise [admin] allowed_gids counts supplementary groups too.
+// Peers of other uids run the real CLI through setpriv(1).
+TEST_F(DaemonTest, AdminRightsFollowThePolicyRoleAndSupplementaryGroups) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run the CLI as other users";
+  const std::string sockets = dir_.Join("sock");
+  ASSERT_EQ(::chmod(dir_.path().c_str(), 0711), 0);
+  ASSERT_EQ(::mkdir(sockets.c_str(), 0711), 0);
+  const std::string admin_socket = sockets + "/admin.sock";
+  WriteConfig(absl::StrCat("[sockets]\nagent = \"", sockets, "/agent.sock\"\nadmin = \"",
+                           admin_socket,
+                           "\"\nmode = 0o666\n[admin]\nallowed_uids = [65534]\n"
+                           "allowed_gids = [4242]\n"));
+  WritePolicy(
+      "[[callers]]\ngid = 4243\nrole = \"admin\"\n\n"
+      "[[callers]]\nuid = 65534\nrole = \"agent\"\nworkspaces = [\"w\"]\n[workspaces.w]\n");
+  StartDaemon();
+  auto cli_as = [&](uid_t uid, const std::string& groups, std::vector<std::string> args) {
+    std::vector<std::string> argv = {"/usr/bin/setpriv",
+                                     absl::StrCat("--reuid=", uid),
+                                     absl::StrCat("--regid=", uid),
+                                     groups.empty() ? "--clear-groups" : "--groups=" + groups,
+                                     GV_CLI,
+                                     "--socket",
+                                     admin_socket,
+                                     "--admin",
+                                     "bob"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunCommand(argv);
+  };
+  // An admin rule matched through a supplementary group.
+  CommandResult admin_by_role = cli_as(65534, "4243", {"keys", "status"});
+  EXPECT_EQ(admin_by_role.exit_code, 0) << admin_by_role.out << admin_by_role.err;
+  // The agent role keeps a peer out, though [admin] allowed_uids names it.
+  CommandResult agent = cli_as(65534, "", {"keys", "status"});
+  EXPECT_NE(agent.exit_code, 0) << agent.out;
+  EXPECT_THAT(agent.err, HasSubstr("agent role"));
+  // No rule names uid 65533: allowed_gids decides, with its supplementary groups.
+  CommandResult by_group = cli_as(65533, "4242", {"keys", "rotate"});
+  EXPECT_EQ(by_group.exit_code, 0) << by_group.out << by_group.err;
+  CommandResult outsider = cli_as(65533, "", {"keys", "status"});
+  EXPECT_NE(outsider.exit_code, 0) << outsider.out;
+  EXPECT_THAT(outsider.err, HasSubstr("not allowed to administer"));
+
+  // The admin record names the peer by its kernel-given uid, not only by the
+  // admin_user it asserted.
+  const std::string exported = dir_.Join("system.jsonl");
+  CommandResult exported_ok =
+      RunCommand({GV_CLI, "--socket", admin_socket, "audit", "export", "--system", "-o", exported});
+  ASSERT_EQ(exported_ok.exit_code, 0) << exported_ok.err;
+  bool found = false;
+  std::ifstream in(exported);
+  for (std::string line; std::getline(in, line);) {
+    if (line.find("\"key.rotated\"") == std::string::npos) continue;
+    found = true;
+    EXPECT_THAT(line, HasSubstr("\"admin_user\":\"bob\""));
+    EXPECT_THAT(line, HasSubstr("\"uid\":65533"));
+    EXPECT_THAT(line, ::testing::ContainsRegex("\"pid\":[1-9]"));
+  }
+  EXPECT_TRUE(found);
 }
 
 // A caller's strings cannot end a log line and forge the next one.
