@@ -20,8 +20,24 @@ void Resolver::SetPolicy(std::shared_ptr<const policy::Policy> policy) {
   {
     absl::MutexLock lock(&mu_);
     policy_ = std::move(policy);
+    refusal_ = absl::PermissionDeniedError(
+        "no caller policy is configured, so no agent may use grantvault (docs/policy.md)");
   }
   generation_.fetch_add(1, std::memory_order_release);
+}
+
+void Resolver::RefuseAll(absl::Status refusal) {
+  {
+    absl::MutexLock lock(&mu_);
+    policy_ = nullptr;
+    refusal_ = std::move(refusal);
+  }
+  generation_.fetch_add(1, std::memory_order_release);
+}
+
+Resolver::PolicySnapshot Resolver::Snapshot() const {
+  absl::MutexLock lock(&mu_);
+  return PolicySnapshot{policy_, refusal_};
 }
 
 std::shared_ptr<const policy::Policy> Resolver::policy() const {
@@ -83,19 +99,22 @@ absl::StatusOr<std::shared_ptr<const store::Grant>> Resolver::FindGrant(
 
 absl::StatusOr<policy::CallerRule> Resolver::AllowWorkspace(policy::CallerIdentity& caller,
                                                             const std::string& workspace_id) const {
-  const std::shared_ptr<const policy::Policy> current = policy();
+  const PolicySnapshot current = Snapshot();
   GV_ASSIGN_OR_RETURN(const policy::CallerRule* rule,
-                      AllowWorkspaceUnder(current.get(), caller, workspace_id));
+                      AllowWorkspaceUnder(current, caller, workspace_id));
   return *rule;
 }
 
-absl::StatusOr<const policy::CallerRule*> Resolver::AllowWorkspaceUnder(
-    const policy::Policy* current, policy::CallerIdentity& caller,
-    const std::string& workspace_id) {
-  if (current == nullptr) {
-    return absl::PermissionDeniedError(
-        "no caller policy is configured, so no agent may use grantvault (docs/policy.md)");
-  }
+absl::StatusOr<policy::CallerRule> Resolver::MatchCaller(policy::CallerIdentity& caller) const {
+  const PolicySnapshot current = Snapshot();
+  GV_ASSIGN_OR_RETURN(const policy::CallerRule* rule, MatchUnder(current, caller));
+  return *rule;
+}
+
+absl::StatusOr<const policy::CallerRule*> Resolver::MatchUnder(const PolicySnapshot& snapshot,
+                                                               policy::CallerIdentity& caller) {
+  const policy::Policy* current = snapshot.policy.get();
+  if (current == nullptr) return snapshot.refusal;
   // A reload may ask for more than this connection was attested with.
   const policy::AttestOptions needed = current->RequiredAttestation();
   if (!Covers(caller, needed)) {
@@ -111,6 +130,13 @@ absl::StatusOr<const policy::CallerRule*> Resolver::AllowWorkspaceUnder(
   const policy::CallerRule* rule = current->FindCaller(caller);
   // No rule: MatchCaller (same rules, same caller) says why.
   if (rule == nullptr) return current->MatchCaller(caller).status();
+  return rule;
+}
+
+absl::StatusOr<const policy::CallerRule*> Resolver::AllowWorkspaceUnder(
+    const PolicySnapshot& current, policy::CallerIdentity& caller,
+    const std::string& workspace_id) {
+  GV_ASSIGN_OR_RETURN(const policy::CallerRule* rule, MatchUnder(current, caller));
   if (!rule->AllowsWorkspace(workspace_id)) {
     // Checked before any grant is looked up, so another workspace's grants
     // are not even confirmed to exist.
@@ -127,9 +153,10 @@ absl::StatusOr<Resolved> Resolver::Resolve(policy::CallerIdentity& caller,
     return absl::InvalidArgumentError("resolve needs a workspace id and a connector id");
   }
   // One snapshot for the whole request, however many reloads happen meanwhile.
-  std::shared_ptr<const policy::Policy> current = policy();
+  const PolicySnapshot snapshot = Snapshot();
+  std::shared_ptr<const policy::Policy> current = snapshot.policy;
   GV_ASSIGN_OR_RETURN(const policy::CallerRule* rule,
-                      AllowWorkspaceUnder(current.get(), caller, query.workspace_id));
+                      AllowWorkspaceUnder(snapshot, caller, query.workspace_id));
   GV_ASSIGN_OR_RETURN(std::shared_ptr<const store::Grant> grant,
                       FindGrant(query.workspace_id, query.connector_id));
   if (found != nullptr) *found = *grant;

@@ -68,6 +68,9 @@ class Resolver {
 
   // Publishes the policy resolves are checked against (null: none).
   void SetPolicy(std::shared_ptr<const policy::Policy> policy) ABSL_LOCKS_EXCLUDED(mu_);
+  // Publishes no policy at all: every agent request is refused with
+  // `refusal` (a PermissionDenied saying why) until SetPolicy gives one.
+  void RefuseAll(absl::Status refusal) ABSL_LOCKS_EXCLUDED(mu_);
   std::shared_ptr<const policy::Policy> policy() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Attests a newly connected caller with what the current policy needs.
@@ -77,6 +80,11 @@ class Resolver {
   // Subscribe both start here). `caller` may be re-attested as below.
   absl::StatusOr<policy::CallerRule> AllowWorkspace(policy::CallerIdentity& caller,
                                                     const std::string& workspace_id) const;
+
+  // The rule of the current policy that matches `caller` (whatever its
+  // workspaces), or PermissionDenied saying why none does. `caller` may be
+  // re-attested as below.
+  absl::StatusOr<policy::CallerRule> MatchCaller(policy::CallerIdentity& caller) const;
 
   // `caller` may be re-attested (and updated) when the policy now needs more
   // than it holds (an executable path or hash). `found` (optional) receives
@@ -105,9 +113,19 @@ class Resolver {
   }
 
  private:
+  // The policy in force, or why there is none.
+  struct PolicySnapshot {
+    std::shared_ptr<const policy::Policy> policy;
+    absl::Status refusal;  // when `policy` is null
+  };
+  PolicySnapshot Snapshot() const ABSL_LOCKS_EXCLUDED(mu_);
+  // The rule of `current` that matches `caller` (re-attested when `current`
+  // needs more than it holds).
+  static absl::StatusOr<const policy::CallerRule*> MatchUnder(const PolicySnapshot& current,
+                                                              policy::CallerIdentity& caller);
   // The rule of `current` that lets `caller` use `workspace_id`.
   static absl::StatusOr<const policy::CallerRule*> AllowWorkspaceUnder(
-      const policy::Policy* current, policy::CallerIdentity& caller,
+      const PolicySnapshot& current, policy::CallerIdentity& caller,
       const std::string& workspace_id);
   // The scopes the query asks for (sorted, unique), checked against the
   // policy and the grant.
@@ -131,6 +149,9 @@ class Resolver {
 
   mutable absl::Mutex mu_;
   std::shared_ptr<const policy::Policy> policy_ ABSL_GUARDED_BY(mu_);
+  // Why every agent request is refused while `policy_` is null.
+  absl::Status refusal_ ABSL_GUARDED_BY(mu_) = absl::PermissionDeniedError(
+      "no caller policy is configured, so no agent may use grantvault (docs/policy.md)");
   // (workspace, connector) → the current grant's non-secret fields, or the
   // last revoked one when there is no current one. Only this daemon writes
   // grants (one daemon per store), and it forgets an entry on every change it

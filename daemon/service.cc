@@ -481,15 +481,17 @@ void Service::Dispatch(v1::HelloReply::Role role,
                                               "Hello was already exchanged on this connection"));
       return;
     case v1::Request::kStatus: {
-      std::optional<v1::StatusReply> fresh;
-      {
-        absl::MutexLock lock(&snapshot_mu_);
-        if (clock_->Now() - snapshot_.taken < kStatusSnapshotMaxAge) fresh = snapshot_.reply;
-      }
-      if (fresh) {
-        SendStatus(*connection, id, std::move(*fresh));
+      if (role == v1::HelloReply::AGENT) {
+        if (agents_.resolver == nullptr || agent_workers_ == nullptr) {
+          SendResponse(*connection, ErrorResponse(id, v1::Error::UNAVAILABLE,
+                                                  "this daemon does not serve agents"));
+          return;
+        }
+        boost::asio::post(agent_workers_->pool,
+                          [this, connection, id] { AnswerAgentStatus(connection, id); });
         return;
       }
+      if (SendFreshStatus(*connection, id)) return;
       boost::asio::post(workers_->pool, [this, connection, id] { AnswerStatus(connection, id); });
       return;
     }
@@ -806,6 +808,32 @@ void Service::SendStatus(ipc::Connection& connection, uint64_t request_id,
     r.mutable_status()->set_open_connections(static_cast<uint32_t>(server_->stats().open));
   }
   SendResponse(connection, r);
+}
+
+bool Service::SendFreshStatus(ipc::Connection& connection, uint64_t request_id) {
+  std::optional<v1::StatusReply> fresh;
+  {
+    absl::MutexLock lock(&snapshot_mu_);
+    if (clock_->Now() - snapshot_.taken < kStatusSnapshotMaxAge) fresh = snapshot_.reply;
+  }
+  if (!fresh) return false;
+  SendStatus(connection, request_id, std::move(*fresh));
+  return true;
+}
+
+void Service::AnswerAgentStatus(const std::shared_ptr<ipc::Connection>& connection,
+                                uint64_t request_id) {
+  absl::StatusOr<policy::CallerIdentity> caller = CopyCaller(CallerOf(*connection).get());
+  absl::Status allowed = caller.status();
+  if (allowed.ok()) allowed = agents_.resolver->MatchCaller(*caller).status();
+  if (!allowed.ok()) {
+    v1::Response r;
+    r.set_request_id(request_id);
+    *r.mutable_error() = StatusToError(allowed);
+    SendResponse(*connection, r);
+    return;
+  }
+  if (!SendFreshStatus(*connection, request_id)) AnswerStatus(connection, request_id);
 }
 
 void Service::DispatchAgent(const std::shared_ptr<ipc::Connection>& connection, v1::Request request,

@@ -125,6 +125,7 @@ class DaemonTest : public ::testing::Test {
 };
 
 TEST_F(DaemonTest, StatusOnBothSocketsThroughTheClientLibrary) {
+  WritePolicy(AgentPolicy(::getuid()));
   StartDaemon();
   auto admin = Connect(AdminSocket());
   ASSERT_NE(admin, nullptr);
@@ -321,6 +322,7 @@ TEST_F(DaemonTest, RewrapStreamsProgressThroughTheClientLibrary) {
 }
 
 TEST_F(DaemonTest, HostileFramesCloseOnlyTheirConnection) {
+  WritePolicy(AgentPolicy(::getuid()));  // Status on agent.sock is for callers it names
   StartDaemon();
   auto good = Connect(AgentSocket());
   ASSERT_NE(good, nullptr);
@@ -393,6 +395,7 @@ TEST_F(DaemonTest, HostileFramesCloseOnlyTheirConnection) {
 }
 
 TEST_F(DaemonTest, PipelinedRequestsAreAnsweredWithTheirIds) {
+  WritePolicy(AgentPolicy(::getuid()));  // Status on agent.sock is for callers it names
   StartDaemon();
   RawSocket s(AgentSocket());
   ASSERT_TRUE(s.Hello());
@@ -418,6 +421,7 @@ TEST_F(DaemonTest, PipelinedRequestsAreAnsweredWithTheirIds) {
 
 TEST_F(DaemonTest, AThousandSimultaneousConnectionsAreServedOrRefusedCleanly) {
   WriteConfig("max_connections = 600\n");
+  WritePolicy(AgentPolicy(::getuid()));
   StartDaemon();
   std::vector<std::unique_ptr<RawSocket>> sockets;
   int served = 0, refused = 0;
@@ -539,6 +543,37 @@ TEST_F(DaemonTest, AnUnknownConfigKeyIsRefusedWithItsLine) {
   EXPECT_FALSE(d.Start().ok());
   EXPECT_EQ(d.Wait(), 2);
   EXPECT_THAT(d.Stderr(), HasSubstr("max_conections"));
+}
+
+// Status on agent.sock tells whoever asks what the daemon holds: only a peer
+// the caller policy names gets it.
+TEST_F(DaemonTest, AgentStatusIsRefusedToPeersNoCallerRuleMatches) {
+  StartDaemon();  // no policy file yet
+  auto agent = Connect(AgentSocket());
+  ASSERT_NE(agent, nullptr);
+  auto refused = agent->Call(StatusRequest());
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  EXPECT_FALSE(refused->has_status());
+  EXPECT_EQ(refused->error().code(), v1::Error::PERMISSION_DENIED) << refused->DebugString();
+
+  WritePolicy(AgentPolicy(::getuid() + 4242));
+  Reload();
+  refused = agent->Call(StatusRequest());
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  EXPECT_FALSE(refused->has_status());
+  EXPECT_EQ(refused->error().code(), v1::Error::PERMISSION_DENIED);
+  EXPECT_THAT(refused->error().message(), HasSubstr("is not in the policy"));
+
+  WritePolicy(AgentPolicy(::getuid()));
+  Reload();
+  auto answered = agent->Call(StatusRequest());
+  ASSERT_TRUE(answered.ok()) << answered.status();
+  EXPECT_TRUE(answered->has_status()) << answered->error().message();
+  // The admin socket answers as before.
+  auto admin = Connect(AdminSocket());
+  ASSERT_NE(admin, nullptr);
+  auto status = admin->Call(StatusRequest());
+  ASSERT_TRUE(status.ok() && status->has_status());
 }
 
 // Admin rights on admin.sock: the caller policy's role decides for a peer a
