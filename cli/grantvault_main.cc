@@ -373,6 +373,19 @@ int Main(int argc, char** argv) {
         std::printf("  revocations %u pending at providers (grants show names them)\n",
                     s.upstream_revocations_pending());
       }
+      if (!s.policy_file().empty()) {
+        std::printf("  policy      %s, %s\n", s.policy_file().c_str(),
+                    s.policy_loaded_at_ms() != 0
+                        ? ("loaded " + Millis(s.policy_loaded_at_ms())).c_str()
+                        : "NONE IN FORCE: every agent request is refused");
+      }
+      if (!s.policy_last_reload_error().empty()) {
+        std::printf("  policy      LAST RELOAD FAILED at %s (%s): %s\n",
+                    Millis(s.policy_last_reload_failed_at_ms()).c_str(),
+                    s.policy_denying() ? "every agent request is refused"
+                                       : "the previous policy stays in force",
+                    s.policy_last_reload_error().c_str());
+      }
       std::printf("  audit       %s\n",
                   !s.audit_enabled() ? "OFF"
                   : s.audit_last_signing_error().empty()

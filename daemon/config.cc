@@ -152,8 +152,16 @@ absl::Status Apply(const toml::table& root, DaemonConfig& c) {
     GV_RETURN_IF_ERROR(ReadMillis(*t, "repeat_record_ms", 0, 400, &c.audit_repeat_record));
   }
   if (const toml::table* t = Section(root, "policy")) {
-    GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "policy", {"file"}));
+    GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "policy", {"file", "reload_failure"}));
     GV_RETURN_IF_ERROR(Read(*t, "file", &c.policy_file));
+    std::string on_failure;
+    GV_RETURN_IF_ERROR(Read(*t, "reload_failure", &on_failure));
+    if (on_failure == "deny") {
+      c.policy_reload_failure = DaemonConfig::PolicyReloadFailure::kDeny;
+    } else if (!on_failure.empty() && on_failure != "keep") {
+      return Invalid(*t->get("reload_failure"), "policy.reload_failure",
+                     "must be \"keep\" or \"deny\"");
+    }
   }
   if (const toml::table* t = Section(root, "log")) {
     GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "log", {"level"}));

@@ -43,6 +43,11 @@ struct DaemonConfig {
   // <state_dir>/policy.toml; while the file does not exist, every agent
   // request is refused.
   std::string policy_file;
+  // What a reload that fails (the file does not parse, or others could write
+  // it) leaves in force: the previous policy (kKeep), or none, so that every
+  // agent request is refused until a reload succeeds (kDeny).
+  enum class PolicyReloadFailure { kKeep, kDeny };
+  PolicyReloadFailure policy_reload_failure = PolicyReloadFailure::kKeep;
 
   // The audit log (docs/audit.md). Turning it off is for measuring its cost
   // only: the daemon then warns at every start, and nothing is audited.

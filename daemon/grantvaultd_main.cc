@@ -339,12 +339,19 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
           spdlog::warn("policy.file changes apply at the next start; re-reading {}",
                        config->policy_file);
         }
-        absl::Status reloaded = service.ReloadPolicy();
+        const bool deny = fresh->policy_reload_failure == DaemonConfig::PolicyReloadFailure::kDeny;
+        absl::Status reloaded = service.ReloadPolicy(deny);
         if (reloaded.ok()) {
-          spdlog::info("policy.reloaded file={}", config->policy_file);
+          spdlog::info("policy.reloaded file={}", EscapeForLog(config->policy_file));
+          sd_notify(0, "STATUS=serving");
         } else {
-          spdlog::error("policy.reload_failed file={} {}", config->policy_file,
-                        std::string(reloaded.message()));
+          // Loud: an operator must not miss a policy change that did not apply.
+          spdlog::error("policy.reload_failed file={} on_failure={} error={}",
+                        EscapeForLog(config->policy_file), deny ? "deny" : "keep",
+                        EscapeTextForLog(std::string(reloaded.message())));
+          sd_notifyf(0, "STATUS=policy reload failed (%s): %s",
+                     deny ? "every agent request refused" : "the previous policy stays in force",
+                     EscapeTextForLog(std::string(reloaded.message())).c_str());
         }
         audit::Event e = SystemEvent("policy.reloaded", reloaded.ok() ? "SIGHUP" : "");
         e.outcome = reloaded.ok() ? "ok" : "failed";

@@ -300,16 +300,45 @@ void Service::Stop() {
 void Service::EnableAgents(Agents agents) {
   agent_workers_ = std::make_unique<Workers>(std::max<size_t>(1, agents.threads));
   agents_ = std::move(agents);
+  if (agents_.resolver != nullptr && agents_.resolver->policy() != nullptr) {
+    absl::MutexLock lock(&snapshot_mu_);
+    policy_state_.loaded_at = clock_->Now();
+  }
 }
 
-absl::Status Service::ReloadPolicy() {
+absl::Status Service::ReloadPolicy(bool deny_on_failure) {
   if (agents_.resolver == nullptr) return absl::FailedPreconditionError("agents are not served");
   absl::StatusOr<policy::Policy> fresh = policy::Policy::Load(agents_.policy_file);
+  const absl::Time now = clock_->Now();
   if (!fresh.ok()) {
-    return absl::Status(fresh.status().code(), absl::StrCat("the previous policy stays in force: ",
-                                                            fresh.status().message()));
+    const std::string why(fresh.status().message());
+    {
+      absl::MutexLock lock(&snapshot_mu_);
+      policy_state_.last_reload_error = why;
+      policy_state_.last_reload_failed_at = now;
+      policy_state_.denying = deny_on_failure;
+    }
+    if (!deny_on_failure) {
+      return absl::Status(fresh.status().code(),
+                          absl::StrCat("the previous policy stays in force: ", why));
+    }
+    // Fail closed, as the operator chose: the previous policy may be wider
+    // than the one that was meant to replace it.
+    agents_.resolver->RefuseAll(absl::PermissionDeniedError(absl::StrCat(
+        "the caller policy's last reload failed and [policy] reload_failure = \"deny\", so "
+        "every agent request is refused until a reload succeeds: ",
+        why)));
+    EndRefusedSubscriptions();
+    return absl::Status(fresh.status().code(),
+                        absl::StrCat("every agent request is refused until a reload succeeds "
+                                     "(reload_failure = \"deny\"): ",
+                                     why));
   }
   agents_.resolver->SetPolicy(std::make_shared<const policy::Policy>(std::move(*fresh)));
+  {
+    absl::MutexLock lock(&snapshot_mu_);
+    policy_state_ = PolicyState{now, "", absl::InfinitePast(), false};
+  }
   EndRefusedSubscriptions();
   return absl::OkStatus();
 }
@@ -806,6 +835,17 @@ void Service::SendStatus(ipc::Connection& connection, uint64_t request_id,
       static_cast<uint64_t>(absl::ToInt64Milliseconds(clock_->Now() - started_)));
   if (server_ != nullptr) {
     r.mutable_status()->set_open_connections(static_cast<uint32_t>(server_->stats().open));
+  }
+  // The policy's state is live too: a reload shows at once.
+  r.mutable_status()->set_policy_file(agents_.policy_file);
+  {
+    absl::MutexLock lock(&snapshot_mu_);
+    r.mutable_status()->set_policy_loaded_at_ms(
+        policy_state_.denying ? 0 : UnixMillis(policy_state_.loaded_at));
+    r.mutable_status()->set_policy_last_reload_error(policy_state_.last_reload_error);
+    r.mutable_status()->set_policy_last_reload_failed_at_ms(
+        UnixMillis(policy_state_.last_reload_failed_at));
+    r.mutable_status()->set_policy_denying(policy_state_.denying);
   }
   SendResponse(connection, r);
 }

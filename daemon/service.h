@@ -92,9 +92,12 @@ class Service {
   // The upstream revoker made an attempt: audit its outcome.
   void OnUpstreamAttempt(const store::Grant& grant, const store::UpstreamRevocation& state);
 
-  // SIGHUP: re-reads the policy file. On any error the previous policy stays
-  // in force and the error says why.
-  absl::Status ReloadPolicy();
+  // SIGHUP: re-reads the policy file. On any error (it does not parse, or
+  // users other than the daemon's and root could write it) the previous
+  // policy stays in force, or with `deny_on_failure` none does and every
+  // agent request is refused until a reload succeeds; the error says which.
+  // Either way Status reports the failure until the next good reload.
+  absl::Status ReloadPolicy(bool deny_on_failure = false);
   // Ends (PERMISSION_DENIED) every Subscribe stream the current policy no
   // longer allows; ReloadPolicy calls it.
   void EndRefusedSubscriptions();
@@ -160,6 +163,13 @@ class Service {
   struct Snapshot {
     absl::Time taken = absl::InfinitePast();
     v1::StatusReply reply;
+  };
+  // What Status says of the caller policy.
+  struct PolicyState {
+    absl::Time loaded_at = absl::InfinitePast();  // of the policy in force
+    std::string last_reload_error;                // "" once a reload succeeds
+    absl::Time last_reload_failed_at = absl::InfinitePast();
+    bool denying = false;  // the failure left no policy in force
   };
 
   void OnFrame(v1::HelloReply::Role role, const std::shared_ptr<ipc::Connection>& connection,
@@ -269,6 +279,7 @@ class Service {
 
   absl::Mutex snapshot_mu_;
   Snapshot snapshot_ ABSL_GUARDED_BY(snapshot_mu_);
+  PolicyState policy_state_ ABSL_GUARDED_BY(snapshot_mu_);
 };
 
 // Sends one Response on `connection` (final unless response.more()).

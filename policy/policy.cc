@@ -1,15 +1,22 @@
 #include "policy/policy.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cstdint>
-#include <fstream>
+#include <cstring>
 #include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/strings.h"
+#include "common/unique_fd.h"
 #include "nlohmann/json.hpp"
 #include "toml++/toml.h"
 
@@ -27,18 +34,52 @@ absl::Status Invalid(const std::string& file, const toml::source_region& region,
   return absl::InvalidArgumentError(absl::StrCat(Where(file, region), ": ", Sv(what)));
 }
 
+// A policy file or manifest decides who gets tokens: only this daemon's user
+// or root may be able to change it. Checked on the opened file, so a file
+// swapped in after the check is not the one read.
+absl::Status CheckTrustedFile(const std::string& path, int fd) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not a regular file"));
+  }
+  const uid_t self = ::geteuid();
+  if (st.st_uid != self && st.st_uid != 0) {
+    return absl::PermissionDeniedError(
+        absl::StrFormat("%s is owned by uid %d, neither this daemon's uid %d nor root, so its "
+                        "owner could rewrite the policy; run: chown %d %s",
+                        path, st.st_uid, self, self, path));
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    return absl::PermissionDeniedError(absl::StrFormat(
+        "%s is writable by its group or other users (mode %04o), so they could rewrite the "
+        "policy; run: chmod go-w %s",
+        path, st.st_mode & 07777, path));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read ", path));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
+  }
+  if (absl::Status trusted = CheckTrustedFile(path, fd.get()); !trusted.ok()) return trusted;
   std::string out;
   std::array<char, 8192> buf;
-  while (in.read(buf.data(), buf.size()) || in.gcount() > 0) {
-    out.append(buf.data(), static_cast<std::size_t>(in.gcount()));
+  for (;;) {
+    const ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
+    }
+    if (n == 0) break;
+    out.append(buf.data(), static_cast<std::size_t>(n));
     if (out.size() > kMaxFileBytes) {
       return absl::InvalidArgumentError(absl::StrCat(path, " is larger than 1 MiB"));
     }
   }
-  if (in.bad()) return absl::InvalidArgumentError(absl::StrCat("cannot read ", path));
   return out;
 }
 

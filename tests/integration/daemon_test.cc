@@ -576,6 +576,77 @@ TEST_F(DaemonTest, AgentStatusIsRefusedToPeersNoCallerRuleMatches) {
   ASSERT_TRUE(status.ok() && status->has_status());
 }
 
+// A reload that fails is loud and visible in Status; with reload_failure =
+// "deny" it leaves no policy in force until a reload succeeds.
+TEST_F(DaemonTest, AFailedPolicyReloadIsShownAndWithDenyRefusesEveryAgentRequest) {
+  WritePolicy(AgentPolicy(::getuid()));
+  StartDaemon();
+  auto admin = Connect(AdminSocket());
+  auto agent = Connect(AgentSocket());
+  ASSERT_NE(admin, nullptr);
+  ASSERT_NE(agent, nullptr);
+  auto status = [&] {
+    auto r = admin->Call(StatusRequest());
+    EXPECT_TRUE(r.ok() && r->has_status());
+    return r.ok() ? r->status() : v1::StatusReply();
+  };
+  const v1::StatusReply loaded = status();
+  EXPECT_EQ(loaded.policy_file(), policy_);
+  EXPECT_GT(loaded.policy_loaded_at_ms(), 0);
+  EXPECT_EQ(loaded.policy_last_reload_error(), "");
+  EXPECT_FALSE(loaded.policy_denying());
+
+  // A policy file its group could rewrite is refused; the previous policy
+  // stays in force (the default, "keep"), and the failure shows.
+  ASSERT_EQ(::chmod(policy_.c_str(), 0664), 0);
+  Reload();
+  v1::StatusReply kept = status();
+  EXPECT_THAT(kept.policy_last_reload_error(), HasSubstr("writable by its group"));
+  EXPECT_GT(kept.policy_last_reload_failed_at_ms(), 0);
+  EXPECT_EQ(kept.policy_loaded_at_ms(), loaded.policy_loaded_at_ms());
+  EXPECT_FALSE(kept.policy_denying());
+  EXPECT_THAT(daemon_->Stderr(), HasSubstr("policy.reload_failed"));
+  auto still = agent->Call(StatusRequest());
+  ASSERT_TRUE(still.ok());
+  EXPECT_TRUE(still->has_status()) << still->error().message();
+  CommandResult shown = Cli({"status"});
+  EXPECT_EQ(shown.exit_code, 0) << shown.err;
+  EXPECT_THAT(shown.out, HasSubstr("LAST RELOAD FAILED"));
+
+  // The operator chooses fail-closed: a policy that does not parse now
+  // leaves every agent request refused.
+  WriteConfig("", "reload_failure = \"deny\"\n");
+  ASSERT_EQ(::chmod(policy_.c_str(), 0644), 0);
+  WritePolicy("[[callers]]\nuid = 0\nrole = \"agent\"\nbogus = 1\n");
+  Reload();
+  v1::StatusReply denying = status();
+  EXPECT_TRUE(denying.policy_denying());
+  EXPECT_EQ(denying.policy_loaded_at_ms(), 0);
+  EXPECT_THAT(denying.policy_last_reload_error(), HasSubstr("bogus"));
+  auto refused = agent->Call(StatusRequest());
+  ASSERT_TRUE(refused.ok());
+  EXPECT_EQ(refused->error().code(), v1::Error::PERMISSION_DENIED);
+  EXPECT_THAT(refused->error().message(), HasSubstr("reload_failure"));
+  v1::Request resolve;
+  resolve.mutable_resolve()->set_workspace_id("w");
+  resolve.mutable_resolve()->set_connector_id("demo");
+  auto denied = agent->Call(resolve);
+  ASSERT_TRUE(denied.ok());
+  EXPECT_EQ(denied->error().code(), v1::Error::PERMISSION_DENIED);
+  EXPECT_THAT(denied->error().message(), HasSubstr("reload_failure"));
+
+  // A good reload ends it.
+  WritePolicy(AgentPolicy(::getuid()));
+  Reload();
+  v1::StatusReply recovered = status();
+  EXPECT_FALSE(recovered.policy_denying());
+  EXPECT_EQ(recovered.policy_last_reload_error(), "");
+  EXPECT_GT(recovered.policy_loaded_at_ms(), 0);
+  auto again = agent->Call(StatusRequest());
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->has_status()) << again->error().message();
+}
+
 // Admin rights on admin.sock: the caller policy's role decides for a peer a
 // rule names; otherwise [admin] allowed_gids counts supplementary groups too.
 // Peers of other uids run the real CLI through setpriv(1).

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/temp_dir.h"
@@ -281,6 +282,35 @@ TEST(PolicyTest, ImportsJsonManifests) {
     EXPECT_THAT(refused.status().message(), HasSubstr(expected)) << json;
     EXPECT_THAT(refused.status().message(), HasSubstr("bad.toml:2")) << json;
   }
+}
+
+// Whoever can write the policy file or a manifest decides who gets tokens.
+TEST(PolicyTest, RefusesAPolicyOrManifestOthersCouldRewrite) {
+  TempDir dir;
+  const std::string path = dir.Join("policy.toml");
+  Write(path, "[workspaces.w]\nmanifests = [\"agent.json\"]\n");
+  Write(dir.Join("agent.json"), R"({"tools": []})");
+  ASSERT_TRUE(Policy::Load(path).ok());
+  for (mode_t mode : {0664u, 0646u, 0666u}) {
+    ASSERT_EQ(::chmod(path.c_str(), mode), 0);
+    absl::StatusOr<Policy> refused = Policy::Load(path);
+    EXPECT_TRUE(absl::IsPermissionDenied(refused.status())) << refused.status();
+    EXPECT_THAT(refused.status().message(), HasSubstr(path));
+    EXPECT_THAT(refused.status().message(), HasSubstr(absl::StrFormat("mode %04o", mode)));
+  }
+  ASSERT_EQ(::chmod(path.c_str(), 0644), 0);
+  ASSERT_EQ(::chmod(dir.Join("agent.json").c_str(), 0666), 0);
+  absl::StatusOr<Policy> refused = Policy::Load(path);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().message(), HasSubstr("agent.json is writable by its group"));
+  ASSERT_EQ(::chmod(dir.Join("agent.json").c_str(), 0600), 0);
+  ASSERT_TRUE(Policy::Load(path).ok());
+
+  if (::geteuid() != 0) GTEST_SKIP() << "only root can give a file away";
+  ASSERT_EQ(::chown(path.c_str(), 65534, static_cast<gid_t>(-1)), 0);
+  refused = Policy::Load(path);
+  EXPECT_TRUE(absl::IsPermissionDenied(refused.status())) << refused.status();
+  EXPECT_THAT(refused.status().message(), HasSubstr("owned by uid 65534"));
 }
 
 TEST(PolicyHolderTest, KeepsThePreviousPolicyWhenTheNewOneDoesNotParse) {
