@@ -471,6 +471,17 @@ TEST_F(RevokeTest, EveryEventIsAuditedExportsVerifyAndNoTokenIsInThem) {
   std::cout << "201 releases of one token to one process: " << of_changed.records
             << " token.released records\n";
   const std::string all = Slurp(ws_export) + Slurp(system_export);
+  // The revocation names its admin by the peer's kernel-given uid and pid too,
+  // not only by the admin_user it asserted.
+  bool revoked_record = false;
+  for (absl::string_view line : absl::StrSplit(Slurp(ws_export), '\n', absl::SkipEmpty())) {
+    const json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.value("type", "") != "grant.revoked") continue;
+    revoked_record = true;
+    EXPECT_EQ(j["actor"]["uid"], ::getuid()) << line;
+    EXPECT_GT(j["actor"]["pid"].get<int64_t>(), 0) << line;
+  }
+  EXPECT_TRUE(revoked_record);
   for (const char* type :
        {"grant.authorized", "grant.scope_changed", "grant.revoked", "grant.reauth_required",
         "grant.upstream_revoked", "token.released", "token.denied", "key.created", "key.rotated",
