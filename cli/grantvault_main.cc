@@ -382,7 +382,7 @@ int Main(int argc, char** argv) {
       if (!s.policy_last_reload_error().empty()) {
         std::printf("  policy      LAST RELOAD FAILED at %s (%s): %s\n",
                     Millis(s.policy_last_reload_failed_at_ms()).c_str(),
-                    s.policy_denying() ? "every agent request is refused"
+                    s.policy_denying() ? "no policy in force: every agent request is refused"
                                        : "the previous policy stays in force",
                     s.policy_last_reload_error().c_str());
       }

@@ -312,15 +312,22 @@ absl::Status Service::ReloadPolicy(bool deny_on_failure) {
   const absl::Time now = clock_->Now();
   if (!fresh.ok()) {
     const std::string why(fresh.status().message());
+    // "keep" keeps what is in force, which may be nothing (no file at start,
+    // or an earlier failure under "deny").
+    const bool none_in_force = deny_on_failure || agents_.resolver->policy() == nullptr;
     {
       absl::MutexLock lock(&snapshot_mu_);
       policy_state_.last_reload_error = why;
       policy_state_.last_reload_failed_at = now;
-      policy_state_.denying = deny_on_failure;
+      policy_state_.denying = none_in_force;
     }
     if (!deny_on_failure) {
-      return absl::Status(fresh.status().code(),
-                          absl::StrCat("the previous policy stays in force: ", why));
+      return absl::Status(
+          fresh.status().code(),
+          absl::StrCat(none_in_force
+                           ? "no policy is in force, so every agent request stays refused: "
+                           : "the previous policy stays in force: ",
+                       why));
     }
     // Fail closed, as the operator chose: the previous policy may be wider
     // than the one that was meant to replace it.

@@ -169,7 +169,7 @@ class Service {
     absl::Time loaded_at = absl::InfinitePast();  // of the policy in force
     std::string last_reload_error;                // "" once a reload succeeds
     absl::Time last_reload_failed_at = absl::InfinitePast();
-    bool denying = false;  // the failure left no policy in force
+    bool denying = false;  // the last reload failed and no policy is in force
   };
 
   void OnFrame(v1::HelloReply::Role role, const std::shared_ptr<ipc::Connection>& connection,

@@ -635,6 +635,14 @@ TEST_F(DaemonTest, AFailedPolicyReloadIsShownAndWithDenyRefusesEveryAgentRequest
   EXPECT_EQ(denied->error().code(), v1::Error::PERMISSION_DENIED);
   EXPECT_THAT(denied->error().message(), HasSubstr("reload_failure"));
 
+  // Back to "keep", another failure keeps what is in force: nothing.
+  WriteConfig("");
+  Reload();
+  EXPECT_TRUE(status().policy_denying());
+  auto still_refused = agent->Call(StatusRequest());
+  ASSERT_TRUE(still_refused.ok());
+  EXPECT_EQ(still_refused->error().code(), v1::Error::PERMISSION_DENIED);
+
   // A good reload ends it.
   WritePolicy(AgentPolicy(::getuid()));
   Reload();
