@@ -182,10 +182,12 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   }
   InitLogging(config->log_level);
   ipc::SetLogSink([](ipc::LogKind kind, std::string_view line) {
+    // (The server's lines name peers by pid and uid only; escaped all the
+    // same, so that no line from below can split into two.)
     if (kind == ipc::LogKind::kRoutine) {
-      spdlog::debug("{}", line);
+      spdlog::debug("{}", EscapeTextForLog(line));
     } else {
-      spdlog::info("{}", line);
+      spdlog::info("{}", EscapeTextForLog(line));
     }
   });
   HardenProcess();
