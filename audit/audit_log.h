@@ -41,7 +41,7 @@ inline constexpr const char* kEventTypes[] = {
     "grant.reauth_required", "grant.upstream_revoked", "grant.upstream_revoke_failed",
     "token.released",        "token.denied",           "key.created",
     "key.rotated",           "keys.rewrapped",         "key.retired",
-    "connector.registered",  "policy.reloaded",
+    "connector.registered",  "policy.reloaded",        "caller.unmatched",
 };
 bool IsKnownEventType(std::string_view type);
 

@@ -89,6 +89,17 @@ absl::StatusOr<policy::CallerRule> Resolver::AllowWorkspace(policy::CallerIdenti
   return *rule;
 }
 
+bool Resolver::MatchesACallerRule(const policy::CallerIdentity& caller) const {
+  const std::shared_ptr<const policy::Policy> current = policy();
+  return current != nullptr && Covers(caller, current->RequiredAttestation()) &&
+         current->FindCaller(caller) != nullptr;
+}
+
+bool Resolver::DeclaresWorkspace(std::string_view workspace_id) const {
+  const std::shared_ptr<const policy::Policy> current = policy();
+  return current != nullptr && current->workspaces().contains(workspace_id);
+}
+
 absl::StatusOr<const policy::CallerRule*> Resolver::AllowWorkspaceUnder(
     const policy::Policy* current, policy::CallerIdentity& caller,
     const std::string& workspace_id) {
