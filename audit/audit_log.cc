@@ -423,14 +423,12 @@ bool IsKnownEventType(std::string_view type) {
 class AuditLog::Impl {
  public:
   Impl(std::string path, db::Handle db, std::unique_ptr<Signer> signer,
-       std::unique_ptr<AnchorStore> anchor_store, ChainAnchors anchored, std::string pem,
-       SecretBytes fingerprint_key, Clock* clock, AuditOptions options,
-       std::map<std::string, ChainState> chains)
+       std::unique_ptr<AnchorStore> anchor_store, std::string pem, SecretBytes fingerprint_key,
+       Clock* clock, AuditOptions options, std::map<std::string, ChainState> chains)
       : path_(std::move(path)),
         db_(std::move(db)),
         signer_(std::move(signer)),
         anchor_store_(std::move(anchor_store)),
-        anchored_(std::move(anchored)),
         pem_(std::move(pem)),
         fingerprint_key_(std::move(fingerprint_key)),
         clock_(clock),
@@ -620,18 +618,20 @@ class AuditLog::Impl {
   absl::Status SaveAnchors() ABSL_LOCKS_EXCLUDED(anchor_mu_, mu_) {
     absl::MutexLock anchor_lock(&anchor_mu_);
     ChainAnchors current;
+    uint64_t committed = 0;
     {
       absl::MutexLock lock(&mu_);
+      committed = checkpoints_committed_;
+      if (committed == checkpoints_anchored_) return absl::OkStatus();  // nothing new
       for (const auto& [chain, state] : chains_) {
         if (state.checkpoint_count == 0) continue;
         current.emplace(chain,
                         ChainAnchor{state.signed_seq, state.signed_hash, state.checkpoint_count});
       }
     }
-    if (current == anchored_) return absl::OkStatus();
     absl::Status saved = anchor_store_->Save(current);
     if (saved.ok()) {
-      anchored_ = std::move(current);
+      checkpoints_anchored_ = committed;
       return saved;
     }
     saved =
@@ -836,6 +836,7 @@ class AuditLog::Impl {
             state.signed_seq = job->checkpoint.seq;
             state.signed_hash = job->checkpoint.head_hash;
             ++state.checkpoint_count;
+            ++checkpoints_committed_;
             state.unsigned_since_us = job->unsigned_since_us;
           }
         }
@@ -1031,7 +1032,9 @@ class AuditLog::Impl {
   const std::unique_ptr<AnchorStore> anchor_store_;
   // Serialises anchor saves; taken before mu_.
   absl::Mutex anchor_mu_ ABSL_ACQUIRED_BEFORE(mu_);
-  ChainAnchors anchored_ ABSL_GUARDED_BY(anchor_mu_);  // what the token holds
+  // How many of the checkpoints committed since Open (checkpoints_committed_)
+  // the token's anchors include.
+  uint64_t checkpoints_anchored_ ABSL_GUARDED_BY(anchor_mu_) = 0;
   const std::string pem_;
   const SecretBytes fingerprint_key_;
   Clock* const clock_;
@@ -1056,6 +1059,7 @@ class AuditLog::Impl {
   bool unsynced_ ABSL_GUARDED_BY(mu_) = false;  // grouped commits not yet fsynced
   absl::Time sync_deadline_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, ChainState> chains_ ABSL_GUARDED_BY(mu_);
+  uint64_t checkpoints_committed_ ABSL_GUARDED_BY(mu_) = 0;  // since Open, by the writer
   CheckpointHealth health_ ABSL_GUARDED_BY(mu_);
 
   std::thread writer_;
@@ -1518,10 +1522,9 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& data
                           absl::StrCat("audit anchor (in the token): ", saved.message()));
     }
   }
-  return std::unique_ptr<AuditLog>(new AuditLog(
-      std::make_unique<Impl>(database_path, std::move(db), std::move(signer),
-                             std::move(anchor_store), std::move(supported), std::move(pem),
-                             std::move(fingerprint_key), clock, options, std::move(chains))));
+  return std::unique_ptr<AuditLog>(new AuditLog(std::make_unique<Impl>(
+      database_path, std::move(db), std::move(signer), std::move(anchor_store), std::move(pem),
+      std::move(fingerprint_key), clock, options, std::move(chains))));
 }
 
 AuditLog::AuditLog(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
