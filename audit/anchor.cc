@@ -67,6 +67,23 @@ class HsmAnchorStore final : public AnchorStore {
 
   absl::StatusOr<std::optional<ChainAnchors>> Load() override {
     absl::MutexLock lock(&mu_);
+    return LoadLocked();
+  }
+
+  absl::Status Save(const ChainAnchors& anchors) override {
+    absl::MutexLock lock(&mu_);
+    // Which slot holds the newest anchor decides where to write.
+    if (!loaded_) GV_RETURN_IF_ERROR(LoadLocked().status());
+    const std::vector<uint8_t> bytes = EncodeAnchors(generation_ + 1, anchors);
+    // Never over the newest: a torn write must leave it intact.
+    GV_RETURN_IF_ERROR(hsm::WriteDataObject(token_, Label(next_slot_), bytes));
+    ++generation_;
+    next_slot_ = 1 - next_slot_;
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::StatusOr<std::optional<ChainAnchors>> LoadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     std::optional<DecodedAnchors> newest;
     int newest_slot = -1;
     bool any_present = false;
@@ -90,6 +107,7 @@ class HsmAnchorStore final : public AnchorStore {
     if (!any_present) {
       generation_ = 0;
       next_slot_ = 0;
+      loaded_ = true;
       return std::optional<ChainAnchors>();
     }
     if (!newest.has_value()) {
@@ -99,26 +117,17 @@ class HsmAnchorStore final : public AnchorStore {
     }
     generation_ = newest->generation;
     next_slot_ = 1 - newest_slot;
+    loaded_ = true;
     return std::optional<ChainAnchors>(std::move(newest->anchors));
   }
 
-  absl::Status Save(const ChainAnchors& anchors) override {
-    absl::MutexLock lock(&mu_);
-    const std::vector<uint8_t> bytes = EncodeAnchors(generation_ + 1, anchors);
-    // Never over the newest: a torn write must leave it intact.
-    GV_RETURN_IF_ERROR(hsm::WriteDataObject(token_, Label(next_slot_), bytes));
-    ++generation_;
-    next_slot_ = 1 - next_slot_;
-    return absl::OkStatus();
-  }
-
- private:
   static std::string Label(int slot) {
     return absl::StrCat(kAnchorLabelPrefix, slot == 0 ? "a" : "b");
   }
 
   hsm::Token& token_;
   absl::Mutex mu_;
+  bool loaded_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
   int next_slot_ ABSL_GUARDED_BY(mu_) = 0;
 };

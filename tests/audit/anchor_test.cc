@@ -425,9 +425,20 @@ TEST_F(AnchorTest, TheTokenStoreKeepsTheOlderAnchorWhenTheNewerIsTorn) {
   ASSERT_TRUE(latest.ok() && latest->has_value());
   EXPECT_EQ(**latest, second);
 
-  // A crash tore the write of slot b: the older anchor in slot a remains.
-  std::vector<uint8_t> torn = EncodeAnchors(2, second);
+  // A store that saves before it loads still writes over the older slot (a).
+  const ChainAnchors third = {{"system", ChainAnchor{3, std::string(64, 'c'), 3}}};
+  ASSERT_TRUE((*MakeHsmAnchorStore(hsm_->token()))->Save(third).ok());
+  std::vector<uint8_t> torn = EncodeAnchors(3, third);
   torn.resize(torn.size() / 2);
+  ASSERT_TRUE(hsm::WriteDataObject(hsm_->token(), "grantvault-audit-anchor-a", torn).ok());
+  auto kept = (*MakeHsmAnchorStore(hsm_->token()))->Load();
+  ASSERT_TRUE(kept.ok() && kept->has_value()) << kept.status();
+  EXPECT_EQ(**kept, second);
+
+  // A crash tore the write of slot b: the older anchor in slot a remains.
+  ASSERT_TRUE(
+      hsm::WriteDataObject(hsm_->token(), "grantvault-audit-anchor-a", EncodeAnchors(1, first))
+          .ok());
   ASSERT_TRUE(hsm::WriteDataObject(hsm_->token(), "grantvault-audit-anchor-b", torn).ok());
   auto fallback = (*MakeHsmAnchorStore(hsm_->token()))->Load();
   ASSERT_TRUE(fallback.ok() && fallback->has_value()) << fallback.status();
