@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -599,6 +600,45 @@ TEST_F(RevokeTest, AnUnmatchedPeerCannotFloodTheAuditLogAndRevocationStillWorks)
   ASSERT_EQ(undeclared.size(), static_cast<size_t>(kUndeclared));
   EXPECT_THAT(undeclared[0], HasSubstr("\"requested_workspace\":\"ws_undeclared_0\""));
   EXPECT_EQ(AuditRows(database, "SELECT seq FROM records WHERE type = 'grant.revoked'").size(), 1u);
+}
+
+// The daemon against a rolled-back audit.db: the token's anchor says more
+// was signed than the database holds, so the daemon refuses to start and says
+// which chain and seq; the genuine database starts again.
+TEST_F(RevokeTest, ADaemonRefusesToStartOnARolledBackAuditLog) {
+  Register("demo");
+  ASSERT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->Stderr();
+  const std::string database = state_ + "/audit.db";
+  auto copy = [](const std::string& from, const std::string& to) {
+    for (const char* suffix : {"", "-wal", "-shm"}) {
+      std::filesystem::remove(to + suffix);
+      if (std::filesystem::exists(from + suffix)) {
+        std::filesystem::copy_file(from + suffix, to + suffix);
+      }
+    }
+  };
+  const std::string backup = dir_.Join("audit-backup.db");
+  copy(database, backup);
+
+  ASSERT_TRUE(daemon_->Start().ok()) << daemon_->Stderr();
+  Register("demo2");
+  // An export checkpoints (and so anchors) the system chain.
+  CommandResult exported = Cli({"audit", "export", "--system", "-o", dir_.Join("system.jsonl")});
+  ASSERT_EQ(exported.exit_code, 0) << exported.out << exported.err;
+  ASSERT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->Stderr();
+  const std::string genuine = dir_.Join("audit-genuine.db");
+  copy(database, genuine);
+
+  copy(backup, database);  // what someone with write access to the file can do
+  auto refused = std::make_unique<DaemonProcess>(
+      std::vector<std::string>{GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+  EXPECT_FALSE(refused->Start().ok());
+  EXPECT_THAT(refused->Stderr(), HasSubstr("chain system: the token's anchor is seq"));
+  EXPECT_THAT(refused->Stderr(), HasSubstr("the database ends at seq"));
+  if (refused->running()) refused->Stop(SIGKILL);
+
+  copy(genuine, database);
+  ASSERT_TRUE(daemon_->Start().ok()) << daemon_->Stderr();
 }
 
 TEST_F(RevokeTest, AnAuditLogThatCannotBeWrittenMakesResolveAndRevokeFailClosed) {
