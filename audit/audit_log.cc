@@ -295,6 +295,10 @@ struct ChainState {
   std::string workspace_id;
   Head head;
   uint64_t signed_seq = 0;
+  // The last checkpoint's head hash and how many checkpoints the chain holds:
+  // what the token anchors (audit/anchor.h).
+  std::string signed_hash;
+  uint64_t checkpoint_count = 0;
   // By the injected clock: when the oldest record not covered by a checkpoint
   // was appended (meaningful only while head.seq > signed_seq).
   int64_t unsigned_since_us = 0;
@@ -318,6 +322,9 @@ struct Job {
   absl::Status result;
   bool done = false;
   int64_t unsigned_since_us = 0;  // kCheckpoint: time of the record after it, if any
+  // kCheckpoint: false when a checkpoint at or after its seq already existed
+  // (then nothing was written: checkpoints only move forward).
+  bool inserted = false;
   // Coalescing (Event::coalesce), set by the writer for one batch: a folded
   // job is recorded by the identical job it points to, which counts them.
   Job* folded_into = nullptr;
@@ -415,12 +422,13 @@ bool IsKnownEventType(std::string_view type) {
 
 class AuditLog::Impl {
  public:
-  Impl(std::string path, db::Handle db, std::unique_ptr<Signer> signer, std::string pem,
-       SecretBytes fingerprint_key, Clock* clock, AuditOptions options,
-       std::map<std::string, ChainState> chains)
+  Impl(std::string path, db::Handle db, std::unique_ptr<Signer> signer,
+       std::unique_ptr<AnchorStore> anchor_store, std::string pem, SecretBytes fingerprint_key,
+       Clock* clock, AuditOptions options, std::map<std::string, ChainState> chains)
       : path_(std::move(path)),
         db_(std::move(db)),
         signer_(std::move(signer)),
+        anchor_store_(std::move(anchor_store)),
         pem_(std::move(pem)),
         fingerprint_key_(std::move(fingerprint_key)),
         clock_(clock),
@@ -488,6 +496,8 @@ class AuditLog::Impl {
       absl::Status s = SignAndStore(chain, head);
       if (!s.ok() && first_error.ok()) first_error = s;
     }
+    absl::Status anchored = SaveAnchors();
+    if (!anchored.ok() && first_error.ok()) first_error = anchored;
     return first_error;
   }
 
@@ -495,6 +505,12 @@ class AuditLog::Impl {
                       const std::function<void(uint64_t, uint64_t)>& progress);
 
   const std::string& pem() const { return pem_; }
+
+  bool HasChain(std::string_view workspace_id) const {
+    const std::string chain = format::ChainIdFor(workspace_id);
+    absl::MutexLock lock(&mu_);
+    return chains_.contains(chain);
+  }
 
   size_t backlog() const { return backlog_.load(std::memory_order_relaxed); }
 
@@ -589,7 +605,41 @@ class AuditLog::Impl {
       for (const auto& [chain, head] : due) {
         SignAndStore(chain, head).IgnoreError();  // counted in health_, retried later
       }
+      // Also retries an anchor that could not be saved last time.
+      SaveAnchors().IgnoreError();  // counted in health_, retried at the next poll
     }
+  }
+
+  // Anchors, in the token, the last checkpoint of every chain as committed
+  // (fsynced) to the database. Called only after the checkpoints' commit, so
+  // the anchor is never ahead of the database (audit/anchor.h). The snapshot
+  // is taken under anchor_mu_, so anchors are saved in the order of the
+  // states they describe and never move back.
+  absl::Status SaveAnchors() ABSL_LOCKS_EXCLUDED(anchor_mu_, mu_) {
+    absl::MutexLock anchor_lock(&anchor_mu_);
+    ChainAnchors current;
+    uint64_t committed = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      committed = checkpoints_committed_;
+      if (committed == checkpoints_anchored_) return absl::OkStatus();  // nothing new
+      for (const auto& [chain, state] : chains_) {
+        if (state.checkpoint_count == 0) continue;
+        current.emplace(chain,
+                        ChainAnchor{state.signed_seq, state.signed_hash, state.checkpoint_count});
+      }
+    }
+    absl::Status saved = anchor_store_->Save(current);
+    if (saved.ok()) {
+      checkpoints_anchored_ = committed;
+      return saved;
+    }
+    saved =
+        absl::Status(saved.code(), absl::StrCat("audit anchor (in the token): ", saved.message()));
+    absl::MutexLock lock(&mu_);
+    ++health_.signing_failures;
+    health_.last_signing_error = std::string(saved.message());
+    return saved;
   }
 
   // The job that appends `event` (refused as PrepareRecord refuses it).
@@ -782,8 +832,11 @@ class AuditLog::Impl {
         for (const Job* job : batch) {
           if (job->kind != Job::Kind::kCheckpoint) continue;
           ChainState& state = chains_[job->checkpoint.chain];
-          if (job->checkpoint.seq > state.signed_seq) {
+          if (job->inserted && job->checkpoint.seq > state.signed_seq) {
             state.signed_seq = job->checkpoint.seq;
+            state.signed_hash = job->checkpoint.head_hash;
+            ++state.checkpoint_count;
+            ++checkpoints_committed_;
             state.unsigned_since_us = job->unsigned_since_us;
           }
         }
@@ -940,11 +993,15 @@ class AuditLog::Impl {
 
   absl::Status InsertCheckpoint(sqlite3* db, Job& job) {
     const format::Checkpoint& c = job.checkpoint;
+    // Checkpoints only move forward (two signers may race for one head, or
+    // an older head's checkpoint may arrive after a newer one's): the count
+    // the token anchors must stay the count of rows.
     GV_ASSIGN_OR_RETURN(
         db::Statement insert,
         db::Statement::Prepare(db,
-                               "INSERT OR IGNORE INTO checkpoints (chain, seq, head_hash, time, "
-                               "key_label, signature) VALUES (?, ?, ?, ?, ?, ?)",
+                               "INSERT INTO checkpoints (chain, seq, head_hash, time, key_label, "
+                               "signature) SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS "
+                               "(SELECT 1 FROM checkpoints WHERE chain = ?1 AND seq >= ?2)",
                                absl::StrCat("store checkpoint of chain ", c.chain)));
     insert.BindText(1, c.chain);
     insert.BindInt(2, static_cast<int64_t>(c.seq));
@@ -953,6 +1010,7 @@ class AuditLog::Impl {
     insert.BindText(5, c.key_label);
     insert.BindBlob(6, c.signature);
     GV_RETURN_IF_ERROR(insert.Run());
+    job.inserted = sqlite3_changes(db) > 0;
     GV_ASSIGN_OR_RETURN(
         db::Statement next,
         db::Statement::Prepare(db, "SELECT time FROM records WHERE chain = ? AND seq = ?",
@@ -971,6 +1029,12 @@ class AuditLog::Impl {
   std::optional<db::Statement> insert_record_;  // writer thread only, prepared once
   std::optional<db::Statement> advance_head_;   // writer thread only, prepared once
   const std::unique_ptr<Signer> signer_;
+  const std::unique_ptr<AnchorStore> anchor_store_;
+  // Serialises anchor saves; taken before mu_.
+  absl::Mutex anchor_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  // How many of the checkpoints committed since Open (checkpoints_committed_)
+  // the token's anchors include.
+  uint64_t checkpoints_anchored_ ABSL_GUARDED_BY(anchor_mu_) = 0;
   const std::string pem_;
   const SecretBytes fingerprint_key_;
   Clock* const clock_;
@@ -995,6 +1059,7 @@ class AuditLog::Impl {
   bool unsynced_ ABSL_GUARDED_BY(mu_) = false;  // grouped commits not yet fsynced
   absl::Time sync_deadline_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, ChainState> chains_ ABSL_GUARDED_BY(mu_);
+  uint64_t checkpoints_committed_ ABSL_GUARDED_BY(mu_) = 0;  // since Open, by the writer
   CheckpointHealth health_ ABSL_GUARDED_BY(mu_);
 
   std::thread writer_;
@@ -1205,10 +1270,30 @@ absl::Status RecordSigningKey(sqlite3* db, const std::string& label, const std::
   return txn.Commit();
 }
 
-// Checks a chain's stored tail: the head row against the last record, and
-// every record since the last checkpoint (whose signature must verify).
-absl::StatusOr<ChainState> VerifyStoredTail(sqlite3* db, const std::string& chain,
-                                            ChainState state) {
+// What a chain is checked against at open: the token's key (never a key
+// read from the database) and the chain's anchor in the token, if any.
+struct TrustedKey {
+  std::string label;
+  format::PublicKey key;
+};
+
+absl::Status RolledBackError(const std::string& chain, const ChainAnchor& anchor,
+                             std::string_view what) {
+  return absl::DataLossError(absl::StrCat(
+      "audit log: chain ", chain, ": the token's anchor is seq ", anchor.seq, " (",
+      anchor.checkpoints, " checkpoints) but ", Sv(what),
+      "; the database was rolled back, truncated or rewritten (export and verify what is left, "
+      "then see docs/audit.md, \"Anchors\")"));
+}
+
+// Verifies a whole chain from seq 1: the head row against the last record,
+// every record's hashes, links and times, every checkpoint's signature with
+// the token's key and the record it covers, and the token's anchor (the
+// anchored record, and the number of checkpoints up to it). Returns the state
+// to continue from; `last_checkpoint` is the anchor the database supports now.
+absl::StatusOr<ChainState> VerifyChain(sqlite3* db, const std::string& chain, ChainState state,
+                                       const TrustedKey& trusted, const ChainAnchor* anchor,
+                                       ChainAnchor& last_checkpoint) {
   GV_ASSIGN_OR_RETURN(db::Statement last,
                       db::Statement::Prepare(db, "SELECT max(seq) FROM records WHERE chain = ?",
                                              "read the chain tail"));
@@ -1221,85 +1306,110 @@ absl::StatusOr<ChainState> VerifyStoredTail(sqlite3* db, const std::string& chai
                          absl::StrCat("the chain head says seq ", state.head.seq,
                                       " but the last record is seq ", max_seq));
   }
-  GV_ASSIGN_OR_RETURN(
-      db::Statement cp,
-      db::Statement::Prepare(db,
-                             "SELECT c.seq, c.head_hash, c.time, c.key_label, c.signature, "
-                             "k.public_key_pem FROM checkpoints c LEFT JOIN signing_keys k "
-                             "ON k.key_label = c.key_label WHERE c.chain = ? "
-                             "ORDER BY c.seq DESC LIMIT 1",
-                             "read the chain's last checkpoint"));
-  cp.BindText(1, chain);
-  GV_ASSIGN_OR_RETURN(bool has_checkpoint, cp.Step());
-  uint64_t from = 1;
-  std::string expected_prev(format::kGenesisHash);
-  if (has_checkpoint) {
-    format::Checkpoint c;
-    c.chain = chain;
-    c.seq = static_cast<uint64_t>(cp.Int(0));
-    c.head_hash = cp.Text(1);
-    c.time = format::FormatTime(cp.Int(2)).value_or("");
-    c.key_label = cp.Text(3);
-    c.signature = cp.Blob(4);
-    if (c.seq > state.head.seq) {
-      return TamperedError(chain, c.seq,
-                           absl::StrCat("a checkpoint covers seq ", c.seq,
-                                        " but the chain ends at seq ", state.head.seq));
-    }
-    absl::StatusOr<format::PublicKey> key = format::PublicKey::FromPem(cp.Text(5));
-    if (!key.ok() || !key->Verify(format::CanonicalCheckpoint(c), c.signature)) {
-      return TamperedError(chain, c.seq, "the last checkpoint's signature does not verify");
-    }
-    state.signed_seq = c.seq;
-    from = c.seq;
-    expected_prev = c.head_hash;  // here: the hash the record at `from` must have
+  if (anchor != nullptr && state.head.seq < anchor->seq) {
+    return RolledBackError(chain, *anchor,
+                           absl::StrCat("the database ends at seq ", state.head.seq));
   }
-  GV_ASSIGN_OR_RETURN(db::Statement records,
-                      db::Statement::Prepare(
-                          db,
-                          absl::StrCat("SELECT ", kRecordColumns,
-                                       " FROM records WHERE chain = ? AND seq >= ? ORDER BY seq"),
-                          "verify the chain tail"));
+  GV_ASSIGN_OR_RETURN(db::Statement checkpoints,
+                      db::Statement::Prepare(db,
+                                             "SELECT seq, head_hash, time, key_label, signature "
+                                             "FROM checkpoints WHERE chain = ? ORDER BY seq",
+                                             "read the chain's checkpoints"));
+  checkpoints.BindText(1, chain);
+  GV_ASSIGN_OR_RETURN(bool have_checkpoint, checkpoints.Step());
+  GV_ASSIGN_OR_RETURN(
+      db::Statement records,
+      db::Statement::Prepare(
+          db, absl::StrCat("SELECT ", kRecordColumns, " FROM records WHERE chain = ? ORDER BY seq"),
+          "verify the chain"));
   records.BindText(1, chain);
-  records.BindInt(2, static_cast<int64_t>(from));
-  uint64_t expected_seq = from;
+  uint64_t expected_seq = 1;
   int64_t previous_time = 0;
-  std::string previous_hash;
+  std::string previous_hash(format::kGenesisHash);
+  last_checkpoint = ChainAnchor{};
+  int64_t unsigned_since_us = 0;
   while (true) {
     GV_ASSIGN_OR_RETURN(bool more, records.Step());
     if (!more) break;
     Record r = ReadRecordRow(records);
-    int64_t time_us = records.Int(2);
-    std::string stored_hash = r.hash;
-    std::string stored_body_hash = r.body_hash;
+    const int64_t time_us = records.Int(2);
+    const std::string stored_hash = r.hash;
+    const std::string stored_body_hash = r.body_hash;
     format::ComputeHashes(r);
-    if (r.seq != expected_seq) {
-      return TamperedError(chain, expected_seq, "the record is missing");
-    }
+    if (r.seq != expected_seq) return TamperedError(chain, expected_seq, "the record is missing");
     if (r.body_hash != stored_body_hash || r.hash != stored_hash) {
       return TamperedError(chain, r.seq, "the record does not match its hash");
     }
-    if (r.seq == from && has_checkpoint) {
-      if (r.hash != expected_prev) {
-        return TamperedError(chain, r.seq, "the record does not match its signed checkpoint");
-      }
-    } else if (r.prev_hash != (r.seq == from ? expected_prev : previous_hash)) {
+    if (r.prev_hash != previous_hash) {
       return TamperedError(chain, r.seq, "prev_hash does not match the previous record");
     }
     if (time_us < previous_time) return TamperedError(chain, r.seq, "time goes backwards");
-    if (r.seq == state.signed_seq + 1) state.unsigned_since_us = time_us;
+    if (r.seq == last_checkpoint.seq + 1) unsigned_since_us = time_us;
+    while (have_checkpoint && static_cast<uint64_t>(checkpoints.Int(0)) <= r.seq) {
+      format::Checkpoint c;
+      c.chain = chain;
+      c.seq = static_cast<uint64_t>(checkpoints.Int(0));
+      c.head_hash = checkpoints.Text(1);
+      c.time = format::FormatTime(checkpoints.Int(2)).value_or("");
+      c.key_label = checkpoints.Text(3);
+      c.signature = checkpoints.Blob(4);
+      if (c.seq != r.seq) {
+        return TamperedError(chain, c.seq, "a checkpoint names a seq that has no record");
+      }
+      if (c.key_label != trusted.label) {
+        return TamperedError(
+            chain, c.seq,
+            absl::StrCat("the checkpoint names key \"", c.key_label,
+                         "\", which is not the token's audit key \"", trusted.label, "\""));
+      }
+      if (c.head_hash != r.hash) {
+        return TamperedError(chain, c.seq, "the checkpoint does not match the record it covers");
+      }
+      if (!trusted.key.Verify(format::CanonicalCheckpoint(c), c.signature)) {
+        return TamperedError(chain, c.seq,
+                             "the checkpoint's signature does not verify with the token's key");
+      }
+      last_checkpoint = ChainAnchor{c.seq, c.head_hash, last_checkpoint.checkpoints + 1};
+      GV_ASSIGN_OR_RETURN(have_checkpoint, checkpoints.Step());
+    }
+    if (anchor != nullptr && r.seq == anchor->seq) {
+      if (r.hash != anchor->head_hash) {
+        return RolledBackError(
+            chain, *anchor, absl::StrCat("the record at seq ", r.seq, " is not the anchored one"));
+      }
+      if (last_checkpoint != *anchor) {
+        return RolledBackError(
+            chain, *anchor,
+            absl::StrCat("the database holds ", last_checkpoint.checkpoints,
+                         " checkpoints up to it, the last at seq ", last_checkpoint.seq));
+      }
+    }
     previous_time = time_us;
     previous_hash = r.hash;
     ++expected_seq;
   }
+  if (have_checkpoint) {
+    return TamperedError(chain, static_cast<uint64_t>(checkpoints.Int(0)),
+                         absl::StrCat("a checkpoint covers seq ", checkpoints.Int(0),
+                                      " but the chain ends at seq ", state.head.seq));
+  }
   if (expected_seq != state.head.seq + 1 || previous_hash != state.head.hash) {
     return TamperedError(chain, state.head.seq, "the chain head does not match the last record");
   }
+  state.signed_seq = last_checkpoint.seq;
+  state.signed_hash = last_checkpoint.head_hash;
+  state.checkpoint_count = last_checkpoint.checkpoints;
+  state.unsigned_since_us = unsigned_since_us;
   state.head.time_us = std::max(state.head.time_us, previous_time);
   return state;
 }
 
-absl::StatusOr<std::map<std::string, ChainState>> LoadChains(sqlite3* db) {
+// Loads and verifies every chain against the token's key and anchors.
+// `supported` receives the anchors the verified database supports (equal to
+// or ahead of `anchors`).
+absl::StatusOr<std::map<std::string, ChainState>> LoadChains(sqlite3* db, const TrustedKey& trusted,
+                                                             const ChainAnchors& anchors,
+                                                             ChainAnchors& supported) {
   std::map<std::string, ChainState> chains;
   {
     GV_ASSIGN_OR_RETURN(
@@ -1323,6 +1433,11 @@ absl::StatusOr<std::map<std::string, ChainState>> LoadChains(sqlite3* db) {
       chains.emplace(std::move(chain), std::move(state));
     }
   }
+  for (const auto& [chain, anchor] : anchors) {
+    if (!chains.contains(chain)) {
+      return RolledBackError(chain, anchor, "the database has no such chain (deleted)");
+    }
+  }
   {
     GV_ASSIGN_OR_RETURN(db::Statement q,
                         db::Statement::Prepare(db, "SELECT DISTINCT chain FROM checkpoints",
@@ -1335,8 +1450,14 @@ absl::StatusOr<std::map<std::string, ChainState>> LoadChains(sqlite3* db) {
       }
     }
   }
+  supported.clear();
   for (auto& [chain, state] : chains) {
-    GV_ASSIGN_OR_RETURN(state, VerifyStoredTail(db, chain, std::move(state)));
+    auto anchor = anchors.find(chain);
+    ChainAnchor last_checkpoint;
+    GV_ASSIGN_OR_RETURN(
+        state, VerifyChain(db, chain, std::move(state), trusted,
+                           anchor == anchors.end() ? nullptr : &anchor->second, last_checkpoint));
+    if (last_checkpoint.checkpoints > 0) supported.emplace(chain, std::move(last_checkpoint));
   }
   return chains;
 }
@@ -1345,12 +1466,16 @@ absl::StatusOr<std::map<std::string, ChainState>> LoadChains(sqlite3* db) {
 
 absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& database_path,
                                                          std::unique_ptr<Signer> signer,
+                                                         std::unique_ptr<AnchorStore> anchor_store,
                                                          SecretBytes fingerprint_key, Clock* clock,
                                                          AuditOptions options) {
   if (database_path.empty() || database_path.find('\0') != std::string::npos) {
     return absl::InvalidArgumentError("audit database path must be a non-empty path");
   }
   if (signer == nullptr) return absl::InvalidArgumentError("audit log needs a signer");
+  if (anchor_store == nullptr) {
+    return absl::InvalidArgumentError("audit log needs an anchor store (audit/anchor.h)");
+  }
   if (clock == nullptr) return absl::InvalidArgumentError("audit log needs a clock");
   if (fingerprint_key.size() < kMinFingerprintKeyBytes) {
     return absl::InvalidArgumentError(absl::StrCat("audit fingerprint key must have at least ",
@@ -1379,10 +1504,27 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& data
                       db::Open(database_path, /*read_only=*/false, options.busy_timeout_ms));
   GV_RETURN_IF_ERROR(Migrate(db.get(), database_path));
   GV_RETURN_IF_ERROR(RecordSigningKey(db.get(), signer->key_label(), pem));
-  GV_ASSIGN_OR_RETURN(ChainMap chains, LoadChains(db.get()));
-  return std::unique_ptr<AuditLog>(new AuditLog(
-      std::make_unique<Impl>(database_path, std::move(db), std::move(signer), std::move(pem),
-                             std::move(fingerprint_key), clock, options, std::move(chains))));
+  // Checkpoints are checked with the signer's key as the token gives it,
+  // never with a key read from the database (which anyone who can write the
+  // file could replace).
+  GV_ASSIGN_OR_RETURN(format::PublicKey token_key, format::PublicKey::FromPem(pem));
+  const TrustedKey trusted{signer->key_label(), std::move(token_key)};
+  GV_ASSIGN_OR_RETURN(std::optional<ChainAnchors> loaded, anchor_store->Load());
+  const ChainAnchors anchors = loaded.value_or(ChainAnchors{});
+  ChainAnchors supported;
+  GV_ASSIGN_OR_RETURN(ChainMap chains, LoadChains(db.get(), trusted, anchors, supported));
+  // First use (no anchor yet), or a crash between a checkpoint's commit and
+  // its anchor: the database, verified above, moves the anchor forward.
+  if (!loaded.has_value() || supported != anchors) {
+    absl::Status saved = anchor_store->Save(supported);
+    if (!saved.ok()) {
+      return absl::Status(saved.code(),
+                          absl::StrCat("audit anchor (in the token): ", saved.message()));
+    }
+  }
+  return std::unique_ptr<AuditLog>(new AuditLog(std::make_unique<Impl>(
+      database_path, std::move(db), std::move(signer), std::move(anchor_store), std::move(pem),
+      std::move(fingerprint_key), clock, options, std::move(chains))));
 }
 
 AuditLog::AuditLog(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -1414,6 +1556,10 @@ absl::Status AuditLog::Export(const ExportFilter& filter, ExportFormat format, s
 }
 
 std::string AuditLog::PublicKeyPem() const { return impl_->pem(); }
+
+bool AuditLog::HasChain(std::string_view workspace_id) const {
+  return impl_->HasChain(workspace_id);
+}
 
 CheckpointHealth AuditLog::checkpoint_health() const { return impl_->health(); }
 

@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "audit/anchor.h"
 #include "audit/signer.h"
 #include "common/clock.h"
 #include "common/secret_bytes.h"
@@ -40,7 +41,7 @@ inline constexpr const char* kEventTypes[] = {
     "grant.reauth_required", "grant.upstream_revoked", "grant.upstream_revoke_failed",
     "token.released",        "token.denied",           "key.created",
     "key.rotated",           "keys.rewrapped",         "key.retired",
-    "connector.registered",  "policy.reloaded",
+    "connector.registered",  "policy.reloaded",        "caller.unmatched",
 };
 bool IsKnownEventType(std::string_view type);
 
@@ -163,17 +164,22 @@ class AuditLog {
  public:
   // Opens (creating if missing, mode 0600, WAL) the database at
   // `database_path`, records the signer's public key (FailedPrecondition if the
-  // log was signed by a different key under the same label), and checks every
-  // chain's stored tail: the head matches the chains table, each record since
-  // the last checkpoint hashes and links correctly, and that checkpoint's
-  // signature verifies. A tampered or truncated tail is DataLoss naming the
-  // chain and seq; the log is then not opened.
+  // log was signed by a different key under the same label), and verifies
+  // every chain in full against what the token holds (docs/audit.md, "On
+  // open"): every record's hashes and links from seq 1, every checkpoint's
+  // signature with the signer's key (never a key stored in the database), and
+  // each chain's anchor in `anchor_store`: a chain deleted, or cut, rewritten
+  // or stripped of checkpoints up to its anchor, is DataLoss naming the chain,
+  // the anchor's seq and what the database holds. The log is then not opened.
+  // A database ahead of its anchor (a crash between a checkpoint's commit and
+  // its anchoring) moves the anchor forward; so does a first open without one.
   //
   // `fingerprint_key` (at least 32 bytes) keys Fingerprint(); the daemon keeps
   // it as a sealed secret so that fingerprints stay comparable across restarts.
   // `clock` (not owned) must outlive the log.
   static absl::StatusOr<std::unique_ptr<AuditLog>> Open(const std::string& database_path,
                                                         std::unique_ptr<Signer> signer,
+                                                        std::unique_ptr<AnchorStore> anchor_store,
                                                         SecretBytes fingerprint_key, Clock* clock,
                                                         AuditOptions options = {});
   ~AuditLog();
@@ -204,7 +210,8 @@ class AuditLog {
   std::string Fingerprint(const SecretBytes& token) const;
 
   // Signs and durably writes a checkpoint of every chain whose head is not
-  // covered yet. An error (e.g. the HSM is unreachable) names the chain.
+  // covered yet, then anchors them in the token. An error (e.g. the HSM is
+  // unreachable) names the chain, or the anchor.
   absl::Status Checkpoint();
 
   // Writes one chain as an export file (format: docs/audit.md): a signed export
@@ -217,6 +224,10 @@ class AuditLog {
 
   // The PEM public key that verifies this log's signatures.
   std::string PublicKeyPem() const;
+
+  // Whether the chain of `workspace_id` (empty: the system chain) exists:
+  // some event was recorded for it. Without I/O.
+  bool HasChain(std::string_view workspace_id) const;
 
   CheckpointHealth checkpoint_health() const;
 

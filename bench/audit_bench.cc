@@ -50,7 +50,8 @@ audit::AuditLog& SharedLog(absl::Duration group_commit_interval) {
     options.group_commit_interval = group_commit_interval;
     auto opened = audit::AuditLog::Open(
         dir->Join(absl::StrCat("audit-", absl::ToInt64Milliseconds(group_commit_interval), ".db")),
-        std::move(*signer), SecretBytes::Random(32), &RealClock(), options);
+        std::move(*signer), *audit::MakeHsmAnchorStore(SharedToken().token()),
+        SecretBytes::Random(32), &RealClock(), options);
     if (!opened.ok()) Die(opened.status());
     log = std::move(*opened);
   }

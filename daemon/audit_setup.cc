@@ -37,12 +37,15 @@ absl::StatusOr<std::unique_ptr<audit::AuditLog>> OpenAuditLog(const DaemonConfig
                                                               Vault& vault, Clock* clock) {
   GV_ASSIGN_OR_RETURN(std::unique_ptr<audit::Signer> signer,
                       audit::MakeHsmSigner(*vault.token, keys::kAuditKeyLabel));
+  GV_ASSIGN_OR_RETURN(std::unique_ptr<audit::AnchorStore> anchors,
+                      audit::MakeHsmAnchorStore(*vault.token));
   GV_ASSIGN_OR_RETURN(SecretBytes fingerprint_key, LoadOrCreateFingerprintKey(vault, clock));
   audit::AuditOptions options;
   options.group_commit_interval = config.audit_group_commit;
   options.deferred_interval = config.audit_repeat_record;
-  absl::StatusOr<std::unique_ptr<audit::AuditLog>> log = audit::AuditLog::Open(
-      config.audit_database, std::move(signer), std::move(fingerprint_key), clock, options);
+  absl::StatusOr<std::unique_ptr<audit::AuditLog>> log =
+      audit::AuditLog::Open(config.audit_database, std::move(signer), std::move(anchors),
+                            std::move(fingerprint_key), clock, options);
   if (!log.ok()) {
     return absl::Status(log.status().code(), absl::StrCat("audit log ", config.audit_database, ": ",
                                                           log.status().message()));

@@ -105,6 +105,17 @@ absl::StatusOr<policy::CallerRule> Resolver::AllowWorkspace(policy::CallerIdenti
   return *rule;
 }
 
+bool Resolver::MatchesACallerRule(const policy::CallerIdentity& caller) const {
+  const std::shared_ptr<const policy::Policy> current = policy();
+  return current != nullptr && Covers(caller, current->RequiredAttestation()) &&
+         current->FindCaller(caller) != nullptr;
+}
+
+bool Resolver::DeclaresWorkspace(std::string_view workspace_id) const {
+  const std::shared_ptr<const policy::Policy> current = policy();
+  return current != nullptr && current->workspaces().contains(workspace_id);
+}
+
 absl::StatusOr<policy::CallerRule> Resolver::MatchCaller(policy::CallerIdentity& caller) const {
   const PolicySnapshot current = Snapshot();
   GV_ASSIGN_OR_RETURN(const policy::CallerRule* rule, MatchUnder(current, caller));

@@ -23,6 +23,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -85,6 +86,13 @@ class Resolver {
   // workspaces), or PermissionDenied saying why none does. `caller` may be
   // re-attested as below.
   absl::StatusOr<policy::CallerRule> MatchCaller(policy::CallerIdentity& caller) const;
+
+  // For the record of a refusal (docs/audit.md, "Refusals"): whether a caller
+  // rule of the current policy matches `caller` as attested (false without a
+  // policy, or when the policy needs more than was attested), and whether the
+  // current policy declares `workspace_id`.
+  bool MatchesACallerRule(const policy::CallerIdentity& caller) const;
+  bool DeclaresWorkspace(std::string_view workspace_id) const;
 
   // `caller` may be re-attested (and updated) when the policy now needs more
   // than it holds (an executable path or hash). `found` (optional) receives

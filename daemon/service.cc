@@ -295,6 +295,10 @@ void Service::ReloadAdminPolicy(AdminPolicy admin) {
 void Service::Stop() {
   if (agent_workers_) agent_workers_->pool.join();
   workers_->pool.join();
+  // What the tally held back is recorded before the log closes.
+  for (const UnmatchedCallerTally::Summary& held : unmatched_callers_.Drain()) {
+    RecordUnmatched(held);
+  }
 }
 
 void Service::EnableAgents(Agents agents) {
@@ -1123,22 +1127,13 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
   if (!resolved.ok()) {
     audit::Event e = event_of_call();
     e.details["request_id"] = absl::StrCat(id);
-    spdlog::info("token.denied uid={} pid={} workspace={} connector={} tool={} reason={}", peer.uid,
-                 peer.pid, EscapeForLog(in.workspace_id()), EscapeForLog(in.connector_id()),
-                 EscapeForLog(in.tool()),
-                 EscapeTextForLog(std::string(resolved.status().message())));
-    e.type = "token.denied";
-    e.outcome = "denied";
-    e.reason = std::string(resolved.status().message());
     e.scopes.assign(in.scopes().begin(), in.scopes().end());
     v1::Response r;
     r.set_request_id(id);
     *r.mutable_error() = StatusToError(resolved.status());
     SendResponse(*connection, r);
     // Refused either way: the record is not waited for.
-    if (trail_.audit != nullptr) {
-      trail_.audit->AppendAsync(std::move(e), audit::Durability::kGrouped, [](absl::Status) {});
-    }
+    RecordRefusal(peer, caller, std::move(e), resolved.status());
     return;
   }
   absl::StatusOr<std::string> frame = ReplyFrame(slot.get(), id, *resolved);
@@ -1268,6 +1263,50 @@ void Service::RememberRecorded(CallerSlot& slot, const std::string& key, uint64_
     slot.repeat.Forget();  // it rests on a release remembered here
   }
   slot.recorded_releases.insert_or_assign(key, epoch);
+}
+
+void Service::RecordRefusal(const ipc::PeerCredentials& peer, const policy::CallerIdentity* caller,
+                            audit::Event e, const absl::Status& refusal) {
+  const std::string reason(refusal.message());
+  if (caller == nullptr || !agents_.resolver->MatchesACallerRule(*caller)) {
+    // Anyone on the host can ask: no record (nor log line) per refusal.
+    std::optional<UnmatchedCallerTally::Summary> due =
+        unmatched_callers_.Count(peer.uid, peer.pid, reason, clock_->Now());
+    if (due.has_value()) RecordUnmatched(*due);
+    return;
+  }
+  spdlog::info("token.denied uid={} pid={} workspace={} connector={} tool={} reason={}", peer.uid,
+               peer.pid, EscapeForLog(e.workspace_id), EscapeForLog(e.connector_id),
+               EscapeForLog(e.details.contains("tool") ? e.details["tool"] : ""),
+               EscapeTextForLog(reason));
+  if (trail_.audit == nullptr) return;
+  e.type = "token.denied";
+  e.outcome = "denied";
+  e.reason = reason;
+  // A chain is made only for a workspace the policy declares (or that has
+  // one already, e.g. from its grants' admin events).
+  if (!e.workspace_id.empty() && !agents_.resolver->DeclaresWorkspace(e.workspace_id) &&
+      !trail_.audit->HasChain(e.workspace_id)) {
+    e.details["requested_workspace"] = std::move(e.workspace_id);
+    e.workspace_id.clear();
+  }
+  trail_.audit->AppendAsync(std::move(e), audit::Durability::kGrouped, [](absl::Status) {});
+}
+
+void Service::RecordUnmatched(const UnmatchedCallerTally::Summary& summary) {
+  spdlog::info("caller.unmatched uid={} pid={} refusals={} reason={}",
+               summary.uid.has_value() ? absl::StrCat(*summary.uid) : std::string("(others)"),
+               summary.last_pid, summary.refusals, summary.reason);
+  if (trail_.audit == nullptr) return;
+  audit::Event e;
+  e.type = "caller.unmatched";
+  e.outcome = "denied";
+  e.actor.uid = summary.uid;
+  e.actor.pid = summary.last_pid;
+  e.reason = summary.reason;
+  e.details["refusals"] = absl::StrCat(summary.refusals);
+  e.details["since"] = absl::FormatTime(absl::RFC3339_full, summary.first, absl::UTCTimeZone());
+  trail_.audit->AppendAsync(std::move(e), audit::Durability::kGrouped, [](absl::Status) {});
 }
 
 void Service::RunSubscribe(const std::shared_ptr<ipc::Connection>& connection,

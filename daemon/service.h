@@ -28,6 +28,7 @@
 #include "common/secret_bytes.h"
 #include "daemon/repeat_memo.h"
 #include "daemon/resolver.h"
+#include "daemon/unmatched_callers.h"
 #include "daemon/upstream_revoker.h"
 #include "daemon/vault.h"
 #include "grantvault/v1/envelope.pb.h"
@@ -112,6 +113,11 @@ class Service {
   void Stop();
 
  private:
+  // A peer no caller rule matches: at most one caller.unmatched record per
+  // interval per uid (UnmatchedCallerTally), uids told apart up to a bound.
+  static constexpr absl::Duration kUnmatchedCallerRecordInterval = absl::Seconds(60);
+  static constexpr size_t kUnmatchedCallerUids = 1024;
+
   class Handler;
   // What a memo made from a resolve on the I/O thread rests on.
   struct RepeatBasis {
@@ -213,6 +219,13 @@ class Service {
   static absl::StatusOr<std::string> ReplyFrame(CallerSlot* slot, uint64_t request_id,
                                                 const Resolved& resolved);
   static void RememberRecorded(CallerSlot& slot, const std::string& key, uint64_t epoch);
+  // Records a refused resolve (docs/audit.md, "Refusals"): a peer that no
+  // caller rule matches only in a counted caller.unmatched system record; a
+  // workspace the policy does not declare, and that has no chain, in the
+  // system chain; anything else in the workspace's chain.
+  void RecordRefusal(const ipc::PeerCredentials& peer, const policy::CallerIdentity* caller,
+                     audit::Event event, const absl::Status& refusal);
+  void RecordUnmatched(const UnmatchedCallerTally::Summary& summary);
   void RunSubscribe(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request);
   std::shared_ptr<CallerSlot> CallerOf(const ipc::Connection& connection);
   // A new agent connection's caller, attested from its peer credentials.
@@ -265,6 +278,7 @@ class Service {
   std::unique_ptr<Workers> workers_;
   Agents agents_;
   Trail trail_;
+  UnmatchedCallerTally unmatched_callers_{kUnmatchedCallerRecordInterval, kUnmatchedCallerUids};
   std::unique_ptr<Workers> agent_workers_;
 
   absl::Mutex mu_;

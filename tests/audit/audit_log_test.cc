@@ -392,26 +392,34 @@ TEST_F(AuditTest, OpenRefusesATailDeletedBehindACheckpoint) {
   auto log = TryOpen();
   ASSERT_FALSE(log.ok());
   EXPECT_EQ(log.status().code(), absl::StatusCode::kDataLoss);
-  EXPECT_THAT(log.status().message(), HasSubstr("a checkpoint covers seq 4"));
+  EXPECT_THAT(log.status().message(), HasSubstr("the token's anchor is seq 4"));
 }
 
 TEST_F(AuditTest, OpenRefusesAnotherKeyUnderTheSameLabel) {
   { ASSERT_NE(OpenLog(), nullptr); }
   auto log = AuditLog::Open(db_path(), std::make_unique<SoftwareSigner>("grantvault-audit-1"),
-                            SecretBytes::Random(32), &clock_, {});
+                            HsmAnchors(), SecretBytes::Random(32), &clock_, {});
   ASSERT_FALSE(log.ok());
   EXPECT_EQ(log.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_F(AuditTest, OpenValidatesItsArguments) {
   auto signer = [&] { return std::make_unique<SoftwareSigner>("k"); };
-  EXPECT_FALSE(AuditLog::Open("", signer(), SecretBytes::Random(32), &clock_, {}).ok());
-  EXPECT_FALSE(AuditLog::Open(db_path(), nullptr, SecretBytes::Random(32), &clock_, {}).ok());
-  EXPECT_FALSE(AuditLog::Open(db_path(), signer(), SecretBytes::Random(16), &clock_, {}).ok());
-  EXPECT_FALSE(AuditLog::Open(db_path(), signer(), SecretBytes::Random(32), nullptr, {}).ok());
+  EXPECT_FALSE(
+      AuditLog::Open("", signer(), HsmAnchors(), SecretBytes::Random(32), &clock_, {}).ok());
+  EXPECT_FALSE(
+      AuditLog::Open(db_path(), nullptr, HsmAnchors(), SecretBytes::Random(32), &clock_, {}).ok());
+  EXPECT_FALSE(
+      AuditLog::Open(db_path(), signer(), nullptr, SecretBytes::Random(32), &clock_, {}).ok());
+  EXPECT_FALSE(
+      AuditLog::Open(db_path(), signer(), HsmAnchors(), SecretBytes::Random(16), &clock_, {}).ok());
+  EXPECT_FALSE(
+      AuditLog::Open(db_path(), signer(), HsmAnchors(), SecretBytes::Random(32), nullptr, {}).ok());
   AuditOptions zero;
   zero.checkpoint_every_records = 0;
-  EXPECT_FALSE(AuditLog::Open(db_path(), signer(), SecretBytes::Random(32), &clock_, zero).ok());
+  EXPECT_FALSE(
+      AuditLog::Open(db_path(), signer(), HsmAnchors(), SecretBytes::Random(32), &clock_, zero)
+          .ok());
   EXPECT_TRUE(absl::IsNotFound(MakeHsmSigner(hsm_->token(), "grantvault-audit-9").status()));
 }
 
@@ -523,7 +531,7 @@ TEST_F(AuditTest, RecordsAreStillWrittenWhileSigningFailsAndCheckpointsCatchUp) 
   options.checkpoint_poll_interval = absl::Milliseconds(10);
   options.checkpoint_retry_interval = absl::Milliseconds(20);
   auto opened = AuditLog::Open(db_path(), std::make_unique<FlakySigner>(std::move(*real), &fail),
-                               fingerprint_key_.Clone(), &clock_, options);
+                               HsmAnchors(), fingerprint_key_.Clone(), &clock_, options);
   ASSERT_TRUE(opened.ok()) << opened.status();
   AuditLog& log = **opened;
   for (int i = 0; i < 3; ++i) {
@@ -675,11 +683,13 @@ class AuditChildTest : public ::testing::Test {
  protected:
   std::string db_path() const { return dir_.Join("audit.db"); }
   absl::StatusOr<std::unique_ptr<AuditLog>> Open(AuditOptions options = {}) {
-    return AuditLog::Open(db_path(), std::make_unique<SoftwareSigner>(signer_), key_.Clone(),
+    return AuditLog::Open(db_path(), std::make_unique<SoftwareSigner>(signer_),
+                          std::make_unique<testing::MemoryAnchorStore>(anchors_), key_.Clone(),
                           &clock_, options);
   }
   grantvault::testing::TempDir dir_;
   SoftwareSigner signer_{"grantvault-audit-1"};
+  testing::MemoryAnchorStore anchors_;  // a child's saves stay in the child
   SecretBytes key_ = SecretBytes::Random(32);
   ManualClock clock_;
 };

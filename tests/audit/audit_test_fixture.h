@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "audit/anchor.h"
 #include "audit/audit_log.h"
 #include "audit/signer.h"
 #include "common/clock.h"
@@ -33,11 +34,14 @@ class AuditTest : public ::testing::Test {
 
   std::string db_path() const { return dir_.Join("audit.db"); }
 
+  // The anchors in the test's token, as the daemon keeps them.
+  std::unique_ptr<AnchorStore> HsmAnchors() { return *MakeHsmAnchorStore(hsm_->token()); }
+
   absl::StatusOr<std::unique_ptr<AuditLog>> TryOpen(AuditOptions options = {}) {
     auto signer = MakeHsmSigner(hsm_->token(), kAuditKey);
     if (!signer.ok()) return signer.status();
-    return AuditLog::Open(db_path(), std::move(*signer), fingerprint_key_.Clone(), &clock_,
-                          options);
+    return AuditLog::Open(db_path(), std::move(*signer), HsmAnchors(), fingerprint_key_.Clone(),
+                          &clock_, options);
   }
 
   std::unique_ptr<AuditLog> OpenLog(AuditOptions options = {}) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "audit/anchor.h"
 #include "audit/audit_log.h"
 #include "audit/signer.h"
 #include "audit/verify.h"
@@ -31,6 +32,21 @@ class SoftwareSigner final : public Signer {
  private:
   std::string label_;
   EVP_PKEY* key_;
+};
+
+// Anchors in process memory; copies share them. Only beside a SoftwareSigner
+// (tests that fork()); every other test anchors in a real SoftHSM token.
+class MemoryAnchorStore final : public AnchorStore {
+ public:
+  MemoryAnchorStore() : saved_(std::make_shared<std::optional<ChainAnchors>>()) {}
+  absl::StatusOr<std::optional<ChainAnchors>> Load() override { return *saved_; }
+  absl::Status Save(const ChainAnchors& anchors) override {
+    *saved_ = anchors;
+    return absl::OkStatus();
+  }
+
+ private:
+  std::shared_ptr<std::optional<ChainAnchors>> saved_;
 };
 
 Event AdminEvent(const std::string& workspace, const std::string& reason,

@@ -290,7 +290,8 @@ TEST(VerifyStubTest, AStubCannotHideASelectedRecord) {
   grantvault::testing::TempDir dir;
   ManualClock clock;
   auto log = AuditLog::Open(dir.Join("audit.db"), std::make_unique<testing::SoftwareSigner>(signer),
-                            SecretBytes::Random(32), &clock, {});
+                            std::make_unique<testing::MemoryAnchorStore>(), SecretBytes::Random(32),
+                            &clock, {});
   ASSERT_TRUE(log.ok()) << log.status();
   for (size_t i = 0; i < 4; ++i) {
     ASSERT_TRUE((*log)->Append(TokenEvent("acme", "gr_1"), Durability::kGrouped).ok());

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -40,6 +41,7 @@
 #include "tests/testing/daemon_process.h"
 #include "tests/testing/oauth_provider.h"
 #include "tests/testing/temp_dir.h"
+#include "tests/testing/wait.h"
 
 namespace grantvault {
 namespace {
@@ -507,6 +509,155 @@ TEST_F(RevokeTest, EveryEventIsAuditedExportsVerifyAndNoTokenIsInThem) {
     EXPECT_THAT(database, Not(HasSubstr(token)));
     EXPECT_THAT(all, Not(HasSubstr(token)));
   }
+}
+
+// Rows of the audit database (read next to a stopped daemon).
+std::vector<std::string> AuditRows(const std::string& database, const std::string& sql) {
+  std::vector<std::string> rows;
+  sqlite3* db = nullptr;
+  EXPECT_EQ(sqlite3_open_v2(database.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr), SQLITE_OK) << sql;
+  while (stmt != nullptr && sqlite3_step(stmt) == SQLITE_ROW) {
+    rows.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)));
+  }
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  return rows;
+}
+
+// A peer no caller rule matches (the policy names another uid) asks again and
+// again, for the policy's workspace and for made-up ones: it gets a bounded
+// number of counted caller.unmatched records and no chain; a matched caller's
+// refusals for undeclared workspaces go to the system chain; revocation
+// still works afterwards.
+TEST_F(RevokeTest, AnUnmatchedPeerCannotFloodTheAuditLogAndRevocationStillWorks) {
+  Register("demo");
+  const std::string grant_id = Authorize("demo");
+  ASSERT_FALSE(grant_id.empty());
+  auto write_policy = [&](uid_t uid) {
+    std::ofstream(policy_) << "[[callers]]\nuid = " << uid << "\nrole = \"agent\"\nworkspaces = [\""
+                           << kWorkspace << "\"]\n[workspaces." << kWorkspace
+                           << "]\nallow_resolve_without_tool = true\n";
+  };
+  std::unique_ptr<ipc::Client> agent = Agent();
+  ASSERT_NE(agent, nullptr);
+  auto code_of = [&](const v1::Request& request) {
+    auto answer = agent->Call(request, absl::Seconds(30));
+    if (!answer.ok()) return v1::Error::INTERNAL;
+    return answer->has_error() ? answer->error().code() : v1::Error::CODE_UNSPECIFIED;
+  };
+  write_policy(::getuid() + 1);
+  daemon_->Signal(SIGHUP);
+  uint64_t refused = 0;  // PERMISSION_DENIED answers while unmatched
+  ASSERT_TRUE(::grantvault::testing::WaitFor(
+      [&] {
+        if (code_of(Resolve("demo")) != v1::Error::PERMISSION_DENIED) return false;
+        ++refused;
+        return true;
+      },
+      absl::Seconds(20)));
+  const absl::Time flood_started = absl::Now();
+  constexpr int kFlood = 400;
+  for (int i = 0; i < kFlood; ++i) {
+    v1::Request request = Resolve("demo");
+    if (i % 2 == 1) request.mutable_resolve()->set_workspace_id(absl::StrCat("ws_flood_", i));
+    ASSERT_EQ(code_of(request), v1::Error::PERMISSION_DENIED) << i;
+    ++refused;
+  }
+  const absl::Duration flooded_for = absl::Now() - flood_started;
+
+  // Matched again: refusals for workspaces the policy does not declare.
+  write_policy(::getuid());
+  daemon_->Signal(SIGHUP);
+  ASSERT_TRUE(::grantvault::testing::WaitFor(
+      [&] {
+        const v1::Error::Code code = code_of(Resolve("demo"));
+        if (code == v1::Error::PERMISSION_DENIED) ++refused;  // the reload is not in yet
+        return code == v1::Error::CODE_UNSPECIFIED;
+      },
+      absl::Seconds(20)));
+  constexpr int kUndeclared = 5;
+  for (int i = 0; i < kUndeclared; ++i) {
+    v1::Request request = Resolve("demo");
+    request.mutable_resolve()->set_workspace_id(absl::StrCat("ws_undeclared_", i));
+    ASSERT_EQ(code_of(request), v1::Error::PERMISSION_DENIED);
+  }
+
+  // The log still takes a revocation.
+  CommandResult revoked =
+      Cli({"revoke", "--workspace", kWorkspace, "--connector", "demo", "--reason", "flooded"});
+  ASSERT_EQ(revoked.exit_code, 0) << revoked.out << revoked.err;
+  EXPECT_EQ(code_of(Resolve("demo")), v1::Error::REVOKED);
+  agent.reset();
+  ASSERT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->Stderr();  // records what the tally held back
+
+  const std::string database = state_ + "/audit.db";
+  std::vector<std::string> chains = AuditRows(database, "SELECT chain FROM chains ORDER BY chain");
+  EXPECT_EQ(chains, (std::vector<std::string>{"system", absl::StrCat("workspace:", kWorkspace)}));
+  const std::vector<std::string> unmatched =
+      AuditRows(database, "SELECT details FROM records WHERE type = 'caller.unmatched'");
+  // The first refusal at once, then at most one per minute, and what was held
+  // back at the stop.
+  EXPECT_GE(unmatched.size(), 1u);
+  EXPECT_LE(unmatched.size(), 2u + static_cast<size_t>(absl::ToInt64Seconds(flooded_for) / 60 + 1));
+  uint64_t counted = 0;
+  for (const std::string& details : unmatched) {
+    counted += std::stoull(json::parse(details)["refusals"].get<std::string>());
+  }
+  EXPECT_EQ(counted, refused);
+  EXPECT_THAT(AuditRows(database, "SELECT reason FROM records WHERE type = 'caller.unmatched'"),
+              ::testing::Each(HasSubstr("not in the policy")));
+  // In the workspace's chain, only the matched caller's refusal after the
+  // revocation.
+  EXPECT_THAT(
+      AuditRows(database,
+                "SELECT reason FROM records WHERE type = 'token.denied' AND chain != 'system'"),
+      ::testing::ElementsAre(HasSubstr("REVOKED")));
+  const std::vector<std::string> undeclared = AuditRows(
+      database, "SELECT details FROM records WHERE type = 'token.denied' AND chain = 'system'");
+  ASSERT_EQ(undeclared.size(), static_cast<size_t>(kUndeclared));
+  EXPECT_THAT(undeclared[0], HasSubstr("\"requested_workspace\":\"ws_undeclared_0\""));
+  EXPECT_EQ(AuditRows(database, "SELECT seq FROM records WHERE type = 'grant.revoked'").size(), 1u);
+}
+
+// The daemon against a rolled-back audit.db: the token's anchor says more
+// was signed than the database holds, so the daemon refuses to start and says
+// which chain and seq; the genuine database starts again.
+TEST_F(RevokeTest, ADaemonRefusesToStartOnARolledBackAuditLog) {
+  Register("demo");
+  ASSERT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->Stderr();
+  const std::string database = state_ + "/audit.db";
+  auto copy = [](const std::string& from, const std::string& to) {
+    for (const char* suffix : {"", "-wal", "-shm"}) {
+      std::filesystem::remove(to + suffix);
+      if (std::filesystem::exists(from + suffix)) {
+        std::filesystem::copy_file(from + suffix, to + suffix);
+      }
+    }
+  };
+  const std::string backup = dir_.Join("audit-backup.db");
+  copy(database, backup);
+
+  ASSERT_TRUE(daemon_->Start().ok()) << daemon_->Stderr();
+  Register("demo2");
+  // An export checkpoints (and so anchors) the system chain.
+  CommandResult exported = Cli({"audit", "export", "--system", "-o", dir_.Join("system.jsonl")});
+  ASSERT_EQ(exported.exit_code, 0) << exported.out << exported.err;
+  ASSERT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->Stderr();
+  const std::string genuine = dir_.Join("audit-genuine.db");
+  copy(database, genuine);
+
+  copy(backup, database);  // what someone with write access to the file can do
+  auto refused = std::make_unique<DaemonProcess>(
+      std::vector<std::string>{GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+  EXPECT_FALSE(refused->Start().ok());
+  EXPECT_THAT(refused->Stderr(), HasSubstr("chain system: the token's anchor is seq"));
+  EXPECT_THAT(refused->Stderr(), HasSubstr("the database ends at seq"));
+  if (refused->running()) refused->Stop(SIGKILL);
+
+  copy(genuine, database);
+  ASSERT_TRUE(daemon_->Start().ok()) << daemon_->Stderr();
 }
 
 TEST_F(RevokeTest, AnAuditLogThatCannotBeWrittenMakesResolveAndRevokeFailClosed) {
