@@ -188,6 +188,8 @@ std::optional<TokenCache::Lookup> Refresher::GetCached(std::string_view grant_id
 void Refresher::Revoke(std::string_view grant_id, std::string reason) {
   absl::MutexLock lock(&mu_);
   MarkRevokedLocked(grant_id, std::move(reason));
+  // Revoking at the provider wants the current refresh token: a kept one is stored now.
+  StartStoringPendingLocked(grant_id);
 }
 
 void Refresher::Forget(std::string_view grant_id) { cache_.Erase(grant_id); }
@@ -257,9 +259,18 @@ void Refresher::WorkerLoop() {
   mu_.Unlock();
 }
 
-bool Refresher::Refreshing(std::string_view grant_id) const {
+bool Refresher::Refreshing(std::string_view grant_id) {
   absl::MutexLock lock(&mu_);
-  return running_.find(grant_id) != running_.end();
+  if (running_.find(grant_id) != running_.end()) return true;
+  if (!pending_rotations_.contains(grant_id)) return false;
+  StartStoringPendingLocked(grant_id);
+  return true;
+}
+
+void Refresher::StartStoringPendingLocked(std::string_view grant_id) {
+  if (stopping_ || !pending_rotations_.contains(grant_id) || in_flight_.contains(grant_id)) return;
+  // Nobody waits for it; its attempts to store the kept token last request_timeout.
+  StartFlightLocked(grant_id, absl::Now() + options_.request_timeout);
 }
 
 void Refresher::FinishLocked(Flight& flight, absl::StatusOr<Refreshed> outcome) {
@@ -493,6 +504,8 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
       }
       // kRotatedElsewhere: the store holds a newer token than the one kept; it is dropped.
     }
+    // A flight started after a revocation (to store a kept token) sends nothing.
+    if (IsRevoked(grant_id)) return RevokedError(grant_id, "revoked while its refresh was pending");
 
     if (grant.status == store::GrantStatus::kRevoked) {
       {

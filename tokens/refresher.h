@@ -32,7 +32,8 @@
 //    nothing is sent to that connector's token endpoint.
 //  - Revoke(grant) erases the cached token and releases every caller waiting
 //    for that grant with "REVOKED: …" at once; a refresh that completes later
-//    is neither served nor cached. The store is read only on a cache miss.
+//    is neither served nor cached (its rotated token is still stored). The
+//    store is read only on a cache miss.
 //  - A grant whose connector issues no refresh token holds a sealed
 //    "access_token": it is answered as long-lived (or until the grant's
 //    recorded expiry). Every sealed secret of a grant, that one too, must be
@@ -179,9 +180,11 @@ class Refresher {
   bool HoldsUnstoredRefreshToken(std::string_view grant_id) const;
 
   // Whether a refresh of the grant is being run right now (its request may
-  // still bring back a rotated refresh token, which is then committed). The
-  // upstream revoker waits for it, so that it revokes the newest token.
-  bool Refreshing(std::string_view grant_id) const;
+  // still bring back a rotated refresh token, which is then committed), or a
+  // rotated token is kept unstored (HoldsUnstoredRefreshToken; a flight to
+  // store it is then started). The upstream revoker waits for it, so that it
+  // revokes the newest token.
+  bool Refreshing(std::string_view grant_id);
 
   // Every connector's circuit breaker seen so far, ordered by connector id.
   std::vector<BreakerState> Breakers() const;
@@ -234,6 +237,8 @@ class Refresher {
   std::shared_ptr<Flight> StartFlightLocked(std::string_view grant_id, absl::Time deadline)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StartRefreshAhead(std::string_view grant_id) ABSL_LOCKS_EXCLUDED(mu_);
+  // Starts a flight that stores the grant's kept rotated token, unless one runs.
+  void StartStoringPendingLocked(std::string_view grant_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WorkerLoop() ABSL_LOCKS_EXCLUDED(mu_);
   bool HasWorkOrStopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return stopping_ || !queue_.empty();

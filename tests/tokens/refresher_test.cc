@@ -488,14 +488,14 @@ TEST_F(RefresherTest, ARotatedTokenThatCannotBeStoredIsKeptAndCommittedBeforeThe
   ASSERT_TRUE(absl::IsUnavailable(refused.status())) << refused.status();
   EXPECT_THAT(refused.status().message(), HasSubstr("kept in memory"));
   EXPECT_FALSE(absl::StrContains(refused.status().message(), Sv(before.view())));
-  ASSERT_TRUE(testing::WaitFor([&] { return !refresher.Refreshing(grant_id_); }));
+  // (The flight that answered has ended.)
   ASSERT_TRUE(refresher.HoldsUnstoredRefreshToken(grant_id_));
   // The next caller's flight retries the commit first, and sends nothing.
   auto unstored =
       refresher.GetAccessToken(grant_id_, absl::ZeroDuration(), absl::Now() + absl::Seconds(10));
   ASSERT_TRUE(absl::IsUnavailable(unstored.status())) << unstored.status();
   EXPECT_THAT(unstored.status().message(), HasSubstr("kept in memory"));
-  ASSERT_TRUE(testing::WaitFor([&] { return !refresher.Refreshing(grant_id_); }));
+  // (The flight that answered has ended.)
   ASSERT_TRUE(refresher.HoldsUnstoredRefreshToken(grant_id_));
   EXPECT_GE(flaky.failures(), 3);
   EXPECT_EQ(refresher.upstream_requests(), 1);  // nothing was refreshed meanwhile
@@ -523,6 +523,42 @@ TEST_F(RefresherTest, ARotatedTokenThatCannotBeStoredIsKeptAndCommittedBeforeThe
   ASSERT_TRUE(again.ok()) << again.status() << "\n" << provider_->Log();
   EXPECT_EQ(refresher.upstream_requests(), sent + 1);
   EXPECT_EQ(store_->GetGrant(grant_id_)->status, store::GrantStatus::kActive);
+}
+
+TEST_F(RefresherTest, ARevocationWaitsForAKeptRotatedTokenToBeStored) {
+  FlakyRefreshTokenSealer flaky(sealer_.get());
+  RefresherOptions options;
+  options.initial_backoff = absl::Milliseconds(20);
+  options.max_backoff = absl::Milliseconds(100);
+  options.request_timeout = absl::Seconds(1);
+  auto created = Refresher::Create(
+      RefresherDeps{store_.get(), &flaky, http_.get(), resolver_.get(), &RealClock(), {}}, options);
+  ASSERT_TRUE(created.ok()) << created.status();
+  Refresher& refresher = **created;
+  const SecretBytes before = StoredRefreshToken();
+  flaky.FailUntilHealed();
+  ASSERT_FALSE(
+      refresher.GetAccessToken(grant_id_, absl::ZeroDuration(), absl::Now() + absl::Seconds(10))
+          .ok());
+  ASSERT_TRUE(testing::WaitFor([&] { return refresher.HoldsUnstoredRefreshToken(grant_id_); }));
+
+  // Revoked while the provider's current token is only in memory: the upstream revoker must
+  // wait (Refreshing) until it is stored, or it would revoke the dead one.
+  refresher.Revoke(grant_id_, "offboarded");
+  EXPECT_TRUE(refresher.Refreshing(grant_id_));
+  EXPECT_TRUE(StoredRefreshToken() == before);
+  flaky.Heal();
+  ASSERT_TRUE(testing::WaitFor([&] { return !refresher.Refreshing(grant_id_); }));
+  EXPECT_FALSE(refresher.HoldsUnstoredRefreshToken(grant_id_));
+  EXPECT_FALSE(StoredRefreshToken() == before);
+  EXPECT_EQ(refresher.upstream_requests(), 1);
+  auto revoked =
+      refresher.GetAccessToken(grant_id_, absl::ZeroDuration(), absl::Now() + absl::Seconds(5));
+  EXPECT_THAT(revoked.status().message(), HasSubstr("REVOKED"));
+  // The stored token is the provider's live one (what revoking there needs).
+  auto live = RefreshByHand(StoredRefreshToken());
+  ASSERT_TRUE(live.ok()) << live.status();
+  EXPECT_EQ(live->status, 200) << live->body;
 }
 
 }  // namespace
