@@ -116,8 +116,8 @@ TEST_F(RefreshCrashTest, KilledDuringRefreshesTheGrantRefreshesOrIsMarkedInTheWi
 
   std::mt19937 random(20261125);
   // After the moment the token passes half its life, when the loop's resolve starts a
-  // refresh: most kills land inside it (a round trip with two seals and two commits).
-  std::uniform_int_distribution<int> kill_after_half_life_ms(0, 150);
+  // refresh: many kills land inside it (a round trip with two seals and two commits).
+  std::uniform_int_distribution<int> kill_after_half_life_ms(0, 50);
   int survived = 0, marked_in_window = 0;
   int64_t refreshes_before_kills = 0;
   for (int round = 0; round < kKills; ++round) {
