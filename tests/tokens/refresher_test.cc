@@ -3,6 +3,8 @@
 // rotated-out refresh token is reused), a real SoftHSM2 token and SQLite.
 #include "tokens/refresher.h"
 
+#include <sqlite3.h>
+
 #include <atomic>
 #include <thread>
 #include <vector>
@@ -124,6 +126,49 @@ class FlakyRefreshTokenSealer final : public hsm::Sealer {
   int fail_next_ ABSL_GUARDED_BY(mu_) = 0;
   bool fail_until_healed_ ABSL_GUARDED_BY(mu_) = false;
   int failures_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// A real SQLite failing for a while: once armed, right after the provider's answer to a
+// refresh arrives (before the refresher can commit the rotated token), another connection
+// takes the database's write lock and holds it for `hold`, longer than the store's busy
+// timeout (5 s), so the commit is refused at least once.
+class WriteLockAfterAnswer final : public oauth::HttpClient {
+ public:
+  WriteLockAfterAnswer(oauth::HttpClient* real, std::string database, absl::Duration hold)
+      : real_(real), database_(std::move(database)), hold_(hold) {}
+  ~WriteLockAfterAnswer() override {
+    if (releaser_.joinable()) releaser_.join();
+  }
+  void Arm() { armed_ = true; }
+  bool locked() const { return locked_; }
+
+  absl::StatusOr<oauth::HttpResponse> Send(const oauth::HttpRequest& request,
+                                           absl::Duration deadline) override {
+    absl::StatusOr<oauth::HttpResponse> response = real_->Send(request, deadline);
+    if (response.ok() && response->status == 200 && armed_.exchange(false)) {
+      sqlite3* db = nullptr;
+      if (sqlite3_open(database_.c_str(), &db) == SQLITE_OK &&
+          sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr) == SQLITE_OK) {
+        locked_ = true;
+        releaser_ = std::thread([db, hold = hold_] {
+          absl::SleepFor(hold);
+          sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+          sqlite3_close(db);
+        });
+      } else {
+        sqlite3_close(db);
+      }
+    }
+    return response;
+  }
+
+ private:
+  oauth::HttpClient* const real_;
+  const std::string database_;
+  const absl::Duration hold_;
+  std::atomic<bool> armed_{false};
+  std::atomic<bool> locked_{false};
+  std::thread releaser_;
 };
 
 class RefresherTest : public ::testing::Test {
@@ -522,6 +567,40 @@ TEST_F(RefresherTest, ARotatedTokenThatCannotBeStoredIsKeptAndCommittedBeforeThe
       refresher.GetAccessToken(grant_id_, absl::ZeroDuration(), absl::Now() + absl::Seconds(10));
   ASSERT_TRUE(again.ok()) << again.status() << "\n" << provider_->Log();
   EXPECT_EQ(refresher.upstream_requests(), sent + 1);
+  EXPECT_EQ(store_->GetGrant(grant_id_)->status, store::GrantStatus::kActive);
+}
+
+TEST_F(RefresherTest, ARotatedTokenIsCommittedOnceALockedDatabaseFreesAgain) {
+  WriteLockAfterAnswer locking(http_.get(), dir_.Join("grants.db"), absl::Seconds(8));
+  RefresherOptions options;
+  options.initial_backoff = absl::Milliseconds(50);
+  options.max_backoff = absl::Milliseconds(200);
+  options.request_timeout = absl::Seconds(30);  // the commit's retries outlast the lock
+  auto created = Refresher::Create(
+      RefresherDeps{store_.get(), sealer_.get(), &locking, resolver_.get(), &RealClock(), {}},
+      options);
+  ASSERT_TRUE(created.ok()) << created.status();
+  Refresher& refresher = **created;
+  const SecretBytes before = StoredRefreshToken();
+
+  locking.Arm();
+  const absl::Time start = absl::Now();
+  auto token =
+      refresher.GetAccessToken(grant_id_, absl::ZeroDuration(), absl::Now() + absl::Seconds(40));
+  ASSERT_TRUE(locking.locked());
+  ASSERT_TRUE(token.ok()) << token.status() << "\n" << provider_->Log();
+  EXPECT_GE(absl::Now() - start, absl::Seconds(5));  // the commit waited out the store's refusal
+  EXPECT_EQ(refresher.upstream_requests(), 1);
+  EXPECT_FALSE(StoredRefreshToken() == before);
+  EXPECT_TRUE(
+      absl::IsNotFound(store_->GetSealedSecret({grant_id_, kRefreshAttemptPurpose}).status()));
+
+  // The committed token is the provider's current one: the grant keeps working.
+  refresher.Forget(grant_id_);
+  auto again =
+      refresher.GetAccessToken(grant_id_, absl::ZeroDuration(), absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(again.ok()) << again.status() << "\n" << provider_->Log();
+  EXPECT_EQ(refresher.upstream_requests(), 2);
   EXPECT_EQ(store_->GetGrant(grant_id_)->status, store::GrantStatus::kActive);
 }
 
