@@ -27,6 +27,10 @@ constexpr absl::Duration kDefaultAccessTokenLifetime = absl::Hours(1);
 constexpr int kMaxCommitAttempts = 3;
 // How often a refresh starts over after another writer rotated the token.
 constexpr int kMaxRotationRounds = 3;
+// How an answer names a rotated refresh token kept in memory until the store takes it.
+constexpr char kNotStoredYet[] =
+    "the rotated refresh token could not be stored yet (it is kept in memory and stored before "
+    "the grant is refreshed again): ";
 // The least time between two claims of one cached token's refresh ahead.
 constexpr absl::Duration kMinRefreshAheadRetry = absl::Seconds(1);
 
@@ -45,6 +49,21 @@ int64_t CeilMillis(absl::Duration d) {
 absl::Status RevokedError(std::string_view grant_id, std::string_view reason) {
   return absl::FailedPreconditionError(
       absl::StrCat("REVOKED: grant ", Sv(grant_id), " is revoked: ", Sv(reason)));
+}
+
+// The binding check every sealed secret of a grant passes before it is used:
+// the HSM only proves that a record belongs to its own row's binding (the AAD);
+// this proves that the row belongs to the grant being answered, so a row (or a
+// grant) moved to another workspace, connector or account is refused.
+absl::Status CheckBoundToGrant(const store::Grant& grant, const store::SealedSecret& secret) {
+  if (secret.key.owner_id != grant.grant_id || secret.workspace_id != grant.workspace_id ||
+      secret.connector_id != grant.connector_id || secret.account_id != grant.account_id) {
+    return absl::DataLossError(absl::StrCat("the sealed ", secret.key.purpose, " of grant ",
+                                            grant.grant_id,
+                                            " is bound to another grant, workspace, connector or "
+                                            "account"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -169,6 +188,8 @@ std::optional<TokenCache::Lookup> Refresher::GetCached(std::string_view grant_id
 void Refresher::Revoke(std::string_view grant_id, std::string reason) {
   absl::MutexLock lock(&mu_);
   MarkRevokedLocked(grant_id, std::move(reason));
+  // Revoking at the provider wants the current refresh token: a kept one is stored now.
+  StartStoringPendingLocked(grant_id);
 }
 
 void Refresher::Forget(std::string_view grant_id) { cache_.Erase(grant_id); }
@@ -238,9 +259,18 @@ void Refresher::WorkerLoop() {
   mu_.Unlock();
 }
 
-bool Refresher::Refreshing(std::string_view grant_id) const {
+bool Refresher::Refreshing(std::string_view grant_id) {
   absl::MutexLock lock(&mu_);
-  return running_.find(grant_id) != running_.end();
+  if (running_.find(grant_id) != running_.end()) return true;
+  if (!pending_rotations_.contains(grant_id)) return false;
+  StartStoringPendingLocked(grant_id);
+  return true;
+}
+
+void Refresher::StartStoringPendingLocked(std::string_view grant_id) {
+  if (stopping_ || !pending_rotations_.contains(grant_id) || in_flight_.contains(grant_id)) return;
+  // Nobody waits for it; its attempts to store the kept token last request_timeout.
+  StartFlightLocked(grant_id, absl::Now() + options_.request_timeout);
 }
 
 void Refresher::FinishLocked(Flight& flight, absl::StatusOr<Refreshed> outcome) {
@@ -314,7 +344,8 @@ absl::Time Refresher::RefreshAheadAt(const store::Grant& grant, absl::Time now,
         absl::Uniform(random, 1 - options_.refresh_ahead_jitter, 1 + options_.refresh_ahead_jitter);
   }
   margin = std::min(margin, lifetime / 2);
-  return now + lifetime - margin;
+  // Never sooner than callers could cause a refresh (ServesMinValid).
+  return std::max(now + kMinRefreshInterval, now + lifetime - margin);
 }
 
 absl::Status Refresher::AdmitUpstream(const std::string& connector_id, bool take_probe,
@@ -380,12 +411,102 @@ absl::StatusOr<SharedAccessToken> Refresher::ServeStaleOr(std::string_view grant
   return status;
 }
 
+bool Refresher::WaitUnlessStopping(absl::Duration wait) {
+  absl::MutexLock lock(&mu_);
+  return !mu_.AwaitWithTimeout(absl::Condition(&stopping_), wait);
+}
+
+std::optional<Refresher::PendingRotation> Refresher::TakePendingRotation(
+    std::string_view grant_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = pending_rotations_.find(grant_id);
+  if (it == pending_rotations_.end()) return std::nullopt;
+  PendingRotation pending = std::move(it->second);
+  pending_rotations_.erase(it);
+  return pending;
+}
+
+void Refresher::KeepPendingRotation(std::string_view grant_id, PendingRotation pending) {
+  absl::MutexLock lock(&mu_);
+  pending_rotations_.insert_or_assign(std::string(grant_id), std::move(pending));
+}
+
+bool Refresher::HoldsUnstoredRefreshToken(std::string_view grant_id) const {
+  absl::MutexLock lock(&mu_);
+  return pending_rotations_.contains(grant_id);
+}
+
+absl::StatusOr<Refresher::CommitOutcome> Refresher::CommitRotation(
+    const store::SealedSecret& sent_row, const SecretBytes& sent_token,
+    const SecretBytes& rotated) {
+  GV_ASSIGN_OR_RETURN(hsm::Sealed sealed,
+                      deps_.sealer->Seal(rotated, keys::SealContextOf(sent_row)));
+  store::SealedSecretUpdate update{sent_row.key, sent_row.record, sealed.kek.label,
+                                   std::move(sealed.record)};
+  for (int commit = 0; commit < kMaxCommitAttempts; ++commit) {
+    GV_ASSIGN_OR_RETURN(size_t applied, deps_.store->ReplaceSealedSecrets({&update, 1}));
+    if (applied == 1) return CommitOutcome::kCommitted;
+    // The row changed under us: a rewrap (same token, new record), an earlier commit of this
+    // very token whose success was not reported, or another rotation.
+    GV_ASSIGN_OR_RETURN(store::SealedSecret current, deps_.store->GetSealedSecret(sent_row.key));
+    GV_ASSIGN_OR_RETURN(SecretBytes current_token,
+                        deps_.sealer->Open(current.record, keys::SealContextOf(current)));
+    if (current_token == rotated) return CommitOutcome::kCommitted;
+    if (!(current_token == sent_token)) return CommitOutcome::kRotatedElsewhere;
+    update.expected_record = current.record;
+  }
+  return absl::UnavailableError("the refresh token row kept changing");
+}
+
+absl::StatusOr<Refresher::CommitOutcome> Refresher::CommitWithBackoff(
+    const store::SealedSecret& sent_row, const SecretBytes& sent_token,
+    const SecretBytes& rotated) {
+  // For a request's worth of time, whoever waits: until this commits, the grant cannot be
+  // refreshed again. Callers with shorter deadlines are answered at their deadlines meanwhile.
+  const absl::Time give_up = absl::Now() + options_.request_timeout;
+  absl::BitGen random;
+  absl::Duration backoff = options_.initial_backoff;
+  while (true) {
+    absl::StatusOr<CommitOutcome> outcome = CommitRotation(sent_row, sent_token, rotated);
+    if (outcome.ok()) return outcome;
+    const absl::Duration wait =
+        std::min(options_.max_backoff, backoff * absl::Uniform(random, 0.5, 1.5));
+    if (absl::Now() + wait >= give_up || !WaitUnlessStopping(wait)) return outcome.status();
+    backoff = std::min(options_.max_backoff, backoff * 2);
+  }
+}
+
 absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
   const std::string& grant_id = flight.grant_id;
   absl::BitGen random;
   for (int round = 0; round < kMaxRotationRounds; ++round) {
     if (Abandoned(flight)) return UnavailableFor(flight, "the refresh was abandoned");
     GV_ASSIGN_OR_RETURN(store::Grant grant, deps_.store->GetGrant(grant_id));
+    const store::SealedSecretKey marker_key{grant_id, kRefreshAttemptPurpose};
+    // Best effort: a marker left behind only makes a later invalid_grant name the crash window.
+    auto resolve_attempt = [&] { deps_.store->DeleteSealedSecret(marker_key).IgnoreError(); };
+
+    // A rotated refresh token that an earlier flight could not store goes to the store before
+    // anything else: the stored one is dead at the server. Also for a grant revoked meanwhile
+    // (revoking at the provider wants the current token).
+    std::optional<Refreshed> held;
+    if (std::optional<PendingRotation> pending = TakePendingRotation(grant_id)) {
+      absl::StatusOr<CommitOutcome> committed =
+          CommitWithBackoff(pending->sent_row, pending->sent_token, pending->rotated_token);
+      if (!committed.ok()) {
+        const std::string why(committed.status().message());
+        KeepPendingRotation(grant_id, *std::move(pending));
+        return UnavailableFor(flight, absl::StrCat(kNotStoredYet, why));
+      }
+      if (*committed == CommitOutcome::kCommitted) {
+        resolve_attempt();
+        held = std::move(pending->refreshed);
+      }
+      // kRotatedElsewhere: the store holds a newer token than the one kept; it is dropped.
+    }
+    // A flight started after a revocation (to store a kept token) sends nothing.
+    if (IsRevoked(grant_id)) return RevokedError(grant_id, "revoked while its refresh was pending");
+
     if (grant.status == store::GrantStatus::kRevoked) {
       {
         absl::MutexLock lock(&mu_);
@@ -398,6 +519,13 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
       return absl::FailedPreconditionError(absl::StrCat(
           "REAUTH_REQUIRED: grant ", grant_id, " needs authorizing again: ", grant.status_reason));
     }
+    if (held.has_value() && held->token.expires_at > deps_.clock->Now()) {
+      if (!IsRevoked(grant_id)) {
+        deps_.store->SetAccessTokenExpiry(grant_id, held->token.expires_at, deps_.clock->Now())
+            .IgnoreError();
+      }
+      return *std::move(held);
+    }
 
     absl::StatusOr<store::SealedSecret> sealed_refresh =
         deps_.store->GetSealedSecret({grant_id, kRefreshTokenPurpose});
@@ -405,6 +533,7 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
       // A connector without refresh tokens: the grant keeps its long-lived access token.
       GV_ASSIGN_OR_RETURN(store::SealedSecret sealed_access,
                           deps_.store->GetSealedSecret({grant_id, kAccessTokenPurpose}));
+      GV_RETURN_IF_ERROR(CheckBoundToGrant(grant, sealed_access));
       Refreshed out;
       GV_ASSIGN_OR_RETURN(out.token.token, deps_.sealer->Open(sealed_access.record,
                                                               keys::SealContextOf(sealed_access)));
@@ -417,10 +546,7 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
       return out;
     }
     GV_RETURN_IF_ERROR(sealed_refresh.status());
-    if (sealed_refresh->workspace_id != grant.workspace_id ||
-        sealed_refresh->connector_id != grant.connector_id) {
-      return absl::DataLossError("the refresh token row is bound to another grant");
-    }
+    GV_RETURN_IF_ERROR(CheckBoundToGrant(grant, *sealed_refresh));
     const std::string& connector_id = grant.connector_id;
 
     // An open breaker: nothing is sent, and no marker is written.
@@ -451,7 +577,7 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
     // known. Finding one left over means an earlier attempt's outcome was lost (a crash, or a
     // response that never arrived), which is how the crash window is recognised.
     store::SealedSecret marker;
-    marker.key = {grant_id, kRefreshAttemptPurpose};
+    marker.key = marker_key;
     marker.workspace_id = grant.workspace_id;
     marker.connector_id = grant.connector_id;
     marker.account_id = grant.account_id;
@@ -464,14 +590,11 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
       marker.updated_at = deps_.clock->Now();
       GV_RETURN_IF_ERROR(deps_.store->PutSealedSecret(marker));
     }
-    // Best effort: a marker left behind only makes a later invalid_grant name the crash window.
-    auto resolve_attempt = [&] { deps_.store->DeleteSealedSecret(marker.key).IgnoreError(); };
     // After an outcome that rotated nothing, the marker goes unless it also stands for an
     // earlier attempt whose outcome is still unknown.
     auto resolve_attempt_unless_earlier = [&] {
       if (!earlier_attempt_unresolved) resolve_attempt();
     };
-
     absl::Duration backoff = options_.initial_backoff;
     std::string last = "no attempt was made";
     bool outcome_unknown = false;  // a request may have reached the server unanswered
@@ -583,53 +706,34 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
       return UnavailableFor(flight, last);
     }
 
-    // Commit the rotated refresh token before anyone sees the access token. Also when the
-    // grant was revoked meanwhile: the old token is dead, and revoking at the provider needs
-    // the current one.
-    bool rotated_elsewhere = false;
-    if (!tokens->refresh_token.empty()) {
-      GV_ASSIGN_OR_RETURN(
-          hsm::Sealed sealed,
-          deps_.sealer->Seal(tokens->refresh_token, keys::SealContextOf(*sealed_refresh)));
-      store::SealedSecretUpdate update{sealed_refresh->key, sealed_refresh->record,
-                                       sealed.kek.label, std::move(sealed.record)};
-      bool committed = false;
-      for (int commit = 0; commit < kMaxCommitAttempts && !committed; ++commit) {
-        absl::StatusOr<size_t> applied = deps_.store->ReplaceSealedSecrets({&update, 1});
-        if (!applied.ok()) {
-          // The new refresh token is not recorded: this is the crash window, and the marker
-          // stays so that the invalid_grant that follows names it.
-          return UnavailableFor(flight, absl::StrCat("the rotated refresh token could not be "
-                                                     "stored: ",
-                                                     applied.status().message()));
-        }
-        if (*applied == 1) {
-          committed = true;
-          break;
-        }
-        // The row changed under us: a rewrap (same token, new record) or another rotation.
-        GV_ASSIGN_OR_RETURN(store::SealedSecret current,
-                            deps_.store->GetSealedSecret(sealed_refresh->key));
-        GV_ASSIGN_OR_RETURN(SecretBytes current_token,
-                            deps_.sealer->Open(current.record, keys::SealContextOf(current)));
-        if (!(current_token == refresh_token)) {
-          rotated_elsewhere = true;
-          break;
-        }
-        update.expected_record = current.record;
-      }
-      if (rotated_elsewhere) continue;  // start over from the store; never resend the old token
-      if (!committed) return UnavailableFor(flight, "the refresh token row kept changing");
-    }
-    resolve_attempt();
-
     const absl::Time now = deps_.clock->Now();
     const absl::Duration lifetime = tokens->expires_in.value_or(kDefaultAccessTokenLifetime);
     Refreshed out;
     out.token.token = std::move(tokens->access_token);
     if (!tokens->token_type.empty()) out.token.token_type = tokens->token_type;
+    out.token.obtained_at = now;
     out.token.expires_at = now + lifetime;
     out.refresh_at = RefreshAheadAt(grant, now, lifetime, random);
+
+    // Commit the rotated refresh token before anyone sees the access token. Also when the
+    // grant was revoked meanwhile: the old token is dead, and revoking at the provider needs
+    // the current one.
+    if (!tokens->refresh_token.empty()) {
+      absl::StatusOr<CommitOutcome> committed =
+          CommitWithBackoff(*sealed_refresh, refresh_token, tokens->refresh_token);
+      if (!committed.ok()) {
+        // Not recorded yet: kept in memory and committed before the grant is refreshed again.
+        // The marker stays: were the process to die first, this is the crash window.
+        const std::string why(committed.status().message());
+        KeepPendingRotation(grant_id,
+                            PendingRotation{*sealed_refresh, std::move(refresh_token),
+                                            std::move(tokens->refresh_token), std::move(out)});
+        return UnavailableFor(flight, absl::StrCat(kNotStoredYet, why));
+      }
+      // Start over from the store; never resend the old token.
+      if (*committed == CommitOutcome::kRotatedElsewhere) continue;
+    }
+    resolve_attempt();
     if (!IsRevoked(grant_id)) {
       // Best effort: the token is as valid whether or not its expiry is on record.
       deps_.store->SetAccessTokenExpiry(grant_id, out.token.expires_at, now).IgnoreError();

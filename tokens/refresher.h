@@ -6,7 +6,14 @@
 //  - A rotated refresh token is sealed and committed to the store (compare-
 //    and-swap on the record that was sent) before any caller sees the access
 //    token that came with it. A refresh token that has been sent is never
-//    sent again by this process once its successor is known.
+//    sent again by this process once its successor is known: a seal or store
+//    failure is retried with backoff, and a rotated token that still could
+//    not be stored is kept in secret memory and committed before anything
+//    else refreshes its grant.
+//  - A cached token answers a caller's min_valid by ServesMinValid
+//    (token_cache.h): a token just minted answers any min_valid, so callers
+//    asking more than the provider's lifetime cause one refresh per half
+//    lifetime, not one per call.
 //  - Refreshes run on the Refresher's own worker threads; callers only wait
 //    for them, each until its own deadline. A request that has been sent is
 //    never cut short by a caller's deadline (only by request_timeout), so a
@@ -25,10 +32,13 @@
 //    nothing is sent to that connector's token endpoint.
 //  - Revoke(grant) erases the cached token and releases every caller waiting
 //    for that grant with "REVOKED: …" at once; a refresh that completes later
-//    is neither served nor cached. The store is read only on a cache miss.
+//    is neither served nor cached (its rotated token is still stored). The
+//    store is read only on a cache miss.
 //  - A grant whose connector issues no refresh token holds a sealed
 //    "access_token": it is answered as long-lived (or until the grant's
-//    recorded expiry).
+//    recorded expiry). Every sealed secret of a grant, that one too, must be
+//    bound to the grant's own id, workspace, connector and account
+//    (DataLoss otherwise).
 //  - Never logs; no error message holds a token or secret.
 // Clocks: token expiry, refresh-ahead and the breaker's cool-down use
 // deps.clock; callers' deadlines, request timeouts and backoff sleeps are
@@ -163,10 +173,18 @@ class Refresher {
   // (e.g. after its status was changed elsewhere).
   void Forget(std::string_view grant_id);
 
+  // Whether the grant's newest refresh token is held in memory only: the
+  // server rotated it, and sealing or committing it kept failing for longer
+  // than the worker's retries (request_timeout). The next flight for the
+  // grant commits it before anything else.
+  bool HoldsUnstoredRefreshToken(std::string_view grant_id) const;
+
   // Whether a refresh of the grant is being run right now (its request may
-  // still bring back a rotated refresh token, which is then committed). The
-  // upstream revoker waits for it, so that it revokes the newest token.
-  bool Refreshing(std::string_view grant_id) const;
+  // still bring back a rotated refresh token, which is then committed), or a
+  // rotated token is kept unstored (HoldsUnstoredRefreshToken; a flight to
+  // store it is then started). The upstream revoker waits for it, so that it
+  // revokes the newest token.
+  bool Refreshing(std::string_view grant_id);
 
   // Every connector's circuit breaker seen so far, ordered by connector id.
   std::vector<BreakerState> Breakers() const;
@@ -196,6 +214,14 @@ class Refresher {
     AccessToken token;
     absl::Time refresh_at = absl::InfiniteFuture();  // refresh ahead from then on
   };
+  // A rotated refresh token the store has not taken yet, with what came with it.
+  struct PendingRotation {
+    store::SealedSecret sent_row;  // the row whose token was sent (binding, expected record)
+    SecretBytes sent_token;        // to tell a rewrap of it from another rotation
+    SecretBytes rotated_token;
+    Refreshed refreshed;  // the access token, answered once the rotated token is stored
+  };
+  enum class CommitOutcome { kCommitted, kRotatedElsewhere };
   struct Breaker {
     BreakerPhase phase = BreakerPhase::kClosed;
     int consecutive_failures = 0;
@@ -211,6 +237,8 @@ class Refresher {
   std::shared_ptr<Flight> StartFlightLocked(std::string_view grant_id, absl::Time deadline)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StartRefreshAhead(std::string_view grant_id) ABSL_LOCKS_EXCLUDED(mu_);
+  // Starts a flight that stores the grant's kept rotated token, unless one runs.
+  void StartStoringPendingLocked(std::string_view grant_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WorkerLoop() ABSL_LOCKS_EXCLUDED(mu_);
   bool HasWorkOrStopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return stopping_ || !queue_.empty();
@@ -243,6 +271,25 @@ class Refresher {
   void RecordUpstream(const std::string& connector_id, bool failed, std::string what,
                       absl::Duration server_wait) ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Seals `rotated` for `sent_row`'s binding and replaces the row if it still
+  // holds `sent_token` (compare-and-swap; a rewrap of it is followed). An
+  // error is a seal or store failure: nothing was recorded.
+  absl::StatusOr<CommitOutcome> CommitRotation(const store::SealedSecret& sent_row,
+                                               const SecretBytes& sent_token,
+                                               const SecretBytes& rotated) ABSL_LOCKS_EXCLUDED(mu_);
+  // CommitRotation retried with jittered backoff for request_timeout (or
+  // until shutdown), however long anyone waits for it.
+  absl::StatusOr<CommitOutcome> CommitWithBackoff(const store::SealedSecret& sent_row,
+                                                  const SecretBytes& sent_token,
+                                                  const SecretBytes& rotated)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  std::optional<PendingRotation> TakePendingRotation(std::string_view grant_id)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void KeepPendingRotation(std::string_view grant_id, PendingRotation pending)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Sleeps `wait` unless the Refresher is shutting down first (then false).
+  bool WaitUnlessStopping(absl::Duration wait) ABSL_LOCKS_EXCLUDED(mu_);
+
   // Falls back to a still-valid cached token when `status` is Unavailable.
   absl::StatusOr<SharedAccessToken> ServeStaleOr(std::string_view grant_id, absl::Status status);
 
@@ -258,6 +305,8 @@ class Refresher {
   // Grants whose refresh a worker is running now (even after a revocation
   // abandoned its callers: the request may still bring a rotated token).
   std::multiset<std::string, std::less<>> running_ ABSL_GUARDED_BY(mu_);
+  // Rotated refresh tokens not stored yet (PendingRotation), by grant id.
+  std::map<std::string, PendingRotation, std::less<>> pending_rotations_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> workers_ ABSL_GUARDED_BY(mu_);
   size_t idle_workers_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -16,7 +16,7 @@ TokenCache::Entry* TokenCache::ValidEntryLocked(std::string_view grant_id, absl:
     entries_.erase(it);
     return nullptr;
   }
-  return ValidFor(it->second.token->expires_at, now, min_valid) ? &it->second : nullptr;
+  return ServesMinValid(*it->second.token, now, min_valid) ? &it->second : nullptr;
 }
 
 SharedAccessToken TokenCache::Get(std::string_view grant_id, absl::Duration min_valid) {

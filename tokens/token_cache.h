@@ -28,13 +28,19 @@ struct AccessToken {
   SecretBytes token;
   std::string token_type = "Bearer";
   absl::Time expires_at = absl::InfiniteFuture();
+  // When the authorization server issued it (by the refresher's clock), so
+  // that its lifetime is expires_at - obtained_at; InfinitePast when unknown
+  // (a long-lived token read from the store).
+  absl::Time obtained_at = absl::InfinitePast();
   // Names this token (not its value) within the process: NewTokenSerial(),
   // given by whoever obtained the token (TokenCache::Put gives one to a token
   // that has none); copies keep it. Lets callers recognise a token they saw
   // before without hashing it.
   uint64_t serial = 0;
 
-  AccessToken Clone() const { return AccessToken{token.Clone(), token_type, expires_at, serial}; }
+  AccessToken Clone() const {
+    return AccessToken{token.Clone(), token_type, expires_at, obtained_at, serial};
+  }
 };
 
 // A token as the cache and the refresher hand it out: shared, never changed
@@ -44,11 +50,35 @@ using SharedAccessToken = std::shared_ptr<const AccessToken>;
 // A serial no other token of this process has (never 0).
 uint64_t NewTokenSerial();
 
-// The cache's one rule for a token it may answer with: not expired at `now`,
-// and valid for at least `min_valid` more. (Callers that remember a cached
-// token's expiry apply the same rule.)
+// Strictly valid: not expired at `now`, and valid for at least `min_valid`
+// more. Every token ValidFor a caller's min_valid is also ServesMinValid for
+// it, so a caller that remembers only a token's expiry (daemon/repeat_memo.h)
+// and applies this answers a subset of what the cache answers.
 inline bool ValidFor(absl::Time expires_at, absl::Time now, absl::Duration min_valid) {
   return expires_at > now && expires_at - now >= min_valid;
+}
+
+// The least time between two refreshes of one grant that callers can cause by
+// asking more than its tokens live (see ServesMinValid).
+inline constexpr absl::Duration kMinRefreshInterval = absl::Seconds(1);
+
+// The cache's one rule for a token it may answer a caller asking `min_valid`
+// with (docs/refresh.md, "What min_valid can ask"): not expired, and either
+// valid for `min_valid` more, or — when its lifetime is known — still holding
+// at least half of it, or issued less than kMinRefreshInterval ago. No
+// refresh can promise more than the provider's lifetime, so a caller asking
+// more than a fresh token gives is answered with a token in the first half
+// of its life (with its real expiry) instead of refreshing on every call: a
+// token just minted serves any min_valid, and callers cause at most one
+// refresh per grant per half token lifetime (at least kMinRefreshInterval).
+inline bool ServesMinValid(const AccessToken& token, absl::Time now, absl::Duration min_valid) {
+  if (ValidFor(token.expires_at, now, min_valid)) return true;
+  if (token.expires_at <= now || token.obtained_at == absl::InfinitePast() ||
+      token.expires_at == absl::InfiniteFuture()) {
+    return false;
+  }
+  const absl::Duration lifetime = token.expires_at - token.obtained_at;
+  return token.expires_at - now >= lifetime / 2 || now - token.obtained_at < kMinRefreshInterval;
 }
 
 class TokenCache {
@@ -58,8 +88,8 @@ class TokenCache {
   TokenCache(const TokenCache&) = delete;
   TokenCache& operator=(const TokenCache&) = delete;
 
-  // The grant's token when it is still valid for at least `min_valid` from
-  // now; null otherwise (an expired entry is dropped).
+  // The grant's token when it ServesMinValid(`min_valid`) now; null otherwise
+  // (an expired entry is dropped).
   SharedAccessToken Get(std::string_view grant_id, absl::Duration min_valid);
   void Put(std::string_view grant_id, AccessToken token);
   // As Put; from `refresh_at` on, GetClaimingRefresh reports the refresh due.
@@ -93,8 +123,8 @@ class TokenCache {
     SharedAccessToken token;  // never null
     absl::Time refresh_at = absl::InfiniteFuture();
   };
-  // The grant's entry when its token is ValidFor `min_valid` at `now`; null
-  // otherwise (an expired entry is dropped).
+  // The grant's entry when its token ServesMinValid(`min_valid`) at `now`;
+  // null otherwise (an expired entry is dropped).
   Entry* ValidEntryLocked(std::string_view grant_id, absl::Time now, absl::Duration min_valid)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

@@ -1,5 +1,5 @@
 // The daemon killed with SIGKILL at random moments during a loop of
-// refreshes, 50 times, against the real oidc-provider (refresh tokens rotated
+// refreshes (mostly inside one), 50 times, against the real oidc-provider (refresh tokens rotated
 // on every use; a reused one kills the grant). After each restart the grant
 // must still refresh or, only inside the documented crash window
 // (docs/refresh.md), be marked reauth_required with that reason; never
@@ -21,6 +21,7 @@
 #include "tests/testing/daemon_process.h"
 #include "tests/testing/oauth_provider.h"
 #include "tests/testing/temp_dir.h"
+#include "tests/testing/wait.h"
 #include "tokens/refresher.h"
 
 namespace grantvault {
@@ -29,11 +30,17 @@ namespace {
 using testing::DaemonProcess;
 
 constexpr int kKills = 50;
+// Short tokens, so that the loop below refreshes about once a second: a token
+// answers any min_valid until it is past half its life (docs/refresh.md,
+// "What min_valid can ask"), and the loop's next resolve then refreshes.
+constexpr absl::Duration kTokenLifetime = absl::Seconds(2);
 
 class RefreshCrashTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto provider = testing::OAuthProvider::Start({});
+    testing::OAuthProviderOptions options;
+    options.access_token_ttl = kTokenLifetime;
+    auto provider = testing::OAuthProvider::Start(options);
     ASSERT_TRUE(provider.ok()) << provider.status();
     provider_ = std::move(*provider);
     state_ = dir_.Join("state");
@@ -108,28 +115,39 @@ TEST_F(RefreshCrashTest, KilledDuringRefreshesTheGrantRefreshesOrIsMarkedInTheWi
   Authorize();
 
   std::mt19937 random(20261125);
-  std::uniform_int_distribution<int> kill_after_ms(20, 400);
+  // After the moment the token passes half its life, when the loop's resolve starts a
+  // refresh: many kills land inside it (a round trip with two seals and two commits).
+  std::uniform_int_distribution<int> kill_after_half_life_ms(0, 50);
   int survived = 0, marked_in_window = 0;
   int64_t refreshes_before_kills = 0;
   for (int round = 0; round < kKills; ++round) {
-    // A loop of refreshes: a token valid for 10 minutes is never cached (the
-    // provider's last 60 s), so every resolve refreshes.
+    // A loop of resolves asking 10 minutes of 2 s tokens: each token is answered until it is
+    // past half its life, then the next resolve refreshes.
     std::atomic<bool> stop = false;
-    std::atomic<int64_t> refreshed = 0;
+    std::atomic<int64_t> refreshed = 0;  // new tokens the loop saw
+    std::atomic<int64_t> expiry_ms = 0;  // of the token answered last
     std::thread loop([&] {
       auto client = ipc::Client::Connect(state_ + "/run/agent.sock");
       if (!client.ok()) return;
       while (!stop) {
         auto answer = (*client)->Call(Resolve(600), absl::Seconds(10));
         if (!answer.ok()) return;  // the daemon is gone
-        if (answer->has_resolve()) ++refreshed;
+        if (answer->has_resolve() && answer->resolve().expires_at_ms() != expiry_ms) {
+          if (expiry_ms != 0) ++refreshed;
+          expiry_ms = answer->resolve().expires_at_ms();
+        }
       }
     });
-    absl::SleepFor(absl::Milliseconds(kill_after_ms(random)));
+    const bool answered = testing::WaitFor([&] { return expiry_ms != 0; }, absl::Seconds(20));
+    if (answered) {
+      const absl::Time half_life = absl::FromUnixMillis(expiry_ms) - kTokenLifetime / 2;
+      absl::SleepFor(half_life + absl::Milliseconds(kill_after_half_life_ms(random)) - absl::Now());
+    }
     daemon_->Signal(SIGKILL);
     daemon_->Wait();
     stop = true;
     loop.join();
+    ASSERT_TRUE(answered) << "round " << round << ": the loop got no token";
     refreshes_before_kills += refreshed;
 
     ASSERT_TRUE(StartDaemon().ok()) << "round " << round;

@@ -15,8 +15,9 @@
 //
 // stdout: "PORT <n>" (only for port 0), then "READY <issuer>" once listening.
 // stderr: one line per request (method, path, status, time; never query strings
-// or bodies, so never codes or tokens) and the error/error_detail of failed
-// token, revocation, introspection, userinfo and authorization requests.
+// or bodies, so never codes or tokens), "grant.success: <grant_type>" for each
+// token-endpoint success, and the error/error_detail of failed token,
+// revocation, introspection, userinfo and authorization requests.
 //
 // CLIENTS.json: an array (or {"clients": [...]}) of
 //   { "client_id", "client_secret", "redirect_uris": [...],
@@ -225,6 +226,9 @@ for (const event of errorEvents) {
 }
 provider.on('server_error', (ctx, err) => log(`server_error: ${err.stack ?? err}`));
 provider.on('grant.revoked', (ctx, grantId) => log(`grant.revoked: ${grantId.slice(0, 6)}…`));
+// One line per token issued at the token endpoint, naming only the grant type, so that tests
+// can count refreshes (written before the answer is sent).
+provider.on('grant.success', (ctx) => log(`grant.success: ${ctx.oidc?.params?.grant_type ?? '?'}`));
 
 server.on('request', provider.callback());
 

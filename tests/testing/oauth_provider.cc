@@ -16,6 +16,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -357,6 +358,14 @@ int OAuthProvider::Stop(absl::Duration timeout) {
 }
 
 std::string OAuthProvider::Log() const { return Slurp(log_file_); }
+
+int OAuthProvider::RefreshesServed() const {
+  int n = 0;
+  for (absl::string_view line : absl::StrSplit(Log(), '\n')) {
+    if (absl::EndsWith(line, "grant.success: refresh_token")) ++n;
+  }
+  return n;
+}
 
 absl::StatusOr<std::string> OAuthProvider::Approve(const std::string& authorization_url, bool deny,
                                                    const std::string& user,

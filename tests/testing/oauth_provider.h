@@ -82,6 +82,10 @@ class OAuthProvider {
   // What the server logged so far: one line per request, token-endpoint and
   // other errors with their error_detail; never codes or tokens.
   std::string Log() const;
+  // Refresh-token grants the server answered with tokens so far (its
+  // "grant.success: refresh_token" log lines, written before each answer is
+  // sent, so a client holding the answer sees it counted).
+  int RefreshesServed() const;
 
   // SIGTERM, then SIGKILL after `timeout`. Returns the exit code (128 + signal
   // if killed). Idempotent.

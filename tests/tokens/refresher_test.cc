@@ -3,6 +3,8 @@
 // rotated-out refresh token is reused), a real SoftHSM2 token and SQLite.
 #include "tokens/refresher.h"
 
+#include <sqlite3.h>
+
 #include <atomic>
 #include <thread>
 #include <vector>
@@ -23,6 +25,7 @@
 #include "tests/testing/oauth_provider.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/test_vault.h"
+#include "tests/testing/wait.h"
 
 namespace grantvault::tokens {
 namespace {
@@ -69,6 +72,103 @@ class FaultyTokenEndpoint final : public oauth::HttpClient {
   int faults_ ABSL_GUARDED_BY(mu_) = 0;
   int status_ ABSL_GUARDED_BY(mu_) = 503;
   std::string retry_after_ ABSL_GUARDED_BY(mu_);
+};
+
+// Fails the sealing of refresh tokens on demand (a token fault that clears: a real SoftHSM
+// cannot be made to fail once), passing everything else to the real sealer.
+class FlakyRefreshTokenSealer final : public hsm::Sealer {
+ public:
+  explicit FlakyRefreshTokenSealer(hsm::Sealer* real) : real_(real) {}
+  void FailNext(int n) {
+    absl::MutexLock lock(&mu_);
+    fail_next_ = n;
+  }
+  void FailUntilHealed() {
+    absl::MutexLock lock(&mu_);
+    fail_until_healed_ = true;
+  }
+  void Heal() {
+    absl::MutexLock lock(&mu_);
+    fail_next_ = 0;
+    fail_until_healed_ = false;
+  }
+  int failures() const {
+    absl::MutexLock lock(&mu_);
+    return failures_;
+  }
+
+  absl::StatusOr<hsm::Sealed> Seal(const SecretBytes& secret,
+                                   const hsm::SealContext& context) override {
+    if (context.purpose == "refresh_token") {
+      absl::MutexLock lock(&mu_);
+      if (fail_until_healed_ || fail_next_ > 0) {
+        if (fail_next_ > 0) --fail_next_;
+        ++failures_;
+        return absl::UnavailableError("injected: C_Encrypt failed (CKR_DEVICE_ERROR)");
+      }
+    }
+    return real_->Seal(secret, context);
+  }
+  absl::StatusOr<SecretBytes> Open(absl::Span<const uint8_t> record,
+                                   const hsm::SealContext& context) override {
+    return real_->Open(record, context);
+  }
+  absl::StatusOr<hsm::Sealed> Rewrap(absl::Span<const uint8_t> record,
+                                     const hsm::SealContext& context) override {
+    return real_->Rewrap(record, context);
+  }
+  hsm::KeyRef ActiveKek() const override { return real_->ActiveKek(); }
+  absl::Status SetActiveKek(const hsm::KeyRef& kek) override { return real_->SetActiveKek(kek); }
+
+ private:
+  hsm::Sealer* const real_;
+  mutable absl::Mutex mu_;
+  int fail_next_ ABSL_GUARDED_BY(mu_) = 0;
+  bool fail_until_healed_ ABSL_GUARDED_BY(mu_) = false;
+  int failures_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// A real SQLite failing for a while: once armed, right after the provider's answer to a
+// refresh arrives (before the refresher can commit the rotated token), another connection
+// takes the database's write lock and holds it for `hold`, longer than the store's busy
+// timeout (5 s), so the commit is refused at least once.
+class WriteLockAfterAnswer final : public oauth::HttpClient {
+ public:
+  WriteLockAfterAnswer(oauth::HttpClient* real, std::string database, absl::Duration hold)
+      : real_(real), database_(std::move(database)), hold_(hold) {}
+  ~WriteLockAfterAnswer() override {
+    if (releaser_.joinable()) releaser_.join();
+  }
+  void Arm() { armed_ = true; }
+  bool locked() const { return locked_; }
+
+  absl::StatusOr<oauth::HttpResponse> Send(const oauth::HttpRequest& request,
+                                           absl::Duration deadline) override {
+    absl::StatusOr<oauth::HttpResponse> response = real_->Send(request, deadline);
+    if (response.ok() && response->status == 200 && armed_.exchange(false)) {
+      sqlite3* db = nullptr;
+      if (sqlite3_open(database_.c_str(), &db) == SQLITE_OK &&
+          sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr) == SQLITE_OK) {
+        locked_ = true;
+        releaser_ = std::thread([db, hold = hold_] {
+          absl::SleepFor(hold);
+          sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+          sqlite3_close(db);
+        });
+      } else {
+        sqlite3_close(db);
+      }
+    }
+    return response;
+  }
+
+ private:
+  oauth::HttpClient* const real_;
+  const std::string database_;
+  const absl::Duration hold_;
+  std::atomic<bool> armed_{false};
+  std::atomic<bool> locked_{false};
+  std::thread releaser_;
 };
 
 class RefresherTest : public ::testing::Test {
@@ -228,7 +328,8 @@ TEST_F(RefresherTest, FiveHundredConcurrentCallersShareOneRefreshAndTheGrantStay
 
   // The server kills a grant whose rotated-out refresh token is reused: one more refresh
   // succeeding proves no duplicate was sent.
-  auto again = Get(/*min_valid=*/absl::Hours(1));
+  refresher_->Forget(grant_id_);
+  auto again = Get();
   ASSERT_TRUE(again.ok()) << again.status() << "\n" << provider_->Log();
   EXPECT_FALSE(again->token == *shared);
   auto grant = store_->GetGrant(grant_id_);
@@ -257,7 +358,8 @@ TEST_F(RefresherTest, InvalidGrantMarksTheGrantReauthRequired) {
   ASSERT_TRUE(reuse.ok()) << reuse.status();
   EXPECT_EQ(reuse->status, 400);
 
-  auto refused = Get(/*min_valid=*/absl::Hours(1));
+  refresher_->Forget(grant_id_);
+  auto refused = Get();
   ASSERT_TRUE(absl::IsFailedPrecondition(refused.status())) << refused.status();
   EXPECT_THAT(refused.status().message(), HasSubstr("REAUTH_REQUIRED"));
   EXPECT_THAT(refused.status().message(), HasSubstr("invalid_grant"));
@@ -340,8 +442,9 @@ TEST_F(RefresherTest, ServerErrorsAreRetriedInsideTheDeadline) {
   EXPECT_EQ((*refresher)->upstream_requests(), 3);
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
   // The grant is alive: the 503s rotated nothing.
+  (*refresher)->Forget(grant_id_);
   auto again =
-      (*refresher)->GetAccessToken(grant_id_, absl::Hours(1), absl::Now() + absl::Seconds(5));
+      (*refresher)->GetAccessToken(grant_id_, absl::ZeroDuration(), absl::Now() + absl::Seconds(5));
   ASSERT_TRUE(again.ok()) << again.status();
 }
 
@@ -356,11 +459,14 @@ TEST_F(RefresherTest, TooManyRequestsServesAStillValidTokenThenUnavailable) {
   ASSERT_TRUE(first.ok()) << first.status();
 
   faulty.Inject(1000, 429, "1");
+  // Past half its 2 s life, asking an hour refreshes (a fresher token could give more).
+  absl::SleepFor((*first)->obtained_at + absl::Milliseconds(1050) - absl::Now());
   // It cannot be valid for an hour, but it is still valid: served while upstream refuses.
   auto stale =
       refresher.GetAccessToken(grant_id_, absl::Hours(1), absl::Now() + absl::Milliseconds(800));
   ASSERT_TRUE(stale.ok()) << stale.status();
   EXPECT_TRUE((*stale)->token == (*first)->token);
+  EXPECT_GE(refresher.upstream_requests(), 2);  // it was asked for, and refused
 
   absl::SleepFor((*first)->expires_at - absl::Now() + absl::Milliseconds(50));
   const absl::Time start = absl::Now();
@@ -373,6 +479,165 @@ TEST_F(RefresherTest, TooManyRequestsServesAStillValidTokenThenUnavailable) {
   auto grant = store_->GetGrant(grant_id_);
   ASSERT_TRUE(grant.ok());
   EXPECT_EQ(grant->status, store::GrantStatus::kActive);
+}
+
+// --- a rotated refresh token the store cannot take at once ----------------------------------
+
+TEST_F(RefresherTest, ATransientSealFailureOfTheRotatedTokenIsRetriedAndCommitted) {
+  FlakyRefreshTokenSealer flaky(sealer_.get());
+  RefresherOptions options;
+  options.initial_backoff = absl::Milliseconds(20);
+  options.max_backoff = absl::Milliseconds(100);
+  auto created = Refresher::Create(
+      RefresherDeps{store_.get(), &flaky, http_.get(), resolver_.get(), &RealClock(), {}}, options);
+  ASSERT_TRUE(created.ok()) << created.status();
+  Refresher& refresher = **created;
+  const SecretBytes before = StoredRefreshToken();
+
+  flaky.FailNext(2);  // the server rotates; sealing its new token fails twice, then works
+  auto token =
+      refresher.GetAccessToken(grant_id_, absl::ZeroDuration(), absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(token.ok()) << token.status() << "\n" << provider_->Log();
+  EXPECT_EQ(flaky.failures(), 2);
+  EXPECT_EQ(refresher.upstream_requests(), 1);
+  EXPECT_FALSE(StoredRefreshToken() == before);
+  EXPECT_TRUE(
+      absl::IsNotFound(store_->GetSealedSecret({grant_id_, kRefreshAttemptPurpose}).status()));
+
+  // The provider kills a grant whose rotated-out token is reused: this refresh proves the
+  // committed one is the provider's current token.
+  refresher.Forget(grant_id_);
+  auto again =
+      refresher.GetAccessToken(grant_id_, absl::ZeroDuration(), absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(again.ok()) << again.status() << "\n" << provider_->Log();
+  EXPECT_EQ(refresher.upstream_requests(), 2);
+  EXPECT_EQ(store_->GetGrant(grant_id_)->status, store::GrantStatus::kActive);
+}
+
+TEST_F(RefresherTest, ARotatedTokenThatCannotBeStoredIsKeptAndCommittedBeforeTheNextRefresh) {
+  FlakyRefreshTokenSealer flaky(sealer_.get());
+  RefresherOptions options;
+  options.initial_backoff = absl::Milliseconds(20);
+  options.max_backoff = absl::Milliseconds(100);
+  options.request_timeout = absl::Seconds(1);  // how long the worker retries the commit
+  auto created = Refresher::Create(
+      RefresherDeps{store_.get(), &flaky, http_.get(), resolver_.get(), &RealClock(), {}}, options);
+  ASSERT_TRUE(created.ok()) << created.status();
+  Refresher& refresher = **created;
+  const SecretBytes before = StoredRefreshToken();
+
+  // The fault outlasts the worker's retries of the commit (request_timeout).
+  flaky.FailUntilHealed();
+  auto refused =
+      refresher.GetAccessToken(grant_id_, absl::ZeroDuration(), absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(absl::IsUnavailable(refused.status())) << refused.status();
+  EXPECT_THAT(refused.status().message(), HasSubstr("kept in memory"));
+  EXPECT_FALSE(absl::StrContains(refused.status().message(), Sv(before.view())));
+  // (The flight that answered has ended.)
+  ASSERT_TRUE(refresher.HoldsUnstoredRefreshToken(grant_id_));
+  // The next caller's flight retries the commit first, and sends nothing.
+  auto unstored =
+      refresher.GetAccessToken(grant_id_, absl::ZeroDuration(), absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(absl::IsUnavailable(unstored.status())) << unstored.status();
+  EXPECT_THAT(unstored.status().message(), HasSubstr("kept in memory"));
+  // (The flight that answered has ended.)
+  ASSERT_TRUE(refresher.HoldsUnstoredRefreshToken(grant_id_));
+  EXPECT_GE(flaky.failures(), 3);
+  EXPECT_EQ(refresher.upstream_requests(), 1);  // nothing was refreshed meanwhile
+  EXPECT_TRUE(StoredRefreshToken() == before);  // the store still holds the dead token
+  EXPECT_TRUE(store_->GetSealedSecret({grant_id_, kRefreshAttemptPurpose}).ok());
+
+  // Once the fault clears, the kept token is committed first; the old one is never resent
+  // (the provider would kill the grant).
+  flaky.Heal();
+  auto served =
+      refresher.GetAccessToken(grant_id_, absl::ZeroDuration(), absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(served.ok()) << served.status() << "\n" << provider_->Log();
+  // The access token that came with it, unless it expired meanwhile (then one refresh with
+  // the committed token).
+  EXPECT_LE(refresher.upstream_requests(), 2);
+  EXPECT_FALSE(refresher.HoldsUnstoredRefreshToken(grant_id_));
+  EXPECT_FALSE(StoredRefreshToken() == before);
+  EXPECT_TRUE(
+      absl::IsNotFound(store_->GetSealedSecret({grant_id_, kRefreshAttemptPurpose}).status()));
+
+  const int64_t sent = refresher.upstream_requests();
+  refresher.Forget(grant_id_);
+  auto again =
+      refresher.GetAccessToken(grant_id_, absl::ZeroDuration(), absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(again.ok()) << again.status() << "\n" << provider_->Log();
+  EXPECT_EQ(refresher.upstream_requests(), sent + 1);
+  EXPECT_EQ(store_->GetGrant(grant_id_)->status, store::GrantStatus::kActive);
+}
+
+TEST_F(RefresherTest, ARotatedTokenIsCommittedOnceALockedDatabaseFreesAgain) {
+  WriteLockAfterAnswer locking(http_.get(), dir_.Join("grants.db"), absl::Seconds(8));
+  RefresherOptions options;
+  options.initial_backoff = absl::Milliseconds(50);
+  options.max_backoff = absl::Milliseconds(200);
+  options.request_timeout = absl::Seconds(30);  // the commit's retries outlast the lock
+  auto created = Refresher::Create(
+      RefresherDeps{store_.get(), sealer_.get(), &locking, resolver_.get(), &RealClock(), {}},
+      options);
+  ASSERT_TRUE(created.ok()) << created.status();
+  Refresher& refresher = **created;
+  const SecretBytes before = StoredRefreshToken();
+
+  locking.Arm();
+  const absl::Time start = absl::Now();
+  auto token =
+      refresher.GetAccessToken(grant_id_, absl::ZeroDuration(), absl::Now() + absl::Seconds(40));
+  ASSERT_TRUE(locking.locked());
+  ASSERT_TRUE(token.ok()) << token.status() << "\n" << provider_->Log();
+  EXPECT_GE(absl::Now() - start, absl::Seconds(5));  // the commit waited out the store's refusal
+  EXPECT_EQ(refresher.upstream_requests(), 1);
+  EXPECT_FALSE(StoredRefreshToken() == before);
+  EXPECT_TRUE(
+      absl::IsNotFound(store_->GetSealedSecret({grant_id_, kRefreshAttemptPurpose}).status()));
+
+  // The committed token is the provider's current one: the grant keeps working.
+  refresher.Forget(grant_id_);
+  auto again =
+      refresher.GetAccessToken(grant_id_, absl::ZeroDuration(), absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(again.ok()) << again.status() << "\n" << provider_->Log();
+  EXPECT_EQ(refresher.upstream_requests(), 2);
+  EXPECT_EQ(store_->GetGrant(grant_id_)->status, store::GrantStatus::kActive);
+}
+
+TEST_F(RefresherTest, ARevocationWaitsForAKeptRotatedTokenToBeStored) {
+  FlakyRefreshTokenSealer flaky(sealer_.get());
+  RefresherOptions options;
+  options.initial_backoff = absl::Milliseconds(20);
+  options.max_backoff = absl::Milliseconds(100);
+  options.request_timeout = absl::Seconds(1);
+  auto created = Refresher::Create(
+      RefresherDeps{store_.get(), &flaky, http_.get(), resolver_.get(), &RealClock(), {}}, options);
+  ASSERT_TRUE(created.ok()) << created.status();
+  Refresher& refresher = **created;
+  const SecretBytes before = StoredRefreshToken();
+  flaky.FailUntilHealed();
+  ASSERT_FALSE(
+      refresher.GetAccessToken(grant_id_, absl::ZeroDuration(), absl::Now() + absl::Seconds(10))
+          .ok());
+  ASSERT_TRUE(testing::WaitFor([&] { return refresher.HoldsUnstoredRefreshToken(grant_id_); }));
+
+  // Revoked while the provider's current token is only in memory: the upstream revoker must
+  // wait (Refreshing) until it is stored, or it would revoke the dead one.
+  refresher.Revoke(grant_id_, "offboarded");
+  EXPECT_TRUE(refresher.Refreshing(grant_id_));
+  EXPECT_TRUE(StoredRefreshToken() == before);
+  flaky.Heal();
+  ASSERT_TRUE(testing::WaitFor([&] { return !refresher.Refreshing(grant_id_); }));
+  EXPECT_FALSE(refresher.HoldsUnstoredRefreshToken(grant_id_));
+  EXPECT_FALSE(StoredRefreshToken() == before);
+  EXPECT_EQ(refresher.upstream_requests(), 1);
+  auto revoked =
+      refresher.GetAccessToken(grant_id_, absl::ZeroDuration(), absl::Now() + absl::Seconds(5));
+  EXPECT_THAT(revoked.status().message(), HasSubstr("REVOKED"));
+  // The stored token is the provider's live one (what revoking there needs).
+  auto live = RefreshByHand(StoredRefreshToken());
+  ASSERT_TRUE(live.ok()) << live.status();
+  EXPECT_EQ(live->status, 200) << live->body;
 }
 
 }  // namespace

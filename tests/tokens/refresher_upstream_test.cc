@@ -23,6 +23,7 @@
 #include "common/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "keys/sealed_context.h"
 #include "oauth/authorizer.h"
 #include "oauth/catalog_resolver.h"
 #include "oauth/id_token_verifier.h"
@@ -44,6 +45,7 @@ absl::StatusOr<AccessToken> Copied(const absl::StatusOr<SharedAccessToken>& shar
 }
 using ::grantvault::testing::Reply;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using json = nlohmann::json;
 
 constexpr char kTokenPath[] = "/api.linear.app/oauth/token";
@@ -366,6 +368,7 @@ TEST_F(RefresherUpstreamTest, FiveHundredsUntilTheDeadlineAreUnavailableWithRetr
   Heal();
   auto first = Get();
   ASSERT_TRUE(first.ok()) << first.status();
+  clock_.Advance(absl::Minutes(31));  // past half its hour: asking 2 h refreshes
   Always(ErrorReply(503));
   const int before = TokenRequests();
   auto stale = Get(absl::Milliseconds(500), /*min_valid=*/absl::Hours(2));
@@ -525,6 +528,7 @@ TEST_F(RefresherUpstreamTest, TheBreakerOpensAfterKFailuresSendsNothingThenAProb
   Make(options);
   auto first = Get();
   ASSERT_TRUE(first.ok()) << first.status();
+  clock_.Advance(absl::Minutes(31));  // past half its hour: asking 2 h refreshes
 
   Always(ErrorReply(503));
   for (int i = 0; i < 3; ++i) {
@@ -689,6 +693,109 @@ TEST_F(RefresherUpstreamTest, AFailedRefreshAheadKeepsServingTheTokenAndIsClaime
   ASSERT_TRUE(Get().ok());
   ASSERT_TRUE(EventuallyServes("at-2"));
   EXPECT_EQ(TokenRequests(), 3);
+}
+
+// --- tokens that live shorter than callers ask -----------------------------------------------
+
+TEST_F(RefresherUpstreamTest, TokensLivingShorterThanAskedCauseOneRefreshNotAStorm) {
+  Make();
+  SetExpiresIn(8);  // no token of this provider can be valid for the 30 s callers ask
+  const absl::Time minted = clock_.Now();
+  // 100 callers in waves of 10: each wave comes once the one before has its answers, so a
+  // token that only counted as valid for 30 s would be refreshed again by every wave.
+  constexpr int kWaves = 10;
+  constexpr size_t kPerWave = 10;
+  for (int wave = 0; wave < kWaves; ++wave) {
+    std::vector<absl::StatusOr<AccessToken>> results = Unset(kPerWave);
+    std::vector<std::thread> callers;
+    for (size_t i = 0; i < kPerWave; ++i) {
+      callers.emplace_back([&, i] { results[i] = Get(absl::Seconds(5), absl::Seconds(30)); });
+    }
+    for (std::thread& t : callers) t.join();
+    for (const auto& result : results) {
+      ASSERT_TRUE(result.ok()) << "wave " << wave << ": " << result.status();
+      EXPECT_EQ(result->token.view(), "at-1");
+      EXPECT_EQ(result->expires_at, minted + absl::Seconds(8));  // its real expiry
+    }
+    clock_.Advance(absl::Milliseconds(300));  // 3 s across the waves: inside its first half
+  }
+  EXPECT_EQ(TokenRequests(), 1);
+  EXPECT_EQ(StoredRefreshToken(), "rt-1");
+
+  // Past the first half of its life a refresh can give more than the token still holds.
+  clock_.Advance(absl::Seconds(1) + absl::Milliseconds(1));
+  auto next = Get(absl::Seconds(5), absl::Seconds(30));
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->token.view(), "at-2");
+  EXPECT_EQ(TokenRequests(), 2);
+  // And a 10-minute ask of a fresh token is answered by it, not by another refresh.
+  auto long_ask = Get(absl::Seconds(5), absl::Minutes(10));
+  ASSERT_TRUE(long_ask.ok()) << long_ask.status();
+  EXPECT_EQ(long_ask->token.view(), "at-2");
+  EXPECT_EQ(TokenRequests(), 2);
+}
+
+// --- binding --------------------------------------------------------------------------------
+
+TEST_F(RefresherUpstreamTest, ALongLivedAccessTokenBoundToAnotherWorkspaceIsRefused) {
+  Make();
+  // A grant of a connector that issues no refresh token: its sealed long-lived access token.
+  store::Grant grant;
+  grant.grant_id = NewGrantId();
+  grant.workspace_id = "ws_beta";
+  grant.connector_id = "linear";
+  grant.connector_type = "linear";
+  grant.account_id = "acct-2";
+  grant.scopes = {"read"};
+  grant.authorized_by = "alice-admin";
+  grant.created_at = grant.updated_at = clock_.Now();
+  auto sealed_for = [&](const std::string& workspace, const std::string& account,
+                        std::string_view token) {
+    store::SealedSecret secret;
+    secret.key = {grant.grant_id, "access_token"};
+    secret.workspace_id = workspace;
+    secret.connector_id = grant.connector_id;
+    secret.account_id = account;
+    auto sealed = sealer_->Seal(SecretBytes::CopyOf(token), keys::SealContextOf(secret));
+    EXPECT_TRUE(sealed.ok()) << sealed.status();
+    secret.kek_label = sealed->kek.label;
+    secret.record = sealed->record;
+    secret.updated_at = clock_.Now();
+    return secret;
+  };
+  ASSERT_TRUE(store_->InsertGrant(grant, sealed_for("ws_beta", "acct-2", "beta-token")).ok());
+  auto served = refresher_->GetAccessToken(grant.grant_id, absl::ZeroDuration(),
+                                           absl::Now() + absl::Seconds(5));
+  ASSERT_TRUE(served.ok()) << served.status();
+  EXPECT_EQ((*served)->token.view(), "beta-token");
+
+  // The row is swapped for one that opens (its record matches its own binding) but belongs
+  // to another workspace's account: it must not be answered for this grant.
+  for (const auto& [workspace, account] : std::vector<std::pair<std::string, std::string>>{
+           {"ws_acme", "acct-2"}, {"ws_beta", "acct-1"}}) {
+    ASSERT_TRUE(store_->PutSealedSecret(sealed_for(workspace, account, "acme-token")).ok());
+    refresher_->Forget(grant.grant_id);
+    auto refused = refresher_->GetAccessToken(grant.grant_id, absl::ZeroDuration(),
+                                              absl::Now() + absl::Seconds(5));
+    ASSERT_TRUE(absl::IsDataLoss(refused.status())) << workspace << " " << refused.status();
+    EXPECT_THAT(refused.status().message(), HasSubstr("bound to another"));
+    EXPECT_THAT(refused.status().message(), Not(HasSubstr("acme-token")));
+  }
+  EXPECT_EQ(TokenRequests(), 0);
+}
+
+TEST_F(RefresherUpstreamTest, ARefreshTokenBoundToAnotherAccountIsRefusedBeforeAnythingIsSent) {
+  Make();
+  store::SealedSecret moved = *store_->GetSealedSecret({grant_id_, "refresh_token"});
+  moved.account_id = "acct-other";
+  auto sealed =
+      sealer_->Seal(SecretBytes::CopyOf(std::string_view("rt-0")), keys::SealContextOf(moved));
+  ASSERT_TRUE(sealed.ok()) << sealed.status();
+  moved.record = sealed->record;
+  ASSERT_TRUE(store_->PutSealedSecret(moved).ok());
+  auto refused = Get();
+  ASSERT_TRUE(absl::IsDataLoss(refused.status())) << refused.status();
+  EXPECT_EQ(TokenRequests(), 0);
 }
 
 // --- revocation -----------------------------------------------------------------------------

@@ -130,5 +130,75 @@ TEST(TokenCacheTest, ARefreshAheadIsClaimedByOneCallerAtATime) {
   EXPECT_FALSE(replaced->refresh_claimed);
 }
 
+// A token fresh from the provider: issued now, living `lifetime`.
+AccessToken Minted(std::string_view value, absl::Time now, absl::Duration lifetime) {
+  AccessToken token = Token(value, now + lifetime);
+  token.obtained_at = now;
+  return token;
+}
+
+TEST(TokenCacheTest, AJustMintedTokenServesAnyMinValidWithItsRealExpiry) {
+  ManualClock clock;
+  TokenCache cache(&clock);
+  const absl::Time expires = clock.Now() + absl::Seconds(8);
+  cache.Put("gr_a", Minted("tok-8s", clock.Now(), absl::Seconds(8)));
+  // No token of this provider can live 30 s or 10 min: the fresh one is the best there is.
+  for (absl::Duration asked : {absl::Seconds(30), absl::Minutes(10), absl::Hours(24)}) {
+    auto hit = cache.Get("gr_a", asked);
+    ASSERT_NE(hit, nullptr) << asked;
+    EXPECT_EQ(hit->token.view(), "tok-8s");
+    EXPECT_EQ(hit->expires_at, expires);  // never stretched
+  }
+  ASSERT_TRUE(cache.GetClaimingRefresh("gr_a", absl::Seconds(30), absl::Seconds(1)).has_value());
+}
+
+TEST(TokenCacheTest, AskingMoreThanATokenLivesIsServedForHalfItsLifetime) {
+  ManualClock clock;
+  TokenCache cache(&clock);
+  // A provider issuing 5-minute tokens and callers asking 10 minutes.
+  cache.Put("gr_a", Minted("tok-5m", clock.Now(), absl::Minutes(5)));
+  clock.Advance(absl::Seconds(150));  // exactly half left
+  EXPECT_NE(cache.Get("gr_a", absl::Minutes(10)), nullptr);
+  clock.Advance(absl::Seconds(1));  // less than half left: a refresh can give more
+  EXPECT_EQ(cache.Get("gr_a", absl::Minutes(10)), nullptr);
+  // What the token can still give is asked the ordinary way.
+  EXPECT_NE(cache.Get("gr_a", absl::Seconds(149)), nullptr);
+  EXPECT_EQ(cache.Get("gr_a", absl::Seconds(150)), nullptr);
+}
+
+TEST(TokenCacheTest, ATinyLifetimeIsServedForAtLeastTheMinimumRefreshInterval) {
+  ManualClock clock;
+  TokenCache cache(&clock);
+  cache.Put("gr_a", Minted("tok-1500ms", clock.Now(), absl::Milliseconds(1500)));
+  clock.Advance(kMinRefreshInterval - absl::Milliseconds(1));  // past half its life
+  EXPECT_NE(cache.Get("gr_a", absl::Seconds(30)), nullptr);
+  clock.Advance(absl::Milliseconds(1));
+  EXPECT_EQ(cache.Get("gr_a", absl::Seconds(30)), nullptr);
+  clock.Advance(absl::Milliseconds(500));  // expired: never served, whatever is asked
+  EXPECT_EQ(cache.Get("gr_a", absl::ZeroDuration()), nullptr);
+}
+
+TEST(TokenCacheTest, ATokenOfUnknownLifetimeIsServedOnlyForWhatItStillHolds) {
+  ManualClock clock;
+  TokenCache cache(&clock);
+  // obtained_at unknown (a long-lived token with a recorded expiry): the strict rule.
+  cache.Put("gr_a", Token("tok-a", clock.Now() + absl::Seconds(8)));
+  EXPECT_EQ(cache.Get("gr_a", absl::Seconds(30)), nullptr);
+  EXPECT_NE(cache.Get("gr_a", absl::Seconds(8)), nullptr);
+}
+
+TEST(TokenCacheTest, ValidForIsTheStricterRule) {
+  // What a caller remembering only the expiry answers (ValidFor) the cache answers too.
+  const absl::Time now = absl::FromUnixSeconds(1'000'000);
+  for (int age : {0, 1, 3, 4, 5, 7}) {
+    AccessToken token = Minted("t", now - absl::Seconds(age), absl::Seconds(8));
+    for (int asked : {0, 1, 2, 4, 7, 8, 30}) {
+      if (ValidFor(token.expires_at, now, absl::Seconds(asked))) {
+        EXPECT_TRUE(ServesMinValid(token, now, absl::Seconds(asked))) << age << " " << asked;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace grantvault::tokens
