@@ -389,7 +389,8 @@ TEST_F(DaemonTest, PipelinedRequestsAreAnsweredWithTheirIds) {
 }
 
 TEST_F(DaemonTest, AThousandSimultaneousConnectionsAreServedOrRefusedCleanly) {
-  WriteConfig("max_connections = 600\n");
+  // The older key, read as agent.sock's limit; no per-uid cap (one uid opens them all).
+  WriteConfig("max_connections = 600\nagent_max_connections_per_uid = 0\n");
   StartDaemon();
   std::vector<std::unique_ptr<RawSocket>> sockets;
   int served = 0, refused = 0;
