@@ -588,6 +588,30 @@ TEST_F(ResolveTest, AProcessThatExecsTheAllowedProgramAfterHelloGetsNoToken) {
             absl::StrCat("code=", static_cast<int>(v1::Error::UNAUTHENTICATED), " closed=1\n"));
 }
 
+// An exe_sha256 rule: the hash is taken on a worker by the first request
+// that needs it, of the file attested at accept; a request refused for its
+// own sake before that does not cost the connection.
+TEST_F(ResolveTest, AnExeSha256RuleAllowsTheHashedProgramOnItsConnection) {
+  testing::CommandResult sum = testing::RunCommand({"/usr/bin/sha256sum", SelfExe()});
+  ASSERT_EQ(sum.exit_code, 0) << sum.err;
+  ReloadPolicy(
+      PolicyWithExeRule(::getuid(), absl::StrCat("exe_sha256 = \"", sum.out.substr(0, 64), "\"")));
+  testing::RawSocket raw(state_ + "/run/agent.sock");
+  ASSERT_TRUE(raw.Hello());
+  v1::Request malformed = ResolveRequest("", "read_docs");
+  malformed.set_request_id(2);
+  ASSERT_TRUE(raw.WriteRequest(malformed));
+  std::optional<v1::Response> r = raw.ReadResponse();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->error().code(), v1::Error::INVALID_ARGUMENT);
+  v1::Request good = ResolveRequest(kWorkspace, "read_docs");
+  good.set_request_id(3);
+  ASSERT_TRUE(raw.WriteRequest(good));
+  r = raw.ReadResponse(absl::Seconds(20));
+  ASSERT_TRUE(r.has_value());
+  EXPECT_TRUE(r->has_resolve()) << r->error().message();
+}
+
 // agent.sock full of idle connections of one uid: admin.sock has limits of
 // its own, so an admin can still connect and revoke.
 TEST_F(ResolveTest, AFullAgentSocketLeavesAdminsAbleToRevoke) {
