@@ -349,7 +349,24 @@ void Service::OnConnect(v1::HelloReply::Role role,
                         const std::shared_ptr<ipc::Connection>& connection) {
   auto state = std::make_shared<ConnectionState>();
   if (role == v1::HelloReply::AGENT) state->caller = AttestedSlot(*connection);
+  std::shared_ptr<CallerSlot> slot = state->caller;
   connection->set_context(std::move(state));
+  if (slot == nullptr) return;
+  // A caller that cannot be attested, or that no rule names, is told why
+  // (for request 0, before its Hello is read) and closed at once: it must not
+  // hold a connection slot until it speaks or idles out.
+  absl::Status attested;
+  {
+    absl::MutexLock slot_lock(&slot->mu);
+    attested = slot->identity.status();
+  }
+  if (attested.ok()) attested = CallerMatched(slot.get());
+  if (attested.ok()) return;
+  v1::Response refused;
+  refused.set_request_id(0);
+  *refused.mutable_error() = StatusToError(attested);
+  SendResponse(*connection, refused);
+  connection->Close(absl::StrCat("caller attestation failed: ", attested.message()));
 }
 
 std::shared_ptr<Service::CallerSlot> Service::AttestedSlot(const ipc::Connection& connection) {

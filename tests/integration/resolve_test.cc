@@ -685,8 +685,19 @@ TEST_F(ResolveTest, AgentConnectionsAreCappedPerUidAndClosedWhenIdle) {
 }
 
 TEST_F(ResolveTest, APeerThatCannotBeServedIsClosedAtOnce) {
-  // No rule names this uid: refused at Hello, and closed.
+  // No rule names this uid: refused and closed at once, without waiting for
+  // anything from it (the idle timeout is 5 minutes here).
   ReloadPolicy(PolicyFor(::getuid() + 4242));
+  {
+    testing::RawSocket silent(state_ + "/run/agent.sock");
+    std::optional<v1::Response> refusal = silent.ReadResponse();
+    ASSERT_TRUE(refusal.has_value());
+    EXPECT_EQ(refusal->request_id(), 0u);
+    EXPECT_EQ(refusal->error().code(), v1::Error::PERMISSION_DENIED);
+    EXPECT_THAT(refusal->error().message(), HasSubstr("is not in the policy"));
+    EXPECT_TRUE(silent.ClosedByPeer(absl::Seconds(5)));
+  }
+  // A peer that says Hello first gets the same answer.
   testing::RawSocket unmatched(state_ + "/run/agent.sock");
   v1::Request hello;
   hello.set_request_id(1);
