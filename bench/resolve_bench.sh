@@ -174,8 +174,10 @@ write_config() {  # [audit: true|false|""]
     echo "use_system_trust_store = false"
     echo "[policy]"
     echo "file = \"$tmp/policy.toml\""
+    echo "[limits]"
+    # The load generator is one uid with up to 256 connections.
+    echo "agent_max_connections_per_uid = 0"
     if [[ -n ${LIMITS:-} ]]; then
-      echo "[limits]"
       echo "$LIMITS"
     fi
     if [[ -n ${1:-} ]]; then

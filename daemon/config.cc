@@ -123,18 +123,39 @@ absl::Status Apply(const toml::table& root, DaemonConfig& c) {
     GV_RETURN_IF_ERROR(ReadUnsigned(*t, "mode", 0, 0777, &c.socket_mode));
   }
   if (const toml::table* t = Section(root, "limits")) {
+    GV_RETURN_IF_ERROR(OnlyKnownKeys(
+        *t, "limits",
+        {"max_connections", "agent_max_connections", "admin_max_connections",
+         "agent_max_connections_per_uid", "admin_max_connections_per_uid",
+         "max_in_flight_per_connection", "max_queued_bytes_per_connection", "frame_timeout_ms",
+         "idle_timeout_ms", "agent_idle_timeout_ms", "admin_idle_timeout_ms", "write_timeout_ms",
+         "io_threads", "worker_threads", "agent_threads"}));
+    // Older configurations' max_connections limited both sockets together; it
+    // is read as agent.sock's default now, and idle_timeout_ms as both
+    // sockets' default. The per-socket keys win.
     GV_RETURN_IF_ERROR(
-        OnlyKnownKeys(*t, "limits",
-                      {"max_connections", "max_in_flight_per_connection",
-                       "max_queued_bytes_per_connection", "frame_timeout_ms", "idle_timeout_ms",
-                       "write_timeout_ms", "io_threads", "worker_threads", "agent_threads"}));
-    GV_RETURN_IF_ERROR(ReadUnsigned(*t, "max_connections", 1, 1000000, &c.limits.max_connections));
+        ReadUnsigned(*t, "max_connections", 1, 1000000, &c.agent_limits.max_connections));
+    GV_RETURN_IF_ERROR(
+        ReadUnsigned(*t, "agent_max_connections", 1, 1000000, &c.agent_limits.max_connections));
+    GV_RETURN_IF_ERROR(
+        ReadUnsigned(*t, "admin_max_connections", 1, 1000000, &c.admin_limits.max_connections));
+    GV_RETURN_IF_ERROR(ReadUnsigned(*t, "agent_max_connections_per_uid", 0, 1000000,
+                                    &c.agent_limits.max_connections_per_uid));
+    GV_RETURN_IF_ERROR(ReadUnsigned(*t, "admin_max_connections_per_uid", 0, 1000000,
+                                    &c.admin_limits.max_connections_per_uid));
+    GV_RETURN_IF_ERROR(
+        ReadMillis(*t, "idle_timeout_ms", 0, 86400000, &c.agent_limits.idle_timeout));
+    GV_RETURN_IF_ERROR(
+        ReadMillis(*t, "idle_timeout_ms", 0, 86400000, &c.admin_limits.idle_timeout));
+    GV_RETURN_IF_ERROR(
+        ReadMillis(*t, "agent_idle_timeout_ms", 0, 86400000, &c.agent_limits.idle_timeout));
+    GV_RETURN_IF_ERROR(
+        ReadMillis(*t, "admin_idle_timeout_ms", 0, 86400000, &c.admin_limits.idle_timeout));
     GV_RETURN_IF_ERROR(ReadUnsigned(*t, "max_in_flight_per_connection", 1, 100000,
                                     &c.limits.max_in_flight_per_connection));
     GV_RETURN_IF_ERROR(ReadUnsigned(*t, "max_queued_bytes_per_connection", 65536 + 4,
                                     int64_t{1} << 30, &c.limits.max_queued_bytes_per_connection));
     GV_RETURN_IF_ERROR(ReadMillis(*t, "frame_timeout_ms", 1, 3600000, &c.limits.frame_timeout));
-    GV_RETURN_IF_ERROR(ReadMillis(*t, "idle_timeout_ms", 0, 86400000, &c.limits.idle_timeout));
     GV_RETURN_IF_ERROR(ReadMillis(*t, "write_timeout_ms", 1, 3600000, &c.limits.write_timeout));
     GV_RETURN_IF_ERROR(ReadUnsigned(*t, "io_threads", 1, 64, &c.io_threads));
     GV_RETURN_IF_ERROR(ReadUnsigned(*t, "worker_threads", 1, 64, &c.worker_threads));

@@ -34,6 +34,13 @@ struct DaemonConfig {
   mode_t socket_mode = 0660;
 
   ipc::ServerLimits limits;
+  // Each socket has its own connection limits, so that agents filling
+  // agent.sock never lock admins out of admin.sock. An agent connection with
+  // nothing in flight is closed after agent_limits.idle_timeout.
+  ipc::ListenerLimits agent_limits{
+      .max_connections = 1024, .max_connections_per_uid = 128, .idle_timeout = absl::Minutes(5)};
+  ipc::ListenerLimits admin_limits{
+      .max_connections = 64, .max_connections_per_uid = 0, .idle_timeout = absl::ZeroDuration()};
   size_t io_threads = 2;
   size_t worker_threads = 2;
   // Threads that run Resolve and Subscribe (a resolve may wait on a refresh).

@@ -104,9 +104,11 @@ struct Sockets {
 absl::StatusOr<Sockets> OpenSockets(const DaemonConfig& config, Service& service) {
   GV_ASSIGN_OR_RETURN(auto inherited, ipc::SystemdSockets());
   Sockets s;
-  for (const auto& [name, path, handler] :
-       {std::tuple{std::string("agent"), config.agent_socket, service.agent_handler()},
-        std::tuple{std::string("admin"), config.admin_socket, service.admin_handler()}}) {
+  for (const auto& [name, path, handler, limits] :
+       {std::tuple{std::string("agent"), config.agent_socket, service.agent_handler(),
+                   config.agent_limits},
+        std::tuple{std::string("admin"), config.admin_socket, service.admin_handler(),
+                   config.admin_limits}}) {
     auto it = inherited.find(name);
     int fd = -1;
     if (it != inherited.end()) {
@@ -122,7 +124,7 @@ absl::StatusOr<Sockets> OpenSockets(const DaemonConfig& config, Service& service
       fd = *bound;
       s.bound_paths.push_back(path);
     }
-    s.listeners.push_back(ipc::Listener{name, fd, handler});
+    s.listeners.push_back(ipc::Listener{name, fd, handler, limits});
   }
   return s;
 }

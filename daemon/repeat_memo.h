@@ -50,6 +50,9 @@ class RepeatMemo {
     // From then on the full path must run, to claim the refresh ahead.
     absl::Time refresh_at = absl::InfinitePast();
     std::shared_ptr<audit::PendingCount> counting;  // the record repeats are counted into
+    // What the rule that allowed the answer matches of the caller's
+    // executable: re-checked before every repeat (policy::StillSameCaller).
+    policy::ExecutableChecks exe_checks;
   };
   // The same, as they are now (borrowed, for one comparison).
   struct Current {

@@ -8,13 +8,19 @@
 namespace grantvault::daemon {
 namespace {
 
-// Whether `have` was collected with at least what `need` asks for.
+// Whether `have` holds everything `need` matches on. The executable's path is
+// always collected at accept; only its hash may still be missing (and never
+// can be added when the executable could not be read).
 bool Covers(const policy::CallerIdentity& have, const policy::AttestOptions& need) {
-  return (!need.resolve_exe_path || have.exe_path.has_value()) &&
-         (!need.hash_exe || have.exe_sha256.has_value());
+  return !need.hash_exe || have.exe_sha256.has_value() || !have.exe_path.has_value();
 }
 
 }  // namespace
+
+policy::ExecutableChecks ExecutableChecksOf(const policy::CallerRule& rule) {
+  return policy::ExecutableChecks{.path = rule.exe.has_value(),
+                                  .inode = rule.exe_sha256.has_value()};
+}
 
 void Resolver::SetPolicy(std::shared_ptr<const policy::Policy> policy) {
   {
@@ -126,21 +132,19 @@ absl::StatusOr<const policy::CallerRule*> Resolver::MatchUnder(const PolicySnaps
                                                                policy::CallerIdentity& caller) {
   const policy::Policy* current = snapshot.policy.get();
   if (current == nullptr) return snapshot.refusal;
-  // A reload may ask for more than this connection was attested with.
-  const policy::AttestOptions needed = current->RequiredAttestation();
-  if (!Covers(caller, needed)) {
-    GV_ASSIGN_OR_RETURN(policy::CallerIdentity fresh,
-                        policy::AttestCaller(caller.pid, caller.uid, caller.gid, needed));
-    if (fresh.start_time != caller.start_time) {
-      return absl::PermissionDeniedError(absl::StrCat("the calling process (pid ", caller.pid,
-                                                      ") exited; its PID was reused by another "
-                                                      "process"));
-    }
-    caller = std::move(fresh);
+  // The policy may match on the executable's hash, computed once per
+  // connection, of the very file attested at accept (HashAttestedExe refuses a
+  // process that has executed another program since): never of whatever the
+  // pid runs now.
+  if (!Covers(caller, current->RequiredAttestation())) {
+    GV_RETURN_IF_ERROR(policy::HashAttestedExe(caller));
   }
   const policy::CallerRule* rule = current->FindCaller(caller);
   // No rule: MatchCaller (same rules, same caller) says why.
   if (rule == nullptr) return current->MatchCaller(caller).status();
+  // A process that executed another program keeps its pid, start time and
+  // pidfd: if the rule named the program, the identity no longer holds.
+  GV_RETURN_IF_ERROR(policy::StillSameCaller(caller, ExecutableChecksOf(*rule)));
   return rule;
 }
 
@@ -174,9 +178,10 @@ absl::StatusOr<Resolved> Resolver::Resolve(policy::CallerIdentity& caller,
   GV_ASSIGN_OR_RETURN(std::vector<std::string> scopes, CheckQuery(*current, *rule, *grant, query));
   GV_ASSIGN_OR_RETURN(tokens::SharedAccessToken token,
                       refresher_->GetAccessToken(grant->grant_id, query.min_valid, query.deadline));
-  // The process that asked must still be the one that was attested: a PID
-  // reused meanwhile must not receive the token.
-  GV_RETURN_IF_ERROR(policy::StillSameProcess(caller));
+  // The process that asked must still be the one that was attested, running
+  // the program it was attested with: a PID reused meanwhile, or a process
+  // that executed another program, must not receive the token.
+  GV_RETURN_IF_ERROR(policy::StillSameCaller(caller, ExecutableChecksOf(*rule)));
   return Resolved{
       std::move(token), absl::InfiniteFuture(), std::move(grant), std::move(current), rule,
       std::move(scopes)};
@@ -225,9 +230,11 @@ std::optional<absl::StatusOr<Resolved>> Resolver::ResolveIfCached(
     current = policy_;
     grant = DirectoryEntryLocked(query.workspace_id, query.connector_id);
   }
-  if (current == nullptr || query.workspace_id.empty() || query.connector_id.empty() ||
-      !Covers(caller, current->RequiredAttestation())) {
-    return std::nullopt;  // the slow path says why, or attests more
+  if (current == nullptr || query.workspace_id.empty() || query.connector_id.empty()) {
+    return std::nullopt;  // the slow path says why
+  }
+  if (!Covers(caller, current->RequiredAttestation())) {
+    return std::nullopt;  // the slow path hashes the executable
   }
   if (grant == nullptr || grant->status != store::GrantStatus::kActive) return std::nullopt;
   const policy::CallerRule* rule = current->FindCaller(caller);
@@ -237,7 +244,7 @@ std::optional<absl::StatusOr<Resolved>> Resolver::ResolveIfCached(
   std::optional<tokens::TokenCache::Lookup> cached =
       refresher_->GetCached(grant->grant_id, query.min_valid);
   if (!cached) return std::nullopt;
-  if (absl::Status same = policy::StillSameProcess(caller); !same.ok()) {
+  if (absl::Status same = policy::StillSameCaller(caller, ExecutableChecksOf(*rule)); !same.ok()) {
     return absl::StatusOr<Resolved>(same);
   }
   return absl::StatusOr<Resolved>(Resolved{std::move(cached->token), cached->refresh_at,

@@ -9,6 +9,8 @@
 //   PermissionDenied   no policy, caller not in the policy, workspace/tool/
 //                      scope not allowed, the calling process exited or its
 //                      PID was reused
+//   Unauthenticated    the calling process executed another program since
+//                      it was attested (the connection should be closed)
 //   NotFound           the workspace never held a grant for the connector
 //   FailedPrecondition "REVOKED: …" / "REAUTH_REQUIRED: …"
 //   Unavailable        upstream trouble, "… retry_after_ms=N"
@@ -60,6 +62,10 @@ struct Resolved {
   std::vector<std::string> scopes;  // the scopes the call was checked for
 };
 
+// What a release allowed by `rule` must re-check of the caller's executable
+// (policy::StillSameCaller): the parts the rule matches on.
+policy::ExecutableChecks ExecutableChecksOf(const policy::CallerRule& rule);
+
 class Resolver {
  public:
   // Both must outlive the Resolver. Until SetPolicy() gives it a policy,
@@ -78,7 +84,7 @@ class Resolver {
   absl::StatusOr<policy::CallerIdentity> Attest(pid_t pid, uid_t uid, gid_t gid) const;
 
   // The policy rule that lets `caller` use `workspace_id` (Resolve and
-  // Subscribe both start here). `caller` may be re-attested as below.
+  // Subscribe both start here). `caller` may be completed as below.
   absl::StatusOr<policy::CallerRule> AllowWorkspace(policy::CallerIdentity& caller,
                                                     const std::string& workspace_id) const;
 
@@ -94,8 +100,8 @@ class Resolver {
   bool MatchesACallerRule(const policy::CallerIdentity& caller) const;
   bool DeclaresWorkspace(std::string_view workspace_id) const;
 
-  // `caller` may be re-attested (and updated) when the policy now needs more
-  // than it holds (an executable path or hash). `found` (optional) receives
+  // `caller` may be completed (its executable's hash, of the file attested at
+  // accept) when the policy now needs it. `found` (optional) receives
   // the grant as soon as it is known, for the audit of a refusal.
   absl::StatusOr<Resolved> Resolve(policy::CallerIdentity& caller, const ResolveQuery& query,
                                    std::optional<store::Grant>* found = nullptr);

@@ -261,6 +261,12 @@ class Service::Handler final : public ipc::FrameHandler {
   void OnDisconnect(const ipc::Connection& connection) override {
     service_->OnDisconnect(connection);
   }
+  // Over a connection limit: RESOURCE_EXHAUSTED for request 0, then closed.
+  std::string RefusalFrame(const ipc::PeerCredentials&, std::string_view reason) override {
+    return ErrorResponse(0, v1::Error::RESOURCE_EXHAUSTED,
+                         absl::StrCat("connection refused: ", Sv(reason)))
+        .SerializeAsString();
+  }
 
  private:
   Service* const service_;
@@ -387,17 +393,35 @@ void Service::EndRefusedSubscriptions() {
     *r.mutable_error() = StatusToError(absl::PermissionDeniedError(
         absl::StrCat("the reloaded policy ends this subscription: ", allowed.message())));
     SendResponse(*connection, r);
+    CloseIfCallerRefused(*connection, allowed, caller.ok() ? &*caller : nullptr);
   }
 }
 
 void Service::OnConnect(v1::HelloReply::Role role,
                         const std::shared_ptr<ipc::Connection>& connection) {
-  (void)role;
   auto state = std::make_shared<ConnectionState>();
   // Admin peers too: the admin check needs their supplementary groups (and
   // the policy's role), read now, while the pid is surely the peer's.
   state->caller = AttestedSlot(*connection);
+  std::shared_ptr<CallerSlot> slot = state->caller;
   connection->set_context(std::move(state));
+  // Admin peers are judged by the admin check of each request instead.
+  if (role != v1::HelloReply::AGENT || slot == nullptr) return;
+  // A caller that cannot be attested, or that no rule names, is told why
+  // (for request 0, before its Hello is read) and closed at once: it must not
+  // hold a connection slot until it speaks or idles out.
+  absl::Status attested;
+  {
+    absl::MutexLock slot_lock(&slot->mu);
+    attested = slot->identity.status();
+  }
+  if (attested.ok()) attested = CallerMatched(slot.get());
+  if (attested.ok()) return;
+  v1::Response refused;
+  refused.set_request_id(0);
+  *refused.mutable_error() = StatusToError(attested);
+  SendResponse(*connection, refused);
+  connection->Close(absl::StrCat("caller attestation failed: ", attested.message()));
 }
 
 std::shared_ptr<Service::CallerSlot> Service::AttestedSlot(const ipc::Connection& connection) {
@@ -417,6 +441,47 @@ std::shared_ptr<Service::CallerSlot> Service::AttestedSlot(const ipc::Connection
     }
   }
   return slot;
+}
+
+namespace {
+
+// Whether `caller` holds all that `current` matches on: not before the hash
+// of its executable is taken, when a rule needs it (on a worker, by its first
+// request: hashing does not belong on an I/O thread).
+bool CanBeJudged(const policy::Policy& current, const policy::CallerIdentity& caller) {
+  return !current.RequiredAttestation().hash_exe || !caller.exe_path.has_value() ||
+         caller.exe_sha256.has_value();
+}
+
+}  // namespace
+
+absl::Status Service::CallerMatched(CallerSlot* slot) const {
+  if (agents_.resolver == nullptr) return absl::OkStatus();
+  const std::shared_ptr<const policy::Policy> current = agents_.resolver->policy();
+  // Without a policy every agent request is refused with the reason.
+  if (current == nullptr) return absl::OkStatus();
+  GV_ASSIGN_OR_RETURN(std::shared_ptr<const policy::CallerIdentity> caller, SharedCaller(slot));
+  if (!CanBeJudged(*current, *caller)) return absl::OkStatus();
+  return current->MatchCaller(*caller).status();
+}
+
+void Service::CloseIfCallerRefused(ipc::Connection& connection, const absl::Status& refusal,
+                                   const policy::CallerIdentity* caller) const {
+  // The connection's process is no longer the attested one (it executed
+  // another program): nothing it asks can be answered any more.
+  if (absl::IsUnauthenticated(refusal)) {
+    connection.Close(absl::StrCat("caller refused: ", refusal.message()));
+    return;
+  }
+  // No rule of the current policy names the caller: keeping its connection
+  // open would only hold a connection slot.
+  if (caller == nullptr || agents_.resolver == nullptr) return;
+  const std::shared_ptr<const policy::Policy> current = agents_.resolver->policy();
+  if (current != nullptr && CanBeJudged(*current, *caller) &&
+      current->FindCaller(*caller) == nullptr) {
+    connection.Close(
+        absl::StrCat("caller refused: ", current->MatchCaller(*caller).status().message()));
+  }
 }
 
 absl::StatusOr<std::shared_ptr<const policy::CallerIdentity>> Service::SharedCaller(
@@ -490,12 +555,13 @@ void Service::OnFrame(v1::HelloReply::Role role, const std::shared_ptr<ipc::Conn
         absl::MutexLock slot_lock(&slot->mu);
         attested = slot->identity.status();
       }
+      if (attested.ok()) attested = CallerMatched(slot.get());
       if (!attested.ok()) {
         v1::Response refused;
         refused.set_request_id(request.request_id());
         *refused.mutable_error() = StatusToError(attested);
         SendResponse(*connection, refused);
-        connection->Close("caller attestation failed");
+        connection->Close(absl::StrCat("caller attestation failed: ", attested.message()));
         return;
       }
     }
@@ -1022,10 +1088,11 @@ void Service::RememberRepeat(CallerSlot& slot, const v1::Request& request, const
     slot.repeat.Forget();
     return;
   }
-  slot.repeat.Remember(request, MinValidOf(request.resolve()),
-                       RepeatMemo::Basis{basis.generation, epoch, basis.caller, resolved.grant,
-                                         resolved.token->serial, resolved.token->expires_at,
-                                         resolved.refresh_at, slot.counting});
+  slot.repeat.Remember(
+      request, MinValidOf(request.resolve()),
+      RepeatMemo::Basis{basis.generation, epoch, basis.caller, resolved.grant,
+                        resolved.token->serial, resolved.token->expires_at, resolved.refresh_at,
+                        slot.counting, ExecutableChecksOf(*resolved.rule)});
 }
 
 bool Service::RepeatsGoFirst() const {
@@ -1050,6 +1117,7 @@ bool Service::TryAnswerRepeat(const std::shared_ptr<ipc::Connection>& connection
   const uint64_t epoch = audit_epoch_->load();
   std::shared_ptr<const policy::CallerIdentity> caller;
   std::shared_ptr<audit::PendingCount> counting;
+  policy::ExecutableChecks exe_checks;
   std::string frame;
   v1::ResolveRequest logged;  // for the debug log only
   std::string grant_id;
@@ -1066,15 +1134,17 @@ bool Service::TryAnswerRepeat(const std::shared_ptr<ipc::Connection>& connection
     if (!slot.repeat.Answers(framed->rest, now, current)) return false;
     caller = slot.repeat.basis().caller;
     counting = slot.repeat.basis().counting;
+    exe_checks = slot.repeat.basis().exe_checks;
     if (spdlog::should_log(spdlog::level::debug)) {
       logged = slot.repeat.resolve();
       grant_id = slot.repeat.basis().grant->grant_id;
     }
     frame = TokenFrame(framed->request_id, slot.reply);
   }
-  // As on the full path: the process must still be the one attested, and the
-  // repeat is counted before its token leaves.
-  if (!policy::StillSameProcess(*caller).ok() || !counting->Add()) {
+  // As on the full path: the process must still be the one attested (running
+  // the program the rule named, if it named one), and the repeat is counted
+  // before its token leaves.
+  if (!policy::StillSameCaller(*caller, exe_checks).ok() || !counting->Add()) {
     WipeMemory(frame.data(), frame.capacity());
     return false;  // the full path says why, or records the repeat anew
   }
@@ -1091,11 +1161,11 @@ void Service::RunResolve(const std::shared_ptr<ipc::Connection>& connection,
   if (!caller.ok()) {
     resolved = caller.status();
   } else {
-    const bool had_exe = caller->exe_path.has_value() || caller->exe_sha256.has_value();
+    const bool had_hash = caller->exe_sha256.has_value();
     resolved = agents_.resolver->Resolve(*caller, QueryFor(request.resolve(), deadline));
-    const bool has_exe = caller->exe_path.has_value() || caller->exe_sha256.has_value();
-    if (has_exe && !had_exe && slot != nullptr) {
-      // Keep what the re-attestation learnt for the connection's next calls.
+    if (caller->exe_sha256.has_value() && !had_hash && slot != nullptr) {
+      // Keep the executable's hash (of the file attested at accept) for the
+      // connection's next calls.
       absl::MutexLock lock(&slot->mu);
       if (slot->identity.ok() && (*slot->identity)->start_time == caller->start_time) {
         slot->identity = std::make_shared<const policy::CallerIdentity>(*caller);
@@ -1132,6 +1202,7 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
     r.set_request_id(id);
     *r.mutable_error() = StatusToError(resolved.status());
     SendResponse(*connection, r);
+    CloseIfCallerRefused(*connection, resolved.status(), caller);
     // Refused either way: the record is not waited for.
     RecordRefusal(peer, caller, std::move(e), resolved.status());
     return;
@@ -1325,6 +1396,7 @@ void Service::RunSubscribe(const std::shared_ptr<ipc::Connection>& connection,
     r.set_request_id(request.request_id());
     *r.mutable_error() = StatusToError(allowed);
     SendResponse(*connection, r);
+    CloseIfCallerRefused(*connection, allowed, caller.ok() ? &*caller : nullptr);
     return;
   }
   {

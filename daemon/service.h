@@ -230,6 +230,14 @@ class Service {
   std::shared_ptr<CallerSlot> CallerOf(const ipc::Connection& connection);
   // A new agent connection's caller, attested from its peer credentials.
   static std::shared_ptr<CallerSlot> AttestedSlot(const ipc::Connection& connection);
+  // At Hello on agent.sock: OK unless the current policy has no rule for the
+  // connection's caller (then the error to answer before closing).
+  absl::Status CallerMatched(CallerSlot* slot) const;
+  // After an agent request was refused with `refusal`: closes the connection
+  // when its caller can no longer be served at all (it executed another
+  // program, or no rule of the current policy names it).
+  void CloseIfCallerRefused(ipc::Connection& connection, const absl::Status& refusal,
+                            const policy::CallerIdentity* caller) const;
   // A copy, so that concurrent requests of one connection never share it.
   static absl::StatusOr<policy::CallerIdentity> CopyCaller(CallerSlot* slot);
   // The slot's identity itself, for readers that do not change it.

@@ -429,6 +429,12 @@ void ClientImpl::ReadPayload(const std::shared_ptr<Conn>& conn) {
 
 void ClientImpl::Dispatch(const std::shared_ptr<Conn>& conn, v1::Response response) {
   if (!conn->ready) {
+    // A connection refused at once (over a connection limit) is answered
+    // with an error for request 0 before the server closes it.
+    if (response.request_id() == 0 && response.has_error()) {
+      Break(conn, ErrorToStatus(response.error()));
+      return;
+    }
     if (response.request_id() != conn->hello_id) {
       Break(conn,
             absl::UnavailableError(absl::StrCat(path_, " sent a response before answering Hello")));
@@ -473,6 +479,10 @@ void ClientImpl::WriteNext(const std::shared_ptr<Conn>& conn) {
     conn->writing.clear();
     if (conn_ != conn) return;
     if (ec) {
+      // Before Hello is answered, a server that refuses the connection (over
+      // a limit) has already sent why and closed: the read side delivers that
+      // answer, then the close (or the handshake timer ends the wait).
+      if (!conn->ready) return;
       Break(conn,
             absl::UnavailableError(absl::StrCat("writing to ", path_, " failed: ", ec.message())));
       return;

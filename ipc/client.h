@@ -34,7 +34,9 @@ absl::Status ErrorToStatus(const v1::Error& error);
 class Client {
  public:
   // Connects and exchanges Hello. Unavailable when nothing listens at
-  // `socket_path`; the daemon's Error when it refuses the protocol version.
+  // `socket_path`; the daemon's Error when it refuses the protocol version or
+  // the caller (PermissionDenied), or refuses the connection over a
+  // connection limit (ResourceExhausted).
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& socket_path,
                                                          const ClientOptions& options = {});
   virtual ~Client() = default;

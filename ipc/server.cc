@@ -107,18 +107,25 @@ class ServerCore;
 // A listener lives on one io_context; that io_context's one thread runs its
 // accept loop and its stop, which serialises them.
 struct ListenerState {
-  ListenerState(asio::io_context& io, std::string listener_name, FrameHandler* frame_handler)
+  ListenerState(asio::io_context& io, std::string listener_name, FrameHandler* frame_handler,
+                const ListenerLimits& listener_limits)
       : name(std::move(listener_name)),
         handler(frame_handler),
+        limits(listener_limits),
         executor(io.get_executor()),
         acceptor(io),
         retry_timer(io) {}
 
   const std::string name;
   FrameHandler* const handler;
+  const ListenerLimits limits;
   const IoExecutor executor;
   Acceptor acceptor;
   Timer retry_timer;  // after a failed accept (e.g. EMFILE)
+  // Guarded by ServerCore::mu: this listener's open connections, in all and
+  // per peer uid (uids with none are erased).
+  size_t open = 0;
+  std::map<uid_t, size_t> open_by_uid;
 };
 
 // One io_context per I/O thread, each run by exactly that thread: concurrency
@@ -162,6 +169,7 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
 
   std::atomic<uint64_t> accepted{0};
   std::atomic<uint64_t> refused_over_limit{0};
+  std::atomic<uint64_t> refused_over_uid_limit{0};
   std::atomic<uint64_t> frames{0};
   std::atomic<uint64_t> closed_bad_frame{0};
   std::atomic<uint64_t> closed_timeout{0};
@@ -176,6 +184,12 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
  private:
   size_t PickIo() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   void OnAccept(ListenerState& listener, size_t io_index, const ErrorCode& ec, Socket socket);
+  // Why `listener` cannot take one more connection from `peer`; empty when it can.
+  std::string OverLimit(const ListenerState& listener, const PeerCredentials& peer,
+                        bool* per_uid) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // Sends the handler's refusal frame, if any, without blocking, and closes.
+  static void Refuse(ListenerState& listener, const PeerCredentials& peer, Socket& socket,
+                     std::string_view reason);
 };
 
 // A response frame: the header apart, so that the handler's payload string is
@@ -224,10 +238,12 @@ struct OutFrame {
 class ConnectionImpl final : public Connection,
                              public std::enable_shared_from_this<ConnectionImpl> {
  public:
-  ConnectionImpl(std::shared_ptr<ServerCore> core, const ListenerState& listener, uint64_t id,
+  ConnectionImpl(std::shared_ptr<ServerCore> core, ListenerState& listener, uint64_t id,
                  size_t io_index, Socket socket, const PeerCredentials& peer)
       : core_(std::move(core)),
         handler_(listener.handler),
+        listener_state_(&listener),
+        idle_timeout_(listener.limits.idle_timeout),
         listener_(listener.name),
         id_(id),
         io_index_(io_index),
@@ -239,6 +255,7 @@ class ConnectionImpl final : public Connection,
 
   uint64_t id() const override { return id_; }
   size_t io_index() const { return io_index_; }
+  ListenerState& listener_state() const { return *listener_state_; }
   const PeerCredentials& peer() const override { return peer_; }
   const std::string& listener() const override { return listener_; }
   bool Send(std::string payload, bool final) override;
@@ -298,6 +315,8 @@ class ConnectionImpl final : public Connection,
 
   const std::shared_ptr<ServerCore> core_;  // declared first: the io_contexts outlive the rest
   FrameHandler* const handler_;
+  ListenerState* const listener_state_;  // the core's, which outlives it
+  const absl::Duration idle_timeout_;    // the listener's
   const std::string listener_;
   const uint64_t id_;
   const size_t io_index_;
@@ -504,7 +523,7 @@ void ConnectionImpl::Resume() {
 }
 
 void ConnectionImpl::UpdateReadDeadline() {
-  const absl::Duration idle = core_->limits.idle_timeout;
+  const absl::Duration idle = idle_timeout_;
   if (!frame_started_ && idle <= absl::ZeroDuration()) {
     // No frame under way and no idle limit: nothing to time, paused or not.
     read_deadline_ = Clock::time_point::max();
@@ -557,7 +576,7 @@ void ConnectionImpl::OnReadTimer() {
                                                   " (", Buffered(), " bytes received)"));
     } else {
       CloseWith(CloseKind::kTimeout,
-                absl::StrCat("idle for ", absl::FormatDuration(core_->limits.idle_timeout)));
+                absl::StrCat("idle for ", absl::FormatDuration(idle_timeout_)));
     }
     return;
   }
@@ -663,7 +682,7 @@ void ConnectionImpl::WriteNow(OutFrame frame) {
     asio::post(executor_, [self = shared_from_this()] { self->Teardown(); });
     return;
   }
-  if (drained && core_->limits.idle_timeout > absl::ZeroDuration()) UpdateReadDeadline();
+  if (drained && idle_timeout_ > absl::ZeroDuration()) UpdateReadDeadline();
   if (more) StartWrite();
 }
 
@@ -720,7 +739,7 @@ void ConnectionImpl::OnWrite(const ErrorCode& ec) {
     queued_bytes_ -= written;
     drained = queued_bytes_ == 0;
   }
-  if (drained && core_->limits.idle_timeout > absl::ZeroDuration()) {
+  if (drained && idle_timeout_ > absl::ZeroDuration()) {
     UpdateReadDeadline();  // the idle clock starts once everything is written
   }
   StartWrite();
@@ -833,33 +852,64 @@ void ServerCore::OnAccept(ListenerState& listener, size_t io_index, const ErrorC
   peer.uid = cred.uid;
   peer.gid = cred.gid;
 
-  size_t open_count = 0;
-  bool admitted = false;
+  std::string refusal;
+  bool per_uid = false;
   {
     absl::MutexLock lock(&mu);
     if (stopping) {
       socket.close(ignored);
       return;
     }
-    open_count = connections.size();
-    if (open_count < limits.max_connections) {
+    refusal = OverLimit(listener, peer, &per_uid);
+    if (refusal.empty()) {
       const uint64_t id = next_id++;
       auto connection = std::make_shared<ConnectionImpl>(shared_from_this(), listener, id, io_index,
                                                          std::move(socket), peer);
       connections.emplace(id, connection);
       ++io_load[io_index];
+      ++listener.open;
+      ++listener.open_by_uid[peer.uid];
       connection->Start();
-      admitted = true;
     }
   }
-  if (!admitted) {
-    refused_over_limit.fetch_add(1);
+  if (!refusal.empty()) {
+    (per_uid ? refused_over_uid_limit : refused_over_limit).fetch_add(1);
     Log(absl::StrCat("refused a connection (pid ", peer.pid, " uid ", peer.uid, ") on ",
-                     listener.name, ": ", open_count, " connections open, the limit is ",
-                     limits.max_connections));
-    socket.close(ignored);
+                     listener.name, ": ", refusal));
+    Refuse(listener, peer, socket, refusal);
   }
   DoAccept(listener);
+}
+
+std::string ServerCore::OverLimit(const ListenerState& listener, const PeerCredentials& peer,
+                                  bool* per_uid) const {
+  *per_uid = false;
+  if (listener.open >= listener.limits.max_connections) {
+    return absl::StrCat(listener.open, " connections open, the limit is ",
+                        listener.limits.max_connections);
+  }
+  const size_t cap = listener.limits.max_connections_per_uid;
+  if (cap == 0) return {};
+  auto it = listener.open_by_uid.find(peer.uid);
+  const size_t of_uid = it == listener.open_by_uid.end() ? 0 : it->second;
+  if (of_uid < cap) return {};
+  *per_uid = true;
+  return absl::StrCat("uid ", peer.uid, " has ", of_uid, " connections open, the limit per uid is ",
+                      cap);
+}
+
+void ServerCore::Refuse(ListenerState& listener, const PeerCredentials& peer, Socket& socket,
+                        std::string_view reason) {
+  std::string payload = listener.handler->RefusalFrame(peer, reason);
+  if (!payload.empty() && payload.size() <= kMaxFramePayload) {
+    std::string frame = EncodeFrame(payload);
+    // One try, never blocking the I/O thread: a fresh connection's socket
+    // buffer takes a short frame; if not, the peer only sees the close.
+    [[maybe_unused]] const ssize_t sent =
+        ::send(socket.native_handle(), frame.data(), frame.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  }
+  ErrorCode ignored;
+  socket.close(ignored);
 }
 
 void ServerCore::OnConnectionClosed(const ConnectionImpl& connection, CloseKind kind,
@@ -872,7 +922,13 @@ void ServerCore::OnConnectionClosed(const ConnectionImpl& connection, CloseKind 
       kind == CloseKind::kPeer || kind == CloseKind::kShutdown ? LogKind::kRoutine
                                                                : LogKind::kNotable);
   absl::MutexLock lock(&mu);
-  if (connections.erase(connection.id()) > 0) --io_load[connection.io_index()];
+  if (connections.erase(connection.id()) > 0) {
+    --io_load[connection.io_index()];
+    ListenerState& listener = connection.listener_state();
+    --listener.open;
+    auto it = listener.open_by_uid.find(peer.uid);
+    if (it != listener.open_by_uid.end() && --it->second == 0) listener.open_by_uid.erase(it);
+  }
 }
 
 std::vector<std::shared_ptr<ConnectionImpl>> ServerCore::Connections() {
@@ -992,11 +1048,13 @@ ServerStats ServerImpl::stats() const {
   ServerStats s;
   s.accepted = core_->accepted.load();
   s.refused_over_limit = core_->refused_over_limit.load();
+  s.refused_over_uid_limit = core_->refused_over_uid_limit.load();
   s.frames = core_->frames.load();
   s.closed_bad_frame = core_->closed_bad_frame.load();
   s.closed_timeout = core_->closed_timeout.load();
   absl::MutexLock lock(&core_->mu);
   s.open = core_->connections.size();
+  for (const auto& listener : core_->listeners) s.open_by_listener[listener->name] = listener->open;
   return s;
 }
 
@@ -1004,9 +1062,6 @@ absl::Status ValidateLimits(const ServerLimits& limits, size_t io_threads) {
   if (io_threads == 0 || io_threads > kMaxIoThreads) {
     return absl::InvalidArgumentError(
         absl::StrCat("io_threads must be 1..", kMaxIoThreads, ", not ", io_threads));
-  }
-  if (limits.max_connections == 0) {
-    return absl::InvalidArgumentError("max_connections must be at least 1");
   }
   if (limits.max_in_flight_per_connection == 0) {
     return absl::InvalidArgumentError("max_in_flight_per_connection must be at least 1");
@@ -1019,9 +1074,6 @@ absl::Status ValidateLimits(const ServerLimits& limits, size_t io_threads) {
   if (limits.frame_timeout <= absl::ZeroDuration() ||
       limits.write_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("frame_timeout and write_timeout must be positive");
-  }
-  if (limits.idle_timeout < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("idle_timeout must not be negative");
   }
   return absl::OkStatus();
 }
@@ -1038,6 +1090,14 @@ absl::Status ValidateListeners(const std::vector<Listener>& listeners) {
     if (listener.handler == nullptr) {
       return absl::InvalidArgumentError(
           absl::StrCat("listener \"", listener.name, "\" has no handler"));
+    }
+    if (listener.limits.max_connections == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("listener \"", listener.name, "\": max_connections must be at least 1"));
+    }
+    if (listener.limits.idle_timeout < absl::ZeroDuration()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("listener \"", listener.name, "\": idle_timeout must not be negative"));
     }
     if (listener.fd < 0 || sd_is_socket_unix(listener.fd, SOCK_STREAM, 1, nullptr, 0) <= 0) {
       return absl::InvalidArgumentError(absl::StrCat("listener \"", listener.name, "\": fd ",
@@ -1164,7 +1224,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(std::vector<Listener> lis
     Listener& listener = listeners[i];
     // Listeners spread over the io_contexts; usually there are more threads.
     auto state = std::make_unique<ListenerState>(*core->ios[i % core->ios.size()], listener.name,
-                                                 listener.handler);
+                                                 listener.handler, listener.limits);
     SetCloseOnExec(listener.fd);
     ErrorCode ec;
     state->acceptor.assign(stream_protocol(), listener.fd, ec);

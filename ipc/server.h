@@ -7,8 +7,12 @@
 // and not yet answered (reading pauses until one is answered: back-pressure);
 // at most `max_queued_bytes_per_connection` of responses waiting to be written
 // (a peer that does not read is closed). Peer credentials (SO_PEERCRED) are
-// taken once, on accept. Past `max_connections`, new connections are accepted
-// and closed at once (and counted), so the listen queue never stalls.
+// taken once, on accept. Each listener has its own connection limits
+// (ListenerLimits): past its `max_connections`, or its
+// `max_connections_per_uid` for the peer's uid, a new connection is accepted,
+// sent the handler's RefusalFrame (if any) and closed at once (and counted),
+// so the listen queue never stalls and one listener filling up never locks
+// the other out.
 //
 // Every close is logged once with its reason.
 #ifndef GRANTVAULT_IPC_SERVER_H_
@@ -35,13 +39,21 @@ struct PeerCredentials {
   gid_t gid = 0;
 };
 
+// Per connection, the same for every listener.
 struct ServerLimits {
-  size_t max_connections = 1024;  // per server, over all listeners
   size_t max_in_flight_per_connection = 64;
   size_t max_queued_bytes_per_connection = size_t{4} << 20;
   absl::Duration frame_timeout = absl::Seconds(5);
-  absl::Duration idle_timeout = absl::ZeroDuration();  // zero: connections may idle forever
   absl::Duration write_timeout = absl::Seconds(5);
+};
+
+// Per listener: each socket counts its own connections.
+struct ListenerLimits {
+  size_t max_connections = 1024;       // open connections on this listener
+  size_t max_connections_per_uid = 0;  // open connections of one peer uid; 0: no cap
+  // Closes a connection with nothing in flight and nothing received for this
+  // long; zero: connections may idle forever.
+  absl::Duration idle_timeout = absl::ZeroDuration();
 };
 
 // One accepted connection. Thread-safe: Send and Close may be called from any
@@ -86,6 +98,13 @@ class FrameHandler {
   virtual void OnFrame(const std::shared_ptr<Connection>& connection, std::string_view payload) = 0;
   virtual void OnConnect(const std::shared_ptr<Connection>&) {}
   virtual void OnDisconnect(const Connection&) {}
+  // A connection refused over a ListenerLimits cap (on an I/O thread, before
+  // it is closed; OnConnect is never called for it): a payload to send it as
+  // one frame first, so the peer learns why, or empty for none. Best effort:
+  // written once without blocking.
+  virtual std::string RefusalFrame(const PeerCredentials&, std::string_view /*reason*/) {
+    return {};
+  }
 };
 
 struct Listener {
@@ -94,12 +113,15 @@ struct Listener {
   // server takes ownership.
   int fd = -1;
   FrameHandler* handler = nullptr;  // must outlive the server
+  ListenerLimits limits;
 };
 
 struct ServerStats {
   uint64_t accepted = 0;
-  uint64_t refused_over_limit = 0;
+  uint64_t refused_over_limit = 0;      // over a listener's max_connections
+  uint64_t refused_over_uid_limit = 0;  // over a listener's max_connections_per_uid
   uint64_t open = 0;
+  std::map<std::string, uint64_t> open_by_listener;
   uint64_t frames = 0;
   uint64_t closed_bad_frame = 0;
   uint64_t closed_timeout = 0;

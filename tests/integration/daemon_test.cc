@@ -420,7 +420,8 @@ TEST_F(DaemonTest, PipelinedRequestsAreAnsweredWithTheirIds) {
 }
 
 TEST_F(DaemonTest, AThousandSimultaneousConnectionsAreServedOrRefusedCleanly) {
-  WriteConfig("max_connections = 600\n");
+  // The older key, read as agent.sock's limit; no per-uid cap (one uid opens them all).
+  WriteConfig("max_connections = 600\nagent_max_connections_per_uid = 0\n");
   WritePolicy(AgentPolicy(::getuid()));
   StartDaemon();
   std::vector<std::unique_ptr<RawSocket>> sockets;

@@ -32,6 +32,11 @@ class RawSocket {
       fd_ = -1;
     }
   }
+  // Takes over an already connected socket (e.g. one inherited through exec).
+  struct AdoptFd {
+    int fd;
+  };
+  explicit RawSocket(AdoptFd adopt) : fd_(adopt.fd) {}
   ~RawSocket() {
     if (fd_ >= 0) ::close(fd_);
   }
@@ -39,6 +44,7 @@ class RawSocket {
   RawSocket& operator=(const RawSocket&) = delete;
 
   bool connected() const { return fd_ >= 0; }
+  int fd() const { return fd_; }
 
   bool Write(const std::string& bytes) {
     return ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==

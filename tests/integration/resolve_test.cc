@@ -2,6 +2,7 @@
 // real oidc-provider over TLS (refresh tokens rotated on every use, a reused
 // refresh token kills the grant), agents calling agent.sock through the C++
 // client library, and the caller policy in force.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -76,14 +77,7 @@ class ResolveTest : public ::testing::Test {
     config_ = dir_.Join("grantvaultd.toml");
     policy_ = dir_.Join("policy.toml");
     WritePolicy(PolicyFor(::getuid()));
-    std::ofstream(config_) << "[oauth]\nca_file = \"" << provider_->ca_file()
-                           << "\"\nuse_system_trust_store = false\n[policy]\nfile = \"" << policy_
-                           << "\"\n[limits]\nmax_in_flight_per_connection = 64\n"
-                           // Repeats are counted into one record for 400 ms (and
-                           // no fsync takes it sooner): long enough for a test to
-                           // reach the connection's memo of them (RepeatMemo)
-                           // after a fork and an exit.
-                           << "[audit]\nrepeat_record_ms = 400\ngroup_commit_ms = 1000\n";
+    WriteConfig("");
     StartDaemon();
     RegisterAndAuthorize({"openid", "offline_access", "read"});
   }
@@ -92,6 +86,45 @@ class ResolveTest : public ::testing::Test {
   }
 
   void WritePolicy(const std::string& text) { std::ofstream(policy_, std::ios::trunc) << text; }
+
+  // `limits` goes into the [limits] table.
+  void WriteConfig(const std::string& limits) {
+    std::ofstream(config_, std::ios::trunc)
+        << "[oauth]\nca_file = \"" << provider_->ca_file()
+        << "\"\nuse_system_trust_store = false\n[policy]\nfile = \"" << policy_
+        << "\"\n[limits]\nmax_in_flight_per_connection = 64\n"
+        << limits
+        // Repeats are counted into one record for 400 ms (and no fsync takes it
+        // sooner): long enough for a test to reach the connection's memo of them
+        // (RepeatMemo) after a fork and an exit.
+        << "[audit]\nrepeat_record_ms = 400\ngroup_commit_ms = 1000\n";
+  }
+
+  // Writes the policy and waits until the daemon has reloaded it.
+  void ReloadPolicy(const std::string& text) {
+    auto reloads = [&] {
+      const std::string log = daemon_->Stderr();
+      int n = 0;
+      for (size_t at = log.find("policy.reloaded file="); at != std::string::npos;
+           at = log.find("policy.reloaded file=", at + 1)) {
+        ++n;
+      }
+      return n;
+    };
+    const int before = reloads();
+    WritePolicy(text);
+    daemon_->Signal(SIGHUP);
+    ASSERT_TRUE(testing::WaitFor([&] { return reloads() > before; }));
+  }
+
+  // Restarts the daemon on the same state with `limits` in its [limits].
+  void RestartWithLimits(const std::string& limits) {
+    admin_.reset();
+    agent_.reset();
+    daemon_->Stop(SIGTERM);
+    WriteConfig(limits);
+    StartDaemon();
+  }
 
   void StartDaemon() {
     daemon_ = std::make_unique<DaemonProcess>(
@@ -292,10 +325,20 @@ TEST_F(ResolveTest, ThePolicyRefusesWhatItDoesNotAllow) {
   ASSERT_FALSE(subscription_ended.HasBeenNotified());
 
   // A uid not in the policy: the policy is reloaded to name another uid.
-  WritePolicy(PolicyFor(::getuid() + 4242));
-  daemon_->Signal(SIGHUP);
-  absl::SleepFor(absl::Milliseconds(300));
+  // The open connection's request is refused and the connection closed (a
+  // caller no rule names can do nothing with it); a new connection is refused
+  // at Hello.
+  ReloadPolicy(PolicyFor(::getuid() + 4242));
   EXPECT_THAT(denied(ResolveRequest(kWorkspace, "read_docs")),
+              HasSubstr(absl::StrCat("uid ", ::getuid(), " is not in the policy")));
+  agent_.reset();
+  auto refused_at_hello = [&] {
+    auto client = ipc::Client::Connect(state_ + "/run/agent.sock");
+    EXPECT_FALSE(client.ok());
+    EXPECT_TRUE(absl::IsPermissionDenied(client.status())) << client.status();
+    return std::string(client.status().message());
+  };
+  EXPECT_THAT(refused_at_hello(),
               HasSubstr(absl::StrCat("uid ", ::getuid(), " is not in the policy")));
   // …is ended by the reload that no longer allows it.
   ASSERT_TRUE(subscription_ended.WaitForNotificationWithTimeout(absl::Seconds(5)));
@@ -304,9 +347,9 @@ TEST_F(ResolveTest, ThePolicyRefusesWhatItDoesNotAllow) {
   // A policy that does not parse keeps the previous one.
   WritePolicy("[[callers]]\nrole = \"agent\"\nworkspaces = [\"ws_acme\"]\nbogus = 1\n");
   daemon_->Signal(SIGHUP);
-  absl::SleepFor(absl::Milliseconds(300));
-  EXPECT_THAT(daemon_->Stderr(), HasSubstr("policy.reload_failed"));
-  EXPECT_THAT(denied(ResolveRequest(kWorkspace, "read_docs")), HasSubstr("is not in the policy"));
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return absl::StrContains(daemon_->Stderr(), "policy.reload_failed"); }));
+  EXPECT_THAT(refused_at_hello(), HasSubstr("is not in the policy"));
 
   // And a good one applies at once.
   WritePolicy(PolicyFor(::getuid(), /*allow_without_tool=*/true));
@@ -337,13 +380,13 @@ TEST_F(ResolveTest, ARepeatedResolveIsAnsweredAfreshOnceAnythingItRestsOnChanges
   EXPECT_EQ(code(ResolveRequest(kWorkspace, "read_docs", {"write"})), v1::Error::PERMISSION_DENIED);
   EXPECT_EQ(Resolve(read).resolve().access_token(), token);
 
-  // A reloaded policy applies to the very next repeat.
-  WritePolicy(PolicyFor(::getuid() + 4242));
-  daemon_->Signal(SIGHUP);
-  ASSERT_TRUE(testing::WaitFor([&] { return code(read) == v1::Error::PERMISSION_DENIED; }));
-  WritePolicy(PolicyFor(::getuid()));
-  daemon_->Signal(SIGHUP);
-  ASSERT_TRUE(testing::WaitFor([&] { return code(read) == v1::Error::CODE_UNSPECIFIED; }));
+  // A reloaded policy applies to the very next repeat (and, naming the
+  // caller no more, closes its connection).
+  ReloadPolicy(PolicyFor(::getuid() + 4242));
+  EXPECT_EQ(code(read), v1::Error::PERMISSION_DENIED);
+  agent_.reset();
+  ReloadPolicy(PolicyFor(::getuid()));
+  EXPECT_EQ(code(read), v1::Error::CODE_UNSPECIFIED);
   EXPECT_EQ(Resolve(read).resolve().access_token(), token);
 
   // A longer min_valid than the token has left is not served from the memo (which checks the
@@ -448,6 +491,232 @@ TEST_F(ResolveTest, AConnectionWhoseProcessExitedIsRefused) {
   ::close(report[0]);
   EXPECT_EQ(byte, static_cast<char>(v1::Error::PERMISSION_DENIED));
   EXPECT_THAT(daemon_->Stderr(), HasSubstr("exited"));
+}
+
+// The executable this test runs as; its forks run it too until they exec.
+std::string SelfExe() {
+  char buf[4096] = {};
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+}
+
+// `PolicyFor(uid)` with its caller rule also matching `matcher` (an `exe` or
+// `exe_sha256` line).
+std::string PolicyWithExeRule(uid_t uid, const std::string& matcher) {
+  std::string policy = PolicyFor(uid);
+  const std::string role = "role = \"agent\"";
+  policy.replace(policy.find(role), role.size(), matcher + "\n" + role);
+  return policy;
+}
+
+// A child connects to agent.sock and says Hello while it runs this test's
+// executable, resolves `resolves_before` times as that executable, then execs
+// exec_resolver with the connection kept open across the exec (no CLOEXEC),
+// which asks once more on it. Returns exec_resolver's report line, or why the
+// child failed.
+std::string ExecAfterHelloAndResolve(const std::string& socket, int resolves_before) {
+  int out[2];
+  if (::pipe(out) != 0) return "pipe failed";
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::close(out[0]);
+    testing::RawSocket raw(socket);
+    if (!raw.connected() || !raw.Hello()) ::_exit(10);
+    for (int i = 0; i < resolves_before; ++i) {
+      v1::Request request;
+      v1::ResolveRequest* in = request.mutable_resolve();
+      in->set_workspace_id(kWorkspace);
+      in->set_connector_id("demo");
+      in->set_tool("read_docs");
+      in->set_min_valid_seconds(1);
+      request.set_request_id(static_cast<uint64_t>(2 + i));
+      if (!raw.WriteRequest(request)) ::_exit(11);
+      std::optional<v1::Response> r = raw.ReadResponse(absl::Seconds(20));
+      if (!r || !r->has_resolve()) ::_exit(12);
+    }
+    const int fd = raw.fd();
+    if (::fcntl(fd, F_SETFD, 0) != 0 || ::dup2(out[1], STDOUT_FILENO) < 0) ::_exit(13);
+    const std::string fd_arg = std::to_string(fd);
+    const std::string id_arg = std::to_string(2 + resolves_before);
+    ::execl(GV_EXEC_RESOLVER, GV_EXEC_RESOLVER, fd_arg.c_str(), kWorkspace, "read_docs",
+            id_arg.c_str(), static_cast<char*>(nullptr));
+    ::_exit(14);
+  }
+  ::close(out[1]);
+  std::string report;
+  char buf[256];
+  ssize_t n;
+  while ((n = ::read(out[0], buf, sizeof(buf))) > 0) report.append(buf, static_cast<size_t>(n));
+  ::close(out[0]);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return absl::StrCat("child failed with status ", status, ": ", report);
+  }
+  return report;
+}
+
+// pid, start time and pidfd survive execve: the daemon must notice that the
+// process it attested as one executable now runs another, before every
+// release, including a repeat answered from the connection's memo.
+TEST_F(ResolveTest, AProcessThatExecsAnotherProgramAfterItWasAttestedGetsNoToken) {
+  WritePolicy(PolicyWithExeRule(::getuid(), absl::StrCat("exe = \"", SelfExe(), "\"")));
+  daemon_->Signal(SIGHUP);
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return absl::StrContains(daemon_->Stderr(), "policy.reloaded file="); }));
+  const std::string socket = state_ + "/run/agent.sock";
+  // Allowed as this executable (four times, so the fourth is a memo repeat),
+  // refused once it has become exec_resolver, and the connection closed.
+  EXPECT_EQ(ExecAfterHelloAndResolve(socket, 4),
+            absl::StrCat("code=", static_cast<int>(v1::Error::UNAUTHENTICATED), " closed=1\n"));
+  // And without any release before the exec.
+  EXPECT_EQ(ExecAfterHelloAndResolve(socket, 0),
+            absl::StrCat("code=", static_cast<int>(v1::Error::UNAUTHENTICATED), " closed=1\n"));
+  EXPECT_TRUE(testing::WaitFor([&] {
+    return absl::StrContains(daemon_->Stderr(), "executed another program since it connected");
+  })) << daemon_->Stderr();
+}
+
+// The executable is identified when the connection is accepted, not when a
+// rule first needs it: a process that connects as one program and then execs
+// the allowed one is still the program that connected (its hash is taken of
+// the file attested at accept, never of whatever runs by that pid later).
+TEST_F(ResolveTest, AProcessThatExecsTheAllowedProgramAfterHelloGetsNoToken) {
+  testing::CommandResult sum = testing::RunCommand({"/usr/bin/sha256sum", GV_EXEC_RESOLVER});
+  ASSERT_EQ(sum.exit_code, 0) << sum.err;
+  const std::string hash = sum.out.substr(0, 64);
+  WritePolicy(PolicyWithExeRule(::getuid(), absl::StrCat("exe_sha256 = \"", hash, "\"")));
+  daemon_->Signal(SIGHUP);
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return absl::StrContains(daemon_->Stderr(), "policy.reloaded file="); }));
+  EXPECT_EQ(ExecAfterHelloAndResolve(state_ + "/run/agent.sock", 0),
+            absl::StrCat("code=", static_cast<int>(v1::Error::UNAUTHENTICATED), " closed=1\n"));
+}
+
+// An exe_sha256 rule: the hash is taken on a worker by the first request
+// that needs it, of the file attested at accept; a request refused for its
+// own sake before that does not cost the connection.
+TEST_F(ResolveTest, AnExeSha256RuleAllowsTheHashedProgramOnItsConnection) {
+  testing::CommandResult sum = testing::RunCommand({"/usr/bin/sha256sum", SelfExe()});
+  ASSERT_EQ(sum.exit_code, 0) << sum.err;
+  ReloadPolicy(
+      PolicyWithExeRule(::getuid(), absl::StrCat("exe_sha256 = \"", sum.out.substr(0, 64), "\"")));
+  testing::RawSocket raw(state_ + "/run/agent.sock");
+  ASSERT_TRUE(raw.Hello());
+  v1::Request malformed = ResolveRequest("", "read_docs");
+  malformed.set_request_id(2);
+  ASSERT_TRUE(raw.WriteRequest(malformed));
+  std::optional<v1::Response> r = raw.ReadResponse();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->error().code(), v1::Error::INVALID_ARGUMENT);
+  v1::Request good = ResolveRequest(kWorkspace, "read_docs");
+  good.set_request_id(3);
+  ASSERT_TRUE(raw.WriteRequest(good));
+  r = raw.ReadResponse(absl::Seconds(20));
+  ASSERT_TRUE(r.has_value());
+  EXPECT_TRUE(r->has_resolve()) << r->error().message();
+}
+
+// agent.sock full of idle connections of one uid: admin.sock has limits of
+// its own, so an admin can still connect and revoke.
+TEST_F(ResolveTest, AFullAgentSocketLeavesAdminsAbleToRevoke) {
+  RestartWithLimits("agent_max_connections = 12\nagent_max_connections_per_uid = 12\n");
+  const std::string socket = state_ + "/run/agent.sock";
+  std::vector<std::unique_ptr<testing::RawSocket>> idle;
+  for (int i = 0; i < 12; ++i) {
+    idle.push_back(std::make_unique<testing::RawSocket>(socket));
+    ASSERT_TRUE(idle.back()->Hello()) << i;
+  }
+  // The next agent connection is refused, and told why.
+  testing::RawSocket over(socket);
+  ASSERT_TRUE(over.connected());
+  std::optional<v1::Response> refusal = over.ReadResponse();
+  ASSERT_TRUE(refusal.has_value());
+  EXPECT_EQ(refusal->request_id(), 0u);
+  EXPECT_EQ(refusal->error().code(), v1::Error::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refusal->error().message(), HasSubstr("12 connections open, the limit is 12"));
+  EXPECT_TRUE(over.ClosedByPeer(absl::Seconds(5)));
+  auto client = ipc::Client::Connect(socket);
+  EXPECT_TRUE(absl::IsResourceExhausted(client.status())) << client.status();
+
+  v1::Request revoke;
+  revoke.mutable_revoke_grant()->set_grant_id(grant_id_);
+  revoke.mutable_revoke_grant()->set_reason("agent.sock is full");
+  v1::Response revoked = Admin(revoke);
+  ASSERT_FALSE(revoked.has_error()) << revoked.error().message();
+  EXPECT_EQ(revoked.revoke_grant().grant().status(), "revoked");
+  // The idle agent connections are still open (no idle timeout here).
+  v1::Request status;
+  status.set_request_id(7);
+  status.mutable_status();
+  ASSERT_TRUE(idle.front()->WriteRequest(status));
+  std::optional<v1::Response> answer = idle.front()->ReadResponse();
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_TRUE(answer->has_status());
+}
+
+TEST_F(ResolveTest, AgentConnectionsAreCappedPerUidAndClosedWhenIdle) {
+  RestartWithLimits("agent_max_connections_per_uid = 3\nagent_idle_timeout_ms = 1500\n");
+  const std::string socket = state_ + "/run/agent.sock";
+  std::vector<std::unique_ptr<testing::RawSocket>> mine;
+  for (int i = 0; i < 3; ++i) {
+    mine.push_back(std::make_unique<testing::RawSocket>(socket));
+    ASSERT_TRUE(mine.back()->Hello()) << i;
+  }
+  const absl::Time last_activity = absl::Now();
+  testing::RawSocket fourth(socket);
+  std::optional<v1::Response> refusal = fourth.ReadResponse();
+  ASSERT_TRUE(refusal.has_value());
+  EXPECT_EQ(refusal->error().code(), v1::Error::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refusal->error().message(),
+              HasSubstr(absl::StrCat("uid ", ::getuid(),
+                                     " has 3 connections open, the limit per uid is 3")));
+  EXPECT_TRUE(fourth.ClosedByPeer(absl::Seconds(5)));
+
+  // Idle connections are closed after the idle timeout (not before it).
+  for (auto& connection : mine) EXPECT_TRUE(connection->ClosedByPeer(absl::Seconds(30)));
+  EXPECT_GE(absl::Now() - last_activity, absl::Milliseconds(1400));
+  mine.clear();
+  EXPECT_TRUE(testing::WaitFor([&] {
+    return absl::StrContains(daemon_->Stderr(), "idle for 1.5s");
+  })) << daemon_->Stderr();
+  // Their slots are free again.
+  ASSERT_TRUE(testing::WaitFor([&] {
+    testing::RawSocket again(socket);
+    return again.Hello();
+  }));
+  v1::Response r = Resolve(ResolveRequest(kWorkspace, "read_docs"));
+  EXPECT_TRUE(r.has_resolve()) << r.error().message();
+}
+
+TEST_F(ResolveTest, APeerThatCannotBeServedIsClosedAtOnce) {
+  // No rule names this uid: refused and closed at once, without waiting for
+  // anything from it (the idle timeout is 5 minutes here).
+  ReloadPolicy(PolicyFor(::getuid() + 4242));
+  {
+    testing::RawSocket silent(state_ + "/run/agent.sock");
+    std::optional<v1::Response> refusal = silent.ReadResponse();
+    ASSERT_TRUE(refusal.has_value());
+    EXPECT_EQ(refusal->request_id(), 0u);
+    EXPECT_EQ(refusal->error().code(), v1::Error::PERMISSION_DENIED);
+    EXPECT_THAT(refusal->error().message(), HasSubstr("is not in the policy"));
+    EXPECT_TRUE(silent.ClosedByPeer(absl::Seconds(5)));
+  }
+  // A peer that says Hello first gets the same answer.
+  testing::RawSocket unmatched(state_ + "/run/agent.sock");
+  v1::Request hello;
+  hello.set_request_id(1);
+  hello.mutable_hello()->set_protocol_version(ipc::kProtocolVersion);
+  ASSERT_TRUE(unmatched.WriteRequest(hello));
+  std::optional<v1::Response> answer = unmatched.ReadResponse();
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_EQ(answer->error().code(), v1::Error::PERMISSION_DENIED);
+  EXPECT_THAT(answer->error().message(), HasSubstr("is not in the policy"));
+  EXPECT_TRUE(unmatched.ClosedByPeer(absl::Seconds(5)));
+  // (Logged once the close is done, which the peer may see first.)
+  EXPECT_TRUE(testing::WaitFor([&] {
+    return absl::StrContains(daemon_->Stderr(), "caller attestation failed");
+  })) << daemon_->Stderr();
 }
 
 TEST_F(ResolveTest, ScopesSuggestAndAWiderAuthorizationIsWarnedAbout) {

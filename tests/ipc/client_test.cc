@@ -178,7 +178,7 @@ class ClientTest : public ::testing::Test {
   void StartServer() {
     absl::StatusOr<int> fd = BindUnixSocket(path_, 0660);
     ASSERT_TRUE(fd.ok()) << fd.status();
-    auto server = Server::Create({Listener{"agent", *fd, &handler_}}, ServerLimits(), 2);
+    auto server = Server::Create({Listener{"agent", *fd, &handler_, {}}}, ServerLimits(), 2);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server);
     ASSERT_TRUE(server_->Start().ok());

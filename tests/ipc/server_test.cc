@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -257,11 +259,12 @@ class ServerTest : public ::testing::Test {
     server_.reset();
   }
 
-  void StartServer(FrameHandler* handler, const ServerLimits& limits, size_t io_threads = 2) {
+  void StartServer(FrameHandler* handler, const ServerLimits& limits, size_t io_threads = 2,
+                   const ListenerLimits& listener_limits = {}) {
     absl::StatusOr<int> fd = BindUnixSocket(path_, 0660);
     ASSERT_TRUE(fd.ok()) << fd.status();
     absl::StatusOr<std::unique_ptr<Server>> server =
-        Server::Create({Listener{"agent", *fd, handler}}, limits, io_threads);
+        Server::Create({Listener{"agent", *fd, handler, listener_limits}}, limits, io_threads);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server);
     ASSERT_TRUE(server_->Start().ok());
@@ -490,9 +493,9 @@ TEST_F(ServerTest, StalledFrameClosedNoSoonerThanFrameTimeout) {
 
 TEST_F(ServerTest, IdleTimeoutClosesQuietConnectionsOnly) {
   EchoHandler& handler = echo_;
-  ServerLimits limits = FastLimits();
-  limits.idle_timeout = absl::Milliseconds(200);
-  StartServer(&handler, limits);
+  ListenerLimits listener;
+  listener.idle_timeout = absl::Milliseconds(200);
+  StartServer(&handler, FastLimits(), 2, listener);
   RawClient quiet = Connect();
   RawClient chatty = Connect();
   const auto start = Clock::now();
@@ -510,9 +513,9 @@ TEST_F(ServerTest, IdleTimeoutClosesQuietConnectionsOnly) {
 
 TEST_F(ServerTest, IdleTimeoutDoesNotRunWhileARequestIsInFlight) {
   HoldingHandler& handler = holding_;
-  ServerLimits limits = FastLimits();
-  limits.idle_timeout = absl::Milliseconds(150);
-  StartServer(&handler, limits);
+  ListenerLimits listener;
+  listener.idle_timeout = absl::Milliseconds(150);
+  StartServer(&handler, FastLimits(), 2, listener);
   RawClient client = Connect();
   ASSERT_TRUE(client.SendFrame("slow request"));
   ASSERT_TRUE(WaitFor([&] { return handler.held() == 1; }));
@@ -725,9 +728,9 @@ TEST_F(ServerTest, ServesAThousandSimultaneousConnections) {
   if (files.rlim_cur < 2100) GTEST_SKIP() << "RLIMIT_NOFILE is too low: " << files.rlim_cur;
 
   EchoHandler& handler = echo_;
-  ServerLimits limits = FastLimits();
-  limits.max_connections = 1024;
-  StartServer(&handler, limits);
+  ListenerLimits listener;
+  listener.max_connections = 1024;
+  StartServer(&handler, FastLimits(), 2, listener);
   std::vector<RawClient> clients;
   clients.reserve(1000);
   for (int i = 0; i < 1000; ++i) {
@@ -757,9 +760,9 @@ TEST_F(ServerTest, RefusesConnectionsOverTheLimitAndStaysUp) {
   if (files.rlim_cur < 2100) GTEST_SKIP() << "RLIMIT_NOFILE is too low: " << files.rlim_cur;
 
   EchoHandler& handler = echo_;
-  ServerLimits limits = FastLimits();
-  limits.max_connections = 500;
-  StartServer(&handler, limits);
+  ListenerLimits listener;
+  listener.max_connections = 500;
+  StartServer(&handler, FastLimits(), 2, listener);
   ::testing::internal::CaptureStderr();
   std::vector<RawClient> clients;
   clients.reserve(1000);
@@ -787,6 +790,122 @@ TEST_F(ServerTest, RefusesConnectionsOverTheLimitAndStaysUp) {
   clients.clear();
   ASSERT_TRUE(WaitFor([&] { return server_->stats().open == 0; }));
   ExpectServing();
+}
+
+// Echoes, and says why when a connection is refused over a limit.
+class RefusingEchoHandler : public EchoHandler {
+ public:
+  std::string RefusalFrame(const PeerCredentials& peer, std::string_view reason) override {
+    return absl::StrCat("refused uid ", peer.uid, ": ", std::string(reason));
+  }
+};
+
+TEST(ServerListenerLimitsTest, EachListenerCountsItsOwnConnections) {
+  auto dir = MakeSocketDir();
+  RefusingEchoHandler agents;
+  RefusingEchoHandler admins;
+  absl::StatusOr<int> agent_fd = BindUnixSocket(dir->Join("agent.sock"), 0600);
+  absl::StatusOr<int> admin_fd = BindUnixSocket(dir->Join("admin.sock"), 0600);
+  ASSERT_TRUE(agent_fd.ok() && admin_fd.ok());
+  ListenerLimits agent_limits;
+  agent_limits.max_connections = 4;
+  ListenerLimits admin_limits;
+  admin_limits.max_connections = 2;
+  absl::StatusOr<std::unique_ptr<Server>> server =
+      Server::Create({Listener{"agent", *agent_fd, &agents, agent_limits},
+                      Listener{"admin", *admin_fd, &admins, admin_limits}},
+                     FastLimits(), 2);
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_TRUE((*server)->Start().ok());
+
+  // agent.sock full: its next connection is refused, with the reason.
+  std::vector<RawClient> agent_clients;
+  for (int i = 0; i < 4; ++i) {
+    agent_clients.push_back(RawClient::Connect(dir->Join("agent.sock")));
+    ASSERT_TRUE(agent_clients.back().SendFrame("agent"));
+    ASSERT_EQ(agent_clients.back().ReadFrame(), "agent");
+  }
+  RawClient over = RawClient::Connect(dir->Join("agent.sock"));
+  std::optional<std::string> refusal = over.ReadFrame();
+  ASSERT_TRUE(refusal.has_value());
+  EXPECT_THAT(*refusal, HasSubstr("4 connections open, the limit is 4"));
+  EXPECT_TRUE(over.WaitClosed());
+  // admin.sock is not affected by agent.sock being full.
+  std::vector<RawClient> admin_clients;
+  for (int i = 0; i < 2; ++i) {
+    admin_clients.push_back(RawClient::Connect(dir->Join("admin.sock")));
+    ASSERT_TRUE(admin_clients.back().SendFrame("admin"));
+    ASSERT_EQ(admin_clients.back().ReadFrame(), "admin");
+  }
+  RawClient admin_over = RawClient::Connect(dir->Join("admin.sock"));
+  EXPECT_TRUE(admin_over.WaitClosed());
+  const ServerStats stats = (*server)->stats();
+  EXPECT_EQ(stats.refused_over_limit, 2u);
+  EXPECT_EQ(stats.open_by_listener.at("agent"), 4u);
+  EXPECT_EQ(stats.open_by_listener.at("admin"), 2u);
+
+  // A closed connection frees its slot.
+  agent_clients.pop_back();
+  ASSERT_TRUE(WaitFor([&] { return (*server)->stats().open_by_listener.at("agent") == 3; }));
+  RawClient again = RawClient::Connect(dir->Join("agent.sock"));
+  ASSERT_TRUE(again.SendFrame("again"));
+  EXPECT_EQ(again.ReadFrame(), "again");
+  (*server)->Shutdown(absl::ZeroDuration());
+}
+
+TEST(ServerListenerLimitsTest, PerUidCapRefusesOnlyThatUid) {
+  auto dir = MakeSocketDir();
+  RefusingEchoHandler handler;
+  const std::string path = dir->Join("agent.sock");
+  absl::StatusOr<int> fd = BindUnixSocket(path, 0666);
+  ASSERT_TRUE(fd.ok()) << fd.status();
+  ListenerLimits limits;
+  limits.max_connections = 100;
+  limits.max_connections_per_uid = 3;
+  absl::StatusOr<std::unique_ptr<Server>> server =
+      Server::Create({Listener{"agent", *fd, &handler, limits}}, FastLimits(), 2);
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_TRUE((*server)->Start().ok());
+
+  std::vector<RawClient> mine;
+  for (int i = 0; i < 3; ++i) {
+    mine.push_back(RawClient::Connect(path));
+    ASSERT_TRUE(mine.back().SendFrame("mine"));
+    ASSERT_EQ(mine.back().ReadFrame(), "mine");
+  }
+  RawClient fourth = RawClient::Connect(path);
+  std::optional<std::string> refusal = fourth.ReadFrame();
+  ASSERT_TRUE(refusal.has_value());
+  EXPECT_THAT(*refusal, HasSubstr(absl::StrCat("refused uid ", ::geteuid(), ": uid ", ::geteuid(),
+                                               " has 3 connections open, the limit per uid is 3")));
+  EXPECT_TRUE(fourth.WaitClosed());
+  EXPECT_EQ((*server)->stats().refused_over_uid_limit, 1u);
+  EXPECT_EQ((*server)->stats().refused_over_limit, 0u);
+
+  // Another uid is still served (root only: it takes a child that changes uid).
+  if (::geteuid() == 0) {
+    ASSERT_EQ(::chmod(dir->path().c_str(), 0755), 0);
+    const pid_t child = ::fork();
+    if (child == 0) {
+      if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
+        ::_exit(2);
+      }
+      RawClient other = RawClient::Connect(path);
+      if (!other.connected() || !other.SendFrame("other")) ::_exit(3);
+      ::_exit(other.ReadFrame() == std::optional<std::string>("other") ? 0 : 4);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  }
+
+  // Once one of the uid's connections closes, it may open another.
+  mine.pop_back();
+  ASSERT_TRUE(WaitFor([&] { return (*server)->stats().open_by_listener.at("agent") == 2; }));
+  RawClient again = RawClient::Connect(path);
+  ASSERT_TRUE(again.SendFrame("again"));
+  EXPECT_EQ(again.ReadFrame(), "again");
+  (*server)->Shutdown(absl::ZeroDuration());
 }
 
 TEST_F(ServerTest, ShutdownDrainsInFlightRequests) {
@@ -957,9 +1076,9 @@ TEST_F(ServerTest, ServesTwoListeners) {
   absl::StatusOr<int> agent_fd = BindUnixSocket(dir_->Join("agent.sock"), 0660);
   absl::StatusOr<int> admin_fd = BindUnixSocket(dir_->Join("admin.sock"), 0600);
   ASSERT_TRUE(agent_fd.ok() && admin_fd.ok());
-  auto server =
-      Server::Create({Listener{"agent", *agent_fd, &agent}, Listener{"admin", *admin_fd, &admin}},
-                     FastLimits(), 1);
+  auto server = Server::Create(
+      {Listener{"agent", *agent_fd, &agent, {}}, Listener{"admin", *admin_fd, &admin, {}}},
+      FastLimits(), 1);
   ASSERT_TRUE(server.ok()) << server.status();
   ASSERT_TRUE((*server)->Start().ok());
   RawClient a = RawClient::Connect(dir_->Join("agent.sock"));
@@ -990,28 +1109,30 @@ TEST(ServerCreateTest, RefusesBadArgumentsAndClosesTheFds) {
             absl::StatusCode::kInvalidArgument);
 
   int fd = bind("a.sock");
-  EXPECT_EQ(Server::Create({Listener{"agent", fd, &handler}}, ServerLimits(), 0).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      Server::Create({Listener{"agent", fd, &handler, {}}}, ServerLimits(), 0).status().code(),
+      absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(FdIsOpen(fd));
 
   fd = bind("b.sock");
-  EXPECT_EQ(Server::Create({Listener{"agent", fd, nullptr}}, ServerLimits(), 1).status().code(),
+  EXPECT_EQ(Server::Create({Listener{"agent", fd, nullptr, {}}}, ServerLimits(), 1).status().code(),
             absl::StatusCode::kInvalidArgument);
 
   const int fd1 = bind("c.sock");
   const int fd2 = bind("d.sock");
-  EXPECT_EQ(Server::Create({Listener{"agent", fd1, &handler}, Listener{"agent", fd2, &handler}},
-                           ServerLimits(), 1)
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      Server::Create({Listener{"agent", fd1, &handler, {}}, Listener{"agent", fd2, &handler, {}}},
+                     ServerLimits(), 1)
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(FdIsOpen(fd1));
   EXPECT_FALSE(FdIsOpen(fd2));
 
   int pipe_fds[2];
   ASSERT_EQ(::pipe(pipe_fds), 0);
   const absl::Status not_a_socket =
-      Server::Create({Listener{"agent", pipe_fds[0], &handler}}, ServerLimits(), 1).status();
+      Server::Create({Listener{"agent", pipe_fds[0], &handler, {}}}, ServerLimits(), 1).status();
   EXPECT_EQ(not_a_socket.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(not_a_socket.message()), HasSubstr("not a listening Unix stream"));
   ::close(pipe_fds[1]);
@@ -1019,13 +1140,13 @@ TEST(ServerCreateTest, RefusesBadArgumentsAndClosesTheFds) {
   ServerLimits tiny_queue;
   tiny_queue.max_queued_bytes_per_connection = 1000;
   fd = bind("e.sock");
-  EXPECT_EQ(Server::Create({Listener{"agent", fd, &handler}}, tiny_queue, 1).status().code(),
+  EXPECT_EQ(Server::Create({Listener{"agent", fd, &handler, {}}}, tiny_queue, 1).status().code(),
             absl::StatusCode::kInvalidArgument);
 
   ServerLimits no_timeout;
   no_timeout.frame_timeout = absl::ZeroDuration();
   fd = bind("f.sock");
-  EXPECT_EQ(Server::Create({Listener{"agent", fd, &handler}}, no_timeout, 1).status().code(),
+  EXPECT_EQ(Server::Create({Listener{"agent", fd, &handler, {}}}, no_timeout, 1).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
@@ -1035,7 +1156,7 @@ TEST(ServerCreateTest, DestroyingAnUnstartedServerClosesItsListener) {
   absl::StatusOr<int> fd = BindUnixSocket(dir->Join("a.sock"), 0600);
   ASSERT_TRUE(fd.ok());
   {
-    auto server = Server::Create({Listener{"agent", *fd, &handler}}, ServerLimits(), 1);
+    auto server = Server::Create({Listener{"agent", *fd, &handler, {}}}, ServerLimits(), 1);
     ASSERT_TRUE(server.ok());
     EXPECT_TRUE(FdIsOpen(*fd));
   }
