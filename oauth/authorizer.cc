@@ -220,9 +220,17 @@ absl::StatusOr<Authorizer::Completed> Authorizer::Complete(const Callback& callb
   GV_ASSIGN_OR_RETURN(ConnectorProfile profile, deps_.connectors->Resolve(registration));
   const ConnectorType& type = profile.catalog_type;
   const std::string& issuer = profile.resolved.endpoints.issuer;
-  // A templated issuer (Microsoft's {tenantid}) is checked on the id_token instead.
-  if (!callback.issuer.empty() && !issuer.empty() && issuer.find('{') == std::string::npos &&
-      callback.issuer != issuer) {
+  // RFC 9207 §2.4: a server that says it sends `iss` always does, so a redirect
+  // without it did not come from that server. A templated issuer (Microsoft's
+  // {tenantid}) is checked on the id_token instead.
+  if (callback.issuer.empty()) {
+    if (type.authorization_response_iss) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the redirect has no iss parameter, which ", issuer,
+          " sends on every authorization response (RFC 9207): it did not come from that server"));
+    }
+  } else if (!issuer.empty() && issuer.find('{') == std::string::npos &&
+             callback.issuer != issuer) {
     return absl::InvalidArgumentError(
         "the redirect names another issuer than the connector's (RFC 9207 mix-up defence)");
   }

@@ -165,6 +165,30 @@ TEST_F(AuthorizerTest, FullFlowStoresASealedGrantBoundToWorkspaceAndAccount) {
             std::string::npos);
 }
 
+// oidc-provider advertises authorization_response_iss_parameter_supported and
+// sends `iss` on its redirects (the full-flow test completes with it); the
+// same redirect without `iss` cannot be told from one sent by another server.
+TEST_F(AuthorizerTest, ARedirectWithoutIssIsRefusedWhenTheServerPromisesIt) {
+  ASSERT_TRUE(RegisterDemo().ok());
+  absl::StatusOr<std::string> redirect = StartAndApprove();
+  ASSERT_TRUE(redirect.ok()) << redirect.status();
+  ASSERT_EQ(QueryParam(*redirect, "iss"), provider_->issuer());
+  std::string without_iss = redirect->substr(0, redirect->find('?') + 1);
+  auto fields = ParseQuery(redirect->substr(redirect->find('?') + 1));
+  ASSERT_TRUE(fields.ok());
+  for (const auto& [name, value] : *fields) {
+    if (name == "iss") continue;
+    absl::StrAppend(&without_iss, without_iss.ends_with("?") ? "" : "&", name, "=", value);
+  }
+  absl::StatusOr<Authorizer::Completed> done = CompleteWith(without_iss);
+  ASSERT_FALSE(done.ok());
+  EXPECT_EQ(done.status().code(), absl::StatusCode::kInvalidArgument) << done.status();
+  EXPECT_THAT(done.status().message(), HasSubstr("RFC 9207"));
+  EXPECT_THAT(done.status().message(), Not(HasSubstr(QueryParam(*redirect, "code"))));
+  EXPECT_EQ(GrantCount(), 0);
+  EXPECT_THAT(provider_->Log(), Not(HasSubstr("POST /token")));
+}
+
 TEST_F(AuthorizerTest, AStateIsSingleUse) {
   ASSERT_TRUE(RegisterDemo().ok());
   absl::StatusOr<std::string> redirect = StartAndApprove();
