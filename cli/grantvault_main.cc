@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -324,6 +325,46 @@ std::vector<std::string> SplitScopes(const std::string& s) {
     out.emplace_back(part);
   }
   return out;
+}
+
+// CLI11 answers --help before it looks at arguments it did not expect
+// (`grantvault UNKNOWN --help` printed the main help and exited 0), and a
+// missing subcommand before naming the unknown one. An unexpected argument is
+// a usage error, reported first and by name on stderr: kUsage; kOk when there
+// is none.
+int ReportUnexpectedArguments(CLI::App& app, int argc, char** argv) {
+  const std::vector<std::string> unexpected = app.remaining(/*recurse=*/true);
+  if (unexpected.empty()) return kOk;
+  const std::string& first = unexpected.front();
+  // Where it stood: after which of the chosen (sub)commands.
+  int at = 1;
+  while (at < argc && first != argv[at]) ++at;
+  CLI::App* where = &app;
+  int command_at = 0;
+  for (std::vector<CLI::App*> chosen = where->get_subcommands(); !chosen.empty();
+       chosen = where->get_subcommands()) {
+    int next = command_at + 1;
+    while (next < argc && chosen.front()->get_name() != argv[next]) ++next;
+    if (next >= at) break;
+    where = chosen.front();
+    command_at = next;
+  }
+  std::vector<std::string> commands;
+  for (const CLI::App* sub : where->get_subcommands([](CLI::App*) { return true; })) {
+    commands.push_back(sub->get_name());
+  }
+  const std::string context = where == &app ? "" : absl::StrCat(" for '", where->get_name(), "'");
+  if (first.starts_with("-")) {
+    std::fprintf(stderr, "grantvault: unknown option '%s'%s\n", first.c_str(), context.c_str());
+  } else if (!commands.empty()) {
+    std::fprintf(stderr, "grantvault: unknown command '%s'%s (commands: %s)\n", first.c_str(),
+                 context.c_str(), absl::StrJoin(commands, ", ").c_str());
+  } else {
+    std::fprintf(stderr, "grantvault: unexpected argument '%s'%s\n", first.c_str(),
+                 context.c_str());
+  }
+  std::fprintf(stderr, "Run with --help for more information.\n");
+  return kUsage;
 }
 
 }  // namespace
@@ -900,6 +941,8 @@ int Main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (const int unexpected = ReportUnexpectedArguments(app, argc, argv); unexpected != kOk)
+      return unexpected;
     return app.exit(e) == 0 ? kOk : kUsage;
   }
   return rc;

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_join.h"
 #include "common/ids.h"
 #include "daemon/vault.h"
 #include "gmock/gmock.h"
@@ -260,6 +261,23 @@ TEST_F(DaemonTest, CliReportsAnUnreachableDaemon) {
   CommandResult r = Cli({"status"});
   EXPECT_EQ(r.exit_code, 5);
   EXPECT_THAT(r.err, HasSubstr("cannot reach grantvaultd"));
+}
+
+// An unknown command is a usage error named on stderr, also where CLI11
+// would answer --help first (it printed the main help and exited 0).
+TEST_F(DaemonTest, CliRefusesAnUnknownCommand) {
+  const std::vector<std::vector<std::string>> cases = {
+      {"UNKNOWN"}, {"UNKNOWN", "--help"}, {"UNKNOWN", "status"}, {"keys", "UNKNOWN"}};
+  for (const std::vector<std::string>& args : cases) {
+    const std::string what = absl::StrJoin(args, " ");
+    CommandResult r = Cli(args);
+    EXPECT_EQ(r.exit_code, 2) << what << ": " << r.out << r.err;
+    EXPECT_THAT(r.err, HasSubstr("unknown command 'UNKNOWN'")) << what;
+    EXPECT_EQ(r.out, "") << what;
+  }
+  CommandResult help = Cli({"keys", "--help"});
+  EXPECT_EQ(help.exit_code, 0) << help.err;
+  EXPECT_THAT(help.out, HasSubstr("rotate"));
 }
 
 TEST_F(DaemonTest, RewrapStreamsProgressThroughTheClientLibrary) {
