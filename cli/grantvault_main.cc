@@ -29,8 +29,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "audit/verify.h"
+#include "cli/json_output.h"
 #include "common/files.h"
-#include "google/protobuf/util/json_util.h"
 #include "grantvault/v1/envelope.pb.h"
 #include "ipc/client.h"
 #include "policy/policy.h"
@@ -80,14 +80,7 @@ int ExitCodeFor(v1::Error::Code code) {
   }
 }
 
-std::string Json(const google::protobuf::Message& m) {
-  google::protobuf::util::JsonPrintOptions options;
-  options.always_print_primitive_fields = true;
-  options.preserve_proto_field_names = true;
-  std::string out;
-  if (!google::protobuf::util::MessageToJsonString(m, &out, options).ok()) return "{}";
-  return out;
-}
+std::string Json(const google::protobuf::Message& m) { return JsonLine(m); }
 
 // Where admin.sock is: --socket, else <--state-dir>/run/admin.sock, else
 // $GRANTVAULT_STATE_DIR/run/admin.sock, else the systemd location.
@@ -755,7 +748,18 @@ int Main(int argc, char** argv) {
           const size_t length = out.access_token().size();
           if (!rs_reveal) out.clear_access_token();
           if (g.json) {
-            std::printf("%s\n", Json(out).c_str());
+            // ToJson leaves bytes out; the token is added as the provider
+            // issued it (protobuf's mapping would print base64).
+            nlohmann::ordered_json shown = ToJson(out);
+            if (rs_reveal) {
+              PrintJsonWithSecret(stdout, shown, "access_token", out.access_token());
+            } else {
+              shown["access_token_length"] = length;
+              std::printf(
+                  "%s\n",
+                  shown.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace)
+                      .c_str());
+            }
           } else {
             std::printf("grant      %s (%s)\naccount    %s\nscopes     %s\nexpires    %s\n",
                         out.grant_id().c_str(), out.connector_type().c_str(),

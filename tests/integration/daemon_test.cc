@@ -161,7 +161,7 @@ TEST_F(DaemonTest, CliDrivesTheKeyLifecycle) {
 
   CommandResult rewrap = Cli({"--json", "keys", "rewrap", "--batch", "250"});
   EXPECT_EQ(rewrap.exit_code, 0) << rewrap.err;
-  EXPECT_THAT(rewrap.out, HasSubstr(absl::StrCat("\"rewrapped\":\"", kSealed, "\"")));
+  EXPECT_THAT(rewrap.out, HasSubstr(absl::StrCat("\"rewrapped\":", kSealed)));
 
   CommandResult keys = Cli({"--json", "keys", "status"});
   EXPECT_EQ(keys.exit_code, 0) << keys.err;
