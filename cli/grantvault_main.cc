@@ -519,6 +519,10 @@ int Main(int argc, char** argv) {
   reg->add_option("--issuer", reg_issuer, "issuer URL (type oidc)");
   reg->add_option("--param", reg_params,
                   "tenant parameter NAME=VALUE (tenant, subdomain, my_domain, region)");
+  std::vector<std::string> reg_redirect_uris;
+  reg->add_option("--redirect-uri", reg_redirect_uris,
+                  "a redirect URI the client is registered with at the provider (repeatable; "
+                  "https, or http on loopback); without any, only the loopback listener is used");
   reg->callback([&] {
     absl::StatusOr<SecretBytes> secret = ReadSecretFile(reg_secret_file);
     if (!secret.ok()) {
@@ -533,6 +537,7 @@ int Main(int argc, char** argv) {
     in->set_client_id(reg_client_id);
     in->set_client_secret(std::string(secret->view()));
     in->set_issuer(reg_issuer);
+    for (const std::string& uri : reg_redirect_uris) in->add_redirect_uris(uri);
     for (const std::string& p : reg_params) {
       size_t eq = p.find('=');
       if (eq == std::string::npos || eq == 0) {
@@ -561,6 +566,9 @@ int Main(int argc, char** argv) {
         std::printf("%-20s %-18s client %s%s%s\n", c.connector_id().c_str(),
                     c.connector_type().c_str(), c.client_id().c_str(),
                     c.issuer().empty() ? "" : "  issuer ", c.issuer().c_str());
+        for (const std::string& uri : c.redirect_uris()) {
+          std::printf("%-20s redirect URI %s\n", "", uri.c_str());
+        }
       }
     });
   });
@@ -584,10 +592,23 @@ int Main(int argc, char** argv) {
                       "paste the final redirect URL instead of running a loopback listener");
   authorize->add_option("--port", az_port, "loopback listener port (default: any free port)")
       ->check(CLI::Range(0, 65535));
+  std::string az_redirect_uri;
+  authorize
+      ->add_option("--redirect-uri", az_redirect_uri,
+                   "one of the connector's registered redirect URIs (e.g. the hub's "
+                   "https://…/oauth/callback); implies --paste: paste the URL the provider "
+                   "redirected to")
+      ->excludes("--port");
   authorize->add_option("--wait", az_wait_s, "seconds to wait for the redirect (default 600)");
   authorize->callback([&] {
     std::optional<LoopbackListener> listener;
     std::string redirect_uri = "http://127.0.0.1/callback";
+    // A redirect to a URI the hub serves reaches the admin as the URL the
+    // browser ends on (or the hub's web app forwards it): pasted.
+    if (!az_redirect_uri.empty()) {
+      az_paste = true;
+      redirect_uri = az_redirect_uri;
+    }
     if (!az_paste) {
       absl::StatusOr<LoopbackListener> l = LoopbackListener::Open(static_cast<uint16_t>(az_port));
       if (!l.ok()) {

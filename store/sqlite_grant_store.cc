@@ -194,6 +194,18 @@ CREATE TABLE upstream_revocations (
 
 CREATE INDEX upstream_revocations_pending ON upstream_revocations (state, next_attempt_at);
 )sql"},
+    {5, R"sql(
+-- The redirect URIs registered for a connector's client at the provider, in
+-- order; Begin accepts only these (none: the CLI's loopback listener).
+CREATE TABLE connector_redirect_uris (
+  connector_id TEXT NOT NULL REFERENCES connector_registrations (connector_id) ON DELETE CASCADE,
+  position INTEGER NOT NULL,
+  uri TEXT NOT NULL,
+  PRIMARY KEY (connector_id, position)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX grants_by_connector ON grants (connector_id, status);
+)sql"},
 };
 
 constexpr int kLatestSchemaVersion = kMigrations[std::size(kMigrations) - 1].version;
@@ -689,6 +701,10 @@ class SqliteGrantStore final : public GrantStore {
   // it is revoked (a revoked grant is final). Inside the caller's transaction.
   absl::Status RequireNotRevoked(std::string_view grant_id, const std::string& context,
                                  std::string if_revoked) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // FailedPrecondition when replacing the stored registration with
+  // `registration` would move the tokens of grants that still use it.
+  absl::Status CheckRegistrationChange(const ConnectorRegistration& registration)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::vector<ConnectorRegistration>> SelectRegistrations(
       std::optional<std::string_view> connector_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -1163,9 +1179,13 @@ absl::Status SqliteGrantStore::PutConnectorRegistration(const ConnectorRegistrat
         "the client secret of connector ", registration.connector_id, " must be owned by ",
         RegistrationSecretOwner(registration.connector_id), " with purpose client_secret"));
   }
+  for (const std::string& uri : registration.redirect_uris) {
+    GV_RETURN_IF_ERROR(RequireNonEmpty(uri, "redirect URI"));
+  }
   const std::string context = absl::StrCat("register connector ", registration.connector_id);
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  GV_RETURN_IF_ERROR(CheckRegistrationChange(registration));
   GV_ASSIGN_OR_RETURN(
       Statement upsert,
       Statement::Prepare(
@@ -1201,9 +1221,67 @@ absl::Status SqliteGrantStore::PutConnectorRegistration(const ConnectorRegistrat
     param.BindText(3, value);
     GV_RETURN_IF_ERROR(param.Run());
   }
+  GV_ASSIGN_OR_RETURN(
+      Statement clear_uris,
+      Statement::Prepare(db(), "DELETE FROM connector_redirect_uris WHERE connector_id = ?",
+                         context));
+  clear_uris.BindText(1, registration.connector_id);
+  GV_RETURN_IF_ERROR(clear_uris.Run());
+  GV_ASSIGN_OR_RETURN(Statement uri,
+                      Statement::Prepare(db(),
+                                         "INSERT INTO connector_redirect_uris (connector_id, "
+                                         "position, uri) VALUES (?, ?, ?)",
+                                         context));
+  for (size_t i = 0; i < registration.redirect_uris.size(); ++i) {
+    uri.Reset();
+    uri.BindText(1, registration.connector_id);
+    uri.BindInt(2, static_cast<int64_t>(i));
+    uri.BindText(3, registration.redirect_uris[i]);
+    GV_RETURN_IF_ERROR(uri.Run());
+  }
   GV_RETURN_IF_ERROR(CheckKekWritable(db(), client_secret.kek_label));
   GV_RETURN_IF_ERROR(WriteSecretRow(db(), client_secret, OnConflict::kReplace));
   return txn.Commit();
+}
+
+absl::Status SqliteGrantStore::CheckRegistrationChange(const ConnectorRegistration& registration) {
+  GV_ASSIGN_OR_RETURN(std::vector<ConnectorRegistration> found,
+                      SelectRegistrations(registration.connector_id));
+  if (found.empty()) return absl::OkStatus();
+  const ConnectorRegistration& current = found.front();
+  std::vector<std::string> changed;
+  if (current.connector_type != registration.connector_type) changed.push_back("type");
+  if (current.issuer != registration.issuer) changed.push_back("issuer");
+  if (current.client_id != registration.client_id) changed.push_back("client id");
+  if (current.parameters != registration.parameters) changed.push_back("parameters");
+  if (changed.empty()) return absl::OkStatus();
+  GV_ASSIGN_OR_RETURN(
+      Statement count,
+      Statement::Prepare(
+          db(),
+          "SELECT (SELECT count(*) FROM grants WHERE connector_id = ?1 AND status <> 'revoked'), "
+          "(SELECT count(*) FROM upstream_revocations u JOIN grants g USING (grant_id) "
+          "WHERE g.connector_id = ?1 AND u.state = 'pending')",
+          "count the grants of a connector"));
+  count.BindText(1, registration.connector_id);
+  GV_ASSIGN_OR_RETURN(bool row, count.Step());
+  if (!row) return absl::InternalError("counting the grants of a connector returned no row");
+  const int64_t live = count.Int(0);
+  const int64_t pending = count.Int(1);
+  if (live == 0 && pending == 0) return absl::OkStatus();
+  std::string users;
+  if (live > 0) absl::StrAppend(&users, live, " live grant(s) (active or reauth_required)");
+  if (pending > 0) {
+    absl::StrAppend(&users, live > 0 ? " and " : "", pending,
+                    " revoked grant(s) whose revocation at the provider is still pending");
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "connector ", registration.connector_id, " is used by ", users, ": its ",
+      absl::StrJoin(changed, ", "),
+      " cannot change while they exist, because their tokens belong to the authorization "
+      "server the registration names. Revoke them first (grantvault revoke), then register "
+      "the change and authorize again. The client secret and the redirect URIs may change "
+      "at any time."));
 }
 
 absl::StatusOr<std::vector<ConnectorRegistration>> SqliteGrantStore::SelectRegistrations(
@@ -1237,6 +1315,11 @@ absl::StatusOr<std::vector<ConnectorRegistration>> SqliteGrantStore::SelectRegis
       Statement params,
       Statement::Prepare(
           db(), "SELECT name, value FROM connector_parameters WHERE connector_id = ?", context));
+  GV_ASSIGN_OR_RETURN(Statement uris,
+                      Statement::Prepare(db(),
+                                         "SELECT uri FROM connector_redirect_uris WHERE "
+                                         "connector_id = ? ORDER BY position",
+                                         context));
   for (ConnectorRegistration& r : out) {
     params.Reset();
     params.BindText(1, r.connector_id);
@@ -1244,6 +1327,13 @@ absl::StatusOr<std::vector<ConnectorRegistration>> SqliteGrantStore::SelectRegis
       GV_ASSIGN_OR_RETURN(bool row, params.Step());
       if (!row) break;
       r.parameters[params.Text(0)] = params.Text(1);
+    }
+    uris.Reset();
+    uris.BindText(1, r.connector_id);
+    for (;;) {
+      GV_ASSIGN_OR_RETURN(bool row, uris.Step());
+      if (!row) break;
+      r.redirect_uris.push_back(uris.Text(0));
     }
   }
   return out;
