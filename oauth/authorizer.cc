@@ -362,7 +362,10 @@ absl::StatusOr<Authorizer::Completed> Authorizer::Complete(const Callback& callb
   absl::StatusOr<store::Grant> current =
       deps_.store->FindCurrentGrant(grant.workspace_id, grant.connector_id);
   if (current.ok()) done.replaced_grant_id = current->grant_id;
-  GV_RETURN_IF_ERROR(deps_.store->InsertGrant(grant, secret, done.replaced_grant_id));
+  // Bound to the registration the tokens came from: a re-registration that
+  // ran meanwhile makes this fail rather than file them under new endpoints.
+  GV_RETURN_IF_ERROR(
+      deps_.store->InsertGrant(grant, secret, done.replaced_grant_id, &registration));
   done.grant = std::move(grant);
   return done;
 }

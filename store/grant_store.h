@@ -172,9 +172,14 @@ class GrantStore {
   // Inserts `grant` and its sealed secret in one transaction. When `replaces`
   // names a grant, that grant is marked revoked (reason "replaced by <id>") in
   // the same transaction. AlreadyExists when another non-revoked grant holds
-  // (workspace, connector) or the id is taken.
+  // (workspace, connector) or the id is taken. When `issued_under` is given
+  // (the registration whose endpoints issued the tokens), the connector's
+  // registration must still have its type, issuer, client id and parameters,
+  // checked in the same transaction: FailedPrecondition when it was
+  // re-registered meanwhile (see PutConnectorRegistration).
   virtual absl::Status InsertGrant(const Grant& grant, const SealedSecret& secret,
-                                   std::optional<std::string> replaces = std::nullopt) = 0;
+                                   std::optional<std::string> replaces = std::nullopt,
+                                   const ConnectorRegistration* issued_under = nullptr) = 0;
   virtual absl::StatusOr<Grant> GetGrant(std::string_view grant_id) = 0;
   // The grant that is not revoked for (workspace, connector); NotFound if none.
   virtual absl::StatusOr<Grant> FindCurrentGrant(std::string_view workspace_id,

@@ -524,6 +524,19 @@ absl::StatusOr<std::vector<Grant>> SelectGrants(sqlite3* db, Statement& query) {
   return grants;
 }
 
+// What of a registration decides where its grants' tokens are sent (every
+// endpoint, and the client they were issued to) and differs between `a` and
+// `b`, by name.
+std::vector<std::string> EndpointFieldsChanged(const ConnectorRegistration& a,
+                                               const ConnectorRegistration& b) {
+  std::vector<std::string> changed;
+  if (a.connector_type != b.connector_type) changed.push_back("type");
+  if (a.issuer != b.issuer) changed.push_back("issuer");
+  if (a.client_id != b.client_id) changed.push_back("client id");
+  if (a.parameters != b.parameters) changed.push_back("parameters");
+  return changed;
+}
+
 absl::Status InsertGrantRows(sqlite3* db, const Grant& grant) {
   std::string context = absl::StrCat("insert grant ", grant.grant_id);
   GV_ASSIGN_OR_RETURN(Statement insert,
@@ -647,7 +660,8 @@ class SqliteGrantStore final : public GrantStore {
   explicit SqliteGrantStore(DatabaseHandle db) : db_(std::move(db)) {}
 
   absl::Status InsertGrant(const Grant& grant, const SealedSecret& secret,
-                           std::optional<std::string> replaces) override;
+                           std::optional<std::string> replaces,
+                           const ConnectorRegistration* issued_under) override;
   absl::StatusOr<Grant> GetGrant(std::string_view grant_id) override;
   absl::StatusOr<Grant> FindCurrentGrant(std::string_view workspace_id,
                                          std::string_view connector_id) override;
@@ -753,7 +767,8 @@ absl::Status SqliteGrantStore::RevokeReplacedGrant(std::string_view replaced_id,
 }
 
 absl::Status SqliteGrantStore::InsertGrant(const Grant& grant, const SealedSecret& secret,
-                                           std::optional<std::string> replaces) {
+                                           std::optional<std::string> replaces,
+                                           const ConnectorRegistration* issued_under) {
   GV_RETURN_IF_ERROR(ValidateGrant(grant));
   GV_RETURN_IF_ERROR(ValidateSecret(secret));
   if (secret.key.owner_id != grant.grant_id) {
@@ -772,8 +787,28 @@ absl::Status SqliteGrantStore::InsertGrant(const Grant& grant, const SealedSecre
         absl::StrCat("grant ", grant.grant_id, " cannot replace itself"));
   }
 
+  if (issued_under != nullptr && issued_under->connector_id != grant.connector_id) {
+    return absl::InvalidArgumentError(absl::StrCat("grant ", grant.grant_id, " of connector ",
+                                                   grant.connector_id, " cannot be issued under ",
+                                                   issued_under->connector_id));
+  }
+
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  if (issued_under != nullptr) {
+    GV_ASSIGN_OR_RETURN(std::vector<ConnectorRegistration> current,
+                        SelectRegistrations(grant.connector_id));
+    const std::vector<std::string> changed =
+        current.empty() ? std::vector<std::string>{"registration"}
+                        : EndpointFieldsChanged(*issued_under, current.front());
+    if (!changed.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "connector ", grant.connector_id, " was re-registered (its ",
+          absl::StrJoin(changed, ", "),
+          ") while this authorization ran; its tokens came from the endpoints of before, so "
+          "nothing is stored: authorize again"));
+    }
+  }
   if (replaces.has_value()) GV_RETURN_IF_ERROR(RevokeReplacedGrant(*replaces, grant));
 
   // The schema enforces both uniqueness rules; checking first names the conflict.
@@ -1248,12 +1283,7 @@ absl::Status SqliteGrantStore::CheckRegistrationChange(const ConnectorRegistrati
   GV_ASSIGN_OR_RETURN(std::vector<ConnectorRegistration> found,
                       SelectRegistrations(registration.connector_id));
   if (found.empty()) return absl::OkStatus();
-  const ConnectorRegistration& current = found.front();
-  std::vector<std::string> changed;
-  if (current.connector_type != registration.connector_type) changed.push_back("type");
-  if (current.issuer != registration.issuer) changed.push_back("issuer");
-  if (current.client_id != registration.client_id) changed.push_back("client id");
-  if (current.parameters != registration.parameters) changed.push_back("parameters");
+  const std::vector<std::string> changed = EndpointFieldsChanged(found.front(), registration);
   if (changed.empty()) return absl::OkStatus();
   GV_ASSIGN_OR_RETURN(
       Statement count,

@@ -1065,6 +1065,43 @@ TEST_F(SqliteGrantStoreTest, ARegistrationThatLiveGrantsUseKeepsItsEndpoints) {
   EXPECT_EQ(store->GetConnectorRegistration("zendesk")->parameters.at("subdomain"), "acme2");
 }
 
+// The other order of the same race: a registration changed while an
+// authorization ran (its tokens came from the endpoints of before).
+TEST_F(SqliteGrantStoreTest, AGrantIssuedUnderAReplacedRegistrationIsRefused) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  const ConnectorRegistration issued_under = Registration("zendesk", 1);
+  ASSERT_TRUE(store->PutConnectorRegistration(issued_under, ClientSecret("zendesk", "s1")).ok());
+  // A new secret and redirect URIs do not move the tokens.
+  ConnectorRegistration rotated = issued_under;
+  rotated.redirect_uris = {"https://hub.example.com/oauth/callback"};
+  ASSERT_TRUE(store->PutConnectorRegistration(rotated, ClientSecret("zendesk", "s2")).ok());
+  Grant first = MakeGrant("gr_a", "ws1", "zendesk");
+  ASSERT_TRUE(store->InsertGrant(first, SecretFor(first), std::nullopt, &issued_under).ok());
+  ASSERT_TRUE(store->RevokeGrant("gr_a", "admin", At(150)).ok());
+  UpstreamRevocation done;
+  done.grant_id = "gr_a";
+  done.state = UpstreamRevocationState::kRevoked;
+  done.next_attempt_at = At(160);
+  done.updated_at = At(160);
+  ASSERT_TRUE(store->PutUpstreamRevocation(done).ok());
+
+  ConnectorRegistration moved = rotated;
+  moved.parameters["subdomain"] = "evil";
+  ASSERT_TRUE(store->PutConnectorRegistration(moved, ClientSecret("zendesk", "s3")).ok());
+  Grant late = MakeGrant("gr_b", "ws1", "zendesk");
+  absl::Status refused = store->InsertGrant(late, SecretFor(late), std::nullopt, &issued_under);
+  EXPECT_TRUE(absl::IsFailedPrecondition(refused)) << refused;
+  EXPECT_THAT(refused.message(), HasSubstr("re-registered (its parameters)"));
+  EXPECT_TRUE(absl::IsNotFound(store->GetGrant("gr_b").status()));
+  EXPECT_TRUE(absl::IsNotFound(store->GetSealedSecret({"gr_b", "refresh_token"}).status()));
+  EXPECT_TRUE(store->InsertGrant(late, SecretFor(late), std::nullopt, &moved).ok());
+  // A registration of another connector is a caller's mistake.
+  Grant other = MakeGrant("gr_c", "ws2", "github");
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      store->InsertGrant(other, SecretFor(other), std::nullopt, &issued_under)));
+}
+
 TEST_F(SqliteGrantStoreTest, AuthorizationSessionIsSingleUse) {
   std::unique_ptr<GrantStore> store = OpenWithKeys();
   ASSERT_NE(store, nullptr);
