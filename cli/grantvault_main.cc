@@ -24,12 +24,13 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "audit/verify.h"
+#include "cli/json_output.h"
 #include "common/files.h"
-#include "google/protobuf/util/json_util.h"
 #include "grantvault/v1/envelope.pb.h"
 #include "ipc/client.h"
 #include "policy/policy.h"
@@ -79,14 +80,7 @@ int ExitCodeFor(v1::Error::Code code) {
   }
 }
 
-std::string Json(const google::protobuf::Message& m) {
-  google::protobuf::util::JsonPrintOptions options;
-  options.always_print_primitive_fields = true;
-  options.preserve_proto_field_names = true;
-  std::string out;
-  if (!google::protobuf::util::MessageToJsonString(m, &out, options).ok()) return "{}";
-  return out;
-}
+std::string Json(const google::protobuf::Message& m) { return JsonLine(m); }
 
 // Where admin.sock is: --socket, else <--state-dir>/run/admin.sock, else
 // $GRANTVAULT_STATE_DIR/run/admin.sock, else the systemd location.
@@ -326,6 +320,46 @@ std::vector<std::string> SplitScopes(const std::string& s) {
   return out;
 }
 
+// CLI11 answers --help before it looks at arguments it did not expect
+// (`grantvault UNKNOWN --help` printed the main help and exited 0), and a
+// missing subcommand before naming the unknown one. An unexpected argument is
+// a usage error, reported first and by name on stderr: kUsage; kOk when there
+// is none.
+int ReportUnexpectedArguments(CLI::App& app, int argc, char** argv) {
+  const std::vector<std::string> unexpected = app.remaining(/*recurse=*/true);
+  if (unexpected.empty()) return kOk;
+  const std::string& first = unexpected.front();
+  // Where it stood: after which of the chosen (sub)commands.
+  int at = 1;
+  while (at < argc && first != argv[at]) ++at;
+  CLI::App* where = &app;
+  int command_at = 0;
+  for (std::vector<CLI::App*> chosen = where->get_subcommands(); !chosen.empty();
+       chosen = where->get_subcommands()) {
+    int next = command_at + 1;
+    while (next < argc && chosen.front()->get_name() != argv[next]) ++next;
+    if (next >= at) break;
+    where = chosen.front();
+    command_at = next;
+  }
+  std::vector<std::string> commands;
+  for (const CLI::App* sub : where->get_subcommands([](CLI::App*) { return true; })) {
+    commands.push_back(sub->get_name());
+  }
+  const std::string context = where == &app ? "" : absl::StrCat(" for '", where->get_name(), "'");
+  if (first.starts_with("-")) {
+    std::fprintf(stderr, "grantvault: unknown option '%s'%s\n", first.c_str(), context.c_str());
+  } else if (!commands.empty()) {
+    std::fprintf(stderr, "grantvault: unknown command '%s'%s (commands: %s)\n", first.c_str(),
+                 context.c_str(), absl::StrJoin(commands, ", ").c_str());
+  } else {
+    std::fprintf(stderr, "grantvault: unexpected argument '%s'%s\n", first.c_str(),
+                 context.c_str());
+  }
+  std::fprintf(stderr, "Run with --help for more information.\n");
+  return kUsage;
+}
+
 }  // namespace
 
 int Main(int argc, char** argv) {
@@ -498,6 +532,10 @@ int Main(int argc, char** argv) {
   reg->add_option("--issuer", reg_issuer, "issuer URL (type oidc)");
   reg->add_option("--param", reg_params,
                   "tenant parameter NAME=VALUE (tenant, subdomain, my_domain, region)");
+  std::vector<std::string> reg_redirect_uris;
+  reg->add_option("--redirect-uri", reg_redirect_uris,
+                  "a redirect URI the client is registered with at the provider (repeatable; "
+                  "https, or http on loopback); without any, only the loopback listener is used");
   reg->callback([&] {
     absl::StatusOr<SecretBytes> secret = ReadSecretFile(reg_secret_file);
     if (!secret.ok()) {
@@ -512,6 +550,7 @@ int Main(int argc, char** argv) {
     in->set_client_id(reg_client_id);
     in->set_client_secret(std::string(secret->view()));
     in->set_issuer(reg_issuer);
+    for (const std::string& uri : reg_redirect_uris) in->add_redirect_uris(uri);
     for (const std::string& p : reg_params) {
       size_t eq = p.find('=');
       if (eq == std::string::npos || eq == 0) {
@@ -540,6 +579,9 @@ int Main(int argc, char** argv) {
         std::printf("%-20s %-18s client %s%s%s\n", c.connector_id().c_str(),
                     c.connector_type().c_str(), c.client_id().c_str(),
                     c.issuer().empty() ? "" : "  issuer ", c.issuer().c_str());
+        for (const std::string& uri : c.redirect_uris()) {
+          std::printf("%-20s redirect URI %s\n", "", uri.c_str());
+        }
       }
     });
   });
@@ -563,10 +605,23 @@ int Main(int argc, char** argv) {
                       "paste the final redirect URL instead of running a loopback listener");
   authorize->add_option("--port", az_port, "loopback listener port (default: any free port)")
       ->check(CLI::Range(0, 65535));
+  std::string az_redirect_uri;
+  authorize
+      ->add_option("--redirect-uri", az_redirect_uri,
+                   "one of the connector's registered redirect URIs (e.g. the hub's "
+                   "https://…/oauth/callback); implies --paste: paste the URL the provider "
+                   "redirected to")
+      ->excludes("--port");
   authorize->add_option("--wait", az_wait_s, "seconds to wait for the redirect (default 600)");
   authorize->callback([&] {
     std::optional<LoopbackListener> listener;
     std::string redirect_uri = "http://127.0.0.1/callback";
+    // A redirect to a URI the hub serves reaches the admin as the URL the
+    // browser ends on (or the hub's web app forwards it): pasted.
+    if (!az_redirect_uri.empty()) {
+      az_paste = true;
+      redirect_uri = az_redirect_uri;
+    }
     if (!az_paste) {
       absl::StatusOr<LoopbackListener> l = LoopbackListener::Open(static_cast<uint16_t>(az_port));
       if (!l.ok()) {
@@ -727,7 +782,18 @@ int Main(int argc, char** argv) {
           const size_t length = out.access_token().size();
           if (!rs_reveal) out.clear_access_token();
           if (g.json) {
-            std::printf("%s\n", Json(out).c_str());
+            // ToJson leaves bytes out; the token is added as the provider
+            // issued it (protobuf's mapping would print base64).
+            nlohmann::ordered_json shown = ToJson(out);
+            if (rs_reveal) {
+              PrintJsonWithSecret(stdout, shown, "access_token", out.access_token());
+            } else {
+              shown["access_token_length"] = length;
+              std::printf(
+                  "%s\n",
+                  shown.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace)
+                      .c_str());
+            }
           } else {
             std::printf("grant      %s (%s)\naccount    %s\nscopes     %s\nexpires    %s\n",
                         out.grant_id().c_str(), out.connector_type().c_str(),
@@ -913,6 +979,8 @@ int Main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (const int unexpected = ReportUnexpectedArguments(app, argc, argv); unexpected != kOk)
+      return unexpected;
     return app.exit(e) == 0 ? kOk : kUsage;
   }
   return rc;

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -179,6 +181,19 @@ absl::Status EnsurePrivateDirectory(const std::string& path, mode_t mode) {
         "%s is owned by uid %d, not by this process's uid %d", path, st.st_uid, ::geteuid()));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> AbsolutePath(const std::string& path) {
+  if (path.empty()) return absl::InvalidArgumentError("an empty path cannot be made absolute");
+  std::error_code error;
+  std::filesystem::path absolute = std::filesystem::absolute(path, error);
+  if (error) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot make ", path, " absolute: ", error.message()));
+  }
+  std::string normal = absolute.lexically_normal().string();
+  while (normal.size() > 1 && normal.back() == '/') normal.pop_back();
+  return normal;
 }
 
 }  // namespace grantvault

@@ -36,6 +36,13 @@ absl::Status RemoveSecretFile(const std::string& path);
 // a path that is a symlink, is not a directory, or is owned by another user.
 absl::Status EnsurePrivateDirectory(const std::string& path, mode_t mode);
 
+// `path` made absolute against the current working directory and lexically
+// normalised ("./var/" -> "/home/me/var"), without resolving symlinks or
+// requiring it to exist. Paths that end up in files other processes read (a
+// SoftHSM2 configuration) must not depend on the working directory of the
+// process that wrote them. InvalidArgument for an empty path.
+absl::StatusOr<std::string> AbsolutePath(const std::string& path);
+
 }  // namespace grantvault
 
 #endif  // GRANTVAULT_COMMON_FILES_H_

@@ -1692,6 +1692,7 @@ void ToProto(const store::ConnectorRegistration& reg, const oauth::Catalog* cata
   out->set_registered_by(reg.registered_by);
   out->set_created_at_ms(UnixMillis(reg.created_at));
   out->set_updated_at_ms(UnixMillis(reg.updated_at));
+  for (const std::string& uri : reg.redirect_uris) out->add_redirect_uris(uri);
 }
 
 }  // namespace
@@ -1723,6 +1724,7 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
       reg.client_id = in.client_id();
       reg.issuer = in.issuer();
       reg.parameters.insert(in.parameters().begin(), in.parameters().end());
+      reg.redirect_uris.assign(in.redirect_uris().begin(), in.redirect_uris().end());
       reg.registered_by = admin;
       GV_ASSIGN_OR_RETURN(store::ConnectorRegistration stored,
                           authorizer.Register(std::move(reg), client_secret));
@@ -1733,6 +1735,9 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
       e.connector_id = stored.connector_id;
       e.details["connector_type"] = stored.connector_type;
       e.details["client_id"] = stored.client_id;
+      if (!stored.redirect_uris.empty()) {
+        e.details["redirect_uris"] = absl::StrJoin(stored.redirect_uris, " ");
+      }
       GV_RETURN_IF_ERROR(
           AuditFailedAfter("the registration", Audit(std::move(e), audit::Durability::kDurable)));
       ToProto(stored, oauth_.catalog, r.mutable_register_connector()->mutable_connector());

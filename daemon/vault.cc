@@ -63,10 +63,11 @@ StateLayout LayoutFor(const std::string& state_dir) {
   return l;
 }
 
-absl::StatusOr<Vault> InitEmbeddedState(const std::string& state_dir,
+absl::StatusOr<Vault> InitEmbeddedState(const std::string& state_dir_as_given,
                                         std::vector<std::string>* created,
                                         const EmbeddedStateOptions& options,
                                         std::vector<std::string>* removed) {
+  GV_ASSIGN_OR_RETURN(const std::string state_dir, AbsolutePath(state_dir_as_given));
   const StateLayout layout = LayoutFor(state_dir);
   const bool had_dir = Exists(layout.dir);
   GV_RETURN_IF_ERROR(EnsurePrivateDirectory(layout.dir, 0700));
@@ -121,7 +122,8 @@ absl::StatusOr<Vault> InitEmbeddedState(const std::string& state_dir,
   return vault;
 }
 
-absl::StatusOr<Vault> OpenEmbeddedState(const std::string& state_dir) {
+absl::StatusOr<Vault> OpenEmbeddedState(const std::string& state_dir_as_given) {
+  GV_ASSIGN_OR_RETURN(const std::string state_dir, AbsolutePath(state_dir_as_given));
   const StateLayout layout = LayoutFor(state_dir);
   for (const std::string* path : {&layout.softhsm_conf, &layout.user_pin_file, &layout.database}) {
     if (!Exists(*path)) {

@@ -28,6 +28,9 @@ namespace grantvault::daemon {
 
 inline constexpr char kEmbeddedTokenLabel[] = "grantvault";
 
+// Paths of the embedded state. InitEmbeddedState and OpenEmbeddedState make the
+// state directory absolute first, so every path here (and every path written
+// into a state file) is absolute.
 struct StateLayout {
   std::string dir;
   std::string hsm_dir;
@@ -36,6 +39,7 @@ struct StateLayout {
   std::string user_pin_file;
   std::string database;
 };
+// `state_dir` should be absolute (AbsolutePath in common/files.h).
 StateLayout LayoutFor(const std::string& state_dir);
 
 // Everything a process needs to seal, open and manage keys, opened on one

@@ -4,29 +4,82 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "common/files.h"
 #include "common/status.h"
 #include "hsm/token.h"
 
 namespace grantvault::hsm {
 
-absl::StatusOr<std::string> PrepareSoftHsm(const std::string& dir) {
+namespace {
+
+constexpr char kConfigHeader[] = "# SoftHSM2 token store of this grantvault state directory.\n";
+constexpr char kTokenDirKey[] = "directories.tokendir";
+constexpr size_t kMaxConfigBytes = 64 * 1024;
+
+std::string ConfigText(const std::string& token_dir) {
+  return absl::StrCat(kConfigHeader, kTokenDirKey, " = ", token_dir, "/\n",
+                      "objectstore.backend = file\n", "log.level = ERROR\n",
+                      "slots.removable = false\n", "slots.mechanisms = ALL\n",
+                      "library.reset_on_fork = false\n");
+}
+
+// The value of `directories.tokendir` in a SoftHSM2 configuration ("" when
+// the file names none).
+std::string TokenDirOf(const std::string& config) {
+  for (absl::string_view line : absl::StrSplit(config, '\n')) {
+    line = absl::StripAsciiWhitespace(line);
+    if (!absl::ConsumePrefix(&line, kTokenDirKey)) continue;
+    line = absl::StripLeadingAsciiWhitespace(line);
+    if (!absl::ConsumePrefix(&line, "=")) continue;
+    return std::string(absl::StripAsciiWhitespace(line));
+  }
+  return "";
+}
+
+absl::StatusOr<std::string> ReadConfig(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::FailedPreconditionError(absl::StrCat("cannot read ", path));
+  std::string text;
+  text.resize(kMaxConfigBytes + 1);
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  if (text.size() > kMaxConfigBytes) {
+    return absl::FailedPreconditionError(absl::StrCat(path, " is larger than 64 KiB"));
+  }
+  return text;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> PrepareSoftHsm(const std::string& dir_as_given) {
+  GV_ASSIGN_OR_RETURN(const std::string dir, AbsolutePath(dir_as_given));
   GV_RETURN_IF_ERROR(EnsurePrivateDirectory(dir, 0700));
   const std::string tokens = absl::StrCat(dir, "/tokens");
   GV_RETURN_IF_ERROR(EnsurePrivateDirectory(tokens, 0700));
   const std::string conf = absl::StrCat(dir, "/softhsm2.conf");
-  if (::access(conf.c_str(), F_OK) != 0) {
-    GV_RETURN_IF_ERROR(WriteFileAtomically(
-        conf,
-        absl::StrCat("# SoftHSM2 token store of this grantvault state directory.\n",
-                     "directories.tokendir = ", tokens, "/\n", "objectstore.backend = file\n",
-                     "log.level = ERROR\n", "slots.removable = false\n", "slots.mechanisms = ALL\n",
-                     "library.reset_on_fork = false\n"),
-        0600));
+  bool write = ::access(conf.c_str(), F_OK) != 0;
+  if (!write) {
+    GV_ASSIGN_OR_RETURN(const std::string existing, ReadConfig(conf));
+    const std::string token_dir = TokenDirOf(existing);
+    if (existing.starts_with(kConfigHeader)) {
+      // Ours: earlier versions wrote the token directory as given (relative to
+      // the daemon's working directory), and a state directory may have moved.
+      write = token_dir != absl::StrCat(tokens, "/");
+    } else if (!token_dir.starts_with("/")) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(conf, ": ", kTokenDirKey,
+                       " must be an absolute path (SoftHSM2 resolves a relative one "
+                       "against the working directory of every process that loads it)"));
+    }
   }
+  if (write) GV_RETURN_IF_ERROR(WriteFileAtomically(conf, ConfigText(tokens), 0600));
   if (::setenv("SOFTHSM2_CONF", conf.c_str(), 1) != 0) {
     return absl::InternalError("cannot set SOFTHSM2_CONF");
   }

@@ -32,18 +32,27 @@ void AppendField(std::string& body, std::string_view name, std::string_view valu
   body += encoded.value;
 }
 
-std::string Host(std::string_view uri) {
-  size_t scheme = uri.find("://");
-  if (scheme == std::string_view::npos) return "";
-  std::string_view rest = uri.substr(scheme + 3);
-  size_t end = rest.find_first_of("/?#");
-  std::string_view authority = rest.substr(0, end);
-  if (authority.find('@') != std::string_view::npos) return "";  // no userinfo
-  if (!authority.empty() && authority.front() == '[') {
-    size_t close = authority.find(']');
-    return close == std::string_view::npos ? "" : std::string(authority.substr(0, close + 1));
+constexpr size_t kMaxRedirectUris = 16;
+
+// "http://127.0.0.1:8080/cb?x" -> {"http://127.0.0.1", "8080", "/cb?x"}, of a
+// URI ValidateRedirectUri accepted.
+struct UriParts {
+  std::string_view before_port;
+  std::string_view port;
+  std::string_view after_port;
+};
+UriParts SplitUri(std::string_view uri) {
+  const size_t authority_start = uri.find("://") + 3;
+  size_t authority_end = uri.find_first_of("/?", authority_start);
+  if (authority_end == std::string_view::npos) authority_end = uri.size();
+  const std::string_view authority = uri.substr(authority_start, authority_end - authority_start);
+  const size_t colon = authority.rfind(':');
+  const size_t bracket = authority.rfind(']');
+  if (colon == std::string_view::npos || (bracket != std::string_view::npos && colon < bracket)) {
+    return {uri.substr(0, authority_end), "", uri.substr(authority_end)};
   }
-  return std::string(authority.substr(0, authority.find(':')));
+  return {uri.substr(0, authority_start + colon), authority.substr(colon + 1),
+          uri.substr(authority_end)};
 }
 
 bool Contains(const std::vector<std::string>& v, const std::string& s) {
@@ -52,13 +61,27 @@ bool Contains(const std::vector<std::string>& v, const std::string& s) {
 
 }  // namespace
 
-bool IsAcceptableRedirectUri(std::string_view uri) {
-  if (uri.size() > 2048 || uri.find('#') != std::string_view::npos) return false;
-  const std::string host = Host(uri);
-  if (host.empty()) return false;
-  if (uri.starts_with("https://")) return true;
-  return uri.starts_with("http://") &&
-         (host == "127.0.0.1" || host == "[::1]" || host == "localhost");
+absl::Status ValidateRedirectUri(std::string_view uri) {
+  if (absl::Status st = ValidateEndpointUrl(uri, /*allow_loopback_http=*/true); !st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "redirect URI '", Sv(uri), "': ", st.message(),
+        " (it must be an absolute https URL, or http on a loopback address: RFC 8252)"));
+  }
+  return absl::OkStatus();
+}
+
+bool IsAcceptableRedirectUri(std::string_view uri) { return ValidateRedirectUri(uri).ok(); }
+
+bool IsLoopbackRedirectUri(std::string_view uri) {
+  return uri.starts_with("http://") && ValidateRedirectUri(uri).ok();
+}
+
+bool RedirectUriMatches(std::string_view registered, std::string_view requested) {
+  if (registered == requested) return true;
+  if (!IsLoopbackRedirectUri(registered) || !IsLoopbackRedirectUri(requested)) return false;
+  const UriParts r = SplitUri(registered);
+  const UriParts q = SplitUri(requested);
+  return r.port.empty() && r.before_port == q.before_port && r.after_port == q.after_port;
 }
 
 absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Create(const AuthorizerDeps& deps) {
@@ -79,6 +102,16 @@ absl::StatusOr<store::ConnectorRegistration> Authorizer::Register(
   }
   if (registration.client_id.empty()) return absl::InvalidArgumentError("a client id is required");
   if (client_secret.empty()) return absl::InvalidArgumentError("a client secret is required");
+  if (registration.redirect_uris.size() > kMaxRedirectUris) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a connector registers at most ", kMaxRedirectUris, " redirect URIs"));
+  }
+  for (auto it = registration.redirect_uris.begin(); it != registration.redirect_uris.end(); ++it) {
+    GV_RETURN_IF_ERROR(ValidateRedirectUri(*it));
+    if (std::find(registration.redirect_uris.begin(), it, *it) != it) {
+      return absl::InvalidArgumentError(absl::StrCat("redirect URI '", *it, "' is given twice"));
+    }
+  }
   GV_RETURN_IF_ERROR(deps_.connectors->Validate(registration));
   const absl::Time now = deps_.clock->Now();
   absl::StatusOr<store::ConnectorRegistration> existing =
@@ -117,12 +150,27 @@ absl::StatusOr<Authorizer::Started> Authorizer::Begin(std::string_view workspace
                                                       std::string_view redirect_uri) {
   if (workspace_id.empty()) return absl::InvalidArgumentError("a workspace id is required");
   if (admin_user.empty()) return absl::InvalidArgumentError("the admin user is required");
-  if (!IsAcceptableRedirectUri(redirect_uri)) {
-    return absl::InvalidArgumentError(
-        "the redirect URI must be https, or http on a loopback address (RFC 8252)");
-  }
+  GV_RETURN_IF_ERROR(ValidateRedirectUri(redirect_uri));
   GV_ASSIGN_OR_RETURN(store::ConnectorRegistration registration,
                       deps_.store->GetConnectorRegistration(connector_id));
+  // The code goes wherever the provider redirects the browser: only to a URI
+  // the connector's client is registered with (or, when it registers none, to
+  // a loopback listener on this host).
+  if (registration.redirect_uris.empty()) {
+    if (!IsLoopbackRedirectUri(redirect_uri)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "connector ", Sv(connector_id), " registers no redirect URI, so only a loopback one ",
+          "(the CLI's listener) can be used; register '", Sv(redirect_uri),
+          "' with the connector first (grantvault connectors register … --redirect-uri)"));
+    }
+  } else if (std::none_of(registration.redirect_uris.begin(), registration.redirect_uris.end(),
+                          [&](const std::string& registered) {
+                            return RedirectUriMatches(registered, redirect_uri);
+                          })) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "redirect URI '", Sv(redirect_uri), "' is not registered for connector ", Sv(connector_id),
+        " (registered: ", absl::StrJoin(registration.redirect_uris, ", "), ")"));
+  }
   GV_ASSIGN_OR_RETURN(ConnectorProfile profile, deps_.connectors->Resolve(registration));
   const ConnectorType& type = profile.catalog_type;
   if (scopes.empty()) scopes = type.scopes_default;
@@ -220,9 +268,17 @@ absl::StatusOr<Authorizer::Completed> Authorizer::Complete(const Callback& callb
   GV_ASSIGN_OR_RETURN(ConnectorProfile profile, deps_.connectors->Resolve(registration));
   const ConnectorType& type = profile.catalog_type;
   const std::string& issuer = profile.resolved.endpoints.issuer;
-  // A templated issuer (Microsoft's {tenantid}) is checked on the id_token instead.
-  if (!callback.issuer.empty() && !issuer.empty() && issuer.find('{') == std::string::npos &&
-      callback.issuer != issuer) {
+  // RFC 9207 §2.4: a server that says it sends `iss` always does, so a redirect
+  // without it did not come from that server. A templated issuer (Microsoft's
+  // {tenantid}) is checked on the id_token instead.
+  if (callback.issuer.empty()) {
+    if (type.authorization_response_iss) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the redirect has no iss parameter, which ", issuer,
+          " sends on every authorization response (RFC 9207): it did not come from that server"));
+    }
+  } else if (!issuer.empty() && issuer.find('{') == std::string::npos &&
+             callback.issuer != issuer) {
     return absl::InvalidArgumentError(
         "the redirect names another issuer than the connector's (RFC 9207 mix-up defence)");
   }
@@ -306,7 +362,10 @@ absl::StatusOr<Authorizer::Completed> Authorizer::Complete(const Callback& callb
   absl::StatusOr<store::Grant> current =
       deps_.store->FindCurrentGrant(grant.workspace_id, grant.connector_id);
   if (current.ok()) done.replaced_grant_id = current->grant_id;
-  GV_RETURN_IF_ERROR(deps_.store->InsertGrant(grant, secret, done.replaced_grant_id));
+  // Bound to the registration the tokens came from: a re-registration that
+  // ran meanwhile makes this fail rather than file them under new endpoints.
+  GV_RETURN_IF_ERROR(
+      deps_.store->InsertGrant(grant, secret, done.replaced_grant_id, &registration));
   done.grant = std::move(grant);
   return done;
 }

@@ -91,7 +91,10 @@ class Authorizer {
  public:
   static absl::StatusOr<std::unique_ptr<Authorizer>> Create(const AuthorizerDeps& deps);
 
-  // Validates and stores the registration with its client secret sealed.
+  // Validates and stores the registration with its client secret sealed. Its
+  // redirect URIs (at most 16, no repeats) must each pass ValidateRedirectUri.
+  // Replacing a registration that grants use cannot change what decides their
+  // endpoints (store::GrantStore::PutConnectorRegistration).
   absl::StatusOr<store::ConnectorRegistration> Register(store::ConnectorRegistration registration,
                                                         const SecretBytes& client_secret);
 
@@ -104,8 +107,9 @@ class Authorizer {
     std::vector<std::string> required_scopes;
   };
   // Requested scopes must be within what the connector allows (empty: its
-  // default set). The redirect URI must be https, or http on a loopback
-  // address (RFC 8252 §7.3).
+  // default set). The redirect URI must pass ValidateRedirectUri and match one
+  // the registration lists (RedirectUriMatches); a registration that lists
+  // none accepts only loopback ones (the CLI's listener, RFC 8252 §7.3).
   absl::StatusOr<Started> Begin(std::string_view workspace_id, std::string_view connector_id,
                                 std::vector<std::string> scopes, std::string_view admin_user,
                                 std::string_view redirect_uri);
@@ -128,9 +132,20 @@ class Authorizer {
   AuthorizerDeps deps_;
 };
 
-// Whether `uri` may receive codes: https, or http on 127.0.0.1 / [::1] /
-// localhost (native apps, RFC 8252).
+// Whether `uri` may receive codes: an absolute https URL, or http on
+// 127.0.0.0/8, [::1] or localhost (native apps, RFC 8252 §7.3, §8.3); a plain
+// host[:port] authority (no user information), no fragment (RFC 6749
+// §3.1.2). InvalidArgument naming what is wrong.
+absl::Status ValidateRedirectUri(std::string_view uri);
 bool IsAcceptableRedirectUri(std::string_view uri);
+// An acceptable http URI on a loopback address.
+bool IsLoopbackRedirectUri(std::string_view uri);
+
+// Whether a request for `requested` is a use of the registered redirect URI
+// `registered`: the same string, or, for a loopback http URI registered
+// without a port, the same URI with any port (RFC 8252 §7.3, as providers
+// treat native clients).
+bool RedirectUriMatches(std::string_view registered, std::string_view requested);
 
 }  // namespace grantvault::oauth
 

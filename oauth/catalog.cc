@@ -889,6 +889,15 @@ absl::StatusOr<ConnectorType> FromDiscoveryImpl(const ConnectorType& oidc_templa
     type.revocation.method = RevocationMethod::kNone;
   }
 
+  if (auto iss = doc.find("authorization_response_iss_parameter_supported");
+      iss != doc.end() && !iss->is_null()) {
+    if (!iss->is_boolean()) {
+      return absl::InvalidArgumentError(
+          "discovery document: authorization_response_iss_parameter_supported is not a boolean");
+    }
+    type.authorization_response_iss = iss->get<bool>();
+  }
+
   GV_ASSIGN_OR_RETURN(auto pkce_methods,
                       DiscoveryStringList(doc, "code_challenge_methods_supported"));
   // Absent: servers that accept PKCE often do not say so, and RFC 6749 §3.1 makes them ignore

@@ -146,6 +146,10 @@ struct ConnectorType {
   std::string scope_separator = " ";
   std::string scope_param = "scope";  // empty: scopes are fixed at app registration
   bool pkce = true;                   // send an S256 code_challenge
+  // RFC 9207: the server puts `iss` on every authorization response (discovery's
+  // authorization_response_iss_parameter_supported). A callback without it is then refused:
+  // it may come from another server the admin was tricked into using (mix-up attack).
+  bool authorization_response_iss = false;
   ClientAuth client_auth = ClientAuth::kBasic;
   BodyFormat token_body = BodyFormat::kForm;
   TokenResponseShape token_response = TokenResponseShape::kStandard;

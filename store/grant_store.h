@@ -113,6 +113,10 @@ struct ConnectorRegistration {
   std::string client_id;
   std::string issuer;  // the generic "oidc" type: the issuer URL; otherwise empty
   std::map<std::string, std::string> parameters;  // tenant, subdomain, my_domain, region
+  // The redirect URIs registered for this client at the provider, in order
+  // (validated by oauth::Authorizer: absolute https, or http on a loopback
+  // address). Empty: only a loopback redirect (the CLI's listener) is used.
+  std::vector<std::string> redirect_uris;
   std::string registered_by;
   absl::Time created_at = absl::InfinitePast();
   absl::Time updated_at = absl::InfinitePast();
@@ -168,9 +172,14 @@ class GrantStore {
   // Inserts `grant` and its sealed secret in one transaction. When `replaces`
   // names a grant, that grant is marked revoked (reason "replaced by <id>") in
   // the same transaction. AlreadyExists when another non-revoked grant holds
-  // (workspace, connector) or the id is taken.
+  // (workspace, connector) or the id is taken. When `issued_under` is given
+  // (the registration whose endpoints issued the tokens), the connector's
+  // registration must still have its type, issuer, client id and parameters,
+  // checked in the same transaction: FailedPrecondition when it was
+  // re-registered meanwhile (see PutConnectorRegistration).
   virtual absl::Status InsertGrant(const Grant& grant, const SealedSecret& secret,
-                                   std::optional<std::string> replaces = std::nullopt) = 0;
+                                   std::optional<std::string> replaces = std::nullopt,
+                                   const ConnectorRegistration* issued_under = nullptr) = 0;
   virtual absl::StatusOr<Grant> GetGrant(std::string_view grant_id) = 0;
   // The grant that is not revoked for (workspace, connector); NotFound if none.
   virtual absl::StatusOr<Grant> FindCurrentGrant(std::string_view workspace_id,
@@ -222,6 +231,14 @@ class GrantStore {
   // --- connector registrations ---------------------------------------------
   // Inserts or replaces the registration and its sealed client secret in one
   // transaction (a replaced registration keeps its created_at).
+  //
+  // A replacement cannot redirect the refresh tokens of the grants that use
+  // the connector: while any of its grants is active or reauth_required, or
+  // has a revocation still pending at the provider, the connector type,
+  // issuer, client id and parameters (which decide every endpoint a token is
+  // sent to) must stay as they are: FailedPrecondition naming how many grants
+  // stand in the way. Revoking them (and re-authorizing) comes first. The
+  // client secret and the redirect URIs may always change.
   virtual absl::Status PutConnectorRegistration(const ConnectorRegistration& registration,
                                                 const SealedSecret& client_secret) = 0;
   virtual absl::StatusOr<ConnectorRegistration> GetConnectorRegistration(

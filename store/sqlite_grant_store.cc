@@ -194,6 +194,18 @@ CREATE TABLE upstream_revocations (
 
 CREATE INDEX upstream_revocations_pending ON upstream_revocations (state, next_attempt_at);
 )sql"},
+    {5, R"sql(
+-- The redirect URIs registered for a connector's client at the provider, in
+-- order; Begin accepts only these (none: the CLI's loopback listener).
+CREATE TABLE connector_redirect_uris (
+  connector_id TEXT NOT NULL REFERENCES connector_registrations (connector_id) ON DELETE CASCADE,
+  position INTEGER NOT NULL,
+  uri TEXT NOT NULL,
+  PRIMARY KEY (connector_id, position)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX grants_by_connector ON grants (connector_id, status);
+)sql"},
 };
 
 constexpr int kLatestSchemaVersion = kMigrations[std::size(kMigrations) - 1].version;
@@ -512,6 +524,19 @@ absl::StatusOr<std::vector<Grant>> SelectGrants(sqlite3* db, Statement& query) {
   return grants;
 }
 
+// What of a registration decides where its grants' tokens are sent (every
+// endpoint, and the client they were issued to) and differs between `a` and
+// `b`, by name.
+std::vector<std::string> EndpointFieldsChanged(const ConnectorRegistration& a,
+                                               const ConnectorRegistration& b) {
+  std::vector<std::string> changed;
+  if (a.connector_type != b.connector_type) changed.push_back("type");
+  if (a.issuer != b.issuer) changed.push_back("issuer");
+  if (a.client_id != b.client_id) changed.push_back("client id");
+  if (a.parameters != b.parameters) changed.push_back("parameters");
+  return changed;
+}
+
 absl::Status InsertGrantRows(sqlite3* db, const Grant& grant) {
   std::string context = absl::StrCat("insert grant ", grant.grant_id);
   GV_ASSIGN_OR_RETURN(Statement insert,
@@ -635,7 +660,8 @@ class SqliteGrantStore final : public GrantStore {
   explicit SqliteGrantStore(DatabaseHandle db) : db_(std::move(db)) {}
 
   absl::Status InsertGrant(const Grant& grant, const SealedSecret& secret,
-                           std::optional<std::string> replaces) override;
+                           std::optional<std::string> replaces,
+                           const ConnectorRegistration* issued_under) override;
   absl::StatusOr<Grant> GetGrant(std::string_view grant_id) override;
   absl::StatusOr<Grant> FindCurrentGrant(std::string_view workspace_id,
                                          std::string_view connector_id) override;
@@ -689,6 +715,10 @@ class SqliteGrantStore final : public GrantStore {
   // it is revoked (a revoked grant is final). Inside the caller's transaction.
   absl::Status RequireNotRevoked(std::string_view grant_id, const std::string& context,
                                  std::string if_revoked) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // FailedPrecondition when replacing the stored registration with
+  // `registration` would move the tokens of grants that still use it.
+  absl::Status CheckRegistrationChange(const ConnectorRegistration& registration)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::vector<ConnectorRegistration>> SelectRegistrations(
       std::optional<std::string_view> connector_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -737,7 +767,8 @@ absl::Status SqliteGrantStore::RevokeReplacedGrant(std::string_view replaced_id,
 }
 
 absl::Status SqliteGrantStore::InsertGrant(const Grant& grant, const SealedSecret& secret,
-                                           std::optional<std::string> replaces) {
+                                           std::optional<std::string> replaces,
+                                           const ConnectorRegistration* issued_under) {
   GV_RETURN_IF_ERROR(ValidateGrant(grant));
   GV_RETURN_IF_ERROR(ValidateSecret(secret));
   if (secret.key.owner_id != grant.grant_id) {
@@ -756,8 +787,28 @@ absl::Status SqliteGrantStore::InsertGrant(const Grant& grant, const SealedSecre
         absl::StrCat("grant ", grant.grant_id, " cannot replace itself"));
   }
 
+  if (issued_under != nullptr && issued_under->connector_id != grant.connector_id) {
+    return absl::InvalidArgumentError(absl::StrCat("grant ", grant.grant_id, " of connector ",
+                                                   grant.connector_id, " cannot be issued under ",
+                                                   issued_under->connector_id));
+  }
+
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  if (issued_under != nullptr) {
+    GV_ASSIGN_OR_RETURN(std::vector<ConnectorRegistration> current,
+                        SelectRegistrations(grant.connector_id));
+    const std::vector<std::string> changed =
+        current.empty() ? std::vector<std::string>{"registration"}
+                        : EndpointFieldsChanged(*issued_under, current.front());
+    if (!changed.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "connector ", grant.connector_id, " was re-registered (its ",
+          absl::StrJoin(changed, ", "),
+          ") while this authorization ran; its tokens came from the endpoints of before, so "
+          "nothing is stored: authorize again"));
+    }
+  }
   if (replaces.has_value()) GV_RETURN_IF_ERROR(RevokeReplacedGrant(*replaces, grant));
 
   // The schema enforces both uniqueness rules; checking first names the conflict.
@@ -1163,9 +1214,13 @@ absl::Status SqliteGrantStore::PutConnectorRegistration(const ConnectorRegistrat
         "the client secret of connector ", registration.connector_id, " must be owned by ",
         RegistrationSecretOwner(registration.connector_id), " with purpose client_secret"));
   }
+  for (const std::string& uri : registration.redirect_uris) {
+    GV_RETURN_IF_ERROR(RequireNonEmpty(uri, "redirect URI"));
+  }
   const std::string context = absl::StrCat("register connector ", registration.connector_id);
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  GV_RETURN_IF_ERROR(CheckRegistrationChange(registration));
   GV_ASSIGN_OR_RETURN(
       Statement upsert,
       Statement::Prepare(
@@ -1201,9 +1256,62 @@ absl::Status SqliteGrantStore::PutConnectorRegistration(const ConnectorRegistrat
     param.BindText(3, value);
     GV_RETURN_IF_ERROR(param.Run());
   }
+  GV_ASSIGN_OR_RETURN(
+      Statement clear_uris,
+      Statement::Prepare(db(), "DELETE FROM connector_redirect_uris WHERE connector_id = ?",
+                         context));
+  clear_uris.BindText(1, registration.connector_id);
+  GV_RETURN_IF_ERROR(clear_uris.Run());
+  GV_ASSIGN_OR_RETURN(Statement uri,
+                      Statement::Prepare(db(),
+                                         "INSERT INTO connector_redirect_uris (connector_id, "
+                                         "position, uri) VALUES (?, ?, ?)",
+                                         context));
+  for (size_t i = 0; i < registration.redirect_uris.size(); ++i) {
+    uri.Reset();
+    uri.BindText(1, registration.connector_id);
+    uri.BindInt(2, static_cast<int64_t>(i));
+    uri.BindText(3, registration.redirect_uris[i]);
+    GV_RETURN_IF_ERROR(uri.Run());
+  }
   GV_RETURN_IF_ERROR(CheckKekWritable(db(), client_secret.kek_label));
   GV_RETURN_IF_ERROR(WriteSecretRow(db(), client_secret, OnConflict::kReplace));
   return txn.Commit();
+}
+
+absl::Status SqliteGrantStore::CheckRegistrationChange(const ConnectorRegistration& registration) {
+  GV_ASSIGN_OR_RETURN(std::vector<ConnectorRegistration> found,
+                      SelectRegistrations(registration.connector_id));
+  if (found.empty()) return absl::OkStatus();
+  const std::vector<std::string> changed = EndpointFieldsChanged(found.front(), registration);
+  if (changed.empty()) return absl::OkStatus();
+  GV_ASSIGN_OR_RETURN(
+      Statement count,
+      Statement::Prepare(
+          db(),
+          "SELECT (SELECT count(*) FROM grants WHERE connector_id = ?1 AND status <> 'revoked'), "
+          "(SELECT count(*) FROM upstream_revocations u JOIN grants g USING (grant_id) "
+          "WHERE g.connector_id = ?1 AND u.state = 'pending')",
+          "count the grants of a connector"));
+  count.BindText(1, registration.connector_id);
+  GV_ASSIGN_OR_RETURN(bool row, count.Step());
+  if (!row) return absl::InternalError("counting the grants of a connector returned no row");
+  const int64_t live = count.Int(0);
+  const int64_t pending = count.Int(1);
+  if (live == 0 && pending == 0) return absl::OkStatus();
+  std::string users;
+  if (live > 0) absl::StrAppend(&users, live, " live grant(s) (active or reauth_required)");
+  if (pending > 0) {
+    absl::StrAppend(&users, live > 0 ? " and " : "", pending,
+                    " revoked grant(s) whose revocation at the provider is still pending");
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "connector ", registration.connector_id, " is used by ", users, ": its ",
+      absl::StrJoin(changed, ", "),
+      " cannot change while they exist, because their tokens belong to the authorization "
+      "server the registration names. Revoke them first (grantvault revoke), then register "
+      "the change and authorize again. The client secret and the redirect URIs may change "
+      "at any time."));
 }
 
 absl::StatusOr<std::vector<ConnectorRegistration>> SqliteGrantStore::SelectRegistrations(
@@ -1237,6 +1345,11 @@ absl::StatusOr<std::vector<ConnectorRegistration>> SqliteGrantStore::SelectRegis
       Statement params,
       Statement::Prepare(
           db(), "SELECT name, value FROM connector_parameters WHERE connector_id = ?", context));
+  GV_ASSIGN_OR_RETURN(Statement uris,
+                      Statement::Prepare(db(),
+                                         "SELECT uri FROM connector_redirect_uris WHERE "
+                                         "connector_id = ? ORDER BY position",
+                                         context));
   for (ConnectorRegistration& r : out) {
     params.Reset();
     params.BindText(1, r.connector_id);
@@ -1244,6 +1357,13 @@ absl::StatusOr<std::vector<ConnectorRegistration>> SqliteGrantStore::SelectRegis
       GV_ASSIGN_OR_RETURN(bool row, params.Step());
       if (!row) break;
       r.parameters[params.Text(0)] = params.Text(1);
+    }
+    uris.Reset();
+    uris.BindText(1, r.connector_id);
+    for (;;) {
+      GV_ASSIGN_OR_RETURN(bool row, uris.Step());
+      if (!row) break;
+      r.redirect_uris.push_back(uris.Text(0));
     }
   }
   return out;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/ids.h"
 #include "daemon/vault.h"
 #include "gmock/gmock.h"
@@ -189,7 +190,7 @@ TEST_F(DaemonTest, CliDrivesTheKeyLifecycle) {
 
   CommandResult rewrap = Cli({"--json", "keys", "rewrap", "--batch", "250"});
   EXPECT_EQ(rewrap.exit_code, 0) << rewrap.err;
-  EXPECT_THAT(rewrap.out, HasSubstr(absl::StrCat("\"rewrapped\":\"", kSealed, "\"")));
+  EXPECT_THAT(rewrap.out, HasSubstr(absl::StrCat("\"rewrapped\":", kSealed)));
 
   CommandResult keys = Cli({"--json", "keys", "status"});
   EXPECT_EQ(keys.exit_code, 0) << keys.err;
@@ -289,6 +290,23 @@ TEST_F(DaemonTest, CliReportsAnUnreachableDaemon) {
   CommandResult r = Cli({"status"});
   EXPECT_EQ(r.exit_code, 5);
   EXPECT_THAT(r.err, HasSubstr("cannot reach grantvaultd"));
+}
+
+// An unknown command is a usage error named on stderr, also where CLI11
+// would answer --help first (it printed the main help and exited 0).
+TEST_F(DaemonTest, CliRefusesAnUnknownCommand) {
+  const std::vector<std::vector<std::string>> cases = {
+      {"UNKNOWN"}, {"UNKNOWN", "--help"}, {"UNKNOWN", "status"}, {"keys", "UNKNOWN"}};
+  for (const std::vector<std::string>& args : cases) {
+    const std::string what = absl::StrJoin(args, " ");
+    CommandResult r = Cli(args);
+    EXPECT_EQ(r.exit_code, 2) << what << ": " << r.out << r.err;
+    EXPECT_THAT(r.err, HasSubstr("unknown command 'UNKNOWN'")) << what;
+    EXPECT_EQ(r.out, "") << what;
+  }
+  CommandResult help = Cli({"keys", "--help"});
+  EXPECT_EQ(help.exit_code, 0) << help.err;
+  EXPECT_THAT(help.out, HasSubstr("rotate"));
 }
 
 TEST_F(DaemonTest, RewrapStreamsProgressThroughTheClientLibrary) {
@@ -736,6 +754,58 @@ TEST_F(DaemonTest, CallerSuppliedStringsCannotForgeLogLines) {
   EXPECT_THAT(log, ::testing::Not(HasSubstr("\ninfo grant.revoked")));
   EXPECT_THAT(log, HasSubstr("admin=eve\\x0a2026-01-01T00:00:00.000\\x20info\\x20key.rotated"));
   EXPECT_THAT(log, HasSubstr("gr_nope\\x0ainfo grant.revoked"));
+}
+
+// SoftHSM2 resolves a relative token directory against the working directory
+// of each process that loads it: the configuration must name it absolutely.
+TEST_F(DaemonTest, ARelativeStateDirectoryWritesAbsolutePathsThatWorkFromAnywhere) {
+  const std::string work = dir_.Join("work");
+  ASSERT_EQ(::mkdir(work.c_str(), 0700), 0);
+  const std::string conf = work + "/var/hsm/softhsm2.conf";
+  auto init_from_work = [&] {
+    return RunCommand(
+        {"/bin/sh", "-c",
+         "cd '" + work + "' && exec '" GV_GRANTVAULTD "' --init-only --state-dir ./var/"});
+  };
+  // What pkcs11-tool or softhsm2-util see when started elsewhere.
+  auto token_seen_from_root = [&] {
+    CommandResult slots = RunCommand(
+        {"/bin/sh", "-c", "cd / && SOFTHSM2_CONF='" + conf + "' exec softhsm2-util --show-slots"});
+    return slots.exit_code == 0 &&
+           slots.out.find("Label:            grantvault ") != std::string::npos;
+  };
+
+  CommandResult first = init_from_work();
+  ASSERT_EQ(first.exit_code, 0) << first.out << first.err;
+  EXPECT_THAT(first.out, HasSubstr(work + "/var/hsm/softhsm2.conf"));
+  const std::string written = testing::ReadFileOrDie(conf);
+  EXPECT_THAT(written, HasSubstr("\ndirectories.tokendir = " + work + "/var/hsm/tokens/\n"));
+  EXPECT_TRUE(token_seen_from_root()) << written;
+
+  // A configuration an earlier version wrote with the relative path is made
+  // absolute on the next start; the token in it is kept.
+  std::ofstream(conf, std::ios::trunc)
+      << "# SoftHSM2 token store of this grantvault state directory.\n"
+         "directories.tokendir = ./var/hsm/tokens/\nobjectstore.backend = file\n"
+         "log.level = ERROR\nslots.removable = false\nslots.mechanisms = ALL\n"
+         "library.reset_on_fork = false\n";
+  EXPECT_FALSE(token_seen_from_root());
+  CommandResult again = init_from_work();
+  ASSERT_EQ(again.exit_code, 0) << again.out << again.err;
+  EXPECT_THAT(again.out, HasSubstr("nothing created"));
+  EXPECT_THAT(testing::ReadFileOrDie(conf),
+              HasSubstr("\ndirectories.tokendir = " + work + "/var/hsm/tokens/\n"));
+  EXPECT_TRUE(token_seen_from_root());
+
+  // A daemon started from there on a relative path serves the same state.
+  DaemonProcess d({"/bin/sh", "-c",
+                   "cd '" + work + "' && exec '" GV_GRANTVAULTD "' --state-dir var --config '" +
+                       config_ + "'"});
+  ASSERT_TRUE(d.Start().ok()) << d.Stderr();
+  CommandResult status = RunCommand({GV_CLI, "--state-dir", work + "/var", "status"});
+  EXPECT_EQ(status.exit_code, 0) << status.err;
+  EXPECT_THAT(status.out, HasSubstr("reachable"));
+  EXPECT_EQ(d.Stop(SIGTERM), 0) << d.Stderr();
 }
 
 }  // namespace

@@ -165,6 +165,30 @@ TEST_F(AuthorizerTest, FullFlowStoresASealedGrantBoundToWorkspaceAndAccount) {
             std::string::npos);
 }
 
+// oidc-provider advertises authorization_response_iss_parameter_supported and
+// sends `iss` on its redirects (the full-flow test completes with it); the
+// same redirect without `iss` cannot be told from one sent by another server.
+TEST_F(AuthorizerTest, ARedirectWithoutIssIsRefusedWhenTheServerPromisesIt) {
+  ASSERT_TRUE(RegisterDemo().ok());
+  absl::StatusOr<std::string> redirect = StartAndApprove();
+  ASSERT_TRUE(redirect.ok()) << redirect.status();
+  ASSERT_EQ(QueryParam(*redirect, "iss"), provider_->issuer());
+  std::string without_iss = redirect->substr(0, redirect->find('?') + 1);
+  auto fields = ParseQuery(redirect->substr(redirect->find('?') + 1));
+  ASSERT_TRUE(fields.ok());
+  for (const auto& [name, value] : *fields) {
+    if (name == "iss") continue;
+    absl::StrAppend(&without_iss, without_iss.ends_with("?") ? "" : "&", name, "=", value);
+  }
+  absl::StatusOr<Authorizer::Completed> done = CompleteWith(without_iss);
+  ASSERT_FALSE(done.ok());
+  EXPECT_EQ(done.status().code(), absl::StatusCode::kInvalidArgument) << done.status();
+  EXPECT_THAT(done.status().message(), HasSubstr("RFC 9207"));
+  EXPECT_THAT(done.status().message(), Not(HasSubstr(QueryParam(*redirect, "code"))));
+  EXPECT_EQ(GrantCount(), 0);
+  EXPECT_THAT(provider_->Log(), Not(HasSubstr("POST /token")));
+}
+
 TEST_F(AuthorizerTest, AStateIsSingleUse) {
   ASSERT_TRUE(RegisterDemo().ok());
   absl::StatusOr<std::string> redirect = StartAndApprove();
@@ -281,6 +305,77 @@ TEST_F(AuthorizerTest, RedirectUrisMustBeHttpsOrLoopback) {
   EXPECT_FALSE(authorizer_->Begin("ws", "demo", {}, "a", "http://127.0.0.1@evil/cb").ok());
   EXPECT_TRUE(IsAcceptableRedirectUri("http://[::1]:8080/cb"));
   EXPECT_TRUE(IsAcceptableRedirectUri("https://hub.example.com/oauth/callback"));
+  EXPECT_TRUE(IsAcceptableRedirectUri("https://hub.example.com/oauth/callback?tenant=acme"));
+  for (const char* bad :
+       {"https://hub.example.com/cb#frag", "/oauth/callback", "hub.example.com/cb",
+        "ftp://hub.example.com/cb", "https://user@hub.example.com/cb", "https:///cb",
+        "http://10.0.0.1/cb", "https://hub.example.com/a b"}) {
+    EXPECT_FALSE(IsAcceptableRedirectUri(bad)) << bad;
+  }
+}
+
+TEST(RedirectUriMatchesTest, ExactOrAnyPortOnALoopbackUriRegisteredWithout) {
+  EXPECT_TRUE(RedirectUriMatches("https://hub.example.com/oauth/callback",
+                                 "https://hub.example.com/oauth/callback"));
+  EXPECT_FALSE(RedirectUriMatches("https://hub.example.com/oauth/callback",
+                                  "https://hub.example.com:8443/oauth/callback"));
+  EXPECT_FALSE(RedirectUriMatches("https://hub.example.com/oauth/callback",
+                                  "https://hub.example.com/oauth/callback2"));
+  EXPECT_FALSE(RedirectUriMatches("https://hub.example.com/oauth/callback",
+                                  "https://hub.example.com/oauth/callback?x=1"));
+  EXPECT_TRUE(RedirectUriMatches("http://127.0.0.1/callback", "http://127.0.0.1:53682/callback"));
+  EXPECT_TRUE(RedirectUriMatches("http://[::1]/callback", "http://[::1]:53682/callback"));
+  EXPECT_FALSE(RedirectUriMatches("http://127.0.0.1/callback", "http://127.0.0.1:53682/other"));
+  EXPECT_FALSE(RedirectUriMatches("http://127.0.0.1/callback", "http://[::1]:53682/callback"));
+  EXPECT_FALSE(
+      RedirectUriMatches("http://127.0.0.1:8080/callback", "http://127.0.0.1:9090/callback"));
+  EXPECT_FALSE(RedirectUriMatches("http://127.0.0.1/callback", "https://127.0.0.1/callback"));
+}
+
+// A registration carries the redirect URIs its client is registered with;
+// Begin uses only those (none registered: only a loopback listener).
+TEST_F(AuthorizerTest, BeginUsesOnlyARegisteredRedirectUri) {
+  store::ConnectorRegistration reg;
+  reg.connector_id = "demo";
+  reg.connector_type = "oidc";
+  reg.client_id = provider_->clients()[0].client_id;
+  reg.issuer = provider_->issuer();
+  reg.registered_by = "alice-admin";
+  const SecretBytes secret = SecretBytes::CopyOf(provider_->clients()[0].client_secret);
+  for (const std::vector<std::string>& bad :
+       {std::vector<std::string>{"http://hub.example.com/oauth/callback"},
+        std::vector<std::string>{"https://hub.example.com/cb#x"},
+        std::vector<std::string>{"https://hub.example.com/cb", "https://hub.example.com/cb"},
+        std::vector<std::string>{""}}) {
+    reg.redirect_uris = bad;
+    absl::StatusOr<store::ConnectorRegistration> refused = authorizer_->Register(reg, secret);
+    EXPECT_TRUE(absl::IsInvalidArgument(refused.status())) << bad[0] << ": " << refused.status();
+    EXPECT_TRUE(absl::IsNotFound(store_->GetConnectorRegistration("demo").status()));
+  }
+
+  // None registered: the loopback listener only.
+  reg.redirect_uris.clear();
+  ASSERT_TRUE(authorizer_->Register(reg, secret).ok());
+  EXPECT_TRUE(authorizer_->Begin("ws", "demo", {}, "a", kRedirect).ok());
+  absl::StatusOr<Authorizer::Started> https =
+      authorizer_->Begin("ws", "demo", {}, "a", "https://hub.example.com/oauth/callback");
+  EXPECT_TRUE(absl::IsInvalidArgument(https.status())) << https.status();
+  EXPECT_THAT(https.status().message(), HasSubstr("registers no redirect URI"));
+
+  reg.redirect_uris = {"https://hub.example.com/oauth/callback", "http://127.0.0.1/callback"};
+  absl::StatusOr<store::ConnectorRegistration> stored = authorizer_->Register(reg, secret);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(store_->GetConnectorRegistration("demo")->redirect_uris, reg.redirect_uris);
+  absl::StatusOr<Authorizer::Started> hub =
+      authorizer_->Begin("ws", "demo", {}, "a", "https://hub.example.com/oauth/callback");
+  ASSERT_TRUE(hub.ok()) << hub.status();
+  EXPECT_EQ(QueryParam(hub->authorization_url, "redirect_uri"),
+            "https://hub.example.com/oauth/callback");
+  EXPECT_TRUE(authorizer_->Begin("ws", "demo", {}, "a", kRedirect).ok());
+  absl::StatusOr<Authorizer::Started> other =
+      authorizer_->Begin("ws", "demo", {}, "a", "https://evil.example.com/oauth/callback");
+  EXPECT_TRUE(absl::IsInvalidArgument(other.status())) << other.status();
+  EXPECT_THAT(other.status().message(), HasSubstr("is not registered for connector demo"));
 }
 
 TEST_F(AuthorizerTest, AServerCertificateThatIsNotTrustedFailsRegistration) {

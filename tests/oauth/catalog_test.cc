@@ -394,6 +394,29 @@ TEST_F(DiscoveryTest, AdaptsToAdvertisedCapabilities) {
   EXPECT_TRUE(t->endpoints.revocation.empty());
 }
 
+// RFC 9207: whether the server promises `iss` on its authorization responses.
+TEST_F(DiscoveryTest, ReadsWhetherTheServerSendsIssOnAuthorizationResponses) {
+  absl::StatusOr<ConnectorType> silent =
+      Catalog::FromDiscovery(Type("oidc"), Discovery(), kIssuer, false);
+  ASSERT_TRUE(silent.ok()) << silent.status();
+  EXPECT_FALSE(silent->authorization_response_iss);
+  absl::StatusOr<ConnectorType> promised = Catalog::FromDiscovery(
+      Type("oidc"), Discovery(R"(, "authorization_response_iss_parameter_supported": true)"),
+      kIssuer, false);
+  ASSERT_TRUE(promised.ok()) << promised.status();
+  EXPECT_TRUE(promised->authorization_response_iss);
+  absl::StatusOr<ConnectorType> declined = Catalog::FromDiscovery(
+      Type("oidc"), Discovery(R"(, "authorization_response_iss_parameter_supported": false)"),
+      kIssuer, false);
+  ASSERT_TRUE(declined.ok()) << declined.status();
+  EXPECT_FALSE(declined->authorization_response_iss);
+  absl::StatusOr<ConnectorType> garbled = Catalog::FromDiscovery(
+      Type("oidc"), Discovery(R"(, "authorization_response_iss_parameter_supported": "yes")"),
+      kIssuer, false);
+  ASSERT_FALSE(garbled.ok());
+  EXPECT_THAT(Message(garbled.status()), HasSubstr("not a boolean"));
+}
+
 TEST_F(DiscoveryTest, RefusesBadDocuments) {
   const ConnectorType& oidc = Type("oidc");
   struct Case {

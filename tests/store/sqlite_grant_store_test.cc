@@ -202,9 +202,9 @@ TEST_F(SqliteGrantStoreTest, MigratesEmptyFileWithDurableSettingsAndPrivateMode)
   std::vector<std::string> names;
   for (const auto& row : tables) names.push_back(row[0]);
   EXPECT_THAT(names, ElementsAre("authorization_sessions", "connector_parameters",
-                                 "connector_registrations", "grant_metadata", "grant_scopes",
-                                 "grants", "key_versions", "schema_migrations", "sealed_secrets",
-                                 "upstream_revocations"));
+                                 "connector_redirect_uris", "connector_registrations",
+                                 "grant_metadata", "grant_scopes", "grants", "key_versions",
+                                 "schema_migrations", "sealed_secrets", "upstream_revocations"));
 }
 
 TEST_F(SqliteGrantStoreTest, ReopeningKeepsDataAndAppliesNothingTwice) {
@@ -950,6 +950,156 @@ TEST_F(SqliteGrantStoreTest, RegistrationsRoundTripAndReplaceTheirSecret) {
   // The secret must belong to the registration.
   EXPECT_TRUE(absl::IsInvalidArgument(
       store->PutConnectorRegistration(Registration("slack", 1), ClientSecret("github", "x"))));
+}
+
+TEST_F(SqliteGrantStoreTest, RegistrationsKeepTheirRedirectUrisInOrder) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  ConnectorRegistration reg = Registration("zendesk", 1);
+  reg.redirect_uris = {"https://hub.example.com/oauth/callback", "http://127.0.0.1/callback"};
+  ASSERT_TRUE(store->PutConnectorRegistration(reg, ClientSecret("zendesk", "s1")).ok());
+  EXPECT_EQ(*store->GetConnectorRegistration("zendesk"), reg);
+  reg.redirect_uris = {"https://b.example.com/cb"};
+  ASSERT_TRUE(store->PutConnectorRegistration(reg, ClientSecret("zendesk", "s2")).ok());
+  EXPECT_THAT(store->ListConnectorRegistrations()->front().redirect_uris,
+              ElementsAre("https://b.example.com/cb"));
+  reg.redirect_uris = {""};
+  EXPECT_TRUE(
+      absl::IsInvalidArgument(store->PutConnectorRegistration(reg, ClientSecret("zendesk", "s3"))));
+  EXPECT_THAT(store->GetConnectorRegistration("zendesk")->redirect_uris,
+              ElementsAre("https://b.example.com/cb"));
+}
+
+// A database written before redirect URIs were stored opens, migrates, and
+// keeps its registrations (with none registered).
+TEST_F(SqliteGrantStoreTest, ADatabaseFromBeforeRedirectUrisMigrates) {
+  {
+    std::unique_ptr<GrantStore> store = OpenWithKeys();
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(
+        store->PutConnectorRegistration(Registration("zendesk", 1), ClientSecret("zendesk", "s"))
+            .ok());
+  }
+  {
+    RawDb raw = OpenRaw(path_);
+    ASSERT_EQ(RawExec(raw.get(),
+                      "DROP TABLE connector_redirect_uris; DROP INDEX grants_by_connector; "
+                      "DELETE FROM schema_migrations WHERE version >= 5"),
+              SQLITE_OK);
+  }
+  std::unique_ptr<GrantStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(*store->GetConnectorRegistration("zendesk"), Registration("zendesk", 1));
+  ConnectorRegistration reg = Registration("zendesk", 2);
+  reg.created_at = At(1);
+  reg.redirect_uris = {"https://hub.example.com/oauth/callback"};
+  ASSERT_TRUE(store->PutConnectorRegistration(reg, ClientSecret("zendesk", "s2")).ok());
+  EXPECT_EQ(*store->GetConnectorRegistration("zendesk"), reg);
+}
+
+// Re-registering must not send the refresh tokens of live grants elsewhere.
+TEST_F(SqliteGrantStoreTest, ARegistrationThatLiveGrantsUseKeepsItsEndpoints) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  ConnectorRegistration reg = Registration("zendesk", 1);
+  ASSERT_TRUE(store->PutConnectorRegistration(reg, ClientSecret("zendesk", "s1")).ok());
+  Grant active = MakeGrant("gr_a", "ws1", "zendesk");
+  Grant reauth = MakeGrant("gr_b", "ws2", "zendesk");
+  Grant elsewhere = MakeGrant("gr_c", "ws1", "github");
+  for (const Grant* g : {&active, &reauth, &elsewhere}) {
+    ASSERT_TRUE(store->InsertGrant(*g, SecretFor(*g)).ok());
+  }
+  ASSERT_TRUE(
+      store->SetGrantStatus("gr_b", GrantStatus::kReauthRequired, "invalid_grant", At(200)).ok());
+
+  struct Change {
+    const char* what;
+    void (*apply)(ConnectorRegistration&);
+  };
+  const Change refused[] = {
+      {"type", [](ConnectorRegistration& r) { r.connector_type = "oidc"; }},
+      {"issuer", [](ConnectorRegistration& r) { r.issuer = "https://evil.example.com"; }},
+      {"client id", [](ConnectorRegistration& r) { r.client_id = "another-client"; }},
+      {"parameters", [](ConnectorRegistration& r) { r.parameters["subdomain"] = "evil"; }},
+  };
+  for (const Change& c : refused) {
+    ConnectorRegistration changed = reg;
+    c.apply(changed);
+    changed.updated_at = At(300);
+    absl::Status st = store->PutConnectorRegistration(changed, ClientSecret("zendesk", "s2"));
+    EXPECT_TRUE(absl::IsFailedPrecondition(st)) << c.what << ": " << st;
+    EXPECT_THAT(st.message(), HasSubstr("2 live grant(s)")) << c.what;
+    EXPECT_THAT(st.message(), HasSubstr(c.what));
+    EXPECT_THAT(st.message(), HasSubstr("Revoke them first"));
+    // Nothing changed, not even the secret that came with it.
+    EXPECT_EQ(*store->GetConnectorRegistration("zendesk"), reg) << c.what;
+    EXPECT_EQ(store->GetSealedSecret({RegistrationSecretOwner("zendesk"), "client_secret"})->record,
+              Record("s1"));
+  }
+
+  // A new client secret and other redirect URIs are fine.
+  ConnectorRegistration rotated = reg;
+  rotated.redirect_uris = {"https://hub.example.com/oauth/callback"};
+  rotated.updated_at = At(400);
+  ASSERT_TRUE(store->PutConnectorRegistration(rotated, ClientSecret("zendesk", "s3")).ok());
+  EXPECT_EQ(*store->GetConnectorRegistration("zendesk"), rotated);
+
+  // Revoked with the revocation at the provider still pending: still frozen,
+  // the upstream revoker sends the refresh token to the connector's endpoint.
+  ASSERT_TRUE(store->RevokeGrant("gr_a", "admin", At(500)).ok());
+  ASSERT_TRUE(store->SetGrantStatus("gr_b", GrantStatus::kRevoked, "admin", At(500)).ok());
+  ConnectorRegistration moved = rotated;
+  moved.parameters["subdomain"] = "acme2";
+  absl::Status pending = store->PutConnectorRegistration(moved, ClientSecret("zendesk", "s4"));
+  EXPECT_TRUE(absl::IsFailedPrecondition(pending)) << pending;
+  EXPECT_THAT(pending.message(), HasSubstr("1 revoked grant(s) whose revocation at the provider"));
+  UpstreamRevocation done;
+  done.grant_id = "gr_a";
+  done.state = UpstreamRevocationState::kRevoked;
+  done.attempts = 1;
+  done.next_attempt_at = At(600);
+  done.updated_at = At(600);
+  ASSERT_TRUE(store->PutUpstreamRevocation(done).ok());
+  // Nothing uses it any more: the change is allowed.
+  ASSERT_TRUE(store->PutConnectorRegistration(moved, ClientSecret("zendesk", "s4")).ok());
+  EXPECT_EQ(store->GetConnectorRegistration("zendesk")->parameters.at("subdomain"), "acme2");
+}
+
+// The other order of the same race: a registration changed while an
+// authorization ran (its tokens came from the endpoints of before).
+TEST_F(SqliteGrantStoreTest, AGrantIssuedUnderAReplacedRegistrationIsRefused) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  const ConnectorRegistration issued_under = Registration("zendesk", 1);
+  ASSERT_TRUE(store->PutConnectorRegistration(issued_under, ClientSecret("zendesk", "s1")).ok());
+  // A new secret and redirect URIs do not move the tokens.
+  ConnectorRegistration rotated = issued_under;
+  rotated.redirect_uris = {"https://hub.example.com/oauth/callback"};
+  ASSERT_TRUE(store->PutConnectorRegistration(rotated, ClientSecret("zendesk", "s2")).ok());
+  Grant first = MakeGrant("gr_a", "ws1", "zendesk");
+  ASSERT_TRUE(store->InsertGrant(first, SecretFor(first), std::nullopt, &issued_under).ok());
+  ASSERT_TRUE(store->RevokeGrant("gr_a", "admin", At(150)).ok());
+  UpstreamRevocation done;
+  done.grant_id = "gr_a";
+  done.state = UpstreamRevocationState::kRevoked;
+  done.next_attempt_at = At(160);
+  done.updated_at = At(160);
+  ASSERT_TRUE(store->PutUpstreamRevocation(done).ok());
+
+  ConnectorRegistration moved = rotated;
+  moved.parameters["subdomain"] = "evil";
+  ASSERT_TRUE(store->PutConnectorRegistration(moved, ClientSecret("zendesk", "s3")).ok());
+  Grant late = MakeGrant("gr_b", "ws1", "zendesk");
+  absl::Status refused = store->InsertGrant(late, SecretFor(late), std::nullopt, &issued_under);
+  EXPECT_TRUE(absl::IsFailedPrecondition(refused)) << refused;
+  EXPECT_THAT(refused.message(), HasSubstr("re-registered (its parameters)"));
+  EXPECT_TRUE(absl::IsNotFound(store->GetGrant("gr_b").status()));
+  EXPECT_TRUE(absl::IsNotFound(store->GetSealedSecret({"gr_b", "refresh_token"}).status()));
+  EXPECT_TRUE(store->InsertGrant(late, SecretFor(late), std::nullopt, &moved).ok());
+  // A registration of another connector is a caller's mistake.
+  Grant other = MakeGrant("gr_c", "ws2", "github");
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      store->InsertGrant(other, SecretFor(other), std::nullopt, &issued_under)));
 }
 
 TEST_F(SqliteGrantStoreTest, AuthorizationSessionIsSingleUse) {
