@@ -417,6 +417,7 @@ void Service::OnConnect(v1::HelloReply::Role role,
   }
   if (attested.ok()) attested = CallerMatched(slot.get());
   if (attested.ok()) return;
+  CountUnmatched(connection->peer(), attested);
   v1::Response refused;
   refused.set_request_id(0);
   *refused.mutable_error() = StatusToError(attested);
@@ -557,6 +558,7 @@ void Service::OnFrame(v1::HelloReply::Role role, const std::shared_ptr<ipc::Conn
       }
       if (attested.ok()) attested = CallerMatched(slot.get());
       if (!attested.ok()) {
+        CountUnmatched(connection->peer(), attested);
         v1::Response refused;
         refused.set_request_id(request.request_id());
         *refused.mutable_error() = StatusToError(attested);
@@ -1340,10 +1342,7 @@ void Service::RecordRefusal(const ipc::PeerCredentials& peer, const policy::Call
                             audit::Event e, const absl::Status& refusal) {
   const std::string reason(refusal.message());
   if (caller == nullptr || !agents_.resolver->MatchesACallerRule(*caller)) {
-    // Anyone on the host can ask: no record (nor log line) per refusal.
-    std::optional<UnmatchedCallerTally::Summary> due =
-        unmatched_callers_.Count(peer.uid, peer.pid, reason, clock_->Now());
-    if (due.has_value()) RecordUnmatched(*due);
+    CountUnmatched(peer, refusal);
     return;
   }
   spdlog::info("token.denied uid={} pid={} workspace={} connector={} tool={} reason={}", peer.uid,
@@ -1362,6 +1361,13 @@ void Service::RecordRefusal(const ipc::PeerCredentials& peer, const policy::Call
     e.workspace_id.clear();
   }
   trail_.audit->AppendAsync(std::move(e), audit::Durability::kGrouped, [](absl::Status) {});
+}
+
+void Service::CountUnmatched(const ipc::PeerCredentials& peer, const absl::Status& refusal) {
+  // Anyone on the host can ask: no record (nor log line) per refusal.
+  std::optional<UnmatchedCallerTally::Summary> due =
+      unmatched_callers_.Count(peer.uid, peer.pid, std::string(refusal.message()), clock_->Now());
+  if (due.has_value()) RecordUnmatched(*due);
 }
 
 void Service::RecordUnmatched(const UnmatchedCallerTally::Summary& summary) {

@@ -225,6 +225,9 @@ class Service {
   // system chain; anything else in the workspace's chain.
   void RecordRefusal(const ipc::PeerCredentials& peer, const policy::CallerIdentity* caller,
                      audit::Event event, const absl::Status& refusal);
+  // Counts the refusal of a peer no caller rule matches (at accept or on a
+  // request) into its uid's caller.unmatched record.
+  void CountUnmatched(const ipc::PeerCredentials& peer, const absl::Status& refusal);
   void RecordUnmatched(const UnmatchedCallerTally::Summary& summary);
   void RunSubscribe(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request);
   std::shared_ptr<CallerSlot> CallerOf(const ipc::Connection& connection);
