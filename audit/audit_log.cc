@@ -406,6 +406,18 @@ constexpr char kRecordColumns[] =
     "chain, seq, time, type, prev_hash, body_hash, hash, workspace_id, admin_user, uid, pid, exe, "
     "grant_id, connector_id, account_id, scopes, outcome, reason, details";
 
+// A row of "SELECT seq, head_hash, time, key_label, signature FROM checkpoints".
+format::Checkpoint ReadCheckpointRow(const std::string& chain, const db::Statement& row) {
+  format::Checkpoint c;
+  c.chain = chain;
+  c.seq = static_cast<uint64_t>(row.Int(0));
+  c.head_hash = row.Text(1);
+  c.time = format::FormatTime(row.Int(2)).value_or("");
+  c.key_label = row.Text(3);
+  c.signature = row.Blob(4);
+  return c;
+}
+
 absl::Status TamperedError(const std::string& chain, uint64_t seq, std::string_view what) {
   return absl::DataLossError(absl::StrCat("audit log: chain ", chain, " seq ", seq, ": ", Sv(what),
                                           "; the stored audit trail was altered (export and "
@@ -1211,14 +1223,7 @@ absl::Status AuditLog::Impl::Export(const ExportFilter& filter, ExportFormat fmt
       writer->Write(r);
       tick();
       while (have_checkpoint && static_cast<uint64_t>(checkpoints.Int(0)) <= r.seq) {
-        format::Checkpoint c;
-        c.chain = chain;
-        c.seq = static_cast<uint64_t>(checkpoints.Int(0));
-        c.head_hash = checkpoints.Text(1);
-        c.time = format::FormatTime(checkpoints.Int(2)).value_or("");
-        c.key_label = checkpoints.Text(3);
-        c.signature = checkpoints.Blob(4);
-        writer->Write(c);
+        writer->Write(ReadCheckpointRow(chain, checkpoints));
         tick();
         GV_ASSIGN_OR_RETURN(have_checkpoint, checkpoints.Step());
       }
@@ -1346,13 +1351,7 @@ absl::StatusOr<ChainState> VerifyChain(sqlite3* db, const std::string& chain, Ch
     if (time_us < previous_time) return TamperedError(chain, r.seq, "time goes backwards");
     if (r.seq == last_checkpoint.seq + 1) unsigned_since_us = time_us;
     while (have_checkpoint && static_cast<uint64_t>(checkpoints.Int(0)) <= r.seq) {
-      format::Checkpoint c;
-      c.chain = chain;
-      c.seq = static_cast<uint64_t>(checkpoints.Int(0));
-      c.head_hash = checkpoints.Text(1);
-      c.time = format::FormatTime(checkpoints.Int(2)).value_or("");
-      c.key_label = checkpoints.Text(3);
-      c.signature = checkpoints.Blob(4);
+      const format::Checkpoint c = ReadCheckpointRow(chain, checkpoints);
       if (c.seq != r.seq) {
         return TamperedError(chain, c.seq, "a checkpoint names a seq that has no record");
       }
