@@ -490,7 +490,10 @@ TEST_F(ResolveTest, AConnectionWhoseProcessExitedIsRefused) {
   ASSERT_EQ(::read(report[0], &byte, 1), 1);
   ::close(report[0]);
   EXPECT_EQ(byte, static_cast<char>(v1::Error::PERMISSION_DENIED));
-  EXPECT_THAT(daemon_->Stderr(), HasSubstr("exited"));
+  // The refusal is logged after it is answered.
+  EXPECT_TRUE(testing::WaitFor([&] {
+    return daemon_->Stderr().find("exited") != std::string::npos;
+  })) << daemon_->Stderr();
 }
 
 // The executable this test runs as; its forks run it too until they exec.
