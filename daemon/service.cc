@@ -660,12 +660,17 @@ absl::Status Service::CheckAdmin(const ipc::Connection& connection, const v1::Re
   absl::StatusOr<std::shared_ptr<const policy::CallerIdentity>> caller =
       SharedCaller(CallerOf(connection).get());
   // A rule of the caller policy that names the peer decides by its role.
-  // (Matched on what was attested at connect: a rule that needs the
-  // executable never matches here.)
+  // (Matched on what was attested at connect: an `exe` rule on the executable
+  // identified then, re-checked here as before a release; an `exe_sha256` rule
+  // never matches here, since admin peers' executables are not hashed.)
   if (caller.ok() && agents_.resolver != nullptr) {
     if (std::shared_ptr<const policy::Policy> current = agents_.resolver->policy()) {
       if (const policy::CallerRule* rule = current->FindCaller(**caller); rule != nullptr) {
-        if (rule->role == policy::Role::kAdmin) return absl::OkStatus();
+        if (rule->role == policy::Role::kAdmin) {
+          // A process that executed another program since it connected is no
+          // longer the one the rule named.
+          return policy::StillSameCaller(**caller, ExecutableChecksOf(*rule));
+        }
         return absl::PermissionDeniedError(
             absl::StrCat("uid ", peer.uid, " has the agent role in the caller policy (",
                          rule->where, "): agents may only resolve and subscribe on agent.sock"));
