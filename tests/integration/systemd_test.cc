@@ -3,9 +3,13 @@
 // start it: socket-activated with both sockets (by systemd-socket-activate,
 // with the .socket files' names, owners and modes), as an unprivileged uid,
 // Type=notify with a watchdog.
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -19,21 +23,31 @@
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "daemon/vault.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "ipc/client.h"
+#include "keys/sealed_context.h"
+#include "nlohmann/json.hpp"
+#include "oauth/http_client.h"
+#include "oauth/pkce.h"
+#include "tests/integration/raw_socket.h"
 #include "tests/testing/daemon_process.h"
+#include "tests/testing/oauth_provider.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/wait.h"
 
 namespace grantvault {
 namespace {
 
+using json = nlohmann::json;
 using testing::CommandResult;
 using testing::DaemonProcess;
 using ::testing::HasSubstr;
@@ -44,11 +58,14 @@ using testing::TempDir;
 // (docs/operations.md, "systemd"); a change that raises it fails here.
 constexpr double kMaxExposure = 1.5;
 
+constexpr char kWorkspace[] = "ws_acme";
+
 // The ids the run test plays with (none needs an /etc/passwd entry).
 constexpr uid_t kDaemonUid = 65534;  // User=grantvault
 constexpr gid_t kDaemonGid = 65534;
 constexpr gid_t kAgentsGid = 64001;  // grantvault-agents
 constexpr gid_t kAdminsGid = 64002;  // grantvault-admins
+constexpr uid_t kAgentUid = 64010;   // in grantvault-agents (supplementary)
 constexpr uid_t kAdminUid = 64020;   // in grantvault-admins (supplementary)
 constexpr uid_t kOutsiderUid = 64030;
 
@@ -274,6 +291,53 @@ class SystemdRunTest : public ::testing::Test {
     return RunCommand(full);
   }
 
+  // A child that becomes the agent `uid` (primary group `uid`, supplementary
+  // grantvault-agents), connects to agent.sock, says Hello and execs
+  // exec_resolver on the connection, which resolves "demo". Its report line
+  // ("code=<Error.Code, 0 for a token> closed=<0|1>"), "cannot connect",
+  // "hello refused", or why else it failed.
+  std::string ResolveAsAgent(uid_t uid) {
+    int out[2];
+    if (::pipe(out) != 0) return "pipe failed";
+    const pid_t child = ::fork();
+    if (child == 0) {
+      ::close(out[0]);
+      const gid_t groups[] = {kAgentsGid};
+      if (::setgroups(1, groups) != 0 || ::setresgid(uid, uid, uid) != 0 ||
+          ::setresuid(uid, uid, uid) != 0) {
+        ::_exit(9);
+      }
+      testing::RawSocket raw(agent_.path);
+      if (!raw.connected()) ::_exit(10);
+      if (!raw.Hello()) ::_exit(11);
+      const int fd = raw.fd();
+      if (::fcntl(fd, F_SETFD, 0) != 0 || ::dup2(out[1], STDOUT_FILENO) < 0) ::_exit(13);
+      const std::string fd_arg = std::to_string(fd);
+      ::execl(GV_EXEC_RESOLVER, GV_EXEC_RESOLVER, fd_arg.c_str(), kWorkspace, "", "2",
+              static_cast<char*>(nullptr));
+      ::_exit(14);
+    }
+    ::close(out[1]);
+    std::string report;
+    char buf[256];
+    ssize_t n;
+    while ((n = ::read(out[0], buf, sizeof(buf))) > 0) report.append(buf, static_cast<size_t>(n));
+    ::close(out[0]);
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 10) return "cannot connect";
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 11) return "hello refused";
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      return absl::StrCat("child failed with status ", status, ": ", report);
+    }
+    return report;
+  }
+
+  CommandResult AdminCli(std::vector<std::string> args) {
+    args.insert(args.begin(), {GV_CLI, "--socket", admin_.path, "--timeout", "30"});
+    return RunAs(kAdminUid, kAdminUid, std::to_string(kAdminsGid), std::move(args));
+  }
+
   TempDir dir_;
   std::string activate_, setpriv_, state_, run_, config_, policy_;
   SocketUnit agent_, admin_;
@@ -313,6 +377,129 @@ TEST_F(SystemdRunTest, SocketActivatedNotifyDaemonPingsTheWatchdogAndServesAdmin
   daemon_->Signal(SIGTERM);
   EXPECT_TRUE(daemon_->WaitForNotification("STOPPING=1", absl::Seconds(10)).ok());
   EXPECT_EQ(daemon_->Wait(absl::Seconds(20)), 0) << daemon_->Stderr();
+}
+
+// The whole path through the unit's sandbox-relevant choices: outbound HTTPS
+// to the provider (authorisation, refresh, upstream revocation), an agent of
+// another uid let in by the socket's group and told apart by SO_PEERCRED and
+// its /proc entry.
+TEST_F(SystemdRunTest, AnAgentOfAnotherUidResolvesAndARevocationReachesTheProvider) {
+  auto provider = testing::OAuthProvider::Start({});
+  if (!provider.ok() && absl::StrContains(provider.status().message(), "node")) {
+    GTEST_SKIP() << "no oidc-provider: " << provider.status();
+  }
+  ASSERT_TRUE(provider.ok()) << provider.status();
+  // Readable by the daemon's uid, as /etc/grantvault would be.
+  const std::string ca_file = dir_.Join("provider-ca.pem");
+  std::ofstream(ca_file) << Slurp((*provider)->ca_file());
+  ASSERT_EQ(::chmod(ca_file.c_str(), 0644), 0);
+  std::ofstream(config_, std::ios::app)
+      << "[oauth]\nca_file = \"" << ca_file
+      << "\"\nuse_system_trust_store = false\nrevocation_timeout_ms = 2000\n"
+         "revocation_retry_ms = 300\n";
+  // Root may use admin.sock too (the test's own authorisation below).
+  std::string config = Slurp(config_);
+  config = absl::StrReplaceAll(config, {{"allowed_uids = []", "allowed_uids = [0]"}});
+  std::ofstream(config_, std::ios::trunc) << config;
+  std::ofstream(policy_) << "[[callers]]\nuid = " << kAgentUid
+                         << "\nrole = \"agent\"\nworkspaces = [\"" << kWorkspace
+                         << "\"]\n[workspaces." << kWorkspace
+                         << "]\nallow_resolve_without_tool = true\n";
+  ASSERT_EQ(::chmod(policy_.c_str(), 0644), 0);
+  const std::string secret_file = dir_.Join("client.secret");
+  std::ofstream(secret_file) << (*provider)->clients()[0].client_secret;
+  ASSERT_EQ(::chmod(secret_file.c_str(), 0600), 0);
+  ASSERT_EQ(::chown(secret_file.c_str(), kAdminUid, kAdminUid), 0);
+
+  ASSERT_NO_FATAL_FAILURE(StartActivated(absl::Seconds(2)));
+  CommandResult reg =
+      AdminCli({"connectors", "register", "--id", "demo", "--type", "oidc", "--client-id",
+                (*provider)->clients()[0].client_id, "--client-secret-file", secret_file,
+                "--issuer", (*provider)->issuer()});
+  ASSERT_EQ(reg.exit_code, 0) << reg.out << reg.err << daemon_->Stderr();
+
+  // Authorisation: the daemon exchanges the code at the provider.
+  auto admin = ipc::Client::Connect(admin_.path);
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  v1::Request begin;
+  begin.set_admin_user("alice-admin");
+  begin.mutable_begin_authorization()->set_workspace_id(kWorkspace);
+  begin.mutable_begin_authorization()->set_connector_id("demo");
+  begin.mutable_begin_authorization()->set_redirect_uri("http://127.0.0.1/callback");
+  auto started = (*admin)->Call(begin, absl::Seconds(30));
+  ASSERT_TRUE(started.ok() && started->has_begin_authorization())
+      << (started.ok() ? started->error().message() : started.status().ToString());
+  auto redirect = (*provider)->Approve(started->begin_authorization().authorization_url());
+  ASSERT_TRUE(redirect.ok()) << redirect.status();
+  v1::Request complete;
+  complete.set_admin_user("alice-admin");
+  complete.mutable_complete_authorization()->set_callback_url(*redirect);
+  auto done = (*admin)->Call(complete, absl::Seconds(30));
+  ASSERT_TRUE(done.ok() && done->has_complete_authorization())
+      << (done.ok() ? done->error().message() : done.status().ToString()) << daemon_->Stderr();
+  const std::string grant_id = done->complete_authorization().grant().grant_id();
+
+  // The agent of another uid gets a token (the policy names that uid only, so
+  // the daemon saw its real uid); one the policy does not name, though in
+  // the group, is refused.
+  EXPECT_EQ(ResolveAsAgent(kAgentUid), "code=0 closed=0\n") << daemon_->Stderr();
+  EXPECT_EQ(ResolveAsAgent(kOutsiderUid), "hello refused") << daemon_->Stderr();
+
+  // The refresh token the daemon holds (read from the state, next to it, as
+  // the state's owner).
+  std::string refresh_token;
+  {
+    ASSERT_EQ(::setegid(kDaemonGid), 0);
+    ASSERT_EQ(::seteuid(kDaemonUid), 0);
+    absl::Cleanup back_to_root = [] {
+      if (::seteuid(0) != 0 || ::setegid(0) != 0) std::abort();
+    };
+    auto vault = daemon::OpenEmbeddedState(state_);
+    ASSERT_TRUE(vault.ok()) << vault.status();
+    auto secret = vault->store->GetSealedSecret({grant_id, "refresh_token"});
+    ASSERT_TRUE(secret.ok()) << secret.status();
+    auto token = keys::OpenSealed(*vault->sealer, *secret);
+    ASSERT_TRUE(token.ok()) << token.status();
+    refresh_token = std::string(token->view());
+  }
+
+  CommandResult revoked = AdminCli({"revoke", grant_id, "--reason", "offboarding"});
+  ASSERT_EQ(revoked.exit_code, 0) << revoked.out << revoked.err;
+  json shown;
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        CommandResult r = AdminCli({"--json", "grants", "show", grant_id});
+        shown = json::parse(r.out, nullptr, /*allow_exceptions=*/false);
+        return shown.is_object() && shown["grant"].value("upstream_revocation", "") == "revoked";
+      },
+      absl::Seconds(20)))
+      << shown.dump() << daemon_->Stderr();
+
+  // The provider says so too (RFC 7662 introspection, as another client).
+  oauth::HttpClientOptions http_options;
+  http_options.use_system_trust_store = false;
+  http_options.ca_file = (*provider)->ca_file();
+  auto http = oauth::NewHttpClient(http_options);
+  ASSERT_TRUE(http.ok()) << http.status();
+  oauth::HttpRequest discovery;
+  discovery.url = (*provider)->issuer() + "/.well-known/openid-configuration";
+  auto document = (*http)->Send(discovery, absl::Seconds(10));
+  ASSERT_TRUE(document.ok()) << document.status();
+  const json metadata = json::parse(document->body, nullptr, false);
+  oauth::HttpRequest introspect;
+  introspect.method = "POST";
+  introspect.url = metadata.value("introspection_endpoint", "");
+  introspect.headers = {
+      {"Content-Type", "application/x-www-form-urlencoded"},
+      {"Accept", "application/json"},
+      {"Authorization", "Basic " + oauth::Base64((*provider)->clients()[0].client_id + ":" +
+                                                 (*provider)->clients()[0].client_secret)}};
+  introspect.body =
+      oauth::FormEncode({{"token", refresh_token}, {"token_type_hint", "refresh_token"}});
+  auto answer = (*http)->Send(introspect, absl::Seconds(10));
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  const json introspection = json::parse(answer->body, nullptr, false);
+  EXPECT_EQ(introspection["active"], false) << answer->body;
 }
 
 }  // namespace
