@@ -6,17 +6,20 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -32,6 +35,7 @@
 #include "absl/strings/strip.h"
 #include "daemon/vault.h"
 #include "gmock/gmock.h"
+#include "grantvault/v1/envelope.pb.h"
 #include "gtest/gtest.h"
 #include "ipc/client.h"
 #include "keys/sealed_context.h"
@@ -292,10 +296,9 @@ class SystemdRunTest : public ::testing::Test {
   }
 
   // A child that becomes the agent `uid` (primary group `uid`, supplementary
-  // grantvault-agents), connects to agent.sock, says Hello and execs
-  // exec_resolver on the connection, which resolves "demo". Its report line
-  // ("code=<Error.Code, 0 for a token> closed=<0|1>"), "cannot connect",
-  // "hello refused", or why else it failed.
+  // grantvault-agents), connects to agent.sock, says Hello and resolves
+  // "demo" for the workspace. "code=<Error.Code, 0 for a token>",
+  // "cannot connect", "hello refused", or why else it failed.
   std::string ResolveAsAgent(uid_t uid) {
     int out[2];
     if (::pipe(out) != 0) return "pipe failed";
@@ -307,15 +310,25 @@ class SystemdRunTest : public ::testing::Test {
           ::setresuid(uid, uid, uid) != 0) {
         ::_exit(9);
       }
+      // Dumpable, as a process exec'd under that uid is (a credential change
+      // clears it, which would hide /proc/<pid>/exe even from its own uid).
+      ::prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
       testing::RawSocket raw(agent_.path);
       if (!raw.connected()) ::_exit(10);
       if (!raw.Hello()) ::_exit(11);
-      const int fd = raw.fd();
-      if (::fcntl(fd, F_SETFD, 0) != 0 || ::dup2(out[1], STDOUT_FILENO) < 0) ::_exit(13);
-      const std::string fd_arg = std::to_string(fd);
-      ::execl(GV_EXEC_RESOLVER, GV_EXEC_RESOLVER, fd_arg.c_str(), kWorkspace, "", "2",
-              static_cast<char*>(nullptr));
-      ::_exit(14);
+      v1::Request request;
+      request.set_request_id(2);
+      request.mutable_resolve()->set_workspace_id(kWorkspace);
+      request.mutable_resolve()->set_connector_id("demo");
+      request.mutable_resolve()->set_min_valid_seconds(1);
+      if (!raw.WriteRequest(request)) ::_exit(12);
+      std::optional<v1::Response> response = raw.ReadResponse(absl::Seconds(20));
+      if (!response) ::_exit(13);
+      const std::string report = absl::StrCat(
+          "code=", response->has_error() ? static_cast<int>(response->error().code()) : 0);
+      ::_exit(::write(out[1], report.data(), report.size()) == static_cast<ssize_t>(report.size())
+                  ? 0
+                  : 14);
     }
     ::close(out[1]);
     std::string report;
@@ -442,7 +455,7 @@ TEST_F(SystemdRunTest, AnAgentOfAnotherUidResolvesAndARevocationReachesTheProvid
   // The agent of another uid gets a token (the policy names that uid only, so
   // the daemon saw its real uid); one the policy does not name, though in
   // the group, is refused.
-  EXPECT_EQ(ResolveAsAgent(kAgentUid), "code=0 closed=0\n") << daemon_->Stderr();
+  EXPECT_EQ(ResolveAsAgent(kAgentUid), "code=0") << daemon_->Stderr();
   EXPECT_EQ(ResolveAsAgent(kOutsiderUid), "hello refused") << daemon_->Stderr();
 
   // The refresh token the daemon holds (read from the state, next to it, as
@@ -500,6 +513,29 @@ TEST_F(SystemdRunTest, AnAgentOfAnotherUidResolvesAndARevocationReachesTheProvid
   ASSERT_TRUE(answer.ok()) << answer.status();
   const json introspection = json::parse(answer->body, nullptr, false);
   EXPECT_EQ(introspection["active"], false) << answer->body;
+}
+
+// The unit's daemon has no CAP_SYS_PTRACE: it can read /proc/<pid>/exe of
+// its own uid's processes only, so an exe rule matches an agent of that uid
+// and fails closed for any other (docs/policy.md, docs/operations.md).
+TEST_F(SystemdRunTest, AnExeRuleMatchesOnlyAgentsOfTheDaemonsOwnUid) {
+  std::array<char, 4096> self{};
+  const ssize_t n = ::readlink("/proc/self/exe", self.data(), self.size() - 1);
+  ASSERT_GT(n, 0);
+  std::ofstream policy(policy_);
+  for (uid_t uid : {kDaemonUid, kAgentUid}) {
+    policy << "[[callers]]\nuid = " << uid << "\nexe = \""
+           << std::string(self.data(), static_cast<size_t>(n))
+           << "\"\nrole = \"agent\"\nworkspaces = [\"" << kWorkspace << "\"]\n";
+  }
+  policy << "[workspaces." << kWorkspace << "]\nallow_resolve_without_tool = true\n";
+  policy.close();
+  ASSERT_EQ(::chmod(policy_.c_str(), 0644), 0);
+  ASSERT_NO_FATAL_FAILURE(StartActivated(absl::Seconds(2)));
+
+  // Attested, so past Hello; the resolve itself finds no connector.
+  EXPECT_EQ(ResolveAsAgent(kDaemonUid), "code=4") << daemon_->Stderr();
+  EXPECT_EQ(ResolveAsAgent(kAgentUid), "hello refused") << daemon_->Stderr();
 }
 
 }  // namespace
