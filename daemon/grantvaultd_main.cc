@@ -8,9 +8,12 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -19,6 +22,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "audit/audit_log.h"
 #include "common/files.h"
 #include "common/log_escape.h"
@@ -168,6 +173,62 @@ audit::Event SystemEvent(std::string type, std::string reason) {
   e.reason = std::move(reason);
   return e;
 }
+
+// The systemd watchdog (WatchdogSec= in the unit, WATCHDOG_USEC for us):
+// WATCHDOG=1 every half interval, sent only when every I/O thread of the
+// server has just run a posted check, so that a hung event loop lets the
+// watchdog fire instead of being papered over by an independent pinger.
+class Watchdog {
+ public:
+  explicit Watchdog(ipc::Server* server) : server_(server) {
+    uint64_t usec = 0;
+    if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
+      interval_ = absl::Microseconds(static_cast<int64_t>(usec)) / 2;
+      spdlog::info("watchdog.enabled ping_every={}", absl::FormatDuration(interval_));
+    }
+  }
+
+  // Waits for one of `signals`, pinging the watchdog in the meantime when it
+  // is enabled. Returns the signal, or 0 when the wait ended without one.
+  int WaitForSignal(const sigset_t& signals) {
+    if (interval_ == absl::ZeroDuration()) {
+      int sig = 0;
+      return sigwait(&signals, &sig) == 0 ? sig : 0;
+    }
+    const absl::Time now = absl::Now();
+    if (now >= next_ping_) {
+      Ping();
+      next_ping_ = now + interval_;
+    }
+    const timespec wait =
+        absl::ToTimespec(std::max(next_ping_ - absl::Now(), absl::ZeroDuration()));
+    const int sig = sigtimedwait(&signals, nullptr, &wait);
+    return sig > 0 ? sig : 0;
+  }
+
+ private:
+  void Ping() {
+    // Half of the half interval: a failed check still leaves time for the
+    // next one before systemd gives up.
+    absl::Status healthy = server_->CheckHealth(interval_ / 2);
+    if (!healthy.ok()) {
+      spdlog::error("watchdog.unhealthy not pinging: {}",
+                    EscapeTextForLog(std::string(healthy.message())));
+      unhealthy_ = true;
+      return;
+    }
+    if (unhealthy_) {
+      spdlog::info("watchdog.healthy again");
+      unhealthy_ = false;
+    }
+    sd_notify(0, "WATCHDOG=1");
+  }
+
+  ipc::Server* const server_;
+  absl::Duration interval_ = absl::ZeroDuration();  // zero: watchdog off
+  absl::Time next_ping_ = absl::InfinitePast();
+  bool unhealthy_ = false;
+};
 
 int Fail(const absl::Status& status) {
   spdlog::error("{}", EscapeTextForLog(std::string(status.message()), 4096));
@@ -328,9 +389,10 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
                vault->token->label(), vault->sealer->ActiveKek().label);
   sd_notifyf(0, "READY=1\nSTATUS=serving\nMAINPID=%d", static_cast<int>(::getpid()));
 
+  Watchdog watchdog(server->get());
   for (;;) {
-    int sig = 0;
-    if (sigwait(&signals, &sig) != 0) continue;
+    const int sig = watchdog.WaitForSignal(signals);
+    if (sig <= 0) continue;
     if (sig == SIGHUP) {
       sd_notify(0, "RELOADING=1");
       absl::StatusOr<DaemonConfig> fresh = LoadConfig(config_file, state_dir);

@@ -956,6 +956,7 @@ class ServerImpl final : public Server {
   absl::Status Start() override;
   void Shutdown(absl::Duration drain) override;
   ServerStats stats() const override;
+  absl::Status CheckHealth(absl::Duration timeout) override;
 
  private:
   enum class State { kCreated, kRunning, kStopped };
@@ -1042,6 +1043,41 @@ void ServerImpl::Shutdown(absl::Duration drain) {
   work_.clear();
   for (std::thread& thread : threads_) thread.join();
   threads_.clear();
+}
+
+absl::Status ServerImpl::CheckHealth(absl::Duration timeout) {
+  // Shared with the posted no-ops, which may run after this returns.
+  struct Pending {
+    absl::Mutex mu;
+    size_t left ABSL_GUARDED_BY(mu) = 0;
+  };
+  auto pending = std::make_shared<Pending>();
+  {
+    absl::MutexLock lock(&lifecycle_mu_);
+    if (state_ != State::kRunning) {
+      return absl::FailedPreconditionError("the server is not running");
+    }
+    {
+      absl::MutexLock pending_lock(&pending->mu);
+      pending->left = core_->ios.size();
+    }
+    for (const auto& io : core_->ios) {
+      asio::post(*io, [pending] {
+        absl::MutexLock pending_lock(&pending->mu);
+        --pending->left;
+      });
+    }
+  }
+  absl::MutexLock pending_lock(&pending->mu);
+  const auto all_ran = [&pending]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(pending->mu) {
+    return pending->left == 0;
+  };
+  if (!pending->mu.AwaitWithTimeout(absl::Condition(&all_ran), timeout)) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        pending->left, " of ", core_->ios.size(),
+        " I/O thread(s) did not run a posted check within ", absl::FormatDuration(timeout)));
+  }
+  return absl::OkStatus();
 }
 
 ServerStats ServerImpl::stats() const {

@@ -145,6 +145,13 @@ class Server {
   // join the threads. Idempotent.
   virtual void Shutdown(absl::Duration drain) = 0;
   virtual ServerStats stats() const = 0;
+  // Liveness, for the systemd watchdog: posts a no-op to every io_context and
+  // waits up to `timeout` for all of them to run it. OK only if every I/O
+  // thread is turning its event loop; DeadlineExceeded if one is stuck (a
+  // handler blocking its thread, a deadlock); FailedPrecondition before
+  // Start() or after Shutdown(). Thread-safe; must not be called on an I/O
+  // thread (it would wait for itself).
+  virtual absl::Status CheckHealth(absl::Duration timeout) = 0;
 };
 
 // Where the module's log lines go (default: stderr). `routine` is true for

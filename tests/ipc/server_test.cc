@@ -24,8 +24,10 @@
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -1372,6 +1374,51 @@ TEST(SystemdSocketsTest, RefusesASocketThatIsNotListening) {
   ASSERT_FALSE(sockets.ok());
   EXPECT_THAT(std::string(sockets.status().message()), HasSubstr("not a listening Unix stream"));
   EXPECT_FALSE(FdIsOpen(3));  // closed with the refusal
+}
+
+// Blocks the I/O thread that delivers a frame until released.
+class BlockingHandler : public FrameHandler {
+ public:
+  void OnFrame(const std::shared_ptr<Connection>& connection, std::string_view payload) override {
+    entered_.Notify();
+    release_.WaitForNotification();
+    connection->Send(std::string(payload), /*final=*/true);
+  }
+  absl::Notification entered_;
+  absl::Notification release_;
+};
+
+TEST_F(ServerTest, CheckHealthFailsWhileAnIoThreadIsStuckAndRecovers) {
+  BlockingHandler blocking;
+  absl::Cleanup release = [&] {
+    if (!blocking.release_.HasBeenNotified()) blocking.release_.Notify();
+  };
+  StartServer(&blocking, FastLimits(), /*io_threads=*/1);
+  EXPECT_TRUE(server_->CheckHealth(absl::Seconds(5)).ok());
+
+  RawClient client = Connect();
+  ASSERT_TRUE(client.SendFrame("hold the thread"));
+  ASSERT_TRUE(blocking.entered_.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  const absl::Status stuck = server_->CheckHealth(absl::Milliseconds(200));
+  EXPECT_EQ(stuck.code(), absl::StatusCode::kDeadlineExceeded) << stuck;
+  EXPECT_THAT(stuck.message(), HasSubstr("1 of 1 I/O thread(s)"));
+
+  blocking.release_.Notify();
+  EXPECT_EQ(client.ReadFrame(), "hold the thread");
+  EXPECT_TRUE(server_->CheckHealth(absl::Seconds(5)).ok());
+  server_->Shutdown(absl::ZeroDuration());
+  EXPECT_EQ(server_->CheckHealth(absl::Seconds(1)).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(ServerHealthTest, CheckHealthBeforeStartIsAPreconditionFailure) {
+  std::unique_ptr<grantvault::testing::TempDir> dir = MakeSocketDir();
+  absl::StatusOr<int> fd = BindUnixSocket(dir->Join("agent.sock"), 0660);
+  ASSERT_TRUE(fd.ok()) << fd.status();
+  EchoHandler echo;
+  absl::StatusOr<std::unique_ptr<Server>> server =
+      Server::Create({Listener{"agent", *fd, &echo, {}}}, FastLimits(), 1);
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_EQ((*server)->CheckHealth(absl::Seconds(1)).code(), absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

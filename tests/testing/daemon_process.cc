@@ -119,6 +119,11 @@ absl::Status DaemonProcess::Start(absl::Duration timeout) {
   if (::bind(notify_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     return absl::InternalError(absl::StrCat("bind notify socket: ", std::strerror(errno)));
   }
+  if (notify_uid_ != static_cast<uid_t>(-1) &&
+      (::chown(dir_tmpl, notify_uid_, static_cast<gid_t>(-1)) != 0 ||
+       ::chown(notify_path_.c_str(), notify_uid_, static_cast<gid_t>(-1)) != 0)) {
+    return absl::InternalError(absl::StrCat("chown notify socket: ", std::strerror(errno)));
+  }
   int err_fd = ::open(stderr_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   std::vector<std::string> args = args_;
   std::vector<std::string> env = Environment({"NOTIFY_SOCKET=" + notify_path_});

@@ -35,6 +35,10 @@ class DaemonProcess {
   void InheritSockets(std::vector<std::pair<std::string, int>> named_fds) {
     inherited_ = std::move(named_fds);
   }
+  // Lets a daemon that drops to `uid` (under setpriv, say) still notify: the
+  // notification socket and its directory are given to that uid. Call before
+  // Start().
+  void AllowNotificationsFrom(uid_t uid) { notify_uid_ = uid; }
   ~DaemonProcess();
 
   // Starts the daemon and waits up to `timeout` for READY=1.
@@ -57,6 +61,7 @@ class DaemonProcess {
   std::vector<std::pair<std::string, int>> inherited_;
   pid_t pid_ = -1;
   int notify_fd_ = -1;
+  uid_t notify_uid_ = static_cast<uid_t>(-1);  // -1: stays this process's
   std::string notify_path_;
   std::string stderr_path_;
   int exit_code_ = -1;
