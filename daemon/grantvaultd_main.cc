@@ -387,9 +387,10 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   spdlog::info("grantvaultd.ready version={} state_dir={} agent={} admin={} token={} kek={}",
                kServerVersion, config->state_dir, config->agent_socket, config->admin_socket,
                vault->token->label(), vault->sealer->ActiveKek().label);
-  sd_notifyf(0, "READY=1\nSTATUS=serving\nMAINPID=%d", static_cast<int>(::getpid()));
-
+  // Before READY=1, so that whoever sees the daemon ready also sees (in the
+  // log) whether the watchdog is on.
   Watchdog watchdog(server->get());
+  sd_notifyf(0, "READY=1\nSTATUS=serving\nMAINPID=%d", static_cast<int>(::getpid()));
   for (;;) {
     const int sig = watchdog.WaitForSignal(signals);
     if (sig <= 0) continue;

@@ -11,6 +11,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
   libboost-dev protobuf-compiler libprotobuf-dev libtomlplusplus-dev libspdlog-dev
   libsystemd-dev nlohmann-json3-dev libcjose-dev liburiparser-dev
+  systemd util-linux  # systemd-analyze, systemd-socket-activate, setpriv (tests/integration/systemd_test)
 )
 
 missing=()

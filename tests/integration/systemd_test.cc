@@ -363,6 +363,11 @@ TEST_F(SystemdRunTest, SocketActivatedNotifyDaemonPingsTheWatchdogAndServesAdmin
   EXPECT_EQ(agent_.fd_name, "agent");
   EXPECT_EQ(admin_.fd_name, "admin");
   ASSERT_NO_FATAL_FAILURE(StartActivated(absl::Seconds(1)));
+  // The daemon's stderr is read by another thread: wait for what it logged
+  // before READY=1 to arrive.
+  EXPECT_TRUE(testing::WaitFor([&] {
+    return daemon_->Stderr().find("watchdog.enabled") != std::string::npos;
+  })) << daemon_->Stderr();
   EXPECT_THAT(daemon_->Stderr(), HasSubstr("socket.inherited name=agent"));
   EXPECT_THAT(daemon_->Stderr(), HasSubstr("socket.inherited name=admin"));
   EXPECT_THAT(daemon_->Stderr(), HasSubstr("watchdog.enabled ping_every=500ms"));
