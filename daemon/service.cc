@@ -410,19 +410,24 @@ void Service::OnConnect(v1::HelloReply::Role role,
   // A caller that cannot be attested, or that no rule names, is told why
   // (for request 0, before its Hello is read) and closed at once: it must not
   // hold a connection slot until it speaks or idles out.
-  absl::Status attested;
-  {
+  AdmitAgentCaller(*connection, slot.get(), 0);
+}
+
+bool Service::AdmitAgentCaller(ipc::Connection& connection, CallerSlot* slot, uint64_t request_id) {
+  absl::Status attested = absl::UnauthenticatedError("the caller was not attested");
+  if (slot != nullptr) {
     absl::MutexLock slot_lock(&slot->mu);
     attested = slot->identity.status();
   }
-  if (attested.ok()) attested = CallerMatched(slot.get());
-  if (attested.ok()) return;
-  CountUnmatched(connection->peer(), attested);
+  if (attested.ok()) attested = CallerMatched(slot);
+  if (attested.ok()) return true;
+  CountUnmatched(connection.peer(), attested);
   v1::Response refused;
-  refused.set_request_id(0);
+  refused.set_request_id(request_id);
   *refused.mutable_error() = StatusToError(attested);
-  SendResponse(*connection, refused);
-  connection->Close(absl::StrCat("caller attestation failed: ", attested.message()));
+  SendResponse(connection, refused);
+  connection.Close(absl::StrCat("caller attestation failed: ", attested.message()));
+  return false;
 }
 
 std::shared_ptr<Service::CallerSlot> Service::AttestedSlot(const ipc::Connection& connection) {
@@ -549,23 +554,11 @@ void Service::OnFrame(v1::HelloReply::Role role, const std::shared_ptr<ipc::Conn
       connection->Close("unsupported protocol version");
       return;
     }
-    if (role == v1::HelloReply::AGENT) {
-      std::shared_ptr<CallerSlot> slot = CallerOf(*connection);
-      absl::Status attested = absl::UnauthenticatedError("the caller was not attested");
-      if (slot != nullptr) {
-        absl::MutexLock slot_lock(&slot->mu);
-        attested = slot->identity.status();
-      }
-      if (attested.ok()) attested = CallerMatched(slot.get());
-      if (!attested.ok()) {
-        CountUnmatched(connection->peer(), attested);
-        v1::Response refused;
-        refused.set_request_id(request.request_id());
-        *refused.mutable_error() = StatusToError(attested);
-        SendResponse(*connection, refused);
-        connection->Close(absl::StrCat("caller attestation failed: ", attested.message()));
-        return;
-      }
+    // Checked again at Hello: a reload since the accept may have dropped the
+    // caller's rule.
+    if (role == v1::HelloReply::AGENT &&
+        !AdmitAgentCaller(*connection, CallerOf(*connection).get(), request.request_id())) {
+      return;
     }
     state->hello_done.store(true, std::memory_order_release);
     v1::Response r;

@@ -233,9 +233,14 @@ class Service {
   std::shared_ptr<CallerSlot> CallerOf(const ipc::Connection& connection);
   // A new agent connection's caller, attested from its peer credentials.
   static std::shared_ptr<CallerSlot> AttestedSlot(const ipc::Connection& connection);
-  // At Hello on agent.sock: OK unless the current policy has no rule for the
+  // At accept and at Hello on agent.sock: OK unless the current policy has no rule for the
   // connection's caller (then the error to answer before closing).
   absl::Status CallerMatched(CallerSlot* slot) const;
+  // Whether an agent connection's caller may be served: attested and, under a
+  // policy, named by a rule (CallerMatched). If not, it is counted among the
+  // unmatched peers, told why in an Error for `request_id`, closed, and false
+  // is returned. At accept (request 0) and again at Hello.
+  bool AdmitAgentCaller(ipc::Connection& connection, CallerSlot* slot, uint64_t request_id);
   // After an agent request was refused with `refusal`: closes the connection
   // when its caller can no longer be served at all (it executed another
   // program, or no rule of the current policy names it).
