@@ -6,16 +6,12 @@
 #include "common/status.h"
 
 namespace grantvault::daemon {
-namespace {
-
-// Whether `have` holds everything `need` matches on. The executable's path is
-// always collected at accept; only its hash may still be missing (and never
-// can be added when the executable could not be read).
+// The executable's path is always collected at accept; only its hash may
+// still be missing (and never can be added when the executable could not be
+// read).
 bool Covers(const policy::CallerIdentity& have, const policy::AttestOptions& need) {
   return !need.hash_exe || have.exe_sha256.has_value() || !have.exe_path.has_value();
 }
-
-}  // namespace
 
 policy::ExecutableChecks ExecutableChecksOf(const policy::CallerRule& rule) {
   return policy::ExecutableChecks{.path = rule.exe.has_value(),

@@ -62,6 +62,11 @@ struct Resolved {
   std::vector<std::string> scopes;  // the scopes the call was checked for
 };
 
+// Whether `have` holds all that a policy needing `need` matches on: the
+// executable's hash once a rule needs it (an executable that could not be
+// read never matches an exe rule, so it needs none).
+bool Covers(const policy::CallerIdentity& have, const policy::AttestOptions& need);
+
 // What a release allowed by `rule` must re-check of the caller's executable
 // (policy::StillSameCaller): the parts the rule matches on.
 policy::ExecutableChecks ExecutableChecksOf(const policy::CallerRule& rule);

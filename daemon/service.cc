@@ -449,25 +449,15 @@ std::shared_ptr<Service::CallerSlot> Service::AttestedSlot(const ipc::Connection
   return slot;
 }
 
-namespace {
-
-// Whether `caller` holds all that `current` matches on: not before the hash
-// of its executable is taken, when a rule needs it (on a worker, by its first
-// request: hashing does not belong on an I/O thread).
-bool CanBeJudged(const policy::Policy& current, const policy::CallerIdentity& caller) {
-  return !current.RequiredAttestation().hash_exe || !caller.exe_path.has_value() ||
-         caller.exe_sha256.has_value();
-}
-
-}  // namespace
-
 absl::Status Service::CallerMatched(CallerSlot* slot) const {
   if (agents_.resolver == nullptr) return absl::OkStatus();
   const std::shared_ptr<const policy::Policy> current = agents_.resolver->policy();
   // Without a policy every agent request is refused with the reason.
   if (current == nullptr) return absl::OkStatus();
   GV_ASSIGN_OR_RETURN(std::shared_ptr<const policy::CallerIdentity> caller, SharedCaller(slot));
-  if (!CanBeJudged(*current, *caller)) return absl::OkStatus();
+  // Not before the executable's hash is taken, when a rule needs it (on a
+  // worker, by the first request: hashing does not belong on an I/O thread).
+  if (!Covers(*caller, current->RequiredAttestation())) return absl::OkStatus();
   return current->MatchCaller(*caller).status();
 }
 
@@ -483,7 +473,7 @@ void Service::CloseIfCallerRefused(ipc::Connection& connection, const absl::Stat
   // open would only hold a connection slot.
   if (caller == nullptr || agents_.resolver == nullptr) return;
   const std::shared_ptr<const policy::Policy> current = agents_.resolver->policy();
-  if (current != nullptr && CanBeJudged(*current, *caller) &&
+  if (current != nullptr && Covers(*caller, current->RequiredAttestation()) &&
       current->FindCaller(*caller) == nullptr) {
     connection.Close(
         absl::StrCat("caller refused: ", current->MatchCaller(*caller).status().message()));
