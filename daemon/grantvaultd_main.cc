@@ -38,6 +38,7 @@
 #include "daemon/vault.h"
 #include "hsm/keys.h"
 #include "ipc/server.h"
+#include "keys/custodian.h"
 #include "policy/policy.h"
 #include "spdlog/spdlog.h"
 #include "tokens/refresher.h"
@@ -345,10 +346,12 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   Resolver resolver(vault->store.get(), refresher->get());
   absl::Status policy_loaded = LoadPolicy(config->policy_file, resolver);
   if (!policy_loaded.ok()) return Fail(policy_loaded);
-  Service service(&*vault, oauth_deps, AdminPolicyFrom(*config), config->worker_threads,
-                  &RealClock());
+  std::unique_ptr<keys::Custodian> custodian =
+      keys::MakeLocalCustodian(vault->token.get(), vault->keys.get(), vault->sealer.get());
+  Service service(vault->store.get(), custodian.get(), oauth_deps, AdminPolicyFrom(*config),
+                  config->worker_threads, &RealClock());
   service.EnableAgents(Service::Agents{&resolver, config->policy_file, config->agent_threads});
-  service.EnableTrail(Service::Trail{audit_log.get(), refresher->get(), &revoker});
+  service.EnableTrail(Service::Trail{audit_log.get(), refresher->get(), [&] { revoker.Wake(); }});
   service_for_callbacks = &service;
   // On every way out, before the service is destroyed: the threads that call
   // back into it (the upstream revoker, the refresher's workers) are stopped

@@ -36,7 +36,7 @@
 #include "policy/attestation.h"
 #include "policy/policy.h"
 #include "store/grant_store.h"
-#include "tokens/refresher.h"
+#include "tokens/token_source.h"
 
 namespace grantvault::daemon {
 
@@ -75,7 +75,7 @@ class Resolver {
  public:
   // Both must outlive the Resolver. Until SetPolicy() gives it a policy,
   // every resolve is refused.
-  Resolver(store::GrantStore* store, tokens::Refresher* refresher)
+  Resolver(store::GrantStore* store, tokens::TokenSource* refresher)
       : store_(store), refresher_(refresher) {}
 
   // Publishes the policy resolves are checked against (null: none).
@@ -164,7 +164,7 @@ class Resolver {
       ABSL_LOCKS_EXCLUDED(mu_);
 
   store::GrantStore* const store_;
-  tokens::Refresher* const refresher_;
+  tokens::TokenSource* const refresher_;
 
   mutable absl::Mutex mu_;
   std::shared_ptr<const policy::Policy> policy_ ABSL_GUARDED_BY(mu_);

@@ -15,7 +15,6 @@
 #include "common/log_escape.h"
 #include "common/status.h"
 #include "common/strings.h"
-#include "hsm/keys.h"
 #include "ipc/asio.h"
 #include "ipc/client.h"
 #include "oauth/pkce.h"
@@ -114,7 +113,7 @@ void ToProto(const store::Grant& g, v1::GrantInfo* out) {
   for (const auto& [k, v] : g.metadata) (*out->mutable_metadata())[k] = v;
 }
 
-absl::StatusOr<v1::KeyVersion> FindKeyStatus(keys::KeyManager& keys, int version) {
+absl::StatusOr<v1::KeyVersion> FindKeyStatus(keys::Custodian& keys, int version) {
   GV_ASSIGN_OR_RETURN(std::vector<keys::KeyStatus> all, keys.Status());
   for (const keys::KeyStatus& k : all) {
     if (k.version.version == version) return ToProto(k);
@@ -278,8 +277,10 @@ struct Service::Workers {
   boost::asio::thread_pool pool;
 };
 
-Service::Service(Vault* vault, OAuth oauth, AdminPolicy admin, size_t worker_threads, Clock* clock)
-    : vault_(vault),
+Service::Service(store::GrantStore* store, keys::Custodian* custodian, OAuth oauth,
+                 AdminPolicy admin, size_t worker_threads, Clock* clock)
+    : store_(store),
+      custodian_(custodian),
       oauth_(std::move(oauth)),
       clock_(clock),
       started_(clock->Now()),
@@ -683,7 +684,7 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::R
   v1::Response r;
   r.set_request_id(id);
   absl::Status status;
-  keys::KeyManager& keys = *vault_->keys;
+  keys::Custodian& keys = *custodian_;
   switch (request.body_case()) {
     case v1::Request::kKeyStatus: {
       absl::StatusOr<std::vector<keys::KeyStatus>> all = keys.Status();
@@ -694,7 +695,7 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::R
       break;
     }
     case v1::Request::kRotateKey: {
-      absl::StatusOr<store::KeyVersion> v = keys.Rotate(vault_->sealer.get());
+      absl::StatusOr<store::KeyVersion> v = keys.Rotate();
       status = v.status();
       if (v.ok()) {
         spdlog::info("key.rotated admin={} uid={} new_kek={}", EscapeForLog(request.admin_user()),
@@ -712,7 +713,7 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::R
       const uint32_t batch =
           request.rewrap().batch_size() == 0 ? kDefaultRewrapBatch : request.rewrap().batch_size();
       absl::StatusOr<keys::RewrapResult> result =
-          keys.Rewrap(*vault_->sealer, batch, [&](const keys::RewrapProgress& p) {
+          keys.Rewrap(batch, [&](const keys::RewrapProgress& p) {
             v1::Response progress;
             progress.set_request_id(id);
             progress.set_more(true);
@@ -728,7 +729,7 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::R
         audit::Event e = AdminEvent(request, *connection, "keys.rewrapped");
         e.details["rewrapped"] = absl::StrCat(result->rewrapped);
         e.details["failures"] = absl::StrCat(result->failures.size());
-        e.details["active_kek"] = vault_->sealer->ActiveKek().label;
+        e.details["active_kek"] = keys.Health().active_kek;
         status = AuditFailedAfter("the rewrap", Audit(std::move(e), audit::Durability::kDurable));
         v1::RewrapReply* reply = r.mutable_rewrap();
         reply->set_rewrapped(static_cast<uint64_t>(result->rewrapped));
@@ -763,17 +764,11 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::R
       break;
     }
     case v1::Request::kAuditPublicKey: {
-      absl::StatusOr<std::vector<hsm::KeyRef>> audit =
-          hsm::ListKeys(*vault_->token, CKO_PUBLIC_KEY, hsm::kAuditKeyLabelPrefix);
+      absl::StatusOr<keys::AuditPublicKey> audit = keys.AuditKey();
       status = audit.status();
-      if (audit.ok() && audit->empty()) status = absl::NotFoundError("there is no audit key");
-      if (status.ok()) {
-        absl::StatusOr<std::string> pem = hsm::SigningPublicKeyPem(*vault_->token, audit->front());
-        status = pem.status();
-        if (pem.ok()) {
-          r.mutable_audit_public_key()->set_label(audit->front().label);
-          r.mutable_audit_public_key()->set_pem(*pem);
-        }
+      if (audit.ok()) {
+        r.mutable_audit_public_key()->set_label(audit->label);
+        r.mutable_audit_public_key()->set_pem(audit->pem);
       }
       break;
     }
@@ -783,7 +778,7 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::R
         break;
       }
       absl::StatusOr<std::vector<store::Grant>> grants =
-          vault_->store->ListGrants(request.list_grants().workspace_id());
+          store_->ListGrants(request.list_grants().workspace_id());
       status = grants.status();
       if (grants.ok()) {
         v1::ListGrantsReply* reply = r.mutable_list_grants();
@@ -792,7 +787,7 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::R
       break;
     }
     case v1::Request::kShowGrant: {
-      absl::StatusOr<store::Grant> grant = vault_->store->GetGrant(request.show_grant().grant_id());
+      absl::StatusOr<store::Grant> grant = store_->GetGrant(request.show_grant().grant_id());
       status = grant.status();
       if (grant.ok()) FillGrant(*grant, r.mutable_show_grant()->mutable_grant());
       break;
@@ -850,15 +845,12 @@ void Service::RunAdmin(const std::shared_ptr<ipc::Connection>& connection, v1::R
 v1::StatusReply Service::ComputeStatus() {
   v1::StatusReply s;
   s.set_server_version(kServerVersion);
-  s.set_token_label(vault_->token->label());
+  const keys::TokenHealth token = custodian_->Health();
+  s.set_token_label(token.token_label);
   s.set_store_kind("sqlite");
-  absl::StatusOr<hsm::Session> session = vault_->token->Acquire();
-  if (session.ok()) {
-    CK_SESSION_INFO info;
-    s.set_hsm_reachable(session->fn()->C_GetSessionInfo(session->handle(), &info) == CKR_OK);
-  }
-  absl::StatusOr<int64_t> grants = vault_->store->CountGrants();
-  absl::StatusOr<std::map<std::string, int64_t>> sealed = vault_->store->CountSealedSecretsByKek();
+  s.set_hsm_reachable(token.hsm_reachable);
+  absl::StatusOr<int64_t> grants = store_->CountGrants();
+  absl::StatusOr<std::map<std::string, int64_t>> sealed = store_->CountSealedSecretsByKek();
   s.set_store_reachable(grants.ok() && sealed.ok());
   if (grants.ok()) s.set_grants(static_cast<uint64_t>(*grants));
   if (sealed.ok()) {
@@ -866,9 +858,9 @@ v1::StatusReply Service::ComputeStatus() {
     for (const auto& [label, n] : *sealed) total += n;
     s.set_sealed_secrets(static_cast<uint64_t>(total));
   }
-  s.set_active_kek(vault_->sealer->ActiveKek().label);
+  s.set_active_kek(token.active_kek);
   if (absl::StatusOr<std::vector<store::UpstreamRevocation>> pending =
-          vault_->store->ListPendingUpstreamRevocations();
+          store_->ListPendingUpstreamRevocations();
       pending.ok()) {
     s.set_upstream_revocations_pending(static_cast<uint32_t>(pending->size()));
   }
@@ -1423,7 +1415,7 @@ void Service::RetireInMemory(const std::string& workspace_id, const std::string&
 void Service::FillGrant(const store::Grant& grant, v1::GrantInfo* out) {
   ToProto(grant, out);
   absl::StatusOr<store::UpstreamRevocation> upstream =
-      vault_->store->GetUpstreamRevocation(grant.grant_id);
+      store_->GetUpstreamRevocation(grant.grant_id);
   if (!upstream.ok()) return;
   out->set_upstream_revocation(std::string(store::UpstreamRevocationStateName(upstream->state)));
   out->set_upstream_revocation_attempts(static_cast<uint32_t>(upstream->attempts));
@@ -1434,7 +1426,7 @@ void Service::FillGrant(const store::Grant& grant, v1::GrantInfo* out) {
 }
 
 void Service::OnReauthRequired(std::string_view grant_id, std::string_view reason) {
-  absl::StatusOr<store::Grant> grant = vault_->store->GetGrant(grant_id);
+  absl::StatusOr<store::Grant> grant = store_->GetGrant(grant_id);
   if (!grant.ok()) return;
   spdlog::warn("grant.reauth_required workspace={} connector={} grant={} reason={}",
                EscapeForLog(grant->workspace_id), EscapeForLog(grant->connector_id),
@@ -1494,9 +1486,9 @@ absl::Status Service::RunRevoke(const ipc::Connection& connection, const v1::Req
   absl::StatusOr<store::Grant> found = absl::InvalidArgumentError(
       "name the grant: its id, or the workspace and connector whose current grant it is");
   if (!in.grant_id().empty()) {
-    found = vault_->store->GetGrant(in.grant_id());
+    found = store_->GetGrant(in.grant_id());
   } else if (!in.workspace_id().empty() && !in.connector_id().empty()) {
-    found = vault_->store->FindCurrentGrant(in.workspace_id(), in.connector_id());
+    found = store_->FindCurrentGrant(in.workspace_id(), in.connector_id());
   }
   GV_RETURN_IF_ERROR(found.status());
   const store::Grant& grant = *found;
@@ -1521,7 +1513,7 @@ absl::Status Service::RunRevoke(const ipc::Connection& connection, const v1::Req
   }
   // 2. Durable: revoked, and its upstream revocation pending, in one transaction.
   const std::string reason = absl::StrCat("revoked by ", request.admin_user(), ": ", in.reason());
-  if (absl::Status revoked = vault_->store->RevokeGrant(grant.grant_id, reason, clock_->Now());
+  if (absl::Status revoked = store_->RevokeGrant(grant.grant_id, reason, clock_->Now());
       !revoked.ok()) {
     e.outcome = "failed";
     e.details["error"] = std::string(revoked.message());
@@ -1537,12 +1529,12 @@ absl::Status Service::RunRevoke(const ipc::Connection& connection, const v1::Req
   // 5. Agent hosts subscribed to the workspace hear of it.
   PublishGrantEvent(GrantEventOf(v1::GrantEvent::REVOKED, grant, reason, clock_->Now()));
   // 6. The provider, in the background (retried until it confirms).
-  if (trail_.revoker != nullptr) trail_.revoker->Wake();
+  if (trail_.wake_revoker) trail_.wake_revoker();
   spdlog::info("grant.revoked admin={} uid={} workspace={} connector={} grant={} reason={}",
                EscapeForLog(request.admin_user()), connection.peer().uid,
                EscapeForLog(grant.workspace_id), EscapeForLog(grant.connector_id), grant.grant_id,
                EscapeTextForLog(in.reason()));
-  GV_ASSIGN_OR_RETURN(store::Grant now, vault_->store->GetGrant(grant.grant_id));
+  GV_ASSIGN_OR_RETURN(store::Grant now, store_->GetGrant(grant.grant_id));
   FillGrant(now, response.mutable_revoke_grant()->mutable_grant());
   return absl::OkStatus();
 }
@@ -1696,7 +1688,7 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
   const std::string& admin = request.admin_user();
   if (request.has_list_connectors()) {
     GV_ASSIGN_OR_RETURN(std::vector<store::ConnectorRegistration> all,
-                        vault_->store->ListConnectorRegistrations());
+                        store_->ListConnectorRegistrations());
     for (const auto& reg : all) {
       ToProto(reg, oauth_.catalog, r.mutable_list_connectors()->add_connectors());
     }
@@ -1706,7 +1698,7 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
     return absl::UnavailableError(
         absl::StrCat("the OAuth engine is not available: ", oauth_.unavailable_reason));
   }
-  oauth::Authorizer& authorizer = *oauth_.authorizer;
+  oauth::AuthorizationFlow& authorizer = *oauth_.authorizer;
   switch (request.body_case()) {
     case v1::Request::kRegisterConnector: {
       v1::RegisterConnectorRequest& in = *request.mutable_register_connector();
@@ -1759,7 +1751,7 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
         }
         scopes = *needed;
       }
-      GV_ASSIGN_OR_RETURN(oauth::Authorizer::Started started,
+      GV_ASSIGN_OR_RETURN(oauth::AuthorizationFlow::Started started,
                           authorizer.Begin(in.workspace_id(), in.connector_id(), std::move(scopes),
                                            admin, in.redirect_uri()));
       spdlog::info("authorization.started admin={} uid={} workspace={} connector={} scopes={}",
@@ -1803,7 +1795,7 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
         GV_RETURN_IF_ERROR(parsed.status());
         callback = std::move(*parsed);
       }
-      absl::StatusOr<oauth::Authorizer::Completed> done = authorizer.Complete(callback);
+      absl::StatusOr<oauth::AuthorizationFlow::Completed> done = authorizer.Complete(callback);
       if (!done.ok()) {
         spdlog::warn("authorization.failed admin={} uid={} reason={}", EscapeForLog(admin),
                      connection.peer().uid, EscapeTextForLog(std::string(done.status().message())));
@@ -1834,8 +1826,8 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
       if (absl::Status audited = Audit(std::move(e), audit::Durability::kDurable); !audited.ok()) {
         // Fail closed: a grant nobody can account for is not left usable.
         const std::string reason = "the audit log could not record its authorization";
-        if (absl::Status revoked = vault_->store->SetGrantStatus(
-                g.grant_id, store::GrantStatus::kRevoked, reason, clock_->Now());
+        if (absl::Status revoked = store_->SetGrantStatus(g.grant_id, store::GrantStatus::kRevoked,
+                                                          reason, clock_->Now());
             !revoked.ok()) {
           spdlog::error("grant.unaccounted grant={}: it could not be revoked: {}", g.grant_id,
                         EscapeTextForLog(std::string(revoked.message())));
@@ -1844,7 +1836,7 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
         // Agent hosts hear that the grant they used is gone (no AUTHORIZED
         // event follows to tell them of its successor).
         if (done->replaced_grant_id) {
-          absl::StatusOr<store::Grant> replaced = vault_->store->GetGrant(*done->replaced_grant_id);
+          absl::StatusOr<store::Grant> replaced = store_->GetGrant(*done->replaced_grant_id);
           if (replaced.ok()) {
             PublishGrantEvent(GrantEventOf(v1::GrantEvent::REVOKED, *replaced,
                                            replaced->status_reason, clock_->Now()));

@@ -12,6 +12,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -29,12 +30,13 @@
 #include "daemon/repeat_memo.h"
 #include "daemon/resolver.h"
 #include "daemon/unmatched_callers.h"
-#include "daemon/upstream_revoker.h"
-#include "daemon/vault.h"
 #include "grantvault/v1/envelope.pb.h"
 #include "ipc/server.h"
+#include "keys/custodian.h"
 #include "oauth/authorizer.h"
 #include "oauth/catalog.h"
+#include "store/grant_store.h"
+#include "tokens/token_source.h"
 
 namespace grantvault::daemon {
 
@@ -56,11 +58,13 @@ class Service {
   // null (the OAuth engine is then unavailable: its requests are answered
   // UNAVAILABLE with the reason given).
   struct OAuth {
-    oauth::Authorizer* authorizer = nullptr;
+    oauth::AuthorizationFlow* authorizer = nullptr;
     const oauth::Catalog* catalog = nullptr;
     std::string unavailable_reason;
   };
-  Service(Vault* vault, OAuth oauth, AdminPolicy admin, size_t worker_threads, Clock* clock);
+  // The grants' store and the keys' custodian (the token, wherever it is held).
+  Service(store::GrantStore* store, keys::Custodian* custodian, OAuth oauth, AdminPolicy admin,
+          size_t worker_threads, Clock* clock);
   ~Service();
   Service(const Service&) = delete;
   Service& operator=(const Service&) = delete;
@@ -76,13 +80,13 @@ class Service {
     size_t threads = 8;
   };
   void EnableAgents(Agents agents);
-  // The audit log (null: auditing off), the refresher (whose Revoke() purges
-  // a revoked grant's token and fails its waiters) and the upstream revoker.
-  // Before the server starts.
+  // The audit log (null: auditing off), the token source (whose Revoke()
+  // purges a revoked grant's token and fails its waiters) and what wakes the
+  // upstream revoker. Before the server starts.
   struct Trail {
     audit::AuditLog* audit = nullptr;
-    tokens::Refresher* refresher = nullptr;
-    UpstreamRevoker* revoker = nullptr;
+    tokens::TokenSource* refresher = nullptr;
+    std::function<void()> wake_revoker;
   };
   void EnableTrail(Trail trail) { trail_ = trail; }
   // Appends `event`; OK when auditing is off. An error means it was not
@@ -282,7 +286,8 @@ class Service {
   void FillGrant(const store::Grant& grant, v1::GrantInfo* out);
   void SendStatus(ipc::Connection& connection, uint64_t request_id, v1::StatusReply snapshot);
 
-  Vault* const vault_;
+  store::GrantStore* const store_;
+  keys::Custodian* const custodian_;
   const OAuth oauth_;
   Clock* const clock_;
   const absl::Time started_;

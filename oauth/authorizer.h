@@ -85,18 +85,20 @@ struct AuthorizerDeps {
   Clock* clock = nullptr;
 };
 
-// Thread-safe. Never logs, and never puts in an error, a code, verifier,
-// client secret or token.
-class Authorizer {
+// The authorization-code flow as the admin handlers see it: the Authorizer
+// itself where it runs (the broker process), or a proxy to it
+// (front/broker_calls.h). Thread-safe. Never logs, and never puts in an
+// error, a code, verifier, client secret or token.
+class AuthorizationFlow {
  public:
-  static absl::StatusOr<std::unique_ptr<Authorizer>> Create(const AuthorizerDeps& deps);
+  virtual ~AuthorizationFlow() = default;
 
   // Validates and stores the registration with its client secret sealed. Its
   // redirect URIs (at most 16, no repeats) must each pass ValidateRedirectUri.
   // Replacing a registration that grants use cannot change what decides their
   // endpoints (store::GrantStore::PutConnectorRegistration).
-  absl::StatusOr<store::ConnectorRegistration> Register(store::ConnectorRegistration registration,
-                                                        const SecretBytes& client_secret);
+  virtual absl::StatusOr<store::ConnectorRegistration> Register(
+      store::ConnectorRegistration registration, const SecretBytes& client_secret) = 0;
 
   struct Started {
     std::string authorization_url;
@@ -110,9 +112,11 @@ class Authorizer {
   // default set). The redirect URI must pass ValidateRedirectUri and match one
   // the registration lists (RedirectUriMatches); a registration that lists
   // none accepts only loopback ones (the CLI's listener, RFC 8252 §7.3).
-  absl::StatusOr<Started> Begin(std::string_view workspace_id, std::string_view connector_id,
-                                std::vector<std::string> scopes, std::string_view admin_user,
-                                std::string_view redirect_uri);
+  virtual absl::StatusOr<Started> Begin(std::string_view workspace_id,
+                                        std::string_view connector_id,
+                                        std::vector<std::string> scopes,
+                                        std::string_view admin_user,
+                                        std::string_view redirect_uri) = 0;
 
   struct Completed {
     store::Grant grant;
@@ -123,7 +127,19 @@ class Authorizer {
   // verifier), learn the account, seal the refresh token (or the access token
   // when no refresh token is issued), and store the grant, replacing the
   // workspace's current grant for that connector. Nothing is stored on error.
-  absl::StatusOr<Completed> Complete(const Callback& callback);
+  virtual absl::StatusOr<Completed> Complete(const Callback& callback) = 0;
+};
+
+class Authorizer : public AuthorizationFlow {
+ public:
+  static absl::StatusOr<std::unique_ptr<Authorizer>> Create(const AuthorizerDeps& deps);
+
+  absl::StatusOr<store::ConnectorRegistration> Register(store::ConnectorRegistration registration,
+                                                        const SecretBytes& client_secret) override;
+  absl::StatusOr<Started> Begin(std::string_view workspace_id, std::string_view connector_id,
+                                std::vector<std::string> scopes, std::string_view admin_user,
+                                std::string_view redirect_uri) override;
+  absl::StatusOr<Completed> Complete(const Callback& callback) override;
 
  private:
   explicit Authorizer(const AuthorizerDeps& deps) : deps_(deps) {}

@@ -72,6 +72,7 @@
 #include "oauth/http_client.h"
 #include "store/grant_store.h"
 #include "tokens/token_cache.h"
+#include "tokens/token_source.h"
 
 namespace grantvault::tokens {
 
@@ -125,42 +126,28 @@ struct RefresherOptions {
   int max_concurrent_refreshes = 16;
 };
 
-enum class BreakerPhase {
-  kClosed,    // requests go upstream
-  kOpen,      // nothing is sent until `open_until`
-  kHalfOpen,  // the next request (one) is a probe; its outcome closes or reopens
-};
-std::string_view BreakerPhaseName(BreakerPhase phase);  // "closed", "open", "half_open"
-
-// One connector's circuit breaker, for status output.
-struct BreakerState {
-  std::string connector_id;
-  BreakerPhase phase = BreakerPhase::kClosed;
-  int consecutive_failures = 0;
-  absl::Time open_until = absl::InfinitePast();  // kOpen: when a probe may go
-  std::string last_failure;                      // e.g. "HTTP 503"; never holds a token or secret
-};
-
-class Refresher {
+class Refresher : public TokenSource {
  public:
   static absl::StatusOr<std::unique_ptr<Refresher>> Create(const RefresherDeps& deps,
                                                            RefresherOptions options = {});
 
-  ~Refresher();
+  ~Refresher() override;
   Refresher(const Refresher&) = delete;
   Refresher& operator=(const Refresher&) = delete;
 
   absl::StatusOr<SharedAccessToken> GetAccessToken(std::string_view grant_id,
-                                                   absl::Duration min_valid, absl::Time deadline);
+                                                   absl::Duration min_valid,
+                                                   absl::Time deadline) override;
 
   // The cache-hit half of GetAccessToken, which never waits: the cached token
   // when it stays valid for `min_valid` (starting a refresh ahead in the
   // background when one is due), nullopt otherwise. A revoked grant's token
   // is never cached, so a hit is a token of a grant not revoked here.
-  std::optional<TokenCache::Lookup> GetCached(std::string_view grant_id, absl::Duration min_valid);
+  std::optional<TokenCache::Lookup> GetCached(std::string_view grant_id,
+                                              absl::Duration min_valid) override;
   // TokenCache::generation() of the cache: changes when any cached token is
   // replaced (a refresh) or dropped (a revocation, a reauth_required).
-  uint64_t cache_generation() const { return cache_.generation(); }
+  uint64_t cache_generation() const override { return cache_.generation(); }
 
   // The revoke path calls this (after or before marking the grant revoked in
   // the store): the cached token is erased, every caller waiting for the
@@ -168,10 +155,10 @@ class Refresher {
   // <reason>" at once, a refresh still in flight is neither served nor cached
   // nor recorded, and later calls answer the same without reading the store.
   // Final for the life of the Refresher.
-  void Revoke(std::string_view grant_id, std::string reason);
+  void Revoke(std::string_view grant_id, std::string reason) override;
   // Drops the grant's cached token, so that the next call reads the store
   // (e.g. after its status was changed elsewhere).
-  void Forget(std::string_view grant_id);
+  void Forget(std::string_view grant_id) override;
 
   // Whether the grant's newest refresh token is held in memory only: the
   // server rotated it, and sealing or committing it kept failing for longer
@@ -187,7 +174,7 @@ class Refresher {
   bool Refreshing(std::string_view grant_id);
 
   // Every connector's circuit breaker seen so far, ordered by connector id.
-  std::vector<BreakerState> Breakers() const;
+  std::vector<BreakerState> Breakers() const override;
 
   // Number of refresh-token requests sent upstream (for tests and metrics).
   int64_t upstream_requests() const;
