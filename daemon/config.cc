@@ -1,9 +1,13 @@
 #include "daemon/config.h"
 
 #include <toml++/toml.h>
+#include <unistd.h>
 
+#include <array>
+#include <cstdlib>
 #include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
@@ -214,6 +218,48 @@ absl::Status Apply(const toml::table& root, DaemonConfig& c) {
   return absl::OkStatus();
 }
 
+// The systemd credential an external token's PIN is read from by default.
+constexpr char kPinCredential[] = "hsm-pin";
+
+// hsm.pin_file as a path: a bare name is a credential in
+// $CREDENTIALS_DIRECTORY; unset with a token label, the credential hsm-pin.
+absl::Status ResolvePinFile(DaemonConfig& c) {
+  if (c.token_label.empty()) {
+    if (!c.pin_file.empty()) {
+      return absl::InvalidArgumentError(
+          "an external token needs hsm.token_label as well as hsm.pin_file");
+    }
+    return absl::OkStatus();  // the embedded token
+  }
+  if (absl::StrContains(c.pin_file, '/')) return absl::OkStatus();
+  const std::string name = c.pin_file.empty() ? kPinCredential : c.pin_file;
+  const char* credentials = std::getenv("CREDENTIALS_DIRECTORY");
+  if (credentials == nullptr || credentials[0] != '/') {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "an external token needs its PIN: set hsm.pin_file to a file, or pass the credential '",
+        name, "' (LoadCredentialEncrypted=", name,
+        ":... in the unit; $CREDENTIALS_DIRECTORY is not set)"));
+  }
+  c.pin_file = absl::StrCat(credentials, "/", name);
+  return absl::OkStatus();
+}
+
+// The installed catalog next to the running daemon, if there is one.
+std::string InstalledConnectorCatalog() {
+#ifdef GV_INSTALLED_CATALOG_FROM_EXE_DIR
+  std::array<char, 4096> exe{};
+  const ssize_t n = ::readlink("/proc/self/exe", exe.data(), exe.size() - 1);
+  if (n <= 0) return "";
+  std::string path(exe.data(), static_cast<size_t>(n));
+  path.resize(path.rfind('/') + 1);
+  path += GV_INSTALLED_CATALOG_FROM_EXE_DIR;
+  if (::access(path.c_str(), R_OK) != 0) return "";
+  return path;
+#else
+  return "";
+#endif
+}
+
 }  // namespace
 
 absl::StatusOr<DaemonConfig> LoadConfig(const std::string& config_file,
@@ -238,11 +284,8 @@ absl::StatusOr<DaemonConfig> LoadConfig(const std::string& config_file,
   if (c.admin_socket.empty()) c.admin_socket = c.state_dir + "/run/admin.sock";
   if (c.policy_file.empty()) c.policy_file = c.state_dir + "/policy.toml";
   if (c.audit_database.empty()) c.audit_database = c.state_dir + "/audit.db";
-  const bool external = !c.pin_file.empty() || !c.token_label.empty();
-  if (external && (c.pin_file.empty() || c.token_label.empty())) {
-    return absl::InvalidArgumentError(
-        "an external token needs both hsm.token_label and hsm.pin_file");
-  }
+  GV_RETURN_IF_ERROR(ResolvePinFile(c));
+  if (c.connector_catalog.empty()) c.connector_catalog = InstalledConnectorCatalog();
   static const std::set<std::string> kLevels = {"trace", "debug", "info", "warn", "error"};
   if (kLevels.count(c.log_level) == 0) {
     return absl::InvalidArgumentError(absl::StrCat(

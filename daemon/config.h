@@ -21,7 +21,12 @@ struct DaemonConfig {
   // otherwise, the sockets (<state_dir>/run/agent.sock, admin.sock).
   std::string state_dir;
 
-  // An external token instead of the embedded SoftHSM2 one (all three set).
+  // An external token instead of the embedded SoftHSM2 one (token_label set).
+  // pin_file: a path, or a bare name (no '/') read as a systemd credential:
+  // $CREDENTIALS_DIRECTORY/<name>. Left unset with token_label set, it is the
+  // credential "hsm-pin" (LoadCredential[Encrypted]=hsm-pin:...), so the
+  // unit's credential line is all an operator writes. LoadConfig resolves it
+  // to a full path; the PIN file checks (owner, mode) apply unchanged.
   std::string hsm_module;  // default: SoftHSM2
   std::string token_label;
   std::string pin_file;
@@ -72,7 +77,10 @@ struct DaemonConfig {
 
   // OAuth engine: extra trust anchors (PEM) for authorization servers with a
   // private CA (the local demo server, tests), and the connector catalog
-  // (default: the one shipped with the build).
+  // (default: the installed catalog next to the daemon,
+  // <exe>/../share/grantvault/connectors.toml as GNUInstallDirs lays it out;
+  // a daemon run from its build tree, where that file does not exist, keeps
+  // it empty and gets the source tree's, oauth::Catalog::LoadDefault).
   std::string oauth_ca_file;
   bool oauth_use_system_trust = true;
   std::string connector_catalog;
@@ -94,6 +102,8 @@ struct DaemonConfig {
 // `state_dir` (if not empty), then fills derived defaults. InvalidArgument
 // naming the file, line and key for anything that does not parse or is out of
 // range; an unknown key is an error too (a typo must not be silently ignored).
+// Reads $CREDENTIALS_DIRECTORY (set by systemd for a unit with credentials)
+// to resolve hsm.pin_file.
 absl::StatusOr<DaemonConfig> LoadConfig(const std::string& config_file,
                                         const std::string& state_dir);
 

@@ -3,26 +3,15 @@
 // start it: socket-activated with both sockets (by systemd-socket-activate,
 // with the .socket files' names, owners and modes), as an unprivileged uid,
 // Type=notify with a watchdog.
-#include <fcntl.h>
-#include <grp.h>
 #include <signal.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
-#include <cstdio>
-#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <memory>
-#include <optional>
-#include <sstream>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -32,7 +21,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "daemon/vault.h"
 #include "gmock/gmock.h"
 #include "grantvault/v1/envelope.pb.h"
@@ -42,9 +30,9 @@
 #include "nlohmann/json.hpp"
 #include "oauth/http_client.h"
 #include "oauth/pkce.h"
-#include "tests/integration/raw_socket.h"
 #include "tests/testing/daemon_process.h"
 #include "tests/testing/oauth_provider.h"
+#include "tests/testing/socket_activated_daemon.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/wait.h"
 
@@ -54,9 +42,14 @@ namespace {
 using json = nlohmann::json;
 using testing::CommandResult;
 using testing::DaemonProcess;
+using testing::FindTool;
 using ::testing::HasSubstr;
+using testing::ReadSocketUnit;
 using testing::RunCommand;
+using testing::Slurp;
+using testing::SocketUnit;
 using testing::TempDir;
+using testing::UnitSettings;
 
 // The unit scores 1.4 with every function it needs kept (docs/operations.md,
 // "systemd"); a change that takes it past 1.5 fails here.
@@ -76,33 +69,7 @@ constexpr uid_t kOutsiderUid = 64030;  // in no policy rule, nor in grantvault-a
 const char* const kUnits[] = {"grantvaultd.service", "grantvault-agent.socket",
                               "grantvault-admin.socket"};
 
-std::string Tool(const std::string& name) {
-  for (const char* dir : {"/usr/bin", "/bin", "/usr/sbin", "/sbin"}) {
-    const std::string path = absl::StrCat(dir, "/", name);
-    if (::access(path.c_str(), X_OK) == 0) return path;
-  }
-  return "";
-}
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// Key=value lines of a unit file (the last one wins; enough for these units).
-std::map<std::string, std::string> UnitSettings(const std::string& text) {
-  std::map<std::string, std::string> settings;
-  for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    line = absl::StripAsciiWhitespace(line);
-    if (line.empty() || line[0] == '#' || line[0] == '[') continue;
-    std::pair<std::string, std::string> kv = absl::StrSplit(line, absl::MaxSplits('=', 1));
-    settings[kv.first] = kv.second;
-  }
-  return settings;
-}
-
+// The units as the build tree configured them (for its install prefix).
 std::string UnitFile(const std::string& name) { return absl::StrCat(GV_SYSTEMD_DIR, "/", name); }
 
 // The units, copied to `dir` with ExecStart= naming the built daemon.
@@ -110,7 +77,7 @@ void CopyUnits(const TempDir& dir) {
   for (const char* unit : kUnits) {
     std::string text = Slurp(UnitFile(unit));
     ASSERT_FALSE(text.empty()) << unit;
-    const std::string shipped = "ExecStart=/usr/bin/grantvaultd ";
+    const std::string shipped = absl::StrCat("ExecStart=", GV_INSTALLED_GRANTVAULTD, " ");
     if (absl::StrContains(text, shipped)) {
       text =
           absl::StrReplaceAll(text, {{shipped, absl::StrCat("ExecStart=", GV_GRANTVAULTD, " ")}});
@@ -120,7 +87,7 @@ void CopyUnits(const TempDir& dir) {
 }
 
 TEST(SystemdUnitsTest, VerifyIsClean) {
-  const std::string analyze = Tool("systemd-analyze");
+  const std::string analyze = FindTool("systemd-analyze");
   if (analyze.empty()) GTEST_SKIP() << "systemd-analyze is not installed";
   TempDir dir;
   CopyUnits(dir);
@@ -135,7 +102,7 @@ TEST(SystemdUnitsTest, VerifyIsClean) {
 }
 
 TEST(SystemdUnitsTest, SecurityExposureIsLow) {
-  const std::string analyze = Tool("systemd-analyze");
+  const std::string analyze = FindTool("systemd-analyze");
   if (analyze.empty()) GTEST_SKIP() << "systemd-analyze is not installed";
   TempDir dir;
   CopyUnits(dir);
@@ -178,30 +145,11 @@ TEST(SystemdUnitsTest, SandboxKeepsWhatTheDaemonNeeds) {
   }
 }
 
-// One listening socket as a .socket file describes it.
-struct SocketUnit {
-  std::string fd_name;
-  std::string path;  // in the test's run directory
-  std::string group;
-  mode_t mode = 0;
-};
-
-SocketUnit ReadSocketUnit(const std::string& unit, const std::string& run_dir) {
-  std::map<std::string, std::string> s = UnitSettings(Slurp(UnitFile(unit)));
-  SocketUnit socket;
-  socket.fd_name = s["FileDescriptorName"];
-  const std::string& listen = s["ListenStream"];
-  socket.path = absl::StrCat(run_dir, "/", listen.substr(listen.rfind('/') + 1));
-  socket.group = s["SocketGroup"];
-  socket.mode = static_cast<mode_t>(std::strtoul(s["SocketMode"].c_str(), nullptr, 8));
-  return socket;
-}
-
 class SystemdRunTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    activate_ = Tool("systemd-socket-activate");
-    setpriv_ = Tool("setpriv");
+    activate_ = FindTool("systemd-socket-activate");
+    setpriv_ = FindTool("setpriv");
     if (activate_.empty()) GTEST_SKIP() << "systemd-socket-activate is not installed";
     if (setpriv_.empty()) GTEST_SKIP() << "setpriv (util-linux) is not installed";
     if (::geteuid() != 0) GTEST_SKIP() << "needs root to run the daemon and agents as other uids";
@@ -217,12 +165,11 @@ class SystemdRunTest : public ::testing::Test {
     std::ofstream(config_) << "[admin]\nallowed_uids = []\nallowed_gids = [" << kAdminsGid
                            << "]\n[policy]\nfile = \"" << policy_ << "\"\n";
     ASSERT_EQ(::chmod(config_.c_str(), 0644), 0);
-    agent_ = ReadSocketUnit("grantvault-agent.socket", run_);
-    admin_ = ReadSocketUnit("grantvault-admin.socket", run_);
+    agent_ = ReadSocketUnit(UnitFile("grantvault-agent.socket"), run_);
+    admin_ = ReadSocketUnit(UnitFile("grantvault-admin.socket"), run_);
   }
   void TearDown() override {
     if (daemon_) daemon_->Stop(SIGKILL);
-    if (trigger_.joinable()) trigger_.join();
   }
 
   static gid_t GroupId(const std::string& group) {
@@ -231,119 +178,33 @@ class SystemdRunTest : public ::testing::Test {
                                           : 0;
   }
 
-  // The daemon as grantvaultd.service starts it, under systemd-socket-activate
-  // as root (which binds the sockets, as systemd does), dropping to the
-  // daemon's uid right before exec. systemd-socket-activate starts it at the
-  // first connection, as socket activation does: a thread gives the sockets
-  // their owner, group and mode from the .socket files (SocketUser= etc.)
-  // and then knocks on admin.sock.
+  // The daemon as grantvaultd.service starts it (tests/testing/socket_activated_daemon.h).
   void StartActivated(absl::Duration watchdog) {
     std::map<std::string, std::string> service =
         UnitSettings(Slurp(UnitFile("grantvaultd.service")));
-    ASSERT_EQ(service["ExecStart"], "/usr/bin/grantvaultd --state-dir /var/lib/grantvault");
-    daemon_ = std::make_unique<DaemonProcess>(std::vector<std::string>{
-        activate_,
-        "-l",
-        agent_.path,
-        absl::StrCat("--fdname=", agent_.fd_name),
-        "-l",
-        admin_.path,
-        absl::StrCat("--fdname=", admin_.fd_name),
-        "-E",
-        "NOTIFY_SOCKET",
-        "-E",
-        absl::StrCat("WATCHDOG_USEC=", absl::ToInt64Microseconds(watchdog)),
-        setpriv_,
-        absl::StrCat("--reuid=", kDaemonUid),
-        absl::StrCat("--regid=", kDaemonGid),
-        "--clear-groups",
-        GV_GRANTVAULTD,
-        "--state-dir",
-        state_,
-        "--config",
-        config_,
-    });
-    daemon_->AllowNotificationsFrom(kDaemonUid);
-    trigger_ = std::thread([this] {
-      for (const SocketUnit* s : {&agent_, &admin_}) {
-        struct stat st;
-        if (!testing::WaitFor([&] { return ::stat(s->path.c_str(), &st) == 0; })) return;
-        if (::chown(s->path.c_str(), kDaemonUid, GroupId(s->group)) != 0 ||
-            ::chmod(s->path.c_str(), s->mode) != 0) {
-          return;  // the mode checks below then fail
-        }
-      }
-      knock_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      sockaddr_un addr{};
-      addr.sun_family = AF_UNIX;
-      std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", admin_.path.c_str());
-      ::connect(knock_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-    });
-    absl::Status started = daemon_->Start(absl::Seconds(30));
-    trigger_.join();
-    if (knock_ >= 0) ::close(knock_);
-    ASSERT_TRUE(started.ok()) << started;
+    ASSERT_EQ(service["ExecStart"],
+              absl::StrCat(GV_INSTALLED_GRANTVAULTD, " --state-dir /var/lib/grantvault"));
+    testing::SocketActivation how;
+    how.activate = activate_;
+    how.setpriv = setpriv_;
+    how.sockets = {agent_, admin_};
+    how.uid = kDaemonUid;
+    how.gid = kDaemonGid;
+    how.group_id = GroupId;
+    how.watchdog = watchdog;
+    how.daemon_argv = {GV_GRANTVAULTD, "--state-dir", state_, "--config", config_};
+    auto daemon = testing::StartSocketActivated(how);
+    ASSERT_TRUE(daemon.ok()) << daemon.status();
+    daemon_ = std::move(*daemon);
   }
 
-  // `argv` as `uid` with primary group `gid` and supplementary `groups`.
   CommandResult RunAs(uid_t uid, gid_t gid, const std::string& groups,
                       std::vector<std::string> argv) {
-    std::vector<std::string> full = {setpriv_, absl::StrCat("--reuid=", uid),
-                                     absl::StrCat("--regid=", gid),
-                                     groups.empty() ? "--clear-groups" : "--groups=" + groups};
-    full.insert(full.end(), argv.begin(), argv.end());
-    return RunCommand(full);
+    return testing::RunAs(setpriv_, uid, gid, groups, std::move(argv));
   }
 
-  // A child that becomes the agent `uid` (primary group `uid`, supplementary
-  // grantvault-agents), connects to agent.sock, says Hello and resolves
-  // "demo" for the workspace. "code=<Error.Code, 0 for a token>",
-  // "cannot connect", "hello refused", or why else it failed.
   std::string ResolveAsAgent(uid_t uid) {
-    int out[2];
-    if (::pipe(out) != 0) return "pipe failed";
-    const pid_t child = ::fork();
-    if (child == 0) {
-      ::close(out[0]);
-      const gid_t groups[] = {kAgentsGid};
-      if (::setgroups(1, groups) != 0 || ::setresgid(uid, uid, uid) != 0 ||
-          ::setresuid(uid, uid, uid) != 0) {
-        ::_exit(9);
-      }
-      // Dumpable, as a process exec'd under that uid is (a credential change
-      // clears it, which would hide /proc/<pid>/exe even from its own uid).
-      ::prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
-      testing::RawSocket raw(agent_.path);
-      if (!raw.connected()) ::_exit(10);
-      if (!raw.Hello()) ::_exit(11);
-      v1::Request request;
-      request.set_request_id(2);
-      request.mutable_resolve()->set_workspace_id(kWorkspace);
-      request.mutable_resolve()->set_connector_id("demo");
-      request.mutable_resolve()->set_min_valid_seconds(1);
-      if (!raw.WriteRequest(request)) ::_exit(12);
-      std::optional<v1::Response> response = raw.ReadResponse(absl::Seconds(20));
-      if (!response) ::_exit(13);
-      const std::string report = absl::StrCat(
-          "code=", response->has_error() ? static_cast<int>(response->error().code()) : 0);
-      ::_exit(::write(out[1], report.data(), report.size()) == static_cast<ssize_t>(report.size())
-                  ? 0
-                  : 14);
-    }
-    ::close(out[1]);
-    std::string report;
-    char buf[256];
-    ssize_t n;
-    while ((n = ::read(out[0], buf, sizeof(buf))) > 0) report.append(buf, static_cast<size_t>(n));
-    ::close(out[0]);
-    int status = 0;
-    ::waitpid(child, &status, 0);
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 10) return "cannot connect";
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 11) return "hello refused";
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-      return absl::StrCat("child failed with status ", status, ": ", report);
-    }
-    return report;
+    return testing::ResolveAsAgent(agent_.path, uid, kAgentsGid, kWorkspace, "demo");
   }
 
   CommandResult AdminCli(std::vector<std::string> args) {
@@ -355,8 +216,6 @@ class SystemdRunTest : public ::testing::Test {
   std::string activate_, setpriv_, state_, run_, config_, policy_;
   SocketUnit agent_, admin_;
   std::unique_ptr<DaemonProcess> daemon_;
-  std::thread trigger_;
-  int knock_ = -1;
 };
 
 TEST_F(SystemdRunTest, SocketActivatedNotifyDaemonPingsTheWatchdogAndServesAdmins) {
@@ -437,25 +296,10 @@ TEST_F(SystemdRunTest, AnAgentOfAnotherUidResolvesAndARevocationReachesTheProvid
   ASSERT_EQ(reg.exit_code, 0) << reg.out << reg.err << daemon_->Stderr();
 
   // Authorisation: the daemon exchanges the code at the provider.
-  auto admin = ipc::Client::Connect(admin_.path);
-  ASSERT_TRUE(admin.ok()) << admin.status();
-  v1::Request begin;
-  begin.set_admin_user("alice-admin");
-  begin.mutable_begin_authorization()->set_workspace_id(kWorkspace);
-  begin.mutable_begin_authorization()->set_connector_id("demo");
-  begin.mutable_begin_authorization()->set_redirect_uri("http://127.0.0.1/callback");
-  auto started = (*admin)->Call(begin, absl::Seconds(30));
-  ASSERT_TRUE(started.ok() && started->has_begin_authorization())
-      << (started.ok() ? started->error().message() : started.status().ToString());
-  auto redirect = (*provider)->Approve(started->begin_authorization().authorization_url());
-  ASSERT_TRUE(redirect.ok()) << redirect.status();
-  v1::Request complete;
-  complete.set_admin_user("alice-admin");
-  complete.mutable_complete_authorization()->set_callback_url(*redirect);
-  auto done = (*admin)->Call(complete, absl::Seconds(30));
-  ASSERT_TRUE(done.ok() && done->has_complete_authorization())
-      << (done.ok() ? done->error().message() : done.status().ToString()) << daemon_->Stderr();
-  const std::string grant_id = done->complete_authorization().grant().grant_id();
+  absl::StatusOr<std::string> grant =
+      testing::AuthorizeAtProvider(admin_.path, **provider, kWorkspace, "demo");
+  ASSERT_TRUE(grant.ok()) << grant.status() << daemon_->Stderr();
+  const std::string grant_id = *grant;
 
   // The agent of another uid gets a token (the policy names that uid only, so
   // the daemon saw its real uid); one the policy does not name, though in
