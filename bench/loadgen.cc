@@ -398,7 +398,8 @@ RequestBodies ReadMix(const std::string& path) {
     ++number;
     if (char* hash = std::strchr(line, '#')) *hash = '\0';
     std::vector<std::string> words;
-    for (char* w = std::strtok(line, " \t\r\n"); w != nullptr; w = std::strtok(nullptr, " \t\r\n")) {
+    for (char* w = std::strtok(line, " \t\r\n"); w != nullptr;
+         w = std::strtok(nullptr, " \t\r\n")) {
       words.emplace_back(w);
     }
     if (words.empty()) continue;
@@ -605,13 +606,14 @@ class Worker {
 // ---------------------------------------------------------------------------
 
 [[noreturn]] void Usage() {
-  std::fprintf(stderr,
-               "usage: loadgen --socket PATH [--request status|resolve|echo|echo-resolve]\n"
-               "               [--connections N] [--depth D] [--duration S] [--warmup S]\n"
-               "               [--threads T] [--count N] [--label NAME] [--json]\n"
-               "               [--workspace W --connector C [--tool T] [--min-valid S] |\n"
-               "                --mix FILE]\n"
-               "       loadgen --socket PATH --probe [--request ...] [--workspace ... | --mix FILE]\n");
+  std::fprintf(
+      stderr,
+      "usage: loadgen --socket PATH [--request status|resolve|echo|echo-resolve]\n"
+      "               [--connections N] [--depth D] [--duration S] [--warmup S]\n"
+      "               [--threads T] [--count N] [--label NAME] [--json]\n"
+      "               [--workspace W --connector C [--tool T] [--min-valid S] |\n"
+      "                --mix FILE]\n"
+      "       loadgen --socket PATH --probe [--request ...] [--workspace ... | --mix FILE]\n");
   std::exit(2);
 }
 
