@@ -30,6 +30,7 @@
 
 #include "absl/time/time.h"
 #include "audit/audit_log.h"
+#include "common/secret_bytes.h"
 #include "grantvault/v1/envelope.pb.h"
 #include "policy/attestation.h"
 #include "store/grant_store.h"
@@ -53,6 +54,9 @@ class RepeatMemo {
     // What the rule that allowed the answer matches of the caller's
     // executable: re-checked before every repeat (policy::StillSameCaller).
     policy::ExecutableChecks exe_checks;
+    // The answer (the Response without its request id) for `grant` and token
+    // `serial`, in secret memory, shared with the connection's other holders.
+    std::shared_ptr<const SecretBytes> reply;
   };
   // The same, as they are now (borrowed, for one comparison).
   struct Current {
@@ -85,6 +89,12 @@ class RepeatMemo {
   // at `now`, is the remembered request, byte for byte, and `current` is
   // what its answer rested on.
   bool Answers(std::string_view rest, absl::Time now, const Current& current) const;
+  // Whether `rest` is the remembered request (the first of Answers' tests,
+  // for picking a memo among several).
+  bool Is(std::string_view rest) const { return remembered_ && rest == encoded_; }
+  // Whether both hold the same request (remembered or not: Remember with an
+  // empty basis keeps only the request, for this comparison).
+  bool SameRequest(const RepeatMemo& other) const { return encoded_ == other.encoded_; }
 
   // The remembered answer's basis and request (meaningful while Answers can
   // be true).
