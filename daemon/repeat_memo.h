@@ -1,7 +1,8 @@
-// RepeatMemo: an agent connection's memory of its last counted release (a
+// RepeatMemo: an agent connection's memory of one recent counted release (a
 // token sent again to a process that already had it, counted into a queued
 // audit record: docs/audit.md), so that the exact repeat of that request is
-// answered without the resolver (docs/performance.md, "The repeat memo").
+// answered without the resolver; a connection keeps several, one per distinct
+// request (docs/performance.md, "The repeat memo").
 //
 // The memo holds the request as encoded (an exact repeat is the same bytes
 // but for the request id: no parsing needed to recognise it) and everything
