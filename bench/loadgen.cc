@@ -4,8 +4,8 @@
 //   loadgen --socket PATH [--request status|resolve|echo|echo-resolve]
 //           [--connections N] [--depth D] [--duration S] [--warmup S]
 //           [--threads T] [--count N] [--label NAME] [--json]
-//           [--workspace W --connector C [--tool T] [--min-valid S]]
-//   loadgen --socket PATH --probe [--request …] [--workspace W --connector C …]
+//           [--workspace W --connector C [--tool T] [--min-valid S] | --mix FILE]
+//   loadgen --socket PATH --probe [--request …] [--workspace W --connector C … | --mix FILE]
 //
 // Every connection keeps D requests outstanding: each answer is checked
 // (request id, the expected reply body, no Error) and immediately replaced by
@@ -21,6 +21,14 @@
 // from just before the write to just after the read, for requests sent after
 // the warm-up and answered before the end. Requests/s counts answers received
 // in the measured window.
+//
+// --mix FILE (resolve, echo-resolve): instead of one ResolveRequest, the
+// distinct requests listed in FILE, one per line, "workspace connector tool
+// [min_valid_seconds]" ('#' starts a comment; at least 2 lines, no two the
+// same). Every connection sends them in turn, starting at its own offset
+// (connection i at line i mod n), so that no two consecutive requests on one
+// connection are the same and neighbouring connections ask different things.
+// --probe sends each of them once, on one connection.
 //
 // --count N: no warm-up; exactly N requests are sent (then the run ends when
 // they are answered, or after --duration at the latest) and requests/s is N
@@ -191,11 +199,13 @@ std::string Frame(const std::string& payload) {
   return out;
 }
 
-// What every request of a run carries: its body field and encoded body.
+// What a request of a run carries: its body field and encoded body (one per
+// distinct request of a --mix, used in turn; otherwise the same for all).
 struct RequestBody {
   int field = kStatusField;
   std::string bytes;
 };
+using RequestBodies = std::vector<RequestBody>;
 
 void SelfCheck(const RequestBody& body) {
   for (uint64_t id : {uint64_t{0}, uint64_t{1}, uint64_t{0x12345}, uint64_t{1} << 40}) {
@@ -356,22 +366,68 @@ struct Options {
   std::string connector;
   std::string tool;
   uint32_t min_valid_seconds = 0;
+  std::string mix;  // --mix FILE
 
   bool hello() const { return request == "status" || request == "resolve"; }
   bool resolve() const { return request == "resolve" || request == "echo-resolve"; }
 };
 
-RequestBody BodyFor(const Options& o) {
-  RequestBody body;
-  if (!o.resolve()) return body;
+RequestBody ResolveBody(const std::string& workspace, const std::string& connector,
+                        const std::string& tool, uint32_t min_valid_seconds) {
   v1::ResolveRequest r;
-  r.set_workspace_id(o.workspace);
-  r.set_connector_id(o.connector);
-  r.set_tool(o.tool);
-  r.set_min_valid_seconds(o.min_valid_seconds);
+  r.set_workspace_id(workspace);
+  r.set_connector_id(connector);
+  r.set_tool(tool);
+  r.set_min_valid_seconds(min_valid_seconds);
+  RequestBody body;
   body.field = kResolveField;
   body.bytes = r.SerializeAsString();
   return body;
+}
+
+uint32_t ParseCount(const char* s, uint32_t lo, uint32_t hi, const char* flag);
+
+// --mix FILE: "workspace connector tool [min_valid_seconds]" per line.
+RequestBodies ReadMix(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "r");
+  if (f == nullptr) FatalErrno("--mix " + path);
+  RequestBodies bodies;
+  char line[1024];
+  int number = 0;
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    ++number;
+    if (char* hash = std::strchr(line, '#')) *hash = '\0';
+    std::vector<std::string> words;
+    for (char* w = std::strtok(line, " \t\r\n"); w != nullptr;
+         w = std::strtok(nullptr, " \t\r\n")) {
+      words.emplace_back(w);
+    }
+    if (words.empty()) continue;
+    if (words.size() < 3 || words.size() > 4) {
+      Fatal("--mix " + path + ":" + std::to_string(number) +
+            ": expected 'workspace connector tool [min_valid_seconds]'");
+    }
+    const uint32_t min_valid =
+        words.size() == 4 ? ParseCount(words[3].c_str(), 0, 86400, "min_valid_seconds") : 0;
+    bodies.push_back(ResolveBody(words[0], words[1], words[2], min_valid));
+  }
+  std::fclose(f);
+  if (bodies.size() < 2) Fatal("--mix " + path + ": at least 2 requests are needed");
+  for (size_t i = 0; i < bodies.size(); ++i) {
+    for (size_t j = i + 1; j < bodies.size(); ++j) {
+      if (bodies[i].bytes == bodies[j].bytes) {
+        Fatal("--mix " + path + ": request " + std::to_string(j + 1) + " repeats request " +
+              std::to_string(i + 1));
+      }
+    }
+  }
+  return bodies;
+}
+
+RequestBodies BodiesFor(const Options& o) {
+  if (!o.resolve()) return {RequestBody{}};
+  if (!o.mix.empty()) return ReadMix(o.mix);
+  return {ResolveBody(o.workspace, o.connector, o.tool, o.min_valid_seconds)};
 }
 
 struct Conn {
@@ -383,6 +439,7 @@ struct Conn {
   size_t in_end = 0;
   std::string out;  // requests the socket did not take yet
   bool want_write = false;
+  size_t next_body = 0;  // the index of the next request body to send
 };
 
 constexpr size_t kInBuffer = 2 * (kHeaderSize + kMaxPayload);
@@ -404,8 +461,8 @@ struct WorkerResult {
 
 class Worker {
  public:
-  Worker(std::vector<Conn*> conns, uint32_t depth, Window window, const RequestBody* body)
-      : conns_(std::move(conns)), depth_(depth), window_(window), body_(body) {}
+  Worker(std::vector<Conn*> conns, uint32_t depth, Window window, const RequestBodies* bodies)
+      : conns_(std::move(conns)), depth_(depth), window_(window), bodies_(bodies) {}
 
   WorkerResult& result() { return result_; }
 
@@ -453,7 +510,9 @@ class Worker {
       return;
     }
     const uint64_t gen = ++c->generation[slot];
-    AppendFrame(c->out, (gen << kSlotBits) | slot, body_->field, body_->bytes);
+    const RequestBody& body = (*bodies_)[c->next_body];
+    c->next_body = (c->next_body + 1) % bodies_->size();
+    AppendFrame(c->out, (gen << kSlotBits) | slot, body.field, body.bytes);
     c->sent_ns[slot] = now;
     ++outstanding_;
   }
@@ -511,11 +570,12 @@ class Worker {
       const Answer a = Decode(h + kHeaderSize, len);
       c->in_begin += kHeaderSize + len;
       if (!a.ok) return Fail("unparseable answer");
-      if (a.body_field != body_->field) {
+      const int field = bodies_->front().field;  // the same for every body of a run
+      if (a.body_field != field) {
         return Fail(a.body_field == kErrorField
                         ? "the server answered with an Error (run --probe to see it)"
-                    : body_->field == kStatusField ? "an answer without a StatusReply"
-                                                   : "an answer without a ResolveReply");
+                    : field == kStatusField ? "an answer without a StatusReply"
+                                            : "an answer without a ResolveReply");
       }
       const uint64_t slot = a.request_id & kSlotMask;
       if (slot >= depth_ || c->sent_ns[slot] == 0 ||
@@ -538,7 +598,7 @@ class Worker {
   std::vector<Conn*> conns_;
   uint32_t depth_;
   Window window_;
-  const RequestBody* body_;
+  const RequestBodies* bodies_;
   uint64_t outstanding_ = 0;
   WorkerResult result_;
 };
@@ -546,12 +606,14 @@ class Worker {
 // ---------------------------------------------------------------------------
 
 [[noreturn]] void Usage() {
-  std::fprintf(stderr,
-               "usage: loadgen --socket PATH [--request status|resolve|echo|echo-resolve]\n"
-               "               [--connections N] [--depth D] [--duration S] [--warmup S]\n"
-               "               [--threads T] [--count N] [--label NAME] [--json]\n"
-               "               [--workspace W --connector C [--tool T] [--min-valid S]]\n"
-               "       loadgen --socket PATH --probe [--request ...] [--workspace ...]\n");
+  std::fprintf(
+      stderr,
+      "usage: loadgen --socket PATH [--request status|resolve|echo|echo-resolve]\n"
+      "               [--connections N] [--depth D] [--duration S] [--warmup S]\n"
+      "               [--threads T] [--count N] [--label NAME] [--json]\n"
+      "               [--workspace W --connector C [--tool T] [--min-valid S] |\n"
+      "                --mix FILE]\n"
+      "       loadgen --socket PATH --probe [--request ...] [--workspace ... | --mix FILE]\n");
   std::exit(2);
 }
 
@@ -613,6 +675,8 @@ Options ParseOptions(int argc, char** argv) {
       o.connector = v;
     } else if (a == "--tool") {
       o.tool = v;
+    } else if (a == "--mix") {
+      o.mix = v;
     } else if (a == "--min-valid") {
       o.min_valid_seconds = ParseCount(v, 0, 86400, "--min-valid");
     } else {
@@ -624,9 +688,10 @@ Options ParseOptions(int argc, char** argv) {
       o.request != "echo-resolve") {
     Fatal("--request must be status, resolve, echo or echo-resolve");
   }
-  if (o.resolve() && (o.workspace.empty() || o.connector.empty())) {
-    Fatal("--request " + o.request + " needs --workspace and --connector");
+  if (o.resolve() && o.mix.empty() && (o.workspace.empty() || o.connector.empty())) {
+    Fatal("--request " + o.request + " needs --workspace and --connector, or --mix");
   }
+  if (!o.mix.empty() && !o.resolve()) Fatal("--mix is for --request resolve or echo-resolve");
   if (o.count > 0) o.warmup = 0;
   if (o.label.empty()) {
     o.label = o.request == "status"    ? "grantvaultd-status"
@@ -636,18 +701,11 @@ Options ParseOptions(int argc, char** argv) {
   return o;
 }
 
-int Probe(const Options& o, const RequestBody& body) {
-  int fd = Connect(o.socket);
-  if (fd < 0) return 1;
-  // A resolve may wait for a refresh (the provider, the HSM, the disk).
-  timeval tv{o.resolve() ? 30 : 2, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  if (o.hello() && !Hello(fd).empty()) return 1;
+int ProbeOne(const Options& o, int fd, const RequestBody& body) {
   std::string frame;
   AppendFrame(frame, 7, body.field, body.bytes);
   std::string payload;
   if (!WriteAll(fd, frame) || !ReadFrame(fd, &payload)) return 1;
-  ::close(fd);
   const Answer a = Decode(reinterpret_cast<const unsigned char*>(payload.data()), payload.size());
   if (a.ok && a.body_field == kErrorField) {
     v1::Response r;
@@ -668,15 +726,30 @@ int Probe(const Options& o, const RequestBody& body) {
   return 0;
 }
 
+int Probe(const Options& o, const RequestBodies& bodies) {
+  int fd = Connect(o.socket);
+  if (fd < 0) return 1;
+  // A resolve may wait for a refresh (the provider, the HSM, the disk).
+  timeval tv{o.resolve() ? 30 : 2, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  int status = o.hello() && !Hello(fd).empty() ? 1 : 0;
+  for (const RequestBody& body : bodies) {
+    if (status != 0) break;
+    status = ProbeOne(o, fd, body);
+  }
+  ::close(fd);
+  return status;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   GOOGLE_PROTOBUF_VERIFY_VERSION;
   const Options o = ParseOptions(argc, argv);
   ::signal(SIGPIPE, SIG_IGN);
-  const RequestBody body = BodyFor(o);
-  SelfCheck(body);
-  if (o.probe) return Probe(o, body);
+  const RequestBodies bodies = BodiesFor(o);
+  for (const RequestBody& body : bodies) SelfCheck(body);
+  if (o.probe) return Probe(o, bodies);
 
   rlimit files{};
   if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
@@ -700,6 +773,7 @@ int main(int argc, char** argv) {
     c->sent_ns.assign(o.depth, 0);
     c->generation.assign(o.depth, 0);
     c->in = std::make_unique<unsigned char[]>(kInBuffer);
+    c->next_body = i % bodies.size();  // each connection starts at its own offset
     conns.push_back(std::move(c));
   }
 
@@ -713,7 +787,7 @@ int main(int argc, char** argv) {
   for (uint32_t t = 0; t < nthreads; ++t) {
     std::vector<Conn*> mine;
     for (size_t i = t; i < conns.size(); i += nthreads) mine.push_back(conns[i].get());
-    workers.push_back(std::make_unique<Worker>(std::move(mine), o.depth, window, &body));
+    workers.push_back(std::make_unique<Worker>(std::move(mine), o.depth, window, &bodies));
   }
   std::vector<std::thread> threads;
   for (auto& w : workers) threads.emplace_back([&w] { w->Run(); });

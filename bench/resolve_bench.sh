@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Resolve on agent.sock, end to end, in one run (docs/performance.md, "Resolve"):
 #   1. cached Resolve at 1, 16, 64, 256 connections vs the bare echo server
-#      (bench/echo_server, fed the very same Resolve frames), interleaved;
-#   2. cold Resolve (every call forces a refresh at the demo provider) minus
-#      the provider's own time per token request, per resolve;
-#   3. optionally, cached Resolve at 64 connections with [audit] enabled = true
-#      vs false (only if the daemon knows the key);
+#      (bench/echo_server, fed the very same Resolve frames), interleaved, in
+#      two workloads: "mixed" (the headline: 16 distinct resolves over 4
+#      grants — 2 workspaces x 2 connectors — and 8 tools, rotated on every
+#      connection from its own offset, so that no two consecutive requests on
+#      a connection are the same; bench/resolve_mix.txt is generated below)
+#      and "single" (one request, the same on every call);
+#   2. cold Resolve: a second demo provider whose access tokens live COLD_TTL
+#      (1 s); every call comes after the previous token expired, so each one
+#      makes one refresh, as an agent that comes back after a pause does;
+#      its latency minus the provider's own time per token request;
+#   3. optionally, cached Resolve (both workloads) at 64 connections with
+#      [audit] enabled = true vs false (only if the daemon knows the key);
 #   4. a store of 100,000 sealed grants (bench/seed_grants): start-to-READY
 #      time and RSS with ~0 vs 100,000 grants, and cached Resolve at 1 and 64
 #      connections against the small store's figures from step 1.
@@ -33,10 +40,12 @@
 #                shares with the server it does not preempt it at every answer
 #                (docs/performance.md, "Scheduling"); normal: as started  [batch]
 #   ECHO_THREADS echo_server threads                                        [2]
-#   COLD         resolves for step 2 (0 skips it)                           [200]
-#   AT_TTL       the provider's access-token lifetime, s: long enough to stay
-#                cached for the whole run, shorter than the daemon's largest
-#                min_valid_seconds (600) so that step 2 can force refreshes [590]
+#   WORKLOADS    step 1's workloads, in this order                  [mixed single]
+#   COLD         resolves for step 2 (0 skips it); each waits COLD_TTL + 0.1 s
+#                for the previous token to expire                           [40]
+#   COLD_TTL     the cold provider's access-token lifetime, s               [1]
+#   AT_TTL       the main provider's access-token lifetime, s: long enough to
+#                stay cached (and never due for refresh ahead) all run      [3600]
 #   AUDIT        auto: step 3 if the daemon accepts [audit] enabled; 1: step 3
 #                or fail; 0: skip it                                        [auto]
 #   GRANTS       grants to seed for step 4 (0 skips it)                     [100000]
@@ -50,7 +59,7 @@
 #                so (needs the key); empty: the default configuration     [none]
 #   PERF_DATA    with PROFILE=1: keep perf.data at this path             [none]
 #   PERF_RECORD  with PROFILE=1: perf record's options  [-g; try: -F 999 --call-graph dwarf]
-# With the defaults: about 5 minutes (seeding 100,000 grants takes 40–80 s).
+# With the defaults: about 7 minutes (seeding 100,000 grants takes 40–80 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -74,8 +83,10 @@ WARMUP=${WARMUP:-1}
 REPEAT=${REPEAT:-3}
 THREADS=${THREADS:-2}
 ECHO_THREADS=${ECHO_THREADS:-2}
-COLD=${COLD:-200}
-AT_TTL=${AT_TTL:-590}
+WORKLOADS=${WORKLOADS:-"mixed single"}
+COLD=${COLD:-40}
+COLD_TTL=${COLD_TTL:-1}
+AT_TTL=${AT_TTL:-3600}
 AUDIT=${AUDIT:-auto}
 GRANTS=${GRANTS:-100000}
 WORKSPACES=${WORKSPACES:-1000}
@@ -102,7 +113,7 @@ tmp=$(mktemp -d /tmp/gv-resolve-bench.XXXXXX)
 state=$tmp/state
 agent_sock=$state/run/agent.sock
 echo_sock=$tmp/echo.sock
-provider_pid="" echo_pid="" daemon_pid="" timer_pid="" perf_pid=""
+provider_pid="" cold_provider_pid="" echo_pid="" daemon_pid="" timer_pid="" perf_pid=""
 
 stop_pid() {  # pid [seconds]
   local pid=$1
@@ -118,6 +129,7 @@ cleanup() {
   stop_pid "$timer_pid"  # forwards SIGTERM to grantvaultd and waits for it
   stop_pid "$echo_pid"
   stop_pid "$provider_pid"
+  stop_pid "$cold_provider_pid"
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -135,7 +147,9 @@ field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 # The load, and how many compilers (other builds on the machine) run right now.
 loadavg() { echo "$(cut -d' ' -f1-3 /proc/loadavg) (other compilers running: $(ps -eo comm= | grep -cxE 'cc1plus|cc1|collect2|ld|as' || true))"; }
 
-# --- the demo authorization server --------------------------------------------
+# --- the demo authorization servers --------------------------------------------
+# "provider" issues the cached workloads' tokens (AT_TTL); "cold-provider",
+# with the same certificate and client, those of step 2 (COLD_TTL).
 mkdir -m 700 "$tmp/provider"
 tests/provider/provider-cert.sh "$tmp/provider"
 (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$tmp/provider/client.secret")
@@ -143,30 +157,70 @@ cat >"$tmp/provider/clients.json" <<JSON
 [{"client_id": "grantvault-bench", "client_secret": "$(cat "$tmp/provider/client.secret")",
   "redirect_uris": ["http://127.0.0.1/callback"]}]
 JSON
-GV_PROVIDER_AT_TTL=$AT_TTL node tests/provider/server.mjs --cert "$tmp/provider/cert.pem" \
-  --key "$tmp/provider/key.pem" --clients "$tmp/provider/clients.json" \
-  >"$tmp/provider.out" 2>"$tmp/provider.log" &
-provider_pid=$!
-for _ in $(seq 200); do
-  grep -q '^READY' "$tmp/provider.out" 2>/dev/null && break
-  kill -0 "$provider_pid" 2>/dev/null || die "the demo provider exited"
-  sleep 0.1
-done
-issuer=$(sed -n 's/^READY //p' "$tmp/provider.out")
-[[ -n $issuer ]] || die "the demo provider did not start"
+start_provider() {  # name ttl -> sets started_pid, started_issuer
+  GV_PROVIDER_AT_TTL=$2 node tests/provider/server.mjs --cert "$tmp/provider/cert.pem" \
+    --key "$tmp/provider/key.pem" --clients "$tmp/provider/clients.json" \
+    >"$tmp/$1.out" 2>"$tmp/$1.log" &
+  started_pid=$!
+  for _ in $(seq 200); do
+    grep -q '^READY' "$tmp/$1.out" 2>/dev/null && break
+    kill -0 "$started_pid" 2>/dev/null || die "the demo provider ($1) exited"
+    sleep 0.1
+  done
+  started_issuer=$(sed -n 's/^READY //p' "$tmp/$1.out")
+  [[ -n $started_issuer ]] || die "the demo provider ($1) did not start"
+}
+start_provider provider "$AT_TTL"
+provider_pid=$started_pid issuer=$started_issuer
+if [[ $COLD -gt 0 ]]; then
+  start_provider cold-provider "$COLD_TTL"
+  cold_provider_pid=$started_pid cold_issuer=$started_issuer
+fi
 
 # --- policy, configuration, daemon -------------------------------------------
-cat >"$tmp/policy.toml" <<TOML
-[[callers]]
-uid = $(id -u)
-role = "agent"
-workspaces = ["ws_bench"]
-
-[[workspaces.ws_bench.tools]]
-name = "read_docs"
-connector = "demo"
-scopes = ["read"]
-TOML
+# ws_bench/demo/read_docs is the single-request workload. The mixed one: in
+# ws_bench and ws_mix, for each of the connectors demo and demo2, four tools
+# (read, write, edit, search) with different scope sets: 16 requests, each a
+# release of its own (grant, tool and scopes differ). ws_cold/cold: step 2.
+mix_workspaces=(ws_bench ws_mix)
+mix_connectors=(demo demo2)
+mix_tools=(read write edit search)
+tool_scopes() {
+  case $1 in read | search) echo '["read"]' ;; write) echo '["write"]' ;; edit) echo '["read", "write"]' ;; esac
+}
+{
+  echo "[[callers]]"
+  echo "uid = $(id -u)"
+  echo 'role = "agent"'
+  echo 'workspaces = ["ws_bench", "ws_mix", "ws_cold"]'
+  echo
+  echo "[[workspaces.ws_bench.tools]]"
+  echo 'name = "read_docs"'
+  echo 'connector = "demo"'
+  echo 'scopes = ["read"]'
+  for w in "${mix_workspaces[@]}"; do
+    for c in "${mix_connectors[@]}"; do
+      for t in "${mix_tools[@]}"; do
+        echo
+        echo "[[workspaces.$w.tools]]"
+        echo "name = \"${c}_$t\""
+        echo "connector = \"$c\""
+        echo "scopes = $(tool_scopes "$t")"
+      done
+    done
+  done
+  echo
+  echo "[[workspaces.ws_cold.tools]]"
+  echo 'name = "cold_read"'
+  echo 'connector = "cold"'
+  echo 'scopes = ["read"]'
+} >"$tmp/policy.toml"
+# Tool-major: consecutive requests of a connection also change grant.
+for t in "${mix_tools[@]}"; do
+  for w in "${mix_workspaces[@]}"; do
+    for c in "${mix_connectors[@]}"; do echo "$w $c ${c}_$t"; done
+  done
+done >"$tmp/mix.txt"
 write_config() {  # [audit: true|false|""]
   {
     echo "[oauth]"
@@ -209,11 +263,14 @@ stop_daemon() {
 }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$daemon_pid/status"; }
 
-resolve_args=(--workspace ws_bench --connector demo --tool read_docs)
-probe_resolve() {  # waits (at most 30 s) until a resolve is answered; fills the cache
+single_args=(--workspace ws_bench --connector demo --tool read_docs)
+mixed_args=(--mix "$tmp/mix.txt")
+probe_resolve() {  # waits (at most 30 s) until every resolve is answered; fills the cache
   for _ in $(seq 60); do
-    "$LOADGEN" --socket "$agent_sock" --request resolve "${resolve_args[@]}" --probe \
-      2>>"$tmp/probe.log" && return 0
+    "$LOADGEN" --socket "$agent_sock" --request resolve "${single_args[@]}" --probe \
+      2>>"$tmp/probe.log" &&
+      "$LOADGEN" --socket "$agent_sock" --request resolve "${mixed_args[@]}" --probe \
+        2>>"$tmp/probe.log" && return 0
     sleep 0.5
   done
   die "no resolve was answered on $agent_sock"
@@ -235,31 +292,47 @@ done
 start_daemon
 
 cli=("$GRANTVAULT" --state-dir "$state" --admin bench)
-"${cli[@]}" connectors register --id demo --type oidc --client-id grantvault-bench \
-  --client-secret-file "$tmp/provider/client.secret" --issuer "$issuer" \
-  >"$tmp/register.log" 2>&1 || die "connectors register failed: $(cat "$tmp/register.log")"
+register_connector() {  # id issuer
+  "${cli[@]}" connectors register --id "$1" --type oidc --client-id grantvault-bench \
+    --client-secret-file "$tmp/provider/client.secret" --issuer "$2" \
+    >"$tmp/register.log" 2>&1 || die "connectors register $1 failed: $(cat "$tmp/register.log")"
+}
 # authorize --paste prints the URL, then reads the redirect URL on stdin;
 # approve.mjs plays the user at the provider.
-mkfifo "$tmp/paste"
-"${cli[@]}" authorize --workspace ws_bench --connector demo --scopes "openid offline_access read" \
-  --paste <"$tmp/paste" >"$tmp/authorize.out" 2>"$tmp/authorize.log" &
-authorize_pid=$!
-exec 3>"$tmp/paste"
-for _ in $(seq 100); do
-  grep -q '^https://' "$tmp/authorize.out" && break
-  sleep 0.1
-done
-url=$(grep -m1 '^https://' "$tmp/authorize.out") || die "authorize printed no URL"
-redirect=$(node tests/provider/approve.mjs --ca "$tmp/provider/cert.pem" --user alice "$url" \
-  2>>"$tmp/approve.log") || die "approve.mjs failed: $(cat "$tmp/approve.log")"
-echo "$redirect" >&3
-exec 3>&-
-wait "$authorize_pid" || die "authorize failed: $(cat "$tmp/authorize.log")"
+authorize_grant() {  # workspace connector user
+  rm -f "$tmp/paste"
+  mkfifo "$tmp/paste"
+  "${cli[@]}" authorize --workspace "$1" --connector "$2" --scopes "openid offline_access read write" \
+    --paste <"$tmp/paste" >"$tmp/authorize.out" 2>"$tmp/authorize.log" &
+  authorize_pid=$!
+  exec 3>"$tmp/paste"
+  for _ in $(seq 100); do
+    grep -q '^https://' "$tmp/authorize.out" && break
+    sleep 0.1
+  done
+  url=$(grep -m1 '^https://' "$tmp/authorize.out") || die "authorize printed no URL"
+  redirect=$(node tests/provider/approve.mjs --ca "$tmp/provider/cert.pem" --user "$3" "$url" \
+    2>>"$tmp/approve.log") || die "approve.mjs failed: $(cat "$tmp/approve.log")"
+  echo "$redirect" >&3
+  exec 3>&-
+  wait "$authorize_pid" || die "authorize $1/$2 failed: $(cat "$tmp/authorize.log")"
+}
+register_connector demo "$issuer"
+register_connector demo2 "$issuer"
+authorize_grant ws_bench demo alice
+authorize_grant ws_bench demo2 bob
+authorize_grant ws_mix demo carol
+authorize_grant ws_mix demo2 dave
+if [[ $COLD -gt 0 ]]; then
+  register_connector cold "$cold_issuer"
+  authorize_grant ws_cold cold erin
+fi
 probe_resolve
 
 echo "resolve_bench: $(nproc) cores, load average $(loadavg); loadgen scheduling $LOADGEN_SCHED; depth 1, ${DURATION} s per run" \
   "after ${WARMUP} s warm-up, $REPEAT run(s) each, loadgen threads $THREADS," \
-  "echo_server threads $ECHO_THREADS, provider access tokens ${AT_TTL} s"
+  "echo_server threads $ECHO_THREADS, provider access tokens ${AT_TTL} s;" \
+  "mixed workload: $(wc -l <"$tmp/mix.txt") distinct resolves over 4 grants, 8 tools"
 
 "$ECHO_SERVER" --socket "$echo_sock" --threads "$ECHO_THREADS" 2>"$tmp/echo.log" &
 echo_pid=$!
@@ -268,15 +341,18 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-run() {  # request connections [extra loadgen args…] -> one loadgen result line
-  local request=$1 c=$2
-  shift 2
+run() {  # workload request connections [extra loadgen args…] -> one loadgen result line
+  local workload=$1 request=$2 c=$3
+  shift 3
   local sock=$agent_sock
   [[ $request == echo* ]] && sock=$echo_sock
+  local -a args=("${single_args[@]}")
+  [[ $workload == mixed ]] && args=("${mixed_args[@]}")
   local line
   line=$(timeout $((${DURATION%.*} + ${WARMUP%.*} + 30)) \
-    ${loadgen_sched[@]+"${loadgen_sched[@]}"} "$LOADGEN" --socket "$sock" --request "$request" "${resolve_args[@]}" \
-    --connections "$c" --depth 1 --duration "$DURATION" --warmup "$WARMUP" --threads "$THREADS" "$@")
+    ${loadgen_sched[@]+"${loadgen_sched[@]}"} "$LOADGEN" --socket "$sock" --request "$request" "${args[@]}" \
+    --connections "$c" --depth 1 --duration "$DURATION" --warmup "$WARMUP" --threads "$THREADS" \
+    --label "$request-$workload" "$@")
   echo "$line compilers=$(ps -eo comm= | grep -cxE 'cc1plus|cc1|collect2|ld|as' || true)"
 }
 # The run with the median requests/s of those given.
@@ -296,50 +372,85 @@ pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f %%", (b > 0 ? 100 * a / b 
 int() { printf '%.0f' "$1"; }
 
 # --- 1. cached resolve vs echo -----------------------------------------------
-declare -A small_runs
-rows=()
+# Per workload and connection count: the echo server and grantvaultd in turn,
+# REPEAT pairs; the ratio column is the median (and min–max) of the pairs'
+# ratios, each from two runs a few seconds apart.
+pair_ratios() {  # "echo-line|gv-line" … -> "median (min–max)"
+  local p
+  for p in "$@"; do
+    awk -v g="$(field rps "${p#*|}")" -v e="$(field rps "${p%%|*}")" 'BEGIN { printf "%.1f\n", (e > 0 ? 100 * g / e : 0) }'
+  done | sort -g | awk '{ v[NR] = $1 } END { printf "%.0f %% (%.0f–%.0f)", v[int((NR + 1) / 2)], v[1], v[NR] }'
+}
+declare -A small_runs rows
 for c in $CONNECTIONS; do
-  es=() gs=()
+  declare -A es=() gs=() ps=()
   for _ in $(seq "$REPEAT"); do  # interleaved, so that both see the same machine
-    es+=("$(run echo-resolve "$c")")
-    echo "${es[-1]}"
-    gs+=("$(run resolve "$c")")
-    echo "${gs[-1]}"
+    for w in $WORKLOADS; do
+      e_line=$(run "$w" echo-resolve "$c")
+      echo "$e_line"
+      g_line=$(run "$w" resolve "$c")
+      echo "$g_line"
+      es[$w]+="$e_line"$'\n' gs[$w]+="$g_line"$'\n' ps[$w]+="$e_line|$g_line"$'\n'
+    done
   done
-  small_runs[$c]=$(printf '%s\n' "${gs[@]}")
-  e=$(median "${es[@]}")
-  g=$(median "${gs[@]}")
-  rows+=("| $c | $(int "$(field rps "$e")") ($(spread rps "${es[@]}")) | $(int "$(field rps "$g")") ($(spread rps "${gs[@]}")) | $(pct "$(field rps "$g")" "$(field rps "$e")") | $(int "$(field p50_us "$e")") / $(int "$(field p99_us "$e")") / $(int "$(field p999_us "$e")") | $(int "$(field p50_us "$g")") / $(int "$(field p99_us "$g")") ($(spread p99_us "${gs[@]}")) / $(int "$(field p999_us "$g")") |")
+  for w in $WORKLOADS; do
+    mapfile -t el <<<"${es[$w]%$'\n'}"
+    mapfile -t gl <<<"${gs[$w]%$'\n'}"
+    mapfile -t pl <<<"${ps[$w]%$'\n'}"
+    small_runs[$w,$c]=${gs[$w]%$'\n'}
+    e=$(median "${el[@]}")
+    g=$(median "${gl[@]}")
+    rows[$w]+="| $c | $(int "$(field rps "$e")") ($(spread rps "${el[@]}")) | $(int "$(field rps "$g")") ($(spread rps "${gl[@]}")) | $(pct "$(field rps "$g")" "$(field rps "$e")") | $(pair_ratios "${pl[@]}") | $(int "$(field p50_us "$e")") / $(int "$(field p99_us "$e")") / $(int "$(field p999_us "$e")") | $(int "$(field p50_us "$g")") / $(int "$(field p99_us "$g")") ($(spread p99_us "${gl[@]}")) / $(int "$(field p999_us "$g")") |"$'\n'
+  done
+  unset es gs ps
 done
 rss_after_load=$(rss_kib)
-echo
-echo "Cached resolve vs echo (each cell: the run with the median requests/s of $REPEAT; (min–max))"
-echo "| connections | echo rps | resolve rps | resolve / echo | echo p50 / p99 / p99.9 (µs) | resolve p50 / p99 (min–max) / p99.9 (µs) |"
-echo "|---:|---:|---:|---:|---:|---:|"
-printf '%s\n' "${rows[@]}"
+for w in $WORKLOADS; do
+  echo
+  echo "Cached resolve, $w workload, vs echo (each cell: the run with the median requests/s of $REPEAT; (min–max))"
+  echo "| connections | echo rps | resolve rps | resolve / echo (medians) | resolve / echo per pair, median (min–max) | echo p50 / p99 / p99.9 (µs) | resolve p50 / p99 (min–max) / p99.9 (µs) |"
+  echo "|---:|---:|---:|---:|---:|---:|---:|"
+  printf '%s' "${rows[$w]}"
+done
 echo "grantvaultd RSS after these runs: $((rss_after_load / 1024)) MiB; load average $(loadavg)"
 
 # --- 2. cold resolve -----------------------------------------------------------
+# Each call waits until the previous call's token (COLD_TTL) has expired, so
+# the cache cannot answer it (tokens/token_cache.h, ServesMinValid: no
+# min_valid forces a refresh of a token in the first half of its life) and the
+# daemon refreshes at the cold provider, as for an agent back after a pause.
 if [[ $COLD -gt 0 ]]; then
-  token_lines() { grep -c 'POST /token 200' "$tmp/provider.log" || true; }
+  token_lines() { grep -c 'POST /token 200' "$tmp/cold-provider.log" || true; }
   before=$(token_lines)
-  cold=$(timeout 90 "$LOADGEN" --socket "$agent_sock" --request resolve "${resolve_args[@]}" \
-    --min-valid 600 --connections 1 --depth 1 --count "$COLD" --duration 60 --threads 1) ||
-    die "cold resolves failed: $cold"
-  echo
-  echo "$cold"
+  cold_wait=$(awk -v t="$COLD_TTL" 'BEGIN { printf "%.2f", t + 0.1 }')
+  : >"$tmp/cold.lines"
+  for _ in $(seq "$COLD"); do
+    sleep "$cold_wait"
+    line=$(timeout 40 "$LOADGEN" --socket "$agent_sock" --request resolve --workspace ws_cold \
+      --connector cold --tool cold_read --connections 1 --depth 1 --count 1 --duration 30 \
+      --threads 1 --label cold) || die "a cold resolve failed: $line"
+    echo "$line" >>"$tmp/cold.lines"
+  done
   after=$(token_lines)
-  provider=$(grep 'POST /token 200' "$tmp/provider.log" | tail -n +"$((before + 1))" |
-    sed -n 's/.* \([0-9.]*\)ms$/\1/p' | sort -g |
-    awk '{ v[NR] = $1; s += $1 } END { printf "%d %.3f %.3f", NR, s / NR, v[int((NR + 1) / 2)] }')
-  read -r n_token provider_mean provider_p50 <<<"$provider"
-  echo "Cold resolve (min_valid_seconds 600 > the ${AT_TTL} s token lifetime: one refresh per call), 1 connection, $COLD calls:"
-  echo "  token requests at the provider: $((after - before)) (expected $COLD)"
-  awk -v mean="$(field mean_us "$cold")" -v p50="$(field p50_us "$cold")" \
-    -v p99="$(field p99_us "$cold")" -v pm="$provider_mean" -v pp="$provider_p50" 'BEGIN {
-      printf "  resolve latency: mean %.2f ms, p50 %.2f ms, p99 %.2f ms\n", mean / 1000, p50 / 1000, p99 / 1000
+  stats() {  # numbers on stdin -> "n mean p50 p99 max"
+    sort -g | awk '{ v[NR] = $1; s += $1 } END {
+      p99 = int(0.99 * NR + 0.999999); if (p99 < 1) p99 = 1
+      printf "%d %.3f %.3f %.3f %.3f\n", NR, s / NR, v[int((NR + 1) / 2)], v[p99], v[NR] }'
+  }
+  read -r _ cold_mean cold_p50 cold_p99 cold_max < <(sed -n 's/.* mean_us=\([^ ]*\).*/\1/p' "$tmp/cold.lines" |
+    awk '{ print $1 / 1000 }' | stats)
+  read -r n_token provider_mean provider_p50 _ _ < <(grep 'POST /token 200' "$tmp/cold-provider.log" |
+    tail -n +"$((before + 1))" | sed -n 's/.* \([0-9.]*\)ms$/\1/p' | stats)
+  echo
+  echo "Cold resolve (each call after its previous token expired: tokens of ${COLD_TTL} s, ${cold_wait} s apart), 1 connection, $COLD calls:"
+  echo "  token requests at the cold provider: $((after - before)) (expected $COLD)"
+  awk -v mean="$cold_mean" -v p50="$cold_p50" -v p99="$cold_p99" -v max="$cold_max" \
+    -v pm="$provider_mean" -v pp="$provider_p50" 'BEGIN {
+      printf "  resolve latency: mean %.2f ms, p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", mean, p50, p99, max
       printf "  provider time per token request (its log): mean %.2f ms, p50 %.2f ms\n", pm, pp
-      printf "  grantvaultd overhead per cold resolve (mean latency - mean provider time): %.2f ms\n", mean / 1000 - pm }'
+      printf "  grantvaultd overhead per cold resolve (mean latency - mean provider time): %.2f ms\n", mean - pm
+      printf "  cold resolve / provider time (means): %.1f x\n", (pm > 0 ? mean / pm : 0) }'
+  echo "  load average $(loadavg)"
 fi
 
 # --- 3. audit on vs off --------------------------------------------------------
@@ -359,18 +470,19 @@ if [[ $AUDIT != 0 ]]; then
     [[ $AUDIT == 1 ]] && die "AUDIT=1 but the daemon has no [audit] enabled key"
   else
     declare -A audit_runs
+    audit_workload=${WORKLOADS%% *}
     for _ in $(seq "$REPEAT"); do
       for a in false true; do
         stop_daemon
         write_config "$a"
         start_daemon
         probe_resolve
-        audit_runs[$a]+="$(run resolve 64 --label "resolve-audit-$a")"$'\n'
+        audit_runs[$a]+="$(run "$audit_workload" resolve 64 --label "resolve-$audit_workload-audit-$a")"$'\n'
         echo "$(tail -n1 <<<"${audit_runs[$a]%$'\n'}")"
       done
     done
     echo
-    echo "Cached resolve at 64 connections, [audit] enabled = false vs true (median of $REPEAT; (min–max)):"
+    echo "Cached resolve, $audit_workload workload, at 64 connections, [audit] enabled = false vs true (median of $REPEAT; (min–max)):"
     echo "| audit | resolve rps | p50 / p99 / p99.9 (µs) |"
     echo "|---|---:|---:|"
     for a in false true; do
@@ -398,12 +510,12 @@ if [[ $PROFILE == 1 ]] && command -v perf >/dev/null; then
   perf_pid=$!
   sleep 0.5
   echo
-  echo "under perf: $(run resolve 64)"
+  echo "under perf: $(run "${WORKLOADS%% *}" resolve 64)"
   kill -INT "$perf_pid" 2>/dev/null || true
   wait "$perf_pid" 2>/dev/null || true
   perf_pid=""
   [[ -n ${PERF_DATA:-} ]] && cp "$tmp/perf.data" "$PERF_DATA"
-  echo "grantvaultd profile, cached resolve at 64 connections${PROFILE_AUDIT:+, audit $PROFILE_AUDIT} (perf report --no-children, top 40):"
+  echo "grantvaultd profile, cached resolve (${WORKLOADS%% *}) at 64 connections${PROFILE_AUDIT:+, audit $PROFILE_AUDIT} (perf report --no-children, top 40):"
   perf report -i "$tmp/perf.data" --no-children -g none --sort dso,symbol --stdio 2>/dev/null |
     awk '/^ +[0-9]/ && n++ < 40 { sub(/ +- +- *$/, ""); gsub(/ +/, " "); print }'
   if [[ -n ${PROFILE_AUDIT:-} ]]; then
@@ -434,16 +546,17 @@ if [[ $GRANTS -gt 0 ]]; then
   probe_resolve
   grants_now=$("${cli[@]}" status 2>/dev/null | sed -n 's/.*[Gg]rants[^0-9]*\([0-9][0-9]*\).*/\1/p' | head -n1)
   big_lines=()
+  for w in $WORKLOADS; do
   for c in 1 64; do
     bs=()
     for _ in $(seq "$REPEAT"); do
-      bs+=("$(run resolve "$c" --label "resolve-${GRANTS}")")
+      bs+=("$(run "$w" resolve "$c" --label "resolve-$w-${GRANTS}")")
       echo "${bs[-1]}"
     done
     m=$(median "${bs[@]}")
     ss=()
-    if [[ -n ${small_runs[$c]:-} ]]; then
-      mapfile -t ss <<<"${small_runs[$c]}"
+    if [[ -n ${small_runs[$w,$c]:-} ]]; then
+      mapfile -t ss <<<"${small_runs[$w,$c]}"
     fi
     if [[ ${#ss[@]} -gt 0 ]]; then
       s=$(median "${ss[@]}")
@@ -451,7 +564,8 @@ if [[ $GRANTS -gt 0 ]]; then
     else
       small_cell="– | –"
     fi
-    big_lines+=("| $c | $small_cell | $(int "$(field rps "$m")") ($(spread rps "${bs[@]}")) | $(int "$(field p50_us "$m")") / $(int "$(field p99_us "$m")") ($(spread p99_us "${bs[@]}")) |")
+    big_lines+=("| $w | $c | $small_cell | $(int "$(field rps "$m")") ($(spread rps "${bs[@]}")) | $(int "$(field p50_us "$m")") / $(int "$(field p99_us "$m")") ($(spread p99_us "${bs[@]}")) |")
+  done
   done
   ms_list() { printf '%s\n' "$@" | sort -g | paste -sd' ' | sed 's/ / \/ /g'; }
   mib_list() { printf '%s\n' "$@" | awk '{ printf "%s%.1f", (NR > 1 ? " / " : ""), $1 / 1024 }'; }
@@ -463,8 +577,8 @@ if [[ $GRANTS -gt 0 ]]; then
   echo "| $((GRANTS + 1)) | $(ms_list "${big_starts[@]}") | $(mib_list "${big_rss[@]}") |"
   echo
   echo "Cached resolve, small store (step 1) vs $GRANTS grants (median of $REPEAT; (min–max)):"
-  echo "| connections | small rps | small p50 / p99 (µs) | large rps | large p50 / p99 (µs) |"
-  echo "|---:|---:|---:|---:|---:|"
+  echo "| workload | connections | small rps | small p50 / p99 (µs) | large rps | large p50 / p99 (µs) |"
+  echo "|---|---:|---:|---:|---:|---:|"
   printf '%s\n' "${big_lines[@]}"
   echo "load average at the end: $(loadavg)"
 fi

@@ -26,16 +26,17 @@ std::optional<RepeatMemo::Framed> RepeatMemo::SplitRequestId(std::string_view fr
 
 void RepeatMemo::Remember(const v1::Request& request, absl::Duration min_valid, Basis basis) {
   Forget();
-  if (!request.has_resolve() || basis.counting == nullptr || basis.caller == nullptr ||
-      basis.grant == nullptr || basis.serial == 0) {
-    return;
-  }
+  if (!request.has_resolve()) return;
   // The same encoder as the client's (fields in order) gives the same bytes;
   // a client that encodes otherwise is never matched, and takes the full path.
   v1::Request rest = request;
   rest.clear_request_id();
   rest.clear_deadline_ms();
   if (!rest.SerializeToString(&encoded_)) return;
+  if (basis.counting == nullptr || basis.caller == nullptr || basis.grant == nullptr ||
+      basis.serial == 0 || basis.reply == nullptr) {
+    return;  // the request is kept (SameRequest), never answered (remembered_ stays false)
+  }
   resolve_ = request.resolve();
   min_valid_ = min_valid;
   basis_ = std::move(basis);

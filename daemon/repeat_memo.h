@@ -1,7 +1,8 @@
-// RepeatMemo: an agent connection's memory of its last counted release (a
+// RepeatMemo: an agent connection's memory of one recent counted release (a
 // token sent again to a process that already had it, counted into a queued
 // audit record: docs/audit.md), so that the exact repeat of that request is
-// answered without the resolver (docs/performance.md, "The repeat memo").
+// answered without the resolver; a connection keeps several, one per distinct
+// request (docs/performance.md, "The repeat memo").
 //
 // The memo holds the request as encoded (an exact repeat is the same bytes
 // but for the request id: no parsing needed to recognise it) and everything
@@ -30,6 +31,7 @@
 
 #include "absl/time/time.h"
 #include "audit/audit_log.h"
+#include "common/secret_bytes.h"
 #include "grantvault/v1/envelope.pb.h"
 #include "policy/attestation.h"
 #include "store/grant_store.h"
@@ -53,6 +55,9 @@ class RepeatMemo {
     // What the rule that allowed the answer matches of the caller's
     // executable: re-checked before every repeat (policy::StillSameCaller).
     policy::ExecutableChecks exe_checks;
+    // The answer (the Response without its request id) for `grant` and token
+    // `serial`, in secret memory, shared with the connection's other holders.
+    std::shared_ptr<const SecretBytes> reply;
   };
   // The same, as they are now (borrowed, for one comparison).
   struct Current {
@@ -85,6 +90,12 @@ class RepeatMemo {
   // at `now`, is the remembered request, byte for byte, and `current` is
   // what its answer rested on.
   bool Answers(std::string_view rest, absl::Time now, const Current& current) const;
+  // Whether `rest` is the remembered request (the first of Answers' tests,
+  // for picking a memo among several).
+  bool Is(std::string_view rest) const { return remembered_ && rest == encoded_; }
+  // Whether both hold the same request (remembered or not: Remember with an
+  // empty basis keeps only the request, for this comparison).
+  bool SameRequest(const RepeatMemo& other) const { return encoded_ == other.encoded_; }
 
   // The remembered answer's basis and request (meaningful while Answers can
   // be true).

@@ -29,6 +29,11 @@ constexpr uint32_t kDefaultRewrapBatch = 1000;
 constexpr absl::Duration kDefaultAgentDeadline = absl::Seconds(30);
 // Token releases remembered as recorded per connection (more: forget them all).
 constexpr size_t kMaxRecordedReleases = 64;
+// Per agent connection: recent encoded answers (one per grant) and memos of
+// counted releases (one per distinct request) kept to answer repeats of an
+// agent that alternates between a few tools and grants.
+constexpr size_t kMaxEncodedReplies = 16;
+constexpr size_t kMaxRepeatMemos = 32;
 // A repeated release is answered before its record commits only while the
 // audit writer has fewer events than this waiting.
 constexpr size_t kMaxAuditBacklog = 16384;
@@ -1061,20 +1066,34 @@ bool Service::TryResolveOnIoThread(const std::shared_ptr<ipc::Connection>& conne
 }
 
 void Service::RememberRepeat(CallerSlot& slot, const v1::Request& request, const std::string& key,
-                             const Resolved& resolved, const RepeatBasis& basis, uint64_t epoch) {
-  // The memo answers with the slot's encoded answer and counts into its
-  // record: only while both are this release's (another request of the
-  // connection may have replaced either since this one was counted).
-  if (slot.counting_key != key || slot.reply_serial != resolved.token->serial ||
-      slot.reply_grant != resolved.grant || !slot.identity.ok() || *slot.identity != basis.caller) {
-    slot.repeat.Forget();
+                             const Resolved& resolved, const RepeatBasis& basis, uint64_t epoch,
+                             const std::shared_ptr<const SecretBytes>& part) {
+  RepeatMemo memo;
+  memo.Remember(request, MinValidOf(request.resolve()), RepeatMemo::Basis{});  // the request only
+  auto same = std::find_if(slot.repeats.begin(), slot.repeats.end(),
+                           [&](const RepeatMemo& m) { return m.SameRequest(memo); });
+  // The memo counts into the release's queued record: only while the slot
+  // still counts this release into it, in this epoch, for this caller.
+  auto it = slot.recorded_releases.find(key);
+  if (it == slot.recorded_releases.end() || it->second.epoch != epoch ||
+      it->second.counting == nullptr || part == nullptr || !slot.identity.ok() ||
+      *slot.identity != basis.caller) {
+    if (same != slot.repeats.end()) same->Forget();
     return;
   }
-  slot.repeat.Remember(
+  memo.Remember(
       request, MinValidOf(request.resolve()),
       RepeatMemo::Basis{basis.generation, epoch, basis.caller, resolved.grant,
                         resolved.token->serial, resolved.token->expires_at, resolved.refresh_at,
-                        slot.counting, ExecutableChecksOf(*resolved.rule)});
+                        it->second.counting, ExecutableChecksOf(*resolved.rule), part});
+  if (same != slot.repeats.end()) {
+    *same = std::move(memo);
+  } else if (slot.repeats.size() < kMaxRepeatMemos) {
+    slot.repeats.push_back(std::move(memo));
+  } else {
+    slot.repeats[slot.next_repeat] = std::move(memo);
+    slot.next_repeat = (slot.next_repeat + 1) % kMaxRepeatMemos;
+  }
 }
 
 bool Service::RepeatsGoFirst() const {
@@ -1105,23 +1124,31 @@ bool Service::TryAnswerRepeat(const std::shared_ptr<ipc::Connection>& connection
   std::string grant_id;
   {
     absl::MutexLock lock(&slot.mu);
-    const RepeatMemo::Current current{
-        generation,
-        epoch,
-        slot.identity.ok() ? slot.identity->get() : nullptr,
-        slot.reply_grant.get(),
-        slot.reply_serial,
-        slot.counting.get(),
-    };
-    if (!slot.repeat.Answers(framed->rest, now, current)) return false;
-    caller = slot.repeat.basis().caller;
-    counting = slot.repeat.basis().counting;
-    exe_checks = slot.repeat.basis().exe_checks;
-    if (spdlog::should_log(spdlog::level::debug)) {
-      logged = slot.repeat.resolve();
-      grant_id = slot.repeat.basis().grant->grant_id;
+    const RepeatMemo* memo = nullptr;
+    for (const RepeatMemo& m : slot.repeats) {
+      if (m.Is(framed->rest)) {
+        memo = &m;
+        break;
+      }
     }
-    frame = TokenFrame(framed->request_id, slot.reply);
+    if (memo == nullptr) return false;
+    // The memo carries its own encoded answer and record: it answers with
+    // them (a sealed record fails Add below, and the full path queues a new
+    // one and a new memo). What may have changed since is the state.
+    const RepeatMemo::Basis& b = memo->basis();
+    const RepeatMemo::Current current{
+        generation,    epoch,    slot.identity.ok() ? slot.identity->get() : nullptr,
+        b.grant.get(), b.serial, b.counting.get(),
+    };
+    if (!memo->Answers(framed->rest, now, current)) return false;
+    caller = b.caller;
+    counting = b.counting;
+    exe_checks = b.exe_checks;
+    if (spdlog::should_log(spdlog::level::debug)) {
+      logged = memo->resolve();
+      grant_id = b.grant->grant_id;
+    }
+    frame = TokenFrame(framed->request_id, *b.reply);
   }
   // As on the full path: the process must still be the one attested (running
   // the program the rule named, if it named one), and the repeat is counted
@@ -1189,15 +1216,16 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
     RecordRefusal(peer, caller, std::move(e), resolved.status());
     return;
   }
-  absl::StatusOr<std::string> frame = ReplyFrame(slot.get(), id, *resolved);
-  if (!frame.ok()) {
+  absl::StatusOr<Reply> reply = ReplyFrame(slot.get(), id, *resolved);
+  if (!reply.ok()) {
     SendResponse(*connection,
-                 ErrorResponse(id, v1::Error::INTERNAL, std::string(frame.status().message())));
+                 ErrorResponse(id, v1::Error::INTERNAL, std::string(reply.status().message())));
     return;
   }
+  std::string* frame = &reply->frame;
   LogRelease(peer, in, resolved->grant->grant_id);
   if (trail_.audit == nullptr) {
-    connection->Send(*std::move(frame), /*final=*/true);
+    connection->Send(std::move(*frame), /*final=*/true);
     return;
   }
   // The token is named by its serial when it has one (no HMAC per repeat);
@@ -1217,11 +1245,11 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
     // committed: sending it again discloses nothing new. The repeat is still
     // recorded (counted into a deferred record), without holding the answer
     // back. A failure makes every release wait for its record again.
-    connection->Send(*std::move(frame), /*final=*/true);
+    connection->Send(std::move(*frame), /*final=*/true);
     if (kind == RepeatKind::kCounted) {
       if (basis) {
         absl::MutexLock lock(&slot->mu);
-        RememberRepeat(*slot, request, key, *resolved, *basis, epoch);
+        RememberRepeat(*slot, request, key, *resolved, *basis, epoch, reply->part);
       }
       return;
     }
@@ -1246,15 +1274,17 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
         });
     if (count != nullptr) {
       absl::MutexLock lock(&slot->mu);
-      slot->counting_key = key;
-      slot->counting = std::move(count);
-      if (basis) RememberRepeat(*slot, request, key, *resolved, *basis, epoch);
+      auto it = slot->recorded_releases.find(key);
+      if (it != slot->recorded_releases.end() && it->second.epoch == epoch) {
+        it->second.counting = std::move(count);
+        if (basis) RememberRepeat(*slot, request, key, *resolved, *basis, epoch, reply->part);
+      }
     }
     return;
   }
   // Fail closed: the token leaves only once its release is recorded (group
   // commit: the writer calls back when the batch is committed).
-  auto bytes = std::make_shared<std::string>(*std::move(frame));
+  auto bytes = std::make_shared<std::string>(std::move(*frame));
   trail_.audit->AppendAsync(
       std::move(e), audit::Durability::kGrouped,
       [connection, bytes, id, uid = peer.uid, pid = peer.pid, slot, key = std::move(key), epoch,
@@ -1277,35 +1307,48 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
       });
 }
 
-absl::StatusOr<std::string> Service::ReplyFrame(CallerSlot* slot, uint64_t request_id,
-                                                const Resolved& resolved) {
+absl::StatusOr<Service::Reply> Service::ReplyFrame(CallerSlot* slot, uint64_t request_id,
+                                                   const Resolved& resolved) {
   // The same token of the same grant again (a cached resolve): its encoded
   // answer is kept for the connection, in secret memory.
   const bool cacheable = slot != nullptr && resolved.token->serial != 0;
   if (cacheable) {
     absl::MutexLock lock(&slot->mu);
-    if (slot->reply_serial == resolved.token->serial && slot->reply_grant == resolved.grant) {
-      return TokenFrame(request_id, slot->reply);
+    for (const CallerSlot::EncodedReply& r : slot->replies) {
+      if (r.serial == resolved.token->serial && r.grant == resolved.grant) {
+        return Reply{TokenFrame(request_id, *r.part), r.part};
+      }
     }
   }
-  GV_ASSIGN_OR_RETURN(SecretBytes part, ResolvePart(resolved));
-  std::string frame = TokenFrame(request_id, part);
+  GV_ASSIGN_OR_RETURN(SecretBytes encoded, ResolvePart(resolved));
+  auto part = std::make_shared<const SecretBytes>(std::move(encoded));
+  Reply reply{TokenFrame(request_id, *part), nullptr};
   if (cacheable) {
+    reply.part = part;
     absl::MutexLock lock(&slot->mu);
-    slot->reply = std::move(part);
-    slot->reply_serial = resolved.token->serial;
-    slot->reply_grant = resolved.grant;
+    CallerSlot::EncodedReply entry{resolved.token->serial, resolved.grant, std::move(part)};
+    // A refreshed token of a grant replaces that grant's answer.
+    for (CallerSlot::EncodedReply& r : slot->replies) {
+      if (r.grant == resolved.grant) {
+        r = std::move(entry);
+        return reply;
+      }
+    }
+    if (slot->replies.size() < kMaxEncodedReplies) {
+      slot->replies.push_back(std::move(entry));
+    } else {
+      slot->replies[slot->next_reply] = std::move(entry);
+      slot->next_reply = (slot->next_reply + 1) % kMaxEncodedReplies;
+    }
   }
-  return frame;
+  return reply;
 }
 
 Service::RepeatKind Service::CountRepeat(CallerSlot& slot, const std::string& key, uint64_t epoch) {
   absl::MutexLock lock(&slot.mu);
   auto it = slot.recorded_releases.find(key);
-  if (it == slot.recorded_releases.end() || it->second != epoch) return RepeatKind::kFirst;
-  if (slot.counting != nullptr && slot.counting_key == key && slot.counting->Add()) {
-    return RepeatKind::kCounted;
-  }
+  if (it == slot.recorded_releases.end() || it->second.epoch != epoch) return RepeatKind::kFirst;
+  if (it->second.counting != nullptr && it->second.counting->Add()) return RepeatKind::kCounted;
   return RepeatKind::kUncounted;
 }
 
@@ -1313,9 +1356,10 @@ void Service::RememberRecorded(CallerSlot& slot, const std::string& key, uint64_
   absl::MutexLock lock(&slot.mu);
   if (slot.recorded_releases.size() >= kMaxRecordedReleases) {
     slot.recorded_releases.clear();
-    slot.repeat.Forget();  // it rests on a release remembered here
+    slot.repeats.clear();  // they rest on releases remembered here
+    slot.next_repeat = 0;
   }
-  slot.recorded_releases.insert_or_assign(key, epoch);
+  slot.recorded_releases.insert_or_assign(key, CallerSlot::RecordedRelease{epoch, nullptr});
 }
 
 void Service::RecordRefusal(const ipc::PeerCredentials& peer, const policy::CallerIdentity* caller,

@@ -136,20 +136,30 @@ class Service {
     absl::StatusOr<std::shared_ptr<const policy::CallerIdentity>> identity ABSL_GUARDED_BY(mu) =
         absl::UnknownError("not attested");
     // Releases to this connection's process whose record is committed
-    // (ReleaseKey → the audit epoch it was committed in): a repeat of one of
-    // them is answered before its own record commits (docs/audit.md).
-    absl::flat_hash_map<std::string, uint64_t> recorded_releases ABSL_GUARDED_BY(mu);
-    // The queued record that counts this connection's repeats of the release
-    // `counting_key`, until the audit writer takes it.
-    std::string counting_key ABSL_GUARDED_BY(mu);
-    std::shared_ptr<audit::PendingCount> counting ABSL_GUARDED_BY(mu);
-    // The last token answer sent on this connection, encoded without its
-    // request id (ResolvePart), for the token `reply_serial` of `reply_grant`.
-    SecretBytes reply ABSL_GUARDED_BY(mu);
-    uint64_t reply_serial ABSL_GUARDED_BY(mu) = 0;
-    std::shared_ptr<const store::Grant> reply_grant ABSL_GUARDED_BY(mu);
-    // The last counted release, to answer its exact repeat (TryAnswerRepeat).
-    RepeatMemo repeat ABSL_GUARDED_BY(mu);
+    // (ReleaseKey → the audit epoch it was committed in, and the queued record
+    // that counts this connection's repeats of it until the audit writer takes
+    // it): a repeat of one of them is answered before its own record commits
+    // (docs/audit.md). One record per release, so that a connection that
+    // alternates between releases counts each into its own record.
+    struct RecordedRelease {
+      uint64_t epoch = 0;
+      std::shared_ptr<audit::PendingCount> counting;  // null until a repeat queues one
+    };
+    absl::flat_hash_map<std::string, RecordedRelease> recorded_releases ABSL_GUARDED_BY(mu);
+    // The last token answers sent on this connection (at most
+    // kMaxEncodedReplies, one per grant and token), each encoded without its
+    // request id (ResolvePart), in secret memory.
+    struct EncodedReply {
+      uint64_t serial = 0;
+      std::shared_ptr<const store::Grant> grant;
+      std::shared_ptr<const SecretBytes> part;
+    };
+    std::vector<EncodedReply> replies ABSL_GUARDED_BY(mu);
+    size_t next_reply ABSL_GUARDED_BY(mu) = 0;  // the one replaced next when full
+    // Recent counted releases (at most kMaxRepeatMemos, one per distinct
+    // request), to answer their exact repeats (TryAnswerRepeat).
+    std::vector<RepeatMemo> repeats ABSL_GUARDED_BY(mu);
+    size_t next_repeat ABSL_GUARDED_BY(mu) = 0;  // the one replaced next when full
   };
   enum class RepeatKind {
     kFirst,      // not known to be recorded: wait for the record
@@ -209,19 +219,27 @@ class Service {
                      const std::shared_ptr<CallerSlot>& slot, const policy::CallerIdentity* caller,
                      absl::StatusOr<Resolved> resolved,
                      const std::optional<RepeatBasis>& basis = std::nullopt);
-  // Makes the counted release `key` (ReleaseKey) the slot's memo, if the
-  // slot's record and encoded answer are still that release's.
+  // Makes the counted release `key` (ReleaseKey) one of the slot's memos
+  // (replacing the memo of the same request, else the oldest when full), if
+  // the slot still counts that release into a queued record; `part` is its
+  // encoded answer.
   static void RememberRepeat(CallerSlot& slot, const v1::Request& request, const std::string& key,
-                             const Resolved& resolved, const RepeatBasis& basis, uint64_t epoch)
+                             const Resolved& resolved, const RepeatBasis& basis, uint64_t epoch,
+                             const std::shared_ptr<const SecretBytes>& part)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(slot.mu);
   // Whether the release named `key` (ReleaseKey) was recorded for this
   // connection's process in audit epoch `epoch` (and if so, counts it into the
   // connection's queued record when there is one); and remembering that it was.
   static RepeatKind CountRepeat(CallerSlot& slot, const std::string& key, uint64_t epoch);
   // The frame answering `request_id` with the resolved token (from the
-  // connection's last answer when it is the same token of the same grant).
-  static absl::StatusOr<std::string> ReplyFrame(CallerSlot* slot, uint64_t request_id,
-                                                const Resolved& resolved);
+  // connection's recent answers when one is of the same token of the same
+  // grant), and its encoding without the request id (null when not kept).
+  struct Reply {
+    std::string frame;
+    std::shared_ptr<const SecretBytes> part;
+  };
+  static absl::StatusOr<Reply> ReplyFrame(CallerSlot* slot, uint64_t request_id,
+                                          const Resolved& resolved);
   static void RememberRecorded(CallerSlot& slot, const std::string& key, uint64_t epoch);
   // Records a refused resolve (docs/audit.md, "Refusals"): a peer that no
   // caller rule matches only in a counted caller.unmatched system record; a

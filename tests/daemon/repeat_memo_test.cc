@@ -28,6 +28,8 @@ class RepeatMemoTest : public ::testing::Test {
     basis_.expires_at = now_ + absl::Minutes(10);
     basis_.refresh_at = now_ + absl::Minutes(9);
     basis_.counting = std::make_shared<audit::PendingCount>();
+    basis_.reply =
+        std::make_shared<const SecretBytes>(SecretBytes::CopyOf(std::string_view("answer")));
     memo_.Remember(request_, absl::Seconds(30), basis_);
   }
 
