@@ -87,6 +87,14 @@ struct DaemonConfig {
   std::vector<uid_t> admin_uids;
   std::vector<gid_t> admin_gids;
 
+  // The in-process sandbox (docs/operations.md, "Sandbox"): seccomp
+  // allow-list and Landlock rules. Turning it off is for debugging only: the
+  // daemon then warns at every start. Extra paths beyond those the daemon
+  // derives from this configuration (an external HSM module's own files).
+  bool sandbox_enabled = true;
+  std::vector<std::string> sandbox_read_paths;
+  std::vector<std::string> sandbox_write_paths;
+
   bool uses_embedded_token() const { return pin_file.empty(); }
 };
 

@@ -127,8 +127,8 @@ class ResolveTest : public ::testing::Test {
   }
 
   void StartDaemon() {
-    daemon_ = std::make_unique<DaemonProcess>(
-        std::vector<std::string>{GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+    daemon_ = std::make_unique<DaemonProcess>(std::vector<std::string>{
+        GV_GRANTVAULTD, "--allow-root", "--state-dir", state_, "--config", config_});
     absl::Status started = daemon_->Start();
     ASSERT_TRUE(started.ok()) << started;
   }
