@@ -224,10 +224,15 @@ absl::Status Apply(const toml::table& root, DaemonConfig& c) {
     }
   }
   if (const toml::table* t = Section(root, "sandbox")) {
-    GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "sandbox", {"enabled", "read_paths", "write_paths"}));
+    GV_RETURN_IF_ERROR(
+        OnlyKnownKeys(*t, "sandbox", {"enabled", "landlock", "read_paths", "write_paths"}));
     if (const toml::node* n = t->get("enabled")) {
       if (!n->is_boolean()) return Invalid(*n, "sandbox.enabled", "must be true or false");
       c.sandbox_enabled = n->as_boolean()->get();
+    }
+    if (const toml::node* n = t->get("landlock")) {
+      if (!n->is_boolean()) return Invalid(*n, "sandbox.landlock", "must be true or false");
+      c.sandbox_landlock = n->as_boolean()->get();
     }
     GV_RETURN_IF_ERROR(ReadPathList(*t, "read_paths", &c.sandbox_read_paths));
     GV_RETURN_IF_ERROR(ReadPathList(*t, "write_paths", &c.sandbox_write_paths));

@@ -92,6 +92,12 @@ struct DaemonConfig {
   // daemon then warns at every start. Extra paths beyond those the daemon
   // derives from this configuration (an external HSM module's own files).
   bool sandbox_enabled = true;
+  // Landlock is off unless asked for: a Landlock domain may not read
+  // /proc/<pid>/exe of a process outside it (the kernel treats that as
+  // ptrace), so in the one process that still attests agents it would make
+  // every exe and exe_sha256 rule fail closed. For deployments without such
+  // rules; the broker of the coming split gets it always.
+  bool sandbox_landlock = false;
   std::vector<std::string> sandbox_read_paths;
   std::vector<std::string> sandbox_write_paths;
 

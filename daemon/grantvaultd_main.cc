@@ -58,7 +58,9 @@ void RaiseDescriptorLimit() {
 
 // Everything the daemon opens after start-up, for Landlock: read-only the
 // system's libraries and configuration (/usr, /etc: OpenSSL, p11-kit, the
-// resolver), /proc (attestation), the configuration, policy, catalog, CA and
+// resolver), /proc (attestation; the executables of agents attested by
+// `exe`/`exe_sha256` rules must lie under /usr or a [sandbox] read path), the
+// configuration, policy, catalog, CA and
 // HSM files; read-write the state directory, the socket and database
 // directories. Plus the operator's [sandbox] paths.
 sandbox::FilesystemRules FilesystemRulesFor(const DaemonConfig& config,
@@ -95,17 +97,19 @@ sandbox::FilesystemRules FilesystemRulesFor(const DaemonConfig& config,
 // What the sandbox put in place, for the start line and the ready line.
 struct SandboxState {
   bool seccomp = false;
-  int landlock_abi = 0;
+  int landlock_abi = 0;  // -1: not asked for ([sandbox] landlock)
   bool capabilities_dropped = false;
   bool bounding_set_cleared = false;
 
   std::string Describe() const {
-    return absl::StrCat(
-        "seccomp=", seccomp ? "on" : "off",
-        " landlock=", landlock_abi > 0 ? absl::StrCat("abi", landlock_abi) : "not-available",
-        " capabilities=",
-        capabilities_dropped ? (bounding_set_cleared ? "dropped" : "dropped(bounding-set-kept)")
-                             : "kept");
+    return absl::StrCat("seccomp=", seccomp ? "on" : "off", " landlock=",
+                        landlock_abi > 0   ? absl::StrCat("abi", landlock_abi)
+                        : landlock_abi < 0 ? std::string("off")
+                                           : std::string("not-available"),
+                        " capabilities=",
+                        capabilities_dropped
+                            ? (bounding_set_cleared ? "dropped" : "dropped(bounding-set-kept)")
+                            : "kept");
   }
 };
 
@@ -358,7 +362,7 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   if (!lock.ok()) return Fail(lock.status());
   // Landlock now, while the process has one thread (the state directory
   // exists from here on); seccomp once start-up is finished, below.
-  if (config->sandbox_enabled) {
+  if (config->sandbox_enabled && config->sandbox_landlock) {
     absl::StatusOr<sandbox::FilesystemReport> restricted =
         sandbox::RestrictFilesystem(FilesystemRulesFor(*config, config_file));
     if (!restricted.ok()) return Fail(restricted.status());
@@ -367,6 +371,11 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
       spdlog::warn("sandbox.path_missing path={}: neither it nor its directory exists; no access",
                    EscapeForLog(path));
     }
+  } else if (config->sandbox_enabled) {
+    sandboxed.landlock_abi = -1;
+    spdlog::info(
+        "sandbox.landlock off: a Landlock domain cannot read agents' /proc/<pid>/exe, which exe "
+        "and exe_sha256 rules need ([sandbox] landlock = true where no rule uses them)");
   } else {
     spdlog::warn(
         "sandbox.disabled: no seccomp filter and no Landlock rules ([sandbox] enabled = false "

@@ -118,7 +118,9 @@ absl::StatusOr<bool> AddPathRule(int ruleset, const std::string& path, uint64_t 
   std::string target = path;
   int fd = ::open(target.c_str(), O_PATH | O_CLOEXEC);
   if (fd < 0 && errno == ENOENT) {
+    // Never widened to the root directory.
     target = Parent(path);
+    if (target == "/") return false;
     fd = ::open(target.c_str(), O_PATH | O_CLOEXEC);
   }
   if (fd < 0) {

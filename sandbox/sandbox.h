@@ -99,7 +99,8 @@ struct FilesystemReport {
 // Denies every filesystem access that `rules` do not grant, with the access
 // rights of the ABI the kernel offers (execution is never granted). A path
 // that does not exist yet is granted through its parent directory (a file
-// the daemon creates later); a file gets only the file rights of its rule.
+// the daemon creates later), unless that is the root directory; a file gets
+// only the file rights of its rule.
 // FailedPrecondition if the process has more than one thread. Returns abi 0,
 // and changes nothing, where the kernel has no Landlock.
 absl::StatusOr<FilesystemReport> RestrictFilesystem(const FilesystemRules& rules);

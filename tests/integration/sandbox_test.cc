@@ -233,7 +233,9 @@ TEST_F(SandboxTest, LandlockDeniesAFileOutsideItsRules) {
   const std::string outside = dir_.Join("outside.txt");
   std::ofstream(outside) << "not the daemon's\n";
   ASSERT_EQ(::chmod(outside.c_str(), 0644), 0);
-  StartAsRoot({"--test-hook", "open:" + outside});
+  const std::string config = dir_.Join("grantvaultd.toml");
+  std::ofstream(config) << "[sandbox]\nlandlock = true\n";
+  StartAsRoot({"--config", config, "--test-hook", "open:" + outside});
   daemon_->Signal(SIGUSR2);
   ASSERT_TRUE(testing::WaitFor(
       [&] { return absl::StrContains(daemon_->Stderr(), "test_hook.open"); }, absl::Seconds(10)))
