@@ -11,11 +11,19 @@ root=$PWD
 DEMO_PORT=${DEMO_PORT:-9443}
 
 scripts/install-deps.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+# The same options as test.sh's build (which shares ./build), so that switching
+# between the scripts rebuilds nothing; the hooks act only under --test-hook.
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGRANTVAULT_TEST_HOOKS=ON >/dev/null
 cmake --build build -j"$(nproc)" --target grantvaultd grantvault
 
 cli=("$root/build/cli/grantvault" --state-dir "$root/var")
-./build/daemon/grantvaultd --state-dir ./var --init-only
+daemon_flags=()
+if [ "$(id -u)" -eq 0 ]; then
+  echo "run.sh: running as root, so grantvaultd gets --allow-root; an installed daemon runs as" \
+    "the unprivileged grantvault user (User=grantvault in systemd/grantvaultd.service)" >&2
+  daemon_flags=(--allow-root)
+fi
+./build/daemon/grantvaultd "${daemon_flags[@]}" --state-dir ./var --init-only
 
 # The demo authorization server: its certificate, client and secret live in
 # var/demo-provider (mode 0700); the secret is made once and kept.
@@ -74,7 +82,7 @@ done
 issuer=$(sed -n 's/^READY //p' "$demo/stdout")
 [ -n "$issuer" ] || { echo "the demo authorization server did not start" >&2; exit 1; }
 
-./build/daemon/grantvaultd --state-dir ./var --config var/grantvaultd.toml &
+./build/daemon/grantvaultd "${daemon_flags[@]}" --state-dir ./var --config var/grantvaultd.toml &
 pids+=($!)
 for _ in $(seq 1 100); do
   "${cli[@]}" status >/dev/null 2>&1 && break

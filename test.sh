@@ -12,11 +12,11 @@ echo "== format check"
 git ls-files '*.h' '*.cc' | xargs -r clang-format --dry-run --Werror
 
 echo "== build (RelWithDebInfo)"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGRANTVAULT_BUILD_TESTS=ON >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGRANTVAULT_BUILD_TESTS=ON -DGRANTVAULT_TEST_HOOKS=ON >/dev/null
 cmake --build build -j"$jobs"
 
 echo "== build (ASan + UBSan)"
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DGRANTVAULT_SANITIZE=ON -DGRANTVAULT_BUILD_TESTS=ON \
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DGRANTVAULT_SANITIZE=ON -DGRANTVAULT_BUILD_TESTS=ON -DGRANTVAULT_TEST_HOOKS=ON \
   -DGRANTVAULT_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j"$jobs"
 

@@ -81,6 +81,23 @@ absl::Status ReadIdList(const toml::table& table, const std::string& key, std::v
   return absl::OkStatus();
 }
 
+absl::Status ReadPathList(const toml::table& table, const std::string& key,
+                          std::vector<std::string>* out) {
+  const toml::node* node = table.get(key);
+  if (node == nullptr) return absl::OkStatus();
+  const toml::array* array = node->as_array();
+  if (array == nullptr) return Invalid(*node, key, "must be an array of absolute paths");
+  out->clear();
+  for (const toml::node& element : *array) {
+    if (!element.is_string() || element.as_string()->get().empty() ||
+        element.as_string()->get()[0] != '/') {
+      return Invalid(element, key, "must hold absolute paths");
+    }
+    out->push_back(element.as_string()->get());
+  }
+  return absl::OkStatus();
+}
+
 // Refuses keys the daemon does not know, so a typo is an error.
 absl::Status OnlyKnownKeys(const toml::table& table, const std::string& section,
                            const std::set<std::string>& known) {
@@ -103,10 +120,10 @@ const toml::table* Section(const toml::table& root, const std::string& name) {
 absl::Status Apply(const toml::table& root, DaemonConfig& c) {
   GV_RETURN_IF_ERROR(OnlyKnownKeys(root, "",
                                    {"state_dir", "hsm", "store", "sockets", "limits", "log",
-                                    "admin", "oauth", "policy", "audit"}));
+                                    "admin", "oauth", "policy", "audit", "sandbox"}));
   GV_RETURN_IF_ERROR(Read(root, "state_dir", &c.state_dir));
-  for (const char* name :
-       {"hsm", "store", "sockets", "limits", "log", "admin", "oauth", "policy", "audit"}) {
+  for (const char* name : {"hsm", "store", "sockets", "limits", "log", "admin", "oauth", "policy",
+                           "audit", "sandbox"}) {
     const toml::node* node = root.get(name);
     if (node != nullptr && !node->is_table()) return Invalid(*node, name, "must be a table");
   }
@@ -209,6 +226,20 @@ absl::Status Apply(const toml::table& root, DaemonConfig& c) {
         return Invalid(*n, "oauth.use_system_trust_store", "must be true or false");
       c.oauth_use_system_trust = n->as_boolean()->get();
     }
+  }
+  if (const toml::table* t = Section(root, "sandbox")) {
+    GV_RETURN_IF_ERROR(
+        OnlyKnownKeys(*t, "sandbox", {"enabled", "landlock", "read_paths", "write_paths"}));
+    if (const toml::node* n = t->get("enabled")) {
+      if (!n->is_boolean()) return Invalid(*n, "sandbox.enabled", "must be true or false");
+      c.sandbox_enabled = n->as_boolean()->get();
+    }
+    if (const toml::node* n = t->get("landlock")) {
+      if (!n->is_boolean()) return Invalid(*n, "sandbox.landlock", "must be true or false");
+      c.sandbox_landlock = n->as_boolean()->get();
+    }
+    GV_RETURN_IF_ERROR(ReadPathList(*t, "read_paths", &c.sandbox_read_paths));
+    GV_RETURN_IF_ERROR(ReadPathList(*t, "write_paths", &c.sandbox_write_paths));
   }
   if (const toml::table* t = Section(root, "admin")) {
     GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "admin", {"allowed_uids", "allowed_gids"}));

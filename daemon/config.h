@@ -95,6 +95,20 @@ struct DaemonConfig {
   std::vector<uid_t> admin_uids;
   std::vector<gid_t> admin_gids;
 
+  // The in-process sandbox (docs/operations.md, "Sandbox"): seccomp
+  // allow-list and Landlock rules. Turning it off is for debugging only: the
+  // daemon then warns at every start. Extra paths beyond those the daemon
+  // derives from this configuration (an external HSM module's own files).
+  bool sandbox_enabled = true;
+  // Landlock is off unless asked for: a Landlock domain may not read
+  // /proc/<pid>/exe of a process outside it (the kernel treats that as
+  // ptrace), so in the one process that still attests agents it would make
+  // every exe and exe_sha256 rule fail closed. For deployments without such
+  // rules; the broker of the coming split gets it always.
+  bool sandbox_landlock = false;
+  std::vector<std::string> sandbox_read_paths;
+  std::vector<std::string> sandbox_write_paths;
+
   bool uses_embedded_token() const { return pin_file.empty(); }
 };
 

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <string>
@@ -40,26 +41,99 @@
 #include "ipc/server.h"
 #include "keys/custodian.h"
 #include "policy/policy.h"
+#include "sandbox/sandbox.h"
 #include "spdlog/spdlog.h"
 #include "tokens/refresher.h"
 
 namespace grantvault::daemon {
 namespace {
 
-// No core dumps, no ptrace by other processes of this uid, no privilege gain
-// through exec.
-void HardenProcess() {
-  ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-  struct rlimit no_core = {0, 0};
-  ::setrlimit(RLIMIT_CORE, &no_core);
-  ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-  // One descriptor per client connection: allow as many as the hard limit.
+// One descriptor per client connection: allow as many as the hard limit.
+void RaiseDescriptorLimit() {
   struct rlimit files;
   if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
     files.rlim_cur = files.rlim_max;
     ::setrlimit(RLIMIT_NOFILE, &files);
   }
 }
+
+// Everything the daemon opens after start-up, for Landlock: read-only the
+// system's libraries and configuration (/usr, /etc: OpenSSL, p11-kit, the
+// resolver), /proc (attestation; the executables of agents attested by
+// `exe`/`exe_sha256` rules must lie under /usr or a [sandbox] read path), the
+// configuration, policy, catalog, CA and
+// HSM files; read-write the state directory, the socket and database
+// directories. Plus the operator's [sandbox] paths.
+sandbox::FilesystemRules FilesystemRulesFor(const DaemonConfig& config,
+                                            const std::string& config_file) {
+  sandbox::FilesystemRules rules;
+  rules.read_only = {"/usr", "/etc", "/proc", "/sys/devices/system/cpu", "/dev/urandom"};
+  for (const std::string* path :
+       {&config_file, &config.policy_file, &config.oauth_ca_file, &config.connector_catalog,
+        &config.hsm_module, &config.pin_file}) {
+    if (!path->empty()) rules.read_only.push_back(*path);
+  }
+#ifdef GV_SHIPPED_CONNECTORS_TOML
+  if (config.connector_catalog.empty()) rules.read_only.push_back(GV_SHIPPED_CONNECTORS_TOML);
+#endif
+  // An external SoftHSM2 token's configuration (its token directory goes in
+  // [sandbox] write_paths).
+  if (const char* softhsm_conf = std::getenv("SOFTHSM2_CONF"); softhsm_conf != nullptr) {
+    rules.read_only.push_back(softhsm_conf);
+  }
+  rules.read_only.insert(rules.read_only.end(), config.sandbox_read_paths.begin(),
+                         config.sandbox_read_paths.end());
+  rules.read_write = {"/dev/null", config.state_dir};
+  for (const std::string* path :
+       {&config.agent_socket, &config.admin_socket, &config.audit_database, &config.database}) {
+    if (path->empty()) continue;
+    const size_t slash = path->find_last_of('/');
+    rules.read_write.push_back(slash == std::string::npos ? "." : path->substr(0, slash));
+  }
+  rules.read_write.insert(rules.read_write.end(), config.sandbox_write_paths.begin(),
+                          config.sandbox_write_paths.end());
+  return rules;
+}
+
+// What the sandbox put in place, for the start line and the ready line.
+struct SandboxState {
+  bool seccomp = false;
+  int landlock_abi = 0;  // -1: not asked for ([sandbox] landlock)
+  bool capabilities_dropped = false;
+  bool bounding_set_cleared = false;
+
+  std::string Describe() const {
+    return absl::StrCat("seccomp=", seccomp ? "on" : "off", " landlock=",
+                        landlock_abi > 0   ? absl::StrCat("abi", landlock_abi)
+                        : landlock_abi < 0 ? std::string("off")
+                                           : std::string("not-available"),
+                        " capabilities=",
+                        capabilities_dropped
+                            ? (bounding_set_cleared ? "dropped" : "dropped(bounding-set-kept)")
+                            : "kept");
+  }
+};
+
+#if defined(GRANTVAULT_TEST_HOOKS)
+// Test builds only (GRANTVAULT_TEST_HOOKS=ON): on SIGUSR2 the daemon does
+// what --test-hook names, so that a test can show the sandbox stops it:
+// "execve" (forbidden by seccomp: the process dies of SIGSYS) or
+// "open:<path>" (logs whether the open succeeded, for Landlock).
+void RunTestHook(const std::string& hook) {
+  if (hook == "execve") {
+    char* const argv[] = {nullptr};
+    ::execve("/bin/true", argv, argv);
+    spdlog::error("test_hook.execve returned: {}", std::strerror(errno));
+  } else if (absl::StartsWith(hook, "open:")) {
+    const std::string path = hook.substr(5);
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    const int err = errno;
+    if (fd >= 0) ::close(fd);
+    spdlog::info("test_hook.open path={} result={}", EscapeForLog(path),
+                 fd >= 0 ? "opened" : std::strerror(err));
+  }
+}
+#endif
 
 // Holds an exclusive lock on <state_dir>/grantvaultd.lock for the life of the
 // process, so that two daemons never share one state directory.
@@ -237,8 +311,12 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
+struct RunOptions {
+  std::string test_hook;  // GRANTVAULT_TEST_HOOKS builds only
+};
+
 int Run(const std::string& config_file, const std::string& state_dir, bool init_only,
-        const EmbeddedStateOptions& embedded) {
+        const EmbeddedStateOptions& embedded, const RunOptions& options) {
   absl::StatusOr<DaemonConfig> config = LoadConfig(config_file, state_dir);
   if (!config.ok()) {
     std::fprintf(stderr, "grantvaultd: %s\n", std::string(config.status().message()).c_str());
@@ -254,7 +332,14 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
       spdlog::info("{}", EscapeTextForLog(line));
     }
   });
-  HardenProcess();
+  SandboxState sandboxed;
+  {
+    absl::StatusOr<sandbox::HardeningReport> hardened = sandbox::HardenProcess();
+    if (!hardened.ok()) return Fail(hardened.status());
+    sandboxed.capabilities_dropped = hardened->capabilities_dropped;
+    sandboxed.bounding_set_cleared = hardened->bounding_set_cleared;
+  }
+  RaiseDescriptorLimit();
   // Debian's abseil is built with lock-order (deadlock) detection on, which
   // costs a graph update per lock: the tests keep it, the daemon does not.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
@@ -263,6 +348,11 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   sigset_t signals;
   sigemptyset(&signals);
   for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&signals, sig);
+#if defined(GRANTVAULT_TEST_HOOKS)
+  if (!options.test_hook.empty()) sigaddset(&signals, SIGUSR2);
+#else
+  (void)options;
+#endif
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
   // A file-size limit makes writes fail (and the operation with them, closed)
@@ -271,6 +361,27 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
 
   absl::StatusOr<int> lock = LockStateDirectory(config->state_dir);
   if (!lock.ok()) return Fail(lock.status());
+  // Landlock now, while the process has one thread (the state directory
+  // exists from here on); seccomp once start-up is finished, below.
+  if (config->sandbox_enabled && config->sandbox_landlock) {
+    absl::StatusOr<sandbox::FilesystemReport> restricted =
+        sandbox::RestrictFilesystem(FilesystemRulesFor(*config, config_file));
+    if (!restricted.ok()) return Fail(restricted.status());
+    sandboxed.landlock_abi = restricted->abi;
+    for (const std::string& path : restricted->skipped) {
+      spdlog::warn("sandbox.path_missing path={}: neither it nor its directory exists; no access",
+                   EscapeForLog(path));
+    }
+  } else if (config->sandbox_enabled) {
+    sandboxed.landlock_abi = -1;
+    spdlog::info(
+        "sandbox.landlock off: a Landlock domain cannot read agents' /proc/<pid>/exe, which exe "
+        "and exe_sha256 rules need ([sandbox] landlock = true where no rule uses them)");
+  } else {
+    spdlog::warn(
+        "sandbox.disabled: no seccomp filter and no Landlock rules ([sandbox] enabled = false "
+        "is for debugging only)");
+  }
 
   std::vector<std::string> created, removed;
   absl::StatusOr<Vault> vault = OpenVault(*config, embedded, &created, &removed);
@@ -386,10 +497,25 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   if (!server.ok()) return Fail(server.status());
   service.set_server(server->get());
   if (absl::Status started = (*server)->Start(); !started.ok()) return Fail(started);
+  if (config->sandbox_enabled) {
+    sandbox::SyscallProfile profile;
+    // One process still listens on the Unix sockets and makes the outbound
+    // HTTPS requests; it never executes a program.
+    profile.allow_listen = true;
+    profile.allow_inet_sockets = true;
+    profile.allow_exec = false;
+    profile.allow_sanitizer_runtime = sandbox::BuiltWithSanitizers();
+    if (absl::Status filtered = sandbox::InstallSyscallFilter(profile); !filtered.ok()) {
+      return Fail(filtered);
+    }
+    sandboxed.seccomp = true;
+  }
+  spdlog::info("sandbox {}", sandboxed.Describe());
 
-  spdlog::info("grantvaultd.ready version={} state_dir={} agent={} admin={} token={} kek={}",
-               kServerVersion, config->state_dir, config->agent_socket, config->admin_socket,
-               vault->token->label(), vault->sealer->ActiveKek().label);
+  spdlog::info(
+      "grantvaultd.ready version={} state_dir={} agent={} admin={} token={} kek={} sandbox=[{}]",
+      kServerVersion, config->state_dir, config->agent_socket, config->admin_socket,
+      vault->token->label(), vault->sealer->ActiveKek().label, sandboxed.Describe());
   // Before READY=1, so that whoever sees the daemon ready also sees (in the
   // log) whether the watchdog is on.
   Watchdog watchdog(server->get());
@@ -397,6 +523,12 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   for (;;) {
     const int sig = watchdog.WaitForSignal(signals);
     if (sig <= 0) continue;
+#if defined(GRANTVAULT_TEST_HOOKS)
+    if (sig == SIGUSR2) {
+      RunTestHook(options.test_hook);
+      continue;
+    }
+#endif
     if (sig == SIGHUP) {
       sd_notify(0, "RELOADING=1");
       absl::StatusOr<DaemonConfig> fresh = LoadConfig(config_file, state_dir);
@@ -460,6 +592,8 @@ int main(int argc, char** argv) {
   CLI::App app{"grantvaultd: keeps OAuth grants sealed under HSM-held keys"};
   std::string state_dir, config_file;
   bool init_only = false;
+  bool allow_root = false;
+  grantvault::daemon::RunOptions options;
   grantvault::daemon::EmbeddedStateOptions embedded;
   app.add_option("--state-dir", state_dir,
                  "state directory (embedded default: SoftHSM2 token + SQLite database, created on "
@@ -470,6 +604,18 @@ int main(int argc, char** argv) {
   app.add_flag("--keep-so-pin", embedded.keep_so_pin,
                "keep the embedded token's security-officer PIN in <state>/hsm/so.pin (by default "
                "it is removed once the token is initialised; move a kept one to safe storage)");
+  app.add_flag("--allow-root", allow_root,
+               "run even as root (refused by default: run as the dedicated user instead, e.g. the "
+               "unit's User=grantvault)");
+#if defined(GRANTVAULT_TEST_HOOKS)
+  app.add_option("--test-hook", options.test_hook,
+                 "test builds only: what SIGUSR2 makes the daemon do (execve, open:<path>)");
+#endif
   CLI11_PARSE(app, argc, argv);
-  return grantvault::daemon::Run(config_file, state_dir, init_only, embedded);
+  if (absl::Status refused = grantvault::sandbox::RefuseRoot(::getuid(), ::geteuid(), allow_root);
+      !refused.ok()) {
+    std::fprintf(stderr, "grantvaultd: %s\n", std::string(refused.message()).c_str());
+    return 2;
+  }
+  return grantvault::daemon::Run(config_file, state_dir, init_only, embedded, options);
 }

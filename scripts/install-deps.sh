@@ -10,7 +10,7 @@ packages=(
   softhsm2 p11-kit libp11-kit-dev opensc
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
   libboost-dev protobuf-compiler libprotobuf-dev libtomlplusplus-dev libspdlog-dev
-  libsystemd-dev nlohmann-json3-dev libcjose-dev liburiparser-dev
+  libsystemd-dev libseccomp-dev nlohmann-json3-dev libcjose-dev liburiparser-dev
   systemd util-linux  # systemd-analyze, systemd-socket-activate, setpriv (tests/integration/systemd_test)
 )
 

@@ -87,8 +87,8 @@ class AuthorizeTest : public ::testing::Test {
     std::ofstream(config_) << "[oauth]\nca_file = \"" << provider_->ca_file()
                            << "\"\nuse_system_trust_store = false\n[policy]\nfile = \"" << policy
                            << "\"\n";
-    daemon_ = std::make_unique<DaemonProcess>(
-        std::vector<std::string>{GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+    daemon_ = std::make_unique<DaemonProcess>(std::vector<std::string>{
+        GV_GRANTVAULTD, "--allow-root", "--state-dir", state_, "--config", config_});
     absl::Status started = daemon_->Start();
     ASSERT_TRUE(started.ok()) << started;
     secret_file_ = WriteSecretFile("client.secret", provider_->clients()[0].client_secret);

@@ -90,8 +90,8 @@ class DaemonTest : public ::testing::Test {
   }
 
   void StartDaemon() {
-    daemon_ = std::make_unique<DaemonProcess>(
-        std::vector<std::string>{GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+    daemon_ = std::make_unique<DaemonProcess>(std::vector<std::string>{
+        GV_GRANTVAULTD, "--allow-root", "--state-dir", state_, "--config", config_});
     absl::Status started = daemon_->Start();
     ASSERT_TRUE(started.ok()) << started;
   }
@@ -472,7 +472,7 @@ TEST_F(DaemonTest, SocketDirectoryThatIsASymlinkIsRefusedAtStart) {
   ASSERT_EQ(::symlink(real.c_str(), dir_.Join("link-run").c_str()), 0);
   WriteConfig("[sockets]\nagent = \"" + dir_.Join("link-run/agent.sock") + "\"\nadmin = \"" +
               dir_.Join("link-run/admin.sock") + "\"\n");
-  DaemonProcess d({GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+  DaemonProcess d({GV_GRANTVAULTD, "--allow-root", "--state-dir", state_, "--config", config_});
   EXPECT_FALSE(d.Start().ok());
   EXPECT_NE(d.Wait(), 0);
   EXPECT_THAT(d.Stderr(), HasSubstr("link-run is a symlink"));
@@ -485,7 +485,7 @@ TEST_F(DaemonTest, SocketDirectoryOwnedByAnotherUserIsRefusedAtStart) {
   ASSERT_EQ(::chown(other.c_str(), 65534, 65534), 0);
   WriteConfig("[sockets]\nagent = \"" + other + "/agent.sock\"\nadmin = \"" + other +
               "/admin.sock\"\n");
-  DaemonProcess d({GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+  DaemonProcess d({GV_GRANTVAULTD, "--allow-root", "--state-dir", state_, "--config", config_});
   EXPECT_FALSE(d.Start().ok());
   EXPECT_NE(d.Wait(), 0);
   EXPECT_THAT(d.Stderr(), HasSubstr("owned by uid 65534"));
@@ -513,7 +513,7 @@ TEST_F(DaemonTest, SocketsHandedOverBySystemdAreServedByName) {
   auto admin = ipc::BindUnixSocket(run + "/admin.sock", 0660);
   ASSERT_TRUE(agent.ok() && admin.ok());
   // Deliberately in the other order: the daemon must go by name, not position.
-  DaemonProcess d({GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+  DaemonProcess d({GV_GRANTVAULTD, "--allow-root", "--state-dir", state_, "--config", config_});
   d.InheritSockets({{"admin", *admin}, {"agent", *agent}});
   ASSERT_TRUE(d.Start().ok()) << d.Stderr();
   ::close(*agent);
@@ -535,7 +535,8 @@ TEST_F(DaemonTest, SocketsHandedOverBySystemdAreServedByName) {
 
 TEST_F(DaemonTest, ASecondDaemonOnTheSameStateRefusesClearly) {
   StartDaemon();
-  DaemonProcess second({GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+  DaemonProcess second(
+      {GV_GRANTVAULTD, "--allow-root", "--state-dir", state_, "--config", config_});
   EXPECT_FALSE(second.Start().ok());
   EXPECT_EQ(second.Wait(), 1);
   EXPECT_THAT(second.Stderr(),
@@ -558,7 +559,7 @@ TEST_F(DaemonTest, SighupReloadsAndABadConfigKeepsThePreviousOne) {
 
 TEST_F(DaemonTest, AnUnknownConfigKeyIsRefusedWithItsLine) {
   WriteConfig("max_conections = 5\n");
-  DaemonProcess d({GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+  DaemonProcess d({GV_GRANTVAULTD, "--allow-root", "--state-dir", state_, "--config", config_});
   EXPECT_FALSE(d.Start().ok());
   EXPECT_EQ(d.Wait(), 2);
   EXPECT_THAT(d.Stderr(), HasSubstr("max_conections"));
@@ -763,9 +764,10 @@ TEST_F(DaemonTest, ARelativeStateDirectoryWritesAbsolutePathsThatWorkFromAnywher
   ASSERT_EQ(::mkdir(work.c_str(), 0700), 0);
   const std::string conf = work + "/var/hsm/softhsm2.conf";
   auto init_from_work = [&] {
-    return RunCommand(
-        {"/bin/sh", "-c",
-         "cd '" + work + "' && exec '" GV_GRANTVAULTD "' --init-only --state-dir ./var/"});
+    return RunCommand({"/bin/sh", "-c",
+                       "cd '" + work +
+                           "' && exec '" GV_GRANTVAULTD
+                           "' --allow-root --init-only --state-dir ./var/"});
   };
   // What pkcs11-tool or softhsm2-util see when started elsewhere.
   auto token_seen_from_root = [&] {
@@ -799,7 +801,8 @@ TEST_F(DaemonTest, ARelativeStateDirectoryWritesAbsolutePathsThatWorkFromAnywher
 
   // A daemon started from there on a relative path serves the same state.
   DaemonProcess d({"/bin/sh", "-c",
-                   "cd '" + work + "' && exec '" GV_GRANTVAULTD "' --state-dir var --config '" +
+                   "cd '" + work +
+                       "' && exec '" GV_GRANTVAULTD "' --allow-root --state-dir var --config '" +
                        config_ + "'"});
   ASSERT_TRUE(d.Start().ok()) << d.Stderr();
   CommandResult status = RunCommand({GV_CLI, "--state-dir", work + "/var", "status"});

@@ -58,8 +58,8 @@ class RefreshCrashTest : public ::testing::Test {
   }
 
   absl::Status StartDaemon() {
-    daemon_ = std::make_unique<DaemonProcess>(
-        std::vector<std::string>{GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+    daemon_ = std::make_unique<DaemonProcess>(std::vector<std::string>{
+        GV_GRANTVAULTD, "--allow-root", "--state-dir", state_, "--config", config_});
     return daemon_->Start();
   }
 

@@ -3,7 +3,11 @@
 // refresh token kills the grant), agents calling agent.sock through the C++
 // client library, and the caller policy in force.
 #include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/securebits.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -127,8 +131,8 @@ class ResolveTest : public ::testing::Test {
   }
 
   void StartDaemon() {
-    daemon_ = std::make_unique<DaemonProcess>(
-        std::vector<std::string>{GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+    daemon_ = std::make_unique<DaemonProcess>(std::vector<std::string>{
+        GV_GRANTVAULTD, "--allow-root", "--state-dir", state_, "--config", config_});
     absl::Status started = daemon_->Start();
     ASSERT_TRUE(started.ok()) << started;
   }
@@ -503,6 +507,22 @@ std::string SelfExe() {
   return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
 }
 
+// Empties this process's capability sets. The daemon runs without any
+// capability (sandbox/), even as root, and the kernel lets a process read
+// another's /proc/<pid>/exe only if the other holds no capability the reader
+// lacks: an agent attested by executable holds none, as every agent of an
+// unprivileged user does. (SECBIT_NOROOT first, so that an exec as root
+// does not give them back.)
+bool DropCapabilities() {
+  if (::geteuid() == 0 && ::prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED) != 0) {
+    return false;
+  }
+  __user_cap_header_struct header{};
+  header.version = _LINUX_CAPABILITY_VERSION_3;
+  __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3] = {};
+  return ::syscall(SYS_capset, &header, data) == 0;
+}
+
 // `PolicyFor(uid)` with its caller rule also matching `matcher` (an `exe` or
 // `exe_sha256` line).
 std::string PolicyWithExeRule(uid_t uid, const std::string& matcher) {
@@ -523,6 +543,7 @@ std::string ExecAfterHelloAndResolve(const std::string& socket, int resolves_bef
   const pid_t child = ::fork();
   if (child == 0) {
     ::close(out[0]);
+    if (!DropCapabilities()) ::_exit(9);
     testing::RawSocket raw(socket);
     if (!raw.connected() || !raw.Hello()) ::_exit(10);
     for (int i = 0; i < resolves_before; ++i) {
@@ -604,6 +625,7 @@ TEST_F(ResolveTest, AnExeSha256RuleAllowsTheHashedProgramOnItsConnection) {
   ASSERT_EQ(sum.exit_code, 0) << sum.err;
   ReloadPolicy(
       PolicyWithExeRule(::getuid(), absl::StrCat("exe_sha256 = \"", sum.out.substr(0, 64), "\"")));
+  ASSERT_TRUE(DropCapabilities());  // this process is the agent
   testing::RawSocket raw(state_ + "/run/agent.sock");
   ASSERT_TRUE(raw.Hello());
   v1::Request malformed = ResolveRequest("", "read_docs");

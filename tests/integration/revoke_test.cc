@@ -81,8 +81,8 @@ class RevokeTest : public ::testing::Test {
                               "refresh_timeout_ms = 2000\n"
                               "[policy]\nfile = \""
                            << policy_ << "\"\n[audit]\ngroup_commit_ms = 50\n";
-    daemon_ = std::make_unique<DaemonProcess>(
-        std::vector<std::string>{GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+    daemon_ = std::make_unique<DaemonProcess>(std::vector<std::string>{
+        GV_GRANTVAULTD, "--allow-root", "--state-dir", state_, "--config", config_});
     absl::Status started = daemon_->Start();
     ASSERT_TRUE(started.ok()) << started;
     secret_file_ = dir_.Join("client.secret");
@@ -673,8 +673,8 @@ TEST_F(RevokeTest, ADaemonRefusesToStartOnARolledBackAuditLog) {
   copy(database, genuine);
 
   copy(backup, database);  // what someone with write access to the file can do
-  auto refused = std::make_unique<DaemonProcess>(
-      std::vector<std::string>{GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+  auto refused = std::make_unique<DaemonProcess>(std::vector<std::string>{
+      GV_GRANTVAULTD, "--allow-root", "--state-dir", state_, "--config", config_});
   EXPECT_FALSE(refused->Start().ok());
   EXPECT_THAT(refused->Stderr(), HasSubstr("chain system: the token's anchor is seq"));
   EXPECT_THAT(refused->Stderr(), HasSubstr("the database ends at seq"));
