@@ -55,8 +55,8 @@ class DaemonCredentialsTest : public ::testing::Test {
   absl::Status StartDaemon(const std::string& config, bool with_credentials = true) {
     std::ofstream(config_) << config;
     if (with_credentials) ::setenv("CREDENTIALS_DIRECTORY", credentials_.c_str(), 1);
-    daemon_ = std::make_unique<DaemonProcess>(
-        std::vector<std::string>{GV_GRANTVAULTD, "--state-dir", state_, "--config", config_});
+    daemon_ = std::make_unique<DaemonProcess>(std::vector<std::string>{
+        GV_GRANTVAULTD, "--allow-root", "--state-dir", state_, "--config", config_});
     absl::Status started = daemon_->Start();
     ::unsetenv("CREDENTIALS_DIRECTORY");
     return started;
