@@ -1068,24 +1068,26 @@ bool Service::TryResolveOnIoThread(const std::shared_ptr<ipc::Connection>& conne
 void Service::RememberRepeat(CallerSlot& slot, const v1::Request& request, const std::string& key,
                              const Resolved& resolved, const RepeatBasis& basis, uint64_t epoch,
                              const std::shared_ptr<const SecretBytes>& part) {
-  RepeatMemo memo;
-  memo.Remember(request, MinValidOf(request.resolve()), RepeatMemo::Basis{});  // the request only
-  auto same = std::find_if(slot.repeats.begin(), slot.repeats.end(),
-                           [&](const RepeatMemo& m) { return m.SameRequest(memo); });
   // The memo counts into the release's queued record: only while the slot
   // still counts this release into it, in this epoch, for this caller.
+  // Otherwise the request alone is kept, to find (and forget) its old memo.
   auto it = slot.recorded_releases.find(key);
-  if (it == slot.recorded_releases.end() || it->second.epoch != epoch ||
-      it->second.counting == nullptr || part == nullptr || !slot.identity.ok() ||
-      *slot.identity != basis.caller) {
+  const bool counting = it != slot.recorded_releases.end() && it->second.epoch == epoch &&
+                        it->second.counting != nullptr && part != nullptr && slot.identity.ok() &&
+                        *slot.identity == basis.caller;
+  RepeatMemo memo;
+  memo.Remember(request, MinValidOf(request.resolve()),
+                counting ? RepeatMemo::Basis{basis.generation, epoch, basis.caller, resolved.grant,
+                                             resolved.token->serial, resolved.token->expires_at,
+                                             resolved.refresh_at, it->second.counting,
+                                             ExecutableChecksOf(*resolved.rule), part}
+                         : RepeatMemo::Basis{});
+  auto same = std::find_if(slot.repeats.begin(), slot.repeats.end(),
+                           [&](const RepeatMemo& m) { return m.SameRequest(memo); });
+  if (!counting) {
     if (same != slot.repeats.end()) same->Forget();
     return;
   }
-  memo.Remember(
-      request, MinValidOf(request.resolve()),
-      RepeatMemo::Basis{basis.generation, epoch, basis.caller, resolved.grant,
-                        resolved.token->serial, resolved.token->expires_at, resolved.refresh_at,
-                        it->second.counting, ExecutableChecksOf(*resolved.rule), part});
   if (same != slot.repeats.end()) {
     *same = std::move(memo);
   } else if (slot.repeats.size() < kMaxRepeatMemos) {
