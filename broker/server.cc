@@ -170,8 +170,8 @@ v1::Reply Server::Handle(uint64_t call_id, v1::Request& request) {
     case v1::Request::kBegin:
     case v1::Request::kComplete: {
       if (deps_.authorizer == nullptr) {
-        status = absl::UnavailableError(absl::StrCat("the OAuth engine is not available: ",
-                                                     deps_.oauth_unavailable_reason));
+        status = absl::UnavailableError(
+            absl::StrCat("the OAuth engine is not available: ", deps_.oauth_unavailable_reason));
         break;
       }
       if (request.has_register_()) {

@@ -42,8 +42,7 @@ class BrokerAuthorization final : public oauth::AuthorizationFlow {
     r->set_connector_type(registration.connector_type);
     r->set_client_id(registration.client_id);
     r->set_issuer(registration.issuer);
-    r->mutable_parameters()->insert(registration.parameters.begin(),
-                                    registration.parameters.end());
+    r->mutable_parameters()->insert(registration.parameters.begin(), registration.parameters.end());
     for (const std::string& uri : registration.redirect_uris) r->add_redirect_uris(uri);
     r->set_registered_by(registration.registered_by);
     in->set_client_secret(reinterpret_cast<const char*>(client_secret.data()),
@@ -122,7 +121,8 @@ class BrokerCustodian final : public keys::Custodian {
   }
 
   absl::StatusOr<keys::RewrapResult> Rewrap(
-      size_t batch_size, const std::function<void(const keys::RewrapProgress&)>& progress) override {
+      size_t batch_size,
+      const std::function<void(const keys::RewrapProgress&)>& progress) override {
     broker::v1::Request request;
     request.mutable_rewrap()->set_batch_size(static_cast<uint32_t>(batch_size));
     GV_ASSIGN_OR_RETURN(

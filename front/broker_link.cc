@@ -21,8 +21,7 @@ void SetStatus(const absl::Status& from, broker::v1::Status* to) {
   to->set_message(std::string(from.message()));
 }
 
-std::unique_ptr<BrokerLink> BrokerLink::Connect(UniqueFd fd, OnEvent on_event,
-                                                OnClosed on_closed) {
+std::unique_ptr<BrokerLink> BrokerLink::Connect(UniqueFd fd, OnEvent on_event, OnClosed on_closed) {
   std::unique_ptr<BrokerLink> link(new BrokerLink(std::move(on_event), std::move(on_closed)));
   BrokerLink* self = link.get();
   link->channel_ = ipc::PacketChannel::Start(
@@ -71,8 +70,8 @@ absl::StatusOr<broker::v1::Reply> BrokerLink::Call(const broker::v1::Request& re
   pending_.erase(id);
   if (!pending->failed.ok()) return pending->failed;
   if (!pending->reply.has_value()) {
-    return absl::UnavailableError(absl::StrCat("the broker did not answer within ",
-                                               absl::FormatDuration(timeout)));
+    return absl::UnavailableError(
+        absl::StrCat("the broker did not answer within ", absl::FormatDuration(timeout)));
   }
   broker::v1::Reply reply = *std::move(pending->reply);
   absl::Status status = StatusOf(reply.status());

@@ -42,8 +42,8 @@ class BrokerLink {
   // an OK result is a reply with an OK status). Replies marked `more` go to
   // `progress` first. Unavailable when the broker is gone or does not answer
   // within `timeout` (the call may still complete in the broker).
-  absl::StatusOr<broker::v1::Reply> Call(const broker::v1::Request& request,
-                                         absl::Duration timeout, const OnProgress& progress = {});
+  absl::StatusOr<broker::v1::Reply> Call(const broker::v1::Request& request, absl::Duration timeout,
+                                         const OnProgress& progress = {});
   bool alive() const;
 
  private:
