@@ -1,0 +1,142 @@
+#include "daemon/broker_main.h"
+
+#include <signal.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "audit/anchor.h"
+#include "audit/signer.h"
+#include "broker/server.h"
+#include "common/log_escape.h"
+#include "daemon/audit_setup.h"
+#include "daemon/config.h"
+#include "daemon/logging.h"
+#include "daemon/oauth_engine.h"
+#include "daemon/upstream_revoker.h"
+#include "keys/custodian.h"
+#include "spdlog/spdlog.h"
+#include "tokens/refresher.h"
+
+namespace grantvault::daemon {
+namespace {
+
+int Fail(const absl::Status& status) {
+  spdlog::error("broker: {}", EscapeTextForLog(std::string(status.message()), 4096));
+  return 1;
+}
+
+absl::StatusOr<Vault> OpenBrokerVault(const DaemonConfig& config,
+                                      const EmbeddedStateOptions& embedded,
+                                      std::vector<std::string>* created,
+                                      std::vector<std::string>* removed) {
+  if (config.uses_embedded_token()) {
+    return InitEmbeddedState(config.state_dir, created, embedded, removed);
+  }
+  hsm::TokenOptions token;
+  if (!config.hsm_module.empty()) token.module_path = config.hsm_module;
+  token.token_label = config.token_label;
+  token.pin_file = config.pin_file;
+  return OpenExternalVault(
+      token, config.database.empty() ? config.state_dir + "/grantvault.db" : config.database,
+      created);
+}
+
+}  // namespace
+
+int RunBroker(int fd, const std::string& config_file, const std::string& state_dir,
+              const EmbeddedStateOptions& embedded) {
+  // Dies with the front, and is of no use to anyone else.
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+  ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  ::signal(SIGPIPE, SIG_IGN);
+  ::signal(SIGXFSZ, SIG_IGN);
+  // The front owns SIGTERM/SIGINT/SIGHUP: the broker ends when the link does.
+  ::signal(SIGHUP, SIG_IGN);
+  ::signal(SIGINT, SIG_IGN);
+  absl::StatusOr<DaemonConfig> config = LoadConfig(config_file, state_dir);
+  if (!config.ok()) return Fail(config.status());
+  InitLogging(config->log_level);
+  broker::Server server{UniqueFd(fd)};
+
+  std::vector<std::string> created, removed;
+  absl::StatusOr<Vault> vault = OpenBrokerVault(*config, embedded, &created, &removed);
+  if (!vault.ok()) return Fail(vault.status());
+  absl::StatusOr<std::unique_ptr<OAuthEngine>> oauth =
+      MakeOAuthEngine(*config, *vault, &RealClock());
+  if (!oauth.ok()) return Fail(oauth.status());
+
+  tokens::RefresherDeps refresher_deps;
+  refresher_deps.store = vault->store.get();
+  refresher_deps.sealer = vault->sealer.get();
+  refresher_deps.http = (*oauth)->http.get();
+  refresher_deps.connectors = (*oauth)->connectors.get();
+  refresher_deps.clock = &RealClock();
+  refresher_deps.on_reauth_required = [&server](std::string_view grant_id,
+                                                std::string_view reason) {
+    broker::v1::Event e;
+    e.mutable_reauth_required()->set_grant_id(std::string(grant_id));
+    e.mutable_reauth_required()->set_reason(std::string(reason));
+    server.SendEvent(e);
+  };
+  tokens::RefresherOptions refresher_options;
+  refresher_options.request_timeout = config->oauth_refresh_timeout;
+  absl::StatusOr<std::unique_ptr<tokens::Refresher>> refresher =
+      tokens::Refresher::Create(refresher_deps, refresher_options);
+  if (!refresher.ok()) return Fail(refresher.status());
+
+  UpstreamRevoker::Deps revoker_deps;
+  revoker_deps.store = vault->store.get();
+  revoker_deps.sealer = vault->sealer.get();
+  revoker_deps.http = (*oauth)->http.get();
+  revoker_deps.connectors = (*oauth)->connectors.get();
+  revoker_deps.clock = &RealClock();
+  revoker_deps.on_attempt = [&server](const store::Grant& grant, const store::UpstreamRevocation&) {
+    broker::v1::Event e;
+    e.mutable_upstream_attempt()->set_grant_id(grant.grant_id);
+    server.SendEvent(e);
+  };
+  revoker_deps.refreshing = [&](const std::string& grant_id) {
+    return (*refresher)->Refreshing(grant_id);
+  };
+  UpstreamRevoker::Options revoker_options;
+  revoker_options.request_timeout = config->oauth_revocation_timeout;
+  revoker_options.initial_backoff = config->oauth_revocation_backoff;
+  UpstreamRevoker revoker(revoker_deps, revoker_options);
+
+  std::unique_ptr<keys::Custodian> custodian =
+      keys::MakeLocalCustodian(vault->token.get(), vault->keys.get(), vault->sealer.get());
+  absl::StatusOr<std::unique_ptr<audit::Signer>> signer =
+      audit::MakeHsmSigner(*vault->token, keys::kAuditKeyLabel);
+  if (!signer.ok()) return Fail(signer.status());
+  absl::StatusOr<std::unique_ptr<audit::AnchorStore>> anchors =
+      audit::MakeHsmAnchorStore(*vault->token);
+  if (!anchors.ok()) return Fail(anchors.status());
+
+  broker::ServerDeps deps;
+  deps.refresher = refresher->get();
+  deps.authorizer = (*oauth)->authorizer.get();
+  deps.custodian = custodian.get();
+  deps.signer = signer->get();
+  deps.anchors = anchors->get();
+  deps.fingerprint_key = [&] { return LoadOrCreateFingerprintKey(*vault, &RealClock()); };
+  deps.wake_revoker = [&] { revoker.Wake(); };
+  deps.hello.set_version(broker::v1::VERSION_1);
+  for (const std::string& c : created) deps.hello.add_created(c);
+  for (const std::string& r : removed) deps.hello.add_removed(r);
+  deps.hello.set_token_label(vault->token->label());
+  deps.hello.set_active_kek(vault->sealer->ActiveKek().label);
+  revoker.Start();
+  spdlog::info("broker.ready pid={} token={}", ::getpid(), vault->token->label());
+  server.Serve(deps);  // until the front closes the link or exits
+  revoker.Stop();
+  refresher->reset();
+  spdlog::info("broker.stopped");
+  return 0;
+}
+
+}  // namespace grantvault::daemon
