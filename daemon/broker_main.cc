@@ -19,6 +19,7 @@
 #include "daemon/oauth_engine.h"
 #include "daemon/upstream_revoker.h"
 #include "keys/custodian.h"
+#include "sandbox/sandbox.h"
 #include "spdlog/spdlog.h"
 #include "tokens/refresher.h"
 
@@ -52,7 +53,6 @@ int RunBroker(int fd, const std::string& config_file, const std::string& state_d
               const EmbeddedStateOptions& embedded) {
   // Dies with the front, and is of no use to anyone else.
   ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-  ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   ::signal(SIGPIPE, SIG_IGN);
   ::signal(SIGXFSZ, SIG_IGN);
   // The front owns SIGTERM/SIGINT/SIGHUP: the broker ends when the link does.
@@ -130,8 +130,24 @@ int RunBroker(int fd, const std::string& config_file, const std::string& state_d
   for (const std::string& r : removed) deps.hello.add_removed(r);
   deps.hello.set_token_label(vault->token->label());
   deps.hello.set_active_kek(vault->sealer->ActiveKek().label);
+  if (config->sandbox_enabled) {
+    // Not dumpable again (execve reset it), no core, no capabilities (the
+    // front dropped them before starting us). The broker talks HTTPS to the
+    // providers and over its one socketpair: no listening socket, no exec.
+    absl::StatusOr<sandbox::HardeningReport> hardened = sandbox::HardenProcess();
+    if (!hardened.ok()) return Fail(hardened.status());
+    sandbox::SyscallProfile profile;
+    profile.allow_inet_sockets = true;
+    profile.allow_listen = false;
+    profile.allow_exec = false;
+    profile.allow_sanitizer_runtime = sandbox::BuiltWithSanitizers();
+    if (absl::Status filtered = sandbox::InstallSyscallFilter(profile); !filtered.ok()) {
+      return Fail(filtered);
+    }
+  }
   revoker.Start();
-  spdlog::info("broker.ready pid={} token={}", ::getpid(), vault->token->label());
+  spdlog::info("broker.ready pid={} token={} sandbox={}", ::getpid(), vault->token->label(),
+               config->sandbox_enabled ? "seccomp" : "off");
   server.Serve(deps);  // until the front closes the link or exits
   revoker.Stop();
   refresher->reset();

@@ -102,7 +102,9 @@ absl::StatusOr<tokens::SharedAccessToken> BrokerTokens::Fetch(const std::string&
       std::min(call_timeout_, std::max(deadline - absl::Now(), absl::Milliseconds(1)));
   request.mutable_token()->set_timeout_ms(absl::ToInt64Milliseconds(wait));
   absl::StatusOr<broker::v1::Reply> reply = CallBroker(links_, request, wait + absl::Seconds(1));
-  absl::StatusOr<tokens::SharedAccessToken> result = reply.status();
+  absl::StatusOr<tokens::SharedAccessToken> result =
+      absl::UnknownError("the broker's answer was not read");
+  if (!reply.ok()) result = reply.status();
   if (reply.ok()) {
     broker::v1::AccessToken* in = reply->mutable_token();
     tokens::AccessToken token;

@@ -220,7 +220,7 @@ TEST_F(SandboxTest, SigsegvLeavesNoCoreFile) {
 #if defined(GV_TEST_HOOKS)
 TEST_F(SandboxTest, ASyscallOffTheListKillsTheDaemonWithSigsys) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root";
-  StartAsRoot({"--test-hook", "execve"});
+  StartAsRoot({"--test-hook", "keyctl"});
   daemon_->Signal(SIGUSR2);
   EXPECT_EQ(daemon_->Wait(), 128 + SIGSYS) << daemon_->Stderr();
 }
