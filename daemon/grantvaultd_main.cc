@@ -32,10 +32,6 @@
 #include "common/status.h"
 #include "daemon/audit_setup.h"
 #include "daemon/broker_main.h"
-#include "front/broker_calls.h"
-#include "front/broker_process.h"
-#include "front/broker_tokens.h"
-#include "store/sqlite_grant_store.h"
 #include "daemon/config.h"
 #include "daemon/logging.h"
 #include "daemon/oauth_engine.h"
@@ -43,12 +39,16 @@
 #include "daemon/service.h"
 #include "daemon/upstream_revoker.h"
 #include "daemon/vault.h"
+#include "front/broker_calls.h"
+#include "front/broker_process.h"
+#include "front/broker_tokens.h"
 #include "hsm/keys.h"
 #include "ipc/server.h"
 #include "keys/custodian.h"
 #include "policy/policy.h"
 #include "sandbox/sandbox.h"
 #include "spdlog/spdlog.h"
+#include "store/sqlite_grant_store.h"
 #include "tokens/refresher.h"
 
 namespace grantvault::daemon {
@@ -321,7 +321,7 @@ int Fail(const absl::Status& status) {
 }
 
 struct RunOptions {
-  std::string test_hook;  // GRANTVAULT_TEST_HOOKS builds only
+  std::string test_hook;    // GRANTVAULT_TEST_HOOKS builds only
   bool allow_root = false;  // passed on to the broker
 };
 
@@ -501,11 +501,12 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   Service service(store->get(), custodian.get(), oauth_deps, AdminPolicyFrom(*config),
                   config->worker_threads, &RealClock());
   service.EnableAgents(Service::Agents{&resolver, config->policy_file, config->agent_threads});
-  service.EnableTrail(Service::Trail{audit_log.get(), &tokens, [links] {
-    broker::v1::Request wake;
-    wake.mutable_wake_revoker();
-    front::CallBroker(links, wake, absl::Seconds(5)).IgnoreError();
-  }});
+  service.EnableTrail(
+      Service::Trail{audit_log.get(), &tokens, [links] {
+                       broker::v1::Request wake;
+                       wake.mutable_wake_revoker();
+                       front::CallBroker(links, wake, absl::Seconds(5)).IgnoreError();
+                     }});
   {
     absl::MutexLock hold(&callbacks_mu);
     service_for_callbacks = &service;

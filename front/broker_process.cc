@@ -19,14 +19,24 @@ namespace grantvault::front {
 namespace {
 
 constexpr int kBrokerFd = 3;
+
+// SIGKILL to our own unreaped child, through a pidfd (the front's seccomp
+// filter lets kill() reach only the front itself).
+void KillChild(pid_t pid) {
+  const int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) return;
+  ::syscall(SYS_pidfd_send_signal, fd, SIGKILL, nullptr, 0);
+  ::close(fd);
+}
 // Events are rare (a reauth_required, an upstream revocation attempt); past
 // this many undelivered, the broker is misbehaving and later ones are dropped.
 constexpr size_t kMaxQueuedEvents = 10000;
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<BrokerProcess>> BrokerProcess::Start(
-    Options options, BrokerLink::OnEvent on_event, broker::v1::HelloReply* hello) {
+absl::StatusOr<std::unique_ptr<BrokerProcess>> BrokerProcess::Start(Options options,
+                                                                    BrokerLink::OnEvent on_event,
+                                                                    broker::v1::HelloReply* hello) {
   std::unique_ptr<BrokerProcess> process(
       new BrokerProcess(std::move(options), std::move(on_event)));
   GV_ASSIGN_OR_RETURN(auto spawned, process->Spawn());
@@ -61,7 +71,7 @@ BrokerProcess::~BrokerProcess() {
       if (::waitpid(pid, nullptr, WNOHANG) == pid) return;
       absl::SleepFor(absl::Milliseconds(100));
     }
-    ::kill(pid, SIGKILL);
+    KillChild(pid);
     ::waitpid(pid, nullptr, 0);
   }
 }
@@ -151,9 +161,8 @@ void BrokerProcess::DeliverEvents() {
     broker::v1::Event event;
     {
       absl::MutexLock lock(&mu_);
-      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || !events_.empty();
-      };
+      auto ready = [this]()
+                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !events_.empty(); };
       mu_.Await(absl::Condition(&ready));
       if (stopping_) return;
       event = std::move(events_.front());
@@ -169,9 +178,7 @@ void BrokerProcess::Supervise() {
     pid_t dead;
     {
       absl::MutexLock lock(&mu_);
-      auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || link_closed_;
-      };
+      auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || link_closed_; };
       mu_.Await(absl::Condition(&wake));
       if (stopping_) return;
       link_ready_ = false;
@@ -191,8 +198,7 @@ void BrokerProcess::Supervise() {
       if (mu_.AwaitWithTimeout(absl::Condition(&stopping_), backoff)) return;
     }
     absl::StatusOr<std::pair<std::shared_ptr<BrokerLink>, pid_t>> spawned = Spawn();
-    absl::Status greeted =
-        spawned.ok() ? Hello(*spawned->first, nullptr) : spawned.status();
+    absl::Status greeted = spawned.ok() ? Hello(*spawned->first, nullptr) : spawned.status();
     absl::MutexLock lock(&mu_);
     ++restarts_;
     if (spawned.ok()) {
@@ -206,7 +212,7 @@ void BrokerProcess::Supervise() {
       backoff = options_.min_backoff;
     } else {
       spdlog::error("broker.restart_failed: {}", std::string(greeted.message()));
-      if (spawned.ok()) ::kill(pid_, SIGKILL);
+      if (spawned.ok()) KillChild(pid_);
       backoff = std::min(options_.max_backoff, backoff * 2);
     }
   }

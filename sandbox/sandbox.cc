@@ -309,7 +309,8 @@ constexpr const char* kBase[] = {
 };
 
 constexpr const char* kListen[] = {"bind", "listen", "accept", "accept4"};
-constexpr const char* kExec[] = {"execve", "execveat"};
+// Starting a program and reaping it (the front restarting its broker).
+constexpr const char* kExec[] = {"execve", "execveat", "wait4", "waitid"};
 // LSan's StopTheWorld: a clone() child (not a thread) ptraces every thread
 // and is waited for; PR_SET_DUMPABLE/PR_SET_PTRACER are toggled around it.
 constexpr const char* kSanitizer[] = {"ptrace", "wait4", "waitid"};
@@ -438,6 +439,7 @@ absl::Status InstallSyscallFilter(const SyscallProfile& profile) {
   }
   if (profile.allow_sanitizer_runtime) {
     for (const char* name : kSanitizer) {
+      if (profile.allow_exec && std::string_view(name) != "ptrace") continue;  // already allowed
       if (absl::Status s = Allow(ctx, name); !s.ok()) return s;
     }
   }
@@ -487,6 +489,11 @@ absl::Status InstallSyscallFilter(const SyscallProfile& profile) {
   for (int option : kPrctlOptions) {
     GV_RETURN_IF_ERROR(add(SCMP_ACT_ALLOW, SCMP_SYS(prctl), "prctl",
                            {SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(option))}));
+  }
+  if (profile.allow_exec && !profile.allow_sanitizer_runtime) {
+    // The child about to exec asks to die with its parent.
+    GV_RETURN_IF_ERROR(add(SCMP_ACT_ALLOW, SCMP_SYS(prctl), "prctl",
+                           {SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(PR_SET_PDEATHSIG))}));
   }
   if (profile.allow_sanitizer_runtime) {
     for (int option : kSanitizerPrctlOptions) {
