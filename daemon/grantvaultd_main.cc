@@ -41,6 +41,7 @@
 #include "daemon/vault.h"
 #include "front/broker_calls.h"
 #include "front/broker_process.h"
+#include "front/broker_spawner.h"
 #include "front/broker_tokens.h"
 #include "hsm/keys.h"
 #include "ipc/server.h"
@@ -350,6 +351,26 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
     sandboxed.bounding_set_cleared = hardened->bounding_set_cleared;
   }
   RaiseDescriptorLimit();
+  // The broker's spawner, forked now: one thread, nothing read from anyone
+  // yet. The broker is this binary again, on the same configuration; it alone
+  // opens the token (creating the embedded state on first start) and the
+  // secrets.
+  std::unique_ptr<front::BrokerSpawner> spawner;
+  if (!init_only) {
+    absl::StatusOr<std::string> self = SelfExecutable();
+    if (!self.ok()) return Fail(self.status());
+    std::vector<std::string> argv = {*self};
+    if (!config_file.empty()) argv.push_back("--config=" + config_file);
+    argv.push_back("--state-dir=" + config->state_dir);
+    if (embedded.keep_so_pin) argv.push_back("--keep-so-pin");
+    if (options.allow_root) argv.push_back("--allow-root");
+    argv.push_back(absl::StrCat("--broker-fd=", front::BrokerSpawner::kBrokerFd));
+    absl::StatusOr<std::unique_ptr<front::BrokerSpawner>> forked =
+        front::BrokerSpawner::Fork(std::move(argv));
+    if (!forked.ok()) return Fail(forked.status());
+    spawner = *std::move(forked);
+  }
+
   // Debian's abseil is built with lock-order (deadlock) detection on, which
   // costs a graph update per lock: the tests keep it, the daemon does not.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
@@ -418,18 +439,8 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
     return 0;
   }
 
-  // The broker: this binary again, on the same configuration. It alone opens
-  // the token (creating the embedded state on first start) and the secrets.
   front::BrokerProcess::Options broker_options;
-  {
-    absl::StatusOr<std::string> self = SelfExecutable();
-    if (!self.ok()) return Fail(self.status());
-    broker_options.executable = *self;
-  }
-  if (!config_file.empty()) broker_options.args.push_back("--config=" + config_file);
-  broker_options.args.push_back("--state-dir=" + config->state_dir);
-  if (embedded.keep_so_pin) broker_options.args.push_back("--keep-so-pin");
-  if (options.allow_root) broker_options.args.push_back("--allow-root");
+  broker_options.spawner = spawner.get();
   // Events from the broker (a grant marked reauth_required, an upstream
   // revocation attempt) reach the service once it exists.
   absl::Mutex callbacks_mu;
@@ -547,12 +558,11 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   if (config->sandbox_enabled) {
     sandbox::SyscallProfile profile;
     // The front listens on the Unix sockets and makes no network connection
-    // at all (the broker does). It may execute one program: itself, as the
-    // broker, when a broker died (BrokerProcess); docs/architecture.md says
-    // how a spawner process will take that right away from it.
+    // at all (the broker does); it executes nothing (the spawner starts
+    // brokers).
     profile.allow_listen = true;
     profile.allow_inet_sockets = false;
-    profile.allow_exec = true;
+    profile.allow_exec = false;
     profile.allow_sanitizer_runtime = sandbox::BuiltWithSanitizers();
     if (absl::Status filtered = sandbox::InstallSyscallFilter(profile); !filtered.ok()) {
       return Fail(filtered);

@@ -1,9 +1,8 @@
 #include "front/broker_process.h"
 
+#include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -12,21 +11,25 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
-#include "ipc/packet_channel.h"
 #include "spdlog/spdlog.h"
 
 namespace grantvault::front {
 namespace {
 
-constexpr int kBrokerFd = 3;
-
-// SIGKILL to our own unreaped child, through a pidfd (the front's seccomp
-// filter lets kill() reach only the front itself).
-void KillChild(pid_t pid) {
-  const int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-  if (fd < 0) return;
-  ::syscall(SYS_pidfd_send_signal, fd, SIGKILL, nullptr, 0);
-  ::close(fd);
+void Kill(const UniqueFd& pidfd) {
+  if (pidfd.valid()) ::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
+}
+// Whether the process behind `pidfd` exited within `timeout` (a pidfd is
+// readable once it has; the spawner, its parent, reaps it and logs how).
+bool Exited(const UniqueFd& pidfd, absl::Duration timeout) {
+  if (!pidfd.valid()) return true;
+  pollfd p{pidfd.get(), POLLIN, 0};
+  const int millis = static_cast<int>(absl::ToInt64Milliseconds(timeout));
+  int ready;
+  do {
+    ready = ::poll(&p, 1, millis);
+  } while (ready < 0 && errno == EINTR);
+  return ready == 1;
 }
 // Events are rare (a reauth_required, an upstream revocation attempt); past
 // this many undelivered, the broker is misbehaving and later ones are dropped.
@@ -39,12 +42,16 @@ absl::StatusOr<std::unique_ptr<BrokerProcess>> BrokerProcess::Start(Options opti
                                                                     broker::v1::HelloReply* hello) {
   std::unique_ptr<BrokerProcess> process(
       new BrokerProcess(std::move(options), std::move(on_event)));
-  GV_ASSIGN_OR_RETURN(auto spawned, process->Spawn());
-  absl::Status greeted = process->Hello(*spawned.first, hello);
+  if (process->options_.spawner == nullptr) {
+    return absl::InvalidArgumentError("a broker process needs a spawner");
+  }
+  GV_ASSIGN_OR_RETURN(Running spawned, process->Spawn());
+  absl::Status greeted = process->Hello(*spawned.link, hello);
   {
     absl::MutexLock lock(&process->mu_);
-    process->link_ = spawned.first;
-    process->pid_ = spawned.second;
+    process->link_ = spawned.link;
+    process->pid_ = spawned.pid;
+    process->pidfd_ = spawned.pidfd;
     process->link_ready_ = greeted.ok();
   }
   if (!greeted.ok()) return greeted;  // the destructor reaps it
@@ -55,24 +62,20 @@ absl::StatusOr<std::unique_ptr<BrokerProcess>> BrokerProcess::Start(Options opti
 
 BrokerProcess::~BrokerProcess() {
   std::shared_ptr<BrokerLink> link;
-  pid_t pid;
+  std::shared_ptr<UniqueFd> pidfd;
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
     link = std::move(link_);
-    pid = pid_;
+    pidfd = std::move(pidfd_);
   }
   link.reset();  // closes the channel: the broker's Serve returns and it exits
   if (supervisor_.joinable()) supervisor_.join();
   if (events_thread_.joinable()) events_thread_.join();
-  if (pid > 0) {
-    // Bounded: a broker still finishing a refresh gets the refresh's time.
-    for (int i = 0; i < 300; ++i) {
-      if (::waitpid(pid, nullptr, WNOHANG) == pid) return;
-      absl::SleepFor(absl::Milliseconds(100));
-    }
-    KillChild(pid);
-    ::waitpid(pid, nullptr, 0);
+  // Bounded: a broker still finishing a refresh gets the refresh's time.
+  if (pidfd != nullptr && !Exited(*pidfd, absl::Seconds(30))) {
+    Kill(*pidfd);
+    Exited(*pidfd, absl::Seconds(5));
   }
 }
 
@@ -96,37 +99,11 @@ int BrokerProcess::restarts() const {
   return restarts_;
 }
 
-absl::StatusOr<std::pair<std::shared_ptr<BrokerLink>, pid_t>> BrokerProcess::Spawn() {
-  GV_ASSIGN_OR_RETURN(auto pair, ipc::PacketSocketPair());
-  // Everything the child needs is made before fork: after it, only
-  // async-signal-safe calls.
-  std::vector<std::string> args;
-  args.push_back(options_.executable);
-  for (const std::string& a : options_.args) args.push_back(a);
-  args.push_back(absl::StrCat("--broker-fd=", kBrokerFd));
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const int child_end = pair.second.get();
-  const pid_t parent = ::getpid();
-  const pid_t pid = ::fork();
-  if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-    if (::getppid() != parent) ::_exit(127);
-    if (::dup2(child_end, kBrokerFd) != kBrokerFd) ::_exit(127);  // dup2 clears close-on-exec
-    // Nothing else of the front's (listening sockets, the state lock) reaches the broker.
-    ::syscall(SYS_close_range, kBrokerFd + 1, ~0U, 0);
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  pair.second.reset();
+absl::StatusOr<BrokerProcess::Running> BrokerProcess::Spawn() {
+  GV_ASSIGN_OR_RETURN(SpawnedBroker spawned, options_.spawner->Spawn());
   auto* self = this;
   std::shared_ptr<BrokerLink> link = BrokerLink::Connect(
-      std::move(pair.first),
+      std::move(spawned.link),
       [self](const broker::v1::Event& event) {
         absl::MutexLock lock(&self->mu_);
         if (self->events_.size() < kMaxQueuedEvents) self->events_.push_back(event);
@@ -135,8 +112,8 @@ absl::StatusOr<std::pair<std::shared_ptr<BrokerLink>, pid_t>> BrokerProcess::Spa
         absl::MutexLock lock(&self->mu_);
         self->link_closed_ = true;
       });
-  spdlog::info("broker.started pid={}", pid);
-  return std::pair{std::move(link), pid};
+  return Running{std::move(link), std::make_shared<UniqueFd>(std::move(spawned.pidfd)),
+                 spawned.pid};
 }
 
 absl::Status BrokerProcess::Hello(BrokerLink& link, broker::v1::HelloReply* hello) {
@@ -175,44 +152,46 @@ void BrokerProcess::DeliverEvents() {
 void BrokerProcess::Supervise() {
   absl::Duration backoff = options_.min_backoff;
   while (true) {
-    pid_t dead;
+    std::shared_ptr<UniqueFd> dead;
+    pid_t dead_pid;
     {
       absl::MutexLock lock(&mu_);
       auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || link_closed_; };
       mu_.Await(absl::Condition(&wake));
       if (stopping_) return;
       link_ready_ = false;
-      dead = pid_;
+      dead = pidfd_;
+      dead_pid = pid_;
     }
-    int wstatus = 0;
-    ::waitpid(dead, &wstatus, 0);
-    if (WIFSIGNALED(wstatus)) {
-      spdlog::error("broker.died pid={} signal={}; starting another in {}", dead,
-                    strsignal(WTERMSIG(wstatus)), absl::FormatDuration(backoff));
-    } else {
-      spdlog::error("broker.exited pid={} status={}; starting another in {}", dead,
-                    WEXITSTATUS(wstatus), absl::FormatDuration(backoff));
+    // Its link is closed: it is exiting, or it is of no use and is made to.
+    if (dead != nullptr && !Exited(*dead, absl::Seconds(2))) {
+      Kill(*dead);
+      Exited(*dead, absl::Seconds(5));
     }
+    spdlog::error("broker.lost pid={}; starting another in {}", dead_pid,
+                  absl::FormatDuration(backoff));
     {
       absl::MutexLock lock(&mu_);
       if (mu_.AwaitWithTimeout(absl::Condition(&stopping_), backoff)) return;
     }
-    absl::StatusOr<std::pair<std::shared_ptr<BrokerLink>, pid_t>> spawned = Spawn();
-    absl::Status greeted = spawned.ok() ? Hello(*spawned->first, nullptr) : spawned.status();
+    absl::StatusOr<Running> spawned = Spawn();
+    absl::Status greeted = spawned.ok() ? Hello(*spawned->link, nullptr) : spawned.status();
     absl::MutexLock lock(&mu_);
     ++restarts_;
     if (spawned.ok()) {
-      link_ = spawned->first;
-      pid_ = spawned->second;
+      link_ = spawned->link;
+      pid_ = spawned->pid;
+      pidfd_ = spawned->pidfd;
       link_closed_ = !greeted.ok() || !link_->alive();
-      link_ready_ = greeted.ok();
+      link_ready_ = greeted.ok() && !link_closed_;
     }
-    if (greeted.ok()) {
+    if (link_ready_) {
       spdlog::info("broker.restarted pid={} restarts={}", pid_, restarts_);
       backoff = options_.min_backoff;
     } else {
       spdlog::error("broker.restart_failed: {}", std::string(greeted.message()));
-      if (spawned.ok()) KillChild(pid_);
+      if (spawned.ok()) Kill(*spawned->pidfd);
+      // Loops again at once: link_closed_ is still set.
       backoff = std::min(options_.max_backoff, backoff * 2);
     }
   }

@@ -1,5 +1,6 @@
-// BrokerProcess: starts the broker (this binary again, with --broker-fd),
-// keeps a link to it, and starts it again with backoff when it dies. While it
+// BrokerProcess: has the spawner start the broker (this binary again, with
+// --broker-fd), keeps a link to it, and has another started with backoff
+// when it dies. While it
 // is down, calls fail Unavailable with a retry hint; what the front caches
 // (access tokens) keeps being served.
 //
@@ -13,7 +14,6 @@
 #include <memory>
 #include <string>
 #include <thread>
-#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -21,14 +21,14 @@
 #include "absl/time/time.h"
 #include "front/broker_calls.h"
 #include "front/broker_link.h"
+#include "front/broker_spawner.h"
 
 namespace grantvault::front {
 
 class BrokerProcess {
  public:
   struct Options {
-    std::string executable;         // absolute path of this binary
-    std::vector<std::string> args;  // after argv[0]; "--broker-fd=3" is added
+    BrokerSpawner* spawner = nullptr;  // must outlive the BrokerProcess
     absl::Duration min_backoff = absl::Milliseconds(100);
     absl::Duration max_backoff = absl::Seconds(5);
     // Opening the vault may initialise a token on first start.
@@ -53,8 +53,13 @@ class BrokerProcess {
  private:
   BrokerProcess(Options options, BrokerLink::OnEvent on_event)
       : options_(std::move(options)), on_event_(std::move(on_event)) {}
-  // Forks and execs a broker; its link and pid.
-  absl::StatusOr<std::pair<std::shared_ptr<BrokerLink>, pid_t>> Spawn();
+  struct Running {
+    std::shared_ptr<BrokerLink> link;
+    std::shared_ptr<UniqueFd> pidfd;
+    pid_t pid;
+  };
+  // Has the spawner start a broker; its link and pidfd.
+  absl::StatusOr<Running> Spawn();
   absl::Status Hello(BrokerLink& link, broker::v1::HelloReply* hello);
   void Supervise();
   void DeliverEvents();
@@ -66,6 +71,7 @@ class BrokerProcess {
   bool link_ready_ ABSL_GUARDED_BY(mu_) = false;  // hello answered
   bool link_closed_ ABSL_GUARDED_BY(mu_) = false;
   pid_t pid_ ABSL_GUARDED_BY(mu_) = -1;
+  std::shared_ptr<UniqueFd> pidfd_ ABSL_GUARDED_BY(mu_);
   int restarts_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<broker::v1::Event> events_ ABSL_GUARDED_BY(mu_);

@@ -284,6 +284,9 @@ constexpr const char* kBase[] = {
     "sigaltstack",
     "pidfd_open",
     "pidfd_send_signal",
+    // Reaping this process's own children (the front its broker spawner).
+    "wait4",
+    "waitid",
     // Time and randomness.
     "clock_gettime",
     "clock_getres",
@@ -309,11 +312,11 @@ constexpr const char* kBase[] = {
 };
 
 constexpr const char* kListen[] = {"bind", "listen", "accept", "accept4"};
-// Starting a program and reaping it (the front restarting its broker).
-constexpr const char* kExec[] = {"execve", "execveat", "wait4", "waitid"};
+// Starting a program (the spawner starting a broker).
+constexpr const char* kExec[] = {"execve", "execveat"};
 // LSan's StopTheWorld: a clone() child (not a thread) ptraces every thread
 // and is waited for; PR_SET_DUMPABLE/PR_SET_PTRACER are toggled around it.
-constexpr const char* kSanitizer[] = {"ptrace", "wait4", "waitid"};
+constexpr const char* kSanitizer[] = {"ptrace"};
 
 // prctl options a running process of grantvault uses: naming threads and
 // reading its own state. PR_SET_DUMPABLE is not among them (the sanitizer
@@ -439,7 +442,6 @@ absl::Status InstallSyscallFilter(const SyscallProfile& profile) {
   }
   if (profile.allow_sanitizer_runtime) {
     for (const char* name : kSanitizer) {
-      if (profile.allow_exec && std::string_view(name) != "ptrace") continue;  // already allowed
       if (absl::Status s = Allow(ctx, name); !s.ok()) return s;
     }
   }
