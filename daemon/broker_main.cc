@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -49,8 +50,8 @@ absl::StatusOr<Vault> OpenBrokerVault(const DaemonConfig& config,
 
 }  // namespace
 
-int RunBroker(int fd, const std::string& config_file, const std::string& state_dir,
-              const EmbeddedStateOptions& embedded) {
+int RunBroker(const BrokerStart& start) {
+  const EmbeddedStateOptions& embedded = start.embedded;
   // Dies with the front, and is of no use to anyone else.
   ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   ::signal(SIGPIPE, SIG_IGN);
@@ -58,10 +59,30 @@ int RunBroker(int fd, const std::string& config_file, const std::string& state_d
   // The front owns SIGTERM/SIGINT/SIGHUP: the broker ends when the link does.
   ::signal(SIGHUP, SIG_IGN);
   ::signal(SIGINT, SIG_IGN);
-  absl::StatusOr<DaemonConfig> config = LoadConfig(config_file, state_dir);
+  ::signal(SIGTERM, SIG_IGN);  // systemd's stop signal to the unit: the front's to act on
+  if (start.test_hook) {
+    sigset_t usr2;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    pthread_sigmask(SIG_BLOCK, &usr2, nullptr);  // before any thread: taken by sigwait below
+  }
+  absl::StatusOr<DaemonConfig> config = LoadConfig(start.config_file, start.state_dir);
   if (!config.ok()) return Fail(config.status());
   InitLogging(config->log_level);
-  broker::Server server{UniqueFd(fd)};
+  // Landlock while the process has one thread (a thread made later inherits
+  // it). The broker never reads other processes' /proc entries, so unlike the
+  // front it needs no opt-in: on by default wherever its paths are all known,
+  // that is with the embedded token; an external token's files may lie
+  // anywhere, so there it is on with [sandbox] landlock = true.
+  int landlock_abi = 0;
+  if (config->sandbox_enabled && (config->sandbox_landlock || config->uses_embedded_token()) &&
+      start.filesystem_rules) {
+    absl::StatusOr<sandbox::FilesystemReport> restricted =
+        sandbox::RestrictFilesystem(start.filesystem_rules(*config));
+    if (!restricted.ok()) return Fail(restricted.status());
+    landlock_abi = restricted->abi;
+  }
+  broker::Server server{UniqueFd(start.fd)};
 
   std::vector<std::string> created, removed;
   absl::StatusOr<Vault> vault = OpenBrokerVault(*config, embedded, &created, &removed);
@@ -145,9 +166,18 @@ int RunBroker(int fd, const std::string& config_file, const std::string& state_d
       return Fail(filtered);
     }
   }
+  if (start.test_hook) {
+    std::thread([hook = start.test_hook] {
+      sigset_t usr2;
+      sigemptyset(&usr2);
+      sigaddset(&usr2, SIGUSR2);
+      for (int sig = 0; sigwait(&usr2, &sig) == 0;) hook();
+    }).detach();
+  }
   revoker.Start();
-  spdlog::info("broker.ready pid={} token={} sandbox={}", ::getpid(), vault->token->label(),
-               config->sandbox_enabled ? "seccomp" : "off");
+  spdlog::info("broker.ready pid={} token={} sandbox=[seccomp={} landlock={}]", ::getpid(),
+               vault->token->label(), config->sandbox_enabled ? "on" : "off",
+               landlock_abi > 0 ? absl::StrCat("abi", landlock_abi) : std::string("off"));
   server.Serve(deps);  // until the front closes the link or exits
   revoker.Stop();
   refresher->reset();

@@ -6,14 +6,27 @@
 #ifndef GRANTVAULT_DAEMON_BROKER_MAIN_H_
 #define GRANTVAULT_DAEMON_BROKER_MAIN_H_
 
+#include <functional>
 #include <string>
 
+#include "daemon/config.h"
 #include "daemon/vault.h"
+#include "sandbox/sandbox.h"
 
 namespace grantvault::daemon {
 
-int RunBroker(int fd, const std::string& config_file, const std::string& state_dir,
-              const EmbeddedStateOptions& embedded);
+struct BrokerStart {
+  int fd = -1;  // the link to the front
+  std::string config_file, state_dir;
+  EmbeddedStateOptions embedded;
+  // The Landlock rules for a configuration (the front's own, computed by the
+  // binary that knows its shipped paths).
+  std::function<sandbox::FilesystemRules(const DaemonConfig&)> filesystem_rules;
+  // Test builds only: what SIGUSR2 makes the broker do (empty: nothing).
+  std::function<void()> test_hook;
+};
+
+int RunBroker(const BrokerStart& start);
 
 }  // namespace grantvault::daemon
 

@@ -124,10 +124,14 @@ struct SandboxState {
 #if defined(GRANTVAULT_TEST_HOOKS)
 // Test builds only (GRANTVAULT_TEST_HOOKS=ON): on SIGUSR2 the daemon does
 // what --test-hook names, so that a test can show the sandbox stops it:
-// "keyctl" (forbidden by seccomp: the process dies of SIGSYS) or
+// "keyctl" (forbidden by seccomp: the process dies of SIGSYS), "execve"
+// (the same, in the front and the broker: neither may start a program) or
 // "open:<path>" (logs whether the open succeeded, for Landlock).
 void RunTestHook(const std::string& hook) {
-  if (hook == "keyctl") {
+  if (hook == "execve") {
+    ::execl("/bin/true", "true", static_cast<char*>(nullptr));
+    spdlog::error("test_hook.execve returned: {}", std::strerror(errno));
+  } else if (hook == "keyctl") {
     const long r = ::syscall(SYS_keyctl, 0L, 0L, 0L, 0L, 0L);
     spdlog::error("test_hook.keyctl returned {}: {}", r, std::strerror(errno));
   } else if (absl::StartsWith(hook, "open:")) {
@@ -364,6 +368,9 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
     argv.push_back("--state-dir=" + config->state_dir);
     if (embedded.keep_so_pin) argv.push_back("--keep-so-pin");
     if (options.allow_root) argv.push_back("--allow-root");
+#if defined(GRANTVAULT_TEST_HOOKS)
+    if (!options.test_hook.empty()) argv.push_back("--test-hook=" + options.test_hook);
+#endif
     argv.push_back(absl::StrCat("--broker-fd=", front::BrokerSpawner::kBrokerFd));
     absl::StatusOr<std::unique_ptr<front::BrokerSpawner>> forked =
         front::BrokerSpawner::Fork(std::move(argv));
@@ -668,7 +675,7 @@ int main(int argc, char** argv) {
                "unit's User=grantvault)");
 #if defined(GRANTVAULT_TEST_HOOKS)
   app.add_option("--test-hook", options.test_hook,
-                 "test builds only: what SIGUSR2 makes the daemon do (execve, open:<path>)");
+                 "test builds only: what SIGUSR2 makes the front or the broker do (keyctl, execve, open:<path>)");
 #endif
   int broker_fd = -1;
   app.add_option("--broker-fd", broker_fd)->group("");  // internal: how the front starts its broker
@@ -679,7 +686,18 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (broker_fd >= 0) {
-    return grantvault::daemon::RunBroker(broker_fd, config_file, state_dir, embedded);
+    grantvault::daemon::BrokerStart start{broker_fd, config_file, state_dir, embedded,
+                                          [&](const grantvault::daemon::DaemonConfig& c) {
+                                            return grantvault::daemon::FilesystemRulesFor(
+                                                c, config_file);
+                                          },
+                                          nullptr};
+#if defined(GRANTVAULT_TEST_HOOKS)
+    if (!options.test_hook.empty()) {
+      start.test_hook = [hook = options.test_hook] { grantvault::daemon::RunTestHook(hook); };
+    }
+#endif
+    return grantvault::daemon::RunBroker(start);
   }
   options.allow_root = allow_root;
   return grantvault::daemon::Run(config_file, state_dir, init_only, embedded, options);
