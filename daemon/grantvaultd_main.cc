@@ -675,7 +675,8 @@ int main(int argc, char** argv) {
                "unit's User=grantvault)");
 #if defined(GRANTVAULT_TEST_HOOKS)
   app.add_option("--test-hook", options.test_hook,
-                 "test builds only: what SIGUSR2 makes the front or the broker do (keyctl, execve, open:<path>)");
+                 "test builds only: what SIGUSR2 makes the front or the broker do (keyctl, execve, "
+                 "open:<path>)");
 #endif
   int broker_fd = -1;
   app.add_option("--broker-fd", broker_fd)->group("");  // internal: how the front starts its broker
@@ -686,7 +687,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (broker_fd >= 0) {
-    grantvault::daemon::BrokerStart start{broker_fd, config_file, state_dir, embedded,
+    grantvault::daemon::BrokerStart start{broker_fd,
+                                          config_file,
+                                          state_dir,
+                                          embedded,
                                           [&](const grantvault::daemon::DaemonConfig& c) {
                                             return grantvault::daemon::FilesystemRulesFor(
                                                 c, config_file);
