@@ -18,6 +18,7 @@
 #include "daemon/config.h"
 #include "daemon/logging.h"
 #include "daemon/oauth_engine.h"
+#include "daemon/secret_heap.h"
 #include "daemon/upstream_revoker.h"
 #include "keys/custodian.h"
 #include "sandbox/sandbox.h"
@@ -69,6 +70,7 @@ int RunBroker(const BrokerStart& start) {
   absl::StatusOr<DaemonConfig> config = LoadConfig(start.config_file, start.state_dir);
   if (!config.ok()) return Fail(config.status());
   InitLogging(config->log_level);
+  if (absl::Status heap = SetUpSecretHeap(*config, "broker"); !heap.ok()) return Fail(heap);
   // Landlock while the process has one thread (a thread made later inherits
   // it). The broker never reads other processes' /proc entries, so unlike the
   // front it needs no opt-in: on by default wherever its paths are all known,

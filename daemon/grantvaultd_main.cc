@@ -36,6 +36,7 @@
 #include "daemon/logging.h"
 #include "daemon/oauth_engine.h"
 #include "daemon/resolver.h"
+#include "daemon/secret_heap.h"
 #include "daemon/service.h"
 #include "daemon/upstream_revoker.h"
 #include "daemon/vault.h"
@@ -338,6 +339,7 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
     return 2;
   }
   InitLogging(config->log_level);
+  if (absl::Status heap = SetUpSecretHeap(*config, "front"); !heap.ok()) return Fail(heap);
   ipc::SetLogSink([](ipc::LogKind kind, std::string_view line) {
     // (The server's lines name peers by pid and uid only; escaped all the
     // same, so that no line from below can split into two.)
