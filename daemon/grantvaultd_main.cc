@@ -33,10 +33,10 @@
 #include "daemon/config.h"
 #include "daemon/logging.h"
 #include "daemon/oauth_engine.h"
-#include "daemon/resolver.h"
-#include "daemon/service.h"
 #include "daemon/upstream_revoker.h"
 #include "daemon/vault.h"
+#include "front/resolver.h"
+#include "front/service.h"
 #include "hsm/keys.h"
 #include "ipc/server.h"
 #include "keys/custodian.h"
@@ -181,7 +181,7 @@ struct Sockets {
   std::vector<std::string> bound_paths;  // removed at exit (systemd's are not ours)
 };
 
-absl::StatusOr<Sockets> OpenSockets(const DaemonConfig& config, Service& service) {
+absl::StatusOr<Sockets> OpenSockets(const DaemonConfig& config, front::Service& service) {
   GV_ASSIGN_OR_RETURN(auto inherited, ipc::SystemdSockets());
   Sockets s;
   for (const auto& [name, path, handler, limits] :
@@ -209,13 +209,13 @@ absl::StatusOr<Sockets> OpenSockets(const DaemonConfig& config, Service& service
   return s;
 }
 
-AdminPolicy AdminPolicyFrom(const DaemonConfig& config) {
-  return AdminPolicy{config.admin_uids, config.admin_gids};
+front::AdminPolicy AdminPolicyFrom(const DaemonConfig& config) {
+  return front::AdminPolicy{config.admin_uids, config.admin_gids};
 }
 
 // Loads the caller policy if its file exists; a file that exists but does not
 // load stops the daemon (a typo must not silently leave agents refused).
-absl::Status LoadPolicy(const std::string& path, Resolver& resolver) {
+absl::Status LoadPolicy(const std::string& path, front::Resolver& resolver) {
   if (::access(path.c_str(), F_OK) != 0) {
     spdlog::warn(
         "policy.absent file={}: every agent request is refused until it exists and "
@@ -412,7 +412,8 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   absl::StatusOr<std::unique_ptr<OAuthEngine>> oauth =
       MakeOAuthEngine(*config, *vault, &RealClock());
   if (!oauth.ok()) return Fail(oauth.status());
-  Service::OAuth oauth_deps{(*oauth)->authorizer.get(), &(*oauth)->connectors->catalog(), ""};
+  front::Service::OAuth oauth_deps{(*oauth)->authorizer.get(), &(*oauth)->connectors->catalog(),
+                                   ""};
   // Declared before the service, so that they outlive its worker threads.
   std::unique_ptr<audit::AuditLog> audit_log;
   if (config->audit_enabled) {
@@ -425,7 +426,7 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
         "audit.disabled: nothing is audited ([audit] enabled = false is for measuring "
         "the audit log's cost only)");
   }
-  Service* service_for_callbacks = nullptr;  // set once the service exists
+  front::Service* service_for_callbacks = nullptr;  // set once the service exists
   tokens::RefresherDeps refresher_deps;
   refresher_deps.store = vault->store.get();
   refresher_deps.sealer = vault->sealer.get();
@@ -454,15 +455,17 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   revoker_options.request_timeout = config->oauth_revocation_timeout;
   revoker_options.initial_backoff = config->oauth_revocation_backoff;
   UpstreamRevoker revoker(revoker_deps, revoker_options);
-  Resolver resolver(vault->store.get(), refresher->get());
+  front::Resolver resolver(vault->store.get(), refresher->get());
   absl::Status policy_loaded = LoadPolicy(config->policy_file, resolver);
   if (!policy_loaded.ok()) return Fail(policy_loaded);
   std::unique_ptr<keys::Custodian> custodian =
       keys::MakeLocalCustodian(vault->token.get(), vault->keys.get(), vault->sealer.get());
-  Service service(vault->store.get(), custodian.get(), oauth_deps, AdminPolicyFrom(*config),
-                  config->worker_threads, &RealClock());
-  service.EnableAgents(Service::Agents{&resolver, config->policy_file, config->agent_threads});
-  service.EnableTrail(Service::Trail{audit_log.get(), refresher->get(), [&] { revoker.Wake(); }});
+  front::Service service(vault->store.get(), custodian.get(), oauth_deps, AdminPolicyFrom(*config),
+                         config->worker_threads, &RealClock());
+  service.EnableAgents(
+      front::Service::Agents{&resolver, config->policy_file, config->agent_threads});
+  service.EnableTrail(
+      front::Service::Trail{audit_log.get(), refresher->get(), [&] { revoker.Wake(); }});
   service_for_callbacks = &service;
   // On every way out, before the service is destroyed: the threads that call
   // back into it (the upstream revoker, the refresher's workers) are stopped
@@ -514,7 +517,7 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
 
   spdlog::info(
       "grantvaultd.ready version={} state_dir={} agent={} admin={} token={} kek={} sandbox=[{}]",
-      kServerVersion, config->state_dir, config->agent_socket, config->admin_socket,
+      front::kServerVersion, config->state_dir, config->agent_socket, config->admin_socket,
       vault->token->label(), vault->sealer->ActiveKek().label, sandboxed.Describe());
   // Before READY=1, so that whoever sees the daemon ready also sees (in the
   // log) whether the watchdog is on.

@@ -1,4 +1,4 @@
-#include "daemon/service.h"
+#include "front/service.h"
 
 #include <openssl/crypto.h>
 #include <unistd.h>
@@ -20,7 +20,7 @@
 #include "oauth/pkce.h"
 #include "spdlog/spdlog.h"
 
-namespace grantvault::daemon {
+namespace grantvault::front {
 namespace {
 
 constexpr absl::Duration kStatusSnapshotMaxAge = absl::Seconds(1);
@@ -1907,4 +1907,4 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
   }
 }
 
-}  // namespace grantvault::daemon
+}  // namespace grantvault::front
