@@ -6,6 +6,11 @@
 // there from a snapshot refreshed at most once a second; everything that
 // touches the token or the database runs on the service's worker pool, never
 // on an I/O thread.
+//
+// The methods are defined by responsibility: front/service.cc (construction,
+// connect and disconnect, caller admission, frame dispatch), admin_requests.cc,
+// oauth_requests.cc, agent_resolve.cc, release_audit.cc, subscriptions.cc,
+// revocation.cc, status.cc and audit_export.cc.
 #ifndef GRANTVAULT_FRONT_SERVICE_H_
 #define GRANTVAULT_FRONT_SERVICE_H_
 
