@@ -35,15 +35,15 @@
 #include "daemon/config.h"
 #include "daemon/logging.h"
 #include "daemon/oauth_engine.h"
-#include "daemon/resolver.h"
 #include "daemon/secret_heap.h"
-#include "daemon/service.h"
 #include "daemon/upstream_revoker.h"
 #include "daemon/vault.h"
 #include "front/broker_calls.h"
 #include "front/broker_process.h"
 #include "front/broker_spawner.h"
 #include "front/broker_tokens.h"
+#include "front/resolver.h"
+#include "front/service.h"
 #include "hsm/keys.h"
 #include "ipc/server.h"
 #include "keys/custodian.h"
@@ -192,7 +192,7 @@ struct Sockets {
   std::vector<std::string> bound_paths;  // removed at exit (systemd's are not ours)
 };
 
-absl::StatusOr<Sockets> OpenSockets(const DaemonConfig& config, Service& service) {
+absl::StatusOr<Sockets> OpenSockets(const DaemonConfig& config, front::Service& service) {
   GV_ASSIGN_OR_RETURN(auto inherited, ipc::SystemdSockets());
   Sockets s;
   for (const auto& [name, path, handler, limits] :
@@ -220,13 +220,13 @@ absl::StatusOr<Sockets> OpenSockets(const DaemonConfig& config, Service& service
   return s;
 }
 
-AdminPolicy AdminPolicyFrom(const DaemonConfig& config) {
-  return AdminPolicy{config.admin_uids, config.admin_gids};
+front::AdminPolicy AdminPolicyFrom(const DaemonConfig& config) {
+  return front::AdminPolicy{config.admin_uids, config.admin_gids};
 }
 
 // Loads the caller policy if its file exists; a file that exists but does not
 // load stops the daemon (a typo must not silently leave agents refused).
-absl::Status LoadPolicy(const std::string& path, Resolver& resolver) {
+absl::Status LoadPolicy(const std::string& path, front::Resolver& resolver) {
   if (::access(path.c_str(), F_OK) != 0) {
     spdlog::warn(
         "policy.absent file={}: every agent request is refused until it exists and "
@@ -453,7 +453,7 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   // Events from the broker (a grant marked reauth_required, an upstream
   // revocation attempt) reach the service once it exists.
   absl::Mutex callbacks_mu;
-  Service* service_for_callbacks = nullptr;
+  front::Service* service_for_callbacks = nullptr;
   front::BrokerTokens* tokens_for_callbacks = nullptr;
   store::GrantStore* store_for_callbacks = nullptr;
   broker::v1::HelloReply hello;
@@ -494,7 +494,7 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   const front::BrokerLinkSource links = (*broker)->links();
   std::unique_ptr<oauth::AuthorizationFlow> authorization =
       front::MakeBrokerAuthorization(links, store->get(), config->oauth_refresh_timeout * 3);
-  Service::OAuth oauth_deps{authorization.get(), &*catalog, ""};
+  front::Service::OAuth oauth_deps{authorization.get(), &*catalog, ""};
   // Declared before the service, so that they outlive its worker threads.
   std::unique_ptr<audit::AuditLog> audit_log;
   if (config->audit_enabled) {
@@ -514,15 +514,15 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   }
   // A refresh and the broker hop: the broker's own request timeout, its retries, and margin.
   front::BrokerTokens tokens(links, &RealClock(), config->oauth_refresh_timeout * 3);
-  Resolver resolver(store->get(), &tokens);
+  front::Resolver resolver(store->get(), &tokens);
   absl::Status policy_loaded = LoadPolicy(config->policy_file, resolver);
   if (!policy_loaded.ok()) return Fail(policy_loaded);
   std::unique_ptr<keys::Custodian> custodian = front::MakeBrokerCustodian(links);
-  Service service(store->get(), custodian.get(), oauth_deps, AdminPolicyFrom(*config),
+  front::Service service(store->get(), custodian.get(), oauth_deps, AdminPolicyFrom(*config),
                   config->worker_threads, &RealClock());
-  service.EnableAgents(Service::Agents{&resolver, config->policy_file, config->agent_threads});
+  service.EnableAgents(front::Service::Agents{&resolver, config->policy_file, config->agent_threads});
   service.EnableTrail(
-      Service::Trail{audit_log.get(), &tokens, [links] {
+      front::Service::Trail{audit_log.get(), &tokens, [links] {
                        broker::v1::Request wake;
                        wake.mutable_wake_revoker();
                        front::CallBroker(links, wake, absl::Seconds(5)).IgnoreError();
@@ -583,7 +583,7 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   spdlog::info(
       "grantvaultd.ready version={} state_dir={} agent={} admin={} token={} kek={} broker_pid={} "
       "sandbox=[{}]",
-      kServerVersion, config->state_dir, config->agent_socket, config->admin_socket,
+      front::kServerVersion, config->state_dir, config->agent_socket, config->admin_socket,
       hello.token_label(), hello.active_kek(), (*broker)->pid(), sandboxed.Describe());
   // Before READY=1, so that whoever sees the daemon ready also sees (in the
   // log) whether the watchdog is on.
