@@ -15,7 +15,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -30,6 +29,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/daemon_process.h"
+#include "tests/testing/process_tree.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/wait.h"
 
@@ -63,14 +63,6 @@ std::map<std::string, std::string> ProcStatus(pid_t pid) {
         std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
   }
   return fields;
-}
-
-// The pid after the last "<key>=" in `log` ("broker_pid=" on the ready line,
-// "broker.restarted pid=" after a restart), or -1.
-pid_t LastPidAfter(const std::string& log, const std::string& key) {
-  const size_t at = log.rfind(key);
-  if (at == std::string::npos) return -1;
-  return static_cast<pid_t>(std::atoi(log.c_str() + at + key.size()));
 }
 
 std::string Setpriv() {
@@ -120,17 +112,10 @@ class SandboxTest : public ::testing::Test {
 
   bool NeedsRoot() { return ::geteuid() == 0 && !Setpriv().empty(); }
 
-  pid_t BrokerPid() const { return LastPidAfter(daemon_->Stderr(), "broker_pid="); }
+  pid_t BrokerPid() const { return testing::WaitForBroker(daemon_->pid()); }
   // Waits for the front to have started a broker other than `dead`; its pid.
   pid_t WaitForAnotherBroker(pid_t dead) const {
-    pid_t next = -1;
-    testing::WaitFor(
-        [&] {
-          next = LastPidAfter(daemon_->Stderr(), "broker.restarted pid=");
-          return next > 0 && next != dead;
-        },
-        absl::Seconds(30));
-    return next;
+    return testing::WaitForBroker(daemon_->pid(), dead, absl::Seconds(30));
   }
   // The entries of the daemon's working directory (where a core would go).
   std::vector<std::string> FilesInWorkDirectory() const {
