@@ -33,22 +33,6 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
-absl::StatusOr<Vault> OpenBrokerVault(const DaemonConfig& config,
-                                      const EmbeddedStateOptions& embedded,
-                                      std::vector<std::string>* created,
-                                      std::vector<std::string>* removed) {
-  if (config.uses_embedded_token()) {
-    return InitEmbeddedState(config.state_dir, created, embedded, removed);
-  }
-  hsm::TokenOptions token;
-  if (!config.hsm_module.empty()) token.module_path = config.hsm_module;
-  token.token_label = config.token_label;
-  token.pin_file = config.pin_file;
-  return OpenExternalVault(
-      token, config.database.empty() ? config.state_dir + "/grantvault.db" : config.database,
-      created);
-}
-
 }  // namespace
 
 int RunBroker(const BrokerStart& start) {
@@ -87,7 +71,7 @@ int RunBroker(const BrokerStart& start) {
   broker::Server server{UniqueFd(start.fd)};
 
   std::vector<std::string> created, removed;
-  absl::StatusOr<Vault> vault = OpenBrokerVault(*config, embedded, &created, &removed);
+  absl::StatusOr<Vault> vault = OpenConfiguredVault(*config, embedded, &created, &removed);
   if (!vault.ok()) return Fail(vault.status());
   absl::StatusOr<std::unique_ptr<OAuthEngine>> oauth =
       MakeOAuthEngine(*config, *vault, &RealClock());

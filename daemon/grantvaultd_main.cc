@@ -172,21 +172,6 @@ absl::StatusOr<int> LockStateDirectory(const std::string& state_dir) {
   return fd;
 }
 
-absl::StatusOr<Vault> OpenVault(const DaemonConfig& config, const EmbeddedStateOptions& embedded,
-                                std::vector<std::string>* created,
-                                std::vector<std::string>* removed) {
-  if (config.uses_embedded_token()) {
-    return InitEmbeddedState(config.state_dir, created, embedded, removed);
-  }
-  hsm::TokenOptions token;
-  if (!config.hsm_module.empty()) token.module_path = config.hsm_module;
-  token.token_label = config.token_label;
-  token.pin_file = config.pin_file;
-  return OpenExternalVault(
-      token, config.database.empty() ? config.state_dir + "/grantvault.db" : config.database,
-      created);
-}
-
 struct Sockets {
   std::vector<ipc::Listener> listeners;
   std::vector<std::string> bound_paths;  // removed at exit (systemd's are not ours)
@@ -425,7 +410,7 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
 
   if (init_only) {
     std::vector<std::string> created, removed;
-    absl::StatusOr<Vault> vault = OpenVault(*config, embedded, &created, &removed);
+    absl::StatusOr<Vault> vault = OpenConfiguredVault(*config, embedded, &created, &removed);
     if (!vault.ok()) return Fail(vault.status());
     for (const std::string& c : created) spdlog::info("state.created {}", c);
     for (const std::string& r : removed) spdlog::info("state.removed {}", r);
@@ -478,10 +463,7 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   if (!broker.ok()) return Fail(broker.status());
   for (const std::string& c : hello.created()) spdlog::info("state.created {}", c);
   for (const std::string& r : hello.removed()) spdlog::info("state.removed {}", r);
-  const std::string database_path =
-      config->uses_embedded_token()
-          ? LayoutFor(config->state_dir).database
-          : (config->database.empty() ? config->state_dir + "/grantvault.db" : config->database);
+  const std::string database_path = GrantDatabasePath(*config);
 
   // The front's own handle on the database; the broker opened it first (and migrated it).
   absl::StatusOr<std::unique_ptr<store::GrantStore>> store =
@@ -519,14 +501,15 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   if (!policy_loaded.ok()) return Fail(policy_loaded);
   std::unique_ptr<keys::Custodian> custodian = front::MakeBrokerCustodian(links);
   front::Service service(store->get(), custodian.get(), oauth_deps, AdminPolicyFrom(*config),
-                  config->worker_threads, &RealClock());
-  service.EnableAgents(front::Service::Agents{&resolver, config->policy_file, config->agent_threads});
+                         config->worker_threads, &RealClock());
+  service.EnableAgents(
+      front::Service::Agents{&resolver, config->policy_file, config->agent_threads});
   service.EnableTrail(
       front::Service::Trail{audit_log.get(), &tokens, [links] {
-                       broker::v1::Request wake;
-                       wake.mutable_wake_revoker();
-                       front::CallBroker(links, wake, absl::Seconds(5)).IgnoreError();
-                     }});
+                              broker::v1::Request wake;
+                              wake.mutable_wake_revoker();
+                              front::CallBroker(links, wake, absl::Seconds(5)).IgnoreError();
+                            }});
   {
     absl::MutexLock hold(&callbacks_mu);
     service_for_callbacks = &service;
