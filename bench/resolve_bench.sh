@@ -110,6 +110,9 @@ GRANTVAULTD=$(abs "$GRANTVAULTD") GRANTVAULT=$(abs "$GRANTVAULT") LOADGEN=$(abs 
 ECHO_SERVER=$(abs "$ECHO_SERVER") SEED_GRANTS=$(abs "$SEED_GRANTS") READY_TIMER=$(abs "$READY_TIMER")
 
 tmp=$(mktemp -d /tmp/gv-resolve-bench.XXXXXX)
+# The daemon refuses root unless told (docs/operations.md, "Sandbox").
+daemon_flags=()
+[[ $(id -u) == 0 ]] && daemon_flags=(--allow-root)
 state=$tmp/state
 agent_sock=$state/run/agent.sock
 echo_sock=$tmp/echo.sock
@@ -245,7 +248,7 @@ write_config ""
 ready_ms=""
 start_daemon() {  # starts grantvaultd under ready_timer; sets daemon_pid, ready_ms
   : >"$tmp/ready.out"
-  "$READY_TIMER" --timeout 120 -- "$GRANTVAULTD" --state-dir "$state" \
+  "$READY_TIMER" --timeout 120 -- "$GRANTVAULTD" "${daemon_flags[@]}" --state-dir "$state" \
     --config "$tmp/grantvaultd.toml" >"$tmp/ready.out" 2>>"$tmp/grantvaultd.log" &
   timer_pid=$!
   for _ in $(seq 1300); do
@@ -261,7 +264,16 @@ stop_daemon() {
   stop_pid "$timer_pid"
   timer_pid="" daemon_pid=""
 }
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$daemon_pid/status"; }
+# The daemon's: the front's, its spawner's and its broker's.
+descendants() { local c; for c in $(pgrep -P "$1"); do echo "$c"; descendants "$c"; done; }
+rss_kib() {
+  local total=0 pid kib
+  for pid in "$daemon_pid" $(descendants "$daemon_pid"); do
+    kib=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)
+    total=$((total + ${kib:-0}))
+  done
+  echo "$total"
+}
 
 single_args=(--workspace ws_bench --connector demo --tool read_docs)
 mixed_args=(--mix "$tmp/mix.txt")
@@ -278,7 +290,7 @@ probe_resolve() {  # waits (at most 30 s) until every resolve is answered; fills
 
 # Start-up with ~0 grants, on an initialised state (so the token and database
 # creation is not counted).
-"$GRANTVAULTD" --state-dir "$state" --config "$tmp/grantvaultd.toml" --init-only \
+"$GRANTVAULTD" "${daemon_flags[@]}" --state-dir "$state" --config "$tmp/grantvaultd.toml" --init-only \
   >"$tmp/init.log" 2>&1 || die "grantvaultd --init-only failed"
 small_starts=()
 small_rss=()
@@ -459,7 +471,7 @@ if [[ $AUDIT != 0 ]]; then
   # A configuration the daemon does not know is refused (exit 2) before the
   # state directory is touched; one it knows stops at the running daemon's lock.
   write_config false
-  if "$GRANTVAULTD" --state-dir "$state" --config "$tmp/grantvaultd.toml" --init-only \
+  if "$GRANTVAULTD" "${daemon_flags[@]}" --state-dir "$state" --config "$tmp/grantvaultd.toml" --init-only \
     >"$tmp/audit-probe.log" 2>&1; then :; fi
   grep -q 'another grantvaultd' "$tmp/audit-probe.log" && audit_supported=1
   write_config ""

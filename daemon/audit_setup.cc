@@ -15,6 +15,8 @@ constexpr char kFingerprintKeyOwner[] = "audit";
 constexpr char kFingerprintKeyPurpose[] = "fingerprint_key";
 constexpr size_t kFingerprintKeyBytes = 32;
 
+}  // namespace
+
 absl::StatusOr<SecretBytes> LoadOrCreateFingerprintKey(Vault& vault, Clock* clock) {
   const store::SealedSecretKey key{kFingerprintKeyOwner, kFingerprintKeyPurpose};
   absl::StatusOr<store::SealedSecret> stored = vault.store->GetSealedSecret(key);
@@ -31,8 +33,6 @@ absl::StatusOr<SecretBytes> LoadOrCreateFingerprintKey(Vault& vault, Clock* cloc
   return fresh;
 }
 
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<audit::AuditLog>> OpenAuditLog(const DaemonConfig& config,
                                                               Vault& vault, Clock* clock) {
   GV_ASSIGN_OR_RETURN(std::unique_ptr<audit::Signer> signer,
@@ -40,6 +40,13 @@ absl::StatusOr<std::unique_ptr<audit::AuditLog>> OpenAuditLog(const DaemonConfig
   GV_ASSIGN_OR_RETURN(std::unique_ptr<audit::AnchorStore> anchors,
                       audit::MakeHsmAnchorStore(*vault.token));
   GV_ASSIGN_OR_RETURN(SecretBytes fingerprint_key, LoadOrCreateFingerprintKey(vault, clock));
+  return OpenAuditLog(config, std::move(signer), std::move(anchors), std::move(fingerprint_key),
+                      clock);
+}
+
+absl::StatusOr<std::unique_ptr<audit::AuditLog>> OpenAuditLog(
+    const DaemonConfig& config, std::unique_ptr<audit::Signer> signer,
+    std::unique_ptr<audit::AnchorStore> anchors, SecretBytes fingerprint_key, Clock* clock) {
   audit::AuditOptions options;
   options.group_commit_interval = config.audit_group_commit;
   options.deferred_interval = config.audit_repeat_record;

@@ -9,7 +9,10 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "audit/anchor.h"
 #include "audit/audit_log.h"
+#include "audit/signer.h"
+#include "common/secret_bytes.h"
 #include "common/clock.h"
 #include "daemon/config.h"
 #include "daemon/vault.h"
@@ -18,6 +21,13 @@ namespace grantvault::daemon {
 
 absl::StatusOr<std::unique_ptr<audit::AuditLog>> OpenAuditLog(const DaemonConfig& config,
                                                               Vault& vault, Clock* clock);
+// The same with the signer, anchors and fingerprint key given (the front
+// process gets them from the broker).
+absl::StatusOr<std::unique_ptr<audit::AuditLog>> OpenAuditLog(
+    const DaemonConfig& config, std::unique_ptr<audit::Signer> signer,
+    std::unique_ptr<audit::AnchorStore> anchors, SecretBytes fingerprint_key, Clock* clock);
+// The audit fingerprint key of the vault, generated and sealed on first use.
+absl::StatusOr<SecretBytes> LoadOrCreateFingerprintKey(Vault& vault, Clock* clock);
 
 }  // namespace grantvault::daemon
 

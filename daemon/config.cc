@@ -150,7 +150,7 @@ absl::Status Apply(const toml::table& root, DaemonConfig& c) {
          "agent_max_connections_per_uid", "admin_max_connections_per_uid",
          "max_in_flight_per_connection", "max_queued_bytes_per_connection", "frame_timeout_ms",
          "idle_timeout_ms", "agent_idle_timeout_ms", "admin_idle_timeout_ms", "write_timeout_ms",
-         "io_threads", "worker_threads", "agent_threads"}));
+         "io_threads", "worker_threads", "agent_threads", "secret_heap_mib"}));
     // Older configurations' max_connections limited both sockets together; it
     // is read as agent.sock's default now, and idle_timeout_ms as both
     // sockets' default. The per-socket keys win.
@@ -181,6 +181,12 @@ absl::Status Apply(const toml::table& root, DaemonConfig& c) {
     GV_RETURN_IF_ERROR(ReadUnsigned(*t, "io_threads", 1, 64, &c.io_threads));
     GV_RETURN_IF_ERROR(ReadUnsigned(*t, "worker_threads", 1, 64, &c.worker_threads));
     GV_RETURN_IF_ERROR(ReadUnsigned(*t, "agent_threads", 1, 256, &c.agent_threads));
+    GV_RETURN_IF_ERROR(ReadUnsigned(*t, "secret_heap_mib", 1, 4096, &c.secret_heap_mib));
+    if ((c.secret_heap_mib & (c.secret_heap_mib - 1)) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("limits.secret_heap_mib must be a power of two (1, 2, 4 … 4096), not ",
+                       c.secret_heap_mib));
+    }
   }
   if (const toml::table* t = Section(root, "audit")) {
     GV_RETURN_IF_ERROR(

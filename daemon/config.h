@@ -50,6 +50,11 @@ struct DaemonConfig {
   size_t worker_threads = 2;
   // Threads that run Resolve and Subscribe (a resolve may wait on a refresh).
   size_t agent_threads = 8;
+  // The secret heap of each process (common/secret_bytes.h), MiB, a power of
+  // two: sized for 100,000 cached access tokens of the catalog's providers
+  // (docs/operations.md, "Memory locking"). Locked only as far as
+  // RLIMIT_MEMLOCK allows (the unit's LimitMEMLOCK).
+  size_t secret_heap_mib = 128;
 
   // The caller policy (docs/policy.md), re-read on SIGHUP. Default
   // <state_dir>/policy.toml; while the file does not exist, every agent

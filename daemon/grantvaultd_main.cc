@@ -5,6 +5,7 @@
 #include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -30,19 +31,26 @@
 #include "common/log_escape.h"
 #include "common/status.h"
 #include "daemon/audit_setup.h"
+#include "daemon/broker_main.h"
 #include "daemon/config.h"
 #include "daemon/logging.h"
 #include "daemon/oauth_engine.h"
-#include "daemon/resolver.h"
-#include "daemon/service.h"
+#include "daemon/secret_heap.h"
 #include "daemon/upstream_revoker.h"
 #include "daemon/vault.h"
+#include "front/broker_calls.h"
+#include "front/broker_process.h"
+#include "front/broker_spawner.h"
+#include "front/broker_tokens.h"
+#include "front/resolver.h"
+#include "front/service.h"
 #include "hsm/keys.h"
 #include "ipc/server.h"
 #include "keys/custodian.h"
 #include "policy/policy.h"
 #include "sandbox/sandbox.h"
 #include "spdlog/spdlog.h"
+#include "store/sqlite_grant_store.h"
 #include "tokens/refresher.h"
 
 namespace grantvault::daemon {
@@ -117,13 +125,16 @@ struct SandboxState {
 #if defined(GRANTVAULT_TEST_HOOKS)
 // Test builds only (GRANTVAULT_TEST_HOOKS=ON): on SIGUSR2 the daemon does
 // what --test-hook names, so that a test can show the sandbox stops it:
-// "execve" (forbidden by seccomp: the process dies of SIGSYS) or
+// "keyctl" (forbidden by seccomp: the process dies of SIGSYS), "execve"
+// (the same, in the front and the broker: neither may start a program) or
 // "open:<path>" (logs whether the open succeeded, for Landlock).
 void RunTestHook(const std::string& hook) {
   if (hook == "execve") {
-    char* const argv[] = {nullptr};
-    ::execve("/bin/true", argv, argv);
+    ::execl("/bin/true", "true", static_cast<char*>(nullptr));
     spdlog::error("test_hook.execve returned: {}", std::strerror(errno));
+  } else if (hook == "keyctl") {
+    const long r = ::syscall(SYS_keyctl, 0L, 0L, 0L, 0L, 0L);
+    spdlog::error("test_hook.keyctl returned {}: {}", r, std::strerror(errno));
   } else if (absl::StartsWith(hook, "open:")) {
     const std::string path = hook.substr(5);
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -161,27 +172,12 @@ absl::StatusOr<int> LockStateDirectory(const std::string& state_dir) {
   return fd;
 }
 
-absl::StatusOr<Vault> OpenVault(const DaemonConfig& config, const EmbeddedStateOptions& embedded,
-                                std::vector<std::string>* created,
-                                std::vector<std::string>* removed) {
-  if (config.uses_embedded_token()) {
-    return InitEmbeddedState(config.state_dir, created, embedded, removed);
-  }
-  hsm::TokenOptions token;
-  if (!config.hsm_module.empty()) token.module_path = config.hsm_module;
-  token.token_label = config.token_label;
-  token.pin_file = config.pin_file;
-  return OpenExternalVault(
-      token, config.database.empty() ? config.state_dir + "/grantvault.db" : config.database,
-      created);
-}
-
 struct Sockets {
   std::vector<ipc::Listener> listeners;
   std::vector<std::string> bound_paths;  // removed at exit (systemd's are not ours)
 };
 
-absl::StatusOr<Sockets> OpenSockets(const DaemonConfig& config, Service& service) {
+absl::StatusOr<Sockets> OpenSockets(const DaemonConfig& config, front::Service& service) {
   GV_ASSIGN_OR_RETURN(auto inherited, ipc::SystemdSockets());
   Sockets s;
   for (const auto& [name, path, handler, limits] :
@@ -209,13 +205,13 @@ absl::StatusOr<Sockets> OpenSockets(const DaemonConfig& config, Service& service
   return s;
 }
 
-AdminPolicy AdminPolicyFrom(const DaemonConfig& config) {
-  return AdminPolicy{config.admin_uids, config.admin_gids};
+front::AdminPolicy AdminPolicyFrom(const DaemonConfig& config) {
+  return front::AdminPolicy{config.admin_uids, config.admin_gids};
 }
 
 // Loads the caller policy if its file exists; a file that exists but does not
 // load stops the daemon (a typo must not silently leave agents refused).
-absl::Status LoadPolicy(const std::string& path, Resolver& resolver) {
+absl::Status LoadPolicy(const std::string& path, front::Resolver& resolver) {
   if (::access(path.c_str(), F_OK) != 0) {
     spdlog::warn(
         "policy.absent file={}: every agent request is refused until it exists and "
@@ -229,12 +225,6 @@ absl::Status LoadPolicy(const std::string& path, Resolver& resolver) {
                loaded->workspaces().size());
   resolver.SetPolicy(std::make_shared<const policy::Policy>(std::move(*loaded)));
   return absl::OkStatus();
-}
-
-tokens::RefresherOptions RefresherOptionsFrom(const DaemonConfig& config) {
-  tokens::RefresherOptions options;
-  options.request_timeout = config.oauth_refresh_timeout;
-  return options;
 }
 
 // An event of the daemon itself, on the system chain.
@@ -305,6 +295,16 @@ class Watchdog {
   bool unhealthy_ = false;
 };
 
+// This binary, for starting the broker: resolved once, at start.
+absl::StatusOr<std::string> SelfExecutable() {
+  char path[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", path, sizeof(path) - 1);
+  if (n <= 0) {
+    return absl::InternalError(absl::StrCat("cannot read /proc/self/exe: ", std::strerror(errno)));
+  }
+  return std::string(path, static_cast<size_t>(n));
+}
+
 int Fail(const absl::Status& status) {
   spdlog::error("{}", EscapeTextForLog(std::string(status.message()), 4096));
   sd_notifyf(0, "STATUS=failed: %s", std::string(status.message()).c_str());
@@ -312,7 +312,8 @@ int Fail(const absl::Status& status) {
 }
 
 struct RunOptions {
-  std::string test_hook;  // GRANTVAULT_TEST_HOOKS builds only
+  std::string test_hook;    // GRANTVAULT_TEST_HOOKS builds only
+  bool allow_root = false;  // passed on to the broker
 };
 
 int Run(const std::string& config_file, const std::string& state_dir, bool init_only,
@@ -323,6 +324,7 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
     return 2;
   }
   InitLogging(config->log_level);
+  if (absl::Status heap = SetUpSecretHeap(*config, "front"); !heap.ok()) return Fail(heap);
   ipc::SetLogSink([](ipc::LogKind kind, std::string_view line) {
     // (The server's lines name peers by pid and uid only; escaped all the
     // same, so that no line from below can split into two.)
@@ -340,6 +342,29 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
     sandboxed.bounding_set_cleared = hardened->bounding_set_cleared;
   }
   RaiseDescriptorLimit();
+  // The broker's spawner, forked now: one thread, nothing read from anyone
+  // yet. The broker is this binary again, on the same configuration; it alone
+  // opens the token (creating the embedded state on first start) and the
+  // secrets.
+  std::unique_ptr<front::BrokerSpawner> spawner;
+  if (!init_only) {
+    absl::StatusOr<std::string> self = SelfExecutable();
+    if (!self.ok()) return Fail(self.status());
+    std::vector<std::string> argv = {*self};
+    if (!config_file.empty()) argv.push_back("--config=" + config_file);
+    argv.push_back("--state-dir=" + config->state_dir);
+    if (embedded.keep_so_pin) argv.push_back("--keep-so-pin");
+    if (options.allow_root) argv.push_back("--allow-root");
+#if defined(GRANTVAULT_TEST_HOOKS)
+    if (!options.test_hook.empty()) argv.push_back("--test-hook=" + options.test_hook);
+#endif
+    argv.push_back(absl::StrCat("--broker-fd=", front::BrokerSpawner::kBrokerFd));
+    absl::StatusOr<std::unique_ptr<front::BrokerSpawner>> forked =
+        front::BrokerSpawner::Fork(std::move(argv));
+    if (!forked.ok()) return Fail(forked.status());
+    spawner = *std::move(forked);
+  }
+
   // Debian's abseil is built with lock-order (deadlock) detection on, which
   // costs a graph update per lock: the tests keep it, the daemon does not.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
@@ -383,13 +408,12 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
         "is for debugging only)");
   }
 
-  std::vector<std::string> created, removed;
-  absl::StatusOr<Vault> vault = OpenVault(*config, embedded, &created, &removed);
-  if (!vault.ok()) return Fail(vault.status());
-  for (const std::string& c : created) spdlog::info("state.created {}", c);
-  for (const std::string& r : removed) spdlog::info("state.removed {}", r);
-
   if (init_only) {
+    std::vector<std::string> created, removed;
+    absl::StatusOr<Vault> vault = OpenConfiguredVault(*config, embedded, &created, &removed);
+    if (!vault.ok()) return Fail(vault.status());
+    for (const std::string& c : created) spdlog::info("state.created {}", c);
+    for (const std::string& r : removed) spdlog::info("state.removed {}", r);
     if (created.empty()) {
       std::printf("State in %s is already initialised; nothing created.\n",
                   config->state_dir.c_str());
@@ -409,15 +433,60 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
     return 0;
   }
 
-  absl::StatusOr<std::unique_ptr<OAuthEngine>> oauth =
-      MakeOAuthEngine(*config, *vault, &RealClock());
-  if (!oauth.ok()) return Fail(oauth.status());
-  Service::OAuth oauth_deps{(*oauth)->authorizer.get(), &(*oauth)->connectors->catalog(), ""};
+  front::BrokerProcess::Options broker_options;
+  broker_options.spawner = spawner.get();
+  // Events from the broker (a grant marked reauth_required, an upstream
+  // revocation attempt) reach the service once it exists.
+  absl::Mutex callbacks_mu;
+  front::Service* service_for_callbacks = nullptr;
+  front::BrokerTokens* tokens_for_callbacks = nullptr;
+  store::GrantStore* store_for_callbacks = nullptr;
+  broker::v1::HelloReply hello;
+  absl::StatusOr<std::unique_ptr<front::BrokerProcess>> broker = front::BrokerProcess::Start(
+      broker_options,
+      [&](const broker::v1::Event& event) {
+        absl::MutexLock hold(&callbacks_mu);
+        if (service_for_callbacks == nullptr) return;
+        if (event.has_reauth_required()) {
+          const auto& e = event.reauth_required();
+          tokens_for_callbacks->Forget(e.grant_id());
+          service_for_callbacks->OnReauthRequired(e.grant_id(), e.reason());
+        } else if (event.has_upstream_attempt()) {
+          const std::string& id = event.upstream_attempt().grant_id();
+          absl::StatusOr<store::Grant> grant = store_for_callbacks->GetGrant(id);
+          absl::StatusOr<store::UpstreamRevocation> state =
+              store_for_callbacks->GetUpstreamRevocation(id);
+          if (grant.ok() && state.ok()) service_for_callbacks->OnUpstreamAttempt(*grant, *state);
+        }
+      },
+      &hello);
+  if (!broker.ok()) return Fail(broker.status());
+  for (const std::string& c : hello.created()) spdlog::info("state.created {}", c);
+  for (const std::string& r : hello.removed()) spdlog::info("state.removed {}", r);
+  const std::string database_path = GrantDatabasePath(*config);
+
+  // The front's own handle on the database; the broker opened it first (and migrated it).
+  absl::StatusOr<std::unique_ptr<store::GrantStore>> store =
+      store::OpenSqliteGrantStore(database_path);
+  if (!store.ok()) return Fail(store.status());
+  absl::StatusOr<oauth::Catalog> catalog =
+      config->connector_catalog.empty() ? oauth::Catalog::LoadDefault()
+                                        : oauth::Catalog::LoadFile(config->connector_catalog);
+  if (!catalog.ok()) return Fail(catalog.status());
+  const front::BrokerLinkSource links = (*broker)->links();
+  std::unique_ptr<oauth::AuthorizationFlow> authorization =
+      front::MakeBrokerAuthorization(links, store->get(), config->oauth_refresh_timeout * 3);
+  front::Service::OAuth oauth_deps{authorization.get(), &*catalog, ""};
   // Declared before the service, so that they outlive its worker threads.
   std::unique_ptr<audit::AuditLog> audit_log;
   if (config->audit_enabled) {
+    absl::StatusOr<std::unique_ptr<audit::Signer>> signer = front::MakeBrokerSigner(links);
+    if (!signer.ok()) return Fail(signer.status());
+    absl::StatusOr<SecretBytes> fingerprint_key = front::FetchFingerprintKey(links);
+    if (!fingerprint_key.ok()) return Fail(fingerprint_key.status());
     absl::StatusOr<std::unique_ptr<audit::AuditLog>> opened =
-        OpenAuditLog(*config, *vault, &RealClock());
+        OpenAuditLog(*config, *std::move(signer), front::MakeBrokerAnchors(links),
+                     *std::move(fingerprint_key), &RealClock());
     if (!opened.ok()) return Fail(opened.status());
     audit_log = std::move(*opened);
   } else {
@@ -425,55 +494,37 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
         "audit.disabled: nothing is audited ([audit] enabled = false is for measuring "
         "the audit log's cost only)");
   }
-  Service* service_for_callbacks = nullptr;  // set once the service exists
-  tokens::RefresherDeps refresher_deps;
-  refresher_deps.store = vault->store.get();
-  refresher_deps.sealer = vault->sealer.get();
-  refresher_deps.http = (*oauth)->http.get();
-  refresher_deps.connectors = (*oauth)->connectors.get();
-  refresher_deps.clock = &RealClock();
-  refresher_deps.on_reauth_required = [&](std::string_view grant_id, std::string_view reason) {
-    if (service_for_callbacks != nullptr) service_for_callbacks->OnReauthRequired(grant_id, reason);
-  };
-  absl::StatusOr<std::unique_ptr<tokens::Refresher>> refresher =
-      tokens::Refresher::Create(refresher_deps, RefresherOptionsFrom(*config));
-  if (!refresher.ok()) return Fail(refresher.status());
-  UpstreamRevoker::Deps revoker_deps;
-  revoker_deps.store = vault->store.get();
-  revoker_deps.sealer = vault->sealer.get();
-  revoker_deps.http = (*oauth)->http.get();
-  revoker_deps.connectors = (*oauth)->connectors.get();
-  revoker_deps.clock = &RealClock();
-  revoker_deps.on_attempt = [&](const store::Grant& grant, const store::UpstreamRevocation& state) {
-    if (service_for_callbacks != nullptr) service_for_callbacks->OnUpstreamAttempt(grant, state);
-  };
-  revoker_deps.refreshing = [&](const std::string& grant_id) {
-    return (*refresher)->Refreshing(grant_id);
-  };
-  UpstreamRevoker::Options revoker_options;
-  revoker_options.request_timeout = config->oauth_revocation_timeout;
-  revoker_options.initial_backoff = config->oauth_revocation_backoff;
-  UpstreamRevoker revoker(revoker_deps, revoker_options);
-  Resolver resolver(vault->store.get(), refresher->get());
+  // A refresh and the broker hop: the broker's own request timeout, its retries, and margin.
+  front::BrokerTokens tokens(links, &RealClock(), config->oauth_refresh_timeout * 3);
+  front::Resolver resolver(store->get(), &tokens);
   absl::Status policy_loaded = LoadPolicy(config->policy_file, resolver);
   if (!policy_loaded.ok()) return Fail(policy_loaded);
-  std::unique_ptr<keys::Custodian> custodian =
-      keys::MakeLocalCustodian(vault->token.get(), vault->keys.get(), vault->sealer.get());
-  Service service(vault->store.get(), custodian.get(), oauth_deps, AdminPolicyFrom(*config),
-                  config->worker_threads, &RealClock());
-  service.EnableAgents(Service::Agents{&resolver, config->policy_file, config->agent_threads});
-  service.EnableTrail(Service::Trail{audit_log.get(), refresher->get(), [&] { revoker.Wake(); }});
-  service_for_callbacks = &service;
-  // On every way out, before the service is destroyed: the threads that call
-  // back into it (the upstream revoker, the refresher's workers) are stopped
-  // first. (The service's own workers are joined by its destructor.)
+  std::unique_ptr<keys::Custodian> custodian = front::MakeBrokerCustodian(links);
+  front::Service service(store->get(), custodian.get(), oauth_deps, AdminPolicyFrom(*config),
+                         config->worker_threads, &RealClock());
+  service.EnableAgents(
+      front::Service::Agents{&resolver, config->policy_file, config->agent_threads});
+  service.EnableTrail(
+      front::Service::Trail{audit_log.get(), &tokens, [links] {
+                              broker::v1::Request wake;
+                              wake.mutable_wake_revoker();
+                              front::CallBroker(links, wake, absl::Seconds(5)).IgnoreError();
+                            }});
+  {
+    absl::MutexLock hold(&callbacks_mu);
+    service_for_callbacks = &service;
+    tokens_for_callbacks = &tokens;
+    store_for_callbacks = store->get();
+  }
+  // On every way out, before the service is destroyed: the broker's events stop reaching it.
   absl::Cleanup stop_callers_of_service = [&] {
-    revoker.Stop();
     service.Stop();
-    refresher->reset();  // waits for a refresh still in flight (≤ refresh_timeout)
+    absl::MutexLock hold(&callbacks_mu);
     service_for_callbacks = nullptr;
+    tokens_for_callbacks = nullptr;
+    store_for_callbacks = nullptr;
   };
-  for (const std::string& c : created) {
+  for (const std::string& c : hello.created()) {
     if (!absl::StrContains(c, "KEK") && !absl::StrContains(c, "audit signing key")) continue;
     if (absl::Status audited =
             service.Audit(SystemEvent("key.created", c), audit::Durability::kDurable);
@@ -489,7 +540,6 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
       return Fail(audited);
     }
   }
-  revoker.Start();
   absl::StatusOr<Sockets> sockets = OpenSockets(*config, service);
   if (!sockets.ok()) return Fail(sockets.status());
   absl::StatusOr<std::unique_ptr<ipc::Server>> server =
@@ -499,10 +549,11 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   if (absl::Status started = (*server)->Start(); !started.ok()) return Fail(started);
   if (config->sandbox_enabled) {
     sandbox::SyscallProfile profile;
-    // One process still listens on the Unix sockets and makes the outbound
-    // HTTPS requests; it never executes a program.
+    // The front listens on the Unix sockets and makes no network connection
+    // at all (the broker does); it executes nothing (the spawner starts
+    // brokers).
     profile.allow_listen = true;
-    profile.allow_inet_sockets = true;
+    profile.allow_inet_sockets = false;
     profile.allow_exec = false;
     profile.allow_sanitizer_runtime = sandbox::BuiltWithSanitizers();
     if (absl::Status filtered = sandbox::InstallSyscallFilter(profile); !filtered.ok()) {
@@ -513,9 +564,10 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   spdlog::info("sandbox {}", sandboxed.Describe());
 
   spdlog::info(
-      "grantvaultd.ready version={} state_dir={} agent={} admin={} token={} kek={} sandbox=[{}]",
-      kServerVersion, config->state_dir, config->agent_socket, config->admin_socket,
-      vault->token->label(), vault->sealer->ActiveKek().label, sandboxed.Describe());
+      "grantvaultd.ready version={} state_dir={} agent={} admin={} token={} kek={} broker_pid={} "
+      "sandbox=[{}]",
+      front::kServerVersion, config->state_dir, config->agent_socket, config->admin_socket,
+      hello.token_label(), hello.active_kek(), (*broker)->pid(), sandboxed.Describe());
   // Before READY=1, so that whoever sees the daemon ready also sees (in the
   // log) whether the watchdog is on.
   Watchdog watchdog(server->get());
@@ -578,7 +630,6 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   }
   sd_notify(0, "STOPPING=1");
   (*server)->Shutdown(absl::Seconds(5));
-  revoker.Stop();
   service.Stop();
   for (const std::string& path : sockets->bound_paths) ::unlink(path.c_str());
   spdlog::info("grantvaultd.stopped");
@@ -609,13 +660,34 @@ int main(int argc, char** argv) {
                "unit's User=grantvault)");
 #if defined(GRANTVAULT_TEST_HOOKS)
   app.add_option("--test-hook", options.test_hook,
-                 "test builds only: what SIGUSR2 makes the daemon do (execve, open:<path>)");
+                 "test builds only: what SIGUSR2 makes the front or the broker do (keyctl, execve, "
+                 "open:<path>)");
 #endif
+  int broker_fd = -1;
+  app.add_option("--broker-fd", broker_fd)->group("");  // internal: how the front starts its broker
   CLI11_PARSE(app, argc, argv);
   if (absl::Status refused = grantvault::sandbox::RefuseRoot(::getuid(), ::geteuid(), allow_root);
       !refused.ok()) {
     std::fprintf(stderr, "grantvaultd: %s\n", std::string(refused.message()).c_str());
     return 2;
   }
+  if (broker_fd >= 0) {
+    grantvault::daemon::BrokerStart start{broker_fd,
+                                          config_file,
+                                          state_dir,
+                                          embedded,
+                                          [&](const grantvault::daemon::DaemonConfig& c) {
+                                            return grantvault::daemon::FilesystemRulesFor(
+                                                c, config_file);
+                                          },
+                                          nullptr};
+#if defined(GRANTVAULT_TEST_HOOKS)
+    if (!options.test_hook.empty()) {
+      start.test_hook = [hook = options.test_hook] { grantvault::daemon::RunTestHook(hook); };
+    }
+#endif
+    return grantvault::daemon::RunBroker(start);
+  }
+  options.allow_root = allow_root;
   return grantvault::daemon::Run(config_file, state_dir, init_only, embedded, options);
 }

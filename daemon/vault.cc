@@ -151,4 +151,23 @@ absl::StatusOr<Vault> OpenExternalVault(const hsm::TokenOptions& token, const st
   return vault;
 }
 
+absl::StatusOr<Vault> OpenConfiguredVault(const DaemonConfig& config,
+                                          const EmbeddedStateOptions& embedded,
+                                          std::vector<std::string>* created,
+                                          std::vector<std::string>* removed) {
+  if (config.uses_embedded_token()) {
+    return InitEmbeddedState(config.state_dir, created, embedded, removed);
+  }
+  hsm::TokenOptions token;
+  if (!config.hsm_module.empty()) token.module_path = config.hsm_module;
+  token.token_label = config.token_label;
+  token.pin_file = config.pin_file;
+  return OpenExternalVault(token, GrantDatabasePath(config), created);
+}
+
+std::string GrantDatabasePath(const DaemonConfig& config) {
+  if (config.uses_embedded_token()) return LayoutFor(config.state_dir).database;
+  return config.database.empty() ? config.state_dir + "/grantvault.db" : config.database;
+}
+
 }  // namespace grantvault::daemon

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "daemon/config.h"
 #include "hsm/envelope_sealer.h"
 #include "hsm/token.h"
 #include "keys/key_manager.h"
@@ -83,6 +84,15 @@ absl::StatusOr<Vault> OpenEmbeddedState(const std::string& state_dir);
 // that token (reported in `created`).
 absl::StatusOr<Vault> OpenExternalVault(const hsm::TokenOptions& token, const std::string& database,
                                         std::vector<std::string>* created = nullptr);
+
+// The vault a configuration names: the embedded state (created on first
+// start) or the external token and its database.
+absl::StatusOr<Vault> OpenConfiguredVault(const DaemonConfig& config,
+                                          const EmbeddedStateOptions& embedded,
+                                          std::vector<std::string>* created,
+                                          std::vector<std::string>* removed);
+// The grant database a configuration names.
+std::string GrantDatabasePath(const DaemonConfig& config);
 
 }  // namespace grantvault::daemon
 

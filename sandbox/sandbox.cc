@@ -284,6 +284,9 @@ constexpr const char* kBase[] = {
     "sigaltstack",
     "pidfd_open",
     "pidfd_send_signal",
+    // Reaping this process's own children (the front its broker spawner).
+    "wait4",
+    "waitid",
     // Time and randomness.
     "clock_gettime",
     "clock_getres",
@@ -309,10 +312,11 @@ constexpr const char* kBase[] = {
 };
 
 constexpr const char* kListen[] = {"bind", "listen", "accept", "accept4"};
+// Starting a program (the spawner starting a broker).
 constexpr const char* kExec[] = {"execve", "execveat"};
 // LSan's StopTheWorld: a clone() child (not a thread) ptraces every thread
 // and is waited for; PR_SET_DUMPABLE/PR_SET_PTRACER are toggled around it.
-constexpr const char* kSanitizer[] = {"ptrace", "wait4", "waitid"};
+constexpr const char* kSanitizer[] = {"ptrace"};
 
 // prctl options a running process of grantvault uses: naming threads and
 // reading its own state. PR_SET_DUMPABLE is not among them (the sanitizer
@@ -487,6 +491,11 @@ absl::Status InstallSyscallFilter(const SyscallProfile& profile) {
   for (int option : kPrctlOptions) {
     GV_RETURN_IF_ERROR(add(SCMP_ACT_ALLOW, SCMP_SYS(prctl), "prctl",
                            {SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(option))}));
+  }
+  if (profile.allow_exec && !profile.allow_sanitizer_runtime) {
+    // The child about to exec asks to die with its parent.
+    GV_RETURN_IF_ERROR(add(SCMP_ACT_ALLOW, SCMP_SYS(prctl), "prctl",
+                           {SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(PR_SET_PDEATHSIG))}));
   }
   if (profile.allow_sanitizer_runtime) {
     for (int option : kSanitizerPrctlOptions) {

@@ -58,7 +58,7 @@ struct SyscallProfile {
   bool allow_inet_sockets = false;
   // bind, listen, accept, accept4.
   bool allow_listen = false;
-  // execve, execveat.
+  // execve, execveat, wait4, waitid, prctl(PR_SET_PDEATHSIG): starting and reaping a child.
   bool allow_exec = false;
   // The syscalls the ASan/LSan runtime makes (LSan's leak check at exit
   // ptraces the process's own threads from a clone() child and toggles

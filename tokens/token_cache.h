@@ -52,7 +52,7 @@ uint64_t NewTokenSerial();
 
 // Strictly valid: not expired at `now`, and valid for at least `min_valid`
 // more. Every token ValidFor a caller's min_valid is also ServesMinValid for
-// it, so a caller that remembers only a token's expiry (daemon/repeat_memo.h)
+// it, so a caller that remembers only a token's expiry (front/repeat_memo.h)
 // and applies this answers a subset of what the cache answers.
 inline bool ValidFor(absl::Time expires_at, absl::Time now, absl::Duration min_valid) {
   return expires_at > now && expires_at - now >= min_valid;

@@ -364,7 +364,7 @@ TEST_F(ResolveTest, ThePolicyRefusesWhatItDoesNotAllow) {
 }
 
 // One connection repeating one request is answered from its memo of the last
-// counted release (daemon/service.h, RepeatMemo): every change the answer
+// counted release (front/service.h, RepeatMemo): every change the answer
 // depends on must end the memo at once.
 TEST_F(ResolveTest, ARepeatedResolveIsAnsweredAfreshOnceAnythingItRestsOnChanges) {
   const v1::Request read = ResolveRequest(kWorkspace, "read_docs");

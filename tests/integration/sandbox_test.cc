@@ -1,8 +1,9 @@
 // grantvaultd's in-process sandbox (sandbox/), seen from outside the running
-// daemon: root is refused without --allow-root; the process is not dumpable
-// (no ptrace by its own uid, no core file), has no capabilities, runs under a
-// seccomp filter that kills it for a syscall off the list, and cannot open a
-// file outside its Landlock rules.
+// daemon: root is refused without --allow-root; the front and the broker are
+// each not dumpable (no ptrace by their own uid, no core file), have no
+// capabilities, run under a seccomp filter that kills them for a syscall off
+// their list (execve for both), and cannot open a file outside their Landlock
+// rules. A broker killed so is replaced by the front.
 #include "sandbox/sandbox.h"
 
 #include <dirent.h>
@@ -28,6 +29,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/daemon_process.h"
+#include "tests/testing/process_tree.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/wait.h"
 
@@ -37,6 +39,7 @@ namespace {
 using testing::CommandResult;
 using testing::DaemonProcess;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using testing::RunCommand;
 using testing::TempDir;
 
@@ -108,6 +111,24 @@ class SandboxTest : public ::testing::Test {
   }
 
   bool NeedsRoot() { return ::geteuid() == 0 && !Setpriv().empty(); }
+
+  pid_t BrokerPid() const { return testing::WaitForBroker(daemon_->pid()); }
+  // Waits for the front to have started a broker other than `dead`; its pid.
+  pid_t WaitForAnotherBroker(pid_t dead) const {
+    return testing::WaitForBroker(daemon_->pid(), dead, absl::Seconds(30));
+  }
+  // The entries of the daemon's working directory (where a core would go).
+  std::vector<std::string> FilesInWorkDirectory() const {
+    std::vector<std::string> left;
+    DIR* dir = ::opendir(work_.c_str());
+    if (dir == nullptr) return {"(cannot open the working directory)"};
+    while (dirent* e = ::readdir(dir)) {
+      if (std::string(e->d_name) != "." && std::string(e->d_name) != "..")
+        left.push_back(e->d_name);
+    }
+    ::closedir(dir);
+    return left;
+  }
 
   TempDir dir_;
   std::string state_, work_;
@@ -207,22 +228,107 @@ TEST_F(SandboxTest, SigsegvLeavesNoCoreFile) {
               ::testing::ContainsRegex("Max core file size +0 +0 "));
   daemon_->Signal(SIGSEGV);
   EXPECT_NE(daemon_->Wait(), 0);
-  DIR* dir = ::opendir(work_.c_str());
-  ASSERT_NE(dir, nullptr);
-  std::vector<std::string> left;
-  while (dirent* e = ::readdir(dir)) {
-    if (std::string(e->d_name) != "." && std::string(e->d_name) != "..") left.push_back(e->d_name);
+  EXPECT_THAT(FilesInWorkDirectory(), ::testing::IsEmpty());
+}
+
+TEST_F(SandboxTest, BrokerHasItsOwnSeccompFilterNoNewPrivsNoCapabilitiesAndLandlock) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root";
+  StartAsRoot();
+  const pid_t broker = BrokerPid();
+  ASSERT_GT(broker, 0) << daemon_->Stderr();
+  ASSERT_NE(broker, daemon_->pid());
+  std::map<std::string, std::string> status = ProcStatus(broker);
+  EXPECT_EQ(status["Seccomp"], "2");
+  EXPECT_EQ(status["NoNewPrivs"], "1");
+  for (const char* set : {"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"}) {
+    EXPECT_EQ(status[set], "0000000000000000") << set;
   }
-  ::closedir(dir);
-  EXPECT_THAT(left, ::testing::IsEmpty());
+  EXPECT_THAT(Slurp(absl::StrCat("/proc/", broker, "/limits")),
+              ::testing::ContainsRegex("Max core file size +0 +0 "));
+  EXPECT_THAT(daemon_->Stderr(), HasSubstr("sandbox=[seccomp=on landlock="));
+  if (sandbox::LandlockAbi() > 0) {
+    EXPECT_THAT(daemon_->Stderr(), ::testing::ContainsRegex("broker.ready .*landlock=abi[0-9]"));
+  }
+  EXPECT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->Stderr();
+}
+
+TEST_F(SandboxTest, BrokerPtraceFromTheSameUidIsRefused) {
+  if (!NeedsRoot()) GTEST_SKIP() << "needs root and setpriv to start the daemon as 65534";
+  StartAsNobody();
+  const pid_t broker = BrokerPid();
+  ASSERT_GT(broker, 0) << daemon_->Stderr();
+  EXPECT_EQ(ProcStatus(broker)["Uid"].substr(0, 5), "65534");
+  EXPECT_EQ(PtraceAsNobody(broker), 0) << "0: EPERM for PTRACE_ATTACH and PTRACE_SEIZE";
+  EXPECT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->Stderr();
+}
+
+TEST_F(SandboxTest, BrokerSigsegvLeavesNoCoreFileAndTheFrontStartsAnother) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root";
+  StartAsRoot();
+  const pid_t broker = BrokerPid();
+  ASSERT_GT(broker, 0) << daemon_->Stderr();
+  ASSERT_EQ(::kill(broker, SIGSEGV), 0);
+  const pid_t next = WaitForAnotherBroker(broker);
+  ASSERT_GT(next, 0) << daemon_->Stderr();
+  EXPECT_THAT(daemon_->Stderr(), HasSubstr(absl::StrCat("broker.died pid=", broker, " signal=")));
+  EXPECT_THAT(FilesInWorkDirectory(), ::testing::IsEmpty());
+  EXPECT_TRUE(daemon_->running());
+  EXPECT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->Stderr();
 }
 
 #if defined(GV_TEST_HOOKS)
 TEST_F(SandboxTest, ASyscallOffTheListKillsTheDaemonWithSigsys) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root";
+  StartAsRoot({"--test-hook", "keyctl"});
+  daemon_->Signal(SIGUSR2);
+  EXPECT_EQ(daemon_->Wait(), 128 + SIGSYS) << daemon_->Stderr();
+}
+
+TEST_F(SandboxTest, TheFrontCannotStartAProgram) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root";
   StartAsRoot({"--test-hook", "execve"});
   daemon_->Signal(SIGUSR2);
   EXPECT_EQ(daemon_->Wait(), 128 + SIGSYS) << daemon_->Stderr();
+}
+
+// keyctl (off both lists) and execve: each kills the broker with SIGSYS, and
+// the front, still serving, starts another.
+TEST_F(SandboxTest, ASyscallOffTheBrokersListKillsItAndTheFrontStartsAnother) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root";
+  for (const char* hook : {"keyctl", "execve"}) {
+    SCOPED_TRACE(hook);
+    StartAsRoot({"--test-hook", hook});
+    const pid_t broker = BrokerPid();
+    ASSERT_GT(broker, 0) << daemon_->Stderr();
+    ASSERT_EQ(::kill(broker, SIGUSR2), 0);
+    ASSERT_GT(WaitForAnotherBroker(broker), 0) << daemon_->Stderr();
+    EXPECT_THAT(daemon_->Stderr(),
+                HasSubstr(absl::StrCat("broker.died pid=", broker, " signal=Bad system call")));
+    EXPECT_THAT(daemon_->Stderr(), Not(HasSubstr("test_hook.")));  // it never returned
+    EXPECT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->Stderr();
+  }
+}
+
+TEST_F(SandboxTest, BrokerLandlockDeniesAFileOutsideItsRulesByDefault) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root";
+  if (sandbox::LandlockAbi() == 0) GTEST_SKIP() << "this kernel has no Landlock";
+  const std::string outside = dir_.Join("outside.txt");
+  std::ofstream(outside) << "not the broker's\n";
+  ASSERT_EQ(::chmod(outside.c_str(), 0644), 0);
+  StartAsRoot({"--test-hook", "open:" + outside});  // no [sandbox] landlock: the broker's default
+  const pid_t broker = BrokerPid();
+  ASSERT_GT(broker, 0) << daemon_->Stderr();
+  ASSERT_EQ(::kill(broker, SIGUSR2), 0);
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return absl::StrContains(daemon_->Stderr(), "test_hook.open"); }, absl::Seconds(10)))
+      << daemon_->Stderr();
+  EXPECT_THAT(daemon_->Stderr(), HasSubstr("result=Permission denied"));
+  // The front, without [sandbox] landlock, opens it (the control).
+  daemon_->Signal(SIGUSR2);
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return absl::StrContains(daemon_->Stderr(), "result=opened"); }, absl::Seconds(10)))
+      << daemon_->Stderr();
+  EXPECT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->Stderr();
 }
 
 TEST_F(SandboxTest, LandlockDeniesAFileOutsideItsRules) {

@@ -6,8 +6,13 @@
 // there from a snapshot refreshed at most once a second; everything that
 // touches the token or the database runs on the service's worker pool, never
 // on an I/O thread.
-#ifndef GRANTVAULT_DAEMON_SERVICE_H_
-#define GRANTVAULT_DAEMON_SERVICE_H_
+//
+// The methods are defined by responsibility: front/service.cc (construction,
+// connect and disconnect, caller admission, frame dispatch), admin_requests.cc,
+// oauth_requests.cc, agent_resolve.cc, release_audit.cc, subscriptions.cc,
+// revocation.cc, status.cc and audit_export.cc.
+#ifndef GRANTVAULT_FRONT_SERVICE_H_
+#define GRANTVAULT_FRONT_SERVICE_H_
 
 #include <sys/types.h>
 
@@ -27,9 +32,9 @@
 #include "audit/audit_log.h"
 #include "common/clock.h"
 #include "common/secret_bytes.h"
-#include "daemon/repeat_memo.h"
-#include "daemon/resolver.h"
-#include "daemon/unmatched_callers.h"
+#include "front/repeat_memo.h"
+#include "front/resolver.h"
+#include "front/unmatched_callers.h"
 #include "grantvault/v1/envelope.pb.h"
 #include "ipc/server.h"
 #include "keys/custodian.h"
@@ -38,7 +43,7 @@
 #include "store/grant_store.h"
 #include "tokens/token_source.h"
 
-namespace grantvault::daemon {
+namespace grantvault::front {
 
 inline constexpr char kServerVersion[] = "0.1.0";
 
@@ -338,6 +343,6 @@ class Service {
 // Sends one Response on `connection` (final unless response.more()).
 void SendResponse(ipc::Connection& connection, const v1::Response& response);
 
-}  // namespace grantvault::daemon
+}  // namespace grantvault::front
 
-#endif  // GRANTVAULT_DAEMON_SERVICE_H_
+#endif  // GRANTVAULT_FRONT_SERVICE_H_

@@ -4,8 +4,8 @@
 // log that cannot be written makes revocations fail closed. So such a peer
 // gets at most one `caller.unmatched` record per interval per uid, carrying
 // how many refusals it stands for (docs/audit.md, "Refusals").
-#ifndef GRANTVAULT_DAEMON_UNMATCHED_CALLERS_H_
-#define GRANTVAULT_DAEMON_UNMATCHED_CALLERS_H_
+#ifndef GRANTVAULT_FRONT_UNMATCHED_CALLERS_H_
+#define GRANTVAULT_FRONT_UNMATCHED_CALLERS_H_
 
 #include <sys/types.h>
 
@@ -21,7 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
-namespace grantvault::daemon {
+namespace grantvault::front {
 
 // Thread-safe. Memory is bounded: at most `max_uids` uids are told apart;
 // refusals of further uids are counted together (Summary::uid empty).
@@ -60,6 +60,6 @@ class UnmatchedCallerTally {
   std::map<uid_t, Entry> entries_ ABSL_GUARDED_BY(mu_);
 };
 
-}  // namespace grantvault::daemon
+}  // namespace grantvault::front
 
-#endif  // GRANTVAULT_DAEMON_UNMATCHED_CALLERS_H_
+#endif  // GRANTVAULT_FRONT_UNMATCHED_CALLERS_H_

@@ -19,8 +19,8 @@
 // It checks the request and the state; the caller's liveness (the PID-reuse
 // check) and counting the repeat remain the caller's to do, as on the full
 // path. Not thread-safe: the connection's slot guards it.
-#ifndef GRANTVAULT_DAEMON_REPEAT_MEMO_H_
-#define GRANTVAULT_DAEMON_REPEAT_MEMO_H_
+#ifndef GRANTVAULT_FRONT_REPEAT_MEMO_H_
+#define GRANTVAULT_FRONT_REPEAT_MEMO_H_
 
 #include <cstdint>
 #include <memory>
@@ -36,7 +36,7 @@
 #include "policy/attestation.h"
 #include "store/grant_store.h"
 
-namespace grantvault::daemon {
+namespace grantvault::front {
 
 class RepeatMemo {
  public:
@@ -110,6 +110,6 @@ class RepeatMemo {
   Basis basis_;
 };
 
-}  // namespace grantvault::daemon
+}  // namespace grantvault::front
 
-#endif  // GRANTVAULT_DAEMON_REPEAT_MEMO_H_
+#endif  // GRANTVAULT_FRONT_REPEAT_MEMO_H_

@@ -1,4 +1,4 @@
-#include "daemon/repeat_memo.h"
+#include "front/repeat_memo.h"
 
 #include <memory>
 #include <optional>
@@ -6,7 +6,7 @@
 
 #include "gtest/gtest.h"
 
-namespace grantvault::daemon {
+namespace grantvault::front {
 namespace {
 
 class RepeatMemoTest : public ::testing::Test {
@@ -189,4 +189,4 @@ TEST_F(RepeatMemoTest, NothingIsRememberedWithoutAResolveARecordACallerAGrantOrA
 }
 
 }  // namespace
-}  // namespace grantvault::daemon
+}  // namespace grantvault::front

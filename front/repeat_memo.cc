@@ -1,11 +1,11 @@
-#include "daemon/repeat_memo.h"
+#include "front/repeat_memo.h"
 
 #include <utility>
 
 #include "google/protobuf/io/coded_stream.h"
 #include "tokens/token_cache.h"
 
-namespace grantvault::daemon {
+namespace grantvault::front {
 
 std::optional<RepeatMemo::Framed> RepeatMemo::SplitRequestId(std::string_view frame) {
   constexpr uint32_t kRequestIdTag = (1 << 3) | 0;  // field 1, varint
@@ -53,4 +53,4 @@ bool RepeatMemo::Answers(std::string_view rest, absl::Time now, const Current& c
          current.serial == b.serial && current.counting == b.counting.get() && rest == encoded_;
 }
 
-}  // namespace grantvault::daemon
+}  // namespace grantvault::front

@@ -1,11 +1,11 @@
-#include "daemon/resolver.h"
+#include "front/resolver.h"
 
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 
-namespace grantvault::daemon {
+namespace grantvault::front {
 // The executable's path is always collected at accept; only its hash may
 // still be missing (and never can be added when the executable could not be
 // read).
@@ -248,4 +248,4 @@ std::optional<absl::StatusOr<Resolved>> Resolver::ResolveIfCached(
                                            *std::move(scopes)});
 }
 
-}  // namespace grantvault::daemon
+}  // namespace grantvault::front

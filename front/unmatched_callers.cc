@@ -1,8 +1,8 @@
-#include "daemon/unmatched_callers.h"
+#include "front/unmatched_callers.h"
 
 #include <utility>
 
-namespace grantvault::daemon {
+namespace grantvault::front {
 
 std::optional<UnmatchedCallerTally::Summary> UnmatchedCallerTally::Count(uid_t uid, pid_t pid,
                                                                          std::string_view reason,
@@ -45,4 +45,4 @@ std::vector<UnmatchedCallerTally::Summary> UnmatchedCallerTally::Drain() {
   return out;
 }
 
-}  // namespace grantvault::daemon
+}  // namespace grantvault::front

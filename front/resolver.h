@@ -17,8 +17,8 @@
 //   InvalidArgument    a malformed request
 //
 // Thread-safe; blocking (run it on a worker thread, never an I/O thread).
-#ifndef GRANTVAULT_DAEMON_RESOLVER_H_
-#define GRANTVAULT_DAEMON_RESOLVER_H_
+#ifndef GRANTVAULT_FRONT_RESOLVER_H_
+#define GRANTVAULT_FRONT_RESOLVER_H_
 
 #include <atomic>
 #include <map>
@@ -38,7 +38,7 @@
 #include "store/grant_store.h"
 #include "tokens/token_source.h"
 
-namespace grantvault::daemon {
+namespace grantvault::front {
 
 struct ResolveQuery {
   std::string workspace_id;
@@ -180,6 +180,6 @@ class Resolver {
   std::atomic<uint64_t> generation_{0};  // bumped after SetPolicy and ForgetGrant
 };
 
-}  // namespace grantvault::daemon
+}  // namespace grantvault::front
 
-#endif  // GRANTVAULT_DAEMON_RESOLVER_H_
+#endif  // GRANTVAULT_FRONT_RESOLVER_H_

@@ -1,8 +1,8 @@
-#include "daemon/unmatched_callers.h"
+#include "front/unmatched_callers.h"
 
 #include "gtest/gtest.h"
 
-namespace grantvault::daemon {
+namespace grantvault::front {
 namespace {
 
 const absl::Time kStart = absl::FromUnixSeconds(1'800'000'000);
@@ -62,4 +62,4 @@ TEST(UnmatchedCallerTallyTest, UidsBeyondTheLimitAreCountedTogether) {
 }
 
 }  // namespace
-}  // namespace grantvault::daemon
+}  // namespace grantvault::front
