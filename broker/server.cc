@@ -41,6 +41,9 @@ store::ConnectorRegistration FromProto(const v1::ConnectorRegistration& in) {
 
 }  // namespace
 
+// Calls waiting for a worker (more: the front is broken, and the link closed).
+constexpr size_t kMaxQueuedCalls = 4096;
+
 Server::Server(UniqueFd fd, size_t workers) : worker_count_(workers) {
   channel_ = ipc::PacketChannel::Start(
       std::move(fd), [this](std::string_view p) { OnPacket(p); },
@@ -56,7 +59,9 @@ Server::~Server() {
     absl::MutexLock lock(&mu_);
     closed_ = true;
   }
-  for (std::thread& t : workers_) t.join();
+  for (std::thread& t : workers_) {
+    if (t.joinable()) t.join();
+  }
   channel_.reset();
 }
 
@@ -73,8 +78,14 @@ void Server::Serve(const ServerDeps& deps) {
     serving_ = true;
   }
   for (size_t i = 0; i < worker_count_; ++i) workers_.emplace_back([this] { WorkerLoop(); });
-  absl::MutexLock lock(&mu_);
-  mu_.Await(absl::Condition(&closed_));
+  {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&closed_));
+  }
+  // Each worker finishes the call it is running (with the dependencies its
+  // caller still holds) before Serve returns and they are destroyed.
+  for (std::thread& t : workers_) t.join();
+  workers_.clear();
 }
 
 void Server::OnPacket(std::string_view bytes) {
@@ -85,6 +96,13 @@ void Server::OnPacket(std::string_view bytes) {
     return;
   }
   absl::MutexLock lock(&mu_);
+  if (queue_.size() >= kMaxQueuedCalls) {
+    // The front never has this many calls waiting (its callers are bounded
+    // by its own threads): it is broken or hostile.
+    closed_ = true;
+    channel_->Close();
+    return;
+  }
   queue_.emplace_back(packet.call_id(), std::move(*packet.mutable_request()));
 }
 
@@ -107,9 +125,13 @@ void Server::WorkerLoop() {
 
 void Server::Run(uint64_t call_id, v1::Request request) {
   v1::Reply reply = Handle(call_id, request);
-  // What the front sent may have held a client secret or a code.
-  ipc::WipeString(*request.mutable_register_()->mutable_client_secret());
-  ipc::WipeString(*request.mutable_complete()->mutable_code());
+  // What the front sent may have held a client secret or a code (read
+  // through the case: a mutable_ accessor of another case would clear it).
+  if (request.body_case() == v1::Request::kRegister) {
+    ipc::WipeString(*request.mutable_register_()->mutable_client_secret());
+  } else if (request.body_case() == v1::Request::kComplete) {
+    ipc::WipeString(*request.mutable_complete()->mutable_code());
+  }
   Reply(call_id, reply);
 }
 
@@ -120,8 +142,11 @@ void Server::Reply(uint64_t call_id, v1::Reply& reply) {
   std::string bytes = packet.SerializeAsString();
   channel_->Send(bytes).IgnoreError();  // the front is gone: nobody to answer
   ipc::WipeString(bytes);
-  ipc::WipeString(*packet.mutable_reply()->mutable_token()->mutable_token());
-  ipc::WipeString(*packet.mutable_reply()->mutable_fingerprint_key()->mutable_key());
+  if (packet.reply().body_case() == v1::Reply::kToken) {
+    ipc::WipeString(*packet.mutable_reply()->mutable_token()->mutable_token());
+  } else if (packet.reply().body_case() == v1::Reply::kFingerprintKey) {
+    ipc::WipeString(*packet.mutable_reply()->mutable_fingerprint_key()->mutable_key());
+  }
 }
 
 v1::Reply Server::Handle(uint64_t call_id, v1::Request& request) {

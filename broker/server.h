@@ -52,7 +52,8 @@ class Server {
 
   // Sends an event to the front (thread-safe; dropped once the link is gone).
   void SendEvent(const v1::Event& event);
-  // Serves calls until the front closes the channel (or exits). Blocking.
+  // Serves calls until the front closes the channel (or exits), and returns
+  // once every call in progress has finished. Blocking.
   void Serve(const ServerDeps& deps);
 
  private:

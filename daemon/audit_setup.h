@@ -12,8 +12,8 @@
 #include "audit/anchor.h"
 #include "audit/audit_log.h"
 #include "audit/signer.h"
-#include "common/secret_bytes.h"
 #include "common/clock.h"
+#include "common/secret_bytes.h"
 #include "daemon/config.h"
 #include "daemon/vault.h"
 

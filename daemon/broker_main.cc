@@ -2,6 +2,7 @@
 
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -37,6 +38,12 @@ int Fail(const absl::Status& status) {
 
 int RunBroker(const BrokerStart& start) {
   const EmbeddedStateOptions& embedded = start.embedded;
+  // Not dumpable and no core before anything is opened: execve made the
+  // process dumpable again, and the PIN is read below (HardenProcess, later,
+  // does the rest).
+  ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  const struct rlimit no_core = {0, 0};
+  ::setrlimit(RLIMIT_CORE, &no_core);
   // Dies with the front, and is of no use to anyone else.
   ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   ::signal(SIGPIPE, SIG_IGN);

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -435,6 +436,13 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
 
   front::BrokerProcess::Options broker_options;
   broker_options.spawner = spawner.get();
+  // No broker can be started any more (the spawner is gone): stop, with a
+  // failure status, so that systemd's Restart=on-failure starts us again.
+  std::atomic<bool> broker_lost_for_good{false};
+  broker_options.on_fatal = [&broker_lost_for_good](const absl::Status&) {
+    broker_lost_for_good = true;
+    ::kill(::getpid(), SIGTERM);
+  };
   // Events from the broker (a grant marked reauth_required, an upstream
   // revocation attempt) reach the service once it exists.
   absl::Mutex callbacks_mu;
@@ -633,7 +641,7 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   service.Stop();
   for (const std::string& path : sockets->bound_paths) ::unlink(path.c_str());
   spdlog::info("grantvaultd.stopped");
-  return 0;
+  return broker_lost_for_good ? 1 : 0;
 }
 
 }  // namespace

@@ -16,6 +16,19 @@ absl::Status StatusOf(const broker::v1::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(code), status.message());
 }
 
+namespace {
+
+void WipeSecretsOf(broker::v1::Reply& reply) {
+  // Through the case: a mutable_ accessor of another case would clear it.
+  if (reply.body_case() == broker::v1::Reply::kToken) {
+    ipc::WipeString(*reply.mutable_token()->mutable_token());
+  } else if (reply.body_case() == broker::v1::Reply::kFingerprintKey) {
+    ipc::WipeString(*reply.mutable_fingerprint_key()->mutable_key());
+  }
+}
+
+}  // namespace
+
 void SetStatus(const absl::Status& from, broker::v1::Status* to) {
   to->set_code(static_cast<int>(from.code()));
   to->set_message(std::string(from.message()));
@@ -53,9 +66,13 @@ absl::StatusOr<broker::v1::Reply> BrokerLink::Call(const broker::v1::Request& re
   packet.set_call_id(id);
   *packet.mutable_request() = request;
   std::string bytes = packet.SerializeAsString();
-  // The request may hold a client secret or an authorization code.
-  ipc::WipeString(*packet.mutable_request()->mutable_register_()->mutable_client_secret());
-  ipc::WipeString(*packet.mutable_request()->mutable_complete()->mutable_code());
+  // The request may hold a client secret or an authorization code (read
+  // through the case: a mutable_ accessor of another case would clear it).
+  if (packet.request().body_case() == broker::v1::Request::kRegister) {
+    ipc::WipeString(*packet.mutable_request()->mutable_register_()->mutable_client_secret());
+  } else if (packet.request().body_case() == broker::v1::Request::kComplete) {
+    ipc::WipeString(*packet.mutable_request()->mutable_complete()->mutable_code());
+  }
   absl::Status sent = channel_->Send(bytes);
   ipc::WipeString(bytes);
   absl::MutexLock lock(&mu_);
@@ -68,14 +85,21 @@ absl::StatusOr<broker::v1::Reply> BrokerLink::Call(const broker::v1::Request& re
   };
   mu_.AwaitWithTimeout(absl::Condition(&answered), timeout);
   pending_.erase(id);
-  if (!pending->failed.ok()) return pending->failed;
+  if (!pending->failed.ok()) {
+    if (pending->reply.has_value()) WipeSecretsOf(*pending->reply);
+    return pending->failed;
+  }
   if (!pending->reply.has_value()) {
     return absl::UnavailableError(
         absl::StrCat("the broker did not answer within ", absl::FormatDuration(timeout)));
   }
   broker::v1::Reply reply = *std::move(pending->reply);
+  WipeSecretsOf(*pending->reply);  // what a move may leave behind
   absl::Status status = StatusOf(reply.status());
-  if (!status.ok()) return status;
+  if (!status.ok()) {
+    WipeSecretsOf(reply);
+    return status;
+  }
   return reply;
 }
 
@@ -94,14 +118,19 @@ void BrokerLink::OnPacket(std::string_view bytes) {
   {
     absl::MutexLock lock(&mu_);
     auto it = pending_.find(packet.call_id());
-    if (it == pending_.end()) return;  // the caller gave up
+    if (it == pending_.end()) {  // the caller gave up
+      WipeSecretsOf(*packet.mutable_reply());
+      return;
+    }
     pending = it->second;
     if (!packet.reply().more()) {
       pending->reply = std::move(*packet.mutable_reply());
+      WipeSecretsOf(*packet.mutable_reply());  // what a move may leave behind
       return;
     }
   }
   if (pending->progress) pending->progress(packet.reply());
+  WipeSecretsOf(*packet.mutable_reply());
 }
 
 void BrokerLink::OnChannelClosed(const absl::Status& why) {

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <utility>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "spdlog/spdlog.h"
@@ -52,7 +53,9 @@ absl::StatusOr<std::unique_ptr<BrokerProcess>> BrokerProcess::Start(Options opti
     process->link_ = spawned.link;
     process->pid_ = spawned.pid;
     process->pidfd_ = spawned.pidfd;
-    process->link_ready_ = greeted.ok();
+    process->generation_ = spawned.generation;
+    process->link_closed_ = !spawned.link->alive();
+    process->link_ready_ = greeted.ok() && !process->link_closed_;
   }
   if (!greeted.ok()) return greeted;  // the destructor reaps it
   process->supervisor_ = std::thread([p = process.get()] { p->Supervise(); });
@@ -101,6 +104,11 @@ int BrokerProcess::restarts() const {
 
 absl::StatusOr<BrokerProcess::Running> BrokerProcess::Spawn() {
   GV_ASSIGN_OR_RETURN(SpawnedBroker spawned, options_.spawner->Spawn());
+  uint64_t generation;
+  {
+    absl::MutexLock lock(&mu_);
+    generation = ++spawned_;
+  }
   auto* self = this;
   std::shared_ptr<BrokerLink> link = BrokerLink::Connect(
       std::move(spawned.link),
@@ -108,12 +116,14 @@ absl::StatusOr<BrokerProcess::Running> BrokerProcess::Spawn() {
         absl::MutexLock lock(&self->mu_);
         if (self->events_.size() < kMaxQueuedEvents) self->events_.push_back(event);
       },
-      [self](const absl::Status&) {
+      [self, generation](const absl::Status&) {
+        // Only the current broker's link closing matters: an older one's
+        // (a broker that failed its hello, killed since) may close late.
         absl::MutexLock lock(&self->mu_);
-        self->link_closed_ = true;
+        if (self->generation_ == generation) self->link_closed_ = true;
       });
-  return Running{std::move(link), std::make_shared<UniqueFd>(std::move(spawned.pidfd)),
-                 spawned.pid};
+  return Running{std::move(link), std::make_shared<UniqueFd>(std::move(spawned.pidfd)), spawned.pid,
+                 generation};
 }
 
 absl::Status BrokerProcess::Hello(BrokerLink& link, broker::v1::HelloReply* hello) {
@@ -175,13 +185,23 @@ void BrokerProcess::Supervise() {
       if (mu_.AwaitWithTimeout(absl::Condition(&stopping_), backoff)) return;
     }
     absl::StatusOr<Running> spawned = Spawn();
+    if (!spawned.ok() && absl::IsAborted(spawned.status())) {
+      spdlog::error("broker.unrecoverable: {}; the daemon stops",
+                    std::string(spawned.status().message()));
+      if (options_.on_fatal) options_.on_fatal(spawned.status());
+      return;
+    }
     absl::Status greeted = spawned.ok() ? Hello(*spawned->link, nullptr) : spawned.status();
-    absl::MutexLock lock(&mu_);
+    // The link replaced is released after the lock: closing it joins its
+    // reader, which may be waiting for the lock in its close callback.
+    std::shared_ptr<BrokerLink> replaced;
+    absl::ReleasableMutexLock lock(&mu_);
     ++restarts_;
     if (spawned.ok()) {
-      link_ = spawned->link;
+      replaced = std::exchange(link_, spawned->link);
       pid_ = spawned->pid;
       pidfd_ = spawned->pidfd;
+      generation_ = spawned->generation;
       link_closed_ = !greeted.ok() || !link_->alive();
       link_ready_ = greeted.ok() && !link_closed_;
     }
@@ -194,6 +214,8 @@ void BrokerProcess::Supervise() {
       // Loops again at once: link_closed_ is still set.
       backoff = std::min(options_.max_backoff, backoff * 2);
     }
+    lock.Release();
+    replaced.reset();
   }
 }
 

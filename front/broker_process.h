@@ -10,7 +10,9 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -29,6 +31,10 @@ class BrokerProcess {
  public:
   struct Options {
     BrokerSpawner* spawner = nullptr;  // must outlive the BrokerProcess
+    // Called once, on the supervisor's thread, when no broker can be started
+    // any more (the spawner is gone): the daemon should stop (and systemd
+    // start it again) rather than serve without one.
+    std::function<void(const absl::Status&)> on_fatal;
     absl::Duration min_backoff = absl::Milliseconds(100);
     absl::Duration max_backoff = absl::Seconds(5);
     // Opening the vault may initialise a token on first start.
@@ -57,6 +63,7 @@ class BrokerProcess {
     std::shared_ptr<BrokerLink> link;
     std::shared_ptr<UniqueFd> pidfd;
     pid_t pid;
+    uint64_t generation;  // which Spawn() made it
   };
   // Has the spawner start a broker; its link and pidfd.
   absl::StatusOr<Running> Spawn();
@@ -68,8 +75,10 @@ class BrokerProcess {
   const BrokerLink::OnEvent on_event_;
   mutable absl::Mutex mu_;
   std::shared_ptr<BrokerLink> link_ ABSL_GUARDED_BY(mu_);
-  bool link_ready_ ABSL_GUARDED_BY(mu_) = false;  // hello answered
-  bool link_closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool link_ready_ ABSL_GUARDED_BY(mu_) = false;   // hello answered
+  bool link_closed_ ABSL_GUARDED_BY(mu_) = false;  // of the link of `generation_`
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;   // of link_
+  uint64_t spawned_ ABSL_GUARDED_BY(mu_) = 0;      // generations handed out
   pid_t pid_ ABSL_GUARDED_BY(mu_) = -1;
   std::shared_ptr<UniqueFd> pidfd_ ABSL_GUARDED_BY(mu_);
   int restarts_ ABSL_GUARDED_BY(mu_) = 0;

@@ -210,16 +210,24 @@ BrokerSpawner::~BrokerSpawner() {
 
 absl::StatusOr<SpawnedBroker> BrokerSpawner::Spawn() {
   absl::MutexLock lock(&mu_);
-  if (!channel_.valid()) return absl::FailedPreconditionError("the spawner is stopped");
+  if (!channel_.valid()) return absl::AbortedError("the broker spawner is gone");
+  // Anything but a well-formed answer in time leaves the channel out of step
+  // (a late answer would be read as the next one's): the spawner is given up,
+  // and so is the daemon (BrokerProcess).
+  auto give_up = [this](std::string why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    channel_.reset();  // the spawner sees its channel close, ends its brokers and exits
+    return absl::AbortedError(std::move(why));
+  };
   const uint8_t request = kSpawnRequest;
   if (::send(channel_.get(), &request, sizeof(request), MSG_NOSIGNAL) != 1) {
-    return absl::UnavailableError(
-        absl::StrCat("the broker spawner is gone: ", std::strerror(errno)));
+    return give_up(absl::StrCat("the broker spawner is gone: ", std::strerror(errno)));
   }
   pollfd pfd{channel_.get(), POLLIN, 0};
-  if (::poll(&pfd, 1, 10'000) != 1) {
-    return absl::UnavailableError("the broker spawner did not answer within 10 s");
-  }
+  int ready;
+  do {
+    ready = ::poll(&pfd, 1, 10'000);
+  } while (ready < 0 && errno == EINTR);
+  if (ready != 1) return give_up("the broker spawner did not answer within 10 s");
   SpawnReply reply{};
   iovec iov{&reply, sizeof(reply)};
   msghdr msg{};
@@ -241,15 +249,18 @@ absl::StatusOr<SpawnedBroker> BrokerSpawner::Spawn() {
     spawned.link = UniqueFd(fds[0]);
     spawned.pidfd = UniqueFd(fds[1]);
   }
+  if (n == 0) return give_up("the broker spawner is gone");
   if (n != static_cast<ssize_t>(sizeof(reply)) || (msg.msg_flags & MSG_CTRUNC) != 0) {
-    return absl::UnavailableError("the broker spawner's answer is malformed");
+    return give_up("the broker spawner's answer is malformed");
   }
   if (reply.error != 0) {
+    // Fork or socketpair failed there (out of processes or descriptors): worth
+    // trying again later.
     return absl::UnavailableError(
         absl::StrCat("the broker spawner could not start a broker: ", std::strerror(reply.error)));
   }
   if (!spawned.link.valid() || !spawned.pidfd.valid()) {
-    return absl::UnavailableError("the broker spawner's answer carried no descriptors");
+    return give_up("the broker spawner's answer carried no descriptors");
   }
   spawned.pid = reply.pid;
   return spawned;

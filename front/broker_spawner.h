@@ -51,6 +51,9 @@ class BrokerSpawner {
   BrokerSpawner(const BrokerSpawner&) = delete;
   BrokerSpawner& operator=(const BrokerSpawner&) = delete;
 
+  // Aborted once the spawner is gone or out of step with this end (for good:
+  // nothing can start a broker any more); Unavailable when it could not start
+  // one this time (out of processes or descriptors).
   absl::StatusOr<SpawnedBroker> Spawn();
   pid_t pid() const { return pid_; }
 

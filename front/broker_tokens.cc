@@ -105,7 +105,11 @@ absl::StatusOr<tokens::SharedAccessToken> BrokerTokens::Fetch(const std::string&
   absl::StatusOr<tokens::SharedAccessToken> result =
       absl::UnknownError("the broker's answer was not read");
   if (!reply.ok()) result = reply.status();
-  if (reply.ok()) {
+  if (reply.ok() && (!reply->has_token() || reply->token().token().empty())) {
+    // An OK answer of another kind, or an empty token: a broken broker, never
+    // a token to cache.
+    result = absl::InternalError("the broker's answer to a token call carries no token");
+  } else if (reply.ok()) {
     broker::v1::AccessToken* in = reply->mutable_token();
     tokens::AccessToken token;
     token.token = SecretBytes::TakeFrom(*in->mutable_token());

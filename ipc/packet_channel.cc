@@ -1,6 +1,7 @@
 #include "ipc/packet_channel.h"
 
 #include <openssl/crypto.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -52,7 +53,7 @@ void PacketChannel::Close() {
   ::shutdown(fd_.get(), SHUT_RDWR);
 }
 
-absl::Status PacketChannel::Send(std::string_view packet) {
+absl::Status PacketChannel::Send(std::string_view packet, absl::Duration timeout) {
   if (packet.size() > max_packet_) {
     return absl::InvalidArgumentError(
         absl::StrCat("a packet of ", packet.size(), " bytes exceeds the channel's ", max_packet_));
@@ -62,10 +63,22 @@ absl::Status PacketChannel::Send(std::string_view packet) {
     if (closed_) return absl::UnavailableError("the channel is closed");
   }
   absl::MutexLock lock(&send_mu_);
+  const absl::Time deadline = absl::Now() + timeout;
   while (true) {
-    const ssize_t n = ::send(fd_.get(), packet.data(), packet.size(), MSG_NOSIGNAL);
+    const ssize_t n = ::send(fd_.get(), packet.data(), packet.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n == static_cast<ssize_t>(packet.size())) return absl::OkStatus();
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      // The peer is not reading (stopped, or stuck): wait for room, not forever.
+      const absl::Duration left = deadline - absl::Now();
+      if (left <= absl::ZeroDuration()) {
+        return absl::UnavailableError(
+            absl::StrCat("the channel's peer read nothing for ", absl::FormatDuration(timeout)));
+      }
+      pollfd p{fd_.get(), POLLOUT, 0};
+      ::poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(left)) + 1);
+      continue;
+    }
     return absl::UnavailableError(
         absl::StrCat("the channel's peer is gone: ", n < 0 ? std::strerror(errno) : "short send"));
   }

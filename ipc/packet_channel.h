@@ -23,6 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "common/unique_fd.h"
 
 namespace grantvault::ipc {
@@ -45,9 +46,10 @@ class PacketChannel {
   PacketChannel(const PacketChannel&) = delete;
   PacketChannel& operator=(const PacketChannel&) = delete;
 
-  // Sends one packet, waiting while the socket buffer is full. Unavailable
-  // once the channel is closed.
-  absl::Status Send(std::string_view packet);
+  // Sends one packet, waiting while the socket buffer is full, at most
+  // `timeout` (a peer that stopped reading). Unavailable once the channel is
+  // closed, or when the time is up.
+  absl::Status Send(std::string_view packet, absl::Duration timeout = absl::Seconds(5));
   // Shuts the socket down: the peer sees the end of the channel, the reader
   // thread ends (on_closed with Cancelled).
   void Close();

@@ -252,6 +252,21 @@ TEST_F(SandboxTest, BrokerHasItsOwnSeccompFilterNoNewPrivsNoCapabilitiesAndLandl
   EXPECT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->Stderr();
 }
 
+// Without its spawner no broker can be started again: the front stops with
+// a failure (systemd's Restart=on-failure starts it afresh) rather than serve
+// without one.
+TEST_F(SandboxTest, TheFrontStopsWithAFailureWhenItsSpawnerIsGone) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root";
+  StartAsRoot();
+  ASSERT_GT(BrokerPid(), 0) << daemon_->Stderr();
+  const pid_t spawner = testing::SpawnerOf(daemon_->pid());
+  ASSERT_GT(spawner, 0);
+  ASSERT_EQ(::kill(spawner, SIGKILL), 0);  // its broker dies with it (PR_SET_PDEATHSIG)
+  EXPECT_EQ(daemon_->Wait(absl::Seconds(30)), 1) << daemon_->Stderr();
+  EXPECT_THAT(daemon_->Stderr(), HasSubstr("broker.unrecoverable"));
+  EXPECT_THAT(daemon_->Stderr(), HasSubstr("grantvaultd.stopped"));
+}
+
 TEST_F(SandboxTest, BrokerPtraceFromTheSameUidIsRefused) {
   if (!NeedsRoot()) GTEST_SKIP() << "needs root and setpriv to start the daemon as 65534";
   StartAsNobody();
