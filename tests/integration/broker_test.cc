@@ -32,6 +32,7 @@
 #include "gtest/gtest.h"
 #include "ipc/client.h"
 #include "oauth/pkce.h"
+#include "tests/testing/daemon_config.h"
 #include "tests/testing/daemon_process.h"
 #include "tests/testing/oauth_provider.h"
 #include "tests/testing/process_tree.h"
@@ -163,14 +164,7 @@ class BrokerTest : public ::testing::Test {
     ASSERT_TRUE(provider.ok()) << provider.status();
     provider_ = std::move(*provider);
     state_ = dir_.Join("state");
-    config_ = dir_.Join("grantvaultd.toml");
-    const std::string policy = dir_.Join("policy.toml");
-    std::ofstream(policy) << "[[callers]]\nuid = " << ::getuid()
-                          << "\nrole = \"agent\"\nworkspaces = [\"ws\"]\n"
-                             "[workspaces.ws]\nallow_resolve_without_tool = true\n";
-    std::ofstream(config_) << "[oauth]\nca_file = \"" << provider_->ca_file()
-                           << "\"\nuse_system_trust_store = false\n[policy]\nfile = \"" << policy
-                           << "\"\n";
+    config_ = testing::WriteAgentDaemonConfig(dir_, provider_->ca_file(), "ws");
   }
 
   // Starts the daemon, registers `connectors` (all the provider's one client)
