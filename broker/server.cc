@@ -140,8 +140,19 @@ void Server::Reply(uint64_t call_id, v1::Reply& reply) {
   packet.set_call_id(call_id);
   *packet.mutable_reply() = std::move(reply);
   std::string bytes = packet.SerializeAsString();
-  channel_->Send(bytes).IgnoreError();  // the front is gone: nobody to answer
+  absl::Status sent = channel_->Send(bytes);
   ipc::WipeString(bytes);
+  if (absl::IsInvalidArgument(sent)) {
+    // Too large for one packet (a reply made of many failures, say): the
+    // front is told so rather than left to time out.
+    v1::Packet refusal;
+    refusal.set_call_id(call_id);
+    SetStatus(absl::InternalError(
+                  absl::StrCat("the broker's answer is too large to send (", sent.message(), ")")),
+              refusal.mutable_reply()->mutable_status());
+    channel_->Send(refusal.SerializeAsString()).IgnoreError();
+  }
+  // Otherwise a failure means the front is gone: nobody to answer.
   if (packet.reply().body_case() == v1::Reply::kToken) {
     ipc::WipeString(*packet.mutable_reply()->mutable_token()->mutable_token());
   } else if (packet.reply().body_case() == v1::Reply::kFingerprintKey) {

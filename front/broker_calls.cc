@@ -159,7 +159,7 @@ class BrokerCustodian final : public keys::Custodian {
   keys::TokenHealth Health() override {
     broker::v1::Request request;
     request.mutable_health();
-    absl::StatusOr<broker::v1::Reply> reply = CallBroker(links_, request, absl::Seconds(2));
+    absl::StatusOr<broker::v1::Reply> reply = CallBroker(links_, request, kHealthCallTimeout);
     keys::TokenHealth health;
     if (!reply.ok()) return health;  // not reachable: hsm_reachable stays false
     health.token_label = reply->health().token_label();

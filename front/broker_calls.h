@@ -23,6 +23,11 @@ namespace grantvault::front {
 // The link to the broker running now; Unavailable while it is being restarted.
 using BrokerLinkSource = std::function<absl::StatusOr<std::shared_ptr<BrokerLink>>()>;
 
+// How long a health call (the token's health, the breakers: both for Status)
+// waits: a hung broker must not hold Status for long; a live one answers in
+// well under a millisecond.
+inline constexpr absl::Duration kHealthCallTimeout = absl::Milliseconds(750);
+
 // Calls `request` on the current link.
 absl::StatusOr<broker::v1::Reply> CallBroker(const BrokerLinkSource& links,
                                              const broker::v1::Request& request,

@@ -163,7 +163,7 @@ void BrokerTokens::Forget(std::string_view grant_id) {
 std::vector<tokens::BreakerState> BrokerTokens::Breakers() const {
   broker::v1::Request request;
   request.mutable_health();
-  absl::StatusOr<broker::v1::Reply> reply = CallBroker(links_, request, absl::Seconds(2));
+  absl::StatusOr<broker::v1::Reply> reply = CallBroker(links_, request, kHealthCallTimeout);
   std::vector<tokens::BreakerState> out;
   if (!reply.ok()) return out;
   for (const broker::v1::Breaker& b : reply->health().breakers()) {

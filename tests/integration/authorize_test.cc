@@ -23,6 +23,7 @@
 #include "nlohmann/json.hpp"
 #include "oauth/http_client.h"
 #include "oauth/pkce.h"
+#include "tests/testing/daemon_config.h"
 #include "tests/testing/daemon_process.h"
 #include "tests/testing/oauth_provider.h"
 #include "tests/testing/temp_dir.h"
@@ -78,15 +79,8 @@ class AuthorizeTest : public ::testing::Test {
     ASSERT_TRUE(provider.ok()) << provider.status();
     provider_ = std::move(*provider);
     state_ = dir_.Join("state");
-    config_ = dir_.Join("grantvaultd.toml");
-    const std::string policy = dir_.Join("policy.toml");
     // This uid may resolve for ws_acme (the CLI's resolve is an agent call).
-    std::ofstream(policy) << "[[callers]]\nuid = " << ::getuid()
-                          << "\nrole = \"agent\"\nworkspaces = [\"ws_acme\"]\n\n"
-                             "[workspaces.ws_acme]\nallow_resolve_without_tool = true\n";
-    std::ofstream(config_) << "[oauth]\nca_file = \"" << provider_->ca_file()
-                           << "\"\nuse_system_trust_store = false\n[policy]\nfile = \"" << policy
-                           << "\"\n";
+    config_ = testing::WriteAgentDaemonConfig(dir_, provider_->ca_file(), "ws_acme");
     daemon_ = std::make_unique<DaemonProcess>(std::vector<std::string>{
         GV_GRANTVAULTD, "--allow-root", "--state-dir", state_, "--config", config_});
     absl::Status started = daemon_->Start();

@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <fstream>
 #include <iostream>
 #include <memory>
 #include <random>
@@ -18,6 +17,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "ipc/client.h"
+#include "tests/testing/daemon_config.h"
 #include "tests/testing/daemon_process.h"
 #include "tests/testing/oauth_provider.h"
 #include "tests/testing/temp_dir.h"
@@ -44,14 +44,7 @@ class RefreshCrashTest : public ::testing::Test {
     ASSERT_TRUE(provider.ok()) << provider.status();
     provider_ = std::move(*provider);
     state_ = dir_.Join("state");
-    config_ = dir_.Join("grantvaultd.toml");
-    const std::string policy = dir_.Join("policy.toml");
-    std::ofstream(policy) << "[[callers]]\nuid = " << ::getuid()
-                          << "\nrole = \"agent\"\nworkspaces = [\"ws\"]\n"
-                             "[workspaces.ws]\nallow_resolve_without_tool = true\n";
-    std::ofstream(config_) << "[oauth]\nca_file = \"" << provider_->ca_file()
-                           << "\"\nuse_system_trust_store = false\n[policy]\nfile = \"" << policy
-                           << "\"\n";
+    config_ = testing::WriteAgentDaemonConfig(dir_, provider_->ca_file(), "ws");
   }
   void TearDown() override {
     if (daemon_ && daemon_->running()) daemon_->Stop(SIGKILL);

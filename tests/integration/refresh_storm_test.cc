@@ -6,7 +6,6 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <fstream>
 #include <memory>
 #include <set>
 #include <thread>
@@ -16,6 +15,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "ipc/client.h"
+#include "tests/testing/daemon_config.h"
 #include "tests/testing/daemon_process.h"
 #include "tests/testing/oauth_provider.h"
 #include "tests/testing/temp_dir.h"
@@ -37,15 +37,7 @@ class RefreshStormTest : public ::testing::Test {
     ASSERT_TRUE(provider.ok()) << provider.status();
     provider_ = std::move(*provider);
     state_ = dir_.Join("state");
-    config_ = dir_.Join("grantvaultd.toml");
-    const std::string policy = dir_.Join("policy.toml");
-    std::ofstream(policy) << "[[callers]]\nuid = " << ::getuid()
-                          << "\nrole = \"agent\"\nworkspaces = [\"" << kWorkspace
-                          << "\"]\n[workspaces." << kWorkspace
-                          << "]\nallow_resolve_without_tool = true\n";
-    std::ofstream(config_) << "[oauth]\nca_file = \"" << provider_->ca_file()
-                           << "\"\nuse_system_trust_store = false\n[policy]\nfile = \"" << policy
-                           << "\"\n";
+    config_ = testing::WriteAgentDaemonConfig(dir_, provider_->ca_file(), kWorkspace);
     daemon_ = std::make_unique<DaemonProcess>(std::vector<std::string>{
         GV_GRANTVAULTD, "--allow-root", "--state-dir", state_, "--config", config_});
     absl::Status started = daemon_->Start();
