@@ -220,6 +220,18 @@ class GrantStore {
   // transaction; returns how many were applied (the rest changed meanwhile).
   virtual absl::StatusOr<size_t> ReplaceSealedSecrets(
       absl::Span<const SealedSecretUpdate> updates) = 0;
+  // What a successful refresh leaves in the store, in one transaction (one
+  // sync to disk instead of three): the rotated refresh token in place of the
+  // one sent (`rotation`, when the server rotated it: compare-and-swap as
+  // ReplaceSealedSecrets), and, if that applied or there was none, the
+  // crash-window marker `marker` removed (if present) and the grant's
+  // access-token expiry recorded (unless the grant is revoked). Returns whether
+  // the swap applied (true without a rotation); when it did not, nothing is
+  // changed.
+  virtual absl::StatusOr<bool> FinishRefresh(const std::optional<SealedSecretUpdate>& rotation,
+                                             const SealedSecretKey& marker,
+                                             std::string_view grant_id,
+                                             absl::Time access_expires_at, absl::Time now) = 0;
   // Up to `limit` secrets wrapped under `kek_label` whose key sorts after
   // `after` (or from the first when nullopt), ordered by key. Served by an
   // index on (kek_label, owner_id, purpose).

@@ -682,6 +682,9 @@ class SqliteGrantStore final : public GrantStore {
   absl::Status DeleteSealedSecret(const SealedSecretKey& key) override;
   absl::StatusOr<size_t> ReplaceSealedSecrets(
       absl::Span<const SealedSecretUpdate> updates) override;
+  absl::StatusOr<bool> FinishRefresh(const std::optional<SealedSecretUpdate>& rotation,
+                                     const SealedSecretKey& marker, std::string_view grant_id,
+                                     absl::Time access_expires_at, absl::Time now) override;
   absl::StatusOr<std::vector<SealedSecret>> ListSealedSecretsUnder(
       std::string_view kek_label, const std::optional<SealedSecretKey>& after,
       size_t limit) override;
@@ -1153,6 +1156,59 @@ absl::StatusOr<size_t> SqliteGrantStore::ReplaceSealedSecrets(
   }
   GV_RETURN_IF_ERROR(txn.Commit());
   return applied;
+}
+
+absl::StatusOr<bool> SqliteGrantStore::FinishRefresh(
+    const std::optional<SealedSecretUpdate>& rotation, const SealedSecretKey& marker,
+    std::string_view grant_id, absl::Time access_expires_at, absl::Time now) {
+  if (rotation.has_value()) {
+    GV_RETURN_IF_ERROR(ValidateSecretKey(rotation->key));
+    GV_RETURN_IF_ERROR(RequireNonEmpty(rotation->new_kek_label, "new kek label"));
+    if (rotation->new_record.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("the new record for sealed secret ",
+                                                     SecretName(rotation->key), " is empty"));
+    }
+  }
+  GV_RETURN_IF_ERROR(ValidateSecretKey(marker));
+  const std::string context = absl::StrCat("finish the refresh of grant ", Sv(grant_id));
+  absl::MutexLock lock(&mu_);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  if (rotation.has_value()) {
+    GV_RETURN_IF_ERROR(CheckKekWritable(db(), rotation->new_kek_label));
+    GV_ASSIGN_OR_RETURN(
+        Statement replace,
+        Statement::Prepare(db(),
+                           "UPDATE sealed_secrets SET kek_label = ?, record = ?, updated_at = ? "
+                           "WHERE owner_id = ? AND purpose = ? AND record = ?",
+                           context));
+    replace.BindText(1, rotation->new_kek_label);
+    replace.BindBlob(2, rotation->new_record);
+    replace.BindTime(3, now);
+    replace.BindText(4, rotation->key.owner_id);
+    replace.BindText(5, rotation->key.purpose);
+    replace.BindBlob(6, rotation->expected_record);
+    GV_RETURN_IF_ERROR(replace.Run());
+    if (Changes(db()) == 0) return false;  // changed meanwhile: the transaction rolls back
+  }
+  GV_ASSIGN_OR_RETURN(
+      Statement remove,
+      Statement::Prepare(db(), "DELETE FROM sealed_secrets WHERE owner_id = ? AND purpose = ?",
+                         context));
+  remove.BindText(1, marker.owner_id);
+  remove.BindText(2, marker.purpose);
+  GV_RETURN_IF_ERROR(remove.Run());
+  GV_ASSIGN_OR_RETURN(Statement expiry,
+                      Statement::Prepare(db(),
+                                         "UPDATE grants SET access_token_expires_at = ?, "
+                                         "updated_at = ? WHERE grant_id = ? AND status != ?",
+                                         context));
+  expiry.BindTime(1, access_expires_at);
+  expiry.BindTime(2, now);
+  expiry.BindText(3, grant_id);
+  expiry.BindText(4, GrantStatusName(GrantStatus::kRevoked));
+  GV_RETURN_IF_ERROR(expiry.Run());
+  GV_RETURN_IF_ERROR(txn.Commit());
+  return true;
 }
 
 absl::StatusOr<std::vector<SealedSecret>> SqliteGrantStore::ListSealedSecretsUnder(

@@ -437,15 +437,26 @@ bool Refresher::HoldsUnstoredRefreshToken(std::string_view grant_id) const {
 }
 
 absl::StatusOr<Refresher::CommitOutcome> Refresher::CommitRotation(
-    const store::SealedSecret& sent_row, const SecretBytes& sent_token,
-    const SecretBytes& rotated) {
+    const store::SealedSecret& sent_row, const SecretBytes& sent_token, const SecretBytes& rotated,
+    const Finish* finish, bool* finished) {
+  if (finished != nullptr) *finished = false;
   GV_ASSIGN_OR_RETURN(hsm::Sealed sealed,
                       deps_.sealer->Seal(rotated, keys::SealContextOf(sent_row)));
   store::SealedSecretUpdate update{sent_row.key, sent_row.record, sealed.kek.label,
                                    std::move(sealed.record)};
   for (int commit = 0; commit < kMaxCommitAttempts; ++commit) {
-    GV_ASSIGN_OR_RETURN(size_t applied, deps_.store->ReplaceSealedSecrets({&update, 1}));
-    if (applied == 1) return CommitOutcome::kCommitted;
+    if (finish != nullptr) {
+      GV_ASSIGN_OR_RETURN(bool applied,
+                          deps_.store->FinishRefresh(update, finish->marker, sent_row.key.owner_id,
+                                                     finish->access_expires_at, finish->now));
+      if (applied) {
+        if (finished != nullptr) *finished = true;
+        return CommitOutcome::kCommitted;
+      }
+    } else {
+      GV_ASSIGN_OR_RETURN(size_t applied, deps_.store->ReplaceSealedSecrets({&update, 1}));
+      if (applied == 1) return CommitOutcome::kCommitted;
+    }
     // The row changed under us: a rewrap (same token, new record), an earlier commit of this
     // very token whose success was not reported, or another rotation.
     GV_ASSIGN_OR_RETURN(store::SealedSecret current, deps_.store->GetSealedSecret(sent_row.key));
@@ -459,15 +470,16 @@ absl::StatusOr<Refresher::CommitOutcome> Refresher::CommitRotation(
 }
 
 absl::StatusOr<Refresher::CommitOutcome> Refresher::CommitWithBackoff(
-    const store::SealedSecret& sent_row, const SecretBytes& sent_token,
-    const SecretBytes& rotated) {
+    const store::SealedSecret& sent_row, const SecretBytes& sent_token, const SecretBytes& rotated,
+    const Finish* finish, bool* finished) {
   // For a request's worth of time, whoever waits: until this commits, the grant cannot be
   // refreshed again. Callers with shorter deadlines are answered at their deadlines meanwhile.
   const absl::Time give_up = absl::Now() + options_.request_timeout;
   absl::BitGen random;
   absl::Duration backoff = options_.initial_backoff;
   while (true) {
-    absl::StatusOr<CommitOutcome> outcome = CommitRotation(sent_row, sent_token, rotated);
+    absl::StatusOr<CommitOutcome> outcome =
+        CommitRotation(sent_row, sent_token, rotated, finish, finished);
     if (outcome.ok()) return outcome;
     const absl::Duration wait =
         std::min(options_.max_backoff, backoff * absl::Uniform(random, 0.5, 1.5));
@@ -718,9 +730,13 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
     // Commit the rotated refresh token before anyone sees the access token. Also when the
     // grant was revoked meanwhile: the old token is dead, and revoking at the provider needs
     // the current one.
+    // The rotated token, the marker's removal and the access token's expiry
+    // go to the store in one transaction when they can (FinishRefresh).
+    const Finish finish{marker_key, out.token.expires_at, now};
+    bool finished = false;
     if (!tokens->refresh_token.empty()) {
-      absl::StatusOr<CommitOutcome> committed =
-          CommitWithBackoff(*sealed_refresh, refresh_token, tokens->refresh_token);
+      absl::StatusOr<CommitOutcome> committed = CommitWithBackoff(
+          *sealed_refresh, refresh_token, tokens->refresh_token, &finish, &finished);
       if (!committed.ok()) {
         // Not recorded yet: kept in memory and committed before the grant is refreshed again.
         // The marker stays: were the process to die first, this is the crash window.
@@ -733,10 +749,11 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
       // Start over from the store; never resend the old token.
       if (*committed == CommitOutcome::kRotatedElsewhere) continue;
     }
-    resolve_attempt();
-    if (!IsRevoked(grant_id)) {
-      // Best effort: the token is as valid whether or not its expiry is on record.
-      deps_.store->SetAccessTokenExpiry(grant_id, out.token.expires_at, now).IgnoreError();
+    if (!finished) {
+      // Best effort: a marker left behind only names the crash window later,
+      // and the token is as valid whether or not its expiry is on record.
+      deps_.store->FinishRefresh(std::nullopt, marker_key, grant_id, out.token.expires_at, now)
+          .IgnoreError();
     }
     return out;
   }

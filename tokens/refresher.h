@@ -261,14 +261,26 @@ class Refresher : public TokenSource {
   // Seals `rotated` for `sent_row`'s binding and replaces the row if it still
   // holds `sent_token` (compare-and-swap; a rewrap of it is followed). An
   // error is a seal or store failure: nothing was recorded.
+  // With `finish`, the first swap also removes the crash-window marker and
+  // records the access token's expiry in the same transaction
+  // (GrantStore::FinishRefresh), and `*finished` says whether it did.
+  struct Finish {
+    store::SealedSecretKey marker;
+    absl::Time access_expires_at;
+    absl::Time now;
+  };
   absl::StatusOr<CommitOutcome> CommitRotation(const store::SealedSecret& sent_row,
                                                const SecretBytes& sent_token,
-                                               const SecretBytes& rotated) ABSL_LOCKS_EXCLUDED(mu_);
+                                               const SecretBytes& rotated,
+                                               const Finish* finish = nullptr,
+                                               bool* finished = nullptr) ABSL_LOCKS_EXCLUDED(mu_);
   // CommitRotation retried with jittered backoff for request_timeout (or
   // until shutdown), however long anyone waits for it.
   absl::StatusOr<CommitOutcome> CommitWithBackoff(const store::SealedSecret& sent_row,
                                                   const SecretBytes& sent_token,
-                                                  const SecretBytes& rotated)
+                                                  const SecretBytes& rotated,
+                                                  const Finish* finish = nullptr,
+                                                  bool* finished = nullptr)
       ABSL_LOCKS_EXCLUDED(mu_);
   std::optional<PendingRotation> TakePendingRotation(std::string_view grant_id)
       ABSL_LOCKS_EXCLUDED(mu_);

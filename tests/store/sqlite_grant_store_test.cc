@@ -605,6 +605,47 @@ TEST_F(SqliteGrantStoreTest, ListSealedSecretsUnderVisitsEachRecordOnce) {
   EXPECT_THAT(*store->ListSealedSecretsUnder("grantvault-kek-9", std::nullopt, 10), IsEmpty());
 }
 
+// A refresh's rotated token, its marker's removal and the access token's
+// expiry commit together, or (the row changed meanwhile) not at all.
+TEST_F(SqliteGrantStoreTest, FinishRefreshSwapsRemovesTheMarkerAndRecordsTheExpiryTogether) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  Grant grant = MakeGrant("gr_1", "ws1", "google_workspace");
+  grant.access_token_expires_at.reset();
+  ASSERT_TRUE(store->InsertGrant(grant, SecretFor(grant, 1, "rt-v1")).ok());
+  const SealedSecretKey marker{"gr_1", "refresh_attempt"};
+  ASSERT_TRUE(store->PutSealedSecret(Secret("gr_1", "refresh_attempt", 1, "attempt")).ok());
+
+  // The row changed meanwhile (another rotation): nothing is written.
+  const SealedSecretUpdate stale{
+      {"gr_1", "refresh_token"}, Record("rt-v0"), Label(1), Record("rt-v2")};
+  absl::StatusOr<bool> applied = store->FinishRefresh(stale, marker, "gr_1", At(3800), At(200));
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_FALSE(*applied);
+  EXPECT_EQ(store->GetSealedSecret({"gr_1", "refresh_token"})->record, Record("rt-v1"));
+  EXPECT_TRUE(store->GetSealedSecret(marker).ok()) << "the marker stays";
+  EXPECT_FALSE(store->GetGrant("gr_1")->access_token_expires_at.has_value());
+
+  const SealedSecretUpdate rotation{
+      {"gr_1", "refresh_token"}, Record("rt-v1"), Label(1), Record("rt-v2")};
+  applied = store->FinishRefresh(rotation, marker, "gr_1", At(3800), At(200));
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_TRUE(*applied);
+  EXPECT_EQ(store->GetSealedSecret({"gr_1", "refresh_token"})->record, Record("rt-v2"));
+  EXPECT_EQ(store->GetSealedSecret(marker).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->GetGrant("gr_1")->access_token_expires_at, At(3800));
+
+  // Without a rotation (the server kept the refresh token), and with no
+  // marker left: the expiry is recorded; a revoked grant's is not.
+  applied = store->FinishRefresh(std::nullopt, marker, "gr_1", At(7400), At(300));
+  ASSERT_TRUE(applied.ok() && *applied) << applied.status();
+  EXPECT_EQ(store->GetGrant("gr_1")->access_token_expires_at, At(7400));
+  ASSERT_TRUE(store->RevokeGrant("gr_1", "revoked by alice", At(400)).ok());
+  applied = store->FinishRefresh(std::nullopt, marker, "gr_1", At(9999), At(500));
+  ASSERT_TRUE(applied.ok() && *applied) << applied.status();
+  EXPECT_EQ(store->GetGrant("gr_1")->access_token_expires_at, At(7400));
+}
+
 TEST_F(SqliteGrantStoreTest, ReplaceSealedSecretsAppliesOnlyMatchingRows) {
   std::unique_ptr<GrantStore> store = OpenWithKeys();
   ASSERT_NE(store, nullptr);
