@@ -461,8 +461,35 @@ absl::Status ValidateSecret(const SealedSecret& secret) {
   return absl::OkStatus();
 }
 
+// A compare-and-swap of one sealed secret's record (rewrap, rotation): it
+// applies only while the row still holds `expected_record`.
+constexpr char kReplaceSecretSql[] =
+    "UPDATE sealed_secrets SET kek_label = ?, record = ?, updated_at = ? "
+    "WHERE owner_id = ? AND purpose = ? AND record = ?";
+constexpr char kDeleteSecretSql[] = "DELETE FROM sealed_secrets WHERE owner_id = ? AND purpose = ?";
+
 std::string SecretName(const SealedSecretKey& key) {
   return absl::StrCat(key.owner_id, "/", key.purpose);
+}
+
+absl::Status ValidateSecretUpdate(const SealedSecretUpdate& update) {
+  GV_RETURN_IF_ERROR(ValidateSecretKey(update.key));
+  GV_RETURN_IF_ERROR(RequireNonEmpty(update.new_kek_label, "new kek label"));
+  if (update.new_record.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the new record for sealed secret ", SecretName(update.key), " is empty"));
+  }
+  return absl::OkStatus();
+}
+
+// Binds `update` to a statement of kReplaceSecretSql.
+void BindSecretUpdate(Statement& replace, const SealedSecretUpdate& update, absl::Time now) {
+  replace.BindText(1, update.new_kek_label);
+  replace.BindBlob(2, update.new_record);
+  replace.BindTime(3, now);
+  replace.BindText(4, update.key.owner_id);
+  replace.BindText(5, update.key.purpose);
+  replace.BindBlob(6, update.expected_record);
 }
 
 // --- rows --------------------------------------------------------------------
@@ -1101,10 +1128,9 @@ absl::StatusOr<SealedSecret> SqliteGrantStore::GetSealedSecret(const SealedSecre
 
 absl::Status SqliteGrantStore::DeleteSealedSecret(const SealedSecretKey& key) {
   absl::MutexLock lock(&mu_);
-  GV_ASSIGN_OR_RETURN(
-      Statement remove,
-      Statement::Prepare(db(), "DELETE FROM sealed_secrets WHERE owner_id = ? AND purpose = ?",
-                         absl::StrCat("delete sealed secret ", SecretName(key))));
+  GV_ASSIGN_OR_RETURN(Statement remove,
+                      Statement::Prepare(db(), kDeleteSecretSql,
+                                         absl::StrCat("delete sealed secret ", SecretName(key))));
   remove.BindText(1, key.owner_id);
   remove.BindText(2, key.purpose);
   GV_RETURN_IF_ERROR(remove.Run());
@@ -1117,12 +1143,7 @@ absl::Status SqliteGrantStore::DeleteSealedSecret(const SealedSecretKey& key) {
 absl::StatusOr<size_t> SqliteGrantStore::ReplaceSealedSecrets(
     absl::Span<const SealedSecretUpdate> updates) {
   for (const SealedSecretUpdate& update : updates) {
-    GV_RETURN_IF_ERROR(ValidateSecretKey(update.key));
-    GV_RETURN_IF_ERROR(RequireNonEmpty(update.new_kek_label, "new kek label"));
-    if (update.new_record.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("the new record for sealed secret ", SecretName(update.key), " is empty"));
-    }
+    GV_RETURN_IF_ERROR(ValidateSecretUpdate(update));
   }
   if (updates.empty()) return size_t{0};
   // The interface carries no time for a rewrap; it happens now.
@@ -1136,21 +1157,12 @@ absl::StatusOr<size_t> SqliteGrantStore::ReplaceSealedSecrets(
       GV_RETURN_IF_ERROR(CheckKekWritable(db(), update.new_kek_label));
     }
   }
-  GV_ASSIGN_OR_RETURN(
-      Statement replace,
-      Statement::Prepare(db(),
-                         "UPDATE sealed_secrets SET kek_label = ?, record = ?, updated_at = ? "
-                         "WHERE owner_id = ? AND purpose = ? AND record = ?",
-                         "replace sealed secrets"));
+  GV_ASSIGN_OR_RETURN(Statement replace,
+                      Statement::Prepare(db(), kReplaceSecretSql, "replace sealed secrets"));
   size_t applied = 0;
   for (const SealedSecretUpdate& update : updates) {
     replace.Reset();
-    replace.BindText(1, update.new_kek_label);
-    replace.BindBlob(2, update.new_record);
-    replace.BindTime(3, now);
-    replace.BindText(4, update.key.owner_id);
-    replace.BindText(5, update.key.purpose);
-    replace.BindBlob(6, update.expected_record);
+    BindSecretUpdate(replace, update, now);
     GV_RETURN_IF_ERROR(replace.Run());
     applied += Changes(db());
   }
@@ -1161,39 +1173,19 @@ absl::StatusOr<size_t> SqliteGrantStore::ReplaceSealedSecrets(
 absl::StatusOr<bool> SqliteGrantStore::FinishRefresh(
     const std::optional<SealedSecretUpdate>& rotation, const SealedSecretKey& marker,
     std::string_view grant_id, absl::Time access_expires_at, absl::Time now) {
-  if (rotation.has_value()) {
-    GV_RETURN_IF_ERROR(ValidateSecretKey(rotation->key));
-    GV_RETURN_IF_ERROR(RequireNonEmpty(rotation->new_kek_label, "new kek label"));
-    if (rotation->new_record.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("the new record for sealed secret ",
-                                                     SecretName(rotation->key), " is empty"));
-    }
-  }
+  if (rotation.has_value()) GV_RETURN_IF_ERROR(ValidateSecretUpdate(*rotation));
   GV_RETURN_IF_ERROR(ValidateSecretKey(marker));
   const std::string context = absl::StrCat("finish the refresh of grant ", Sv(grant_id));
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
   if (rotation.has_value()) {
     GV_RETURN_IF_ERROR(CheckKekWritable(db(), rotation->new_kek_label));
-    GV_ASSIGN_OR_RETURN(
-        Statement replace,
-        Statement::Prepare(db(),
-                           "UPDATE sealed_secrets SET kek_label = ?, record = ?, updated_at = ? "
-                           "WHERE owner_id = ? AND purpose = ? AND record = ?",
-                           context));
-    replace.BindText(1, rotation->new_kek_label);
-    replace.BindBlob(2, rotation->new_record);
-    replace.BindTime(3, now);
-    replace.BindText(4, rotation->key.owner_id);
-    replace.BindText(5, rotation->key.purpose);
-    replace.BindBlob(6, rotation->expected_record);
+    GV_ASSIGN_OR_RETURN(Statement replace, Statement::Prepare(db(), kReplaceSecretSql, context));
+    BindSecretUpdate(replace, *rotation, now);
     GV_RETURN_IF_ERROR(replace.Run());
     if (Changes(db()) == 0) return false;  // changed meanwhile: the transaction rolls back
   }
-  GV_ASSIGN_OR_RETURN(
-      Statement remove,
-      Statement::Prepare(db(), "DELETE FROM sealed_secrets WHERE owner_id = ? AND purpose = ?",
-                         context));
+  GV_ASSIGN_OR_RETURN(Statement remove, Statement::Prepare(db(), kDeleteSecretSql, context));
   remove.BindText(1, marker.owner_id);
   remove.BindText(2, marker.purpose);
   GV_RETURN_IF_ERROR(remove.Run());
@@ -1533,8 +1525,8 @@ absl::StatusOr<GrantStore::ConsumedSession> SqliteGrantStore::ConsumeAuthorizati
   GV_ASSIGN_OR_RETURN(bool has_secret, secret.Step());
   if (has_secret) out.pkce_verifier = ReadSecretRow(secret);
 
-  for (const char* sql : {"DELETE FROM sealed_secrets WHERE owner_id = ? AND purpose = ?",
-                          "DELETE FROM authorization_sessions WHERE session_id = ?"}) {
+  for (const char* sql :
+       {kDeleteSecretSql, "DELETE FROM authorization_sessions WHERE session_id = ?"}) {
     GV_ASSIGN_OR_RETURN(Statement remove, Statement::Prepare(db(), sql, context));
     remove.BindText(1, session_id);
     if (std::string_view(sql).find("purpose") != std::string_view::npos) {
