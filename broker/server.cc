@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "broker/messages.h"
 
 namespace grantvault::broker {
 namespace {
@@ -11,11 +12,6 @@ namespace {
 int64_t MicrosOf(absl::Time t) {
   if (t == absl::InfiniteFuture() || t == absl::InfinitePast()) return 0;
   return absl::ToUnixMicros(t);
-}
-
-void SetStatus(const absl::Status& from, v1::Status* to) {
-  to->set_code(static_cast<int>(from.code()));
-  to->set_message(std::string(from.message()));
 }
 
 void ToProto(const store::KeyVersion& k, v1::KeyVersion* out) {
@@ -125,13 +121,7 @@ void Server::WorkerLoop() {
 
 void Server::Run(uint64_t call_id, v1::Request request) {
   v1::Reply reply = Handle(call_id, request);
-  // What the front sent may have held a client secret or a code (read
-  // through the case: a mutable_ accessor of another case would clear it).
-  if (request.body_case() == v1::Request::kRegister) {
-    ipc::WipeString(*request.mutable_register_()->mutable_client_secret());
-  } else if (request.body_case() == v1::Request::kComplete) {
-    ipc::WipeString(*request.mutable_complete()->mutable_code());
-  }
+  WipeSecrets(request);  // what the front sent may hold a client secret or a code
   Reply(call_id, reply);
 }
 
@@ -153,11 +143,7 @@ void Server::Reply(uint64_t call_id, v1::Reply& reply) {
     channel_->Send(refusal.SerializeAsString()).IgnoreError();
   }
   // Otherwise a failure means the front is gone: nobody to answer.
-  if (packet.reply().body_case() == v1::Reply::kToken) {
-    ipc::WipeString(*packet.mutable_reply()->mutable_token()->mutable_token());
-  } else if (packet.reply().body_case() == v1::Reply::kFingerprintKey) {
-    ipc::WipeString(*packet.mutable_reply()->mutable_fingerprint_key()->mutable_key());
-  }
+  WipeSecrets(*packet.mutable_reply());
 }
 
 v1::Reply Server::Handle(uint64_t call_id, v1::Request& request) {

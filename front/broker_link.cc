@@ -4,35 +4,12 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "broker/messages.h"
 
 namespace grantvault::front {
 
-absl::Status StatusOf(const broker::v1::Status& status) {
-  if (status.code() == 0) return absl::OkStatus();
-  const int code = status.code();
-  if (code < 0 || code > static_cast<int>(absl::StatusCode::kUnauthenticated)) {
-    return absl::InternalError(absl::StrCat("the broker answered status code ", code));
-  }
-  return absl::Status(static_cast<absl::StatusCode>(code), status.message());
-}
-
-namespace {
-
-void WipeSecretsOf(broker::v1::Reply& reply) {
-  // Through the case: a mutable_ accessor of another case would clear it.
-  if (reply.body_case() == broker::v1::Reply::kToken) {
-    ipc::WipeString(*reply.mutable_token()->mutable_token());
-  } else if (reply.body_case() == broker::v1::Reply::kFingerprintKey) {
-    ipc::WipeString(*reply.mutable_fingerprint_key()->mutable_key());
-  }
-}
-
-}  // namespace
-
-void SetStatus(const absl::Status& from, broker::v1::Status* to) {
-  to->set_code(static_cast<int>(from.code()));
-  to->set_message(std::string(from.message()));
-}
+using broker::StatusOf;
+using broker::WipeSecrets;
 
 std::unique_ptr<BrokerLink> BrokerLink::Connect(UniqueFd fd, OnEvent on_event, OnClosed on_closed) {
   std::unique_ptr<BrokerLink> link(new BrokerLink(std::move(on_event), std::move(on_closed)));
@@ -66,13 +43,7 @@ absl::StatusOr<broker::v1::Reply> BrokerLink::Call(const broker::v1::Request& re
   packet.set_call_id(id);
   *packet.mutable_request() = request;
   std::string bytes = packet.SerializeAsString();
-  // The request may hold a client secret or an authorization code (read
-  // through the case: a mutable_ accessor of another case would clear it).
-  if (packet.request().body_case() == broker::v1::Request::kRegister) {
-    ipc::WipeString(*packet.mutable_request()->mutable_register_()->mutable_client_secret());
-  } else if (packet.request().body_case() == broker::v1::Request::kComplete) {
-    ipc::WipeString(*packet.mutable_request()->mutable_complete()->mutable_code());
-  }
+  WipeSecrets(*packet.mutable_request());  // it may hold a client secret or a code
   absl::Status sent = channel_->Send(bytes);
   ipc::WipeString(bytes);
   absl::MutexLock lock(&mu_);
@@ -86,7 +57,7 @@ absl::StatusOr<broker::v1::Reply> BrokerLink::Call(const broker::v1::Request& re
   mu_.AwaitWithTimeout(absl::Condition(&answered), timeout);
   pending_.erase(id);
   if (!pending->failed.ok()) {
-    if (pending->reply.has_value()) WipeSecretsOf(*pending->reply);
+    if (pending->reply.has_value()) WipeSecrets(*pending->reply);
     return pending->failed;
   }
   if (!pending->reply.has_value()) {
@@ -94,10 +65,10 @@ absl::StatusOr<broker::v1::Reply> BrokerLink::Call(const broker::v1::Request& re
         absl::StrCat("the broker did not answer within ", absl::FormatDuration(timeout)));
   }
   broker::v1::Reply reply = *std::move(pending->reply);
-  WipeSecretsOf(*pending->reply);  // what a move may leave behind
+  WipeSecrets(*pending->reply);  // what a move may leave behind
   absl::Status status = StatusOf(reply.status());
   if (!status.ok()) {
-    WipeSecretsOf(reply);
+    WipeSecrets(reply);
     return status;
   }
   return reply;
@@ -119,18 +90,18 @@ void BrokerLink::OnPacket(std::string_view bytes) {
     absl::MutexLock lock(&mu_);
     auto it = pending_.find(packet.call_id());
     if (it == pending_.end()) {  // the caller gave up
-      WipeSecretsOf(*packet.mutable_reply());
+      WipeSecrets(*packet.mutable_reply());
       return;
     }
     pending = it->second;
     if (!packet.reply().more()) {
       pending->reply = std::move(*packet.mutable_reply());
-      WipeSecretsOf(*packet.mutable_reply());  // what a move may leave behind
+      WipeSecrets(*packet.mutable_reply());  // what a move may leave behind
       return;
     }
   }
   if (pending->progress) pending->progress(packet.reply());
-  WipeSecretsOf(*packet.mutable_reply());
+  WipeSecrets(*packet.mutable_reply());
 }
 
 void BrokerLink::OnChannelClosed(const absl::Status& why) {

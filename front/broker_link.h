@@ -66,10 +66,6 @@ class BrokerLink {
   absl::Status closed_ ABSL_GUARDED_BY(mu_);  // not OK once the channel ended
 };
 
-// The status a reply carries, as an absl::Status.
-absl::Status StatusOf(const broker::v1::Status& status);
-void SetStatus(const absl::Status& from, broker::v1::Status* to);
-
 }  // namespace grantvault::front
 
 #endif  // GRANTVAULT_FRONT_BROKER_LINK_H_
