@@ -97,6 +97,13 @@ int RunBroker(const BrokerStart& start) {
     e.mutable_reauth_required()->set_reason(std::string(reason));
     server.SendEvent(e);
   };
+  refresher_deps.on_sync_failed = [](std::string_view grant_id, const absl::Status& error) {
+    // The refresh was answered and committed; a power cut could now take it
+    // (a rotated refresh token with it: the grant would need authorizing again).
+    spdlog::error("refresh.unsynced grant={}: the disk did not confirm the refresh's writes: {}",
+                  EscapeForLog(std::string(grant_id)),
+                  EscapeTextForLog(std::string(error.message())));
+  };
   tokens::RefresherOptions refresher_options;
   refresher_options.request_timeout = config->oauth_refresh_timeout;
   absl::StatusOr<std::unique_ptr<tokens::Refresher>> refresher =

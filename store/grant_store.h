@@ -164,6 +164,12 @@ struct UpstreamRevocation {
   bool operator==(const UpstreamRevocation&) const = default;
 };
 
+// When a write's commit returns. kNow: once the disk has it (what every write
+// does unless it says otherwise). kLater: once every reader sees it and it
+// survives the death of the writing process; a power cut can still take it
+// until a later synced write or SyncToDisk().
+enum class Sync { kNow, kLater };
+
 class GrantStore {
  public:
   virtual ~GrantStore() = default;
@@ -214,6 +220,10 @@ class GrantStore {
   absl::Status PutSealedSecret(const SealedSecret& secret) {
     return PutSealedSecrets({&secret, 1});
   }
+  // As PutSealedSecret, but unsynced (Sync::kLater): for what only explains a
+  // crash afterwards (the refresher's attempt marker, tokens/refresher.h),
+  // where a record lost to a power cut costs a less precise reason.
+  virtual absl::Status PutSealedSecretUnsynced(const SealedSecret& secret) = 0;
   virtual absl::StatusOr<SealedSecret> GetSealedSecret(const SealedSecretKey& key) = 0;
   virtual absl::Status DeleteSealedSecret(const SealedSecretKey& key) = 0;
   // Applies every update whose row still holds its expected record, in one
@@ -228,10 +238,16 @@ class GrantStore {
   // access-token expiry recorded (unless the grant is revoked). Returns whether
   // the swap applied (true without a rotation); when it did not, nothing is
   // changed.
+  // With Sync::kLater the caller calls SyncToDisk() next (the refresher does,
+  // once it has answered: docs/refresh.md, "Durability").
   virtual absl::StatusOr<bool> FinishRefresh(const std::optional<SealedSecretUpdate>& rotation,
                                              const SealedSecretKey& marker,
                                              std::string_view grant_id,
-                                             absl::Time access_expires_at, absl::Time now) = 0;
+                                             absl::Time access_expires_at, absl::Time now,
+                                             Sync sync) = 0;
+  // Waits until every write committed so far, unsynced ones included, is on
+  // the disk.
+  virtual absl::Status SyncToDisk() = 0;
   // Up to `limit` secrets wrapped under `kek_label` whose key sorts after
   // `after` (or from the first when nullopt), ordered by key. Served by an
   // index on (kek_label, owner_id, purpose).

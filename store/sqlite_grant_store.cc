@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <iterator>
 #include <limits>
@@ -23,6 +25,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -282,33 +285,121 @@ struct DatabaseCloser {
 };
 using DatabaseHandle = std::unique_ptr<sqlite3, DatabaseCloser>;
 
-// Owns one prepared statement. Bind errors are remembered and reported by the
-// next Step(), so call sites bind without checking each call.
+// The prepared statements of one store's connection that are not in use, by
+// their SQL, kept for the next Statement::Prepare of the same SQL: compiling
+// a statement costs more than running one of the store's. Used only under
+// the store's lock, as its connection is. (Sealed records are the only
+// bound values that matter, and a kept statement's bindings are cleared.)
+class StatementCache {
+ public:
+  StatementCache() = default;
+  StatementCache(const StatementCache&) = delete;
+  StatementCache& operator=(const StatementCache&) = delete;
+  ~StatementCache() {
+    for (auto& [sql, idle] : idle_) {
+      for (sqlite3_stmt* stmt : idle) sqlite3_finalize(stmt);
+    }
+  }
+
+  // A kept statement of `sql`, reset and unbound; nullptr when there is none.
+  sqlite3_stmt* Take(std::string_view sql) {
+    auto it = idle_.find(sql);
+    if (it == idle_.end() || it->second.empty()) return nullptr;
+    sqlite3_stmt* stmt = it->second.back();
+    it->second.pop_back();
+    return stmt;
+  }
+
+  // Keeps `stmt` (of SQL `sql`) for reuse, or finalizes it when enough of the
+  // same SQL are kept already (nested uses of one query).
+  void Give(std::string_view sql, sqlite3_stmt* stmt) {
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+    auto it = idle_.find(sql);
+    if (it == idle_.end()) it = idle_.emplace(std::string(sql), std::vector<sqlite3_stmt*>()).first;
+    std::vector<sqlite3_stmt*>& idle = it->second;
+    if (idle.size() >= kMaxIdlePerSql) {
+      sqlite3_finalize(stmt);
+      return;
+    }
+    idle.push_back(stmt);
+  }
+
+ private:
+  static constexpr size_t kMaxIdlePerSql = 2;
+  std::map<std::string, std::vector<sqlite3_stmt*>, std::less<>> idle_;
+};
+
+// Which connections have a statement cache (a store's, for its life).
+class StatementCaches {
+ public:
+  static void Register(sqlite3* db, StatementCache* cache) {
+    absl::MutexLock lock(&mu_);
+    Map()[db] = cache;
+  }
+  static void Unregister(sqlite3* db) {
+    absl::MutexLock lock(&mu_);
+    Map().erase(db);
+  }
+  static StatementCache* For(sqlite3* db) {
+    absl::MutexLock lock(&mu_);
+    auto it = Map().find(db);
+    return it == Map().end() ? nullptr : it->second;
+  }
+
+ private:
+  static std::map<sqlite3*, StatementCache*>& Map() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    static auto* map = new std::map<sqlite3*, StatementCache*>();
+    return *map;
+  }
+  static inline absl::Mutex mu_;
+};
+
+// Owns one prepared statement (on a store's connection: borrowed from its
+// StatementCache and given back). Bind errors are remembered and reported by
+// the next Step(), so call sites bind without checking each call.
 class Statement {
  public:
   static absl::StatusOr<Statement> Prepare(sqlite3* db, std::string_view sql, std::string context) {
-    sqlite3_stmt* stmt = nullptr;
     if (sql.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
       return absl::InvalidArgumentError(
           absl::StrCat("grant store: ", Sv(context), ": SQL too long"));
     }
-    int rc = sqlite3_prepare_v2(db, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
+    // Never a pragma: some take effect, or read their value, when compiled.
+    StatementCache* cache =
+        absl::StartsWithIgnoreCase(Sv(sql), "PRAGMA") ? nullptr : StatementCaches::For(db);
+    if (cache != nullptr) {
+      if (sqlite3_stmt* kept = cache->Take(sql))
+        return Statement(db, kept, cache, std::move(context));
+    }
+    sqlite3_stmt* stmt = nullptr;
+    const int rc =
+        sqlite3_prepare_v3(db, sql.data(), static_cast<int>(sql.size()),
+                           cache != nullptr ? SQLITE_PREPARE_PERSISTENT : 0, &stmt, nullptr);
     if (rc != SQLITE_OK) {
       sqlite3_finalize(stmt);
       return SqliteError(db, rc, context);
     }
-    return Statement(db, stmt, std::move(context));
+    return Statement(db, stmt, cache, std::move(context));
   }
 
   Statement(Statement&& other) noexcept
       : db_(other.db_),
         stmt_(std::exchange(other.stmt_, nullptr)),
+        cache_(other.cache_),
         context_(std::move(other.context_)),
         bind_rc_(other.bind_rc_) {}
   Statement& operator=(Statement&&) = delete;
   Statement(const Statement&) = delete;
   Statement& operator=(const Statement&) = delete;
-  ~Statement() { sqlite3_finalize(stmt_); }  // a no-op on nullptr
+  ~Statement() {
+    if (stmt_ == nullptr) return;
+    if (cache_ != nullptr) {
+      cache_->Give(sqlite3_sql(stmt_), stmt_);
+    } else {
+      sqlite3_finalize(stmt_);
+    }
+  }
 
   void BindText(int index, std::string_view value) {
     // A null pointer would bind SQL NULL, not the empty string.
@@ -378,8 +469,8 @@ class Statement {
   }
 
  private:
-  Statement(sqlite3* db, sqlite3_stmt* stmt, std::string context)
-      : db_(db), stmt_(stmt), context_(std::move(context)) {}
+  Statement(sqlite3* db, sqlite3_stmt* stmt, StatementCache* cache, std::string context)
+      : db_(db), stmt_(stmt), cache_(cache), context_(std::move(context)) {}
 
   void Note(int rc) {
     if (rc != SQLITE_OK && bind_rc_ == SQLITE_OK) bind_rc_ = rc;
@@ -387,9 +478,18 @@ class Statement {
 
   sqlite3* db_;
   sqlite3_stmt* stmt_;
+  StatementCache* cache_;  // nullptr: finalized when done
   std::string context_;
   int bind_rc_ = SQLITE_OK;
 };
+
+// Runs one statement that returns no rows, kept prepared on a store's
+// connection (BEGIN, COMMIT: run on every call). Not for pragmas, some of
+// which take effect when compiled: Exec.
+absl::Status RunOne(sqlite3* db, std::string_view sql, std::string_view context) {
+  GV_ASSIGN_OR_RETURN(Statement statement, Statement::Prepare(db, sql, std::string(context)));
+  return statement.Run();
+}
 
 // An open transaction; rolled back unless Commit() succeeds.
 class Transaction {
@@ -397,8 +497,8 @@ class Transaction {
   enum class Mode { kDeferred, kImmediate };
 
   static absl::StatusOr<Transaction> Begin(sqlite3* db, Mode mode) {
-    GV_RETURN_IF_ERROR(Exec(db, mode == Mode::kImmediate ? "BEGIN IMMEDIATE" : "BEGIN DEFERRED",
-                            "begin transaction"));
+    GV_RETURN_IF_ERROR(RunOne(db, mode == Mode::kImmediate ? "BEGIN IMMEDIATE" : "BEGIN DEFERRED",
+                              "begin transaction"));
     return Transaction(db);
   }
 
@@ -415,7 +515,7 @@ class Transaction {
   }
 
   absl::Status Commit() {
-    GV_RETURN_IF_ERROR(Exec(db_, "COMMIT", "commit transaction"));
+    GV_RETURN_IF_ERROR(RunOne(db_, "COMMIT", "commit transaction"));
     db_ = nullptr;
     return absl::OkStatus();
   }
@@ -684,7 +784,14 @@ absl::Status CheckKekWritable(sqlite3* db, std::string_view kek_label) {
 
 class SqliteGrantStore final : public GrantStore {
  public:
-  explicit SqliteGrantStore(DatabaseHandle db) : db_(std::move(db)) {}
+  explicit SqliteGrantStore(DatabaseHandle db) : db_(std::move(db)) {
+    StatementCaches::Register(db_.get(), &statements_);
+  }
+  // The cache's statements are finalized (it is destroyed) before the
+  // connection closes.
+  ~SqliteGrantStore() override ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    StatementCaches::Unregister(db_.get());
+  }
 
   absl::Status InsertGrant(const Grant& grant, const SealedSecret& secret,
                            std::optional<std::string> replaces,
@@ -705,13 +812,16 @@ class SqliteGrantStore final : public GrantStore {
   absl::StatusOr<std::vector<UpstreamRevocation>> ListPendingUpstreamRevocations() override;
 
   absl::Status PutSealedSecrets(absl::Span<const SealedSecret> secrets) override;
+  absl::Status PutSealedSecretUnsynced(const SealedSecret& secret) override;
   absl::StatusOr<SealedSecret> GetSealedSecret(const SealedSecretKey& key) override;
   absl::Status DeleteSealedSecret(const SealedSecretKey& key) override;
   absl::StatusOr<size_t> ReplaceSealedSecrets(
       absl::Span<const SealedSecretUpdate> updates) override;
   absl::StatusOr<bool> FinishRefresh(const std::optional<SealedSecretUpdate>& rotation,
                                      const SealedSecretKey& marker, std::string_view grant_id,
-                                     absl::Time access_expires_at, absl::Time now) override;
+                                     absl::Time access_expires_at, absl::Time now,
+                                     Sync sync) override;
+  absl::Status SyncToDisk() override;
   absl::StatusOr<std::vector<SealedSecret>> ListSealedSecretsUnder(
       std::string_view kek_label, const std::optional<SealedSecretKey>& after,
       size_t limit) override;
@@ -752,9 +862,17 @@ class SqliteGrantStore final : public GrantStore {
   absl::StatusOr<std::vector<ConnectorRegistration>> SelectRegistrations(
       std::optional<std::string_view> connector_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  absl::Status PutSealedSecretsLocked(absl::Span<const SealedSecret> secrets)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs `write` (a transaction) with its commit synced as `sync` says.
+  template <typename Write>
+  auto WithSync(Sync sync, Write write) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> decltype(write());
+
   // One connection, used by one thread at a time.
   absl::Mutex mu_;
   DatabaseHandle db_ ABSL_GUARDED_BY(mu_);
+  // Its prepared statements; declared after db_, so destroyed before it.
+  StatementCache statements_ ABSL_GUARDED_BY(mu_);
 };
 
 // --- grants ------------------------------------------------------------------
@@ -1097,6 +1215,49 @@ absl::StatusOr<int64_t> SqliteGrantStore::CountGrants() {
 absl::Status SqliteGrantStore::PutSealedSecrets(absl::Span<const SealedSecret> secrets) {
   for (const SealedSecret& secret : secrets) GV_RETURN_IF_ERROR(ValidateSecret(secret));
   absl::MutexLock lock(&mu_);
+  return PutSealedSecretsLocked(secrets);
+}
+
+absl::Status SqliteGrantStore::PutSealedSecretUnsynced(const SealedSecret& secret) {
+  GV_RETURN_IF_ERROR(ValidateSecret(secret));
+  absl::MutexLock lock(&mu_);
+  return WithSync(Sync::kLater, [&] { return PutSealedSecretsLocked({&secret, 1}); });
+}
+
+template <typename Write>
+auto SqliteGrantStore::WithSync(Sync sync, Write write) -> decltype(write()) {
+  if (sync == Sync::kNow) return write();
+  // In WAL mode, synchronous = NORMAL appends the commit to the WAL without
+  // an fsync (the next FULL commit, or SyncToDisk, syncs it too). The
+  // connection is FULL again before the lock is released, whatever the
+  // write's outcome.
+  // (Exec, not RunOne: a pragma takes effect when it is compiled.)
+  GV_RETURN_IF_ERROR(Exec(db(), "PRAGMA synchronous = NORMAL", "defer the sync of a commit"));
+  auto written = write();
+  const absl::Status restored =
+      Exec(db(), "PRAGMA synchronous = FULL", "restore synchronous commits");
+  if (!restored.ok()) {
+    // Only out of memory; later commits must never go unsynced.
+    std::fprintf(stderr, "fatal: grant store: %s\n", std::string(restored.message()).c_str());
+    std::abort();
+  }
+  return written;
+}
+
+absl::Status SqliteGrantStore::SyncToDisk() {
+  absl::MutexLock lock(&mu_);
+  sqlite3_file* wal = nullptr;
+  // The WAL's file (SQLITE_FCNTL_JOURNAL_POINTER): unsynced commits are only
+  // there until a checkpoint, and a checkpoint syncs the WAL before it copies.
+  const int rc = sqlite3_file_control(db(), "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal);
+  if (rc != SQLITE_OK) return SqliteError(db(), rc, "find the write-ahead log to sync");
+  if (wal == nullptr || wal->pMethods == nullptr) return absl::OkStatus();  // not open: nothing
+  const int synced = wal->pMethods->xSync(wal, SQLITE_SYNC_NORMAL);
+  if (synced != SQLITE_OK) return SqliteError(db(), synced, "sync the write-ahead log");
+  return absl::OkStatus();
+}
+
+absl::Status SqliteGrantStore::PutSealedSecretsLocked(absl::Span<const SealedSecret> secrets) {
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
   std::string checked_label;
   for (const SealedSecret& secret : secrets) {
@@ -1172,35 +1333,37 @@ absl::StatusOr<size_t> SqliteGrantStore::ReplaceSealedSecrets(
 
 absl::StatusOr<bool> SqliteGrantStore::FinishRefresh(
     const std::optional<SealedSecretUpdate>& rotation, const SealedSecretKey& marker,
-    std::string_view grant_id, absl::Time access_expires_at, absl::Time now) {
+    std::string_view grant_id, absl::Time access_expires_at, absl::Time now, Sync sync) {
   if (rotation.has_value()) GV_RETURN_IF_ERROR(ValidateSecretUpdate(*rotation));
   GV_RETURN_IF_ERROR(ValidateSecretKey(marker));
   const std::string context = absl::StrCat("finish the refresh of grant ", Sv(grant_id));
   absl::MutexLock lock(&mu_);
-  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
-  if (rotation.has_value()) {
-    GV_RETURN_IF_ERROR(CheckKekWritable(db(), rotation->new_kek_label));
-    GV_ASSIGN_OR_RETURN(Statement replace, Statement::Prepare(db(), kReplaceSecretSql, context));
-    BindSecretUpdate(replace, *rotation, now);
-    GV_RETURN_IF_ERROR(replace.Run());
-    if (Changes(db()) == 0) return false;  // changed meanwhile: the transaction rolls back
-  }
-  GV_ASSIGN_OR_RETURN(Statement remove, Statement::Prepare(db(), kDeleteSecretSql, context));
-  remove.BindText(1, marker.owner_id);
-  remove.BindText(2, marker.purpose);
-  GV_RETURN_IF_ERROR(remove.Run());
-  GV_ASSIGN_OR_RETURN(Statement expiry,
-                      Statement::Prepare(db(),
-                                         "UPDATE grants SET access_token_expires_at = ?, "
-                                         "updated_at = ? WHERE grant_id = ? AND status != ?",
-                                         context));
-  expiry.BindTime(1, access_expires_at);
-  expiry.BindTime(2, now);
-  expiry.BindText(3, grant_id);
-  expiry.BindText(4, GrantStatusName(GrantStatus::kRevoked));
-  GV_RETURN_IF_ERROR(expiry.Run());
-  GV_RETURN_IF_ERROR(txn.Commit());
-  return true;
+  return WithSync(sync, [&]() -> absl::StatusOr<bool> {
+    GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+    if (rotation.has_value()) {
+      GV_RETURN_IF_ERROR(CheckKekWritable(db(), rotation->new_kek_label));
+      GV_ASSIGN_OR_RETURN(Statement replace, Statement::Prepare(db(), kReplaceSecretSql, context));
+      BindSecretUpdate(replace, *rotation, now);
+      GV_RETURN_IF_ERROR(replace.Run());
+      if (Changes(db()) == 0) return false;  // changed meanwhile: the transaction rolls back
+    }
+    GV_ASSIGN_OR_RETURN(Statement remove, Statement::Prepare(db(), kDeleteSecretSql, context));
+    remove.BindText(1, marker.owner_id);
+    remove.BindText(2, marker.purpose);
+    GV_RETURN_IF_ERROR(remove.Run());
+    GV_ASSIGN_OR_RETURN(Statement expiry,
+                        Statement::Prepare(db(),
+                                           "UPDATE grants SET access_token_expires_at = ?, "
+                                           "updated_at = ? WHERE grant_id = ? AND status != ?",
+                                           context));
+    expiry.BindTime(1, access_expires_at);
+    expiry.BindTime(2, now);
+    expiry.BindText(3, grant_id);
+    expiry.BindText(4, GrantStatusName(GrantStatus::kRevoked));
+    GV_RETURN_IF_ERROR(expiry.Run());
+    GV_RETURN_IF_ERROR(txn.Commit());
+    return true;
+  });
 }
 
 absl::StatusOr<std::vector<SealedSecret>> SqliteGrantStore::ListSealedSecretsUnder(

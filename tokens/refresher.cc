@@ -255,6 +255,15 @@ void Refresher::WorkerLoop() {
     mu_.Lock();
     running_.erase(running_.find(flight->grant_id));
     FinishLocked(*flight, std::move(outcome));
+    if (flight->unsynced) {
+      // The waiters have their answer; the disk catches up meanwhile
+      // (docs/refresh.md, "Durability").
+      mu_.Unlock();
+      if (absl::Status synced = deps_.store->SyncToDisk(); !synced.ok() && deps_.on_sync_failed) {
+        deps_.on_sync_failed(flight->grant_id, synced);
+      }
+      mu_.Lock();
+    }
   }
   mu_.Unlock();
 }
@@ -446,9 +455,10 @@ absl::StatusOr<Refresher::CommitOutcome> Refresher::CommitRotation(
                                    std::move(sealed.record)};
   for (int commit = 0; commit < kMaxCommitAttempts; ++commit) {
     if (finish != nullptr) {
-      GV_ASSIGN_OR_RETURN(bool applied,
-                          deps_.store->FinishRefresh(update, finish->marker, sent_row.key.owner_id,
-                                                     finish->access_expires_at, finish->now));
+      GV_ASSIGN_OR_RETURN(
+          bool applied,
+          deps_.store->FinishRefresh(update, finish->marker, sent_row.key.owner_id,
+                                     finish->access_expires_at, finish->now, store::Sync::kLater));
       if (applied) {
         if (finished != nullptr) *finished = true;
         return CommitOutcome::kCommitted;
@@ -600,7 +610,10 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
       marker.kek_label = sealed.kek.label;
       marker.record = std::move(sealed.record);
       marker.updated_at = deps_.clock->Now();
-      GV_RETURN_IF_ERROR(deps_.store->PutSealedSecret(marker));
+      // Unsynced: it must survive the broker's death, which it does at once; a power cut that
+      // took it would only leave a later invalid_grant without the crash-window reason.
+      GV_RETURN_IF_ERROR(deps_.store->PutSealedSecretUnsynced(marker));
+      flight.unsynced = true;  // this and what follows: synced once the flight has answered
     }
     // After an outcome that rotated nothing, the marker goes unless it also stands for an
     // earlier attempt whose outcome is still unknown.
@@ -752,7 +765,9 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
     if (!finished) {
       // Best effort: a marker left behind only names the crash window later,
       // and the token is as valid whether or not its expiry is on record.
-      deps_.store->FinishRefresh(std::nullopt, marker_key, grant_id, out.token.expires_at, now)
+      deps_.store
+          ->FinishRefresh(std::nullopt, marker_key, grant_id, out.token.expires_at, now,
+                          store::Sync::kLater)
           .IgnoreError();
     }
     return out;

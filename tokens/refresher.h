@@ -95,6 +95,10 @@ struct RefresherDeps {
   // committed it), on the refreshing thread; may be empty. For the audit log
   // and the grant-event stream.
   std::function<void(std::string_view grant_id, std::string_view reason)> on_reauth_required;
+  // Called when the disk did not confirm a refresh's writes (they were
+  // committed, and answered, unsynced: docs/refresh.md, "Durability"), on the
+  // refreshing thread; may be empty. For the log.
+  std::function<void(std::string_view grant_id, const absl::Status& error)> on_sync_failed;
 };
 
 struct RefresherOptions {
@@ -196,6 +200,9 @@ class Refresher : public TokenSource {
     std::string revoke_reason;
     bool revoked = false;
     absl::StatusOr<SharedAccessToken> result = absl::UnknownError("pending");
+    // The refreshing worker's alone: the refresh committed writes unsynced,
+    // which the worker syncs once it has answered.
+    bool unsynced = false;
   };
   struct Refreshed {
     AccessToken token;
@@ -264,7 +271,7 @@ class Refresher : public TokenSource {
   // With `finish`, the first swap also removes the crash-window marker and
   // records the access token's expiry in the same transaction
   // (GrantStore::FinishRefresh), and `*finished` says whether it did.
-  struct Finish {
+  struct Finish {  // committed unsynced (store::Sync::kLater)
     store::SealedSecretKey marker;
     absl::Time access_expires_at;
     absl::Time now;

@@ -1,8 +1,10 @@
 #include "store/sqlite_grant_store.h"
 
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -619,7 +621,8 @@ TEST_F(SqliteGrantStoreTest, FinishRefreshSwapsRemovesTheMarkerAndRecordsTheExpi
   // The row changed meanwhile (another rotation): nothing is written.
   const SealedSecretUpdate stale{
       {"gr_1", "refresh_token"}, Record("rt-v0"), Label(1), Record("rt-v2")};
-  absl::StatusOr<bool> applied = store->FinishRefresh(stale, marker, "gr_1", At(3800), At(200));
+  absl::StatusOr<bool> applied =
+      store->FinishRefresh(stale, marker, "gr_1", At(3800), At(200), Sync::kNow);
   ASSERT_TRUE(applied.ok()) << applied.status();
   EXPECT_FALSE(*applied);
   EXPECT_EQ(store->GetSealedSecret({"gr_1", "refresh_token"})->record, Record("rt-v1"));
@@ -628,7 +631,7 @@ TEST_F(SqliteGrantStoreTest, FinishRefreshSwapsRemovesTheMarkerAndRecordsTheExpi
 
   const SealedSecretUpdate rotation{
       {"gr_1", "refresh_token"}, Record("rt-v1"), Label(1), Record("rt-v2")};
-  applied = store->FinishRefresh(rotation, marker, "gr_1", At(3800), At(200));
+  applied = store->FinishRefresh(rotation, marker, "gr_1", At(3800), At(200), Sync::kNow);
   ASSERT_TRUE(applied.ok()) << applied.status();
   EXPECT_TRUE(*applied);
   EXPECT_EQ(store->GetSealedSecret({"gr_1", "refresh_token"})->record, Record("rt-v2"));
@@ -637,13 +640,65 @@ TEST_F(SqliteGrantStoreTest, FinishRefreshSwapsRemovesTheMarkerAndRecordsTheExpi
 
   // Without a rotation (the server kept the refresh token), and with no
   // marker left: the expiry is recorded; a revoked grant's is not.
-  applied = store->FinishRefresh(std::nullopt, marker, "gr_1", At(7400), At(300));
+  applied = store->FinishRefresh(std::nullopt, marker, "gr_1", At(7400), At(300), Sync::kNow);
   ASSERT_TRUE(applied.ok() && *applied) << applied.status();
   EXPECT_EQ(store->GetGrant("gr_1")->access_token_expires_at, At(7400));
   ASSERT_TRUE(store->RevokeGrant("gr_1", "revoked by alice", At(400)).ok());
-  applied = store->FinishRefresh(std::nullopt, marker, "gr_1", At(9999), At(500));
+  applied = store->FinishRefresh(std::nullopt, marker, "gr_1", At(9999), At(500), Sync::kNow);
   ASSERT_TRUE(applied.ok() && *applied) << applied.status();
   EXPECT_EQ(store->GetGrant("gr_1")->access_token_expires_at, At(7400));
+}
+
+// Unsynced writes (Sync::kLater): another connection reads them at once, they
+// survive the death of the writing process before anything synced them, and
+// the connection commits synchronously again afterwards. (What a power cut
+// does to them cannot be shown here: docs/refresh.md, "Durability".)
+TEST_F(SqliteGrantStoreTest, UnsyncedWritesAreVisibleAndSurviveTheWritersDeath) {
+  {
+    std::unique_ptr<GrantStore> store = OpenWithKeys();
+    ASSERT_NE(store, nullptr);
+    Grant grant = MakeGrant("gr_1", "ws1", "google_workspace");
+    ASSERT_TRUE(store->InsertGrant(grant, SecretFor(grant, 1, "rt-v1")).ok());
+  }
+  const SealedSecretKey marker{"gr_1", "refresh_attempt"};
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // The writer: both unsynced writes of a refresh, then killed before any
+    // sync and before the store is closed.
+    absl::StatusOr<std::unique_ptr<GrantStore>> store = OpenSqliteGrantStore(path_, {});
+    if (!store.ok() ||
+        !(*store)->PutSealedSecretUnsynced(Secret("gr_1", "refresh_attempt", 1, "attempt")).ok()) {
+      ::_exit(2);
+    }
+    if (*internal::ExecuteSqlForTesting(**store, "PRAGMA synchronous") != "2") ::_exit(3);
+    const SealedSecretUpdate rotation{
+        {"gr_1", "refresh_token"}, Record("rt-v1"), Label(1), Record("rt-v2")};
+    absl::StatusOr<bool> applied =
+        (*store)->FinishRefresh(rotation, marker, "gr_1", At(3800), At(200), Sync::kLater);
+    if (!applied.ok() || !*applied) ::_exit(4);
+    if (*internal::ExecuteSqlForTesting(**store, "PRAGMA synchronous") != "2") ::_exit(5);
+    ::kill(::getpid(), SIGKILL);
+    ::_exit(6);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+      << "the writer failed before its death: exit " << WEXITSTATUS(status);
+
+  std::unique_ptr<GrantStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(store->GetSealedSecret({"gr_1", "refresh_token"})->record, Record("rt-v2"));
+  EXPECT_EQ(store->GetSealedSecret(marker).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->GetGrant("gr_1")->access_token_expires_at, At(3800));
+
+  // Visible to another connection before any sync, and synced on request.
+  ASSERT_TRUE(store->PutSealedSecretUnsynced(Secret("gr_1", "refresh_attempt", 1, "again")).ok());
+  std::unique_ptr<GrantStore> reader = Open();
+  ASSERT_NE(reader, nullptr);
+  EXPECT_EQ(reader->GetSealedSecret(marker)->record, Record("again"));
+  EXPECT_TRUE(store->SyncToDisk().ok());
+  EXPECT_EQ(*internal::ExecuteSqlForTesting(*store, "PRAGMA synchronous"), "2");
 }
 
 TEST_F(SqliteGrantStoreTest, ReplaceSealedSecretsAppliesOnlyMatchingRows) {

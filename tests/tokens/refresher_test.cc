@@ -224,8 +224,8 @@ class RefresherTest : public ::testing::Test {
     grant_id_ = done->grant.grant_id;
     ASSERT_TRUE(store_->GetSealedSecret({grant_id_, "refresh_token"}).ok());
 
-    auto refresher = Refresher::Create(
-        RefresherDeps{store_.get(), sealer_.get(), http_.get(), resolver_.get(), &RealClock(), {}});
+    auto refresher = Refresher::Create(RefresherDeps{
+        store_.get(), sealer_.get(), http_.get(), resolver_.get(), &RealClock(), {}, {}});
     ASSERT_TRUE(refresher.ok()) << refresher.status();
     refresher_ = std::move(*refresher);
   }
@@ -432,7 +432,7 @@ TEST_F(RefresherTest, ErrorsNeverCarryTokens) {
 TEST_F(RefresherTest, ServerErrorsAreRetriedInsideTheDeadline) {
   FaultyTokenEndpoint faulty(http_.get());
   auto refresher = Refresher::Create(
-      RefresherDeps{store_.get(), sealer_.get(), &faulty, resolver_.get(), &RealClock(), {}});
+      RefresherDeps{store_.get(), sealer_.get(), &faulty, resolver_.get(), &RealClock(), {}, {}});
   ASSERT_TRUE(refresher.ok());
   faulty.Inject(2, 503);
   const absl::Time start = absl::Now();
@@ -451,7 +451,7 @@ TEST_F(RefresherTest, ServerErrorsAreRetriedInsideTheDeadline) {
 TEST_F(RefresherTest, TooManyRequestsServesAStillValidTokenThenUnavailable) {
   FaultyTokenEndpoint faulty(http_.get());
   auto created = Refresher::Create(
-      RefresherDeps{store_.get(), sealer_.get(), &faulty, resolver_.get(), &RealClock(), {}});
+      RefresherDeps{store_.get(), sealer_.get(), &faulty, resolver_.get(), &RealClock(), {}, {}});
   ASSERT_TRUE(created.ok());
   Refresher& refresher = **created;
   auto first =
@@ -489,7 +489,8 @@ TEST_F(RefresherTest, ATransientSealFailureOfTheRotatedTokenIsRetriedAndCommitte
   options.initial_backoff = absl::Milliseconds(20);
   options.max_backoff = absl::Milliseconds(100);
   auto created = Refresher::Create(
-      RefresherDeps{store_.get(), &flaky, http_.get(), resolver_.get(), &RealClock(), {}}, options);
+      RefresherDeps{store_.get(), &flaky, http_.get(), resolver_.get(), &RealClock(), {}, {}},
+      options);
   ASSERT_TRUE(created.ok()) << created.status();
   Refresher& refresher = **created;
   const SecretBytes before = StoredRefreshToken();
@@ -521,7 +522,8 @@ TEST_F(RefresherTest, ARotatedTokenThatCannotBeStoredIsKeptAndCommittedBeforeThe
   options.max_backoff = absl::Milliseconds(100);
   options.request_timeout = absl::Seconds(1);  // how long the worker retries the commit
   auto created = Refresher::Create(
-      RefresherDeps{store_.get(), &flaky, http_.get(), resolver_.get(), &RealClock(), {}}, options);
+      RefresherDeps{store_.get(), &flaky, http_.get(), resolver_.get(), &RealClock(), {}, {}},
+      options);
   ASSERT_TRUE(created.ok()) << created.status();
   Refresher& refresher = **created;
   const SecretBytes before = StoredRefreshToken();
@@ -577,7 +579,7 @@ TEST_F(RefresherTest, ARotatedTokenIsCommittedOnceALockedDatabaseFreesAgain) {
   options.max_backoff = absl::Milliseconds(200);
   options.request_timeout = absl::Seconds(30);  // the commit's retries outlast the lock
   auto created = Refresher::Create(
-      RefresherDeps{store_.get(), sealer_.get(), &locking, resolver_.get(), &RealClock(), {}},
+      RefresherDeps{store_.get(), sealer_.get(), &locking, resolver_.get(), &RealClock(), {}, {}},
       options);
   ASSERT_TRUE(created.ok()) << created.status();
   Refresher& refresher = **created;
@@ -611,7 +613,8 @@ TEST_F(RefresherTest, ARevocationWaitsForAKeptRotatedTokenToBeStored) {
   options.max_backoff = absl::Milliseconds(100);
   options.request_timeout = absl::Seconds(1);
   auto created = Refresher::Create(
-      RefresherDeps{store_.get(), &flaky, http_.get(), resolver_.get(), &RealClock(), {}}, options);
+      RefresherDeps{store_.get(), &flaky, http_.get(), resolver_.get(), &RealClock(), {}, {}},
+      options);
   ASSERT_TRUE(created.ok()) << created.status();
   Refresher& refresher = **created;
   const SecretBytes before = StoredRefreshToken();

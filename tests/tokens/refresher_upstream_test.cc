@@ -174,7 +174,7 @@ class RefresherUpstreamTest : public ::testing::Test {
   // Created per test, with small backoffs unless told otherwise.
   Refresher& Make(RefresherOptions options = SmallBackoffs()) {
     auto refresher = Refresher::Create(
-        RefresherDeps{store_.get(), sealer_.get(), http_.get(), resolver_.get(), &clock_, {}},
+        RefresherDeps{store_.get(), sealer_.get(), http_.get(), resolver_.get(), &clock_, {}, {}},
         std::move(options));
     EXPECT_TRUE(refresher.ok()) << refresher.status();
     refresher_ = std::move(*refresher);
@@ -883,7 +883,8 @@ TEST_F(RefresherUpstreamTest, RevokeErasesTheCachedTokenAndForgetMakesTheStoreBe
 }
 
 TEST_F(RefresherUpstreamTest, CreateRefusesInvalidOptions) {
-  const RefresherDeps deps{store_.get(), sealer_.get(), http_.get(), resolver_.get(), &clock_, {}};
+  const RefresherDeps deps{
+      store_.get(), sealer_.get(), http_.get(), resolver_.get(), &clock_, {}, {}};
   auto with = [&](auto change) {
     RefresherOptions options;
     change(options);
