@@ -10,7 +10,10 @@
 #   2. cold Resolve: a second demo provider whose access tokens live COLD_TTL
 #      (1 s); every call comes after the previous token expired, so each one
 #      makes one refresh, as an agent that comes back after a pause does;
-#      its latency minus the provider's own time per token request;
+#      its latency minus the provider's own time per refresh, which a bare
+#      client (bench/refresh_rtt, with a grant of its own from
+#      bench/reference_grant.mjs) measures after them, as often and as far
+#      apart; also minus the provider's handler time from its log;
 #   3. optionally, cached Resolve (both workloads) at 64 connections with
 #      [audit] enabled = true vs false (only if the daemon knows the key);
 #   4. a store of 100,000 sealed grants (bench/seed_grants): start-to-READY
@@ -22,12 +25,12 @@
 #
 #   cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
 #   cmake --build build -j2 --target grantvaultd grantvault loadgen echo_server \
-#       seed_grants ready_timer
+#       seed_grants ready_timer refresh_rtt
 #   bench/resolve_bench.sh
 #
 # Builds nothing. Environment (defaults in brackets):
 #   BUILD_DIR    build tree holding the binaries below                      [build]
-#   GRANTVAULTD, GRANTVAULT, LOADGEN, ECHO_SERVER, SEED_GRANTS, READY_TIMER
+#   GRANTVAULTD, GRANTVAULT, LOADGEN, ECHO_SERVER, SEED_GRANTS, READY_TIMER, REFRESH_RTT
 #                override single binaries' paths         [under BUILD_DIR]
 #   CONNECTIONS  connection counts for step 1                         [1 16 64 256]
 #   DURATION     measured seconds per run                                   [3]
@@ -77,6 +80,7 @@ esac
 ECHO_SERVER=${ECHO_SERVER:-$BUILD_DIR/bench/echo_server}
 SEED_GRANTS=${SEED_GRANTS:-$BUILD_DIR/bench/seed_grants}
 READY_TIMER=${READY_TIMER:-$BUILD_DIR/bench/ready_timer}
+REFRESH_RTT=${REFRESH_RTT:-$BUILD_DIR/bench/refresh_rtt}
 CONNECTIONS=${CONNECTIONS:-"1 16 64 256"}
 DURATION=${DURATION:-3}
 WARMUP=${WARMUP:-1}
@@ -94,7 +98,7 @@ STARTS=${STARTS:-3}
 PROFILE=${PROFILE:-0}
 
 for bin in "$GRANTVAULTD" "$GRANTVAULT" "$LOADGEN" "$ECHO_SERVER" "$READY_TIMER" \
-  $([[ $GRANTS -gt 0 ]] && echo "$SEED_GRANTS"); do
+  $([[ $GRANTS -gt 0 ]] && echo "$SEED_GRANTS") $([[ $COLD -gt 0 ]] && echo "$REFRESH_RTT"); do
   if [[ ! -x $bin ]]; then
     echo "resolve_bench: $bin is missing; build first (see the top of this script)" >&2
     exit 2
@@ -108,6 +112,7 @@ done
 abs() { [[ $1 == /* ]] && echo "$1" || echo "$root/$1"; }
 GRANTVAULTD=$(abs "$GRANTVAULTD") GRANTVAULT=$(abs "$GRANTVAULT") LOADGEN=$(abs "$LOADGEN")
 ECHO_SERVER=$(abs "$ECHO_SERVER") SEED_GRANTS=$(abs "$SEED_GRANTS") READY_TIMER=$(abs "$READY_TIMER")
+REFRESH_RTT=$(abs "$REFRESH_RTT")
 
 tmp=$(mktemp -d /tmp/gv-resolve-bench.XXXXXX)
 # The daemon refuses root unless told (docs/operations.md, "Sandbox").
@@ -338,6 +343,12 @@ authorize_grant ws_mix demo2 dave
 if [[ $COLD -gt 0 ]]; then
   register_connector cold "$cold_issuer"
   authorize_grant ws_cold cold erin
+  # The bare client's own grant at the same provider (step 2's baseline).
+  cold_token_endpoint=$(node bench/reference_grant.mjs --issuer "$cold_issuer" \
+    --ca "$tmp/provider/cert.pem" --client-id grantvault-bench \
+    --client-secret-file "$tmp/provider/client.secret" --user frank \
+    --out "$tmp/reference.refresh" 2>>"$tmp/reference.log") ||
+    die "reference_grant.mjs failed: $(cat "$tmp/reference.log")"
 fi
 probe_resolve
 
@@ -436,13 +447,34 @@ if [[ $COLD -gt 0 ]]; then
   before=$(token_lines)
   cold_wait=$(awk -v t="$COLD_TTL" 'BEGIN { printf "%.2f", t + 0.1 }')
   : >"$tmp/cold.lines"
-  for _ in $(seq "$COLD"); do
+  # The baseline: the same refresh from a bare client (bench/refresh_rtt:
+  # grantvault's HTTPS client and nothing else) with its own grant at the same
+  # provider, one after each cold resolve, half a wait later, so that both
+  # see the provider alike and never overlap.
+  mkfifo "$tmp/reference.go"
+  "$REFRESH_RTT" --token-endpoint "$cold_token_endpoint" --ca-file "$tmp/provider/cert.pem" \
+    --client-id grantvault-bench --client-secret-file "$tmp/provider/client.secret" \
+    --refresh-token-file "$tmp/reference.refresh" <"$tmp/reference.go" \
+    >"$tmp/reference.rtt" 2>>"$tmp/reference.log" &
+  reference_pid=$!
+  exec 4>"$tmp/reference.go"
+  half_wait=$(awk -v w="$cold_wait" 'BEGIN { printf "%.2f", w / 2 }')
+  for i in $(seq "$COLD"); do
     sleep "$cold_wait"
     line=$(timeout 40 "$LOADGEN" --socket "$agent_sock" --request resolve --workspace ws_cold \
       --connector cold --tool cold_read --connections 1 --depth 1 --count 1 --duration 30 \
       --threads 1 --label cold) || die "a cold resolve failed: $line"
     echo "$line" >>"$tmp/cold.lines"
+    sleep "$half_wait"
+    echo go >&4
+    for _ in $(seq 100); do
+      [[ $(wc -l <"$tmp/reference.rtt") -ge $i ]] && break
+      kill -0 "$reference_pid" 2>/dev/null || die "refresh_rtt failed: $(cat "$tmp/reference.log")"
+      sleep 0.05
+    done
   done
+  exec 4>&-
+  wait "$reference_pid" || die "refresh_rtt failed: $(cat "$tmp/reference.log")"
   after=$(token_lines)
   stats() {  # numbers on stdin -> "n mean p50 p99 max"
     sort -g | awk '{ v[NR] = $1; s += $1 } END {
@@ -451,17 +483,28 @@ if [[ $COLD -gt 0 ]]; then
   }
   read -r _ cold_mean cold_p50 cold_p99 cold_max < <(sed -n 's/.* mean_us=\([^ ]*\).*/\1/p' "$tmp/cold.lines" |
     awk '{ print $1 / 1000 }' | stats)
-  read -r n_token provider_mean provider_p50 _ _ < <(grep 'POST /token 200' "$tmp/cold-provider.log" |
-    tail -n +"$((before + 1))" | sed -n 's/.* \([0-9.]*\)ms$/\1/p' | stats)
+  provider_times() {  # the cold provider's handler times (its log) after its first $1
+    grep 'POST /token 200' "$tmp/cold-provider.log" | tail -n +"$(($1 + 1))" |
+      sed -n 's/.* \([0-9.]*\)ms$/\1/p'
+  }
+  # The provider's log interleaves both clients' requests: odd lines are the
+  # daemon's, even ones the bare client's.
+  read -r _ provider_mean provider_p50 _ _ < <(provider_times "$before" | awk 'NR % 2 == 1' | stats)
+  read -r _ bare_provider_mean _ _ _ < <(provider_times "$before" | awk 'NR % 2 == 0' | stats)
+  read -r _ bare_mean bare_p50 bare_p99 _ < <(awk '{ print $1 / 1000 }' "$tmp/reference.rtt" | stats)
   echo
   echo "Cold resolve (each call after its previous token expired: tokens of ${COLD_TTL} s, ${cold_wait} s apart), 1 connection, $COLD calls:"
-  echo "  token requests at the cold provider: $((after - before)) (expected $COLD)"
+  echo "  token requests at the cold provider: $((after - before)) (expected $((2 * COLD)): $COLD from grantvaultd, $COLD from the bare client)"
   awk -v mean="$cold_mean" -v p50="$cold_p50" -v p99="$cold_p99" -v max="$cold_max" \
-    -v pm="$provider_mean" -v pp="$provider_p50" 'BEGIN {
+    -v pm="$provider_mean" -v pp="$provider_p50" -v bm="$bare_mean" -v bp="$bare_p50" \
+    -v b99="$bare_p99" -v bpm="$bare_provider_mean" 'BEGIN {
       printf "  resolve latency: mean %.2f ms, p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", mean, p50, p99, max
-      printf "  provider time per token request (its log): mean %.2f ms, p50 %.2f ms\n", pm, pp
-      printf "  grantvaultd overhead per cold resolve (mean latency - mean provider time): %.2f ms\n", mean - pm
-      printf "  cold resolve / provider time (means): %.1f x\n", (pm > 0 ? mean / pm : 0) }'
+      printf "  the same refresh from a bare client (refresh_rtt, round trip): mean %.2f ms, p50 %.2f ms, p99 %.2f ms\n", bm, bp, b99
+      printf "  provider handler time per token request (its log): mean %.2f ms, p50 %.2f ms (bare client: mean %.2f ms)\n", pm, pp, bpm
+      printf "  grantvaultd overhead per cold resolve (mean latency - bare client mean): %.2f ms\n", mean - bm
+      printf "  the same, each side net of its own handler times (the provider'"'"'s variance): %.2f ms\n", (mean - pm) - (bm - bpm)
+      printf "  the same against the handler time alone (mean latency - mean handler time): %.2f ms\n", mean - pm
+      printf "  cold resolve / bare refresh (means): %.1f x\n", (bm > 0 ? mean / bm : 0) }'
   echo "  load average $(loadavg)"
 fi
 
