@@ -45,6 +45,9 @@ struct Grant {
   absl::Time created_at = absl::InfinitePast();
   absl::Time updated_at = absl::InfinitePast();
   std::optional<absl::Time> access_token_expires_at;
+  // Since when a refresh request whose outcome is not known has been out (the
+  // crash window's marker, GrantStore::MarkRefreshAttempt); none normally.
+  std::optional<absl::Time> refresh_attempt_at;
   std::map<std::string, std::string> metadata;  // instance_url, tenant, team id…
 
   bool operator==(const Grant&) const = default;
@@ -220,28 +223,28 @@ class GrantStore {
   absl::Status PutSealedSecret(const SealedSecret& secret) {
     return PutSealedSecrets({&secret, 1});
   }
-  // As PutSealedSecret, but unsynced (Sync::kLater): for what only explains a
-  // crash afterwards (the refresher's attempt marker, tokens/refresher.h),
-  // where a record lost to a power cut costs a less precise reason.
-  virtual absl::Status PutSealedSecretUnsynced(const SealedSecret& secret) = 0;
   virtual absl::StatusOr<SealedSecret> GetSealedSecret(const SealedSecretKey& key) = 0;
   virtual absl::Status DeleteSealedSecret(const SealedSecretKey& key) = 0;
   // Applies every update whose row still holds its expected record, in one
   // transaction; returns how many were applied (the rest changed meanwhile).
   virtual absl::StatusOr<size_t> ReplaceSealedSecrets(
       absl::Span<const SealedSecretUpdate> updates) = 0;
-  // What a successful refresh leaves in the store, in one transaction (one
-  // sync to disk instead of three): the rotated refresh token in place of the
-  // one sent (`rotation`, when the server rotated it: compare-and-swap as
-  // ReplaceSealedSecrets), and, if that applied or there was none, the
-  // crash-window marker `marker` removed (if present) and the grant's
-  // access-token expiry recorded (unless the grant is revoked). Returns whether
-  // the swap applied (true without a rotation); when it did not, nothing is
-  // changed.
-  // With Sync::kLater the caller calls SyncToDisk() next (the refresher does,
-  // once it has answered: docs/refresh.md, "Durability").
+  // The refresher's attempt marker (docs/refresh.md, "The crash window that
+  // remains"): Grant::refresh_attempt_at set (unless it already is) before a
+  // refresh request is sent, and cleared once its outcome is known. Both
+  // unsynced (Sync::kLater): a marker lost to a power cut costs a less
+  // precise reason later, never a token. NotFound for an unknown grant.
+  virtual absl::Status MarkRefreshAttempt(std::string_view grant_id, absl::Time now) = 0;
+  virtual absl::Status ClearRefreshAttempt(std::string_view grant_id) = 0;
+  // What a successful refresh leaves in the store, in one transaction: the
+  // rotated refresh token in place of the one sent (`rotation`, when the
+  // server rotated it: compare-and-swap as ReplaceSealedSecrets), and, if that
+  // applied or there was none, the attempt marker cleared and the grant's
+  // access-token expiry recorded (unless the grant is revoked). Returns
+  // whether the swap applied (true without a rotation); when it did not,
+  // nothing is changed. With Sync::kLater the caller calls SyncToDisk() next
+  // (the refresher does, once it has answered: docs/refresh.md, "Durability").
   virtual absl::StatusOr<bool> FinishRefresh(const std::optional<SealedSecretUpdate>& rotation,
-                                             const SealedSecretKey& marker,
                                              std::string_view grant_id,
                                              absl::Time access_expires_at, absl::Time now,
                                              Sync sync) = 0;

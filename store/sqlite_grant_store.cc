@@ -209,6 +209,16 @@ CREATE TABLE connector_redirect_uris (
 
 CREATE INDEX grants_by_connector ON grants (connector_id, status);
 )sql"},
+    {6, R"sql(
+-- The refresher's attempt marker (docs/refresh.md, "The crash window that
+-- remains"): since when a refresh request whose outcome is not known was sent.
+-- It holds no secret; it was a sealed secret of purpose 'refresh_attempt'.
+ALTER TABLE grants ADD COLUMN refresh_attempt_at INTEGER;
+UPDATE grants SET refresh_attempt_at = (
+  SELECT s.updated_at FROM sealed_secrets s
+  WHERE s.owner_id = grants.grant_id AND s.purpose = 'refresh_attempt');
+DELETE FROM sealed_secrets WHERE purpose = 'refresh_attempt';
+)sql"},
 };
 
 constexpr int kLatestSchemaVersion = kMigrations[std::size(kMigrations) - 1].version;
@@ -596,7 +606,7 @@ void BindSecretUpdate(Statement& replace, const SealedSecretUpdate& update, absl
 
 constexpr char kGrantColumns[] =
     "grant_id, workspace_id, connector_id, connector_type, account_id, status, status_reason, "
-    "authorized_by, created_at, updated_at, access_token_expires_at";
+    "authorized_by, created_at, updated_at, access_token_expires_at, refresh_attempt_at";
 
 absl::StatusOr<Grant> ReadGrantRow(const Statement& row) {
   Grant grant;
@@ -611,6 +621,7 @@ absl::StatusOr<Grant> ReadGrantRow(const Statement& row) {
   grant.created_at = row.Time(8);
   grant.updated_at = row.Time(9);
   grant.access_token_expires_at = row.OptionalTime(10);
+  grant.refresh_attempt_at = row.OptionalTime(11);
   return grant;
 }
 
@@ -666,11 +677,12 @@ std::vector<std::string> EndpointFieldsChanged(const ConnectorRegistration& a,
 
 absl::Status InsertGrantRows(sqlite3* db, const Grant& grant) {
   std::string context = absl::StrCat("insert grant ", grant.grant_id);
-  GV_ASSIGN_OR_RETURN(Statement insert,
-                      Statement::Prepare(db,
-                                         absl::StrCat("INSERT INTO grants (", kGrantColumns,
-                                                      ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-                                         context));
+  GV_ASSIGN_OR_RETURN(
+      Statement insert,
+      Statement::Prepare(db,
+                         absl::StrCat("INSERT INTO grants (", kGrantColumns,
+                                      ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                         context));
   insert.BindText(1, grant.grant_id);
   insert.BindText(2, grant.workspace_id);
   insert.BindText(3, grant.connector_id);
@@ -682,6 +694,7 @@ absl::Status InsertGrantRows(sqlite3* db, const Grant& grant) {
   insert.BindTime(9, grant.created_at);
   insert.BindTime(10, grant.updated_at);
   insert.BindOptionalTime(11, grant.access_token_expires_at);
+  insert.BindOptionalTime(12, grant.refresh_attempt_at);
   GV_RETURN_IF_ERROR(insert.Run());
 
   GV_ASSIGN_OR_RETURN(
@@ -812,15 +825,15 @@ class SqliteGrantStore final : public GrantStore {
   absl::StatusOr<std::vector<UpstreamRevocation>> ListPendingUpstreamRevocations() override;
 
   absl::Status PutSealedSecrets(absl::Span<const SealedSecret> secrets) override;
-  absl::Status PutSealedSecretUnsynced(const SealedSecret& secret) override;
   absl::StatusOr<SealedSecret> GetSealedSecret(const SealedSecretKey& key) override;
   absl::Status DeleteSealedSecret(const SealedSecretKey& key) override;
   absl::StatusOr<size_t> ReplaceSealedSecrets(
       absl::Span<const SealedSecretUpdate> updates) override;
+  absl::Status MarkRefreshAttempt(std::string_view grant_id, absl::Time now) override;
+  absl::Status ClearRefreshAttempt(std::string_view grant_id) override;
   absl::StatusOr<bool> FinishRefresh(const std::optional<SealedSecretUpdate>& rotation,
-                                     const SealedSecretKey& marker, std::string_view grant_id,
-                                     absl::Time access_expires_at, absl::Time now,
-                                     Sync sync) override;
+                                     std::string_view grant_id, absl::Time access_expires_at,
+                                     absl::Time now, Sync sync) override;
   absl::Status SyncToDisk() override;
   absl::StatusOr<std::vector<SealedSecret>> ListSealedSecretsUnder(
       std::string_view kek_label, const std::optional<SealedSecretKey>& after,
@@ -862,8 +875,6 @@ class SqliteGrantStore final : public GrantStore {
   absl::StatusOr<std::vector<ConnectorRegistration>> SelectRegistrations(
       std::optional<std::string_view> connector_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  absl::Status PutSealedSecretsLocked(absl::Span<const SealedSecret> secrets)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs `write` (a transaction) with its commit synced as `sync` says.
   template <typename Write>
   auto WithSync(Sync sync, Write write) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> decltype(write());
@@ -1215,13 +1226,51 @@ absl::StatusOr<int64_t> SqliteGrantStore::CountGrants() {
 absl::Status SqliteGrantStore::PutSealedSecrets(absl::Span<const SealedSecret> secrets) {
   for (const SealedSecret& secret : secrets) GV_RETURN_IF_ERROR(ValidateSecret(secret));
   absl::MutexLock lock(&mu_);
-  return PutSealedSecretsLocked(secrets);
+  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
+  std::string checked_label;
+  for (const SealedSecret& secret : secrets) {
+    if (secret.kek_label != checked_label) {
+      GV_RETURN_IF_ERROR(CheckKekWritable(db(), secret.kek_label));
+      checked_label = secret.kek_label;
+    }
+    GV_RETURN_IF_ERROR(WriteSecretRow(db(), secret, OnConflict::kReplace));
+  }
+  return txn.Commit();
 }
 
-absl::Status SqliteGrantStore::PutSealedSecretUnsynced(const SealedSecret& secret) {
-  GV_RETURN_IF_ERROR(ValidateSecret(secret));
+absl::Status SqliteGrantStore::MarkRefreshAttempt(std::string_view grant_id, absl::Time now) {
+  GV_RETURN_IF_ERROR(RequireNonEmpty(grant_id, "grant id"));
+  const std::string context = absl::StrCat("mark the refresh attempt of grant ", Sv(grant_id));
   absl::MutexLock lock(&mu_);
-  return WithSync(Sync::kLater, [&] { return PutSealedSecretsLocked({&secret, 1}); });
+  return WithSync(Sync::kLater, [&]() -> absl::Status {
+    // The earliest attempt whose outcome is unknown is kept.
+    GV_ASSIGN_OR_RETURN(
+        Statement mark,
+        Statement::Prepare(db(),
+                           "UPDATE grants SET refresh_attempt_at = coalesce(refresh_attempt_at, ?) "
+                           "WHERE grant_id = ?",
+                           context));
+    mark.BindTime(1, now);
+    mark.BindText(2, grant_id);
+    GV_RETURN_IF_ERROR(mark.Run());
+    if (Changes(db()) == 0) {
+      return absl::NotFoundError(absl::StrCat("grant ", Sv(grant_id), " does not exist"));
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SqliteGrantStore::ClearRefreshAttempt(std::string_view grant_id) {
+  const std::string context = absl::StrCat("clear the refresh attempt of grant ", Sv(grant_id));
+  absl::MutexLock lock(&mu_);
+  return WithSync(Sync::kLater, [&]() -> absl::Status {
+    GV_ASSIGN_OR_RETURN(
+        Statement clear,
+        Statement::Prepare(db(), "UPDATE grants SET refresh_attempt_at = NULL WHERE grant_id = ?",
+                           context));
+    clear.BindText(1, grant_id);
+    return clear.Run();
+  });
 }
 
 template <typename Write>
@@ -1255,19 +1304,6 @@ absl::Status SqliteGrantStore::SyncToDisk() {
   const int synced = wal->pMethods->xSync(wal, SQLITE_SYNC_NORMAL);
   if (synced != SQLITE_OK) return SqliteError(db(), synced, "sync the write-ahead log");
   return absl::OkStatus();
-}
-
-absl::Status SqliteGrantStore::PutSealedSecretsLocked(absl::Span<const SealedSecret> secrets) {
-  GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
-  std::string checked_label;
-  for (const SealedSecret& secret : secrets) {
-    if (secret.kek_label != checked_label) {
-      GV_RETURN_IF_ERROR(CheckKekWritable(db(), secret.kek_label));
-      checked_label = secret.kek_label;
-    }
-    GV_RETURN_IF_ERROR(WriteSecretRow(db(), secret, OnConflict::kReplace));
-  }
-  return txn.Commit();
 }
 
 absl::StatusOr<SealedSecret> SqliteGrantStore::GetSealedSecret(const SealedSecretKey& key) {
@@ -1332,10 +1368,9 @@ absl::StatusOr<size_t> SqliteGrantStore::ReplaceSealedSecrets(
 }
 
 absl::StatusOr<bool> SqliteGrantStore::FinishRefresh(
-    const std::optional<SealedSecretUpdate>& rotation, const SealedSecretKey& marker,
-    std::string_view grant_id, absl::Time access_expires_at, absl::Time now, Sync sync) {
+    const std::optional<SealedSecretUpdate>& rotation, std::string_view grant_id,
+    absl::Time access_expires_at, absl::Time now, Sync sync) {
   if (rotation.has_value()) GV_RETURN_IF_ERROR(ValidateSecretUpdate(*rotation));
-  GV_RETURN_IF_ERROR(ValidateSecretKey(marker));
   const std::string context = absl::StrCat("finish the refresh of grant ", Sv(grant_id));
   absl::MutexLock lock(&mu_);
   return WithSync(sync, [&]() -> absl::StatusOr<bool> {
@@ -1347,19 +1382,21 @@ absl::StatusOr<bool> SqliteGrantStore::FinishRefresh(
       GV_RETURN_IF_ERROR(replace.Run());
       if (Changes(db()) == 0) return false;  // changed meanwhile: the transaction rolls back
     }
-    GV_ASSIGN_OR_RETURN(Statement remove, Statement::Prepare(db(), kDeleteSecretSql, context));
-    remove.BindText(1, marker.owner_id);
-    remove.BindText(2, marker.purpose);
-    GV_RETURN_IF_ERROR(remove.Run());
-    GV_ASSIGN_OR_RETURN(Statement expiry,
-                        Statement::Prepare(db(),
-                                           "UPDATE grants SET access_token_expires_at = ?, "
-                                           "updated_at = ? WHERE grant_id = ? AND status != ?",
-                                           context));
-    expiry.BindTime(1, access_expires_at);
-    expiry.BindTime(2, now);
-    expiry.BindText(3, grant_id);
-    expiry.BindText(4, GrantStatusName(GrantStatus::kRevoked));
+    // The marker goes whatever the grant's status; a revoked grant's expiry
+    // is left as it was.
+    GV_ASSIGN_OR_RETURN(
+        Statement expiry,
+        Statement::Prepare(db(),
+                           "UPDATE grants SET refresh_attempt_at = NULL, "
+                           "access_token_expires_at = CASE WHEN status != ?1 THEN ?2 "
+                           "ELSE access_token_expires_at END, "
+                           "updated_at = CASE WHEN status != ?1 THEN ?3 ELSE updated_at END "
+                           "WHERE grant_id = ?4",
+                           context));
+    expiry.BindText(1, GrantStatusName(GrantStatus::kRevoked));
+    expiry.BindTime(2, access_expires_at);
+    expiry.BindTime(3, now);
+    expiry.BindText(4, grant_id);
     GV_RETURN_IF_ERROR(expiry.Run());
     GV_RETURN_IF_ERROR(txn.Commit());
     return true;

@@ -457,8 +457,8 @@ absl::StatusOr<Refresher::CommitOutcome> Refresher::CommitRotation(
     if (finish != nullptr) {
       GV_ASSIGN_OR_RETURN(
           bool applied,
-          deps_.store->FinishRefresh(update, finish->marker, sent_row.key.owner_id,
-                                     finish->access_expires_at, finish->now, store::Sync::kLater));
+          deps_.store->FinishRefresh(update, sent_row.key.owner_id, finish->access_expires_at,
+                                     finish->now, store::Sync::kLater));
       if (applied) {
         if (finished != nullptr) *finished = true;
         return CommitOutcome::kCommitted;
@@ -504,9 +504,16 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
   for (int round = 0; round < kMaxRotationRounds; ++round) {
     if (Abandoned(flight)) return UnavailableFor(flight, "the refresh was abandoned");
     GV_ASSIGN_OR_RETURN(store::Grant grant, deps_.store->GetGrant(grant_id));
-    const store::SealedSecretKey marker_key{grant_id, kRefreshAttemptPurpose};
+    // The attempt marker: set before a request is sent, cleared once its outcome is known.
+    // Finding it set means an earlier attempt's outcome was lost (a crash, or a response that
+    // never arrived), which is how the crash window is recognised.
+    bool marker_set = grant.refresh_attempt_at.has_value();
     // Best effort: a marker left behind only makes a later invalid_grant name the crash window.
-    auto resolve_attempt = [&] { deps_.store->DeleteSealedSecret(marker_key).IgnoreError(); };
+    auto resolve_attempt = [&] {
+      deps_.store->ClearRefreshAttempt(grant_id).IgnoreError();
+      marker_set = false;
+      flight.unsynced = true;
+    };
 
     // A rotated refresh token that an earlier flight could not store goes to the store before
     // anything else: the stored one is dead at the server. Also for a grant revoked meanwhile
@@ -595,26 +602,11 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
         SecretBytes refresh_token,
         deps_.sealer->Open(sealed_refresh->record, keys::SealContextOf(*sealed_refresh)));
 
-    // The attempt marker: present before the request is sent, removed once its outcome is
-    // known. Finding one left over means an earlier attempt's outcome was lost (a crash, or a
-    // response that never arrived), which is how the crash window is recognised.
-    store::SealedSecret marker;
-    marker.key = marker_key;
-    marker.workspace_id = grant.workspace_id;
-    marker.connector_id = grant.connector_id;
-    marker.account_id = grant.account_id;
-    const bool earlier_attempt_unresolved = deps_.store->GetSealedSecret(marker.key).ok();
-    {
-      GV_ASSIGN_OR_RETURN(hsm::Sealed sealed,
-                          deps_.sealer->Seal(SecretBytes::Random(16), keys::SealContextOf(marker)));
-      marker.kek_label = sealed.kek.label;
-      marker.record = std::move(sealed.record);
-      marker.updated_at = deps_.clock->Now();
-      // Unsynced: it must survive the broker's death, which it does at once; a power cut that
-      // took it would only leave a later invalid_grant without the crash-window reason.
-      GV_RETURN_IF_ERROR(deps_.store->PutSealedSecretUnsynced(marker));
-      flight.unsynced = true;  // this and what follows: synced once the flight has answered
-    }
+    const bool earlier_attempt_unresolved = marker_set;
+    // Unsynced: it must survive the broker's death, which it does at once; a power cut that took
+    // it would only leave a later invalid_grant without the crash-window reason.
+    GV_RETURN_IF_ERROR(deps_.store->MarkRefreshAttempt(grant_id, deps_.clock->Now()));
+    flight.unsynced = true;  // this and what follows: synced once the flight has answered
     // After an outcome that rotated nothing, the marker goes unless it also stands for an
     // earlier attempt whose outcome is still unknown.
     auto resolve_attempt_unless_earlier = [&] {
@@ -745,7 +737,7 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
     // the current one.
     // The rotated token, the marker's removal and the access token's expiry
     // go to the store in one transaction when they can (FinishRefresh).
-    const Finish finish{marker_key, out.token.expires_at, now};
+    const Finish finish{out.token.expires_at, now};
     bool finished = false;
     if (!tokens->refresh_token.empty()) {
       absl::StatusOr<CommitOutcome> committed = CommitWithBackoff(
@@ -766,8 +758,7 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
       // Best effort: a marker left behind only names the crash window later,
       // and the token is as valid whether or not its expiry is on record.
       deps_.store
-          ->FinishRefresh(std::nullopt, marker_key, grant_id, out.token.expires_at, now,
-                          store::Sync::kLater)
+          ->FinishRefresh(std::nullopt, grant_id, out.token.expires_at, now, store::Sync::kLater)
           .IgnoreError();
     }
     return out;

@@ -81,9 +81,6 @@ namespace grantvault::tokens {
 // response between the server rotating the token and our commit).
 inline constexpr char kCrashWindowReason[] =
     "refresh token rotated but not recorded (crash window)";
-// The sealed-secret purpose of the marker written before a refresh is sent and
-// removed once its outcome is known.
-inline constexpr char kRefreshAttemptPurpose[] = "refresh_attempt";
 
 struct RefresherDeps {
   store::GrantStore* store = nullptr;
@@ -272,7 +269,6 @@ class Refresher : public TokenSource {
   // records the access token's expiry in the same transaction
   // (GrantStore::FinishRefresh), and `*finished` says whether it did.
   struct Finish {  // committed unsynced (store::Sync::kLater)
-    store::SealedSecretKey marker;
     absl::Time access_expires_at;
     absl::Time now;
   };

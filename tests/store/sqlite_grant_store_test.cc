@@ -448,7 +448,7 @@ TEST_F(SqliteGrantStoreTest, OneCurrentGrantPerWorkspaceConnector) {
   absl::StatusOr<std::string> raw = internal::ExecuteSqlForTesting(
       *store,
       "INSERT INTO grants VALUES ('gr_x', 'ws1', 'google_workspace', 'google', 'a', 'active', '', "
-      "'admin', 0, 0, NULL)");
+      "'admin', 0, 0, NULL, NULL)");
   EXPECT_EQ(raw.status().code(), absl::StatusCode::kAlreadyExists);
 
   // Once revoked, the connector can be authorized afresh.
@@ -615,38 +615,44 @@ TEST_F(SqliteGrantStoreTest, FinishRefreshSwapsRemovesTheMarkerAndRecordsTheExpi
   Grant grant = MakeGrant("gr_1", "ws1", "google_workspace");
   grant.access_token_expires_at.reset();
   ASSERT_TRUE(store->InsertGrant(grant, SecretFor(grant, 1, "rt-v1")).ok());
-  const SealedSecretKey marker{"gr_1", "refresh_attempt"};
-  ASSERT_TRUE(store->PutSealedSecret(Secret("gr_1", "refresh_attempt", 1, "attempt")).ok());
+  ASSERT_TRUE(store->MarkRefreshAttempt("gr_1", At(100)).ok());
+  ASSERT_TRUE(store->MarkRefreshAttempt("gr_1", At(150)).ok());
+  EXPECT_EQ(store->GetGrant("gr_1")->refresh_attempt_at, At(100)) << "the earliest is kept";
+  EXPECT_EQ(store->MarkRefreshAttempt("gr_9", At(100)).code(), absl::StatusCode::kNotFound);
 
   // The row changed meanwhile (another rotation): nothing is written.
   const SealedSecretUpdate stale{
       {"gr_1", "refresh_token"}, Record("rt-v0"), Label(1), Record("rt-v2")};
-  absl::StatusOr<bool> applied =
-      store->FinishRefresh(stale, marker, "gr_1", At(3800), At(200), Sync::kNow);
+  absl::StatusOr<bool> applied = store->FinishRefresh(stale, "gr_1", At(3800), At(200), Sync::kNow);
   ASSERT_TRUE(applied.ok()) << applied.status();
   EXPECT_FALSE(*applied);
   EXPECT_EQ(store->GetSealedSecret({"gr_1", "refresh_token"})->record, Record("rt-v1"));
-  EXPECT_TRUE(store->GetSealedSecret(marker).ok()) << "the marker stays";
+  EXPECT_EQ(store->GetGrant("gr_1")->refresh_attempt_at, At(100)) << "the marker stays";
   EXPECT_FALSE(store->GetGrant("gr_1")->access_token_expires_at.has_value());
 
   const SealedSecretUpdate rotation{
       {"gr_1", "refresh_token"}, Record("rt-v1"), Label(1), Record("rt-v2")};
-  applied = store->FinishRefresh(rotation, marker, "gr_1", At(3800), At(200), Sync::kNow);
+  applied = store->FinishRefresh(rotation, "gr_1", At(3800), At(200), Sync::kNow);
   ASSERT_TRUE(applied.ok()) << applied.status();
   EXPECT_TRUE(*applied);
   EXPECT_EQ(store->GetSealedSecret({"gr_1", "refresh_token"})->record, Record("rt-v2"));
-  EXPECT_EQ(store->GetSealedSecret(marker).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_FALSE(store->GetGrant("gr_1")->refresh_attempt_at.has_value());
   EXPECT_EQ(store->GetGrant("gr_1")->access_token_expires_at, At(3800));
 
   // Without a rotation (the server kept the refresh token), and with no
   // marker left: the expiry is recorded; a revoked grant's is not.
-  applied = store->FinishRefresh(std::nullopt, marker, "gr_1", At(7400), At(300), Sync::kNow);
+  applied = store->FinishRefresh(std::nullopt, "gr_1", At(7400), At(300), Sync::kNow);
   ASSERT_TRUE(applied.ok() && *applied) << applied.status();
   EXPECT_EQ(store->GetGrant("gr_1")->access_token_expires_at, At(7400));
   ASSERT_TRUE(store->RevokeGrant("gr_1", "revoked by alice", At(400)).ok());
-  applied = store->FinishRefresh(std::nullopt, marker, "gr_1", At(9999), At(500), Sync::kNow);
+  ASSERT_TRUE(store->MarkRefreshAttempt("gr_1", At(450)).ok());
+  applied = store->FinishRefresh(std::nullopt, "gr_1", At(9999), At(500), Sync::kNow);
   ASSERT_TRUE(applied.ok() && *applied) << applied.status();
   EXPECT_EQ(store->GetGrant("gr_1")->access_token_expires_at, At(7400));
+  EXPECT_FALSE(store->GetGrant("gr_1")->refresh_attempt_at.has_value()) << "cleared all the same";
+  ASSERT_TRUE(store->MarkRefreshAttempt("gr_1", At(600)).ok());
+  ASSERT_TRUE(store->ClearRefreshAttempt("gr_1").ok());
+  EXPECT_FALSE(store->GetGrant("gr_1")->refresh_attempt_at.has_value());
 }
 
 // Unsynced writes (Sync::kLater): another connection reads them at once, they
@@ -660,22 +666,18 @@ TEST_F(SqliteGrantStoreTest, UnsyncedWritesAreVisibleAndSurviveTheWritersDeath) 
     Grant grant = MakeGrant("gr_1", "ws1", "google_workspace");
     ASSERT_TRUE(store->InsertGrant(grant, SecretFor(grant, 1, "rt-v1")).ok());
   }
-  const SealedSecretKey marker{"gr_1", "refresh_attempt"};
   const pid_t child = ::fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
     // The writer: both unsynced writes of a refresh, then killed before any
     // sync and before the store is closed.
     absl::StatusOr<std::unique_ptr<GrantStore>> store = OpenSqliteGrantStore(path_, {});
-    if (!store.ok() ||
-        !(*store)->PutSealedSecretUnsynced(Secret("gr_1", "refresh_attempt", 1, "attempt")).ok()) {
-      ::_exit(2);
-    }
+    if (!store.ok() || !(*store)->MarkRefreshAttempt("gr_1", At(150)).ok()) ::_exit(2);
     if (*internal::ExecuteSqlForTesting(**store, "PRAGMA synchronous") != "2") ::_exit(3);
     const SealedSecretUpdate rotation{
         {"gr_1", "refresh_token"}, Record("rt-v1"), Label(1), Record("rt-v2")};
     absl::StatusOr<bool> applied =
-        (*store)->FinishRefresh(rotation, marker, "gr_1", At(3800), At(200), Sync::kLater);
+        (*store)->FinishRefresh(rotation, "gr_1", At(3800), At(200), Sync::kLater);
     if (!applied.ok() || !*applied) ::_exit(4);
     if (*internal::ExecuteSqlForTesting(**store, "PRAGMA synchronous") != "2") ::_exit(5);
     ::kill(::getpid(), SIGKILL);
@@ -689,14 +691,28 @@ TEST_F(SqliteGrantStoreTest, UnsyncedWritesAreVisibleAndSurviveTheWritersDeath) 
   std::unique_ptr<GrantStore> store = Open();
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(store->GetSealedSecret({"gr_1", "refresh_token"})->record, Record("rt-v2"));
-  EXPECT_EQ(store->GetSealedSecret(marker).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_FALSE(store->GetGrant("gr_1")->refresh_attempt_at.has_value());
   EXPECT_EQ(store->GetGrant("gr_1")->access_token_expires_at, At(3800));
 
+  // The marker alone, before the request it stands for, survives too.
+  const pid_t marker_writer = ::fork();
+  ASSERT_GE(marker_writer, 0);
+  if (marker_writer == 0) {
+    absl::StatusOr<std::unique_ptr<GrantStore>> writer = OpenSqliteGrantStore(path_, {});
+    if (!writer.ok() || !(*writer)->MarkRefreshAttempt("gr_1", At(300)).ok()) ::_exit(2);
+    ::kill(::getpid(), SIGKILL);
+    ::_exit(6);
+  }
+  ASSERT_EQ(::waitpid(marker_writer, &status, 0), marker_writer);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  EXPECT_EQ(store->GetGrant("gr_1")->refresh_attempt_at, At(300));
+  ASSERT_TRUE(store->ClearRefreshAttempt("gr_1").ok());
+
   // Visible to another connection before any sync, and synced on request.
-  ASSERT_TRUE(store->PutSealedSecretUnsynced(Secret("gr_1", "refresh_attempt", 1, "again")).ok());
+  ASSERT_TRUE(store->MarkRefreshAttempt("gr_1", At(4000)).ok());
   std::unique_ptr<GrantStore> reader = Open();
   ASSERT_NE(reader, nullptr);
-  EXPECT_EQ(reader->GetSealedSecret(marker)->record, Record("again"));
+  EXPECT_EQ(reader->GetGrant("gr_1")->refresh_attempt_at, At(4000));
   EXPECT_TRUE(store->SyncToDisk().ok());
   EXPECT_EQ(*internal::ExecuteSqlForTesting(*store, "PRAGMA synchronous"), "2");
 }
@@ -1080,6 +1096,7 @@ TEST_F(SqliteGrantStoreTest, ADatabaseFromBeforeRedirectUrisMigrates) {
     RawDb raw = OpenRaw(path_);
     ASSERT_EQ(RawExec(raw.get(),
                       "DROP TABLE connector_redirect_uris; DROP INDEX grants_by_connector; "
+                      "ALTER TABLE grants DROP COLUMN refresh_attempt_at; "
                       "DELETE FROM schema_migrations WHERE version >= 5"),
               SQLITE_OK);
   }
@@ -1091,6 +1108,34 @@ TEST_F(SqliteGrantStoreTest, ADatabaseFromBeforeRedirectUrisMigrates) {
   reg.redirect_uris = {"https://hub.example.com/oauth/callback"};
   ASSERT_TRUE(store->PutConnectorRegistration(reg, ClientSecret("zendesk", "s2")).ok());
   EXPECT_EQ(*store->GetConnectorRegistration("zendesk"), reg);
+}
+
+// Before schema 6 the refresher's attempt marker was a sealed secret of
+// purpose 'refresh_attempt': it becomes the grant's refresh_attempt_at.
+TEST_F(SqliteGrantStoreTest, ADatabaseWithSealedAttemptMarkersMigrates) {
+  {
+    std::unique_ptr<GrantStore> store = OpenWithKeys();
+    ASSERT_NE(store, nullptr);
+    for (const char* id : {"gr_1", "gr_2"}) {
+      Grant grant = MakeGrant(id, id, "google_workspace");
+      ASSERT_TRUE(store->InsertGrant(grant, SecretFor(grant)).ok());
+    }
+    ASSERT_TRUE(store->PutSealedSecret(Secret("gr_1", "refresh_attempt", 1, "attempt")).ok());
+  }
+  {
+    RawDb raw = OpenRaw(path_);
+    ASSERT_EQ(RawExec(raw.get(),
+                      "ALTER TABLE grants DROP COLUMN refresh_attempt_at; "
+                      "DELETE FROM schema_migrations WHERE version >= 6"),
+              SQLITE_OK);
+  }
+  std::unique_ptr<GrantStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(store->GetGrant("gr_1")->refresh_attempt_at, At(7));
+  EXPECT_FALSE(store->GetGrant("gr_2")->refresh_attempt_at.has_value());
+  EXPECT_EQ(store->GetSealedSecret({"gr_1", "refresh_attempt"}).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_TRUE(store->GetSealedSecret({"gr_1", "refresh_token"}).ok());
 }
 
 // Re-registering must not send the refresh tokens of live grants elsewhere.

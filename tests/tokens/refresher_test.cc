@@ -381,21 +381,7 @@ TEST_F(RefresherTest, ARotationThatWasNeverRecordedIsReportedAsTheCrashWindow) {
   auto lost = RefreshByHand(stored);
   ASSERT_TRUE(lost.ok()) << lost.status();
   ASSERT_EQ(lost->status, 200);
-  store::SealedSecret marker;
-  marker.key = {grant_id_, kRefreshAttemptPurpose};
-  const store::SealedSecret rt = StoredRefresh();
-  marker.workspace_id = rt.workspace_id;
-  marker.connector_id = rt.connector_id;
-  marker.account_id = rt.account_id;
-  auto sealed =
-      sealer_->Seal(SecretBytes::Random(16),
-                    hsm::SealContext{marker.workspace_id, marker.connector_id, marker.account_id,
-                                     marker.key.owner_id, marker.key.purpose});
-  ASSERT_TRUE(sealed.ok());
-  marker.kek_label = sealed->kek.label;
-  marker.record = sealed->record;
-  marker.updated_at = absl::Now();
-  ASSERT_TRUE(store_->PutSealedSecret(marker).ok());
+  ASSERT_TRUE(store_->MarkRefreshAttempt(grant_id_, absl::Now()).ok());
 
   auto refused = Get();
   ASSERT_TRUE(absl::IsFailedPrecondition(refused.status())) << refused.status();
@@ -405,7 +391,7 @@ TEST_F(RefresherTest, ARotationThatWasNeverRecordedIsReportedAsTheCrashWindow) {
   ASSERT_TRUE(grant.ok());
   EXPECT_EQ(grant->status, store::GrantStatus::kReauthRequired);
   EXPECT_EQ(grant->status_reason, kCrashWindowReason);
-  EXPECT_TRUE(absl::IsNotFound(store_->GetSealedSecret(marker.key).status()));
+  EXPECT_FALSE(grant->refresh_attempt_at.has_value());
 }
 
 TEST_F(RefresherTest, ARevokedGrantAnswersRevoked) {
@@ -502,8 +488,7 @@ TEST_F(RefresherTest, ATransientSealFailureOfTheRotatedTokenIsRetriedAndCommitte
   EXPECT_EQ(flaky.failures(), 2);
   EXPECT_EQ(refresher.upstream_requests(), 1);
   EXPECT_FALSE(StoredRefreshToken() == before);
-  EXPECT_TRUE(
-      absl::IsNotFound(store_->GetSealedSecret({grant_id_, kRefreshAttemptPurpose}).status()));
+  EXPECT_TRUE(!store_->GetGrant(grant_id_)->refresh_attempt_at.has_value());
 
   // The provider kills a grant whose rotated-out token is reused: this refresh proves the
   // committed one is the provider's current token.
@@ -547,7 +532,7 @@ TEST_F(RefresherTest, ARotatedTokenThatCannotBeStoredIsKeptAndCommittedBeforeThe
   EXPECT_GE(flaky.failures(), 3);
   EXPECT_EQ(refresher.upstream_requests(), 1);  // nothing was refreshed meanwhile
   EXPECT_TRUE(StoredRefreshToken() == before);  // the store still holds the dead token
-  EXPECT_TRUE(store_->GetSealedSecret({grant_id_, kRefreshAttemptPurpose}).ok());
+  EXPECT_TRUE(store_->GetGrant(grant_id_)->refresh_attempt_at.has_value());
 
   // Once the fault clears, the kept token is committed first; the old one is never resent
   // (the provider would kill the grant).
@@ -560,8 +545,7 @@ TEST_F(RefresherTest, ARotatedTokenThatCannotBeStoredIsKeptAndCommittedBeforeThe
   EXPECT_LE(refresher.upstream_requests(), 2);
   EXPECT_FALSE(refresher.HoldsUnstoredRefreshToken(grant_id_));
   EXPECT_FALSE(StoredRefreshToken() == before);
-  EXPECT_TRUE(
-      absl::IsNotFound(store_->GetSealedSecret({grant_id_, kRefreshAttemptPurpose}).status()));
+  EXPECT_TRUE(!store_->GetGrant(grant_id_)->refresh_attempt_at.has_value());
 
   const int64_t sent = refresher.upstream_requests();
   refresher.Forget(grant_id_);
@@ -594,8 +578,7 @@ TEST_F(RefresherTest, ARotatedTokenIsCommittedOnceALockedDatabaseFreesAgain) {
   EXPECT_GE(absl::Now() - start, absl::Seconds(5));  // the commit waited out the store's refusal
   EXPECT_EQ(refresher.upstream_requests(), 1);
   EXPECT_FALSE(StoredRefreshToken() == before);
-  EXPECT_TRUE(
-      absl::IsNotFound(store_->GetSealedSecret({grant_id_, kRefreshAttemptPurpose}).status()));
+  EXPECT_TRUE(!store_->GetGrant(grant_id_)->refresh_attempt_at.has_value());
 
   // The committed token is the provider's current one: the grant keeps working.
   refresher.Forget(grant_id_);

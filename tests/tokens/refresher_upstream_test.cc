@@ -283,7 +283,7 @@ class RefresherUpstreamTest : public ::testing::Test {
     EXPECT_TRUE(grant.ok()) << grant.status();
     return grant.ok() ? *grant : store::Grant{};
   }
-  bool MarkerPresent() { return store_->GetSealedSecret({grant_id_, kRefreshAttemptPurpose}).ok(); }
+  bool MarkerPresent() { return store_->GetGrant(grant_id_)->refresh_attempt_at.has_value(); }
   // Waits (bounded) until a call answers `token`.
   bool EventuallyServes(const std::string& token) {
     for (int i = 0; i < 100; ++i) {
