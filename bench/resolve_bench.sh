@@ -492,17 +492,26 @@ if [[ $COLD -gt 0 ]]; then
   read -r _ provider_mean provider_p50 _ _ < <(provider_times "$before" | awk 'NR % 2 == 1' | stats)
   read -r _ bare_provider_mean _ _ _ < <(provider_times "$before" | awk 'NR % 2 == 0' | stats)
   read -r _ bare_mean bare_p50 bare_p99 _ < <(awk '{ print $1 / 1000 }' "$tmp/reference.rtt" | stats)
+  # Per pair (a cold resolve and the bare refresh after it), each net of its
+  # own request's handler time: the median is the headline (one stall of the
+  # machine moves a mean of 40 by tenths of a millisecond).
+  read -r _ pair_mean pair_p50 _ _ < <(paste \
+    <(sed -n 's/.* mean_us=\([^ ]*\).*/\1/p' "$tmp/cold.lines") \
+    <(provider_times "$before" | awk 'NR % 2 == 1') \
+    "$tmp/reference.rtt" \
+    <(provider_times "$before" | awk 'NR % 2 == 0') |
+    awk 'NF == 4 { print ($1 / 1000 - $2) - ($3 / 1000 - $4) }' | stats)
   echo
   echo "Cold resolve (each call after its previous token expired: tokens of ${COLD_TTL} s, ${cold_wait} s apart), 1 connection, $COLD calls:"
   echo "  token requests at the cold provider: $((after - before)) (expected $((2 * COLD)): $COLD from grantvaultd, $COLD from the bare client)"
   awk -v mean="$cold_mean" -v p50="$cold_p50" -v p99="$cold_p99" -v max="$cold_max" \
     -v pm="$provider_mean" -v pp="$provider_p50" -v bm="$bare_mean" -v bp="$bare_p50" \
-    -v b99="$bare_p99" -v bpm="$bare_provider_mean" 'BEGIN {
+    -v b99="$bare_p99" -v bpm="$bare_provider_mean" -v dm="$pair_mean" -v dp="$pair_p50" 'BEGIN {
       printf "  resolve latency: mean %.2f ms, p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", mean, p50, p99, max
       printf "  the same refresh from a bare client (refresh_rtt, round trip): mean %.2f ms, p50 %.2f ms, p99 %.2f ms\n", bm, bp, b99
       printf "  provider handler time per token request (its log): mean %.2f ms, p50 %.2f ms (bare client: mean %.2f ms)\n", pm, pp, bpm
-      printf "  grantvaultd overhead per cold resolve (mean latency - bare client mean): %.2f ms\n", mean - bm
-      printf "  the same, each side net of its own handler times (the provider'"'"'s variance): %.2f ms\n", (mean - pm) - (bm - bpm)
+      printf "  grantvaultd overhead per cold resolve, per pair net of each request'"'"'s handler time: median %.2f ms, mean %.2f ms\n", dp, dm
+      printf "  the same from the means: (mean latency - bare client mean): %.2f ms; net of handler times: %.2f ms\n", mean - bm, (mean - pm) - (bm - bpm)
       printf "  the same against the handler time alone (mean latency - mean handler time): %.2f ms\n", mean - pm
       printf "  cold resolve / bare refresh (means): %.1f x\n", (bm > 0 ? mean / bm : 0) }'
   echo "  load average $(loadavg)"
