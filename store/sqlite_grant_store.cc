@@ -383,13 +383,17 @@ class Statement {
         return Statement(db, kept, cache, std::move(context));
     }
     sqlite3_stmt* stmt = nullptr;
+    const char* tail = nullptr;
     const int rc =
         sqlite3_prepare_v3(db, sql.data(), static_cast<int>(sql.size()),
-                           cache != nullptr ? SQLITE_PREPARE_PERSISTENT : 0, &stmt, nullptr);
+                           cache != nullptr ? SQLITE_PREPARE_PERSISTENT : 0, &stmt, &tail);
     if (rc != SQLITE_OK) {
       sqlite3_finalize(stmt);
       return SqliteError(db, rc, context);
     }
+    // Kept under sqlite3_sql(), the text it compiled: only when that is all of
+    // `sql`, so that the next Take(sql) finds it.
+    if (tail != sql.data() + sql.size()) cache = nullptr;
     return Statement(db, stmt, cache, std::move(context));
   }
 
@@ -1276,6 +1280,9 @@ absl::Status SqliteGrantStore::ClearRefreshAttempt(std::string_view grant_id) {
 template <typename Write>
 auto SqliteGrantStore::WithSync(Sync sync, Write write) -> decltype(write()) {
   if (sync == Sync::kNow) return write();
+  if (sqlite3_get_autocommit(db()) == 0) {
+    return absl::InternalError("grant store: an unsynced write inside an open transaction");
+  }
   // In WAL mode, synchronous = NORMAL appends the commit to the WAL without
   // an fsync (the next FULL commit, or SyncToDisk, syncs it too). The
   // connection is FULL again before the lock is released, whatever the
@@ -1283,6 +1290,8 @@ auto SqliteGrantStore::WithSync(Sync sync, Write write) -> decltype(write()) {
   // (Exec, not RunOne: a pragma takes effect when it is compiled.)
   GV_RETURN_IF_ERROR(Exec(db(), "PRAGMA synchronous = NORMAL", "defer the sync of a commit"));
   auto written = write();
+  // A transaction left open (a failed ROLLBACK) would refuse the pragma.
+  if (sqlite3_get_autocommit(db()) == 0) sqlite3_exec(db(), "ROLLBACK", nullptr, nullptr, nullptr);
   const absl::Status restored =
       Exec(db(), "PRAGMA synchronous = FULL", "restore synchronous commits");
   if (!restored.ok()) {

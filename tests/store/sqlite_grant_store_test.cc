@@ -1110,6 +1110,83 @@ TEST_F(SqliteGrantStoreTest, ADatabaseFromBeforeRedirectUrisMigrates) {
   EXPECT_EQ(*store->GetConnectorRegistration("zendesk"), reg);
 }
 
+// The default VFS with each write-ahead log's xSync counted (the file's own
+// methods, copied, with xSync wrapped), while an instance lives.
+class WalSyncCounter {
+ public:
+  WalSyncCounter() {
+    base_ = sqlite3_vfs_find(nullptr);
+    vfs_ = *base_;
+    vfs_.zName = "gv-wal-sync-counter";
+    vfs_.xOpen = &Open;
+    syncs_ = 0;
+    sqlite3_vfs_register(&vfs_, /*makeDflt=*/1);
+  }
+  ~WalSyncCounter() {
+    sqlite3_vfs_unregister(&vfs_);
+    sqlite3_vfs_register(base_, /*makeDflt=*/1);
+  }
+  WalSyncCounter(const WalSyncCounter&) = delete;
+  WalSyncCounter& operator=(const WalSyncCounter&) = delete;
+
+  int syncs() const { return syncs_.load(); }
+  void Reset() { syncs_ = 0; }
+
+ private:
+  static int Open(sqlite3_vfs*, sqlite3_filename name, sqlite3_file* file, int flags,
+                  int* out_flags) {
+    const int rc = base_->xOpen(base_, name, file, flags, out_flags);
+    if (rc == SQLITE_OK && (flags & SQLITE_OPEN_WAL) != 0 && file->pMethods != nullptr) {
+      if (real_sync_ == nullptr) {
+        methods_ = *file->pMethods;
+        real_sync_ = methods_.xSync;
+        methods_.xSync = &Sync;
+      }
+      file->pMethods = &methods_;
+    }
+    return rc;
+  }
+  static int Sync(sqlite3_file* file, int flags) {
+    ++syncs_;
+    return real_sync_(file, flags);
+  }
+
+  static inline sqlite3_vfs* base_ = nullptr;
+  static inline sqlite3_vfs vfs_{};
+  static inline sqlite3_io_methods methods_{};
+  static inline int (*real_sync_)(sqlite3_file*, int) = nullptr;
+  static inline std::atomic<int> syncs_{0};
+};
+
+// What Sync::kLater means on the disk: no fsync of the log at the commit, one
+// at SyncToDisk, and synced commits as before.
+TEST_F(SqliteGrantStoreTest, UnsyncedWritesSyncTheLogOnlyWhenAsked) {
+  WalSyncCounter counter;
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  Grant grant = MakeGrant("gr_1", "ws1", "google_workspace");
+  ASSERT_TRUE(store->InsertGrant(grant, SecretFor(grant, 1, "rt-v1")).ok());
+  EXPECT_GE(counter.syncs(), 1) << "a synced write fsyncs the log";
+
+  counter.Reset();
+  ASSERT_TRUE(store->MarkRefreshAttempt("gr_1", At(150)).ok());
+  const SealedSecretUpdate rotation{
+      {"gr_1", "refresh_token"}, Record("rt-v1"), Label(1), Record("rt-v2")};
+  absl::StatusOr<bool> applied =
+      store->FinishRefresh(rotation, "gr_1", At(3800), At(200), Sync::kLater);
+  ASSERT_TRUE(applied.ok() && *applied) << applied.status();
+  ASSERT_TRUE(store->ClearRefreshAttempt("gr_1").ok());
+  EXPECT_EQ(counter.syncs(), 0) << "unsynced writes must not wait for the disk";
+
+  ASSERT_TRUE(store->SyncToDisk().ok());
+  EXPECT_EQ(counter.syncs(), 1);
+
+  counter.Reset();
+  applied = store->FinishRefresh(std::nullopt, "gr_1", At(7400), At(300), Sync::kNow);
+  ASSERT_TRUE(applied.ok() && *applied) << applied.status();
+  EXPECT_GE(counter.syncs(), 1) << "the connection is synchronous again";
+}
+
 // Before schema 6 the refresher's attempt marker was a sealed secret of
 // purpose 'refresh_attempt': it becomes the grant's refresh_attempt_at.
 TEST_F(SqliteGrantStoreTest, ADatabaseWithSealedAttemptMarkersMigrates) {
