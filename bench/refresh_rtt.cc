@@ -17,17 +17,17 @@
 #include <time.h>
 
 #include <cstdio>
-#include <fstream>
 #include <iostream>
-#include <iterator>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 
 #include "CLI/CLI.hpp"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/files.h"
 #include "common/secret_bytes.h"
 #include "oauth/http_client.h"
 #include "oauth/request_parts.h"
@@ -37,13 +37,6 @@ namespace {
 
 using grantvault::SecretBytes;
 namespace oauth = grantvault::oauth;
-
-std::string ReadTrimmed(const std::string& path) {
-  std::ifstream in(path);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
-  return text;
-}
 
 int64_t NowMicros() {
   timespec ts{};
@@ -75,11 +68,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "refresh_rtt: %s\n", std::string(http.status().message()).c_str());
     return 1;
   }
-  const std::string secret = ReadTrimmed(secret_file);
-  std::string refresh_token = ReadTrimmed(token_file);
-  if (secret.empty() || refresh_token.empty()) {
-    std::fprintf(stderr, "refresh_rtt: empty client secret or refresh token file\n");
-    return 1;
+  absl::StatusOr<SecretBytes> secret = grantvault::ReadSecretFile(secret_file);
+  absl::StatusOr<SecretBytes> refresh_token = grantvault::ReadSecretFile(token_file);
+  for (const absl::Status& read : {secret.status(), refresh_token.status()}) {
+    if (!read.ok()) {
+      std::fprintf(stderr, "refresh_rtt: %s\n", std::string(read.message()).c_str());
+      return 1;
+    }
   }
   std::string line;
   for (int i = 0; count == 0 || i < count; ++i) {
@@ -92,10 +87,11 @@ int main(int argc, char** argv) {
     request.method = "POST";
     request.url = endpoint;
     oauth::AppendFormField(request.body, "grant_type", "refresh_token");
-    oauth::AppendFormField(request.body, "refresh_token", refresh_token);
+    oauth::AppendFormField(request.body, "refresh_token", refresh_token->view());
     request.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
     request.headers.emplace_back("Accept", "application/json");
-    request.headers.emplace_back("Authorization", oauth::BasicAuthorization(client_id, secret));
+    request.headers.emplace_back("Authorization",
+                                 oauth::BasicAuthorization(client_id, secret->view()));
     const int64_t started = NowMicros();
     absl::StatusOr<oauth::HttpResponse> response = (*http)->Send(request, absl::Seconds(15));
     const int64_t took = NowMicros() - started;
@@ -109,7 +105,7 @@ int main(int argc, char** argv) {
                    std::string(tokens.status().message()).c_str());
       return 1;
     }
-    if (!tokens->refresh_token.empty()) refresh_token = std::string(tokens->refresh_token.view());
+    if (!tokens->refresh_token.empty()) *refresh_token = std::move(tokens->refresh_token);
     std::printf("%lld\n", static_cast<long long>(took));
     std::fflush(stdout);
   }
