@@ -20,6 +20,8 @@
 #   WARMUP     unmeasured seconds before each run                       [1]
 #   REPEAT     runs per N and path                                      [3]
 #   API_THREADS api_server threads                                      [2]
+#   PROFILE    1: one more (unmeasured) proxied run at the last N under
+#              `perf record -g` on the daemon's front, top symbols printed  [0]
 # With the defaults: about 1 minute.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -175,5 +177,17 @@ for n in $CALLS; do
     printf "%-6s added p50 %.2f ms, added p99 %.2f ms, throughput %.2f of direct\n",
       n, (p5 - d5) / 1000, (p9 - d9) / 1000, pr / dr }'
 done
-calls=$(grep -c 'proxy.call uid=' "$tmp/grantvaultd.log" || true)
+if [[ ${PROFILE:-0} == 1 ]]; then
+  last=${CALLS##* }
+  perf record -F 999 -g -o "$tmp/perf.data" -p "$daemon_pid" >/dev/null 2>&1 &
+  perf_pid=$!
+  run proxy "$last" >/dev/null
+  kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+  perf report -i "$tmp/perf.data" --no-children --percent-limit 1.5 --stdio 2>/dev/null |
+    grep -E '^ +[0-9]' | head -40
+  echo "-- by caller (children):"
+  perf report -i "$tmp/perf.data" --children --percent-limit 4 --stdio -g none 2>/dev/null |
+    grep -E '^ +[0-9]' | head -60
+fi
+calls=$(grep -c 'proxy.call' "$tmp/grantvaultd.log" || true)
 log "the daemon logged $calls proxied calls; load after: $(cut -d' ' -f1-3 /proc/loadavg)"

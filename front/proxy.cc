@@ -676,13 +676,17 @@ void Proxy::Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Re
       e.outcome = absl::IsPermissionDenied(outcome) ? "denied" : "failed";
       e.reason = std::string(outcome.message());
     }
-    spdlog::info(
-        "proxy.call uid={} pid={} workspace={} connector={} tool={} method={} host={} "
-        "path={} status={} bytes={} outcome={}",
-        peer.uid, peer.pid, EscapeForLog(e.workspace_id), EscapeForLog(e.connector_id),
-        EscapeForLog(e.details["tool"]), EscapeForLog(e.details["method"]),
-        EscapeForLog(e.details["host"]), EscapeForLog(e.details["path_template"]),
-        e.details["status"], e.details["bytes_received"], e.outcome);
+    // Each call is in the audit log; the daemon's log has it at debug level
+    // (as token releases), since a line per call costs a write per call.
+    if (spdlog::should_log(spdlog::level::debug)) {
+      spdlog::debug(
+          "proxy.call uid={} pid={} workspace={} connector={} tool={} method={} host={} "
+          "path={} status={} bytes={} outcome={}",
+          peer.uid, peer.pid, EscapeForLog(e.workspace_id), EscapeForLog(e.connector_id),
+          EscapeForLog(e.details["tool"]), EscapeForLog(e.details["method"]),
+          EscapeForLog(e.details["host"]), EscapeForLog(e.details["path_template"]),
+          e.details["status"], e.details["bytes_received"], e.outcome);
+    }
     if (deps_.audit == nullptr) return;
     deps_.audit->AppendAsync(std::move(e), audit::Durability::kGrouped,
                              [this](absl::Status recorded) {

@@ -162,6 +162,11 @@ absl::Status NormalizeScopes(std::vector<std::string>& scopes, const std::string
 
 // The "http" entries of a tool, from TOML or JSON, already as strings.
 absl::Status ParseHttpAllowances(const std::vector<std::string>& declared, ToolDecl& tool) {
+  // An empty list reads like "no calls", but would mean no limit: refused.
+  if (declared.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        tool.where, ": http must declare at least one call (leave it out to allow any call)"));
+  }
   for (const std::string& d : declared) {
     absl::StatusOr<HttpAllowance> allowance = ParseHttpAllowance(d);
     if (!allowance.ok()) {

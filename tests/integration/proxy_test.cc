@@ -97,7 +97,8 @@ class ProxyTest : public ::testing::Test {
     std::ofstream(config_) << "[oauth]\nca_file = \"" << provider_->ca_file()
                            << "\"\nuse_system_trust_store = false\n[policy]\nfile = \"" << policy_
                            << "\"\n[proxy]\nca_file = \"" << certs_.ca_file
-                           << "\"\nuse_system_trust_store = false\nmax_response_bytes = 65536\n";
+                           << "\"\nuse_system_trust_store = false\nmax_response_bytes = 65536\n"
+                           << "[log]\nlevel = \"debug\"\n";  // a line per proxied call
     daemon_ = std::make_unique<DaemonProcess>(std::vector<std::string>{
         GV_GRANTVAULTD, "--allow-root", "--state-dir", state_, "--config", config_});
     absl::Status started = daemon_->Start();

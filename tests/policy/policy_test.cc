@@ -340,6 +340,11 @@ TEST(PolicyTest, ToolsDeclareTheCallsTheyMayMakeByMethodAndPathPrefix) {
   Write(dir.Join("bad.toml"), "[workspaces.w]\nmanifests = [\"bad.json\"]\n");
   EXPECT_THAT(Policy::Load(dir.Join("bad.toml")).status().message(),
               HasSubstr("\"http\" must be an array of strings"));
+  Write(dir.Join("bad.toml"),
+        "[workspaces.w]\n[[workspaces.w.tools]]\nname = \"t\"\nconnector = \"c\"\n"
+        "scopes = [\"s\"]\nhttp = []\n");
+  EXPECT_THAT(Policy::Load(dir.Join("bad.toml")).status().message(),
+              HasSubstr("at least one call"));
 }
 
 TEST(PolicyTest, CanonicalPathsOnlyAreMatchedAgainstPrefixes) {
