@@ -94,6 +94,24 @@ function syntaxErrors(source: ts.SourceFile): readonly ts.Diagnostic[] {
   return program.getSyntacticDiagnostics(source);
 }
 
+// What a refused expression is, in an error message.
+function describe(node: ts.Node): string {
+  switch (node.kind) {
+    case ts.SyntaxKind.NumericLiteral:
+    case ts.SyntaxKind.BigIntLiteral:
+      return 'a number';
+    case ts.SyntaxKind.TrueKeyword:
+    case ts.SyntaxKind.FalseKeyword:
+      return 'a boolean';
+    case ts.SyntaxKind.NullKeyword:
+      return 'null';
+    case ts.SyntaxKind.Identifier:
+      return 'a name';
+    default:
+      return ts.SyntaxKind[node.kind] ?? 'an expression';
+  }
+}
+
 class LiteralReader {
   readonly positions: Positions = new WeakMap();
 
@@ -150,7 +168,7 @@ class LiteralReader {
       this.positions.set(object, { self: positionOf(this.source, node), members });
       return object;
     }
-    return this.refuse(node, `${ts.SyntaxKind[node.kind]} "${node.getText(this.source).slice(0, 40)}"`);
+    return this.refuse(node, `${describe(node)} "${node.getText(this.source).slice(0, 40)}"`);
   }
 }
 
