@@ -178,7 +178,7 @@ export class Client {
    * confirmed the subscription (its SUBSCRIBED event, which is not yielded);
    * see GrantEventStream.
    */
-  subscribe(workspace: string, options: SubscribeOptions = {}): Promise<GrantEventStream> {
+  async subscribe(workspace: string, options: SubscribeOptions = {}): Promise<GrantEventStream> {
     return openSubscription(
       (body, callOptions, handlers) => this.startCall(body, callOptions, handlers),
       nonEmpty('workspace', workspace),
@@ -192,8 +192,8 @@ export class Client {
    * reaches this process (ProxyRequest); the shape of the global fetch().
    * See docs/clients.md.
    */
-  fetch(input: string | URL, init: GrantvaultFetchInit): Promise<globalThis.Response> {
-    const deadlineMs = init.deadlineMs === undefined ? this.defaultDeadlineMs : checkDeadline('deadlineMs', init.deadlineMs);
+  async fetch(input: string | URL, init: GrantvaultFetchInit): Promise<globalThis.Response> {
+    const deadlineMs = init?.deadlineMs === undefined ? this.defaultDeadlineMs : checkDeadline('deadlineMs', init.deadlineMs);
     return proxyFetch(
       (body, callOptions, handlers) => this.startCall(body, callOptions, handlers),
       input,
