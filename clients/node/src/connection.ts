@@ -45,6 +45,11 @@ export interface ConnectionOptions {
 }
 
 export const PROTOCOL_VERSION = 1;
+// How long a second connection attempt waits for a refusal before it writes Hello.
+const REFUSAL_WAIT_MS = 250;
+
+/** The daemon closed the connection before it read Hello: a refusal at accept that was lost. */
+class ClosedBeforeHello extends UnavailableError {}
 // The request_id field at its largest: one tag byte and a 10-byte varint.
 const MAX_REQUEST_ID_BYTES = 11;
 
@@ -84,16 +89,36 @@ export class Connection {
    * UnavailableError when the socket cannot be reached or closes, and with
    * DeadlineExceededError after `timeoutMs`.
    */
-  static open(options: ConnectionOptions): Promise<Connection> {
+  static async open(options: ConnectionOptions): Promise<Connection> {
+    const startedAt = Date.now();
+    try {
+      return await Connection.attempt(options, 0);
+    } catch (e) {
+      // The daemon refuses a connection at accept by writing one Error and closing, before it
+      // reads anything. When it closed before our Hello was written, the write failed (EPIPE)
+      // and took the socket, and the refusal in it, down with it: connect once more, and this
+      // time wait for a refusal a moment before writing Hello.
+      if (!(e instanceof ClosedBeforeHello)) throw e;
+      const remainingMs = options.timeoutMs - (Date.now() - startedAt);
+      if (remainingMs <= 0) throw new UnavailableError(e.message);
+      return Connection.attempt({ ...options, timeoutMs: remainingMs }, Math.min(REFUSAL_WAIT_MS, remainingMs));
+    }
+  }
+
+  private static attempt(options: ConnectionOptions, readFirstMs: number): Promise<Connection> {
     return new Promise<Connection>((resolve, reject) => {
       const socket = createConnection({ path: options.socketPath });
       const decoder = new FrameDecoder();
       let settled = false;
       let refusal: GrantvaultError | null = null;
+      let helloTimer: NodeJS.Timeout | undefined;
+      let helloWritten = false;
+      let framesSeen = false;
       const finish = (error: GrantvaultError | null, connection?: Connection): void => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
+        clearTimeout(helloTimer);
         socket.removeListener('data', onData);
         socket.removeListener('error', onError);
         socket.removeListener('close', onCloseEvent);
@@ -120,6 +145,7 @@ export class Connection {
         } finally {
           chunk.fill(0);
         }
+        if (frames.length > 0) framesSeen = true;
         for (let i = 0; i < frames.length; i++) {
           const frame = frames[i] as Buffer;
           let response: Response;
@@ -164,18 +190,31 @@ export class Connection {
         socketError = e;
       };
       const onCloseEvent = (): void => {
-        const why = socketError ? `: ${(socketError as NodeJS.ErrnoException).code ?? socketError.message}` : '';
-        finish(refusal ?? new UnavailableError(`cannot reach grantvaultd at ${options.socketPath}${why}`));
+        const code = (socketError as NodeJS.ErrnoException | null)?.code;
+        const why = socketError ? `: ${code ?? socketError.message}` : '';
+        if (refusal) {
+          finish(refusal);
+        } else if (helloWritten && !framesSeen && (code === 'EPIPE' || code === 'ECONNRESET')) {
+          finish(new ClosedBeforeHello(`grantvaultd at ${options.socketPath} closed the connection before reading Hello${why}`));
+        } else {
+          finish(new UnavailableError(`cannot reach grantvaultd at ${options.socketPath}${why}`));
+        }
       };
       socket.on('data', onData);
       socket.on('error', onError);
       socket.on('close', onCloseEvent);
-      socket.once('connect', () => {
+      const writeHello = (): void => {
+        if (settled || helloWritten) return;
+        helloWritten = true;
         const hello = create(RequestSchema, {
           requestId: 1n,
           body: { case: 'hello', value: { protocolVersion: PROTOCOL_VERSION, clientName: options.clientName } },
         });
         socket.write(encodeFrame(toBinary(RequestSchema, hello)));
+      };
+      socket.once('connect', () => {
+        if (readFirstMs > 0) helloTimer = setTimeout(writeHello, readFirstMs);
+        else writeHello();
       });
     });
   }
