@@ -86,6 +86,24 @@ function nonEmpty(name: string, value: unknown): string {
   return value;
 }
 
+/**
+ * `promise`, unless `ms` pass first (rejects with `timeout()`) or `signal`
+ * aborts (rejects with its reason). What `promise` does meanwhile goes on.
+ */
+function boundedWait<T>(promise: Promise<T>, ms: number, signal: AbortSignal | undefined, timeout: () => Error): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => finish(() => reject(signal?.reason));
+    const timer = setTimeout(() => finish(() => reject(timeout())), ms);
+    const finish = (settle: () => void): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      settle();
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    promise.then((value) => finish(() => resolve(value)), (error: unknown) => finish(() => reject(error)));
+  });
+}
+
 /** Connects to agent.sock and says Hello; see Client. */
 export async function connect(options: ConnectOptions): Promise<Client> {
   const client = new Client(options);
@@ -249,8 +267,8 @@ export class Client {
     if (signal?.aborted) throw signal.reason;
     checkFits(body, options.deadlineMs);
     const startedAt = Date.now();
-    const connection = await this.connectionWithin(options.deadlineMs);
-    if (signal?.aborted) throw signal.reason;
+    const connection = await boundedWait(this.connectionWithin(options.deadlineMs), options.deadlineMs, signal,
+      () => new DeadlineExceededError(`the deadline (${options.deadlineMs} ms) passed while connecting to grantvaultd`));
     const remainingMs = options.deadlineMs - (Date.now() - startedAt);
     if (remainingMs <= 0) {
       throw new DeadlineExceededError(`the deadline (${options.deadlineMs} ms) passed while connecting to grantvaultd`);
