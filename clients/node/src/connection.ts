@@ -13,7 +13,7 @@ import {
   errorFromFrame,
   GrantvaultError,
   InternalError,
-  InvalidArgumentError,
+  ResourceExhaustedError,
   UnavailableError,
   DeadlineExceededError,
 } from './errors.js';
@@ -58,11 +58,11 @@ export function encodedRequestBytes(body: RequestBody, deadlineMs: number): numb
   return toBinary(RequestSchema, create(RequestSchema, { deadlineMs, body })).length + MAX_REQUEST_ID_BYTES;
 }
 
-/** Throws InvalidArgumentError when a request with this body cannot be sent in one frame. */
+/** Throws ResourceExhaustedError when a request with this body cannot be sent in one frame. */
 export function checkFits(body: RequestBody, deadlineMs: number): void {
   const bytes = encodedRequestBytes(body, deadlineMs);
   if (bytes > MAX_FRAME_BYTES) {
-    throw new InvalidArgumentError(
+    throw new ResourceExhaustedError(
       `the request would take ${bytes} bytes, more than one frame carries (${MAX_FRAME_BYTES})`,
     );
   }
@@ -243,7 +243,7 @@ export class Connection {
 
   /**
    * Sends one request and routes its responses to `sink`. Returns the request
-   * id (for cancel/forget). Throws InvalidArgumentError when the request does
+   * id (for cancel/forget). Throws ResourceExhaustedError when the request does
    * not fit in a frame, UnavailableError when the connection has closed.
    */
   start(body: RequestBody, deadlineMs: number, sink: CallSink): bigint {
@@ -253,7 +253,7 @@ export class Connection {
     const message = toBinary(RequestSchema, request);
     if (message.length > MAX_FRAME_BYTES) {
       message.fill(0);
-      throw new InvalidArgumentError(
+      throw new ResourceExhaustedError(
         `the request takes ${message.length} bytes, more than one frame carries (${MAX_FRAME_BYTES})`,
       );
     }

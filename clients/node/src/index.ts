@@ -4,6 +4,7 @@
 export { connect, Client } from './client.js';
 export type { ConnectOptions, ResolveRequest, ResolvedToken } from './client.js';
 export type { GrantEvent, GrantEventKind, GrantEventStream, SubscribeOptions } from './subscribe.js';
+export { MAX_PROXY_BODY_BYTES } from './proxy.js';
 export type { GrantvaultBody, GrantvaultFetchInit } from './proxy.js';
 export {
   AlreadyExistsError,

@@ -4,10 +4,16 @@
 // and ProxyResponseEnd (or an Error at any point).
 
 import type { CallStarter } from './call.js';
-import { errorFromFrame, InternalError, InvalidArgumentError } from './errors.js';
+import { errorFromFrame, InternalError, InvalidArgumentError, ResourceExhaustedError } from './errors.js';
 import type { HttpHeader } from './gen/grantvault/v1/agent_pb.js';
 
-/** The body of a proxied call: it must fit, with the rest of the request, in one frame (about 60 KiB). */
+/**
+ * The largest request body of a proxied call: it travels in the request's
+ * frame, and the daemon refuses more (docs/proxy.md).
+ */
+export const MAX_PROXY_BODY_BYTES = 60 * 1024;
+
+/** The body of a proxied call: at most MAX_PROXY_BODY_BYTES, and the whole request must fit one frame. */
 export type GrantvaultBody = string | Uint8Array | ArrayBuffer | URLSearchParams;
 
 /**
@@ -110,6 +116,11 @@ export function proxyFetch(
       if (method === 'GET' || method === 'HEAD') throw new InvalidArgumentError(`a ${method} request cannot have a body`);
       const encoded = encodeBody(init.body);
       body = encoded.bytes;
+      if (body.length > MAX_PROXY_BODY_BYTES) {
+        throw new ResourceExhaustedError(
+          `the request body is ${body.length} bytes; a proxied call carries at most ${MAX_PROXY_BODY_BYTES} (it must fit one frame)`,
+        );
+      }
       if (encoded.contentType !== null && !headers.has('content-type')) headers.set('content-type', encoded.contentType);
     }
     const headerFields: Array<{ name: string; value: string }> = [];

@@ -357,8 +357,11 @@ test('fetch: cancelling the body sends a CancelRequest; a 204 has a null body', 
 
 test('fetch refuses, before sending, a body that does not fit one frame and malformed calls', () => withDaemon({}, async (daemon, open) => {
   const client = await open();
-  await assert.rejects(client.fetch('/v1/echo', { ...FETCH, method: 'POST', body: Buffer.alloc(65_500) }),
-    (e) => e instanceof gv.InvalidArgumentError && /the request would take \d+ bytes, more than one frame carries \(65536\)/.test(e.message));
+  await assert.rejects(client.fetch('/v1/echo', { ...FETCH, method: 'POST', body: Buffer.alloc(gv.MAX_PROXY_BODY_BYTES + 1) }),
+    (e) => e instanceof gv.ResourceExhaustedError && e.message === 'the request body is 61441 bytes; a proxied call carries at most 61440 (it must fit one frame)');
+  // A body within the cap, with headers that make the request too large for a frame.
+  await assert.rejects(client.fetch('/v1/echo', { ...FETCH, method: 'POST', body: Buffer.alloc(gv.MAX_PROXY_BODY_BYTES), headers: { 'x-big': 'y'.repeat(5000) } }),
+    (e) => e instanceof gv.ResourceExhaustedError && /the request would take \d+ bytes, more than one frame carries \(65536\)/.test(e.message));
   await assert.rejects(client.fetch('/v1/echo', { ...FETCH, body: 'x' }), /a GET request cannot have a body/);
   await assert.rejects(client.fetch('http://api.example.test/v1', FETCH), /must be https/);
   await assert.rejects(client.fetch('v1/echo', FETCH), /absolute https URL or a path/);
@@ -366,10 +369,10 @@ test('fetch refuses, before sending, a body that does not fit one frame and malf
   await assert.rejects(client.fetch('/v1/echo', { ...FETCH, method: 'CONNECT' }), /not allowed/);
   await assert.rejects(client.fetch('/v1/echo', { ...FETCH, method: 'POST', body: new ReadableStream() }), /must be a string, Buffer/);
   assert.equal(daemon.requests.length, 1); // Hello
-  // Just under the limit is sent.
-  const sent = client.fetch('/v1/echo', { ...FETCH, method: 'POST', body: Buffer.alloc(65_000) }).catch(() => {});
+  // A body at the limit is sent.
+  const sent = client.fetch('/v1/echo', { ...FETCH, method: 'POST', body: Buffer.alloc(gv.MAX_PROXY_BODY_BYTES) }).catch(() => {});
   await waitFor(2000, 'proxy sent', () => daemon.received('proxy').length === 1);
-  assert.equal(daemon.received('proxy')[0].body.value.body.length, 65_000);
+  assert.equal(daemon.received('proxy')[0].body.value.body.length, gv.MAX_PROXY_BODY_BYTES);
   client.close();
   await sent;
 }));
