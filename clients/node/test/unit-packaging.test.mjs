@@ -27,3 +27,8 @@ test('type declarations exist for both module formats', () => {
     assert.ok(existsSync(join(packageDir, file)), file);
   }
 });
+
+test('the declarations type-check an agent host written in strict TypeScript, as ESM and as CommonJS', () => {
+  const tsc = join(packageDir, 'node_modules', 'typescript', 'bin', 'tsc');
+  execFileSync(process.execPath, [tsc, '-p', join(packageDir, 'test', 'types', 'tsconfig.json')], { cwd: packageDir, encoding: 'utf8' });
+});
