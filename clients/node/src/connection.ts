@@ -123,6 +123,7 @@ export class Connection {
         socket.removeListener('error', onError);
         socket.removeListener('close', onCloseEvent);
         if (error !== null) {
+          socket.on('error', () => {}); // the socket is given up: late errors are of no interest
           socket.destroy();
           decoder.reset();
           reject(error);
@@ -140,7 +141,7 @@ export class Connection {
         try {
           frames = decoder.push(chunk);
         } catch (e) {
-          finish(new InternalError(`${(e as Error).message}; connection closed`));
+          finish(new UnavailableError(`${(e as Error).message}; connection closed`));
           return;
         } finally {
           chunk.fill(0);
@@ -152,7 +153,7 @@ export class Connection {
           try {
             response = fromBinary(ResponseSchema, frame);
           } catch {
-            finish(new InternalError('grantvaultd sent a frame that is not a Response; connection closed'));
+            finish(new UnavailableError('grantvaultd sent a frame that is not a Response; connection closed'));
             return;
           } finally {
             frame.fill(0);
@@ -297,7 +298,7 @@ export class Connection {
       frames = this.decoder.push(chunk);
     } catch (e) {
       const message = e instanceof FramingError ? e.message : String(e);
-      this.fail(new InternalError(`${message}; connection closed`));
+      this.fail(new UnavailableError(`${message}; connection closed`));
       return;
     } finally {
       chunk.fill(0);
@@ -318,7 +319,7 @@ export class Connection {
     try {
       response = fromBinary(ResponseSchema, frame);
     } catch {
-      this.fail(new InternalError('grantvaultd sent a frame that is not a Response; connection closed'));
+      this.fail(new UnavailableError('grantvaultd sent a frame that is not a Response; connection closed'));
       return;
     }
     if (response.requestId === 0n) {

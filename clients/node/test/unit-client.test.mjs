@@ -109,11 +109,9 @@ for (const [what, header] of [['0', [0, 0, 0, 0]], ['65,537', [0, 1, 0, 1]]]) {
     },
   }, async (daemon, open) => {
     const client = await open();
-    const stuck = client.resolve({ workspace: 'other', connector: 'c', deadlineMs: 10_000 });
-    // Answered at once by the daemon, so only the bad one is in flight when the frame breaks.
-    await stuck;
+    await client.resolve({ workspace: 'other', connector: 'c' });
     const error = await client.resolve({ workspace: 'bad', connector: 'c' }).then(() => null, (e) => e);
-    assert.ok(error instanceof gv.InternalError, String(error));
+    assert.ok(error instanceof gv.UnavailableError, String(error));
     assert.match(error.message, new RegExp(`grantvaultd sent a frame length of ${header.reduce((n, b) => n * 256 + b, 0)} \\(allowed: 1 to 65536\\); connection closed`));
     assert.equal((await client.resolve({ workspace: 'again', connector: 'c' })).accessToken.toString(), 'tok');
     assert.equal(daemon.connections, 2);
