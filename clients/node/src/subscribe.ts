@@ -65,12 +65,16 @@ function toEvent(message: GrantEventMessage, kind: GrantEventKind): GrantEvent {
   };
 }
 
-type Ended = { error: unknown } | { error: null };
+interface Waiter {
+  resolve: (result: IteratorResult<GrantEvent>) => void;
+  reject: (error: unknown) => void;
+}
 
 class EventQueue implements GrantEventStream {
   private readonly events: GrantEvent[] = [];
-  private readonly waiters: Array<{ resolve: (r: IteratorResult<GrantEvent>) => void; reject: (e: unknown) => void }> = [];
-  private ended: Ended | null = null;
+  private readonly waiters: Waiter[] = [];
+  // Set once the stream ended; `error` (null: none) is thrown once the queued events are read.
+  private ended: { error: unknown } | null = null;
   call: ActiveCall | null = null;
 
   push(event: GrantEvent): void {
@@ -89,14 +93,14 @@ class EventQueue implements GrantEventStream {
   }
 
   /** Ends the stream: queued events are still yielded, then `error` is thrown (or done). */
-  end(error: unknown | null): void {
+  end(error: unknown): void {
     if (this.ended) return;
     this.ended = { error };
     if (this.events.length > 0) return;
     for (const waiter of this.waiters.splice(0)) this.settle(waiter);
   }
 
-  private settle(waiter: { resolve: (r: IteratorResult<GrantEvent>) => void; reject: (e: unknown) => void }): void {
+  private settle(waiter: Waiter): void {
     const ended = this.ended;
     if (ended && ended.error !== null) {
       this.ended = { error: null }; // thrown once; then the iterator is done

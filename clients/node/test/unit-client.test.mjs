@@ -258,6 +258,22 @@ test('a refused subscription rejects; a stream ended by the daemon or a lost con
   }
 }));
 
+test('a subscription whose reader falls 1,024 events behind ends with ResourceExhaustedError', () => withDaemon({
+  onRequest(request, peer) {
+    if (request.body.case !== 'subscribe') return;
+    peer.send(grantEvent(request.requestId, 1));
+    for (let i = 0; i < 1100; i++) peer.send(grantEvent(request.requestId, 3, { grantId: `gr_${i}` }));
+  },
+}, async (daemon, open) => {
+  const client = await open();
+  const stream = await client.subscribe('ws');
+  await waitFor(5000, 'CancelRequest', () => daemon.received('cancel').length === 1);
+  const seen = [];
+  await assert.rejects((async () => { for await (const e of stream) seen.push(e.grantId); })(), gv.ResourceExhaustedError);
+  assert.equal(seen.length, 1024);
+  assert.equal(seen.at(-1), 'gr_1023');
+}));
+
 function proxyHead(requestId, status, headers = []) {
   return { requestId, more: true, body: { case: 'proxyHead', value: { status, headers, grantId: 'gr_1', accountId: 'alice' } } };
 }
