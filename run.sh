@@ -61,6 +61,7 @@ workspaces = ["ws_demo"]
 name = "read_profile"
 connector = "demo"
 scopes = ["read"]
+http = ["GET /me"]      # what it may call through the proxy: the demo server's userinfo
 TOML
 fi
 
@@ -90,7 +91,8 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 "${cli[@]}" connectors register --id demo --type oidc --client-id grantvault-demo \
-  --client-secret-file "$demo/client.secret" --issuer "$issuer" --admin "$(id -un)"
+  --client-secret-file "$demo/client.secret" --issuer "$issuer" --admin "$(id -un)" \
+  --api-base "$issuer/" --private-network
 
 cat <<MSG
 
@@ -106,6 +108,9 @@ grantvaultd is serving on ./var/run; the demo authorization server on $issuer
   ./build/cli/grantvault grants list --workspace ws_demo
   ./build/cli/grantvault resolve --workspace ws_demo --connector demo --tool read_profile
         # what an agent host gets on agent.sock (--reveal prints the token)
+  ./build/cli/grantvault proxy --workspace ws_demo --connector demo --tool read_profile -i /me
+        # or the daemon makes the call itself with the grant's token (docs/proxy.md):
+        # the demo server's userinfo answers; the token never leaves grantvaultd
   ./build/cli/grantvault revoke --workspace ws_demo --connector demo --reason "trying it"
   ./build/cli/grantvault keys audit-public-key -o audit.pem
   ./build/cli/grantvault audit export --workspace ws_demo -o ws_demo.jsonl

@@ -37,11 +37,22 @@ struct Actor {
 
 // The event types the log accepts; anything else is refused.
 inline constexpr const char* kEventTypes[] = {
-    "grant.authorized",      "grant.scope_changed",    "grant.revoked",
-    "grant.reauth_required", "grant.upstream_revoked", "grant.upstream_revoke_failed",
-    "token.released",        "token.denied",           "key.created",
-    "key.rotated",           "keys.rewrapped",         "key.retired",
-    "connector.registered",  "policy.reloaded",        "caller.unmatched",
+    "grant.authorized",
+    "grant.scope_changed",
+    "grant.revoked",
+    "grant.reauth_required",
+    "grant.upstream_revoked",
+    "grant.upstream_revoke_failed",
+    "token.released",
+    "token.denied",
+    "key.created",
+    "key.rotated",
+    "keys.rewrapped",
+    "key.retired",
+    "connector.registered",
+    "policy.reloaded",
+    "caller.unmatched",
+    "proxy.call",
 };
 bool IsKnownEventType(std::string_view type);
 

@@ -31,6 +31,8 @@ store::ConnectorRegistration FromProto(const v1::ConnectorRegistration& in) {
   r.issuer = in.issuer();
   r.parameters.insert(in.parameters().begin(), in.parameters().end());
   r.redirect_uris.assign(in.redirect_uris().begin(), in.redirect_uris().end());
+  r.api_bases.assign(in.api_bases().begin(), in.api_bases().end());
+  r.allow_private_network = in.allow_private_network();
   r.registered_by = in.registered_by();
   return r;
 }
@@ -162,8 +164,16 @@ v1::Reply Server::Handle(uint64_t call_id, v1::Request& request) {
     case v1::Request::kToken: {
       const v1::TokenRequest& in = request.token();
       const absl::Time deadline = absl::Now() + absl::Milliseconds(in.timeout_ms());
-      absl::StatusOr<tokens::SharedAccessToken> token = deps_.refresher->GetAccessToken(
-          in.grant_id(), absl::Milliseconds(in.min_valid_ms()), deadline);
+      absl::StatusOr<tokens::SharedAccessToken> token = absl::UnknownError("unset");
+      if (in.rejected_token().empty()) {
+        token = deps_.refresher->GetAccessToken(in.grant_id(),
+                                                absl::Milliseconds(in.min_valid_ms()), deadline);
+      } else {
+        tokens::AccessToken rejected;
+        rejected.token = SecretBytes::TakeFrom(*request.mutable_token()->mutable_rejected_token());
+        token = deps_.refresher->Renew(in.grant_id(), rejected,
+                                       absl::Milliseconds(in.min_valid_ms()), deadline);
+      }
       status = token.status();
       if (!token.ok()) break;
       v1::AccessToken* out = r.mutable_token();

@@ -18,12 +18,14 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -70,6 +72,7 @@ int ExitCodeFor(v1::Error::Code code) {
     case v1::Error::DEADLINE_EXCEEDED:
     case v1::Error::RESOURCE_EXHAUSTED:
       return kUnavailable;
+    case v1::Error::CANCELLED:
     case v1::Error::FAILED_PRECONDITION:
     case v1::Error::ALREADY_EXISTS:
     case v1::Error::REVOKED:
@@ -536,6 +539,14 @@ int Main(int argc, char** argv) {
   reg->add_option("--redirect-uri", reg_redirect_uris,
                   "a redirect URI the client is registered with at the provider (repeatable; "
                   "https, or http on loopback); without any, only the loopback listener is used");
+  std::vector<std::string> reg_api_bases;
+  bool reg_private_network = false;
+  reg->add_option("--api-base", reg_api_bases,
+                  "where the proxy may send this connector's API calls, e.g. "
+                  "https://api.example.com/v1/ (repeatable; type oidc: the catalog fixes the "
+                  "others')");
+  reg->add_flag("--private-network", reg_private_network,
+                "let the proxy reach private, loopback and link-local addresses for it");
   reg->callback([&] {
     absl::StatusOr<SecretBytes> secret = ReadSecretFile(reg_secret_file);
     if (!secret.ok()) {
@@ -551,6 +562,8 @@ int Main(int argc, char** argv) {
     in->set_client_secret(std::string(secret->view()));
     in->set_issuer(reg_issuer);
     for (const std::string& uri : reg_redirect_uris) in->add_redirect_uris(uri);
+    for (const std::string& url : reg_api_bases) in->add_api_base_urls(url);
+    in->set_allow_private_network(reg_private_network);
     for (const std::string& p : reg_params) {
       size_t eq = p.find('=');
       if (eq == std::string::npos || eq == 0) {
@@ -581,6 +594,10 @@ int Main(int argc, char** argv) {
                     c.issuer().empty() ? "" : "  issuer ", c.issuer().c_str());
         for (const std::string& uri : c.redirect_uris()) {
           std::printf("%-20s redirect URI %s\n", "", uri.c_str());
+        }
+        for (const std::string& url : c.api_base_urls()) {
+          std::printf("%-20s API base %s%s\n", "", url.c_str(),
+                      c.allow_private_network() ? " (private network allowed)" : "");
         }
       }
     });
@@ -809,6 +826,74 @@ int Main(int argc, char** argv) {
           OPENSSL_cleanse(out.mutable_access_token()->data(), out.access_token().size());
         },
         nullptr, Socket::kAgent);
+  });
+
+  std::string px_workspace, px_connector, px_tool, px_scopes, px_method = "GET", px_url, px_data;
+  std::vector<std::string> px_headers;
+  bool px_include = false;
+  CLI::App* proxy = app.add_subcommand(
+      "proxy",
+      "make an API call through agent.sock's proxy, as an agent host does (for developers); the "
+      "daemon injects the credential");
+  proxy->add_option("--workspace", px_workspace, "workspace id")->required();
+  proxy->add_option("--connector", px_connector, "connector id")->required();
+  proxy->add_option("--tool", px_tool, "the agent tool the call is for (its limits apply)");
+  proxy->add_option("--scopes", px_scopes, "scopes the call needs (default: the tool's)");
+  proxy->add_option("-X,--method", px_method, "HTTP method (default GET)");
+  proxy->add_option("-H,--header", px_headers, "a request header 'Name: value' (repeatable)");
+  proxy->add_option("-d,--data", px_data, "the request body; @FILE reads it from FILE");
+  proxy->add_flag("-i,--include", px_include, "print the status line and headers first");
+  proxy
+      ->add_option("url", px_url,
+                   "an https URL on the connector's API bases, or a path such as /v1/things")
+      ->required();
+  proxy->callback([&] {
+    v1::Request r;
+    v1::ProxyRequest* in = r.mutable_proxy();
+    in->set_workspace_id(px_workspace);
+    in->set_connector_id(px_connector);
+    in->set_tool(px_tool);
+    in->set_method(px_method);
+    in->set_url(px_url);
+    for (const std::string& s : SplitScopes(px_scopes)) in->add_scopes(s);
+    for (const std::string& h : px_headers) {
+      const size_t colon = h.find(':');
+      if (colon == std::string::npos || colon == 0) {
+        std::fprintf(stderr, "grantvault: --header takes 'Name: value', not '%s'\n", h.c_str());
+        rc = kUsage;
+        return;
+      }
+      v1::HttpHeader* out = in->add_headers();
+      out->set_name(h.substr(0, colon));
+      out->set_value(std::string(absl::StripLeadingAsciiWhitespace(h.substr(colon + 1))));
+    }
+    if (!px_data.empty() && px_data.front() == '@') {
+      std::ifstream file(px_data.substr(1), std::ios::binary);
+      if (!file) {
+        std::fprintf(stderr, "grantvault: cannot read %s\n", px_data.substr(1).c_str());
+        rc = kUsage;
+        return;
+      }
+      in->set_body(std::string(std::istreambuf_iterator<char>(file), {}));
+    } else {
+      in->set_body(px_data);
+    }
+    rc = Run(
+        g, r, [&](const v1::Response&) { std::fflush(stdout); },
+        [&](const v1::Response& partial) {
+          if (partial.has_proxy_head() && px_include) {
+            std::printf("HTTP %u\n", partial.proxy_head().status());
+            for (const v1::HttpHeader& h : partial.proxy_head().headers()) {
+              std::printf("%s: %s\n", h.name().c_str(), h.value().c_str());
+            }
+            std::printf("\n");
+          }
+          if (partial.has_proxy_body()) {
+            const std::string& data = partial.proxy_body().data();
+            std::fwrite(data.data(), 1, data.size(), stdout);
+          }
+        },
+        Socket::kAgent);
   });
 
   std::string rv_grant, rv_workspace, rv_connector, rv_reason;

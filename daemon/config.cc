@@ -120,10 +120,10 @@ const toml::table* Section(const toml::table& root, const std::string& name) {
 absl::Status Apply(const toml::table& root, DaemonConfig& c) {
   GV_RETURN_IF_ERROR(OnlyKnownKeys(root, "",
                                    {"state_dir", "hsm", "store", "sockets", "limits", "log",
-                                    "admin", "oauth", "policy", "audit", "sandbox"}));
+                                    "admin", "oauth", "policy", "audit", "sandbox", "proxy"}));
   GV_RETURN_IF_ERROR(Read(root, "state_dir", &c.state_dir));
   for (const char* name : {"hsm", "store", "sockets", "limits", "log", "admin", "oauth", "policy",
-                           "audit", "sandbox"}) {
+                           "audit", "sandbox", "proxy"}) {
     const toml::node* node = root.get(name);
     if (node != nullptr && !node->is_table()) return Invalid(*node, name, "must be a table");
   }
@@ -232,6 +232,27 @@ absl::Status Apply(const toml::table& root, DaemonConfig& c) {
         return Invalid(*n, "oauth.use_system_trust_store", "must be true or false");
       c.oauth_use_system_trust = n->as_boolean()->get();
     }
+  }
+  if (const toml::table* t = Section(root, "proxy")) {
+    GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "proxy",
+                                     {"enabled", "ca_file", "use_system_trust_store", "max_calls",
+                                      "max_calls_per_grant", "max_response_bytes", "timeout_ms"}));
+    for (const auto& [key, out] :
+         {std::pair{"enabled", &c.proxy_enabled},
+          std::pair{"use_system_trust_store", &c.proxy_use_system_trust}}) {
+      if (const toml::node* n = t->get(key)) {
+        if (!n->is_boolean())
+          return Invalid(*n, absl::StrCat("proxy.", key), "must be true or false");
+        *out = n->as_boolean()->get();
+      }
+    }
+    GV_RETURN_IF_ERROR(Read(*t, "ca_file", &c.proxy_ca_file));
+    GV_RETURN_IF_ERROR(ReadUnsigned(*t, "max_calls", 1, 4096, &c.proxy_max_calls));
+    GV_RETURN_IF_ERROR(
+        ReadUnsigned(*t, "max_calls_per_grant", 1, 4096, &c.proxy_max_calls_per_grant));
+    GV_RETURN_IF_ERROR(ReadUnsigned(*t, "max_response_bytes", 1024, int64_t{1} << 30,
+                                    &c.proxy_max_response_bytes));
+    GV_RETURN_IF_ERROR(ReadMillis(*t, "timeout_ms", 100, 3600000, &c.proxy_timeout));
   }
   if (const toml::table* t = Section(root, "sandbox")) {
     GV_RETURN_IF_ERROR(

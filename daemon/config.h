@@ -96,6 +96,18 @@ struct DaemonConfig {
   absl::Duration oauth_refresh_timeout = absl::Seconds(20);
   absl::Duration oauth_revocation_backoff = absl::Seconds(1);
 
+  // The API proxy (docs/proxy.md). On, the front's sandbox allows Internet
+  // sockets (connect only is not expressible in seccomp: see the threat
+  // model). Its own trust anchors: ca_file (default: oauth.ca_file's) added
+  // to the system store unless use_system_trust_store is false.
+  bool proxy_enabled = true;
+  std::string proxy_ca_file;
+  bool proxy_use_system_trust = true;
+  size_t proxy_max_calls = 64;
+  size_t proxy_max_calls_per_grant = 32;
+  size_t proxy_max_response_bytes = size_t{8} << 20;
+  absl::Duration proxy_timeout = absl::Seconds(60);
+
   // Peers allowed on admin.sock, besides the daemon's own uid.
   std::vector<uid_t> admin_uids;
   std::vector<gid_t> admin_gids;

@@ -43,11 +43,13 @@
 #include "front/broker_process.h"
 #include "front/broker_spawner.h"
 #include "front/broker_tokens.h"
+#include "front/proxy.h"
 #include "front/resolver.h"
 #include "front/service.h"
 #include "hsm/keys.h"
 #include "ipc/server.h"
 #include "keys/custodian.h"
+#include "oauth/http_client.h"
 #include "policy/policy.h"
 #include "sandbox/sandbox.h"
 #include "spdlog/spdlog.h"
@@ -518,6 +520,41 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
                               wake.mutable_wake_revoker();
                               front::CallBroker(links, wake, absl::Seconds(5)).IgnoreError();
                             }});
+  // The API proxy: its own HTTPS client (the front's connections to APIs),
+  // its own threads. Declared after the service, so that it stops first.
+  std::unique_ptr<oauth::HttpClient> api_client;
+  std::unique_ptr<front::Proxy> proxy;
+  if (config->proxy_enabled) {
+    oauth::HttpClientOptions http;
+    http.ca_file = config->proxy_ca_file.empty() ? config->oauth_ca_file : config->proxy_ca_file;
+    http.use_system_trust_store = config->proxy_use_system_trust;
+    http.request_timeout = config->proxy_timeout;
+    http.max_response_bytes = config->proxy_max_response_bytes;
+    http.max_idle_connections_per_host = std::min<size_t>(64, config->proxy_max_calls);
+    absl::StatusOr<std::unique_ptr<oauth::HttpClient>> client = oauth::NewHttpClient(http);
+    if (!client.ok()) return Fail(client.status());
+    api_client = *std::move(client);
+    front::Proxy::Deps deps;
+    deps.resolver = &resolver;
+    deps.tokens = &tokens;
+    deps.store = store->get();
+    deps.catalog = &*catalog;
+    deps.http = api_client.get();
+    deps.audit = audit_log.get();
+    deps.clock = &RealClock();
+    deps.record_refusal = [&service](const ipc::PeerCredentials& peer,
+                                     const policy::CallerIdentity& caller, audit::Event event,
+                                     const absl::Status& refusal) {
+      service.RecordRefusal(peer, &caller, std::move(event), refusal);
+    };
+    front::Proxy::Limits limits;
+    limits.max_calls = config->proxy_max_calls;
+    limits.max_calls_per_grant = config->proxy_max_calls_per_grant;
+    limits.max_response_bytes = config->proxy_max_response_bytes;
+    limits.timeout = config->proxy_timeout;
+    proxy = std::make_unique<front::Proxy>(std::move(deps), limits);
+    service.EnableProxy(proxy.get());
+  }
   {
     absl::MutexLock hold(&callbacks_mu);
     service_for_callbacks = &service;
@@ -557,11 +594,11 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   if (absl::Status started = (*server)->Start(); !started.ok()) return Fail(started);
   if (config->sandbox_enabled) {
     sandbox::SyscallProfile profile;
-    // The front listens on the Unix sockets and makes no network connection
-    // at all (the broker does); it executes nothing (the spawner starts
-    // brokers).
+    // The front listens on the Unix sockets; it connects to the Internet
+    // only for the API proxy (the broker talks to authorization servers);
+    // it executes nothing (the spawner starts brokers).
     profile.allow_listen = true;
-    profile.allow_inet_sockets = false;
+    profile.allow_inet_sockets = config->proxy_enabled;
     profile.allow_exec = false;
     profile.allow_sanitizer_runtime = sandbox::BuiltWithSanitizers();
     if (absl::Status filtered = sandbox::InstallSyscallFilter(profile); !filtered.ok()) {

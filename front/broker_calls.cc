@@ -44,6 +44,8 @@ class BrokerAuthorization final : public oauth::AuthorizationFlow {
     r->set_issuer(registration.issuer);
     r->mutable_parameters()->insert(registration.parameters.begin(), registration.parameters.end());
     for (const std::string& uri : registration.redirect_uris) r->add_redirect_uris(uri);
+    for (const std::string& url : registration.api_bases) r->add_api_bases(url);
+    r->set_allow_private_network(registration.allow_private_network);
     r->set_registered_by(registration.registered_by);
     in->set_client_secret(reinterpret_cast<const char*>(client_secret.data()),
                           client_secret.size());

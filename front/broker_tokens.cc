@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
+#include "ipc/packet_channel.h"
 
 namespace grantvault::front {
 namespace {
@@ -66,9 +67,32 @@ absl::StatusOr<tokens::SharedAccessToken> BrokerTokens::GetAccessToken(std::stri
   return Fetch(std::string(grant_id), min_valid, deadline);
 }
 
-absl::StatusOr<tokens::SharedAccessToken> BrokerTokens::Fetch(const std::string& grant_id,
+absl::StatusOr<tokens::SharedAccessToken> BrokerTokens::Renew(std::string_view grant_id,
+                                                              const tokens::AccessToken& rejected,
                                                               absl::Duration min_valid,
                                                               absl::Time deadline) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (revoked_.contains(grant_id)) return RevokedError(grant_id);
+  }
+  cache_.EraseIfSame(grant_id, rejected.token);
+  // A newer token, from a renewal another caller asked for.
+  if (tokens::SharedAccessToken hit = cache_.Get(grant_id, min_valid)) return hit;
+  absl::StatusOr<tokens::SharedAccessToken> renewed =
+      Fetch(std::string(grant_id), min_valid, deadline, &rejected.token);
+  // A flight that was under way for another reason may have brought the
+  // refused token back from the broker's cache: ask once more, naming it.
+  if (renewed.ok() && (*renewed)->token == rejected.token) {
+    cache_.EraseIfSame(grant_id, rejected.token);
+    renewed = Fetch(std::string(grant_id), min_valid, deadline, &rejected.token);
+  }
+  return renewed;
+}
+
+absl::StatusOr<tokens::SharedAccessToken> BrokerTokens::Fetch(const std::string& grant_id,
+                                                              absl::Duration min_valid,
+                                                              absl::Time deadline,
+                                                              const SecretBytes* rejected) {
   std::shared_ptr<Flight> flight;
   bool leader = false;
   {
@@ -98,10 +122,14 @@ absl::StatusOr<tokens::SharedAccessToken> BrokerTokens::Fetch(const std::string&
   broker::v1::Request request;
   request.mutable_token()->set_grant_id(grant_id);
   request.mutable_token()->set_min_valid_ms(absl::ToInt64Milliseconds(min_valid));
+  if (rejected != nullptr) {
+    request.mutable_token()->set_rejected_token(std::string(rejected->view()));
+  }
   const absl::Duration wait =
       std::min(call_timeout_, std::max(deadline - absl::Now(), absl::Milliseconds(1)));
   request.mutable_token()->set_timeout_ms(absl::ToInt64Milliseconds(wait));
   absl::StatusOr<broker::v1::Reply> reply = CallBroker(links_, request, wait + absl::Seconds(1));
+  ipc::WipeString(*request.mutable_token()->mutable_rejected_token());
   absl::StatusOr<tokens::SharedAccessToken> result =
       absl::UnknownError("the broker's answer was not read");
   if (!reply.ok()) result = reply.status();

@@ -31,6 +31,10 @@ class BrokerTokens final : public tokens::TokenSource {
   absl::StatusOr<tokens::SharedAccessToken> GetAccessToken(std::string_view grant_id,
                                                            absl::Duration min_valid,
                                                            absl::Time deadline) override;
+  absl::StatusOr<tokens::SharedAccessToken> Renew(std::string_view grant_id,
+                                                  const tokens::AccessToken& rejected,
+                                                  absl::Duration min_valid,
+                                                  absl::Time deadline) override;
   std::optional<tokens::TokenCache::Lookup> GetCached(std::string_view grant_id,
                                                       absl::Duration min_valid) override;
   uint64_t cache_generation() const override { return cache_.generation(); }
@@ -43,9 +47,12 @@ class BrokerTokens final : public tokens::TokenSource {
     bool done = false;
     absl::StatusOr<tokens::SharedAccessToken> result = absl::UnknownError("pending");
   };
-  // Asks the broker for the grant's token (valid for `min_valid`), caching it.
+  // Asks the broker for the grant's token (valid for `min_valid`), caching it;
+  // with `rejected`, for one newer than that token (Renew). Callers of one
+  // grant share one call.
   absl::StatusOr<tokens::SharedAccessToken> Fetch(const std::string& grant_id,
-                                                  absl::Duration min_valid, absl::Time deadline);
+                                                  absl::Duration min_valid, absl::Time deadline,
+                                                  const SecretBytes* rejected = nullptr);
   void StartRefreshAhead(std::string grant_id, absl::Duration min_valid);
   absl::Status RevokedError(std::string_view grant_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

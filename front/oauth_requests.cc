@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "common/log_escape.h"
 #include "common/status.h"
+#include "front/proxy.h"
 #include "front/service.h"
 #include "front/service_internal.h"
 #include "oauth/pkce.h"
@@ -54,6 +55,18 @@ void ToProto(const store::ConnectorRegistration& reg, const oauth::Catalog* cata
   out->set_created_at_ms(UnixMillis(reg.created_at));
   out->set_updated_at_ms(UnixMillis(reg.updated_at));
   for (const std::string& uri : reg.redirect_uris) out->add_redirect_uris(uri);
+  // The bases the proxy uses: the catalog's (parameters filled) or the registration's.
+  std::vector<std::string> bases = reg.api_bases;
+  if (catalog != nullptr) {
+    if (const oauth::ConnectorType* type = catalog->Find(reg.connector_type);
+        type != nullptr && !type->api_bases.empty()) {
+      absl::StatusOr<oauth::ResolvedEndpoints> resolved =
+          oauth::Catalog::Resolve(*type, reg.parameters);
+      if (resolved.ok()) bases = resolved->api_bases;
+    }
+  }
+  for (const std::string& url : bases) out->add_api_base_urls(url);
+  out->set_allow_private_network(reg.allow_private_network);
 }
 
 }  // namespace
@@ -86,9 +99,12 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
       reg.issuer = in.issuer();
       reg.parameters.insert(in.parameters().begin(), in.parameters().end());
       reg.redirect_uris.assign(in.redirect_uris().begin(), in.redirect_uris().end());
+      reg.api_bases.assign(in.api_base_urls().begin(), in.api_base_urls().end());
+      reg.allow_private_network = in.allow_private_network();
       reg.registered_by = admin;
       GV_ASSIGN_OR_RETURN(store::ConnectorRegistration stored,
                           authorizer.Register(std::move(reg), client_secret));
+      if (proxy_ != nullptr) proxy_->ForgetConnector(stored.connector_id);
       spdlog::info("connector.registered admin={} uid={} connector={} type={} client_id={}",
                    EscapeForLog(admin), connection.peer().uid, EscapeForLog(stored.connector_id),
                    EscapeForLog(stored.connector_type), EscapeForLog(stored.client_id));
@@ -99,6 +115,8 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
       if (!stored.redirect_uris.empty()) {
         e.details["redirect_uris"] = absl::StrJoin(stored.redirect_uris, " ");
       }
+      if (!stored.api_bases.empty()) e.details["api_bases"] = absl::StrJoin(stored.api_bases, " ");
+      if (stored.allow_private_network) e.details["allow_private_network"] = "true";
       GV_RETURN_IF_ERROR(
           AuditFailedAfter("the registration", Audit(std::move(e), audit::Durability::kDurable)));
       ToProto(stored, oauth_.catalog, r.mutable_register_connector()->mutable_connector());

@@ -211,7 +211,7 @@ void Service::RecordRefusal(const ipc::PeerCredentials& peer, const policy::Call
                EscapeForLog(e.details.contains("tool") ? e.details["tool"] : ""),
                EscapeTextForLog(reason));
   if (trail_.audit == nullptr) return;
-  e.type = "token.denied";
+  if (e.type.empty()) e.type = "token.denied";  // a proxied call's refusal keeps proxy.call
   e.outcome = "denied";
   e.reason = reason;
   // A chain is made only for a workspace the policy declares (or that has

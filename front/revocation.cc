@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log_escape.h"
 #include "common/status.h"
+#include "front/proxy.h"
 #include "front/service.h"
 #include "front/service_internal.h"
 #include "spdlog/spdlog.h"
@@ -17,6 +18,7 @@ using internal::GrantEventOf;
 
 void Service::RetireInMemory(const std::string& workspace_id, const std::string& connector_id,
                              const std::string& grant_id, std::string reason) {
+  if (proxy_ != nullptr) proxy_->EndCallsOf(grant_id, reason);
   if (trail_.refresher != nullptr) trail_.refresher->Revoke(grant_id, std::move(reason));
   if (agents_.resolver != nullptr) agents_.resolver->ForgetGrant(workspace_id, connector_id);
 }
@@ -116,12 +118,9 @@ absl::Status Service::RunRevoke(const ipc::Connection& connection, const v1::Req
     (void)Audit(std::move(e), audit::Durability::kDurable);
     return revoked;
   }
-  // 3 and 4. The cached token goes, and every resolve waiting on the grant
-  // fails with REVOKED; the directory forgets it.
-  if (trail_.refresher != nullptr) trail_.refresher->Revoke(grant.grant_id, reason);
-  if (agents_.resolver != nullptr) {
-    agents_.resolver->ForgetGrant(grant.workspace_id, grant.connector_id);
-  }
+  // 3 and 4. Its proxied calls end, the cached token goes, every resolve
+  // waiting on the grant fails with REVOKED, and the directory forgets it.
+  RetireInMemory(grant.workspace_id, grant.connector_id, grant.grant_id, reason);
   // 5. Agent hosts subscribed to the workspace hear of it.
   PublishGrantEvent(GrantEventOf(v1::GrantEvent::REVOKED, grant, reason, clock_->Now()));
   // 6. The provider, in the background (retried until it confirms).

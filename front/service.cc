@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "common/strings.h"
+#include "front/proxy.h"
 #include "front/service_internal.h"
 #include "ipc/asio.h"
 #include "ipc/client.h"
@@ -71,7 +72,7 @@ v1::Error StatusToError(const absl::Status& status) {
       break;
     case absl::StatusCode::kResourceExhausted:
       e.set_code(v1::Error::RESOURCE_EXHAUSTED);
-      e.set_retry_after_ms(1000);
+      e.set_retry_after_ms(RetryAfterMillis(status).value_or(1000));
       break;
     case absl::StatusCode::kFailedPrecondition:
       // The token engine names these two in the message (tokens/refresher.h).
@@ -89,6 +90,9 @@ v1::Error StatusToError(const absl::Status& status) {
       break;
     case absl::StatusCode::kAlreadyExists:
       e.set_code(v1::Error::ALREADY_EXISTS);
+      break;
+    case absl::StatusCode::kCancelled:
+      e.set_code(v1::Error::CANCELLED);
       break;
     default:
       e.set_code(v1::Error::INTERNAL);
@@ -325,6 +329,7 @@ std::shared_ptr<Service::CallerSlot> Service::CallerOf(const ipc::Connection& co
 }
 
 void Service::OnDisconnect(const ipc::Connection& connection) {
+  if (proxy_ != nullptr) proxy_->EndCallsOfConnection(connection.id());
   absl::MutexLock lock(&mu_);
   for (auto it = subscribers_.begin(); it != subscribers_.end();) {
     std::erase_if(it->second,
@@ -416,6 +421,19 @@ void Service::Dispatch(v1::HelloReply::Role role,
     case v1::Request::BODY_NOT_SET:
       SendResponse(*connection, ErrorResponse(id, v1::Error::INVALID_ARGUMENT,
                                               "unknown or missing request type"));
+      return;
+    case v1::Request::kProxy:
+    case v1::Request::kCancel:
+      if (role != v1::HelloReply::AGENT) {
+        SendResponse(*connection, ErrorResponse(id, v1::Error::PERMISSION_DENIED,
+                                                "agent requests are served only on agent.sock"));
+        return;
+      }
+      if (request.has_cancel()) {
+        RunCancel(connection, request);
+      } else {
+        DispatchProxy(connection, std::move(request), received);
+      }
       return;
     case v1::Request::kResolve:
     case v1::Request::kSubscribe:

@@ -57,6 +57,8 @@ struct AdminPolicy {
 // message, which the callee guarantees holds no secret).
 v1::Error StatusToError(const absl::Status& status);
 
+class Proxy;
+
 class Service {
  public:
   // Everything must outlive the service. `authorizer` and `catalog` may be
@@ -94,6 +96,9 @@ class Service {
     std::function<void()> wake_revoker;
   };
   void EnableTrail(Trail trail) { trail_ = trail; }
+  // Serves Proxy on agent.sock (before the server starts; without it,
+  // proxied calls are answered UNAVAILABLE). Must outlive the service.
+  void EnableProxy(Proxy* proxy) { proxy_ = proxy; }
   // Appends `event`; OK when auditing is off. An error means it was not
   // recorded: the caller must fail closed.
   absl::Status Audit(audit::Event event, audit::Durability durability);
@@ -114,6 +119,12 @@ class Service {
   // Sends `event` to every Subscribe stream open on its workspace.
   void PublishGrantEvent(const v1::GrantEvent& event);
 
+  // Records a refused resolve (docs/audit.md, "Refusals"): a peer that no
+  // caller rule matches only in a counted caller.unmatched system record; a
+  // workspace the policy does not declare, and that has no chain, in the
+  // system chain; anything else in the workspace's chain.
+  void RecordRefusal(const ipc::PeerCredentials& peer, const policy::CallerIdentity* caller,
+                     audit::Event event, const absl::Status& refusal);
   // For the connection count in Status; may be set after construction.
   void set_server(const ipc::Server* server) { server_ = server; }
   // SIGHUP: new admin rules apply to the next request.
@@ -246,17 +257,16 @@ class Service {
   static absl::StatusOr<Reply> ReplyFrame(CallerSlot* slot, uint64_t request_id,
                                           const Resolved& resolved);
   static void RememberRecorded(CallerSlot& slot, const std::string& key, uint64_t epoch);
-  // Records a refused resolve (docs/audit.md, "Refusals"): a peer that no
-  // caller rule matches only in a counted caller.unmatched system record; a
-  // workspace the policy does not declare, and that has no chain, in the
-  // system chain; anything else in the workspace's chain.
-  void RecordRefusal(const ipc::PeerCredentials& peer, const policy::CallerIdentity* caller,
-                     audit::Event event, const absl::Status& refusal);
   // Counts the refusal of a peer no caller rule matches (at accept or on a
   // request) into its uid's caller.unmatched record.
   void CountUnmatched(const ipc::PeerCredentials& peer, const absl::Status& refusal);
   void RecordUnmatched(const UnmatchedCallerTally::Summary& summary);
   void RunSubscribe(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request);
+  // A proxied call, on a proxy thread (front/agent_proxy.cc).
+  void DispatchProxy(const std::shared_ptr<ipc::Connection>& connection, v1::Request request,
+                     absl::Time received);
+  // Ends one of the connection's proxied calls or Subscribe streams.
+  void RunCancel(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request);
   std::shared_ptr<CallerSlot> CallerOf(const ipc::Connection& connection);
   // A new agent connection's caller, attested from its peer credentials.
   static std::shared_ptr<CallerSlot> AttestedSlot(const ipc::Connection& connection);
@@ -322,6 +332,7 @@ class Service {
   std::unique_ptr<Workers> workers_;
   Agents agents_;
   Trail trail_;
+  Proxy* proxy_ = nullptr;
   UnmatchedCallerTally unmatched_callers_{kUnmatchedCallerRecordInterval, kUnmatchedCallerUids};
   std::unique_ptr<Workers> agent_workers_;
 

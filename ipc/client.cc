@@ -29,6 +29,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/status.h"
 #include "ipc/asio.h"
 #include "ipc/frame.h"
 
@@ -549,6 +550,9 @@ absl::Status ErrorToStatus(const v1::Error& error) {
     case v1::Error::ALREADY_EXISTS:
       status = absl::AlreadyExistsError(message);
       break;
+    case v1::Error::CANCELLED:
+      status = absl::CancelledError(message);
+      break;
     default:
       status = absl::UnknownError(message);
       break;
@@ -559,6 +563,10 @@ absl::Status ErrorToStatus(const v1::Error& error) {
   if (error.retry_after_ms() != 0) {
     status.SetPayload("grantvault.retry_after_ms",
                       absl::Cord(absl::StrCat(error.retry_after_ms())));
+  }
+  if (error.upstream_status() != 0) {
+    status.SetPayload("grantvault.upstream_status",
+                      absl::Cord(absl::StrCat(error.upstream_status())));
   }
   return status;
 }
@@ -599,6 +607,27 @@ void SubscribeGrantEvents(Client& client, const std::string& workspace_id,
       [on_event = std::move(on_event)](const v1::Response& partial) {
         if (partial.has_grant_event()) on_event(partial.grant_event());
       });
+}
+
+absl::StatusOr<uint64_t> ProxyCall(Client& client, v1::ProxyRequest call, absl::Duration deadline,
+                                   std::function<void(const v1::ProxyResponseHead&)> on_head,
+                                   std::function<void(std::string_view)> on_body) {
+  v1::Request request;
+  *request.mutable_proxy() = std::move(call);
+  GV_ASSIGN_OR_RETURN(v1::Response last,
+                      client.Call(std::move(request), deadline,
+                                  [on_head = std::move(on_head),
+                                   on_body = std::move(on_body)](const v1::Response& partial) {
+                                    if (partial.has_proxy_head() && on_head)
+                                      on_head(partial.proxy_head());
+                                    if (partial.has_proxy_body() && on_body)
+                                      on_body(partial.proxy_body().data());
+                                  }));
+  if (last.has_error()) return ErrorToStatus(last.error());
+  if (!last.has_proxy_end()) {
+    return absl::InternalError("the daemon ended a proxied call without its end");
+  }
+  return last.proxy_end().body_bytes();
 }
 
 }  // namespace grantvault::ipc

@@ -74,6 +74,17 @@ void SubscribeGrantEvents(Client& client, const std::string& workspace_id,
                           std::function<void(const v1::GrantEvent&)> on_event,
                           std::function<void(absl::Status)> on_end);
 
+// An API call made by the daemon's proxy with the grant's credential
+// (agent.sock; docs/proxy.md): `on_head` once with the API's status and
+// headers, then `on_body` for every part of its body, both on the client's
+// I/O thread; then the body's length. A refusal or failure is the daemon's
+// Error as a Status (ErrorToStatus), also after the head (REVOKED mid-call);
+// the API's 429/503 with Retry-After come back as Unavailable. The token
+// never reaches the caller.
+absl::StatusOr<uint64_t> ProxyCall(Client& client, v1::ProxyRequest call, absl::Duration deadline,
+                                   std::function<void(const v1::ProxyResponseHead&)> on_head,
+                                   std::function<void(std::string_view)> on_body);
+
 }  // namespace grantvault::ipc
 
 #endif  // GRANTVAULT_IPC_CLIENT_H_

@@ -267,6 +267,14 @@ class ConnectionImpl final : public Connection,
     absl::MutexLock lock(&mu_);
     return closed_;
   }
+  bool AwaitQueuedAtMost(size_t bytes, absl::Time deadline) override {
+    absl::MutexLock lock(&mu_);
+    const auto ready = [this, bytes]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return closed_ || queued_bytes_ <= bytes;
+    };
+    mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
+    return !closed_ && queued_bytes_ <= bytes;
+  }
   void set_context(std::shared_ptr<void> context) override { context_ = std::move(context); }
   const std::shared_ptr<void>& context() const override { return context_; }
 

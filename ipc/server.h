@@ -77,6 +77,11 @@ class Connection {
   // write_timeout, so that an Error sent just before Close reaches the peer.
   virtual void Close(std::string_view reason) = 0;
   virtual bool closed() const = 0;
+  // Waits until at most `bytes` of answers wait to be written, the connection
+  // closes or `deadline` passes; true when the first, and the connection is
+  // still open. For a worker streaming a long answer, so that it sends no
+  // faster than the peer reads (never call it on an I/O thread).
+  virtual bool AwaitQueuedAtMost(size_t bytes, absl::Time deadline) = 0;
   // The handler's own state for this connection (null until set). Set it in
   // FrameHandler::OnConnect, before any frame is delivered, and never again:
   // it is then read without a lock, on any thread that was handed one of the

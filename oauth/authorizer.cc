@@ -33,6 +33,7 @@ void AppendField(std::string& body, std::string_view name, std::string_view valu
 }
 
 constexpr size_t kMaxRedirectUris = 16;
+constexpr size_t kMaxApiBases = 16;
 
 // "http://127.0.0.1:8080/cb?x" -> {"http://127.0.0.1", "8080", "/cb?x"}, of a
 // URI ValidateRedirectUri accepted.
@@ -110,6 +111,18 @@ absl::StatusOr<store::ConnectorRegistration> Authorizer::Register(
     GV_RETURN_IF_ERROR(ValidateRedirectUri(*it));
     if (std::find(registration.redirect_uris.begin(), it, *it) != it) {
       return absl::InvalidArgumentError(absl::StrCat("redirect URI '", *it, "' is given twice"));
+    }
+  }
+  if (registration.api_bases.size() > kMaxApiBases) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a connector registers at most ", kMaxApiBases, " API bases"));
+  }
+  for (auto it = registration.api_bases.begin(); it != registration.api_bases.end(); ++it) {
+    if (absl::Status st = ValidateApiBase(*it); !st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("API base '", *it, "' ", st.message()));
+    }
+    if (std::find(registration.api_bases.begin(), it, *it) != it) {
+      return absl::InvalidArgumentError(absl::StrCat("API base '", *it, "' is given twice"));
     }
   }
   GV_RETURN_IF_ERROR(deps_.connectors->Validate(registration));

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
@@ -455,6 +456,38 @@ absl::Status CheckTemplate(const ConnectorType& type, std::string_view url, bool
   return ValidateEndpointUrl(sample, /*allow_loopback_http=*/false);
 }
 
+constexpr std::string_view kGrantPlaceholderPrefix = "grant:";
+
+// An API base with every placeholder standing for a value: what it looks like in use.
+absl::StatusOr<std::string> SampleApiBase(const ConnectorType& type, std::string_view base) {
+  return ExpandTemplate(base, [&](std::string_view name) -> absl::StatusOr<std::string> {
+    if (name.substr(0, kGrantPlaceholderPrefix.size()) == kGrantPlaceholderPrefix) {
+      if (!IsIdentifier(name.substr(kGrantPlaceholderPrefix.size()))) {
+        return absl::InvalidArgumentError(absl::StrCat("{", Sv(name), "} names no metadata key"));
+      }
+      return std::string("x");
+    }
+    if (type.FindParameter(name) == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("names {", Sv(name), "}, which is not a declared parameter"));
+    }
+    return std::string("x");
+  });
+}
+
+absl::Status ReadApiBases(const Section& s, ConnectorType& type) {
+  GV_RETURN_IF_ERROR(s.ReadStringArray("api_bases", &type.api_bases));
+  for (const std::string& base : type.api_bases) {
+    absl::StatusOr<std::string> sample = SampleApiBase(type, base);
+    absl::Status st = sample.ok() ? ValidateApiBase(*sample) : sample.status();
+    if (!st.ok()) {
+      return Invalid(s.NodeOr("api_bases"), s.Key("api_bases"),
+                     absl::StrCat("'", base, "' ", st.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadParameters(const Section& s, ConnectorType& type) {
   GV_ASSIGN_OR_RETURN(std::optional<Section> params, s.Subtable("parameters"));
   if (!params) return absl::OkStatus();
@@ -536,6 +569,7 @@ absl::Status ReadScopes(const Section& s, ConnectorType& type) {
   GV_RETURN_IF_ERROR(CheckScopeList(s, "scopes_allowed", type, type.scopes_allowed, false));
   GV_RETURN_IF_ERROR(CheckScopeList(s, "scopes_required", type, type.scopes_required, true));
   GV_RETURN_IF_ERROR(CheckScopeList(s, "scopes_default", type, type.scopes_default, true));
+  GV_RETURN_IF_ERROR(ReadApiBases(s, type));
   if (type.scope_param.empty() &&
       (type.any_scope || !type.scopes_allowed.empty() || !type.scopes_required.empty())) {
     return Invalid(s.NodeOr("scope_param"), s.Key("scope_param"),
@@ -570,7 +604,8 @@ absl::Status ReadConnector(const Section& s, ConnectorType& type) {
                                       "parameters",
                                       "tokens",
                                       "revocation",
-                                      "identity"}));
+                                      "identity",
+                                      "api_bases"}));
   GV_RETURN_IF_ERROR(s.ReadString("display_name", true, &type.display_name));
   if (type.display_name.empty())
     return Invalid(s.NodeOr("display_name"), s.Key("display_name"), "must not be empty");
@@ -933,6 +968,45 @@ const TemplateParameter* ConnectorType::FindParameter(std::string_view name) con
   return nullptr;
 }
 
+absl::StatusOr<std::string> ExpandApiBase(std::string_view base,
+                                          const std::map<std::string, std::string>& metadata) {
+  return ExpandTemplate(base, [&](std::string_view name) -> absl::StatusOr<std::string> {
+    if (name.substr(0, kGrantPlaceholderPrefix.size()) != kGrantPlaceholderPrefix) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown placeholder {", Sv(name), "}"));
+    }
+    const std::string key(name.substr(kGrantPlaceholderPrefix.size()));
+    const auto it = metadata.find(key);
+    if (it == metadata.end()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the grant has no '", key, "', which the connector's API address needs"));
+    }
+    const std::string& value = it->second;
+    const bool identifier = !value.empty() && value.size() <= 128 &&
+                            std::all_of(value.begin(), value.end(), [](char c) {
+                              return absl::ascii_isalnum(static_cast<unsigned char>(c)) ||
+                                     c == '-' || c == '_' || c == '.';
+                            });
+    if (!identifier || value == "." || value == "..") {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the grant's '", key, "' is not an identifier; it cannot name an API"));
+    }
+    return value;
+  });
+}
+
+absl::Status ValidateApiBase(std::string_view url) {
+  GV_RETURN_IF_ERROR(ValidateEndpointUrl(url, /*allow_loopback_http=*/false));
+  if (url.find('?') != std::string_view::npos) {
+    return absl::InvalidArgumentError("must not have a query");
+  }
+  const size_t authority = url.find("://") + 3;
+  const size_t path = url.find('/', authority);
+  if (path == std::string_view::npos || url.back() != '/') {
+    return absl::InvalidArgumentError("must have a path that ends in '/'");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateEndpointUrl(std::string_view url, bool allow_loopback_http) {
   if (url.size() > kMaxUrlBytes) return absl::InvalidArgumentError("URL is too long");
   if (!std::all_of(url.begin(), url.end(), IsUrlChar)) {
@@ -1107,6 +1181,20 @@ absl::StatusOr<ResolvedEndpoints> Catalog::Resolve(
     bool run_time_ok;
     bool tenantid_ok;
   };
+  for (const std::string& base : type.api_bases) {
+    GV_ASSIGN_OR_RETURN(
+        std::string expanded,
+        ExpandTemplate(base, [&](std::string_view name) -> absl::StatusOr<std::string> {
+          if (name.substr(0, kGrantPlaceholderPrefix.size()) == kGrantPlaceholderPrefix)
+            return absl::StrCat("{", Sv(name), "}");
+          auto it = substitutions.find(std::string(name));
+          if (it == substitutions.end()) {
+            return absl::InvalidArgumentError(absl::StrCat("unknown placeholder {", Sv(name), "}"));
+          }
+          return it->second;
+        }));
+    out.api_bases.push_back(std::move(expanded));
+  }
   const Field fields[] = {
       {&Endpoints::authorization, false, false}, {&Endpoints::token, false, false},
       {&Endpoints::revocation, true, false},     {&Endpoints::userinfo, false, false},

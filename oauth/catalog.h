@@ -163,6 +163,10 @@ struct ConnectorType {
   TokenPolicy tokens;
   Revocation revocation;
   Identity identity;
+  // Where the proxy may send this type's API calls (docs/proxy.md): https URLs whose path ends
+  // in '/', templates like the endpoints' ("{subdomain}"), and "{grant:<key>}" filled at call
+  // time from the grant's metadata (ExpandApiBase). Empty: the registration names them (oidc).
+  std::vector<std::string> api_bases;
 
   const TemplateParameter* FindParameter(std::string_view name) const;
 };
@@ -172,7 +176,18 @@ struct ResolvedEndpoints {
   Endpoints endpoints;
   // Every declared parameter, defaults applied, as the registration should store it.
   std::map<std::string, std::string> parameters;
+  // The type's api_bases with the parameters filled; "{grant:<key>}" left in place.
+  std::vector<std::string> api_bases;
 };
+
+// An API base with its "{grant:<key>}" placeholders filled from a grant's metadata. A value must
+// be one identifier ([A-Za-z0-9._-], 1 to 128 characters): a cloud id, never a host or a path.
+absl::StatusOr<std::string> ExpandApiBase(std::string_view base,
+                                          const std::map<std::string, std::string>& metadata);
+
+// Checks an API base a registration names: an absolute https URL (an IP address or a DNS name)
+// whose path ends in '/', without query, fragment or user information.
+absl::Status ValidateApiBase(std::string_view url);
 
 class Catalog {
  public:

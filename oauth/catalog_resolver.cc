@@ -1,6 +1,7 @@
 #include "oauth/catalog_resolver.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status.h"
 #include "common/strings.h"
 
@@ -66,6 +67,11 @@ absl::StatusOr<ConnectorType> CatalogResolver::TypeFor(
 
 absl::Status CatalogResolver::Validate(const store::ConnectorRegistration& registration) {
   GV_ASSIGN_OR_RETURN(ConnectorType type, TypeFor(registration));
+  if (!type.api_bases.empty() && !registration.api_bases.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the catalog fixes where connector type ", type.type, " sends API calls (",
+                     absl::StrJoin(type.api_bases, " "), "); a registration names none"));
+  }
   return Catalog::Resolve(type, registration.parameters).status();
 }
 

@@ -6,14 +6,17 @@
 #include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <uriparser/Uri.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <initializer_list>
 #include <limits>
 #include <map>
 #include <memory>
@@ -103,8 +106,6 @@ class WipingAllocator {
 };
 
 using WipingString = std::basic_string<char, std::char_traits<char>, WipingAllocator<char>>;
-using ResponseBody = http::basic_string_body<char, std::char_traits<char>, WipingAllocator<char>>;
-using ResponseParser = http::response_parser<ResponseBody, WipingAllocator<char>>;
 using ReadBuffer = beast::basic_flat_buffer<WipingAllocator<char>>;
 using TlsStream = ssl::stream<beast::tcp_stream>;
 
@@ -136,13 +137,7 @@ bool IsReplayable(std::string_view method) {
 
 // Where a request goes. Error messages name `authority`, never the path or
 // query, which may carry secrets.
-struct ParsedUrl {
-  std::string host;  // lower-case DNS name, or an IP address without brackets
-  bool host_is_ip = false;
-  uint16_t port = 443;
-  std::string authority;  // host[:port] as sent in Host, IPv6 in brackets
-  std::string target;     // origin-form request target: /path?query
-};
+using ParsedUrl = HttpsUrl;
 
 std::string_view RangeView(const UriTextRangeA& range) {
   if (range.first == nullptr || range.afterLast == nullptr) return {};
@@ -171,7 +166,9 @@ class ParsedUri {
   bool parsed_ = false;
 };
 
-absl::StatusOr<ParsedUrl> ParseHttpsUrl(std::string_view url) {
+}  // namespace
+
+absl::StatusOr<HttpsUrl> ParseHttpsUrl(std::string_view url) {
   if (url.empty() || url.size() > kMaxUrlLength) {
     return absl::InvalidArgumentError("URL is empty or too long");
   }
@@ -243,6 +240,8 @@ absl::StatusOr<ParsedUrl> ParseHttpsUrl(std::string_view url) {
   out.target.append(target);
   return out;
 }
+
+namespace {
 
 absl::Status ValidateRequest(const HttpRequest& request) {
   if (request.method.size() > kMaxMethodLength || !IsToken(request.method)) {
@@ -396,7 +395,56 @@ struct ExchangeOutcome {
   // Nothing at all came back: on a reused connection the server most likely
   // closed it while the request was on its way.
   bool nothing_received = false;
+  bool head_delivered = false;  // the sink has seen the response
 };
+
+// Collects a response for Send: the body in wiping memory while it grows.
+class CollectingSink final : public ResponseSink {
+ public:
+  explicit CollectingSink(HttpResponse& out) : out_(out) {}
+  ~CollectingSink() override = default;
+
+  bool OnHead(int status, const HttpHeaders& headers) override {
+    out_.status = status;
+    out_.headers = headers;
+    return true;
+  }
+  bool OnBody(std::string_view part) override {
+    body_.append(part.data(), part.size());
+    return true;
+  }
+  void Finish() { out_.body.assign(body_.data(), body_.size()); }
+
+ private:
+  HttpResponse& out_;
+  WipingString body_;
+};
+
+// Shuts the exchange's socket down on Cancel while it is attached.
+class AttachedSocket {
+ public:
+  AttachedSocket(Cancellation* cancellation, int fd) : cancellation_(cancellation) {
+    attached_ = cancellation_ == nullptr || cancellation_->Attach(fd);
+  }
+  ~AttachedSocket() {
+    if (cancellation_ != nullptr && attached_) cancellation_->Detach();
+  }
+  AttachedSocket(const AttachedSocket&) = delete;
+  AttachedSocket& operator=(const AttachedSocket&) = delete;
+  bool attached() const { return attached_; }
+
+ private:
+  Cancellation* const cancellation_;
+  bool attached_ = false;
+};
+
+bool Cancelled(const StreamOptions& options) {
+  return options.cancellation != nullptr && options.cancellation->cancelled();
+}
+
+absl::Status CancelledError(const ParsedUrl& url) {
+  return absl::CancelledError(absl::StrCat("the request to ", url.authority, " was cancelled"));
+}
 
 class BeastHttpClient final : public HttpClient {
  public:
@@ -405,8 +453,18 @@ class BeastHttpClient final : public HttpClient {
 
   using HttpClient::Send;
   absl::StatusOr<HttpResponse> Send(const HttpRequest& request, absl::Duration deadline) override {
+    HttpResponse response;
+    CollectingSink sink(response);
+    absl::StatusOr<StreamResult> result = Stream(request, deadline, sink, StreamOptions{});
+    if (!result.ok()) return result.status();
+    sink.Finish();
+    return response;
+  }
+
+  absl::StatusOr<StreamResult> Stream(const HttpRequest& request, absl::Duration deadline,
+                                      ResponseSink& sink, const StreamOptions& options) override {
     try {
-      return SendOrThrow(request, deadline);
+      return StreamOrThrow(request, deadline, sink, options);
     } catch (const std::exception& e) {
       return absl::InternalError(absl::StrCat("HTTPS client: ", e.what()));
     }
@@ -418,12 +476,14 @@ class BeastHttpClient final : public HttpClient {
     Clock::time_point since;
   };
 
-  absl::StatusOr<HttpResponse> SendOrThrow(const HttpRequest& request, absl::Duration deadline);
+  absl::StatusOr<StreamResult> StreamOrThrow(const HttpRequest& request, absl::Duration deadline,
+                                             ResponseSink& sink, const StreamOptions& options);
   absl::StatusOr<std::unique_ptr<Connection>> Connect(const ParsedUrl& url,
-                                                      Clock::time_point deadline);
-  absl::StatusOr<HttpResponse> Exchange(Connection& connection, const WipingString& wire,
+                                                      Clock::time_point deadline, bool public_only);
+  absl::StatusOr<StreamResult> Exchange(Connection& connection, const WipingString& wire,
                                         const ParsedUrl& url, bool head, Clock::time_point deadline,
-                                        ExchangeOutcome& outcome);
+                                        size_t cap, ResponseSink& sink,
+                                        const StreamOptions& options, ExchangeOutcome& outcome);
   std::unique_ptr<Connection> TakeIdle(const std::string& key);
   void ReturnIdle(const std::string& key, std::unique_ptr<Connection> connection);
   void EvictExpiredLocked(Clock::time_point now, std::vector<std::unique_ptr<Connection>>& evicted)
@@ -437,13 +497,15 @@ class BeastHttpClient final : public HttpClient {
   const std::unique_ptr<ssl::context> tls_;
 
   absl::Mutex mu_;
-  // Per "host:port", oldest first.
+  // Per "host:port" (and "|public" for connections checked to be public), oldest first.
   std::map<std::string, std::deque<IdleConnection>> idle_ ABSL_GUARDED_BY(mu_);
   size_t idle_count_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-absl::StatusOr<HttpResponse> BeastHttpClient::SendOrThrow(const HttpRequest& request,
-                                                          absl::Duration deadline) {
+absl::StatusOr<StreamResult> BeastHttpClient::StreamOrThrow(const HttpRequest& request,
+                                                            absl::Duration deadline,
+                                                            ResponseSink& sink,
+                                                            const StreamOptions& options) {
   GV_ASSIGN_OR_RETURN(const ParsedUrl url, ParseHttpsUrl(request.url));
   GV_RETURN_IF_ERROR(ValidateRequest(request));
   const absl::Duration timeout = std::min(deadline, options_.request_timeout);
@@ -451,34 +513,43 @@ absl::StatusOr<HttpResponse> BeastHttpClient::SendOrThrow(const HttpRequest& req
     return absl::DeadlineExceededError(
         absl::StrCat("no time left for a request to ", url.authority));
   }
+  const size_t cap = options.max_response_bytes == 0
+                         ? options_.max_response_bytes
+                         : std::min(options.max_response_bytes, kMaxResponseBytesLimit);
   const Clock::time_point deadline_at = Clock::now() + ToClock(timeout);
   const WipingString wire = SerializeRequest(request, url, options_.user_agent, !Pooling());
   const bool head = request.method == "HEAD";
-  const std::string key = absl::StrCat(url.authority, url.port == 443 ? ":443" : "");
+  const std::string key = absl::StrCat(url.authority, url.port == 443 ? ":443" : "",
+                                       options.public_addresses_only ? "|public" : "");
+  if (Cancelled(options)) return CancelledError(url);
 
   if (std::unique_ptr<Connection> idle = TakeIdle(key)) {
     ExchangeOutcome outcome;
-    absl::StatusOr<HttpResponse> response = Exchange(*idle, wire, url, head, deadline_at, outcome);
+    absl::StatusOr<StreamResult> result =
+        Exchange(*idle, wire, url, head, deadline_at, cap, sink, options, outcome);
     // A request that must not be sent twice (a token exchange) is never
     // repeated: the server may have acted on it.
-    const bool retry = !response.ok() && outcome.nothing_received && IsReplayable(request.method) &&
-                       !absl::IsDeadlineExceeded(response.status());
+    const bool retry = !result.ok() && outcome.nothing_received && !outcome.head_delivered &&
+                       IsReplayable(request.method) && !absl::IsDeadlineExceeded(result.status()) &&
+                       !Cancelled(options);
     if (!retry) {
-      if (response.ok() && outcome.reusable) ReturnIdle(key, std::move(idle));
-      return response;
+      if (result.ok() && outcome.reusable) ReturnIdle(key, std::move(idle));
+      return result;
     }
   }
 
-  GV_ASSIGN_OR_RETURN(std::unique_ptr<Connection> connection, Connect(url, deadline_at));
+  GV_ASSIGN_OR_RETURN(std::unique_ptr<Connection> connection,
+                      Connect(url, deadline_at, options.public_addresses_only));
   ExchangeOutcome outcome;
-  absl::StatusOr<HttpResponse> response =
-      Exchange(*connection, wire, url, head, deadline_at, outcome);
-  if (response.ok() && outcome.reusable) ReturnIdle(key, std::move(connection));
-  return response;
+  absl::StatusOr<StreamResult> result =
+      Exchange(*connection, wire, url, head, deadline_at, cap, sink, options, outcome);
+  if (result.ok() && outcome.reusable) ReturnIdle(key, std::move(connection));
+  return result;
 }
 
 absl::StatusOr<std::unique_ptr<Connection>> BeastHttpClient::Connect(const ParsedUrl& url,
-                                                                     Clock::time_point deadline) {
+                                                                     Clock::time_point deadline,
+                                                                     bool public_only) {
   const Clock::time_point connect_by =
       std::min(deadline, Clock::now() + ToClock(options_.connect_timeout));
   std::vector<tcp::endpoint> endpoints;
@@ -489,6 +560,18 @@ absl::StatusOr<std::unique_ptr<Connection>> BeastHttpClient::Connect(const Parse
     endpoints.emplace_back(address, url.port);
   } else {
     GV_ASSIGN_OR_RETURN(endpoints, Resolve(url, connect_by));
+  }
+  if (public_only) {
+    // Every address, not only the first: a name that resolves to a public
+    // and a private address could be connected to either.
+    for (const tcp::endpoint& endpoint : endpoints) {
+      const std::string address = endpoint.address().to_string();
+      if (IsNonPublicAddress(address)) {
+        return absl::PermissionDeniedError(
+            absl::StrCat(url.host, " is or resolves to ", address,
+                         ", a loopback, private or reserved address, which may not be reached"));
+      }
+    }
   }
 
   auto connection = std::make_unique<Connection>(*tls_);
@@ -537,11 +620,18 @@ absl::StatusOr<std::unique_ptr<Connection>> BeastHttpClient::Connect(const Parse
   return connection;
 }
 
-absl::StatusOr<HttpResponse> BeastHttpClient::Exchange(Connection& connection,
-                                                       const WipingString& wire,
-                                                       const ParsedUrl& url, bool head,
-                                                       Clock::time_point deadline,
-                                                       ExchangeOutcome& outcome) {
+absl::StatusOr<StreamResult> BeastHttpClient::Exchange(
+    Connection& connection, const WipingString& wire, const ParsedUrl& url, bool head,
+    Clock::time_point deadline, size_t cap, ResponseSink& sink, const StreamOptions& options,
+    ExchangeOutcome& outcome) {
+  const AttachedSocket attached(options.cancellation,
+                                connection.transport().socket().native_handle());
+  if (!attached.attached()) return CancelledError(url);
+  // Errors after a cancellation are its consequence: say so.
+  const auto failure = [&](absl::Status status) {
+    return Cancelled(options) ? CancelledError(url) : status;
+  };
+
   ErrorCode ec;
   connection.transport().expires_at(deadline);
   asio::async_write(connection.stream(), asio::buffer(wire.data(), wire.size()),
@@ -549,10 +639,9 @@ absl::StatusOr<HttpResponse> BeastHttpClient::Exchange(Connection& connection,
   connection.RunToCompletion();
   if (ec) {
     outcome.nothing_received = true;
-    return IoFailure(ec, deadline, "sending a request to", url);
+    return failure(IoFailure(ec, deadline, "sending a request to", url));
   }
 
-  const size_t cap = options_.max_response_bytes;
   const auto too_large = [&] {
     return absl::ResourceExhaustedError(
         absl::StrCat("response from ", url.authority, " exceeds ", cap, " bytes"));
@@ -562,14 +651,15 @@ absl::StatusOr<HttpResponse> BeastHttpClient::Exchange(Connection& connection,
         e == http::error::buffer_overflow) {
       return too_large();
     }
-    return IoFailure(e, deadline, "reading the response from", url);
+    return failure(IoFailure(e, deadline, "reading the response from", url));
   };
 
   ReadBuffer buffer;
   size_t used = 0;  // header bytes so far, interim responses included
   for (int interim = 0;; ++interim) {
-    ResponseParser parser;
-    parser.header_limit(static_cast<std::uint32_t>(cap - used));
+    http::response_parser<http::buffer_body, WipingAllocator<char>> parser;
+    parser.header_limit(static_cast<std::uint32_t>(
+        std::min<size_t>(cap - used, std::numeric_limits<std::uint32_t>::max())));
     parser.body_limit(static_cast<std::uint64_t>(cap - used));
     if (head) parser.skip(true);
     size_t header_bytes = 0;
@@ -598,27 +688,43 @@ absl::StatusOr<HttpResponse> BeastHttpClient::Exchange(Connection& connection,
     const auto content_length = parser.content_length();
     if (content_length && *content_length > body_budget) return too_large();
     parser.body_limit(static_cast<std::uint64_t>(body_budget));
-    if (!parser.is_done()) {
+
+    HttpHeaders headers;
+    for (const auto& field : parser.get()) {
+      headers.emplace_back(ToString(field.name_string()), ToString(field.value()));
+    }
+    outcome.head_delivered = true;
+    const bool go_on = sink.OnHead(static_cast<int>(status), headers);
+    WipeHeaders(headers);
+    if (!go_on) return CancelledError(url);
+
+    StreamResult result;
+    result.status = static_cast<int>(status);
+    // Decoded body bytes pass through this buffer on their way to the sink.
+    std::array<char, 16384> part{};
+    while (!parser.is_done()) {
+      parser.get().body().data = part.data();
+      parser.get().body().size = part.size();
       connection.transport().expires_at(deadline);
       http::async_read(connection.stream(), buffer, parser,
                        [&ec](const ErrorCode& e, size_t /*n*/) { ec = e; });
       connection.RunToCompletion();
-      if (ec) return read_failure(ec);
+      if (ec == http::error::need_buffer) ec = {};
+      if (ec) {
+        OPENSSL_cleanse(part.data(), part.size());
+        return read_failure(ec);
+      }
+      const size_t n = part.size() - parser.get().body().size;
+      if (n == 0) continue;
+      result.body_bytes += n;
+      const bool more = sink.OnBody(std::string_view(part.data(), n));
+      OPENSSL_cleanse(part.data(), n);
+      if (!more) return CancelledError(url);
     }
-
-    auto& message = parser.get();
-    HttpResponse response;
-    response.status = static_cast<int>(status);
-    for (const auto& field : message) {
-      response.headers.emplace_back(ToString(field.name_string()), ToString(field.value()));
-    }
-    auto& body = message.body();
-    response.body.assign(body.data(), body.size());
-    body.resize(body.capacity());
-    OPENSSL_cleanse(body.data(), body.size());
-    outcome.reusable = message.keep_alive() && !parser.need_eof() && buffer.size() == 0;
+    if (Cancelled(options)) return CancelledError(url);
+    outcome.reusable = parser.keep_alive() && !parser.need_eof() && buffer.size() == 0;
     connection.transport().expires_never();
-    return response;
+    return result;
   }
 }
 
@@ -759,6 +865,77 @@ std::optional<std::string> HttpResponse::Header(std::string_view name) const {
     if (absl::EqualsIgnoreCase(Sv(header_name), Sv(name))) return value;
   }
   return std::nullopt;
+}
+
+void Cancellation::Cancel() {
+  absl::MutexLock lock(&mu_);
+  cancelled_ = true;
+  // Wakes the exchange's pending read or write at once (with an error); the
+  // descriptor stays open, and stays ours, until Detach.
+  if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+}
+
+bool Cancellation::cancelled() const {
+  absl::MutexLock lock(&mu_);
+  return cancelled_;
+}
+
+bool Cancellation::Attach(int fd) {
+  absl::MutexLock lock(&mu_);
+  if (cancelled_) return false;
+  fd_ = fd;
+  return true;
+}
+
+void Cancellation::Detach() {
+  absl::MutexLock lock(&mu_);
+  fd_ = -1;
+}
+
+bool IsNonPublicAddress(std::string_view text) {
+  ErrorCode ec;
+  asio::ip::address address = asio::ip::make_address(std::string(text), ec);
+  if (ec) return true;
+  if (address.is_v6()) {
+    const asio::ip::address_v6 v6 = address.to_v6();
+    if (v6.is_v4_mapped()) {
+      address = asio::ip::make_address_v4(asio::ip::v4_mapped, v6);
+    } else {
+      const asio::ip::address_v6::bytes_type b = v6.to_bytes();
+      const auto prefix = [&b](std::initializer_list<unsigned> bytes) {
+        size_t i = 0;
+        for (const unsigned v : bytes) {
+          if (b[i++] != v) return false;
+        }
+        return true;
+      };
+      return v6.is_unspecified() || v6.is_loopback() || v6.is_link_local() || v6.is_site_local() ||
+             v6.is_multicast() || (b[0] & 0xfe) == 0xfc ||  // fc00::/7 unique local
+             prefix({0x20, 0x01, 0x0d, 0xb8}) ||            // 2001:db8::/32 documentation
+             prefix({0x00, 0x64, 0xff, 0x9b}) ||            // 64:ff9b::/96 NAT64: names IPv4 inside
+             prefix({0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00}) ||  // 100::/64 discard
+             prefix({0x20, 0x02});  // 2002::/16 6to4: names IPv4 inside
+    }
+  }
+  const uint32_t v4 = address.to_v4().to_uint();
+  const auto in = [v4](uint32_t network, int bits) {
+    const uint32_t mask = bits == 0 ? 0 : ~uint32_t{0} << (32 - bits);
+    return (v4 & mask) == network;
+  };
+  return in(0x00000000, 8) ||   // 0.0.0.0/8 "this network"
+         in(0x0a000000, 8) ||   // 10/8
+         in(0x64400000, 10) ||  // 100.64/10 shared (carrier-grade NAT)
+         in(0x7f000000, 8) ||   // 127/8 loopback
+         in(0xa9fe0000, 16) ||  // 169.254/16 link-local (cloud metadata)
+         in(0xac100000, 12) ||  // 172.16/12
+         in(0xc0000000, 24) ||  // 192.0.0/24 protocol assignments
+         in(0xc0000200, 24) ||  // 192.0.2/24 documentation
+         in(0xc0a80000, 16) ||  // 192.168/16
+         in(0xc6120000, 15) ||  // 198.18/15 benchmarking
+         in(0xc6336400, 24) ||  // 198.51.100/24 documentation
+         in(0xcb007100, 24) ||  // 203.0.113/24 documentation
+         in(0xe0000000, 4) ||   // 224/4 multicast
+         in(0xf0000000, 4);     // 240/4 reserved, broadcast
 }
 
 absl::StatusOr<std::unique_ptr<HttpClient>> NewHttpClient(const HttpClientOptions& options) {

@@ -160,6 +160,19 @@ absl::Status NormalizeScopes(std::vector<std::string>& scopes, const std::string
   return absl::OkStatus();
 }
 
+// The "http" entries of a tool, from TOML or JSON, already as strings.
+absl::Status ParseHttpAllowances(const std::vector<std::string>& declared, ToolDecl& tool) {
+  for (const std::string& d : declared) {
+    absl::StatusOr<HttpAllowance> allowance = ParseHttpAllowance(d);
+    if (!allowance.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(tool.where, ": http entry '", d, "': ", allowance.status().message()));
+    }
+    tool.http.push_back(*std::move(allowance));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<CallerRule> ParseCallerRule(const std::string& file, const toml::node& node) {
   const toml::table* t = node.as_table();
   if (t == nullptr) return Invalid(file, node.source(), "each [[callers]] entry must be a table");
@@ -242,7 +255,9 @@ absl::Status AddTool(WorkspacePolicy& ws, ToolDecl tool) {
 absl::StatusOr<ToolDecl> ParseTomlTool(const std::string& file, const toml::node& node) {
   const toml::table* t = node.as_table();
   if (t == nullptr) return Invalid(file, node.source(), "each tools entry must be a table");
-  if (absl::Status s = CheckKeys(file, *t, {"name", "connector", "scopes"}); !s.ok()) return s;
+  if (absl::Status s = CheckKeys(file, *t, {"name", "connector", "scopes", "http"}); !s.ok()) {
+    return s;
+  }
   ToolDecl tool;
   tool.where = Where(file, t->source());
   for (std::string_view k : {"name", "connector", "scopes"}) {
@@ -259,12 +274,18 @@ absl::StatusOr<ToolDecl> ParseTomlTool(const std::string& file, const toml::node
   tool.connector = *std::move(connector);
   tool.scopes = *std::move(scopes);
   if (absl::Status s = NormalizeScopes(tool.scopes, tool.where); !s.ok()) return s;
+  if (const toml::node* http = t->get("http"); http != nullptr) {
+    absl::StatusOr<std::vector<std::string>> declared = GetStringArray(file, *http, "http");
+    if (!declared.ok()) return declared.status();
+    if (absl::Status s = ParseHttpAllowances(*declared, tool); !s.ok()) return s;
+  }
   return tool;
 }
 
-// A manifest in JSON: {"tools": [{"name", "connector", "scopes": [...]}, ...]}.
-// Other keys (of the manifest or of a tool) are the agent platform's business
-// and are ignored; they cannot widen what a tool may do.
+// A manifest in JSON: {"tools": [{"name", "connector", "scopes": [...],
+// "http": [...]}, ...]} ("http" optional: it only narrows a tool). Other keys
+// (of the manifest or of a tool) are the agent platform's business and are
+// ignored; they cannot widen what a tool may do.
 absl::Status ImportManifest(const std::string& path, WorkspacePolicy& ws) {
   absl::StatusOr<std::string> text = ReadTextFile(path);
   if (!text.ok()) return text.status();
@@ -300,6 +321,18 @@ absl::Status ImportManifest(const std::string& path, WorkspacePolicy& ws) {
       tool.scopes.push_back(s.get<std::string>());
     }
     if (absl::Status s = NormalizeScopes(tool.scopes, tool.where); !s.ok()) return s;
+    if (t.contains("http")) {
+      std::vector<std::string> declared;
+      const nlohmann::json& http = t["http"];
+      const bool strings =
+          http.is_array() && std::all_of(http.begin(), http.end(),
+                                         [](const nlohmann::json& e) { return e.is_string(); });
+      if (!strings) {
+        return absl::InvalidArgumentError(tool.where + ": \"http\" must be an array of strings");
+      }
+      for (const nlohmann::json& e : http) declared.push_back(e.get<std::string>());
+      if (absl::Status s = ParseHttpAllowances(declared, tool); !s.ok()) return s;
+    }
     if (absl::Status s = AddTool(ws, std::move(tool)); !s.ok()) return s;
   }
   return absl::OkStatus();
@@ -378,6 +411,82 @@ bool CallerRule::Matches(const CallerIdentity& caller) const {
 bool CallerRule::AllowsWorkspace(std::string_view workspace) const {
   if (workspaces.size() == 1 && workspaces[0] == "*") return true;
   return std::find(workspaces.begin(), workspaces.end(), workspace) != workspaces.end();
+}
+
+absl::Status CheckHttpPath(std::string_view path) {
+  if (path.empty() || path.front() != '/') {
+    return absl::InvalidArgumentError("the path must start with '/'");
+  }
+  if (path.size() > 4096) return absl::InvalidArgumentError("the path is over 4096 bytes");
+  for (const char c : path) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u <= 0x20 || u >= 0x7f || c == '\\' || c == '?' || c == '#') {
+      return absl::InvalidArgumentError(
+          "the path may hold only visible ASCII, without '\\', '?' or '#'");
+    }
+  }
+  for (size_t i = 0; i + 2 < path.size(); ++i) {
+    if (path[i] != '%') continue;
+    const std::string_view code = path.substr(i + 1, 2);
+    for (std::string_view refused : {"2f", "2F", "5c", "5C", "2e", "2E"}) {
+      if (code == refused) {
+        return absl::InvalidArgumentError(
+            "the path must not percent-encode '/', '\\' or '.' (it could name another resource)");
+      }
+    }
+  }
+  if (path == "/") return absl::OkStatus();
+  size_t start = 1;
+  while (start <= path.size()) {
+    size_t end = path.find('/', start);
+    if (end == std::string_view::npos) end = path.size();
+    const std::string_view segment = path.substr(start, end - start);
+    const bool last = end == path.size();
+    if ((segment.empty() && !last) || segment == "." || segment == "..") {
+      return absl::InvalidArgumentError("the path must not have an empty, '.' or '..' segment");
+    }
+    start = end + 1;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<HttpAllowance> ParseHttpAllowance(std::string_view declared) {
+  const size_t space = declared.find(' ');
+  if (space == std::string_view::npos || space == 0) {
+    return absl::InvalidArgumentError("expected \"METHOD /path/prefix\"");
+  }
+  HttpAllowance out;
+  out.declared = std::string(declared);
+  out.method = std::string(declared.substr(0, space));
+  const bool method_ok =
+      out.method == "*" ||
+      (out.method.size() <= 16 && std::all_of(out.method.begin(), out.method.end(),
+                                              [](char c) { return c >= 'A' && c <= 'Z'; }));
+  if (!method_ok) {
+    return absl::InvalidArgumentError("the method must be upper-case letters (GET, POST…) or *");
+  }
+  std::string_view path = declared.substr(space + 1);
+  if (absl::Status s = CheckHttpPath(path); !s.ok()) return s;
+  if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  out.path_prefix = std::string(path);
+  return out;
+}
+
+const HttpAllowance* ToolDecl::AllowsHttp(std::string_view method, std::string_view path) const {
+  for (const HttpAllowance& a : http) {
+    if (a.method != "*" && a.method != method) continue;
+    const std::string_view prefix = a.path_prefix;
+    if (prefix == "/" || (path.substr(0, prefix.size()) == prefix &&
+                          (path.size() == prefix.size() || path[prefix.size()] == '/'))) {
+      return &a;
+    }
+  }
+  return nullptr;
+}
+
+const ToolDecl* Policy::FindTool(std::string_view workspace, std::string_view name) const {
+  const auto ws = workspaces_.find(workspace);
+  return ws == workspaces_.end() ? nullptr : ws->second.FindTool(name);
 }
 
 const ToolDecl* WorkspacePolicy::FindTool(std::string_view name) const {

@@ -46,13 +46,39 @@ struct CallerRule {
   bool AllowsWorkspace(std::string_view workspace) const;
 };
 
+// A call a tool may make through the proxy, declared "METHOD /path/prefix":
+// the method (upper case, or "*" for any) and a path prefix matched by whole
+// segments: "/gmail/v1/users/me/messages" covers that path and
+// ".../messages/123", never ".../messagesX". The query is not matched.
+struct HttpAllowance {
+  std::string method;
+  std::string path_prefix;  // canonical (CheckHttpPath), without a trailing '/' but for "/"
+  std::string declared;     // as written, for messages and audit
+};
+
 // A tool an agent declares: the same shape as an agent manifest entry.
 struct ToolDecl {
   std::string name;
   std::string connector;
   std::vector<std::string> scopes;  // non-empty, sorted, deduplicated
-  std::string where;                // "file:line" or "manifest.json: tools[i]"
+  // The calls the tool may make through the proxy; empty: any call to the
+  // connector's API bases (its scopes still bound what the API allows).
+  std::vector<HttpAllowance> http;
+  std::string where;  // "file:line" or "manifest.json: tools[i]"
+
+  // The first allowance covering `method` and the canonical `path`, or null.
+  const HttpAllowance* AllowsHttp(std::string_view method, std::string_view path) const;
 };
+
+// OK when `path` is a canonical absolute path that a prefix can be matched
+// against safely: it starts with '/', has no empty, "." or ".." segment, no
+// backslash, no percent-encoded '/', '\\' or '.', no query or fragment, and
+// only visible ASCII. Anything else could reach another resource on the API
+// than the prefix it seems to match.
+absl::Status CheckHttpPath(std::string_view path);
+
+// Parses one "METHOD /path/prefix" declaration.
+absl::StatusOr<HttpAllowance> ParseHttpAllowance(std::string_view declared);
 
 struct WorkspacePolicy {
   std::string id;
@@ -96,6 +122,9 @@ class Policy {
   // workspace is not in the policy or declares no tool for the connector.
   absl::StatusOr<std::vector<std::string>> SuggestScopes(std::string_view workspace,
                                                          std::string_view connector) const;
+
+  // The tool `workspace` declares under `name`, or null.
+  const ToolDecl* FindTool(std::string_view workspace, std::string_view name) const;
 
   // What AttestCaller must collect for MatchCaller to evaluate every rule.
   AttestOptions RequiredAttestation() const;

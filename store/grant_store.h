@@ -120,6 +120,10 @@ struct ConnectorRegistration {
   // (validated by oauth::Authorizer: absolute https, or http on a loopback
   // address). Empty: only a loopback redirect (the CLI's listener) is used.
   std::vector<std::string> redirect_uris;
+  // Where the proxy may send API calls when the catalog type names no API
+  // bases (oidc), and whether they may be private addresses (docs/proxy.md).
+  std::vector<std::string> api_bases;
+  bool allow_private_network = false;
   std::string registered_by;
   absl::Time created_at = absl::InfinitePast();
   absl::Time updated_at = absl::InfinitePast();

@@ -219,6 +219,19 @@ UPDATE grants SET refresh_attempt_at = (
   WHERE s.owner_id = grants.grant_id AND s.purpose = 'refresh_attempt');
 DELETE FROM sealed_secrets WHERE purpose = 'refresh_attempt';
 )sql"},
+    {7, R"sql(
+-- Where the proxy may send a connector's API calls, when its catalog type
+-- names no API bases (oidc), in order; and whether they may be on a private
+-- network (docs/proxy.md).
+CREATE TABLE connector_api_bases (
+  connector_id TEXT NOT NULL REFERENCES connector_registrations (connector_id) ON DELETE CASCADE,
+  position INTEGER NOT NULL,
+  url TEXT NOT NULL,
+  PRIMARY KEY (connector_id, position)
+) STRICT, WITHOUT ROWID;
+ALTER TABLE connector_registrations
+  ADD COLUMN allow_private_network INTEGER NOT NULL DEFAULT 0 CHECK (allow_private_network IN (0, 1));
+)sql"},
 };
 
 constexpr int kLatestSchemaVersion = kMigrations[std::size(kMigrations) - 1].version;
@@ -1459,6 +1472,57 @@ absl::StatusOr<std::map<std::string, int64_t>> SqliteGrantStore::CountSealedSecr
 
 // --- connector registrations ---------------------------------------------------
 
+namespace {
+
+// A registration's list kept in `table` (connector_id, position, `column`),
+// replaced whole.
+absl::Status ReplaceOrderedList(sqlite3* db, const char* table, const char* column,
+                                const std::string& connector_id,
+                                const std::vector<std::string>& values,
+                                const std::string& context) {
+  GV_ASSIGN_OR_RETURN(
+      Statement clear,
+      Statement::Prepare(db, absl::StrCat("DELETE FROM ", table, " WHERE connector_id = ?"),
+                         context));
+  clear.BindText(1, connector_id);
+  GV_RETURN_IF_ERROR(clear.Run());
+  GV_ASSIGN_OR_RETURN(
+      Statement insert,
+      Statement::Prepare(db,
+                         absl::StrCat("INSERT INTO ", table, " (connector_id, position, ", column,
+                                      ") VALUES (?, ?, ?)"),
+                         context));
+  for (size_t i = 0; i < values.size(); ++i) {
+    insert.Reset();
+    insert.BindText(1, connector_id);
+    insert.BindInt(2, static_cast<int64_t>(i));
+    insert.BindText(3, values[i]);
+    GV_RETURN_IF_ERROR(insert.Run());
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::string>> ReadOrderedList(sqlite3* db, const char* table,
+                                                         const char* column,
+                                                         const std::string& connector_id,
+                                                         const std::string& context) {
+  GV_ASSIGN_OR_RETURN(Statement query,
+                      Statement::Prepare(db,
+                                         absl::StrCat("SELECT ", column, " FROM ", table,
+                                                      " WHERE connector_id = ? ORDER BY position"),
+                                         context));
+  query.BindText(1, connector_id);
+  std::vector<std::string> out;
+  for (;;) {
+    GV_ASSIGN_OR_RETURN(bool row, query.Step());
+    if (!row) break;
+    out.push_back(query.Text(0));
+  }
+  return out;
+}
+
+}  // namespace
+
 absl::Status SqliteGrantStore::PutConnectorRegistration(const ConnectorRegistration& registration,
                                                         const SealedSecret& client_secret) {
   GV_RETURN_IF_ERROR(RequireNonEmpty(registration.connector_id, "connector id"));
@@ -1474,6 +1538,9 @@ absl::Status SqliteGrantStore::PutConnectorRegistration(const ConnectorRegistrat
   for (const std::string& uri : registration.redirect_uris) {
     GV_RETURN_IF_ERROR(RequireNonEmpty(uri, "redirect URI"));
   }
+  for (const std::string& url : registration.api_bases) {
+    GV_RETURN_IF_ERROR(RequireNonEmpty(url, "API base"));
+  }
   const std::string context = absl::StrCat("register connector ", registration.connector_id);
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
@@ -1483,10 +1550,12 @@ absl::Status SqliteGrantStore::PutConnectorRegistration(const ConnectorRegistrat
       Statement::Prepare(
           db(),
           "INSERT INTO connector_registrations (connector_id, connector_type, client_id, issuer, "
-          "registered_by, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) "
+          "registered_by, created_at, updated_at, allow_private_network) "
+          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
           "ON CONFLICT (connector_id) DO UPDATE SET connector_type = excluded.connector_type, "
           "client_id = excluded.client_id, issuer = excluded.issuer, "
-          "registered_by = excluded.registered_by, updated_at = excluded.updated_at",
+          "registered_by = excluded.registered_by, updated_at = excluded.updated_at, "
+          "allow_private_network = excluded.allow_private_network",
           context));
   upsert.BindText(1, registration.connector_id);
   upsert.BindText(2, registration.connector_type);
@@ -1495,6 +1564,7 @@ absl::Status SqliteGrantStore::PutConnectorRegistration(const ConnectorRegistrat
   upsert.BindText(5, registration.registered_by);
   upsert.BindTime(6, registration.created_at);
   upsert.BindTime(7, registration.updated_at);
+  upsert.BindInt(8, registration.allow_private_network ? 1 : 0);
   GV_RETURN_IF_ERROR(upsert.Run());
   GV_ASSIGN_OR_RETURN(
       Statement clear,
@@ -1513,24 +1583,12 @@ absl::Status SqliteGrantStore::PutConnectorRegistration(const ConnectorRegistrat
     param.BindText(3, value);
     GV_RETURN_IF_ERROR(param.Run());
   }
-  GV_ASSIGN_OR_RETURN(
-      Statement clear_uris,
-      Statement::Prepare(db(), "DELETE FROM connector_redirect_uris WHERE connector_id = ?",
-                         context));
-  clear_uris.BindText(1, registration.connector_id);
-  GV_RETURN_IF_ERROR(clear_uris.Run());
-  GV_ASSIGN_OR_RETURN(Statement uri,
-                      Statement::Prepare(db(),
-                                         "INSERT INTO connector_redirect_uris (connector_id, "
-                                         "position, uri) VALUES (?, ?, ?)",
-                                         context));
-  for (size_t i = 0; i < registration.redirect_uris.size(); ++i) {
-    uri.Reset();
-    uri.BindText(1, registration.connector_id);
-    uri.BindInt(2, static_cast<int64_t>(i));
-    uri.BindText(3, registration.redirect_uris[i]);
-    GV_RETURN_IF_ERROR(uri.Run());
-  }
+  GV_RETURN_IF_ERROR(ReplaceOrderedList(db(), "connector_redirect_uris", "uri",
+                                        registration.connector_id, registration.redirect_uris,
+                                        context));
+  GV_RETURN_IF_ERROR(ReplaceOrderedList(db(), "connector_api_bases", "url",
+                                        registration.connector_id, registration.api_bases,
+                                        context));
   GV_RETURN_IF_ERROR(CheckKekWritable(db(), client_secret.kek_label));
   GV_RETURN_IF_ERROR(WriteSecretRow(db(), client_secret, OnConflict::kReplace));
   return txn.Commit();
@@ -1579,7 +1637,7 @@ absl::StatusOr<std::vector<ConnectorRegistration>> SqliteGrantStore::SelectRegis
       Statement::Prepare(
           db(),
           absl::StrCat("SELECT connector_id, connector_type, client_id, issuer, "
-                       "registered_by, created_at, updated_at "
+                       "registered_by, created_at, updated_at, allow_private_network "
                        "FROM connector_registrations",
                        connector_id ? " WHERE connector_id = ?" : "", " ORDER BY connector_id"),
           context));
@@ -1596,17 +1654,13 @@ absl::StatusOr<std::vector<ConnectorRegistration>> SqliteGrantStore::SelectRegis
     r.registered_by = query.Text(4);
     r.created_at = query.Time(5);
     r.updated_at = query.Time(6);
+    r.allow_private_network = query.Int(7) != 0;
     out.push_back(std::move(r));
   }
   GV_ASSIGN_OR_RETURN(
       Statement params,
       Statement::Prepare(
           db(), "SELECT name, value FROM connector_parameters WHERE connector_id = ?", context));
-  GV_ASSIGN_OR_RETURN(Statement uris,
-                      Statement::Prepare(db(),
-                                         "SELECT uri FROM connector_redirect_uris WHERE "
-                                         "connector_id = ? ORDER BY position",
-                                         context));
   for (ConnectorRegistration& r : out) {
     params.Reset();
     params.BindText(1, r.connector_id);
@@ -1615,13 +1669,10 @@ absl::StatusOr<std::vector<ConnectorRegistration>> SqliteGrantStore::SelectRegis
       if (!row) break;
       r.parameters[params.Text(0)] = params.Text(1);
     }
-    uris.Reset();
-    uris.BindText(1, r.connector_id);
-    for (;;) {
-      GV_ASSIGN_OR_RETURN(bool row, uris.Step());
-      if (!row) break;
-      r.redirect_uris.push_back(uris.Text(0));
-    }
+    GV_ASSIGN_OR_RETURN(r.redirect_uris, ReadOrderedList(db(), "connector_redirect_uris", "uri",
+                                                         r.connector_id, context));
+    GV_ASSIGN_OR_RETURN(
+        r.api_bases, ReadOrderedList(db(), "connector_api_bases", "url", r.connector_id, context));
   }
   return out;
 }

@@ -135,6 +135,15 @@ int64_t Refresher::upstream_requests() const {
   return upstream_requests_;
 }
 
+absl::StatusOr<SharedAccessToken> Refresher::Renew(std::string_view grant_id,
+                                                   const AccessToken& rejected,
+                                                   absl::Duration min_valid, absl::Time deadline) {
+  // Callers that report the same token while its refresh runs find the
+  // cache empty and join that refresh's flight; later ones find its result.
+  cache_.EraseIfSame(grant_id, rejected.token);
+  return GetAccessToken(grant_id, min_valid, deadline);
+}
+
 absl::StatusOr<SharedAccessToken> Refresher::GetAccessToken(std::string_view grant_id,
                                                             absl::Duration min_valid,
                                                             absl::Time deadline) {

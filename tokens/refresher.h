@@ -139,6 +139,8 @@ class Refresher : public TokenSource {
   absl::StatusOr<SharedAccessToken> GetAccessToken(std::string_view grant_id,
                                                    absl::Duration min_valid,
                                                    absl::Time deadline) override;
+  absl::StatusOr<SharedAccessToken> Renew(std::string_view grant_id, const AccessToken& rejected,
+                                          absl::Duration min_valid, absl::Time deadline) override;
 
   // The cache-hit half of GetAccessToken, which never waits: the cached token
   // when it stays valid for `min_valid` (starting a refresh ahead in the

@@ -80,6 +80,17 @@ void TokenCache::Erase(std::string_view grant_id) {
   generation_.fetch_add(1, std::memory_order_release);
 }
 
+bool TokenCache::EraseIfSame(std::string_view grant_id, const SecretBytes& token) {
+  SharedAccessToken erased;  // wiped, if nobody else holds it, after the lock is released
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(grant_id);
+  if (it == entries_.end() || !(it->second.token->token == token)) return false;
+  erased = std::move(it->second.token);
+  entries_.erase(it);
+  generation_.fetch_add(1, std::memory_order_release);
+  return true;
+}
+
 size_t TokenCache::size() const {
   absl::MutexLock lock(&mu_);
   return entries_.size();

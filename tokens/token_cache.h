@@ -111,6 +111,10 @@ class TokenCache {
   std::optional<Lookup> GetClaimingRefresh(std::string_view grant_id, absl::Duration min_valid,
                                            absl::Duration min_retry);
   void Erase(std::string_view grant_id);
+  // Erases the grant's token only if it is `token` (compared in constant
+  // time): a token an API refused, unless a newer one replaced it already.
+  // True when it erased it.
+  bool EraseIfSame(std::string_view grant_id, const SecretBytes& token);
   size_t size() const;
   // Grows with every Put and Erase (read it before a lookup): a caller that
   // remembers an answer can tell that a token was replaced or removed since.

@@ -44,6 +44,13 @@ class TokenSource {
   virtual absl::StatusOr<SharedAccessToken> GetAccessToken(std::string_view grant_id,
                                                            absl::Duration min_valid,
                                                            absl::Time deadline) = 0;
+  // The API the token is for refused `rejected` (HTTP 401): unless a newer
+  // token replaced it already, it is dropped and one refresh, shared by every
+  // caller that reports it, gets another. Otherwise as GetAccessToken.
+  virtual absl::StatusOr<SharedAccessToken> Renew(std::string_view grant_id,
+                                                  const AccessToken& rejected,
+                                                  absl::Duration min_valid,
+                                                  absl::Time deadline) = 0;
   // The cache-hit half, which never waits (starting a refresh ahead in the
   // background when one is due).
   virtual std::optional<TokenCache::Lookup> GetCached(std::string_view grant_id,

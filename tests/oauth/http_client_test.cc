@@ -605,6 +605,153 @@ TEST_F(HttpClientTest, FactoryValidatesOptions) {
   EXPECT_EQ(NewHttpClient(options).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Collects what Stream delivers; stops after `stop_after` body bytes (0: never).
+class RecordingSink final : public ResponseSink {
+ public:
+  explicit RecordingSink(size_t stop_after = 0) : stop_after_(stop_after) {}
+  bool OnHead(int head_status, const HttpHeaders& head_headers) override {
+    ++heads;
+    status = head_status;
+    headers = head_headers;
+    return true;
+  }
+  bool OnBody(std::string_view part) override {
+    ++parts;
+    body.append(part);
+    return stop_after_ == 0 || body.size() < stop_after_;
+  }
+  int heads = 0;
+  int status = 0;
+  HttpHeaders headers;
+  int parts = 0;
+  std::string body;
+
+ private:
+  const size_t stop_after_;
+};
+
+TEST_F(HttpClientTest, StreamDeliversTheHeadThenTheBodyInParts) {
+  const std::string big(300000, 'z');
+  auto server = StartServer([&](const RecordedRequest&) {
+    Reply reply;
+    reply.chunked = true;
+    reply.headers = {{"X-Kind", "stream"}};
+    reply.body = big;
+    return reply;
+  });
+  HttpClientOptions options = TestOptions();
+  options.max_response_bytes = 1 << 20;
+  auto client = NewClient(options);
+  RecordingSink sink;
+  absl::StatusOr<StreamResult> result =
+      client->Stream(Get(server->Url("/s")), absl::Seconds(3), sink, StreamOptions{});
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->status, 200);
+  EXPECT_EQ(result->body_bytes, big.size());
+  EXPECT_EQ(sink.heads, 1);
+  EXPECT_GT(sink.parts, 1);  // in parts, not collected first
+  EXPECT_EQ(sink.body, big);
+  EXPECT_THAT(sink.headers, ::testing::Contains(Pair("X-Kind", "stream")));
+
+  // The cap of the call, below the client's.
+  StreamOptions capped;
+  capped.max_response_bytes = 100000;
+  RecordingSink refused;
+  result = client->Stream(Get(server->Url("/s")), absl::Seconds(3), refused, capped);
+  EXPECT_TRUE(absl::IsResourceExhausted(result.status())) << result.status();
+
+  // A sink that stops: Cancelled, and the connection is not reused.
+  const size_t connections = server->accepted_connections();
+  RecordingSink stopping(/*stop_after=*/1);
+  result = client->Stream(Get(server->Url("/s")), absl::Seconds(3), stopping, StreamOptions{});
+  EXPECT_TRUE(absl::IsCancelled(result.status())) << result.status();
+  ASSERT_TRUE(client->Send(Get(server->Url("/after"))).ok());
+  EXPECT_GT(server->accepted_connections(), connections);
+}
+
+TEST_F(HttpClientTest, ACancellationEndsAStreamWaitingForTheServerAtOnce) {
+  auto server = StartServer([](const RecordedRequest&) {
+    Reply reply;
+    reply.stall = std::chrono::milliseconds(4000);
+    return reply;
+  });
+  auto client = NewClient();
+  Cancellation cancellation;
+  StreamOptions options;
+  options.cancellation = &cancellation;
+  std::thread canceller([&] {
+    server->WaitForRequests(1, absl::Seconds(3));
+    cancellation.Cancel();
+  });
+  const Clock::time_point start = Clock::now();
+  RecordingSink sink;
+  absl::StatusOr<StreamResult> result =
+      client->Stream(Get(server->Url("/held")), absl::Seconds(3), sink, options);
+  canceller.join();
+  EXPECT_TRUE(absl::IsCancelled(result.status())) << result.status();
+  EXPECT_LT(Since(start), std::chrono::milliseconds(2000));
+  EXPECT_EQ(sink.heads, 0);
+  // Cancelled before it starts: nothing is sent.
+  const size_t requests = server->request_count();
+  result = client->Stream(Get(server->Url("/never")), absl::Seconds(3), sink, options);
+  EXPECT_TRUE(absl::IsCancelled(result.status()));
+  EXPECT_EQ(server->request_count(), requests);
+}
+
+TEST_F(HttpClientTest, PublicAddressesOnlyRefusesLoopbackBeforeConnecting) {
+  auto server = StartServer();
+  auto client = NewClient();
+  StreamOptions options;
+  options.public_addresses_only = true;
+  RecordingSink sink;
+  absl::StatusOr<StreamResult> result =
+      client->Stream(Get(server->Url("/x")), absl::Seconds(3), sink, options);
+  EXPECT_TRUE(absl::IsPermissionDenied(result.status())) << result.status();
+  EXPECT_THAT(result.status().message(), HasSubstr("127.0.0.1"));
+  // By name, too: what the name resolves to is what is checked.
+  HttpRequest by_name = Get(absl::StrCat("https://localhost:", server->port(), "/x"));
+  result = client->Stream(by_name, absl::Seconds(3), sink, options);
+  EXPECT_TRUE(absl::IsPermissionDenied(result.status())) << result.status();
+  EXPECT_EQ(server->accepted_connections(), 0u);
+  // A connection made without the check is not reused for a call that needs it.
+  ASSERT_TRUE(client->Send(Get(server->Url("/x"))).ok());
+  result = client->Stream(Get(server->Url("/x")), absl::Seconds(3), sink, options);
+  EXPECT_TRUE(absl::IsPermissionDenied(result.status())) << result.status();
+}
+
+TEST(NonPublicAddressTest, NamesLoopbackPrivateLinkLocalAndReservedRanges) {
+  for (const char* refused : {"127.0.0.1",
+                              "10.1.2.3",
+                              "172.16.0.1",
+                              "172.31.255.255",
+                              "192.168.1.1",
+                              "169.254.169.254",
+                              "100.64.0.1",
+                              "0.0.0.0",
+                              "224.0.0.1",
+                              "255.255.255.255",
+                              "198.18.0.1",
+                              "192.0.2.5",
+                              "::1",
+                              "::",
+                              "fe80::1",
+                              "fc00::1",
+                              "fd12::1",
+                              "ff02::1",
+                              "::ffff:127.0.0.1",
+                              "::ffff:10.0.0.1",
+                              "64:ff9b::a00:1",
+                              "2001:db8::1",
+                              "2002:a00:1::",
+                              "not an address"}) {
+    EXPECT_TRUE(IsNonPublicAddress(refused)) << refused;
+  }
+  for (const char* allowed : {"8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "142.250.1.1",
+                              "2a00:1450:4001::1", "2606:4700::1111", "::ffff:8.8.8.8"}) {
+    EXPECT_FALSE(IsNonPublicAddress(allowed)) << allowed;
+  }
+}
+
 TEST(PercentEncodeTest, KeepsUnreservedAndEncodesEverythingElse) {
   EXPECT_EQ(PercentEncode(""), "");
   EXPECT_EQ(PercentEncode("AZaz09-._~"), "AZaz09-._~");

@@ -284,6 +284,74 @@ TEST(PolicyTest, ImportsJsonManifests) {
   }
 }
 
+// A tool's "http" entries bound the calls it may make through the proxy.
+TEST(PolicyTest, ToolsDeclareTheCallsTheyMayMakeByMethodAndPathPrefix) {
+  TempDir dir;
+  Write(dir.Join("agent.json"),
+        R"({"tools": [{"name": "read_mail", "connector": "google", "scopes": ["gmail.readonly"],
+                       "http": ["GET /gmail/v1/users/me/messages/", "* /gmail/v1/users/me/labels"]}]})");
+  Write(dir.Join("policy.toml"),
+        "[workspaces.w]\nmanifests = [\"agent.json\"]\n"
+        "[[workspaces.w.tools]]\nname = \"send_email\"\nconnector = \"google\"\n"
+        "scopes = [\"gmail.send\"]\nhttp = [\"POST /gmail/v1/users/me/messages/send\"]\n"
+        "[[workspaces.w.tools]]\nname = \"anything\"\nconnector = \"google\"\n"
+        "scopes = [\"gmail.send\"]\n");
+  absl::StatusOr<Policy> policy = Policy::Load(dir.Join("policy.toml"));
+  ASSERT_TRUE(policy.ok()) << policy.status();
+
+  const ToolDecl* send = policy->FindTool("w", "send_email");
+  ASSERT_NE(send, nullptr);
+  ASSERT_EQ(send->http.size(), 1u);
+  EXPECT_NE(send->AllowsHttp("POST", "/gmail/v1/users/me/messages/send"), nullptr);
+  EXPECT_EQ(send->AllowsHttp("GET", "/gmail/v1/users/me/messages/send"), nullptr);
+  EXPECT_EQ(send->AllowsHttp("POST", "/gmail/v1/users/me/messages/sendX"), nullptr);
+  EXPECT_EQ(send->AllowsHttp("POST", "/gmail/v1/users/me/messages"), nullptr);
+  EXPECT_NE(send->AllowsHttp("POST", "/gmail/v1/users/me/messages/send/x"), nullptr);
+
+  const ToolDecl* read = policy->FindTool("w", "read_mail");
+  ASSERT_NE(read, nullptr);
+  const HttpAllowance* messages = read->AllowsHttp("GET", "/gmail/v1/users/me/messages/123");
+  ASSERT_NE(messages, nullptr);
+  EXPECT_EQ(messages->path_prefix, "/gmail/v1/users/me/messages");
+  EXPECT_EQ(messages->declared, "GET /gmail/v1/users/me/messages/");
+  EXPECT_NE(read->AllowsHttp("GET", "/gmail/v1/users/me/messages"), nullptr);
+  EXPECT_NE(read->AllowsHttp("DELETE", "/gmail/v1/users/me/labels/7"), nullptr);
+  EXPECT_EQ(read->AllowsHttp("DELETE", "/gmail/v1/users/me/messages/1"), nullptr);
+
+  // Without "http" a tool may call any path of the connector's API bases.
+  const ToolDecl* anything = policy->FindTool("w", "anything");
+  ASSERT_NE(anything, nullptr);
+  EXPECT_TRUE(anything->http.empty());
+  EXPECT_EQ(policy->FindTool("w", "nope"), nullptr);
+  EXPECT_EQ(policy->FindTool("other", "send_email"), nullptr);
+
+  for (const std::string bad : {"POST", "post /x", "GET x", "GET /a//b", "GET /a/../b",
+                                "GET /a/%2e%2e/b", "GET /a?b", "GET /a%2Fb", "GET /a b"}) {
+    Write(dir.Join("bad.toml"),
+          absl::StrCat("[workspaces.w]\n[[workspaces.w.tools]]\nname = \"t\"\n"
+                       "connector = \"c\"\nscopes = [\"s\"]\nhttp = [\"",
+                       bad, "\"]\n"));
+    absl::StatusOr<Policy> refused = Policy::Load(dir.Join("bad.toml"));
+    EXPECT_TRUE(absl::IsInvalidArgument(refused.status())) << bad;
+    EXPECT_THAT(refused.status().message(), HasSubstr("http entry")) << bad;
+  }
+  Write(dir.Join("bad.json"), R"({"tools": [{"name": "a", "connector": "c", "scopes": ["s"],
+                                             "http": "GET /"}]})");
+  Write(dir.Join("bad.toml"), "[workspaces.w]\nmanifests = [\"bad.json\"]\n");
+  EXPECT_THAT(Policy::Load(dir.Join("bad.toml")).status().message(),
+              HasSubstr("\"http\" must be an array of strings"));
+}
+
+TEST(PolicyTest, CanonicalPathsOnlyAreMatchedAgainstPrefixes) {
+  for (const char* good : {"/", "/a", "/a/b", "/a/b/", "/a/%41b", "/a:b/c@d"}) {
+    EXPECT_TRUE(CheckHttpPath(good).ok()) << good;
+  }
+  for (const char* bad : {"", "a", "//a", "/a//b", "/./a", "/a/.", "/a/..", "/a/../b", "/a\\b",
+                          "/a%2fb", "/a%5Cb", "/%2E%2E/b", "/a?x=1", "/a#f", "/a\tb", "/\x7f"}) {
+    EXPECT_FALSE(CheckHttpPath(bad).ok()) << bad;
+  }
+}
+
 // Whoever can write the policy file or a manifest decides who gets tokens.
 TEST(PolicyTest, RefusesAPolicyOrManifestOthersCouldRewrite) {
   TempDir dir;

@@ -203,10 +203,11 @@ TEST_F(SqliteGrantStoreTest, MigratesEmptyFileWithDurableSettingsAndPrivateMode)
       RawQuery(raw.get(), "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name");
   std::vector<std::string> names;
   for (const auto& row : tables) names.push_back(row[0]);
-  EXPECT_THAT(names, ElementsAre("authorization_sessions", "connector_parameters",
-                                 "connector_redirect_uris", "connector_registrations",
-                                 "grant_metadata", "grant_scopes", "grants", "key_versions",
-                                 "schema_migrations", "sealed_secrets", "upstream_revocations"));
+  EXPECT_THAT(names,
+              ElementsAre("authorization_sessions", "connector_api_bases", "connector_parameters",
+                          "connector_redirect_uris", "connector_registrations", "grant_metadata",
+                          "grant_scopes", "grants", "key_versions", "schema_migrations",
+                          "sealed_secrets", "upstream_revocations"));
 }
 
 TEST_F(SqliteGrantStoreTest, ReopeningKeepsDataAndAppliesNothingTwice) {
@@ -1082,6 +1083,47 @@ TEST_F(SqliteGrantStoreTest, RegistrationsKeepTheirRedirectUrisInOrder) {
               ElementsAre("https://b.example.com/cb"));
 }
 
+// A registration's API bases and private-network flag (the proxy's egress
+// allow-list) are kept in order and replaced whole; a database from before
+// them migrates with none and the flag off.
+TEST_F(SqliteGrantStoreTest, ApiBasesAreKeptInOrderAndOlderDatabasesMigrate) {
+  {
+    std::unique_ptr<GrantStore> store = OpenWithKeys();
+    ASSERT_NE(store, nullptr);
+    ConnectorRegistration reg = Registration("zendesk", 1);
+    reg.api_bases = {"https://b.example.com/v2/", "https://a.example.com/"};
+    reg.allow_private_network = true;
+    ASSERT_TRUE(store->PutConnectorRegistration(reg, ClientSecret("zendesk", "s")).ok());
+    EXPECT_EQ(*store->GetConnectorRegistration("zendesk"), reg);
+    reg.api_bases = {"https://c.example.com/"};
+    reg.allow_private_network = false;
+    ASSERT_TRUE(store->PutConnectorRegistration(reg, ClientSecret("zendesk", "s2")).ok());
+    EXPECT_EQ(*store->GetConnectorRegistration("zendesk"), reg);
+    reg.api_bases = {""};
+    EXPECT_TRUE(absl::IsInvalidArgument(
+        store->PutConnectorRegistration(reg, ClientSecret("zendesk", "s3"))));
+    ASSERT_TRUE(
+        store->PutConnectorRegistration(Registration("github", 1), ClientSecret("github", "g"))
+            .ok());
+  }
+  {
+    RawDb raw = OpenRaw(path_);
+    ASSERT_EQ(RawExec(raw.get(),
+                      "DROP TABLE connector_api_bases; "
+                      "ALTER TABLE connector_registrations DROP COLUMN allow_private_network; "
+                      "DELETE FROM schema_migrations WHERE version >= 7"),
+              SQLITE_OK);
+  }
+  std::unique_ptr<GrantStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  for (const char* id : {"zendesk", "github"}) {
+    absl::StatusOr<ConnectorRegistration> migrated = store->GetConnectorRegistration(id);
+    ASSERT_TRUE(migrated.ok()) << migrated.status();
+    EXPECT_TRUE(migrated->api_bases.empty()) << id;
+    EXPECT_FALSE(migrated->allow_private_network) << id;
+  }
+}
+
 // A database written before redirect URIs were stored opens, migrates, and
 // keeps its registrations (with none registered).
 TEST_F(SqliteGrantStoreTest, ADatabaseFromBeforeRedirectUrisMigrates) {
@@ -1097,6 +1139,8 @@ TEST_F(SqliteGrantStoreTest, ADatabaseFromBeforeRedirectUrisMigrates) {
     ASSERT_EQ(RawExec(raw.get(),
                       "DROP TABLE connector_redirect_uris; DROP INDEX grants_by_connector; "
                       "ALTER TABLE grants DROP COLUMN refresh_attempt_at; "
+                      "DROP TABLE connector_api_bases; "
+                      "ALTER TABLE connector_registrations DROP COLUMN allow_private_network; "
                       "DELETE FROM schema_migrations WHERE version >= 5"),
               SQLITE_OK);
   }
@@ -1203,6 +1247,8 @@ TEST_F(SqliteGrantStoreTest, ADatabaseWithSealedAttemptMarkersMigrates) {
     RawDb raw = OpenRaw(path_);
     ASSERT_EQ(RawExec(raw.get(),
                       "ALTER TABLE grants DROP COLUMN refresh_attempt_at; "
+                      "DROP TABLE connector_api_bases; "
+                      "ALTER TABLE connector_registrations DROP COLUMN allow_private_network; "
                       "DELETE FROM schema_migrations WHERE version >= 6"),
               SQLITE_OK);
   }

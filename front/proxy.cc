@@ -1,0 +1,791 @@
+#include "front/proxy.h"
+
+#include <openssl/crypto.h>
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/log_escape.h"
+#include "common/status.h"
+#include "common/strings.h"
+#include "front/service.h"
+#include "front/service_internal.h"
+#include "policy/policy.h"
+#include "spdlog/spdlog.h"
+
+// Boost.Asio needs <utility> first; ipc/asio.h takes care of it.
+// clang-format off
+#include "ipc/asio.h"
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+// clang-format on
+
+namespace grantvault::front {
+namespace {
+
+// A call that needs the token for longer than this would get one that could
+// expire on its way.
+constexpr absl::Duration kMinTokenValidity = absl::Seconds(60);
+// The answer frames a call may have queued for a slow reader before it stops
+// reading the API's answer (flow control), and how often it looks again.
+constexpr size_t kMaxQueuedAnswerBytes = size_t{256} << 10;
+constexpr absl::Duration kFlowControlSlice = absl::Milliseconds(100);
+// A body part per frame: what fits in one frame with the envelope around it.
+constexpr size_t kMaxBodyPart = 60 * 1024;
+constexpr size_t kMaxUrlLength = 8192;
+constexpr size_t kMaxRememberedRevocations = 100000;
+// Past this many events queued for the audit log, calls are refused until it
+// catches up: every call is recorded.
+constexpr size_t kMaxAuditBacklogForCalls = 16384;
+constexpr size_t kMaxCallerHeaders = 64;
+constexpr size_t kMaxCallerHeaderBytes = 32 * 1024;
+
+bool IsTchar(char c) {
+  return absl::ascii_isalnum(static_cast<unsigned char>(c)) ||
+         std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+}
+
+bool IsToken(std::string_view s) { return !s.empty() && std::all_of(s.begin(), s.end(), IsTchar); }
+
+bool IsFieldValue(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u == '\t' || (u >= 0x20 && u != 0x7f);
+  });
+}
+
+bool IsHopByHop(std::string_view name) {
+  for (std::string_view h : {"connection", "keep-alive", "proxy-connection", "te", "trailer",
+                             "transfer-encoding", "upgrade"}) {
+    if (absl::EqualsIgnoreCase(Sv(name), Sv(h))) return true;
+  }
+  return false;
+}
+
+void WipeString(std::string& s) {
+  s.resize(s.capacity());
+  OPENSSL_cleanse(s.data(), s.size());
+  s.clear();
+}
+
+// The path of an origin-form target (without its query).
+std::string_view PathOf(std::string_view target) { return target.substr(0, target.find('?')); }
+
+// Whether `url` lies within `base` (same scheme, host and port; the path
+// under the base's path), both as the HTTPS client reads them.
+bool Within(const oauth::HttpsUrl& url, const oauth::HttpsUrl& base) {
+  return url.authority == base.authority && absl::StartsWith(Sv(PathOf(url.target)), base.target);
+}
+
+void AppendVarint(std::string& out, uint64_t v) {
+  while (v >= 0x80) {
+    out.push_back(static_cast<char>((v & 0x7f) | 0x80));
+    v >>= 7;
+  }
+  out.push_back(static_cast<char>(v));
+}
+
+size_t VarintSize(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+
+// Response{request_id, more: true, proxy_body: {data}}, encoded by hand so
+// that the body is copied once (serialized messages concatenate as a merge).
+std::string BodyFrame(uint64_t request_id, std::string_view data) {
+  v1::Response head;
+  head.set_request_id(request_id);
+  head.set_more(true);
+  std::string frame;
+  const size_t inner = 1 + VarintSize(data.size()) + data.size();
+  frame.reserve(head.ByteSizeLong() + 3 + VarintSize(inner) + inner);
+  head.AppendToString(&frame);
+  AppendVarint(frame, (uint64_t{v1::Response::kProxyBodyFieldNumber} << 3) | 2);
+  AppendVarint(frame, inner);
+  AppendVarint(frame, (uint64_t{v1::ProxyResponseBody::kDataFieldNumber} << 3) | 2);
+  AppendVarint(frame, data.size());
+  frame.append(data.data(), data.size());
+  return frame;
+}
+
+// The methods an API call may use (RFC 9110 §9, RFC 5789); CONNECT and TRACE
+// have no business on an API.
+bool IsApiMethod(std::string_view method) {
+  for (std::string_view m : {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}) {
+    if (method == m) return true;
+  }
+  return false;
+}
+
+bool IsRedirect(int status) {
+  return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
+}
+
+std::optional<std::string> HeaderOf(const oauth::HttpHeaders& headers, std::string_view name) {
+  for (const auto& [n, v] : headers) {
+    if (absl::EqualsIgnoreCase(Sv(n), Sv(name))) return v;
+  }
+  return std::nullopt;
+}
+
+absl::Status Refused(std::string message) {
+  return absl::PermissionDeniedError(std::move(message));
+}
+
+}  // namespace
+
+absl::StatusOr<oauth::HttpHeaders> CallerHeadersToSend(const v1::ProxyRequest& in) {
+  if (static_cast<size_t>(in.headers_size()) > kMaxCallerHeaders) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a proxied call may carry at most ", kMaxCallerHeaders, " headers"));
+  }
+  size_t total = 0;
+  std::vector<std::string> named_by_connection;
+  for (const v1::HttpHeader& h : in.headers()) {
+    total += h.name().size() + h.value().size();
+    if (!IsToken(h.name())) {
+      return absl::InvalidArgumentError("a header name is not an HTTP token");
+    }
+    if (!IsFieldValue(h.value())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("header ", h.name(), " has a control character in its value"));
+    }
+    if (absl::EqualsIgnoreCase(h.name(), "connection")) {
+      for (absl::string_view option : absl::StrSplit(h.value(), ',')) {
+        named_by_connection.emplace_back(absl::StripAsciiWhitespace(option));
+      }
+    }
+  }
+  if (total > kMaxCallerHeaderBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("a proxied call's headers may hold at most ",
+                                                   kMaxCallerHeaderBytes, " bytes"));
+  }
+  oauth::HttpHeaders out;
+  for (const v1::HttpHeader& h : in.headers()) {
+    const std::string& name = h.name();
+    const bool dropped =
+        IsHopByHop(name) || absl::EqualsIgnoreCase(name, "host") ||
+        absl::EqualsIgnoreCase(name, "content-length") ||
+        absl::EqualsIgnoreCase(name, "authorization") || absl::EqualsIgnoreCase(name, "cookie") ||
+        absl::StartsWithIgnoreCase(name, "proxy-") ||
+        std::any_of(named_by_connection.begin(), named_by_connection.end(),
+                    [&](const std::string& n) { return absl::EqualsIgnoreCase(n, name); });
+    if (!dropped) out.emplace_back(name, h.value());
+  }
+  return out;
+}
+
+bool IsResponseHeaderPassedBack(std::string_view name) {
+  return !IsHopByHop(name) && !absl::EqualsIgnoreCase(Sv(name), "set-cookie") &&
+         !absl::EqualsIgnoreCase(Sv(name), "set-cookie2") &&
+         !absl::StartsWithIgnoreCase(Sv(name), "proxy-");
+}
+
+std::optional<absl::Duration> RetryAfterOf(const oauth::HttpHeaders& headers, absl::Time now) {
+  const std::optional<std::string> value = HeaderOf(headers, "retry-after");
+  if (!value) return std::nullopt;
+  const absl::string_view text = absl::StripAsciiWhitespace(*value);
+  absl::Duration wait;
+  if (int64_t seconds = 0; !text.empty() &&
+                           std::all_of(text.begin(), text.end(), absl::ascii_isdigit) &&
+                           absl::SimpleAtoi(text, &seconds)) {
+    wait = absl::Seconds(seconds);
+  } else {
+    absl::Time at;
+    std::string error;
+    if (!absl::ParseTime("%a, %d %b %Y %H:%M:%S GMT", text, &at, &error)) return std::nullopt;
+    wait = std::max(at - now, absl::ZeroDuration());
+  }
+  return std::min(wait, absl::Hours(24));
+}
+
+struct Proxy::Pool {
+  explicit Pool(size_t n) : threads(n) {}
+  boost::asio::thread_pool threads;
+};
+
+struct Proxy::Call {
+  std::string grant_id;
+  uint64_t connection_id = 0;
+  uint64_t request_id = 0;
+  oauth::Cancellation cancellation;
+
+  // Ended from outside (revoked, cancelled, the connection gone): why.
+  void End(absl::Status why) {
+    {
+      absl::MutexLock lock(&mu);
+      if (ended.ok()) ended = std::move(why);
+    }
+    cancellation.Cancel();
+  }
+  absl::Status EndedBecause() {
+    absl::MutexLock lock(&mu);
+    return ended;
+  }
+
+  absl::Mutex mu;
+  absl::Status ended ABSL_GUARDED_BY(mu);
+};
+
+struct Proxy::Registration {
+  std::string connector_type;
+  std::vector<std::string> bases;  // "{grant:<key>}" not yet filled
+  bool allow_private_network = false;
+};
+
+struct Proxy::Target {
+  std::string url;  // absolute
+  oauth::HttpsUrl parsed;
+  std::vector<oauth::HttpsUrl> bases;  // where redirects may go
+  bool public_only = true;
+};
+
+// Streams the API's answer to the connection, or stops at a head the proxy
+// acts on itself (a 401 to renew, a 429/503 to pass on as UNAVAILABLE, a
+// redirect to check).
+class Proxy::Sink final : public oauth::ResponseSink {
+ public:
+  enum class Stop { kNone, kRenew, kUnavailable, kRedirect, kPeerGone };
+
+  Sink(ipc::Connection& connection, uint64_t request_id, Call& call, const store::Grant& grant,
+       bool may_renew, absl::Time deadline, Clock* clock)
+      : connection_(connection),
+        request_id_(request_id),
+        call_(call),
+        grant_(grant),
+        may_renew_(may_renew),
+        deadline_(deadline),
+        clock_(clock) {}
+
+  bool OnHead(int status, const oauth::HttpHeaders& headers) override {
+    status_ = status;
+    if (status == 401 && may_renew_) return StopWith(Stop::kRenew);
+    if (status == 429 || status == 503) {
+      if (std::optional<absl::Duration> wait = RetryAfterOf(headers, clock_->Now())) {
+        retry_after_ = *wait;
+        return StopWith(Stop::kUnavailable);
+      }
+    }
+    if (IsRedirect(status)) {
+      if (std::optional<std::string> location = HeaderOf(headers, "location")) {
+        location_ = *std::move(location);
+        return StopWith(Stop::kRedirect);
+      }
+    }
+    v1::Response r;
+    r.set_request_id(request_id_);
+    r.set_more(true);
+    v1::ProxyResponseHead* head = r.mutable_proxy_head();
+    head->set_status(static_cast<uint32_t>(status));
+    for (const auto& [name, value] : headers) {
+      if (!IsResponseHeaderPassedBack(name)) continue;
+      v1::HttpHeader* h = head->add_headers();
+      h->set_name(name);
+      h->set_value(value);
+    }
+    head->set_grant_id(grant_.grant_id);
+    head->set_account_id(grant_.account_id);
+    std::string frame;
+    if (!r.SerializeToString(&frame) || frame.size() > 65536) {
+      failure_ = absl::ResourceExhaustedError("the API's response headers do not fit in a frame");
+      return StopWith(Stop::kPeerGone);
+    }
+    return SendFrame(std::move(frame));
+  }
+
+  bool OnBody(std::string_view part) override {
+    while (!part.empty()) {
+      const std::string_view piece = part.substr(0, kMaxBodyPart);
+      part.remove_prefix(piece.size());
+      body_bytes_ += piece.size();
+      if (!SendFrame(BodyFrame(request_id_, piece))) return false;
+    }
+    return true;
+  }
+
+  Stop stop() const { return stop_; }
+  int status() const { return status_; }
+  bool head_sent() const { return head_sent_; }
+  uint64_t body_bytes() const { return body_bytes_; }
+  absl::Duration retry_after() const { return retry_after_; }
+  const std::string& location() const { return location_; }
+  const absl::Status& failure() const { return failure_; }
+
+ private:
+  bool StopWith(Stop stop) {
+    stop_ = stop;
+    return false;
+  }
+
+  // Sends one frame once the peer has read what was queued before (or stops
+  // when it goes away, the call ends or the deadline passes).
+  bool SendFrame(std::string frame) {
+    for (;;) {
+      const absl::Time until = std::min(deadline_, clock_->Now() + kFlowControlSlice);
+      if (connection_.AwaitQueuedAtMost(kMaxQueuedAnswerBytes, until)) break;
+      if (connection_.closed() || call_.cancellation.cancelled() || clock_->Now() >= deadline_) {
+        WipeString(frame);
+        if (clock_->Now() >= deadline_) {
+          failure_ = absl::DeadlineExceededError("the caller did not read the answer in time");
+        }
+        return StopWith(Stop::kPeerGone);
+      }
+    }
+    if (!connection_.Send(std::move(frame), /*final=*/false)) return StopWith(Stop::kPeerGone);
+    head_sent_ = true;
+    return true;
+  }
+
+  ipc::Connection& connection_;
+  const uint64_t request_id_;
+  Call& call_;
+  const store::Grant& grant_;
+  const bool may_renew_;
+  const absl::Time deadline_;
+  Clock* const clock_;
+  Stop stop_ = Stop::kNone;
+  int status_ = 0;
+  bool head_sent_ = false;
+  uint64_t body_bytes_ = 0;
+  absl::Duration retry_after_;
+  std::string location_;
+  absl::Status failure_;
+};
+
+Proxy::Proxy(Deps deps, Limits limits)
+    : deps_(std::move(deps)),
+      limits_(limits),
+      pool_(std::make_unique<Pool>(std::max<size_t>(1, limits.max_calls))) {}
+
+Proxy::~Proxy() { Stop(); }
+
+void Proxy::Stop() {
+  std::vector<std::shared_ptr<Call>> running;
+  {
+    absl::MutexLock lock(&mu_);
+    stopped_ = true;
+    for (const auto& [grant, calls] : calls_)
+      running.insert(running.end(), calls.begin(), calls.end());
+  }
+  for (const std::shared_ptr<Call>& call : running) {
+    call->End(absl::UnavailableError("grantvaultd is stopping; retry_after_ms=1000"));
+  }
+  pool_->threads.join();
+}
+
+void Proxy::Submit(std::function<void()> work) {
+  boost::asio::post(pool_->threads, std::move(work));
+}
+
+absl::Time Proxy::DeadlineOf(const v1::Request& request, absl::Time received) const {
+  const absl::Duration wanted =
+      request.deadline_ms() == 0 ? limits_.timeout : absl::Milliseconds(request.deadline_ms());
+  return received + std::min(wanted, limits_.timeout);
+}
+
+absl::StatusOr<std::shared_ptr<const Proxy::Registration>> Proxy::RegistrationOf(
+    const std::string& connector_id) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto it = registrations_.find(connector_id); it != registrations_.end()) return it->second;
+  }
+  GV_ASSIGN_OR_RETURN(store::ConnectorRegistration stored,
+                      deps_.store->GetConnectorRegistration(connector_id));
+  auto registration = std::make_shared<Registration>();
+  registration->connector_type = stored.connector_type;
+  registration->allow_private_network = stored.allow_private_network;
+  registration->bases = stored.api_bases;
+  const oauth::ConnectorType* type =
+      deps_.catalog == nullptr ? nullptr : deps_.catalog->Find(stored.connector_type);
+  if (type != nullptr && !type->api_bases.empty()) {
+    GV_ASSIGN_OR_RETURN(oauth::ResolvedEndpoints resolved,
+                        oauth::Catalog::Resolve(*type, stored.parameters));
+    registration->bases = resolved.api_bases;
+  }
+  absl::MutexLock lock(&mu_);
+  registrations_[connector_id] = registration;
+  return registration;
+}
+
+void Proxy::ForgetConnector(const std::string& connector_id) {
+  absl::MutexLock lock(&mu_);
+  registrations_.erase(connector_id);
+}
+
+absl::StatusOr<std::vector<std::string>> Proxy::BasesOf(const store::Grant& grant,
+                                                        const Registration& registration) {
+  std::vector<std::string> out;
+  for (const std::string& base : registration.bases) {
+    GV_ASSIGN_OR_RETURN(std::string expanded, oauth::ExpandApiBase(base, grant.metadata));
+    out.push_back(std::move(expanded));
+  }
+  if (out.empty()) {
+    return Refused(absl::StrCat("connector ", grant.connector_id,
+                                " names no API base, so nothing may be sent through the proxy "
+                                "(docs/proxy.md: register it with --api-base)"));
+  }
+  return out;
+}
+
+absl::StatusOr<Proxy::Target> Proxy::Check(const v1::ProxyRequest& in, const Resolved& resolved,
+                                           audit::Event& record) {
+  const store::Grant& grant = *resolved.grant;
+  GV_ASSIGN_OR_RETURN(std::shared_ptr<const Registration> registration,
+                      RegistrationOf(grant.connector_id));
+  GV_ASSIGN_OR_RETURN(std::vector<std::string> bases, BasesOf(grant, *registration));
+  Target target;
+  target.public_only = !registration->allow_private_network;
+  for (const std::string& base : bases) {
+    GV_ASSIGN_OR_RETURN(oauth::HttpsUrl parsed, oauth::ParseHttpsUrl(base));
+    target.bases.push_back(std::move(parsed));
+  }
+  if (in.url().empty() || in.url().size() > kMaxUrlLength) {
+    return absl::InvalidArgumentError("the URL is empty or too long");
+  }
+  // A path is taken against the first base's origin: "/gmail/v1/…".
+  target.url = in.url().front() == '/'
+                   ? absl::StrCat("https://", target.bases.front().authority, in.url())
+                   : in.url();
+  absl::StatusOr<oauth::HttpsUrl> parsed = oauth::ParseHttpsUrl(target.url);
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("the URL: ", parsed.status().message()));
+  }
+  target.parsed = *std::move(parsed);
+  const std::string path(PathOf(target.parsed.target));
+  record.details["host"] = target.parsed.authority;
+  if (absl::Status canonical = policy::CheckHttpPath(path); !canonical.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("the URL's path: ", canonical.message()));
+  }
+  const auto base =
+      std::find_if(target.bases.begin(), target.bases.end(),
+                   [&](const oauth::HttpsUrl& b) { return Within(target.parsed, b); });
+  if (base == target.bases.end()) {
+    return Refused(absl::StrCat("https://", target.parsed.authority, " is not within connector ",
+                                grant.connector_id, "'s API bases (", absl::StrJoin(bases, " "),
+                                ")"));
+  }
+  // The tool's declared calls, when it declares any.
+  const policy::ToolDecl* tool =
+      in.tool().empty() ? nullptr : resolved.policy->FindTool(in.workspace_id(), in.tool());
+  if (tool != nullptr && !tool->http.empty()) {
+    const policy::HttpAllowance* allowed = tool->AllowsHttp(in.method(), path);
+    if (allowed == nullptr) {
+      std::vector<std::string> declared;
+      for (const policy::HttpAllowance& a : tool->http) declared.push_back(a.declared);
+      return Refused(absl::StrCat("tool '", in.tool(), "' may not call ", in.method(), " ", path,
+                                  " (it declares: ", absl::StrJoin(declared, ", "), ")"));
+    }
+    record.details["path_template"] =
+        allowed->path_prefix == path ? path : absl::StrCat(allowed->path_prefix, "/…");
+  } else {
+    record.details["path_template"] = path == base->target ? path : absl::StrCat(base->target, "…");
+  }
+  return target;
+}
+
+absl::StatusOr<std::shared_ptr<Proxy::Call>> Proxy::Admit(const std::string& grant_id,
+                                                          uint64_t connection_id,
+                                                          uint64_t request_id) {
+  absl::MutexLock lock(&mu_);
+  if (stopped_) return absl::UnavailableError("grantvaultd is stopping; retry_after_ms=1000");
+  if (revoked_.contains(grant_id)) {
+    return absl::FailedPreconditionError(absl::StrCat("REVOKED: grant ", grant_id, " is revoked"));
+  }
+  std::set<std::shared_ptr<Call>>& calls = calls_[grant_id];
+  if (calls.size() >= limits_.max_calls_per_grant) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("grant ", grant_id, " already has ", calls.size(),
+                     " proxied calls under way (the most one grant may have); retry_after_ms=100"));
+  }
+  auto call = std::make_shared<Call>();
+  call->grant_id = grant_id;
+  call->connection_id = connection_id;
+  call->request_id = request_id;
+  calls.insert(call);
+  return call;
+}
+
+void Proxy::Retire(const std::shared_ptr<Call>& call) {
+  absl::MutexLock lock(&mu_);
+  auto it = calls_.find(call->grant_id);
+  if (it == calls_.end()) return;
+  it->second.erase(call);
+  if (it->second.empty()) calls_.erase(it);
+}
+
+void Proxy::EndCallsOf(const std::string& grant_id, const std::string& reason) {
+  std::vector<std::shared_ptr<Call>> ending;
+  {
+    absl::MutexLock lock(&mu_);
+    if (revoked_.size() >= kMaxRememberedRevocations) revoked_.clear();
+    revoked_.insert(grant_id);
+    if (auto it = calls_.find(grant_id); it != calls_.end()) {
+      ending.assign(it->second.begin(), it->second.end());
+    }
+  }
+  for (const std::shared_ptr<Call>& call : ending) {
+    call->End(absl::FailedPreconditionError(
+        absl::StrCat("REVOKED: grant ", grant_id, " was revoked during the call: ", reason)));
+  }
+}
+
+bool Proxy::Cancel(uint64_t connection_id, uint64_t request_id) {
+  std::shared_ptr<Call> found;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [grant, calls] : calls_) {
+      for (const std::shared_ptr<Call>& call : calls) {
+        if (call->connection_id == connection_id && call->request_id == request_id) found = call;
+      }
+    }
+  }
+  if (found == nullptr) return false;
+  found->End(absl::CancelledError("the call was cancelled by the caller"));
+  return true;
+}
+
+void Proxy::EndCallsOfConnection(uint64_t connection_id) {
+  std::vector<std::shared_ptr<Call>> ending;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [grant, calls] : calls_) {
+      for (const std::shared_ptr<Call>& call : calls) {
+        if (call->connection_id == connection_id) ending.push_back(call);
+      }
+    }
+  }
+  for (const std::shared_ptr<Call>& call : ending) {
+    call->End(absl::CancelledError("the caller's connection closed"));
+  }
+}
+
+void Proxy::Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request,
+                policy::CallerIdentity& caller, absl::Time deadline) {
+  const v1::ProxyRequest& in = request.proxy();
+  const uint64_t id = request.request_id();
+  const ipc::PeerCredentials& peer = connection->peer();
+  const absl::Time started = deps_.clock->Now();
+
+  audit::Event record;
+  record.type = "proxy.call";
+  record.workspace_id = in.workspace_id();
+  record.connector_id = in.connector_id();
+  record.actor.uid = peer.uid;
+  record.actor.pid = peer.pid;
+  if (caller.exe_path) record.actor.exe = *caller.exe_path;
+  if (!in.tool().empty()) record.details["tool"] = in.tool();
+  record.details["method"] = in.method();
+  record.details["request_id"] = absl::StrCat(id);
+
+  const auto answer_error = [&](const absl::Status& status, uint32_t upstream_status = 0) {
+    v1::Response r;
+    r.set_request_id(id);
+    *r.mutable_error() = StatusToError(status);
+    if (upstream_status != 0) r.mutable_error()->set_upstream_status(upstream_status);
+    SendResponse(*connection, r);
+  };
+  // Audits the call's end (the call is answered after its record).
+  const auto record_end = [&](audit::Event e, const absl::Status& outcome) {
+    e.details["duration_ms"] =
+        absl::StrCat(absl::ToInt64Milliseconds(deps_.clock->Now() - started));
+    if (outcome.ok()) {
+      e.outcome = "ok";
+    } else {
+      e.outcome = absl::IsPermissionDenied(outcome) ? "denied" : "failed";
+      e.reason = std::string(outcome.message());
+    }
+    spdlog::info(
+        "proxy.call uid={} pid={} workspace={} connector={} tool={} method={} host={} "
+        "path={} status={} bytes={} outcome={}",
+        peer.uid, peer.pid, EscapeForLog(e.workspace_id), EscapeForLog(e.connector_id),
+        EscapeForLog(e.details["tool"]), EscapeForLog(e.details["method"]),
+        EscapeForLog(e.details["host"]), EscapeForLog(e.details["path_template"]),
+        e.details["status"], e.details["bytes_received"], e.outcome);
+    if (deps_.audit == nullptr) return absl::OkStatus();
+    return deps_.audit->Append(std::move(e), audit::Durability::kGrouped);
+  };
+
+  // The checks of a Resolve: caller, workspace, tool, scopes, grant, token.
+  if (!IsApiMethod(in.method())) {
+    answer_error(absl::InvalidArgumentError(
+        "the method must be one of GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS"));
+    return;
+  }
+  if (in.body().size() > limits_.max_request_body) {
+    answer_error(absl::ResourceExhaustedError(absl::StrCat(
+        "a proxied request body may hold at most ", limits_.max_request_body, " bytes")));
+    return;
+  }
+  ResolveQuery query;
+  query.workspace_id = in.workspace_id();
+  query.connector_id = in.connector_id();
+  if (!in.tool().empty()) query.tool = in.tool();
+  query.scopes.assign(in.scopes().begin(), in.scopes().end());
+  query.min_valid = kMinTokenValidity;
+  query.deadline = deadline;
+  absl::StatusOr<Resolved> resolved = deps_.resolver->Resolve(caller, query);
+  if (!resolved.ok()) {
+    answer_error(resolved.status());
+    if (deps_.record_refusal) deps_.record_refusal(peer, caller, record, resolved.status());
+    return;
+  }
+  internal::AddGrantFields(*resolved->grant, record);
+  record.scopes = resolved->scopes;
+
+  // What the tool may call, and where.
+  absl::StatusOr<Target> target = Check(in, *resolved, record);
+  if (!target.ok()) {
+    const absl::Status audited = record_end(record, target.status());
+    answer_error(audited.ok() ? target.status() : audited);
+    return;
+  }
+  if (deps_.audit != nullptr && deps_.audit->backlog() >= kMaxAuditBacklogForCalls) {
+    answer_error(absl::UnavailableError(
+        "the audit log is behind; proxied calls wait for it; retry_after_ms=1000"));
+    return;
+  }
+  absl::StatusOr<oauth::HttpHeaders> headers = CallerHeadersToSend(in);
+  if (!headers.ok()) {
+    answer_error(headers.status());
+    return;
+  }
+  absl::StatusOr<std::shared_ptr<Call>> admitted =
+      Admit(resolved->grant->grant_id, connection->id(), id);
+  if (!admitted.ok()) {
+    answer_error(admitted.status());
+    return;
+  }
+  const std::shared_ptr<Call> call = *std::move(admitted);
+
+  tokens::SharedAccessToken token = resolved->token;
+  oauth::HttpRequest upstream;
+  upstream.method = in.method();
+  upstream.url = target->url;
+  upstream.body = in.body();
+  bool renewed = false;
+  int redirects = 0;
+  absl::Status outcome;
+  uint32_t upstream_status = 0;  // a 429 or 503 passed on as UNAVAILABLE
+  int final_status = 0;
+  uint64_t bytes = 0;
+  for (;;) {
+    upstream.headers = *headers;
+    std::string credential;  // wiped after the call, like every copy of the token
+    credential.reserve(7 + token->token.size());
+    credential.append("Bearer ").append(token->token.view());
+    upstream.headers.emplace_back("Authorization", std::move(credential));
+    Sink sink(*connection, id, *call, *resolved->grant, /*may_renew=*/!renewed, deadline,
+              deps_.clock);
+    oauth::StreamOptions options;
+    options.public_addresses_only = target->public_only;
+    options.max_response_bytes = limits_.max_response_bytes;
+    options.cancellation = &call->cancellation;
+    absl::StatusOr<oauth::StreamResult> result =
+        deps_.http->Stream(upstream, deadline - deps_.clock->Now(), sink, options);
+    WipeString(upstream.headers.back().second);
+    final_status = sink.status();
+    bytes = sink.body_bytes();
+    if (absl::Status ended = call->EndedBecause(); !ended.ok()) {
+      outcome = ended;  // revoked, cancelled, or the caller gone
+      break;
+    }
+    if (sink.stop() == Sink::Stop::kRenew) {
+      renewed = true;
+      record.details["renewed"] = "true";
+      absl::StatusOr<tokens::SharedAccessToken> fresh =
+          deps_.tokens->Renew(resolved->grant->grant_id, *token, kMinTokenValidity, deadline);
+      if (!fresh.ok()) {
+        outcome = fresh.status();
+        break;
+      }
+      token = *std::move(fresh);
+      continue;
+    }
+    if (sink.stop() == Sink::Stop::kUnavailable) {
+      upstream_status = static_cast<uint32_t>(final_status);
+      outcome = absl::UnavailableError(
+          absl::StrCat("the API answered ", final_status, " (", record.details["host"],
+                       "); retry_after_ms=", absl::ToInt64Milliseconds(sink.retry_after())));
+      break;
+    }
+    if (sink.stop() == Sink::Stop::kRedirect) {
+      const std::string& location = sink.location();
+      std::string next = location;
+      if (!location.empty() && location.front() == '/' &&
+          (location.size() < 2 || location[1] != '/')) {
+        next = absl::StrCat("https://", target->parsed.authority, location);
+      }
+      absl::StatusOr<oauth::HttpsUrl> parsed = oauth::ParseHttpsUrl(next);
+      const bool allowed =
+          parsed.ok() && policy::CheckHttpPath(PathOf(parsed->target)).ok() &&
+          std::any_of(target->bases.begin(), target->bases.end(),
+                      [&](const oauth::HttpsUrl& b) { return Within(*parsed, b); });
+      if (!allowed) {
+        outcome =
+            Refused(absl::StrCat("the API redirected (HTTP ", final_status, ") outside connector ",
+                                 in.connector_id(), "'s API bases; the redirect was not followed"));
+        break;
+      }
+      if (++redirects > kMaxRedirects) {
+        outcome = absl::UnavailableError(
+            absl::StrCat("the API redirected more than ", kMaxRedirects, " times"));
+        break;
+      }
+      // 303, and 301/302 after anything but GET and HEAD, become a GET.
+      if (final_status == 303 || ((final_status == 301 || final_status == 302) &&
+                                  upstream.method != "GET" && upstream.method != "HEAD")) {
+        upstream.method = "GET";
+        WipeString(upstream.body);
+      }
+      upstream.url = next;
+      target->parsed = *std::move(parsed);
+      continue;
+    }
+    if (!result.ok()) {
+      outcome = sink.failure().ok() ? result.status() : sink.failure();
+      // A server whose certificate does not verify is unavailable to the
+      // caller, not a caller that failed to authenticate.
+      if (absl::IsUnauthenticated(outcome)) outcome = absl::UnavailableError(outcome.message());
+      break;
+    }
+    outcome = absl::OkStatus();
+    break;
+  }
+  WipeString(upstream.body);
+  Retire(call);
+
+  record.details["status"] = absl::StrCat(final_status);
+  record.details["bytes_sent"] = absl::StrCat(in.body().size());
+  record.details["bytes_received"] = absl::StrCat(bytes);
+  if (redirects > 0) record.details["redirects"] = absl::StrCat(redirects);
+  const absl::Status audited = record_end(std::move(record), outcome);
+  if (connection->closed()) return;
+  if (!outcome.ok()) {
+    answer_error(outcome, upstream_status);
+    return;
+  }
+  if (!audited.ok()) {
+    answer_error(absl::InternalError(
+        absl::StrCat("the call was made but could not be audited: ", audited.message())));
+    return;
+  }
+  v1::Response end;
+  end.set_request_id(id);
+  end.mutable_proxy_end()->set_body_bytes(bytes);
+  SendResponse(*connection, end);
+}
+
+}  // namespace grantvault::front
