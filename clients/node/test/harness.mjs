@@ -10,7 +10,7 @@
 // $GRANTVAULT_BUILD_DIR/cli/grantvault (default: the repository's build/).
 // Every wait is bounded; stop() (and, as a last resort, process exit) kills
 // every process started here and removes the directory.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
@@ -119,15 +119,7 @@ class Child {
   }
 }
 
-/** Runs a command to completion (bounded): {code, stdout, stderr}. */
-export function run(command, args, { input, timeoutMs = 30_000, env } = {}) {
-  const r = spawnSync(command, args, {
-    input, timeout: timeoutMs, encoding: 'utf8', env: env ?? process.env, killSignal: 'SIGKILL',
-  });
-  return { code: r.status ?? 128, stdout: r.stdout ?? '', stderr: r.stderr ?? '', error: r.error };
-}
-
-/** Runs a command asynchronously (bounded), not blocking the event loop. */
+/** Runs a command to completion, killed after `timeoutMs`: {code, stdout, stderr}. */
 export function runAsync(command, args, { input, timeoutMs = 30_000 } = {}) {
   const child = new Child(command, command, args);
   if (input !== undefined) child.process.stdin.end(input);
@@ -176,7 +168,7 @@ export class Vault {
   }
 
   async init() {
-    const cert = run(join(providerDir, 'provider-cert.sh'), [this.dir]);
+    const cert = await runAsync(join(providerDir, 'provider-cert.sh'), [this.dir]);
     if (cert.code !== 0) throw new Error(`provider-cert.sh: ${cert.stderr}`);
     this.clientSecret = randomBytes(24).toString('base64url');
     this.secretFile = join(this.dir, 'client.secret');
