@@ -54,9 +54,28 @@ interface Position {
 /** The largest manifest file read, in bytes. */
 export const MAX_MANIFEST_BYTES = 1 << 20;
 
-// "METHOD /path-prefix": an upper-case method token or "*", one space, and a
-// path prefix without whitespace, query or fragment.
-const HTTP_RULE = /^(\*|[A-Z][A-Z0-9_-]*) (\/[^\s?#]*)$/;
+/**
+ * What is wrong with one `http` entry, or null. The form the daemon's policy
+ * accepts (policy::CheckHttpPath, docs/proxy.md): "METHOD /path-prefix",
+ * METHOD upper-case letters or "*", one space, and a canonical path: visible
+ * ASCII without '\\', '?' or '#', no empty, "." or ".." segment (a final "/"
+ * is fine), no percent-encoded '/', '\\' or '.'.
+ */
+function httpRuleProblem(entry: string): string | null {
+  const space = entry.indexOf(' ');
+  if (space < 0) return 'it has no space between METHOD and path';
+  const method = entry.slice(0, space);
+  const path = entry.slice(space + 1);
+  if (method !== '*' && !/^[A-Z]+$/.test(method)) return 'the method must be upper-case letters (GET, POST…) or *';
+  if (!path.startsWith('/')) return 'the path must start with "/"';
+  if (!/^[\x21-\x7e]*$/.test(path) || /[\\?#]/.test(path)) return 'the path may hold only visible ASCII, without "\\", "?" or "#"';
+  const segments = path.slice(1).split('/');
+  if (segments.some((segment, i) => (segment === '' && i < segments.length - 1) || segment === '.' || segment === '..')) {
+    return 'the path must not have an empty, "." or ".." segment';
+  }
+  if (/%(2f|5c|2e)/i.test(path)) return 'the path must not percent-encode "/", "\\" or "."';
+  return null;
+}
 
 type Key = string | number;
 // Where each literal object/array and each of its members came from.
@@ -262,16 +281,18 @@ function check(value: unknown, at: Position | null, positions: Positions): Manif
       }
       return v;
     };
-    const strings = (key: 'scopes' | 'http', valid: (s: string) => boolean, item: string): string[] => {
+    // `problem` says what is wrong with an entry, or null.
+    const strings = (key: 'scopes' | 'http', problem: (s: string) => string | null, item: string): string[] => {
       const list = tool[key];
       if (!Array.isArray(list) || list.length === 0) {
-        throw new ManifestError(`${path}.${key} must be a non-empty array of strings, each ${item}`, where(tool, key));
+        // An empty http list reads as "may call nothing" but the daemon treats it as no limit at all.
+        const hint = key === 'http' && Array.isArray(list) ? ' (an empty list would mean no limit: omit http for that)' : '';
+        throw new ManifestError(`${path}.${key} must be a non-empty array of strings, each ${item}${hint}`, where(tool, key));
       }
       return list.map((entry: unknown, i: number) => {
-        if (typeof entry !== 'string' || !valid(entry)) {
-          throw new ManifestError(`${path}.${key}[${i}] must be ${item}`, where(list, i));
-        }
-        return entry;
+        const why = typeof entry === 'string' ? problem(entry) : 'not a string';
+        if (why !== null) throw new ManifestError(`${path}.${key}[${i}] must be ${item}: ${why}`, where(list, i));
+        return entry as string;
       });
     };
     const name = text('name');
@@ -280,10 +301,11 @@ function check(value: unknown, at: Position | null, positions: Positions): Manif
     const result: ManifestTool = {
       name,
       connector: text('connector'),
-      scopes: strings('scopes', (s) => s !== '' && !/\s/.test(s), 'a non-empty string without whitespace'),
+      scopes: strings('scopes', (s) => (s === '' ? 'empty' : /\s/.test(s) ? 'it has whitespace' : null),
+        'a non-empty string without whitespace'),
     };
     if (Object.prototype.hasOwnProperty.call(tool, 'http')) {
-      result.http = strings('http', (s) => HTTP_RULE.test(s), '"METHOD /path-prefix" (METHOD upper-case or "*")');
+      result.http = strings('http', httpRuleProblem, '"METHOD /path-prefix"');
     }
     return result;
   });
