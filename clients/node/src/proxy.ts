@@ -110,7 +110,13 @@ export function proxyFetch(
     }
     const method = normaliseMethod(init.method);
     const url = checkUrl(input);
-    const headers = new Headers(init.headers);
+    let headers: Headers;
+    try {
+      headers = new Headers(init.headers);
+    } catch {
+      // Not the Headers class's message: it may quote a value, and values may be credentials.
+      throw new InvalidArgumentError('init.headers holds an invalid header name or value');
+    }
     let body: Uint8Array = new Uint8Array(0);
     if (init.body !== undefined && init.body !== null) {
       if (method === 'GET' || method === 'HEAD') throw new InvalidArgumentError(`a ${method} request cannot have a body`);
