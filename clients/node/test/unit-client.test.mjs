@@ -381,7 +381,7 @@ test('fetch refuses, before sending, a body that does not fit one frame and malf
   await assert.rejects(client.fetch('v1/echo', FETCH), /absolute https URL or a path/);
   await assert.rejects(client.fetch('/v1/echo', { ...FETCH, tool: '' }), /init\.tool must be a non-empty string/);
   await assert.rejects(client.fetch('/v1/echo', { ...FETCH, method: 'CONNECT' }), /not allowed/);
-  await assert.rejects(client.fetch('/v1/echo', { ...FETCH, headers: { 'x-api-key': 'sk-secret\n' } }),
+  await assert.rejects(client.fetch('/v1/echo', { ...FETCH, headers: { 'x-api-key': 'sk-secret\r\nx-injected: 1' } }),
     (e) => e instanceof gv.InvalidArgumentError && !e.message.includes('sk-secret'));
   await assert.rejects(client.fetch('/v1/echo', { ...FETCH, method: 'POST', body: new ReadableStream() }), /must be a string, Buffer/);
   assert.equal(daemon.requests.length, 1); // Hello
