@@ -66,6 +66,7 @@ export interface ResolvedToken {
   metadata: Record<string, string>;
 }
 
+// Kept equal to package.json's version (unit-client.test.mjs checks).
 const PACKAGE_VERSION = '0.1.0';
 const DEFAULT_DEADLINE_MS = 30_000;
 const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
@@ -77,6 +78,19 @@ function checkDeadline(name: string, value: number): number {
     throw new InvalidArgumentError(`${name} must be an integer from 1 to ${MAX_DEADLINE_MS}, not ${value}`);
   }
   return value;
+}
+
+function uint32(name: string, value: number): number {
+  if (!Number.isInteger(value) || value < 0 || value > 0xffff_ffff) {
+    throw new InvalidArgumentError(`${name} must be an integer from 0 to ${0xffff_ffff}, not ${value}`);
+  }
+  return value;
+}
+
+function strings(name: string, values: readonly string[] | undefined): string[] {
+  const list = [...(values ?? [])];
+  if (list.some((s) => typeof s !== 'string' || s === '')) throw new InvalidArgumentError(`${name} must be non-empty strings`);
+  return list;
 }
 
 function nonEmpty(name: string, value: unknown): string {
@@ -155,8 +169,8 @@ export class Client {
           workspaceId: nonEmpty('workspace', request.workspace),
           connectorId: nonEmpty('connector', request.connector),
           tool: request.tool ?? '',
-          scopes: [...(request.scopes ?? [])],
-          minValidSeconds: request.minValidSeconds ?? 0,
+          scopes: strings('scopes', request.scopes),
+          minValidSeconds: uint32('minValidSeconds', request.minValidSeconds ?? 0),
         },
       };
       const options: CallOptions = {

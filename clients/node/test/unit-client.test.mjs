@@ -2,12 +2,14 @@
 // pipelining with answers out of order, broken frames, deadlines, aborts,
 // reconnects, subscriptions and the proxy's streamed answer.
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { test } from 'node:test';
 
 import * as gv from '@grantvault/client';
 
 import { FakeDaemon, frameOf } from './fake-daemon.mjs';
-import { sleep, waitFor, within } from './harness.mjs';
+import { packageDir, sleep, waitFor, within } from './harness.mjs';
 
 const { connect } = gv;
 const Code = { INVALID_ARGUMENT: 1, PERMISSION_DENIED: 3, NOT_FOUND: 4, REVOKED: 5, UNAVAILABLE: 7, RESOURCE_EXHAUSTED: 9, CANCELLED: 13 };
@@ -60,6 +62,13 @@ test('connect says Hello with the client name and resolve maps the reply', () =>
     ['ws', 'demo', 'read_profile', ['read'], 120],
   );
   assert.ok(sent.deadlineMs > 3000 && sent.deadlineMs <= 4000, `deadline_ms ${sent.deadlineMs}`);
+}));
+
+test('the default client name carries the package\'s version', () => withDaemon({}, async (daemon) => {
+  const client = await connect({ socketPath: daemon.socketPath });
+  client.close();
+  const { version } = JSON.parse(readFileSync(join(packageDir, 'package.json'), 'utf8'));
+  assert.equal(daemon.received('hello')[0].body.value.clientName, `grantvault-node/${version}`);
 }));
 
 test('a refusal at accept (request 0) rejects connect with its typed error', () => withDaemon({
@@ -200,6 +209,8 @@ test('invalid arguments are refused before anything is sent', () => withDaemon({
   await assert.rejects(client.resolve({ workspace: '', connector: 'c' }), gv.InvalidArgumentError);
   await assert.rejects(client.resolve({ workspace: 'w', connector: 'c', deadlineMs: 0 }), gv.InvalidArgumentError);
   await assert.rejects(client.subscribe(''), gv.InvalidArgumentError);
+  await assert.rejects(client.resolve({ workspace: 'w', connector: 'c', minValidSeconds: -1 }), gv.InvalidArgumentError);
+  await assert.rejects(client.resolve({ workspace: 'w', connector: 'c', scopes: ['read', ''] }), gv.InvalidArgumentError);
   assert.equal(daemon.requests.length, 1); // Hello
 }));
 
