@@ -42,7 +42,7 @@ export interface ResolveRequest {
   tool?: string;
   /** Scopes the call needs. Empty: the tool's (or, without a tool, the grant's). */
   scopes?: readonly string[];
-  /** The token must stay valid this long. Default (0): the daemon's, 60 s. */
+  /** The token must stay valid this long, in seconds (at most 600). Default (0): the daemon's default, 30 s. */
   minValidSeconds?: number;
   deadlineMs?: number;
   signal?: AbortSignal;
