@@ -1,12 +1,14 @@
 // The published shape: the same API from import and require, with types for both.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
 import * as esm from '@grantvault/client';
 
+import { FakeDaemon } from './fake-daemon.mjs';
 import { packageDir } from './harness.mjs';
 
 test('require() and import give the same API', () => {
@@ -31,4 +33,23 @@ test('type declarations exist for both module formats', () => {
 test('the declarations type-check an agent host written in strict TypeScript, as ESM and as CommonJS', () => {
   const tsc = join(packageDir, 'node_modules', 'typescript', 'bin', 'tsc');
   execFileSync(process.execPath, [tsc, '-p', join(packageDir, 'test', 'types', 'tsconfig.json')], { cwd: packageDir, encoding: 'utf8' });
+});
+
+test('the CommonJS build speaks the protocol: a resolve from a require()d client', async () => {
+  const daemon = await FakeDaemon.start({
+    onRequest(request, peer) {
+      if (request.body.case !== 'resolve') return;
+      peer.send({ requestId: request.requestId, body: { case: 'resolve', value: { accessToken: Buffer.from('cjs-token'), grantId: 'gr_cjs' } } });
+    },
+  });
+  try {
+    const { stdout } = await promisify(execFile)(process.execPath, ['-e', `
+      const { connect } = require('@grantvault/client');
+      connect({ socketPath: ${JSON.stringify(daemon.socketPath)} })
+        .then(async (c) => { const t = await c.resolve({ workspace: 'w', connector: 'c' }); c.close(); console.log(t.grantId, t.accessToken.length); })
+        .catch((e) => { console.error(e); process.exit(1); });`], { cwd: packageDir, timeout: 10_000 });
+    assert.equal(stdout.trim(), 'gr_cjs 9');
+  } finally {
+    await daemon.stop();
+  }
 });
