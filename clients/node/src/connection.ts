@@ -53,19 +53,19 @@ class ClosedBeforeHello extends UnavailableError {}
 // The request_id field at its largest: one tag byte and a 10-byte varint.
 const MAX_REQUEST_ID_BYTES = 11;
 
-/** The encoded size of a Request with this body, at its largest request id. */
-export function encodedRequestBytes(body: RequestBody, deadlineMs: number): number {
-  return toBinary(RequestSchema, create(RequestSchema, { deadlineMs, body })).length + MAX_REQUEST_ID_BYTES;
+function tooLargeForAFrame(bytes: number): ResourceExhaustedError {
+  return new ResourceExhaustedError(`the request takes ${bytes} bytes, more than one frame carries (${MAX_FRAME_BYTES})`);
 }
 
-/** Throws ResourceExhaustedError when a request with this body cannot be sent in one frame. */
+/**
+ * Throws ResourceExhaustedError when a request with this body cannot be sent
+ * in one frame (whatever its request id), before anything is sent.
+ */
 export function checkFits(body: RequestBody, deadlineMs: number): void {
-  const bytes = encodedRequestBytes(body, deadlineMs);
-  if (bytes > MAX_FRAME_BYTES) {
-    throw new ResourceExhaustedError(
-      `the request would take ${bytes} bytes, more than one frame carries (${MAX_FRAME_BYTES})`,
-    );
-  }
+  const encoded = toBinary(RequestSchema, create(RequestSchema, { deadlineMs, body }));
+  const bytes = encoded.length + MAX_REQUEST_ID_BYTES;
+  encoded.fill(0);
+  if (bytes > MAX_FRAME_BYTES) throw tooLargeForAFrame(bytes);
 }
 
 export class Connection {
@@ -254,9 +254,7 @@ export class Connection {
     const message = toBinary(RequestSchema, request);
     if (message.length > MAX_FRAME_BYTES) {
       message.fill(0);
-      throw new ResourceExhaustedError(
-        `the request takes ${message.length} bytes, more than one frame carries (${MAX_FRAME_BYTES})`,
-      );
+      throw tooLargeForAFrame(message.length);
     }
     this.pending.set(requestId, sink);
     this.updateRef();

@@ -386,7 +386,7 @@ test('fetch refuses, before sending, a body that does not fit one frame and malf
     (e) => e instanceof gv.ResourceExhaustedError && e.message === 'the request body is 61441 bytes; a proxied call carries at most 61440 (it must fit one frame)');
   // A body within the cap, with headers that make the request too large for a frame.
   await assert.rejects(client.fetch('/v1/echo', { ...FETCH, method: 'POST', body: Buffer.alloc(gv.MAX_PROXY_BODY_BYTES), headers: { 'x-big': 'y'.repeat(5000) } }),
-    (e) => e instanceof gv.ResourceExhaustedError && /the request would take \d+ bytes, more than one frame carries \(65536\)/.test(e.message));
+    (e) => e instanceof gv.ResourceExhaustedError && /the request takes \d+ bytes, more than one frame carries \(65536\)/.test(e.message));
   await assert.rejects(client.fetch('/v1/echo', { ...FETCH, body: 'x' }), /a GET request cannot have a body/);
   await assert.rejects(client.fetch('http://api.example.test/v1', FETCH), /must be https/);
   await assert.rejects(client.fetch('v1/echo', FETCH), /absolute https URL or a path/);
