@@ -66,6 +66,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 BUILD_DIR=${BUILD_DIR:-build}
 GRANTVAULTD=${GRANTVAULTD:-$BUILD_DIR/daemon/grantvaultd}
@@ -123,15 +125,6 @@ agent_sock=$state/run/agent.sock
 echo_sock=$tmp/echo.sock
 provider_pid="" cold_provider_pid="" echo_pid="" daemon_pid="" timer_pid="" perf_pid=""
 
-stop_pid() {  # pid [seconds]
-  local pid=$1
-  [[ -n $pid ]] || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  # grantvaultd drains for at most 5 s; do not wait for ever.
-  for _ in $(seq $((${2:-8} * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() {
   stop_pid "$perf_pid"
   stop_pid "$timer_pid"  # forwards SIGTERM to grantvaultd and waits for it
@@ -165,19 +158,6 @@ cat >"$tmp/provider/clients.json" <<JSON
 [{"client_id": "grantvault-bench", "client_secret": "$(cat "$tmp/provider/client.secret")",
   "redirect_uris": ["http://127.0.0.1/callback"]}]
 JSON
-start_provider() {  # name ttl -> sets started_pid, started_issuer
-  GV_PROVIDER_AT_TTL=$2 node tests/provider/server.mjs --cert "$tmp/provider/cert.pem" \
-    --key "$tmp/provider/key.pem" --clients "$tmp/provider/clients.json" \
-    >"$tmp/$1.out" 2>"$tmp/$1.log" &
-  started_pid=$!
-  for _ in $(seq 200); do
-    grep -q '^READY' "$tmp/$1.out" 2>/dev/null && break
-    kill -0 "$started_pid" 2>/dev/null || die "the demo provider ($1) exited"
-    sleep 0.1
-  done
-  started_issuer=$(sed -n 's/^READY //p' "$tmp/$1.out")
-  [[ -n $started_issuer ]] || die "the demo provider ($1) did not start"
-}
 start_provider provider "$AT_TTL"
 provider_pid=$started_pid issuer=$started_issuer
 if [[ $COLD -gt 0 ]]; then
@@ -313,26 +293,6 @@ register_connector() {  # id issuer
   "${cli[@]}" connectors register --id "$1" --type oidc --client-id grantvault-bench \
     --client-secret-file "$tmp/provider/client.secret" --issuer "$2" \
     >"$tmp/register.log" 2>&1 || die "connectors register $1 failed: $(cat "$tmp/register.log")"
-}
-# authorize --paste prints the URL, then reads the redirect URL on stdin;
-# approve.mjs plays the user at the provider.
-authorize_grant() {  # workspace connector user
-  rm -f "$tmp/paste"
-  mkfifo "$tmp/paste"
-  "${cli[@]}" authorize --workspace "$1" --connector "$2" --scopes "openid offline_access read write" \
-    --paste <"$tmp/paste" >"$tmp/authorize.out" 2>"$tmp/authorize.log" &
-  authorize_pid=$!
-  exec 3>"$tmp/paste"
-  for _ in $(seq 100); do
-    grep -q '^https://' "$tmp/authorize.out" && break
-    sleep 0.1
-  done
-  url=$(grep -m1 '^https://' "$tmp/authorize.out") || die "authorize printed no URL"
-  redirect=$(node tests/provider/approve.mjs --ca "$tmp/provider/cert.pem" --user "$3" "$url" \
-    2>>"$tmp/approve.log") || die "approve.mjs failed: $(cat "$tmp/approve.log")"
-  echo "$redirect" >&3
-  exec 3>&-
-  wait "$authorize_pid" || die "authorize $1/$2 failed: $(cat "$tmp/authorize.log")"
 }
 register_connector demo "$issuer"
 register_connector demo2 "$issuer"

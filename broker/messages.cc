@@ -26,6 +26,8 @@ void WipeSecrets(v1::Request& request) {
     ipc::WipeString(*request.mutable_register_()->mutable_client_secret());
   } else if (request.body_case() == v1::Request::kComplete) {
     ipc::WipeString(*request.mutable_complete()->mutable_code());
+  } else if (request.body_case() == v1::Request::kToken) {
+    ipc::WipeString(*request.mutable_token()->mutable_rejected_token());
   }
 }
 

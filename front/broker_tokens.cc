@@ -78,15 +78,9 @@ absl::StatusOr<tokens::SharedAccessToken> BrokerTokens::Renew(std::string_view g
   cache_.EraseIfSame(grant_id, rejected.token);
   // A newer token, from a renewal another caller asked for.
   if (tokens::SharedAccessToken hit = cache_.Get(grant_id, min_valid)) return hit;
-  absl::StatusOr<tokens::SharedAccessToken> renewed =
-      Fetch(std::string(grant_id), min_valid, deadline, &rejected.token);
-  // A flight that was under way for another reason may have brought the
-  // refused token back from the broker's cache: ask once more, naming it.
-  if (renewed.ok() && (*renewed)->token == rejected.token) {
-    cache_.EraseIfSame(grant_id, rejected.token);
-    renewed = Fetch(std::string(grant_id), min_valid, deadline, &rejected.token);
-  }
-  return renewed;
+  // The broker decides (Refresher::Renew: at most one renewal per grant per
+  // kMinRenewInterval); it may answer with the refused token itself.
+  return Fetch(std::string(grant_id), min_valid, deadline, &rejected.token);
 }
 
 absl::StatusOr<tokens::SharedAccessToken> BrokerTokens::Fetch(const std::string& grant_id,

@@ -46,6 +46,9 @@ constexpr size_t kMaxRememberedRevocations = 100000;
 // Past this many events queued for the audit log, calls are refused until it
 // catches up: every call is recorded.
 constexpr size_t kMaxAuditBacklogForCalls = 16384;
+// After a call's record failed, calls are refused this long; the next one
+// admitted then tries the log again.
+constexpr absl::Duration kAuditFailureHold = absl::Seconds(5);
 constexpr size_t kMaxCallerHeaders = 64;
 constexpr size_t kMaxCallerHeaderBytes = 32 * 1024;
 
@@ -56,11 +59,28 @@ bool IsTchar(char c) {
 
 bool IsToken(std::string_view s) { return !s.empty() && std::all_of(s.begin(), s.end(), IsTchar); }
 
+bool IsAscii(std::string_view s) {
+  return std::all_of(s.begin(), s.end(),
+                     [](char c) { return static_cast<unsigned char>(c) < 0x80; });
+}
+
 bool IsFieldValue(std::string_view s) {
   return std::all_of(s.begin(), s.end(), [](char c) {
     const auto u = static_cast<unsigned char>(c);
     return u == '\t' || (u >= 0x20 && u != 0x7f);
   });
+}
+
+// Headers that some API front ends read as another method, path or origin
+// than the request's own (Google's APIs honour X-HTTP-Method-Override on
+// POST, for one): a tool's declared calls would not bound what they do.
+bool IsRequestRewrite(std::string_view name) {
+  for (std::string_view h : {"x-http-method-override", "x-http-method", "x-method-override",
+                             "x-original-url", "x-original-method", "x-rewrite-url", "forwarded",
+                             "x-real-ip", "x-client-ip", "true-client-ip"}) {
+    if (absl::EqualsIgnoreCase(Sv(name), Sv(h))) return true;
+  }
+  return absl::StartsWithIgnoreCase(Sv(name), "x-forwarded-");
 }
 
 bool IsHopByHop(std::string_view name) {
@@ -177,7 +197,7 @@ absl::StatusOr<oauth::HttpHeaders> CallerHeadersToSend(const v1::ProxyRequest& i
   for (const v1::HttpHeader& h : in.headers()) {
     const std::string& name = h.name();
     const bool dropped =
-        IsHopByHop(name) || absl::EqualsIgnoreCase(name, "host") ||
+        IsHopByHop(name) || IsRequestRewrite(name) || absl::EqualsIgnoreCase(name, "host") ||
         absl::EqualsIgnoreCase(name, "content-length") ||
         absl::EqualsIgnoreCase(name, "authorization") || absl::EqualsIgnoreCase(name, "cookie") ||
         absl::StartsWithIgnoreCase(name, "proxy-") ||
@@ -249,7 +269,9 @@ struct Proxy::Registration {
 struct Proxy::Target {
   std::string url;  // absolute
   oauth::HttpsUrl parsed;
-  std::vector<oauth::HttpsUrl> bases;  // where redirects may go
+  std::string connector_id;
+  std::vector<oauth::HttpsUrl> bases;      // where redirects may go
+  const policy::ToolDecl* tool = nullptr;  // lives as long as the call's Resolved::policy
   bool public_only = true;
 };
 
@@ -291,7 +313,10 @@ class Proxy::Sink final : public oauth::ResponseSink {
     v1::ProxyResponseHead* head = r.mutable_proxy_head();
     head->set_status(static_cast<uint32_t>(status));
     for (const auto& [name, value] : headers) {
-      if (!IsResponseHeaderPassedBack(name)) continue;
+      // HttpHeader's fields are protobuf strings, which must be UTF-8: a
+      // value with obs-text (RFC 9110 §5.5) is dropped rather than break the
+      // client's parse of the frame.
+      if (!IsResponseHeaderPassedBack(name) || !IsAscii(value)) continue;
       v1::HttpHeader* h = head->add_headers();
       h->set_name(name);
       h->set_value(value);
@@ -398,9 +423,11 @@ absl::Time Proxy::DeadlineOf(const v1::Request& request, absl::Time received) co
 
 absl::StatusOr<std::shared_ptr<const Proxy::Registration>> Proxy::RegistrationOf(
     const std::string& connector_id) {
+  uint64_t generation = 0;
   {
     absl::MutexLock lock(&mu_);
     if (auto it = registrations_.find(connector_id); it != registrations_.end()) return it->second;
+    generation = registrations_generation_;
   }
   GV_ASSIGN_OR_RETURN(store::ConnectorRegistration stored,
                       deps_.store->GetConnectorRegistration(connector_id));
@@ -416,12 +443,15 @@ absl::StatusOr<std::shared_ptr<const Proxy::Registration>> Proxy::RegistrationOf
     registration->bases = resolved.api_bases;
   }
   absl::MutexLock lock(&mu_);
-  registrations_[connector_id] = registration;
+  // Kept only if no registration changed while it was read: a change
+  // forgotten meanwhile must not be remembered stale.
+  if (registrations_generation_ == generation) registrations_[connector_id] = registration;
   return registration;
 }
 
 void Proxy::ForgetConnector(const std::string& connector_id) {
   absl::MutexLock lock(&mu_);
+  ++registrations_generation_;
   registrations_.erase(connector_id);
 }
 
@@ -430,6 +460,13 @@ absl::StatusOr<std::vector<std::string>> Proxy::BasesOf(const store::Grant& gran
   std::vector<std::string> out;
   for (const std::string& base : registration.bases) {
     GV_ASSIGN_OR_RETURN(std::string expanded, oauth::ExpandApiBase(base, grant.metadata));
+    // Checked again as used: a parameter or metadata value that made it
+    // something else than an https base is refused.
+    if (absl::Status valid = oauth::ValidateApiBase(expanded); !valid.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("connector ", grant.connector_id, "'s API base ", base,
+                       " expands to no valid base: ", valid.message()));
+    }
     out.push_back(std::move(expanded));
   }
   if (out.empty()) {
@@ -447,7 +484,10 @@ absl::StatusOr<Proxy::Target> Proxy::Check(const v1::ProxyRequest& in, const Res
                       RegistrationOf(grant.connector_id));
   GV_ASSIGN_OR_RETURN(std::vector<std::string> bases, BasesOf(grant, *registration));
   Target target;
+  target.connector_id = grant.connector_id;
   target.public_only = !registration->allow_private_network;
+  target.tool =
+      in.tool().empty() ? nullptr : resolved.policy->FindTool(in.workspace_id(), in.tool());
   for (const std::string& base : bases) {
     GV_ASSIGN_OR_RETURN(oauth::HttpsUrl parsed, oauth::ParseHttpsUrl(base));
     target.bases.push_back(std::move(parsed));
@@ -464,6 +504,11 @@ absl::StatusOr<Proxy::Target> Proxy::Check(const v1::ProxyRequest& in, const Res
     return absl::InvalidArgumentError(absl::StrCat("the URL: ", parsed.status().message()));
   }
   target.parsed = *std::move(parsed);
+  GV_RETURN_IF_ERROR(CheckHop(target, in.method(), record));
+  return target;
+}
+
+absl::Status Proxy::CheckHop(const Target& target, std::string_view method, audit::Event& record) {
   const std::string path(PathOf(target.parsed.target));
   record.details["host"] = target.parsed.authority;
   if (absl::Status canonical = policy::CheckHttpPath(path); !canonical.ok()) {
@@ -473,27 +518,48 @@ absl::StatusOr<Proxy::Target> Proxy::Check(const v1::ProxyRequest& in, const Res
       std::find_if(target.bases.begin(), target.bases.end(),
                    [&](const oauth::HttpsUrl& b) { return Within(target.parsed, b); });
   if (base == target.bases.end()) {
+    std::vector<std::string> bases;
+    for (const oauth::HttpsUrl& b : target.bases) {
+      bases.push_back(absl::StrCat("https://", b.authority, b.target));
+    }
     return Refused(absl::StrCat("https://", target.parsed.authority, " is not within connector ",
-                                grant.connector_id, "'s API bases (", absl::StrJoin(bases, " "),
+                                target.connector_id, "'s API bases (", absl::StrJoin(bases, " "),
                                 ")"));
   }
-  // The tool's declared calls, when it declares any.
-  const policy::ToolDecl* tool =
-      in.tool().empty() ? nullptr : resolved.policy->FindTool(in.workspace_id(), in.tool());
+  // The tool's declared calls, when it declares any. (The refusal names the
+  // method and the declarations, not the path: the audit record keeps it.)
+  const policy::ToolDecl* tool = target.tool;
   if (tool != nullptr && !tool->http.empty()) {
-    const policy::HttpAllowance* allowed = tool->AllowsHttp(in.method(), path);
+    const policy::HttpAllowance* allowed = tool->AllowsHttp(method, path);
     if (allowed == nullptr) {
       std::vector<std::string> declared;
       for (const policy::HttpAllowance& a : tool->http) declared.push_back(a.declared);
-      return Refused(absl::StrCat("tool '", in.tool(), "' may not call ", in.method(), " ", path,
-                                  " (it declares: ", absl::StrJoin(declared, ", "), ")"));
+      record.details["path_template"] = "(not declared)";
+      return Refused(absl::StrCat("tool '", tool->name, "' may not make this ", Sv(method),
+                                  " call: its path is outside what it declares (",
+                                  absl::StrJoin(declared, ", "), ")"));
     }
     record.details["path_template"] =
         allowed->path_prefix == path ? path : absl::StrCat(allowed->path_prefix, "/…");
   } else {
     record.details["path_template"] = path == base->target ? path : absl::StrCat(base->target, "…");
   }
-  return target;
+  return absl::OkStatus();
+}
+
+absl::Status Proxy::AuditHealthy() const {
+  if (deps_.audit == nullptr) return absl::OkStatus();
+  if (deps_.audit->backlog() >= kMaxAuditBacklogForCalls) {
+    return absl::UnavailableError(
+        "the audit log is behind; proxied calls wait for it; retry_after_ms=1000");
+  }
+  const absl::Time failed = absl::FromUnixNanos(audit_failed_at_.load());
+  if (deps_.clock->Now() - failed < kAuditFailureHold) {
+    return absl::UnavailableError(
+        "the audit log could not record a proxied call just now; calls are refused until it "
+        "can; retry_after_ms=1000");
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::shared_ptr<Proxy::Call>> Proxy::Admit(const std::string& grant_id,
@@ -597,7 +663,10 @@ void Proxy::Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Re
     if (upstream_status != 0) r.mutable_error()->set_upstream_status(upstream_status);
     SendResponse(*connection, r);
   };
-  // Audits the call's end (the call is answered after its record).
+  // Audits the call's end. The record is queued, not waited for: the call
+  // has happened at the API by now, and holding its answer back would undo
+  // nothing. A record that fails keeps the next calls out for a while
+  // (AuditHealthy), so that calls are never made unrecorded for long.
   const auto record_end = [&](audit::Event e, const absl::Status& outcome) {
     e.details["duration_ms"] =
         absl::StrCat(absl::ToInt64Milliseconds(deps_.clock->Now() - started));
@@ -614,10 +683,23 @@ void Proxy::Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Re
         EscapeForLog(e.details["tool"]), EscapeForLog(e.details["method"]),
         EscapeForLog(e.details["host"]), EscapeForLog(e.details["path_template"]),
         e.details["status"], e.details["bytes_received"], e.outcome);
-    if (deps_.audit == nullptr) return absl::OkStatus();
-    return deps_.audit->Append(std::move(e), audit::Durability::kGrouped);
+    if (deps_.audit == nullptr) return;
+    deps_.audit->AppendAsync(std::move(e), audit::Durability::kGrouped,
+                             [this](absl::Status recorded) {
+                               if (recorded.ok()) return;
+                               spdlog::error("audit.write_failed event=proxy.call: {}",
+                                             EscapeTextForLog(std::string(recorded.message())));
+                               audit_failed_at_.store(absl::ToUnixNanos(deps_.clock->Now()));
+                             });
   };
 
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopped_) {
+      answer_error(absl::UnavailableError("grantvaultd is stopping; retry_after_ms=1000"));
+      return;
+    }
+  }
   // The checks of a Resolve: caller, workspace, tool, scopes, grant, token.
   if (!IsApiMethod(in.method())) {
     answer_error(absl::InvalidArgumentError(
@@ -648,24 +730,22 @@ void Proxy::Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Re
   // What the tool may call, and where.
   absl::StatusOr<Target> target = Check(in, *resolved, record);
   if (!target.ok()) {
-    const absl::Status audited = record_end(record, target.status());
-    answer_error(audited.ok() ? target.status() : audited);
+    record_end(record, target.status());
+    answer_error(target.status());
     return;
   }
-  if (deps_.audit != nullptr && deps_.audit->backlog() >= kMaxAuditBacklogForCalls) {
-    answer_error(absl::UnavailableError(
-        "the audit log is behind; proxied calls wait for it; retry_after_ms=1000"));
-    return;
-  }
+  // Every refusal from here on is recorded, as the checks' are.
   absl::StatusOr<oauth::HttpHeaders> headers = CallerHeadersToSend(in);
-  if (!headers.ok()) {
-    answer_error(headers.status());
-    return;
+  absl::StatusOr<std::shared_ptr<Call>> admitted = absl::UnknownError("not admitted");
+  absl::Status refused = AuditHealthy();
+  if (refused.ok()) refused = headers.status();
+  if (refused.ok()) {
+    admitted = Admit(resolved->grant->grant_id, connection->id(), id);
+    refused = admitted.status();
   }
-  absl::StatusOr<std::shared_ptr<Call>> admitted =
-      Admit(resolved->grant->grant_id, connection->id(), id);
-  if (!admitted.ok()) {
-    answer_error(admitted.status());
+  if (!refused.ok()) {
+    record_end(record, refused);
+    answer_error(refused);
     return;
   }
   const std::shared_ptr<Call> call = *std::move(admitted);
@@ -682,6 +762,14 @@ void Proxy::Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Re
   int final_status = 0;
   uint64_t bytes = 0;
   for (;;) {
+    if (connection->closed()) {
+      // The caller went away before the call left: it is not made.
+      call->End(absl::CancelledError("the caller's connection closed"));
+    }
+    if (absl::Status ended = call->EndedBecause(); !ended.ok()) {
+      outcome = ended;
+      break;
+    }
     upstream.headers = *headers;
     std::string credential;  // wiped after the call, like every copy of the token
     credential.reserve(7 + token->token.size());
@@ -728,30 +816,36 @@ void Proxy::Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Re
           (location.size() < 2 || location[1] != '/')) {
         next = absl::StrCat("https://", target->parsed.authority, location);
       }
-      absl::StatusOr<oauth::HttpsUrl> parsed = oauth::ParseHttpsUrl(next);
-      const bool allowed =
-          parsed.ok() && policy::CheckHttpPath(PathOf(parsed->target)).ok() &&
-          std::any_of(target->bases.begin(), target->bases.end(),
-                      [&](const oauth::HttpsUrl& b) { return Within(*parsed, b); });
-      if (!allowed) {
-        outcome =
-            Refused(absl::StrCat("the API redirected (HTTP ", final_status, ") outside connector ",
-                                 in.connector_id(), "'s API bases; the redirect was not followed"));
-        break;
-      }
       if (++redirects > kMaxRedirects) {
         outcome = absl::UnavailableError(
             absl::StrCat("the API redirected more than ", kMaxRedirects, " times"));
         break;
       }
-      // 303, and 301/302 after anything but GET and HEAD, become a GET.
+      // 303, and 301/302 after anything but GET and HEAD, become a GET
+      // without a body (and without the body's Content-Type).
       if (final_status == 303 || ((final_status == 301 || final_status == 302) &&
                                   upstream.method != "GET" && upstream.method != "HEAD")) {
         upstream.method = "GET";
         WipeString(upstream.body);
+        std::erase_if(*headers, [](const std::pair<std::string, std::string>& h) {
+          return absl::EqualsIgnoreCase(h.first, "content-type");
+        });
+      }
+      // The next hop is checked as the first was: within the API bases, and
+      // declared by the tool for the method it is sent with.
+      absl::StatusOr<oauth::HttpsUrl> parsed = oauth::ParseHttpsUrl(next);
+      absl::Status hop = parsed.status();
+      if (hop.ok()) {
+        target->parsed = *std::move(parsed);
+        hop = CheckHop(*target, upstream.method, record);
+      }
+      if (!hop.ok()) {
+        outcome = Refused(absl::StrCat("the API redirected (HTTP ", final_status,
+                                       ") to where this call may not go (", hop.message(),
+                                       "); the redirect was not followed"));
+        break;
       }
       upstream.url = next;
-      target->parsed = *std::move(parsed);
       continue;
     }
     if (!result.ok()) {
@@ -771,15 +865,10 @@ void Proxy::Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Re
   record.details["bytes_sent"] = absl::StrCat(in.body().size());
   record.details["bytes_received"] = absl::StrCat(bytes);
   if (redirects > 0) record.details["redirects"] = absl::StrCat(redirects);
-  const absl::Status audited = record_end(std::move(record), outcome);
+  record_end(std::move(record), outcome);
   if (connection->closed()) return;
   if (!outcome.ok()) {
     answer_error(outcome, upstream_status);
-    return;
-  }
-  if (!audited.ok()) {
-    answer_error(absl::InternalError(
-        absl::StrCat("the call was made but could not be audited: ", audited.message())));
     return;
   }
   v1::Response end;

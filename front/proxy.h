@@ -22,9 +22,11 @@
 #ifndef GRANTVAULT_FRONT_PROXY_H_
 #define GRANTVAULT_FRONT_PROXY_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <set>
@@ -118,6 +120,10 @@ class Proxy {
   // make it. Fills `record` with what the audit record says of the target.
   absl::StatusOr<Target> Check(const v1::ProxyRequest& in, const Resolved& resolved,
                                audit::Event& record);
+  // The checks every hop (the first, and each redirect) must pass: a
+  // canonical path within the API bases, and one the tool declares. Sets the
+  // record's host and path template to the hop's.
+  static absl::Status CheckHop(const Target& target, std::string_view method, audit::Event& record);
   absl::StatusOr<std::shared_ptr<const Registration>> RegistrationOf(
       const std::string& connector_id);
   // The API bases of `grant` (its registration's, its metadata filled).
@@ -127,9 +133,13 @@ class Proxy {
   absl::StatusOr<std::shared_ptr<Call>> Admit(const std::string& grant_id, uint64_t connection_id,
                                               uint64_t request_id);
   void Retire(const std::shared_ptr<Call>& call);
+  // OK unless the audit log is behind or failed to record a call lately.
+  absl::Status AuditHealthy() const;
 
   const Deps deps_;
   const Limits limits_;
+  // When a call's record last failed (unix ns; the distant past when never).
+  std::atomic<int64_t> audit_failed_at_{std::numeric_limits<int64_t>::min() / 2};
   struct Pool;
   std::unique_ptr<Pool> pool_;
 
@@ -141,6 +151,7 @@ class Proxy {
   absl::flat_hash_set<std::string> revoked_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<const Registration>, std::less<>> registrations_
       ABSL_GUARDED_BY(mu_);
+  uint64_t registrations_generation_ ABSL_GUARDED_BY(mu_) = 0;  // bumped by ForgetConnector
 };
 
 // The request headers a proxied call keeps of the caller's: none that is

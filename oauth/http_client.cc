@@ -685,8 +685,11 @@ absl::StatusOr<StreamResult> BeastHttpClient::Exchange(
     }
 
     const size_t body_budget = cap - used;
+    // (A HEAD or 304 answer's Content-Length names a body that is not sent.)
     const auto content_length = parser.content_length();
-    if (content_length && *content_length > body_budget) return too_large();
+    if (!head && status != 304 && content_length && *content_length > body_budget) {
+      return too_large();
+    }
     parser.body_limit(static_cast<std::uint64_t>(body_budget));
 
     HttpHeaders headers;
@@ -706,8 +709,10 @@ absl::StatusOr<StreamResult> BeastHttpClient::Exchange(
       parser.get().body().data = part.data();
       parser.get().body().size = part.size();
       connection.transport().expires_at(deadline);
-      http::async_read(connection.stream(), buffer, parser,
-                       [&ec](const ErrorCode& e, size_t /*n*/) { ec = e; });
+      // What has arrived goes on at once (a slow or streamed answer is not
+      // held back until the buffer fills).
+      http::async_read_some(connection.stream(), buffer, parser,
+                            [&ec](const ErrorCode& e, size_t /*n*/) { ec = e; });
       connection.RunToCompletion();
       if (ec == http::error::need_buffer) ec = {};
       if (ec) {

@@ -420,19 +420,34 @@ absl::Status CheckHttpPath(std::string_view path) {
   if (path.size() > 4096) return absl::InvalidArgumentError("the path is over 4096 bytes");
   for (const char c : path) {
     const auto u = static_cast<unsigned char>(c);
-    if (u <= 0x20 || u >= 0x7f || c == '\\' || c == '?' || c == '#') {
+    if (u <= 0x20 || u >= 0x7f || c == '\\' || c == '?' || c == '#' || c == ';') {
       return absl::InvalidArgumentError(
-          "the path may hold only visible ASCII, without '\\', '?' or '#'");
+          "the path may hold only visible ASCII, without '\\', ';', '?' or '#' (servers that "
+          "read ';' as a path parameter would see another path)");
     }
   }
-  for (size_t i = 0; i + 2 < path.size(); ++i) {
+  // Percent-encoding only where it is needed, once: an encoded '/', '\\',
+  // '.', '%' (double encoding), NUL, an unreserved character or an overlong
+  // UTF-8 lead byte could be decoded by the API into another path than the
+  // one a prefix was matched against.
+  const auto hex = [](char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+  };
+  const auto value = [](char c) { return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10; };
+  for (size_t i = 0; i < path.size(); ++i) {
     if (path[i] != '%') continue;
-    const std::string_view code = path.substr(i + 1, 2);
-    for (std::string_view refused : {"2f", "2F", "5c", "5C", "2e", "2E"}) {
-      if (code == refused) {
-        return absl::InvalidArgumentError(
-            "the path must not percent-encode '/', '\\' or '.' (it could name another resource)");
-      }
+    if (i + 2 >= path.size() || !hex(path[i + 1]) || !hex(path[i + 2])) {
+      return absl::InvalidArgumentError("the path has a '%' that is not a percent-encoding");
+    }
+    const int byte = value(path[i + 1]) * 16 + value(path[i + 2]);
+    const bool unreserved = (byte >= 'a' && byte <= 'z') || (byte >= 'A' && byte <= 'Z') ||
+                            (byte >= '0' && byte <= '9') || byte == '-' || byte == '_' ||
+                            byte == '~';
+    if (unreserved || byte == '/' || byte == '\\' || byte == '.' || byte == '%' || byte == 0 ||
+        byte == 0xc0 || byte == 0xc1) {
+      return absl::InvalidArgumentError(
+          "the path percent-encodes what must not be ('/', '\\', '.', '%', NUL, an unreserved "
+          "character or an overlong UTF-8 byte): it could name another resource");
     }
   }
   if (path == "/") return absl::OkStatus();

@@ -680,8 +680,10 @@ absl::StatusOr<std::vector<Grant>> SelectGrants(sqlite3* db, Statement& query) {
 }
 
 // What of a registration decides where its grants' tokens are sent (every
-// endpoint, and the client they were issued to) and differs between `a` and
-// `b`, by name.
+// endpoint, the client they were issued to, and where the proxy sends access
+// tokens) and differs between `a` and its successor `b`, by name. The API
+// bases may shrink and the private network be closed: that sends tokens to
+// fewer places, never to new ones.
 std::vector<std::string> EndpointFieldsChanged(const ConnectorRegistration& a,
                                                const ConnectorRegistration& b) {
   std::vector<std::string> changed;
@@ -689,6 +691,11 @@ std::vector<std::string> EndpointFieldsChanged(const ConnectorRegistration& a,
   if (a.issuer != b.issuer) changed.push_back("issuer");
   if (a.client_id != b.client_id) changed.push_back("client id");
   if (a.parameters != b.parameters) changed.push_back("parameters");
+  const bool bases_added = std::any_of(b.api_bases.begin(), b.api_bases.end(), [&](const auto& u) {
+    return std::find(a.api_bases.begin(), a.api_bases.end(), u) == a.api_bases.end();
+  });
+  if (bases_added) changed.push_back("API bases (added)");
+  if (b.allow_private_network && !a.allow_private_network) changed.push_back("private network");
   return changed;
 }
 

@@ -140,7 +140,16 @@ absl::StatusOr<SharedAccessToken> Refresher::Renew(std::string_view grant_id,
                                                    absl::Duration min_valid, absl::Time deadline) {
   // Callers that report the same token while its refresh runs find the
   // cache empty and join that refresh's flight; later ones find its result.
-  cache_.EraseIfSame(grant_id, rejected.token);
+  bool renew = false;
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = deps_.clock->Now();
+    auto it = renewed_at_.find(grant_id);
+    renew = it == renewed_at_.end() || now - it->second >= kMinRenewInterval;
+    if (renew && cache_.EraseIfSame(grant_id, rejected.token)) {
+      renewed_at_.insert_or_assign(std::string(grant_id), now);
+    }
+  }
   return GetAccessToken(grant_id, min_valid, deadline);
 }
 

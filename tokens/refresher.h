@@ -139,8 +139,11 @@ class Refresher : public TokenSource {
   absl::StatusOr<SharedAccessToken> GetAccessToken(std::string_view grant_id,
                                                    absl::Duration min_valid,
                                                    absl::Time deadline) override;
+  // At most one renewal per grant per kMinRenewInterval; within it, the
+  // cached token is served as GetAccessToken would.
   absl::StatusOr<SharedAccessToken> Renew(std::string_view grant_id, const AccessToken& rejected,
                                           absl::Duration min_valid, absl::Time deadline) override;
+  static constexpr absl::Duration kMinRenewInterval = absl::Seconds(30);
 
   // The cache-hit half of GetAccessToken, which never waits: the cached token
   // when it stays valid for `min_valid` (starting a refresh ahead in the
@@ -304,6 +307,10 @@ class Refresher : public TokenSource {
   mutable absl::Mutex mu_;  // order: mu_ before the cache's mutex
   std::map<std::string, std::shared_ptr<Flight>, std::less<>> in_flight_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string, std::less<>> revoked_ ABSL_GUARDED_BY(mu_);  // → reason
+  // When Renew last dropped each grant's token (at most one per
+  // kMinRenewInterval: an API that refuses every token cannot make the
+  // front refresh without end).
+  std::map<std::string, absl::Time, std::less<>> renewed_at_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Breaker, std::less<>> breakers_ ABSL_GUARDED_BY(mu_);
   std::deque<std::shared_ptr<Flight>> queue_ ABSL_GUARDED_BY(mu_);
   // Grants whose refresh a worker is running now (even after a revocation

@@ -208,7 +208,9 @@ TEST_F(ProxyTest, TheCallGoesOutWithTheGrantsTokenAndItsAnswerStreamsBack) {
   api_->SetHandler([](const RecordedRequest& request) {
     Reply reply;
     reply.chunked = true;
-    reply.headers = {{"Content-Type", "application/json"}, {"Set-Cookie", "s=1"}};
+    reply.headers = {{"Content-Type", "application/json"},
+                     {"Set-Cookie", "s=1"},
+                     {"Content-Disposition", "attachment; filename=\"r\xe9sum\xe9.txt\""}};
     reply.body = absl::StrCat(R"({"path":")", request.target, R"(","pad":")",
                               std::string(100000 / 2, 'p'), "\"}");
     return reply;
@@ -220,7 +222,9 @@ TEST_F(ProxyTest, TheCallGoesOutWithTheGrantsTokenAndItsAnswerStreamsBack) {
                                                         {"Cookie", "c=1"},
                                                         {"Connection", "X-Drop-Me"},
                                                         {"X-Drop-Me", "1"},
-                                                        {"Proxy-Authorization", "Basic eA=="}}) {
+                                                        {"Proxy-Authorization", "Basic eA=="},
+                                                        {"X-HTTP-Method-Override", "DELETE"},
+                                                        {"X-Forwarded-Host", "evil.example.com"}}) {
     v1::HttpHeader* h = call.add_headers();
     h->set_name(name);
     h->set_value(value);
@@ -235,13 +239,16 @@ TEST_F(ProxyTest, TheCallGoesOutWithTheGrantsTokenAndItsAnswerStreamsBack) {
   for (const v1::HttpHeader& h : a.head.headers()) {
     EXPECT_FALSE(absl::EqualsIgnoreCase(h.name(), "set-cookie")) << h.name();
     EXPECT_FALSE(absl::EqualsIgnoreCase(h.name(), "transfer-encoding")) << h.name();
+    // Not UTF-8 (obs-text): it could not travel in a protobuf string.
+    EXPECT_FALSE(absl::EqualsIgnoreCase(h.name(), "content-disposition")) << h.name();
   }
 
   ASSERT_EQ(api_->request_count(), 1u);
   const RecordedRequest seen = api_->requests().front();
   EXPECT_EQ(seen.Header("Authorization"), "Bearer " + CurrentToken());
   EXPECT_EQ(seen.Header("Accept"), "application/json");
-  for (const char* dropped : {"Cookie", "X-Drop-Me", "Proxy-Authorization"}) {
+  for (const char* dropped : {"Cookie", "X-Drop-Me", "Proxy-Authorization",
+                              "X-HTTP-Method-Override", "X-Forwarded-Host"}) {
     EXPECT_FALSE(seen.Header(dropped).has_value()) << dropped;
   }
   // Audited, and logged without the query or the token.
@@ -270,7 +277,7 @@ TEST_F(ProxyTest, ABodyIsSentAndTheToolsMethodIsEnforced) {
   post.set_tool("read_things");
   Answer refused = Proxy(post);
   EXPECT_TRUE(absl::IsPermissionDenied(refused.end.status())) << refused.end.status();
-  EXPECT_THAT(Str(refused.end.status()), HasSubstr("may not call POST /v1/things"));
+  EXPECT_THAT(Str(refused.end.status()), HasSubstr("may not make this POST call"));
   // A body over the cap of one frame.
   post.set_tool("write_things");
   post.set_body(std::string(62 * 1024, 'b'));
@@ -312,6 +319,9 @@ TEST_F(ProxyTest, RedirectsAreFollowedOnlyWithinTheApiBases) {
     if (absl::StartsWith(request.target, "/v1/moved/in")) {
       reply.status = 302;
       reply.headers = {{"Location", "/v1/things/1"}};
+    } else if (absl::StartsWith(request.target, "/v1/moved/undeclared")) {
+      reply.status = 307;
+      reply.headers = {{"Location", "/v1/admin/delete-everything"}};
     } else if (absl::StartsWith(request.target, "/v1/moved/out")) {
       reply.status = 307;
       reply.headers = {{"Location", elsewhere}};
@@ -330,6 +340,12 @@ TEST_F(ProxyTest, RedirectsAreFollowedOnlyWithinTheApiBases) {
   EXPECT_TRUE(absl::IsPermissionDenied(out.end.status())) << out.end.status();
   EXPECT_THAT(Str(out.end.status()), HasSubstr("redirected"));
   EXPECT_EQ(api_->request_count(), 3u);  // the redirect to the other host was not followed
+
+  // Within the API bases, but not where the tool may go: not followed either.
+  Answer undeclared = Proxy(Call("read_things", "GET", "/v1/moved/undeclared"));
+  EXPECT_TRUE(absl::IsPermissionDenied(undeclared.end.status())) << undeclared.end.status();
+  EXPECT_THAT(Str(undeclared.end.status()), HasSubstr("outside what it declares"));
+  EXPECT_EQ(api_->request_count(), 4u);
 }
 
 TEST_F(ProxyTest, AnAnswerOverTheCapIsRefused) {
@@ -365,16 +381,20 @@ TEST_F(ProxyTest, A401RenewsTheTokenOnceAndTheCallIsSentAgain) {
   EXPECT_NE(second, first);
   EXPECT_EQ(api_->requests()[1].Header("Authorization"), "Bearer " + second);
 
-  // A token the API keeps refusing: renewed once, then the 401 is the answer.
+  // A token the API keeps refusing: the 401 is the answer, and no refresh
+  // follows another within Refresher::kMinRenewInterval, however often the
+  // agent calls.
   api_->SetHandler([](const RecordedRequest&) {
     Reply reply;
     reply.status = 401;
     return reply;
   });
-  Answer refused = Proxy(Call("read_things", "GET", "/v1/things"));
-  ASSERT_TRUE(refused.end.ok()) << refused.end.status();
-  EXPECT_EQ(refused.head.status(), 401u);
-  EXPECT_EQ(provider_->RefreshesServed(), refreshes + 2);
+  for (int i = 0; i < 3; ++i) {
+    Answer refused = Proxy(Call("read_things", "GET", "/v1/things"));
+    ASSERT_TRUE(refused.end.ok()) << refused.end.status();
+    EXPECT_EQ(refused.head.status(), 401u);
+  }
+  EXPECT_EQ(provider_->RefreshesServed(), refreshes + 1);
 }
 
 TEST_F(ProxyTest, TooManyRequestsWithRetryAfterIsUnavailableWithItsWait) {

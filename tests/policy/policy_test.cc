@@ -343,11 +343,15 @@ TEST(PolicyTest, ToolsDeclareTheCallsTheyMayMakeByMethodAndPathPrefix) {
 }
 
 TEST(PolicyTest, CanonicalPathsOnlyAreMatchedAgainstPrefixes) {
-  for (const char* good : {"/", "/a", "/a/b", "/a/b/", "/a/%41b", "/a:b/c@d"}) {
+  for (const char* good :
+       {"/", "/a", "/a/b", "/a/b/", "/a/%20b", "/a:b/c@d", "/r%C3%A9sum%C3%A9"}) {
     EXPECT_TRUE(CheckHttpPath(good).ok()) << good;
   }
-  for (const char* bad : {"", "a", "//a", "/a//b", "/./a", "/a/.", "/a/..", "/a/../b", "/a\\b",
-                          "/a%2fb", "/a%5Cb", "/%2E%2E/b", "/a?x=1", "/a#f", "/a\tb", "/\x7f"}) {
+  for (const char* bad :
+       {"",        "a",     "//a",      "/a//b",  "/./a",          "/a/.",   "/a/..",
+        "/a/../b", "/a\\b", "/a%2fb",   "/a%5Cb", "/%2E%2E/b",     "/a?x=1", "/a#f",
+        "/a\tb",   "/\x7f", "/a/..;/b", "/a;x=1", "/%252e%252e/b", "/a%00",  "/%c0%ae%c0%ae/b",
+        "/a/%41b", "/a%",   "/a%2",     "/a%zz"}) {
     EXPECT_FALSE(CheckHttpPath(bad).ok()) << bad;
   }
 }

@@ -1266,6 +1266,7 @@ TEST_F(SqliteGrantStoreTest, ARegistrationThatLiveGrantsUseKeepsItsEndpoints) {
   std::unique_ptr<GrantStore> store = OpenWithKeys();
   ASSERT_NE(store, nullptr);
   ConnectorRegistration reg = Registration("zendesk", 1);
+  reg.api_bases = {"https://a.example.com/", "https://b.example.com/"};
   ASSERT_TRUE(store->PutConnectorRegistration(reg, ClientSecret("zendesk", "s1")).ok());
   Grant active = MakeGrant("gr_a", "ws1", "zendesk");
   Grant reauth = MakeGrant("gr_b", "ws2", "zendesk");
@@ -1285,6 +1286,10 @@ TEST_F(SqliteGrantStoreTest, ARegistrationThatLiveGrantsUseKeepsItsEndpoints) {
       {"issuer", [](ConnectorRegistration& r) { r.issuer = "https://evil.example.com"; }},
       {"client id", [](ConnectorRegistration& r) { r.client_id = "another-client"; }},
       {"parameters", [](ConnectorRegistration& r) { r.parameters["subdomain"] = "evil"; }},
+      // Where the proxy sends the grants' access tokens.
+      {"API bases (added)",
+       [](ConnectorRegistration& r) { r.api_bases.push_back("https://evil.example.com/"); }},
+      {"private network", [](ConnectorRegistration& r) { r.allow_private_network = true; }},
   };
   for (const Change& c : refused) {
     ConnectorRegistration changed = reg;
@@ -1301,9 +1306,10 @@ TEST_F(SqliteGrantStoreTest, ARegistrationThatLiveGrantsUseKeepsItsEndpoints) {
               Record("s1"));
   }
 
-  // A new client secret and other redirect URIs are fine.
+  // A new client secret, other redirect URIs and fewer API bases are fine.
   ConnectorRegistration rotated = reg;
   rotated.redirect_uris = {"https://hub.example.com/oauth/callback"};
+  rotated.api_bases = {"https://b.example.com/"};
   rotated.updated_at = At(400);
   ASSERT_TRUE(store->PutConnectorRegistration(rotated, ClientSecret("zendesk", "s3")).ok());
   EXPECT_EQ(*store->GetConnectorRegistration("zendesk"), rotated);
