@@ -15,6 +15,7 @@ scripts/install-deps.sh
 # between the scripts rebuilds nothing; the hooks act only under --test-hook.
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGRANTVAULT_TEST_HOOKS=ON >/dev/null
 cmake --build build -j"$(nproc)" --target grantvaultd grantvault
+npm --prefix clients/node run build >/dev/null  # the agent hosts' client (docs/clients.md)
 
 cli=("$root/build/cli/grantvault" --state-dir "$root/var")
 daemon_flags=()

@@ -33,6 +33,10 @@ echo "== tests (local authorization server, node)"
 node --test tests/provider/*.test.mjs ||
   { echo "test.sh: node tests failed; running them once more" >&2;
     node --test tests/provider/*.test.mjs; } || status=1
+echo "== tests (Node client, clients/node: against the real daemon, SoftHSM2 and oidc-provider)"
+GRANTVAULT_BUILD_DIR="$PWD/build" npm --prefix clients/node test ||
+  { echo "test.sh: Node client tests failed; running them once more" >&2;
+    GRANTVAULT_BUILD_DIR="$PWD/build" npm --prefix clients/node test; } || status=1
 echo "== tests (ASan + UBSan)"
 (cd build-asan &&
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1 \

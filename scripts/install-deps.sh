@@ -54,3 +54,11 @@ if [ ! -d "$provider/node_modules" ] || [ "$provider/package-lock.json" -nt "$pr
   npm ci --prefix "$provider" --no-audit --no-fund --loglevel=error
   touch "$provider/node_modules"
 fi
+
+# The Node/TypeScript client's npm packages (clients/node), the same way.
+node_client="$(cd "$(dirname "$0")/.." && pwd)/clients/node"
+if [ ! -d "$node_client/node_modules" ] || [ "$node_client/package-lock.json" -nt "$node_client/node_modules" ]; then
+  echo "Installing clients/node npm packages (npm ci)"
+  npm ci --prefix "$node_client" --no-audit --no-fund --loglevel=error
+  touch "$node_client/node_modules"
+fi

@@ -58,8 +58,10 @@ export const MAX_MANIFEST_BYTES = 1 << 20;
  * What is wrong with one `http` entry, or null. The form the daemon's policy
  * accepts (policy::CheckHttpPath, docs/proxy.md): "METHOD /path-prefix",
  * METHOD upper-case letters or "*", one space, and a canonical path: visible
- * ASCII without '\\', '?' or '#', no empty, "." or ".." segment (a final "/"
- * is fine), no percent-encoded '/', '\\' or '.'.
+ * ASCII without '\\', ';', '?' or '#', no empty, "." or ".." segment (a final
+ * "/" is fine), and percent-encoding only where needed and only once: no
+ * encoded '/', '\\', '.', '%', NUL, unreserved character or overlong UTF-8
+ * lead byte (0xC0, 0xC1).
  */
 function httpRuleProblem(entry: string): string | null {
   const space = entry.indexOf(' ');
@@ -68,12 +70,22 @@ function httpRuleProblem(entry: string): string | null {
   const path = entry.slice(space + 1);
   if (method !== '*' && !/^[A-Z]+$/.test(method)) return 'the method must be upper-case letters (GET, POST…) or *';
   if (!path.startsWith('/')) return 'the path must start with "/"';
-  if (!/^[\x21-\x7e]*$/.test(path) || /[\\?#]/.test(path)) return 'the path may hold only visible ASCII, without "\\", "?" or "#"';
+  if (!/^[\x21-\x7e]*$/.test(path) || /[\\;?#]/.test(path)) {
+    return 'the path may hold only visible ASCII, without "\\", ";", "?" or "#"';
+  }
   const segments = path.slice(1).split('/');
   if (segments.some((segment, i) => (segment === '' && i < segments.length - 1) || segment === '.' || segment === '..')) {
     return 'the path must not have an empty, "." or ".." segment';
   }
-  if (/%(2f|5c|2e)/i.test(path)) return 'the path must not percent-encode "/", "\\" or "."';
+  for (let i = path.indexOf('%'); i >= 0; i = path.indexOf('%', i + 1)) {
+    const code = path.slice(i + 1, i + 3);
+    if (!/^[0-9a-fA-F]{2}$/.test(code)) return 'the path has a "%" that is not a percent-encoding';
+    const byte = parseInt(code, 16);
+    const char = String.fromCharCode(byte);
+    if (/[A-Za-z0-9\-_~/\\.%]/.test(char) || byte === 0 || byte === 0xc0 || byte === 0xc1) {
+      return 'the path percent-encodes what must not be ("/", "\\", ".", "%", NUL, an unreserved character or an overlong UTF-8 byte)';
+    }
+  }
   return null;
 }
 

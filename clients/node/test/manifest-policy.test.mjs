@@ -50,9 +50,11 @@ test('the policy refuses a manifest tool whose http entry breaks the form grantv
 // Entries the daemon accepts and refuses; the client must judge each the same way, so that
 // grantvault-manifest catches (with line and column) what the policy would refuse.
 const HTTP_ENTRIES = [
-  'GET /v1', 'GET /v1/', '* /', 'PATCH /gmail/v1/users/me/messages', 'POST /v1/%41', 'DELETE /a-b_c.d~e/f',
+  'GET /v1', 'GET /v1/', '* /', 'PATCH /gmail/v1/users/me/messages', 'POST /v1/%41x', 'DELETE /a-b_c.d~e/f',
   'get /v1', 'G-T /v1', 'GET  /v1', 'GET v1', 'GET', 'GET /v1?x=1', 'GET /v1#f', 'GET /v 1', 'GET /v1/é', 'GET /v1/a\\b',
   'GET /v1//x', 'GET /v1/./x', 'GET /v1/../x', 'GET /.', 'GET /v1/%2e/x', 'GET /v1/%2F', 'GET /v1/%5c',
+  'GET /v1/%20x', 'GET /r%C3%A9sum%C3%A9', 'GET /v1/..;/x', 'GET /v1;x=1', 'GET /%252e/x', 'GET /v1%00',
+  'GET /%c0%ae/x', 'GET /v1%', 'GET /v1%2', 'GET /v1%zz', 'GET /v1/%7E',
 ];
 
 test('the client and the daemon\'s policy accept and refuse the same http entries', { skip }, async () => {

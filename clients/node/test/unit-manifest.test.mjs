@@ -102,7 +102,7 @@ test('validation names the field and where it is', () => {
   refused('export const manifest = { tools: [{ name: "a", connector: "c", scopes: "s" }] };', /scopes must be a non-empty array/);
   refused('export const manifest = { tools: [{ name: "a", connector: "c", scopes: ["s"], http: ["GET v1"] }] };', /tools\[0\]\.http\[0\] must be "METHOD \/path-prefix": the path must start with "\/"/);
   refused('export const manifest = { tools: [{ name: "a", connector: "c", scopes: ["s"], http: ["GET /v1/../admin"] }] };', /http\[0\] must be "METHOD \/path-prefix": the path must not have an empty, "\." or "\.\." segment/);
-  refused('export const manifest = { tools: [{ name: "a", connector: "c", scopes: ["s"], http: ["GET /v1/%2e%2e/admin"] }] };', /must not percent-encode/);
+  refused('export const manifest = { tools: [{ name: "a", connector: "c", scopes: ["s"], http: ["GET /v1/%2e%2e/admin"] }] };', /percent-encodes what must not be/);
   refused('export const manifest = { tools: [{ name: "a", connector: "c", scopes: ["s"], http: ["get /v1"] }] };', /http\[0\]/);
   refused('export const manifest = { tools: [{ name: "a", connector: "c", scopes: ["s"], http: ["GET /v1?x=1"] }] };', /http\[0\]/);
   refused('export const manifest = { tools: [{ name: "a", connector: "c", scopes: ["s"], http: [] }] };', /http must be a non-empty array of strings, each "METHOD \/path-prefix" \(an empty list would mean no limit: omit http for that\)/);
