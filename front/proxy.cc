@@ -359,8 +359,20 @@ class Proxy::Sink final : public oauth::ResponseSink {
   // when it goes away, the call ends or the deadline passes).
   bool SendFrame(std::string frame) {
     for (;;) {
+      // Checked and queued in one step: calls streaming on one connection
+      // together cannot overrun its cap.
+      switch (connection_.SendWithin(frame, kMaxQueuedAnswerBytes)) {
+        case ipc::Connection::SendOutcome::kSent:
+          head_sent_ = true;
+          return true;
+        case ipc::Connection::SendOutcome::kClosed:
+          return StopWith(Stop::kPeerGone);
+        case ipc::Connection::SendOutcome::kFull:
+          break;
+      }
       const absl::Time until = std::min(deadline_, clock_->Now() + kFlowControlSlice);
-      if (connection_.AwaitQueuedAtMost(kMaxQueuedAnswerBytes, until)) break;
+      connection_.AwaitQueuedAtMost(
+          kMaxQueuedAnswerBytes - std::min(kMaxQueuedAnswerBytes, frame.size() + 4), until);
       if (connection_.closed() || call_.cancellation.cancelled() || clock_->Now() >= deadline_) {
         WipeString(frame);
         if (clock_->Now() >= deadline_) {
@@ -369,9 +381,6 @@ class Proxy::Sink final : public oauth::ResponseSink {
         return StopWith(Stop::kPeerGone);
       }
     }
-    if (!connection_.Send(std::move(frame), /*final=*/false)) return StopWith(Stop::kPeerGone);
-    head_sent_ = true;
-    return true;
   }
 
   ipc::Connection& connection_;

@@ -19,6 +19,7 @@
 #include <exception>
 #include <map>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <set>
 #include <span>
@@ -258,7 +259,12 @@ class ConnectionImpl final : public Connection,
   ListenerState& listener_state() const { return *listener_state_; }
   const PeerCredentials& peer() const override { return peer_; }
   const std::string& listener() const override { return listener_; }
-  bool Send(std::string payload, bool final) override;
+  bool Send(std::string payload, bool final) override {
+    return Queue(payload, final, std::nullopt) == SendOutcome::kSent;
+  }
+  SendOutcome SendWithin(std::string& payload, size_t max_queued) override {
+    return Queue(payload, /*final=*/false, max_queued);
+  }
   ~ConnectionImpl() override { ReleaseInput(); }
   void Close(std::string_view reason) override {
     CloseWith(CloseKind::kHandler, reason, /*flush=*/true);
@@ -298,6 +304,9 @@ class ConnectionImpl final : public Connection,
 
  private:
   enum class ReadDeadlineKind { kNone, kFrame, kIdle };
+
+  // Send and SendWithin (`within`: the SendWithin limit).
+  SendOutcome Queue(std::string& payload, bool final, std::optional<size_t> within);
 
   // All of these run on the connection's thread (executor_).
   void OnStart();
@@ -372,7 +381,8 @@ class ConnectionImpl final : public Connection,
 
 // --- ConnectionImpl ----------------------------------------------------------
 
-bool ConnectionImpl::Send(std::string payload, bool final) {
+Connection::SendOutcome ConnectionImpl::Queue(std::string& payload, bool final,
+                                              std::optional<size_t> within) {
   const size_t size = payload.size();
   if (size == 0 || size > kMaxFramePayload) {
     WipeMemory(payload.data(), payload.capacity());  // dropped: wiped, as every frame
@@ -380,10 +390,10 @@ bool ConnectionImpl::Send(std::string payload, bool final) {
       CloseWith(CloseKind::kError, absl::StrCat("handler sent a frame of ", size,
                                                 " bytes (allowed 1..", kMaxFramePayload, ")"));
     }
-    return false;
+    return SendOutcome::kClosed;
   }
-  OutFrame frame(EncodeFrameHeader(size), std::move(payload));
   const size_t cap = core_->limits.max_queued_bytes_per_connection;
+  OutFrame frame(EncodeFrameHeader(size), std::move(payload));
   // A handler answering inline, on the connection's own thread, with nothing
   // queued before it: written at once, no round trip through the io_context.
   const bool own_thread = executor_.running_in_this_thread();
@@ -393,8 +403,15 @@ bool ConnectionImpl::Send(std::string payload, bool final) {
   size_t queued = 0;
   {
     absl::MutexLock lock(&mu_);
-    if (closed_) return false;
+    if (closed_) return SendOutcome::kClosed;
     queued = queued_bytes_ + frame.size();
+    // SendWithin: held back (handed back untouched) when it would not fit
+    // beside what is queued, in the same step as the queueing; a frame alone
+    // always fits, or nothing could ever be sent.
+    if (within && queued_bytes_ > 0 && queued > std::min(*within, cap)) {
+      payload = std::move(frame.payload);
+      return SendOutcome::kFull;
+    }
     if (queued <= cap) {
       queued_bytes_ = queued;
       if (!write_active_) {
@@ -416,7 +433,7 @@ bool ConnectionImpl::Send(std::string payload, bool final) {
     CloseWith(CloseKind::kOverflow,
               absl::StrCat("peer is not reading: ", queued,
                            " bytes of responses queued, over the cap of ", cap));
-    return false;
+    return SendOutcome::kClosed;
   }
   if (write_now) {
     WriteNow(std::move(frame));
@@ -425,7 +442,7 @@ bool ConnectionImpl::Send(std::string payload, bool final) {
     asio::post(executor_, [self = shared_from_this()] { self->StartWrite(); });
   }
   if (resume) asio::post(executor_, [self = shared_from_this()] { self->Resume(); });
-  return true;
+  return SendOutcome::kSent;
 }
 
 void ConnectionImpl::CloseWith(CloseKind kind, std::string_view reason, bool flush) {

@@ -82,6 +82,13 @@ class Connection {
   // still open. For a worker streaming a long answer, so that it sends no
   // faster than the peer reads (never call it on an I/O thread).
   virtual bool AwaitQueuedAtMost(size_t bytes, absl::Time deadline) = 0;
+  // As Send (a frame that is not final), but only if the answers queued,
+  // this one with them, stay within `max_queued` bytes (and the connection's
+  // own cap): checked and queued in one step, so that workers streaming on
+  // one connection together cannot overrun it. kFull leaves `payload` as it
+  // was, to send later.
+  enum class SendOutcome { kSent, kFull, kClosed };
+  virtual SendOutcome SendWithin(std::string& payload, size_t max_queued) = 0;
   // The handler's own state for this connection (null until set). Set it in
   // FrameHandler::OnConnect, before any frame is delivered, and never again:
   // it is then read without a lock, on any thread that was handed one of the
