@@ -19,8 +19,8 @@
 #include <exception>
 #include <map>
 #include <memory>
-#include <optional>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <span>
 #include <string>
