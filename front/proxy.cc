@@ -52,23 +52,9 @@ constexpr absl::Duration kAuditFailureHold = absl::Seconds(5);
 constexpr size_t kMaxCallerHeaders = 64;
 constexpr size_t kMaxCallerHeaderBytes = 32 * 1024;
 
-bool IsTchar(char c) {
-  return absl::ascii_isalnum(static_cast<unsigned char>(c)) ||
-         std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
-}
-
-bool IsToken(std::string_view s) { return !s.empty() && std::all_of(s.begin(), s.end(), IsTchar); }
-
 bool IsAscii(std::string_view s) {
   return std::all_of(s.begin(), s.end(),
                      [](char c) { return static_cast<unsigned char>(c) < 0x80; });
-}
-
-bool IsFieldValue(std::string_view s) {
-  return std::all_of(s.begin(), s.end(), [](char c) {
-    const auto u = static_cast<unsigned char>(c);
-    return u == '\t' || (u >= 0x20 && u != 0x7f);
-  });
 }
 
 // Headers that some API front ends read as another method, path or origin
@@ -89,12 +75,6 @@ bool IsHopByHop(std::string_view name) {
     if (absl::EqualsIgnoreCase(Sv(name), Sv(h))) return true;
   }
   return false;
-}
-
-void WipeString(std::string& s) {
-  s.resize(s.capacity());
-  OPENSSL_cleanse(s.data(), s.size());
-  s.clear();
 }
 
 // The path of an origin-form target (without its query).
@@ -176,10 +156,10 @@ absl::StatusOr<oauth::HttpHeaders> CallerHeadersToSend(const v1::ProxyRequest& i
   std::vector<std::string> named_by_connection;
   for (const v1::HttpHeader& h : in.headers()) {
     total += h.name().size() + h.value().size();
-    if (!IsToken(h.name())) {
+    if (!oauth::IsHttpToken(h.name())) {
       return absl::InvalidArgumentError("a header name is not an HTTP token");
     }
-    if (!IsFieldValue(h.value())) {
+    if (!oauth::IsHttpFieldValue(h.value())) {
       return absl::InvalidArgumentError(
           absl::StrCat("header ", h.name(), " has a control character in its value"));
     }
@@ -374,7 +354,7 @@ class Proxy::Sink final : public oauth::ResponseSink {
       connection_.AwaitQueuedAtMost(
           kMaxQueuedAnswerBytes - std::min(kMaxQueuedAnswerBytes, frame.size() + 4), until);
       if (connection_.closed() || call_.cancellation.cancelled() || clock_->Now() >= deadline_) {
-        WipeString(frame);
+        oauth::WipeString(frame);
         if (clock_->Now() >= deadline_) {
           failure_ = absl::DeadlineExceededError("the caller did not read the answer in time");
         }
@@ -796,7 +776,7 @@ void Proxy::Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Re
     options.cancellation = &call->cancellation;
     absl::StatusOr<oauth::StreamResult> result =
         deps_.http->Stream(upstream, deadline - deps_.clock->Now(), sink, options);
-    WipeString(upstream.headers.back().second);
+    oauth::WipeString(upstream.headers.back().second);
     final_status = sink.status();
     bytes = sink.body_bytes();
     if (absl::Status ended = call->EndedBecause(); !ended.ok()) {
@@ -839,7 +819,7 @@ void Proxy::Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Re
       if (final_status == 303 || ((final_status == 301 || final_status == 302) &&
                                   upstream.method != "GET" && upstream.method != "HEAD")) {
         upstream.method = "GET";
-        WipeString(upstream.body);
+        oauth::WipeString(upstream.body);
         std::erase_if(*headers, [](const std::pair<std::string, std::string>& h) {
           return absl::EqualsIgnoreCase(h.first, "content-type");
         });
@@ -871,7 +851,7 @@ void Proxy::Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Re
     outcome = absl::OkStatus();
     break;
   }
-  WipeString(upstream.body);
+  oauth::WipeString(upstream.body);
   Retire(call);
 
   record.details["status"] = absl::StrCat(final_status);

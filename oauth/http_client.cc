@@ -68,12 +68,6 @@ constexpr size_t kMaxIdleConnectionsTotal = 64;
 constexpr int kMaxInterimResponses = 8;
 constexpr absl::Duration kMaxTimeout = absl::Hours(1);
 
-void WipeString(std::string& s) {
-  s.resize(s.capacity());
-  OPENSSL_cleanse(s.data(), s.size());
-  s.clear();
-}
-
 void WipeHeaders(HttpHeaders& headers) {
   for (auto& [name, value] : headers) {
     WipeString(name);
@@ -118,16 +112,6 @@ std::string ToString(beast::string_view s) { return std::string(s.data(), s.size
 bool IsTchar(char c) {
   if (absl::ascii_isalnum(static_cast<unsigned char>(c))) return true;
   return std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
-}
-
-bool IsToken(std::string_view s) { return !s.empty() && std::all_of(s.begin(), s.end(), IsTchar); }
-
-// RFC 9110 field-value: visible characters, obs-text, spaces and tabs.
-bool IsFieldValue(std::string_view s) {
-  return std::all_of(s.begin(), s.end(), [](char c) {
-    const auto u = static_cast<unsigned char>(c);
-    return u == '\t' || (u >= 0x20 && u != 0x7f);
-  });
 }
 
 bool IsReplayable(std::string_view method) {
@@ -244,12 +228,12 @@ absl::StatusOr<HttpsUrl> ParseHttpsUrl(std::string_view url) {
 namespace {
 
 absl::Status ValidateRequest(const HttpRequest& request) {
-  if (request.method.size() > kMaxMethodLength || !IsToken(request.method)) {
+  if (request.method.size() > kMaxMethodLength || !IsHttpToken(request.method)) {
     return absl::InvalidArgumentError("HTTP method is not a token");
   }
   for (const auto& [name, value] : request.headers) {
-    if (!IsToken(name)) return absl::InvalidArgumentError("HTTP header name is not a token");
-    if (!IsFieldValue(value)) {
+    if (!IsHttpToken(name)) return absl::InvalidArgumentError("HTTP header name is not a token");
+    if (!IsHttpFieldValue(value)) {
       return absl::InvalidArgumentError(
           absl::StrCat("HTTP header ", Sv(name), " has a control character in its value"));
     }
@@ -814,7 +798,7 @@ absl::Status ValidateOptions(const HttpClientOptions& options) {
     return absl::InvalidArgumentError(absl::StrCat("max_idle_connections_per_host must be at most ",
                                                    kMaxIdleConnectionsPerHostLimit));
   }
-  if (!IsFieldValue(options.user_agent)) {
+  if (!IsHttpFieldValue(options.user_agent)) {
     return absl::InvalidArgumentError("user_agent has a control character");
   }
   if (!options.use_system_trust_store && options.ca_file.empty()) {
@@ -870,6 +854,23 @@ std::optional<std::string> HttpResponse::Header(std::string_view name) const {
     if (absl::EqualsIgnoreCase(Sv(header_name), Sv(name))) return value;
   }
   return std::nullopt;
+}
+
+void WipeString(std::string& s) {
+  s.resize(s.capacity());
+  OPENSSL_cleanse(s.data(), s.size());
+  s.clear();
+}
+
+bool IsHttpToken(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), IsTchar);
+}
+
+bool IsHttpFieldValue(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u == '\t' || (u >= 0x20 && u != 0x7f);
+  });
 }
 
 void Cancellation::Cancel() {

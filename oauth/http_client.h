@@ -169,6 +169,14 @@ class HttpClient {
 // loaded.
 absl::StatusOr<std::unique_ptr<HttpClient>> NewHttpClient(const HttpClientOptions& options);
 
+// RFC 9110 token (a method, a header name), and field value (visible
+// characters, obs-text, spaces and tabs): what the client accepts to send.
+bool IsHttpToken(std::string_view s);
+bool IsHttpFieldValue(std::string_view s);
+// Overwrites the whole buffer of `s` (its capacity, not only its size) and
+// empties it.
+void WipeString(std::string& s);
+
 // application/x-www-form-urlencoded encoding of `fields` (RFC 6749 appendix B).
 std::string FormEncode(const std::vector<std::pair<std::string, std::string>>& fields);
 // Percent-encoding of one URL component (unreserved characters kept).
