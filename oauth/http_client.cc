@@ -16,10 +16,12 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <initializer_list>
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -28,6 +30,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
@@ -38,6 +41,7 @@
 #include "absl/time/time.h"
 #include "common/status.h"
 #include "common/strings.h"
+#include "oauth/async_http_client.h"
 
 // Boost.Asio needs <utility> first; ipc/asio.h takes care of it.
 // clang-format off
@@ -298,22 +302,41 @@ absl::Status IoFailure(const ErrorCode& ec, Clock::time_point expiry, std::strin
       absl::StrCat(Sv(what), " ", url.authority, " failed: ", ec.message()));
 }
 
-// One TLS connection with its own small io_context; every operation runs on
-// the calling thread, and only one thread uses a connection at a time.
+using Executor = asio::any_io_executor;
+template <typename T>
+using Awaitable = asio::awaitable<T>;
+
+// Completion tokens that report errors in `ec` instead of throwing.
+auto Into(ErrorCode& ec) { return asio::redirect_error(asio::use_awaitable, ec); }
+
+// One TLS connection. A blocking call's runs on its own small io_context,
+// driven by the calling thread (Run); an asynchronous call's lives on the
+// caller's event loop. Only one exchange uses a connection at a time.
 class Connection {
  public:
-  explicit Connection(ssl::context& tls) : stream_(io_, tls) {}
+  explicit Connection(ssl::context& tls)
+      : own_io_(std::make_unique<asio::io_context>(1)), stream_(own_io_->get_executor(), tls) {}
+  Connection(ssl::context& tls, Executor loop) : stream_(std::move(loop), tls) {}
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
   TlsStream& stream() { return stream_; }
   beast::tcp_stream& transport() { return stream_.next_layer(); }
 
-  // Runs the operations started on this connection until they complete. The
-  // tcp_stream's expiry bounds each of them.
-  void RunToCompletion() {
-    io_.restart();
-    io_.run();
+  // Runs `op` (which uses this connection) on the connection's own
+  // io_context until it completes; for a blocking call's connection only.
+  template <typename T>
+  T Run(Awaitable<T> op) {
+    std::optional<T> result;
+    std::exception_ptr failure;
+    asio::co_spawn(*own_io_, std::move(op), [&](std::exception_ptr e, T value) {
+      failure = e;
+      if (!e) result.emplace(std::move(value));
+    });
+    own_io_->restart();
+    own_io_->run();
+    if (failure) std::rethrow_exception(failure);
+    return *std::move(result);
   }
 
   // False if the peer has closed the connection or sent something unasked
@@ -326,52 +349,172 @@ class Connection {
   }
 
  private:
-  asio::io_context io_{1};
+  std::unique_ptr<asio::io_context> own_io_;  // declared first: it outlives the stream
   TlsStream stream_;
 };
 
-// Name resolution runs on a helper thread so that a hung resolver cannot
-// outlive the deadline; the thread finishes on its own.
-absl::StatusOr<std::vector<tcp::endpoint>> Resolve(const ParsedUrl& url,
-                                                   Clock::time_point deadline) {
-  struct State {
-    absl::Mutex mu;
-    bool done ABSL_GUARDED_BY(mu) = false;
-    ErrorCode ec ABSL_GUARDED_BY(mu);
-    std::vector<tcp::endpoint> endpoints ABSL_GUARDED_BY(mu);
-  };
-  auto state = std::make_shared<State>();
-  try {
-    std::thread([state, host = url.host, port = url.port] {
-      asio::io_context io(1);
-      tcp::resolver resolver(io);
-      ErrorCode ec;
-      const auto results =
-          resolver.resolve(host, std::to_string(port), tcp::resolver::numeric_service, ec);
-      absl::MutexLock lock(&state->mu);
-      state->ec = ec;
-      if (!ec) {
-        for (const auto& entry : results) state->endpoints.push_back(entry.endpoint());
-      }
-      state->done = true;
-    }).detach();
-  } catch (const std::system_error& e) {
-    return absl::UnavailableError(absl::StrCat("cannot start name resolution: ", e.what()));
+// Name resolution runs on a helper thread of its own, so that a hung resolver
+// can neither outlive the deadline nor hold up an event loop or a shutdown;
+// the thread finishes on its own.
+class Resolution {
+ public:
+  static absl::StatusOr<std::shared_ptr<Resolution>> Start(const ParsedUrl& url) {
+    auto resolution = std::make_shared<Resolution>();
+    try {
+      std::thread([resolution, host = url.host, port = url.port] {
+        asio::io_context io(1);
+        tcp::resolver resolver(io);
+        ErrorCode ec;
+        const auto results =
+            resolver.resolve(host, std::to_string(port), tcp::resolver::numeric_service, ec);
+        absl::MutexLock lock(&resolution->mu_);
+        resolution->ec_ = ec;
+        if (!ec) {
+          for (const auto& entry : results) resolution->endpoints_.push_back(entry.endpoint());
+        }
+        resolution->done_ = true;
+        // Under the lock: the waiter, once it has stopped waiting, is never
+        // woken (its event loop may be gone by then).
+        if (resolution->wake_) resolution->wake_();
+      }).detach();
+    } catch (const std::system_error& e) {
+      return absl::UnavailableError(absl::StrCat("cannot start name resolution: ", e.what()));
+    }
+    return resolution;
   }
-  const absl::Duration remaining = absl::FromChrono(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - Clock::now()));
-  absl::MutexLock lock(&state->mu);
-  if (!state->mu.AwaitWithTimeout(absl::Condition(&state->done), remaining)) {
+
+  // Waits on the calling thread.
+  absl::StatusOr<std::vector<tcp::endpoint>> Wait(const ParsedUrl& url,
+                                                  Clock::time_point deadline) {
+    const absl::Duration remaining = absl::FromChrono(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - Clock::now()));
+    absl::MutexLock lock(&mu_);
+    if (!mu_.AwaitWithTimeout(absl::Condition(&done_), remaining)) return TimedOut(url);
+    return ResultLocked(url);
+  }
+
+  // Waits on the calling coroutine's event loop, without blocking it.
+  Awaitable<absl::StatusOr<std::vector<tcp::endpoint>>> WaitAsync(const ParsedUrl& url,
+                                                                  Clock::time_point deadline) {
+    const Executor loop = co_await asio::this_coro::executor;
+    auto timer = std::make_shared<asio::steady_timer>(loop, deadline);
+    {
+      absl::MutexLock lock(&mu_);
+      if (!done_) {
+        wake_ = [loop, weak = std::weak_ptr<asio::steady_timer>(timer)] {
+          asio::post(loop, [weak] {
+            if (const auto t = weak.lock()) t->cancel();
+          });
+        };
+      }
+    }
+    // Also when the coroutine is destroyed unfinished (its loop stopped).
+    const absl::Cleanup stop_waking = [this] {
+      absl::MutexLock lock(&mu_);
+      wake_ = nullptr;
+    };
+    ErrorCode ec;
+    if (!Done()) co_await timer->async_wait(Into(ec));
+    absl::MutexLock lock(&mu_);
+    if (!done_) co_return TimedOut(url);
+    co_return ResultLocked(url);
+  }
+
+ private:
+  bool Done() {
+    absl::MutexLock lock(&mu_);
+    return done_;
+  }
+  static absl::Status TimedOut(const ParsedUrl& url) {
     return absl::DeadlineExceededError(absl::StrCat("resolving ", url.host, " timed out"));
   }
-  if (state->ec) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot resolve ", url.host, ": ", state->ec.message()));
+  absl::StatusOr<std::vector<tcp::endpoint>> ResultLocked(const ParsedUrl& url)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (ec_) {
+      return absl::UnavailableError(absl::StrCat("cannot resolve ", url.host, ": ", ec_.message()));
+    }
+    if (endpoints_.empty())
+      return absl::UnavailableError(absl::StrCat("no address for ", url.host));
+    return endpoints_;
   }
-  if (state->endpoints.empty()) {
-    return absl::UnavailableError(absl::StrCat("no address for ", url.host));
+
+  absl::Mutex mu_;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  ErrorCode ec_ ABSL_GUARDED_BY(mu_);
+  std::vector<tcp::endpoint> endpoints_ ABSL_GUARDED_BY(mu_);
+  std::function<void()> wake_ ABSL_GUARDED_BY(mu_);
+};
+
+// The addresses to connect to, checked as `public_only` asks. Every address,
+// not only the first: a name that resolves to a public and a private address
+// could be connected to either.
+absl::Status CheckAddresses(const ParsedUrl& url, const std::vector<tcp::endpoint>& endpoints,
+                            bool public_only) {
+  if (!public_only) return absl::OkStatus();
+  for (const tcp::endpoint& endpoint : endpoints) {
+    const std::string address = endpoint.address().to_string();
+    if (IsNonPublicAddress(address)) {
+      return absl::PermissionDeniedError(
+          absl::StrCat(url.host, " is or resolves to ", address,
+                       ", a loopback, private or reserved address, which may not be reached"));
+    }
   }
-  return state->endpoints;
+  return absl::OkStatus();
+}
+
+// The address of an IP-literal URL; nullopt for a name.
+absl::StatusOr<std::optional<tcp::endpoint>> LiteralEndpoint(const ParsedUrl& url) {
+  if (!url.host_is_ip) return std::nullopt;
+  ErrorCode ec;
+  const asio::ip::address address = asio::ip::make_address(url.host, ec);
+  if (ec) return absl::InvalidArgumentError("URL has an invalid IP address");
+  return tcp::endpoint(address, url.port);
+}
+
+// Connects `connection` to one of `endpoints` and makes the TLS handshake,
+// the certificate verified for the URL's host, all by `connect_by`.
+Awaitable<absl::Status> Handshake(Connection& connection, const ParsedUrl& url,
+                                  std::vector<tcp::endpoint> endpoints,
+                                  Clock::time_point connect_by) {
+  SSL* ssl = connection.stream().native_handle();
+  if (url.host_is_ip) {
+    if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), url.host.c_str()) != 1) {
+      co_return absl::InternalError("cannot set the expected IP address");
+    }
+  } else {
+    SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    // Server Name Indication, for names only (RFC 6066 section 3).
+    if (SSL_set1_host(ssl, url.host.c_str()) != 1 ||
+        SSL_ctrl(ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+                 const_cast<char*>(url.host.c_str())) != 1) {
+      co_return absl::InternalError("cannot set the expected host name");
+    }
+  }
+
+  ErrorCode ec;
+  connection.transport().expires_at(connect_by);
+  co_await connection.transport().async_connect(endpoints, Into(ec));
+  if (ec) co_return IoFailure(ec, connect_by, "connecting to", url);
+  ErrorCode ignored;
+  connection.transport().socket().set_option(tcp::no_delay(true), ignored);
+
+  connection.transport().expires_at(connect_by);
+  co_await connection.stream().async_handshake(ssl::stream_base::client, Into(ec));
+  if (ec) {
+    if (ec == beast::error::timeout || Clock::now() >= connect_by) {
+      co_return absl::DeadlineExceededError(
+          absl::StrCat("TLS handshake with ", url.authority, " timed out"));
+    }
+    const long verify_result = SSL_get_verify_result(ssl);
+    if (verify_result != X509_V_OK) {
+      co_return absl::UnauthenticatedError(
+          absl::StrCat("TLS certificate verification failed for ", url.host, ": ",
+                       X509_verify_cert_error_string(verify_result)));
+    }
+    co_return absl::UnavailableError(
+        absl::StrCat("TLS handshake with ", url.authority, " failed: ", ec.message()));
+  }
+  co_return absl::OkStatus();
 }
 
 struct ExchangeOutcome {
@@ -404,6 +547,19 @@ class CollectingSink final : public ResponseSink {
   WipingString body_;
 };
 
+// A blocking call's sink, as the exchange (a coroutine) sees it.
+class SinkOnThread final : public AsyncResponseSink {
+ public:
+  explicit SinkOnThread(ResponseSink& sink) : sink_(sink) {}
+  Awaitable<bool> OnHead(int status, const HttpHeaders& headers) override {
+    co_return sink_.OnHead(status, headers);
+  }
+  Awaitable<bool> OnBody(std::string_view part) override { co_return sink_.OnBody(part); }
+
+ private:
+  ResponseSink& sink_;
+};
+
 // Shuts the exchange's socket down on Cancel while it is attached.
 class AttachedSocket {
  public:
@@ -430,187 +586,27 @@ absl::Status CancelledError(const ParsedUrl& url) {
   return absl::CancelledError(absl::StrCat("the request to ", url.authority, " was cancelled"));
 }
 
-class BeastHttpClient final : public HttpClient {
- public:
-  BeastHttpClient(const HttpClientOptions& options, std::unique_ptr<ssl::context> tls)
-      : options_(options), tls_(std::move(tls)) {}
-
-  using HttpClient::Send;
-  absl::StatusOr<HttpResponse> Send(const HttpRequest& request, absl::Duration deadline) override {
-    HttpResponse response;
-    CollectingSink sink(response);
-    absl::StatusOr<StreamResult> result = Stream(request, deadline, sink, StreamOptions{});
-    if (!result.ok()) return result.status();
-    sink.Finish();
-    return response;
-  }
-
-  absl::StatusOr<StreamResult> Stream(const HttpRequest& request, absl::Duration deadline,
-                                      ResponseSink& sink, const StreamOptions& options) override {
-    try {
-      return StreamOrThrow(request, deadline, sink, options);
-    } catch (const std::exception& e) {
-      return absl::InternalError(absl::StrCat("HTTPS client: ", e.what()));
-    }
-  }
-
- private:
-  struct IdleConnection {
-    std::unique_ptr<Connection> connection;
-    Clock::time_point since;
-  };
-
-  absl::StatusOr<StreamResult> StreamOrThrow(const HttpRequest& request, absl::Duration deadline,
-                                             ResponseSink& sink, const StreamOptions& options);
-  absl::StatusOr<std::unique_ptr<Connection>> Connect(const ParsedUrl& url,
-                                                      Clock::time_point deadline, bool public_only);
-  absl::StatusOr<StreamResult> Exchange(Connection& connection, const WipingString& wire,
-                                        const ParsedUrl& url, bool head, Clock::time_point deadline,
-                                        size_t cap, ResponseSink& sink,
-                                        const StreamOptions& options, ExchangeOutcome& outcome);
-  std::unique_ptr<Connection> TakeIdle(const std::string& key);
-  void ReturnIdle(const std::string& key, std::unique_ptr<Connection> connection);
-  void EvictExpiredLocked(Clock::time_point now, std::vector<std::unique_ptr<Connection>>& evicted)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  bool Pooling() const {
-    return options_.max_idle_connections_per_host > 0 &&
-           options_.idle_connection_timeout > absl::ZeroDuration();
-  }
-
-  const HttpClientOptions options_;
-  const std::unique_ptr<ssl::context> tls_;
-
-  absl::Mutex mu_;
-  // Per "host:port" (and "|public" for connections checked to be public), oldest first.
-  std::map<std::string, std::deque<IdleConnection>> idle_ ABSL_GUARDED_BY(mu_);
-  size_t idle_count_ ABSL_GUARDED_BY(mu_) = 0;
+// What a call sends and how, worked out once for both kinds of call.
+struct Prepared {
+  ParsedUrl url;
+  WipingString wire;
+  bool head = false;
+  size_t cap = 0;
+  Clock::time_point deadline;
+  std::string pool_key;  // "host:port", "|public" for connections checked to be public
 };
 
-absl::StatusOr<StreamResult> BeastHttpClient::StreamOrThrow(const HttpRequest& request,
-                                                            absl::Duration deadline,
-                                                            ResponseSink& sink,
-                                                            const StreamOptions& options) {
-  GV_ASSIGN_OR_RETURN(const ParsedUrl url, ParseHttpsUrl(request.url));
-  GV_RETURN_IF_ERROR(ValidateRequest(request));
-  const absl::Duration timeout = std::min(deadline, options_.request_timeout);
-  if (timeout <= absl::ZeroDuration()) {
-    return absl::DeadlineExceededError(
-        absl::StrCat("no time left for a request to ", url.authority));
-  }
-  const size_t cap = options.max_response_bytes == 0
-                         ? options_.max_response_bytes
-                         : std::min(options.max_response_bytes, kMaxResponseBytesLimit);
-  const Clock::time_point deadline_at = Clock::now() + ToClock(timeout);
-  const WipingString wire = SerializeRequest(request, url, options_.user_agent, !Pooling());
-  const bool head = request.method == "HEAD";
-  const std::string key = absl::StrCat(url.authority, url.port == 443 ? ":443" : "",
-                                       options.public_addresses_only ? "|public" : "");
-  if (Cancelled(options)) return CancelledError(url);
-
-  if (std::unique_ptr<Connection> idle = TakeIdle(key)) {
-    ExchangeOutcome outcome;
-    absl::StatusOr<StreamResult> result =
-        Exchange(*idle, wire, url, head, deadline_at, cap, sink, options, outcome);
-    // A request that must not be sent twice (a token exchange) is never
-    // repeated: the server may have acted on it.
-    const bool retry = !result.ok() && outcome.nothing_received && !outcome.head_delivered &&
-                       IsReplayable(request.method) && !absl::IsDeadlineExceeded(result.status()) &&
-                       !Cancelled(options);
-    if (!retry) {
-      if (result.ok() && outcome.reusable) ReturnIdle(key, std::move(idle));
-      return result;
-    }
-  }
-
-  GV_ASSIGN_OR_RETURN(std::unique_ptr<Connection> connection,
-                      Connect(url, deadline_at, options.public_addresses_only));
-  ExchangeOutcome outcome;
-  absl::StatusOr<StreamResult> result =
-      Exchange(*connection, wire, url, head, deadline_at, cap, sink, options, outcome);
-  if (result.ok() && outcome.reusable) ReturnIdle(key, std::move(connection));
-  return result;
-}
-
-absl::StatusOr<std::unique_ptr<Connection>> BeastHttpClient::Connect(const ParsedUrl& url,
-                                                                     Clock::time_point deadline,
-                                                                     bool public_only) {
-  const Clock::time_point connect_by =
-      std::min(deadline, Clock::now() + ToClock(options_.connect_timeout));
-  std::vector<tcp::endpoint> endpoints;
-  if (url.host_is_ip) {
-    ErrorCode ec;
-    const asio::ip::address address = asio::ip::make_address(url.host, ec);
-    if (ec) return absl::InvalidArgumentError("URL has an invalid IP address");
-    endpoints.emplace_back(address, url.port);
-  } else {
-    GV_ASSIGN_OR_RETURN(endpoints, Resolve(url, connect_by));
-  }
-  if (public_only) {
-    // Every address, not only the first: a name that resolves to a public
-    // and a private address could be connected to either.
-    for (const tcp::endpoint& endpoint : endpoints) {
-      const std::string address = endpoint.address().to_string();
-      if (IsNonPublicAddress(address)) {
-        return absl::PermissionDeniedError(
-            absl::StrCat(url.host, " is or resolves to ", address,
-                         ", a loopback, private or reserved address, which may not be reached"));
-      }
-    }
-  }
-
-  auto connection = std::make_unique<Connection>(*tls_);
-  SSL* ssl = connection->stream().native_handle();
-  if (url.host_is_ip) {
-    if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), url.host.c_str()) != 1) {
-      return absl::InternalError("cannot set the expected IP address");
-    }
-  } else {
-    SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-    // Server Name Indication, for names only (RFC 6066 section 3).
-    if (SSL_set1_host(ssl, url.host.c_str()) != 1 ||
-        SSL_ctrl(ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
-                 const_cast<char*>(url.host.c_str())) != 1) {
-      return absl::InternalError("cannot set the expected host name");
-    }
-  }
-
-  ErrorCode ec;
-  connection->transport().expires_at(connect_by);
-  connection->transport().async_connect(
-      endpoints, [&ec](const ErrorCode& e, const tcp::endpoint&) { ec = e; });
-  connection->RunToCompletion();
-  if (ec) return IoFailure(ec, connect_by, "connecting to", url);
-  ErrorCode ignored;
-  connection->transport().socket().set_option(tcp::no_delay(true), ignored);
-
-  connection->transport().expires_at(connect_by);
-  connection->stream().async_handshake(ssl::stream_base::client,
-                                       [&ec](const ErrorCode& e) { ec = e; });
-  connection->RunToCompletion();
-  if (ec) {
-    if (ec == beast::error::timeout || Clock::now() >= connect_by) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("TLS handshake with ", url.authority, " timed out"));
-    }
-    const long verify_result = SSL_get_verify_result(ssl);
-    if (verify_result != X509_V_OK) {
-      return absl::UnauthenticatedError(absl::StrCat("TLS certificate verification failed for ",
-                                                     url.host, ": ",
-                                                     X509_verify_cert_error_string(verify_result)));
-    }
-    return absl::UnavailableError(
-        absl::StrCat("TLS handshake with ", url.authority, " failed: ", ec.message()));
-  }
-  return connection;
-}
-
-absl::StatusOr<StreamResult> BeastHttpClient::Exchange(
-    Connection& connection, const WipingString& wire, const ParsedUrl& url, bool head,
-    Clock::time_point deadline, size_t cap, ResponseSink& sink, const StreamOptions& options,
-    ExchangeOutcome& outcome) {
+// Sends the request on `connection` and delivers the answer to `sink`.
+Awaitable<absl::StatusOr<StreamResult>> Exchange(Connection& connection, const Prepared& call,
+                                                 AsyncResponseSink& sink,
+                                                 const StreamOptions& options,
+                                                 ExchangeOutcome& outcome) {
+  const ParsedUrl& url = call.url;
+  const Clock::time_point deadline = call.deadline;
+  const size_t cap = call.cap;
   const AttachedSocket attached(options.cancellation,
                                 connection.transport().socket().native_handle());
-  if (!attached.attached()) return CancelledError(url);
+  if (!attached.attached()) co_return CancelledError(url);
   // Errors after a cancellation are its consequence: say so.
   const auto failure = [&](absl::Status status) {
     return Cancelled(options) ? CancelledError(url) : status;
@@ -618,12 +614,11 @@ absl::StatusOr<StreamResult> BeastHttpClient::Exchange(
 
   ErrorCode ec;
   connection.transport().expires_at(deadline);
-  asio::async_write(connection.stream(), asio::buffer(wire.data(), wire.size()),
-                    [&ec](const ErrorCode& e, size_t /*n*/) { ec = e; });
-  connection.RunToCompletion();
+  co_await asio::async_write(connection.stream(), asio::buffer(call.wire.data(), call.wire.size()),
+                             Into(ec));
   if (ec) {
     outcome.nothing_received = true;
-    return failure(IoFailure(ec, deadline, "sending a request to", url));
+    co_return failure(IoFailure(ec, deadline, "sending a request to", url));
   }
 
   const auto too_large = [&] {
@@ -645,24 +640,19 @@ absl::StatusOr<StreamResult> BeastHttpClient::Exchange(
     parser.header_limit(static_cast<std::uint32_t>(
         std::min<size_t>(cap - used, std::numeric_limits<std::uint32_t>::max())));
     parser.body_limit(static_cast<std::uint64_t>(cap - used));
-    if (head) parser.skip(true);
-    size_t header_bytes = 0;
+    if (call.head) parser.skip(true);
     connection.transport().expires_at(deadline);
-    http::async_read_header(connection.stream(), buffer, parser,
-                            [&ec, &header_bytes](const ErrorCode& e, size_t n) {
-                              ec = e;
-                              header_bytes = n;
-                            });
-    connection.RunToCompletion();
+    const size_t header_bytes =
+        co_await http::async_read_header(connection.stream(), buffer, parser, Into(ec));
     if (ec) {
       outcome.nothing_received = interim == 0 && !parser.got_some() && buffer.size() == 0;
-      return read_failure(ec);
+      co_return read_failure(ec);
     }
     used += std::min(header_bytes, cap - used);
     const unsigned status = parser.get().result_int();
     if (status >= 100 && status < 200) {
       if (status == 101 || interim + 1 >= kMaxInterimResponses) {
-        return absl::UnavailableError(
+        co_return absl::UnavailableError(
             absl::StrCat("unexpected informational responses from ", url.authority));
       }
       continue;
@@ -671,8 +661,8 @@ absl::StatusOr<StreamResult> BeastHttpClient::Exchange(
     const size_t body_budget = cap - used;
     // (A HEAD or 304 answer's Content-Length names a body that is not sent.)
     const auto content_length = parser.content_length();
-    if (!head && status != 304 && content_length && *content_length > body_budget) {
-      return too_large();
+    if (!call.head && status != 304 && content_length && *content_length > body_budget) {
+      co_return too_large();
     }
     parser.body_limit(static_cast<std::uint64_t>(body_budget));
 
@@ -681,40 +671,234 @@ absl::StatusOr<StreamResult> BeastHttpClient::Exchange(
       headers.emplace_back(ToString(field.name_string()), ToString(field.value()));
     }
     outcome.head_delivered = true;
-    const bool go_on = sink.OnHead(static_cast<int>(status), headers);
+    const bool go_on = co_await sink.OnHead(static_cast<int>(status), headers);
     WipeHeaders(headers);
-    if (!go_on) return CancelledError(url);
+    if (!go_on) co_return CancelledError(url);
 
     StreamResult result;
     result.status = static_cast<int>(status);
     // Decoded body bytes pass through this buffer on their way to the sink.
     std::array<char, 16384> part{};
+    const absl::Cleanup wipe_part = [&part] { OPENSSL_cleanse(part.data(), part.size()); };
     while (!parser.is_done()) {
       parser.get().body().data = part.data();
       parser.get().body().size = part.size();
       connection.transport().expires_at(deadline);
       // What has arrived goes on at once (a slow or streamed answer is not
       // held back until the buffer fills).
-      http::async_read_some(connection.stream(), buffer, parser,
-                            [&ec](const ErrorCode& e, size_t /*n*/) { ec = e; });
-      connection.RunToCompletion();
+      co_await http::async_read_some(connection.stream(), buffer, parser, Into(ec));
       if (ec == http::error::need_buffer) ec = {};
-      if (ec) {
-        OPENSSL_cleanse(part.data(), part.size());
-        return read_failure(ec);
-      }
+      if (ec) co_return read_failure(ec);
       const size_t n = part.size() - parser.get().body().size;
       if (n == 0) continue;
       result.body_bytes += n;
-      const bool more = sink.OnBody(std::string_view(part.data(), n));
+      const bool more = co_await sink.OnBody(std::string_view(part.data(), n));
       OPENSSL_cleanse(part.data(), n);
-      if (!more) return CancelledError(url);
+      if (!more) co_return CancelledError(url);
     }
-    if (Cancelled(options)) return CancelledError(url);
+    if (Cancelled(options)) co_return CancelledError(url);
     outcome.reusable = parser.keep_alive() && !parser.need_eof() && buffer.size() == 0;
     connection.transport().expires_never();
-    return result;
+    co_return result;
   }
+}
+
+// Whether a call that failed on a reused connection may be sent again on a
+// new one. A request that must not be sent twice (a token exchange) never
+// is: the server may have acted on it.
+bool RetryOnFreshConnection(const absl::StatusOr<StreamResult>& result,
+                            const ExchangeOutcome& outcome, const HttpRequest& request,
+                            const StreamOptions& options) {
+  return !result.ok() && outcome.nothing_received && !outcome.head_delivered &&
+         IsReplayable(request.method) && !absl::IsDeadlineExceeded(result.status()) &&
+         !Cancelled(options);
+}
+
+class BeastHttpClient final : public HttpClient, public AsyncHttpClient {
+ public:
+  BeastHttpClient(const HttpClientOptions& options, std::unique_ptr<ssl::context> tls)
+      : options_(options), tls_(std::move(tls)) {}
+  ~BeastHttpClient() override { CloseIdleConnections(); }
+
+  using HttpClient::Send;
+  absl::StatusOr<HttpResponse> Send(const HttpRequest& request, absl::Duration deadline) override {
+    HttpResponse response;
+    CollectingSink sink(response);
+    absl::StatusOr<StreamResult> result = Stream(request, deadline, sink, StreamOptions{});
+    if (!result.ok()) return result.status();
+    sink.Finish();
+    return response;
+  }
+
+  absl::StatusOr<StreamResult> Stream(const HttpRequest& request, absl::Duration deadline,
+                                      ResponseSink& sink, const StreamOptions& options) override {
+    try {
+      return StreamOnThread(request, deadline, sink, options);
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("HTTPS client: ", e.what()));
+    }
+  }
+
+  Awaitable<absl::StatusOr<StreamResult>> StreamAsync(const HttpRequest& request,
+                                                      absl::Duration deadline,
+                                                      AsyncResponseSink& sink,
+                                                      const StreamOptions& options) override {
+    try {
+      co_return co_await StreamOnLoop(request, deadline, sink, options);
+    } catch (const std::exception& e) {
+      co_return absl::InternalError(absl::StrCat("HTTPS client: ", e.what()));
+    }
+  }
+
+  void CloseIdleConnections() override {
+    std::map<std::string, std::deque<IdleConnection>> closing;  // closed outside the lock
+    absl::MutexLock lock(&mu_);
+    closing.swap(idle_);
+    idle_count_ = 0;
+  }
+
+ private:
+  struct IdleConnection {
+    std::unique_ptr<Connection> connection;
+    Clock::time_point since;
+  };
+
+  absl::StatusOr<Prepared> Prepare(const HttpRequest& request, absl::Duration deadline,
+                                   const StreamOptions& options) const;
+  absl::StatusOr<StreamResult> StreamOnThread(const HttpRequest& request, absl::Duration deadline,
+                                              ResponseSink& sink, const StreamOptions& options);
+  Awaitable<absl::StatusOr<StreamResult>> StreamOnLoop(const HttpRequest& request,
+                                                       absl::Duration deadline,
+                                                       AsyncResponseSink& sink,
+                                                       const StreamOptions& options);
+  Clock::time_point ConnectBy(Clock::time_point deadline) const {
+    return std::min(deadline, Clock::now() + ToClock(options_.connect_timeout));
+  }
+  std::unique_ptr<Connection> TakeIdle(const std::string& key);
+  void ReturnIdle(const std::string& key, std::unique_ptr<Connection> connection);
+  void EvictExpiredLocked(Clock::time_point now, std::vector<std::unique_ptr<Connection>>& evicted)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Pooling() const {
+    return options_.max_idle_connections_per_host > 0 &&
+           options_.idle_connection_timeout > absl::ZeroDuration();
+  }
+
+  const HttpClientOptions options_;
+  const std::unique_ptr<ssl::context> tls_;
+
+  absl::Mutex mu_;
+  // Per Prepared::pool_key (and, for an event loop's connections, the loop),
+  // oldest first.
+  std::map<std::string, std::deque<IdleConnection>> idle_ ABSL_GUARDED_BY(mu_);
+  size_t idle_count_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+absl::StatusOr<Prepared> BeastHttpClient::Prepare(const HttpRequest& request,
+                                                  absl::Duration deadline,
+                                                  const StreamOptions& options) const {
+  Prepared call;
+  GV_ASSIGN_OR_RETURN(call.url, ParseHttpsUrl(request.url));
+  GV_RETURN_IF_ERROR(ValidateRequest(request));
+  const absl::Duration timeout = std::min(deadline, options_.request_timeout);
+  if (timeout <= absl::ZeroDuration()) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("no time left for a request to ", call.url.authority));
+  }
+  call.cap = options.max_response_bytes == 0
+                 ? options_.max_response_bytes
+                 : std::min(options.max_response_bytes, kMaxResponseBytesLimit);
+  call.deadline = Clock::now() + ToClock(timeout);
+  call.wire = SerializeRequest(request, call.url, options_.user_agent, !Pooling());
+  call.head = request.method == "HEAD";
+  call.pool_key = absl::StrCat(call.url.authority, call.url.port == 443 ? ":443" : "",
+                               options.public_addresses_only ? "|public" : "");
+  if (Cancelled(options)) return CancelledError(call.url);
+  return call;
+}
+
+absl::StatusOr<StreamResult> BeastHttpClient::StreamOnThread(const HttpRequest& request,
+                                                             absl::Duration deadline,
+                                                             ResponseSink& sink,
+                                                             const StreamOptions& options) {
+  GV_ASSIGN_OR_RETURN(const Prepared call, Prepare(request, deadline, options));
+  SinkOnThread on_thread(sink);
+  if (std::unique_ptr<Connection> idle = TakeIdle(call.pool_key)) {
+    ExchangeOutcome outcome;
+    absl::StatusOr<StreamResult> result =
+        idle->Run(Exchange(*idle, call, on_thread, options, outcome));
+    if (!RetryOnFreshConnection(result, outcome, request, options)) {
+      if (result.ok() && outcome.reusable) ReturnIdle(call.pool_key, std::move(idle));
+      return result;
+    }
+  }
+
+  const Clock::time_point connect_by = ConnectBy(call.deadline);
+  GV_ASSIGN_OR_RETURN(std::optional<tcp::endpoint> literal, LiteralEndpoint(call.url));
+  std::vector<tcp::endpoint> endpoints;
+  if (literal) {
+    endpoints.push_back(*literal);
+  } else {
+    GV_ASSIGN_OR_RETURN(std::shared_ptr<Resolution> resolution, Resolution::Start(call.url));
+    GV_ASSIGN_OR_RETURN(endpoints, resolution->Wait(call.url, connect_by));
+  }
+  GV_RETURN_IF_ERROR(CheckAddresses(call.url, endpoints, options.public_addresses_only));
+  auto connection = std::make_unique<Connection>(*tls_);
+  GV_RETURN_IF_ERROR(
+      connection->Run(Handshake(*connection, call.url, std::move(endpoints), connect_by)));
+  ExchangeOutcome outcome;
+  absl::StatusOr<StreamResult> result =
+      connection->Run(Exchange(*connection, call, on_thread, options, outcome));
+  if (result.ok() && outcome.reusable) ReturnIdle(call.pool_key, std::move(connection));
+  return result;
+}
+
+Awaitable<absl::StatusOr<StreamResult>> BeastHttpClient::StreamOnLoop(
+    const HttpRequest& request, absl::Duration deadline, AsyncResponseSink& sink,
+    const StreamOptions& options) {
+  absl::StatusOr<Prepared> prepared = Prepare(request, deadline, options);
+  if (!prepared.ok()) co_return prepared.status();
+  const Prepared& call = *prepared;
+  const Executor loop = co_await asio::this_coro::executor;
+  // An event loop's connections are its own: their sockets live on it.
+  const std::string key =
+      absl::StrCat(call.pool_key, "|loop@",
+                   reinterpret_cast<uintptr_t>(&asio::query(loop, asio::execution::context)));
+  if (std::unique_ptr<Connection> idle = TakeIdle(key)) {
+    ExchangeOutcome outcome;
+    absl::StatusOr<StreamResult> result = co_await Exchange(*idle, call, sink, options, outcome);
+    if (!RetryOnFreshConnection(result, outcome, request, options)) {
+      if (result.ok() && outcome.reusable) ReturnIdle(key, std::move(idle));
+      co_return result;
+    }
+  }
+
+  const Clock::time_point connect_by = ConnectBy(call.deadline);
+  absl::StatusOr<std::optional<tcp::endpoint>> literal = LiteralEndpoint(call.url);
+  if (!literal.ok()) co_return literal.status();
+  absl::StatusOr<std::vector<tcp::endpoint>> endpoints;
+  if (*literal) {
+    endpoints = std::vector<tcp::endpoint>{**literal};
+  } else {
+    absl::StatusOr<std::shared_ptr<Resolution>> resolution = Resolution::Start(call.url);
+    if (!resolution.ok()) co_return resolution.status();
+    endpoints = co_await (*resolution)->WaitAsync(call.url, connect_by);
+  }
+  if (!endpoints.ok()) co_return endpoints.status();
+  if (absl::Status allowed = CheckAddresses(call.url, *endpoints, options.public_addresses_only);
+      !allowed.ok()) {
+    co_return allowed;
+  }
+  auto connection = std::make_unique<Connection>(*tls_, loop);
+  if (absl::Status connected =
+          co_await Handshake(*connection, call.url, *std::move(endpoints), connect_by);
+      !connected.ok()) {
+    co_return connected;
+  }
+  ExchangeOutcome outcome;
+  absl::StatusOr<StreamResult> result =
+      co_await Exchange(*connection, call, sink, options, outcome);
+  if (result.ok() && outcome.reusable) ReturnIdle(key, std::move(connection));
+  co_return result;
 }
 
 void BeastHttpClient::EvictExpiredLocked(Clock::time_point now,
@@ -944,7 +1128,10 @@ bool IsNonPublicAddress(std::string_view text) {
          in(0xf0000000, 4);     // 240/4 reserved, broadcast
 }
 
-absl::StatusOr<std::unique_ptr<HttpClient>> NewHttpClient(const HttpClientOptions& options) {
+namespace {
+
+absl::StatusOr<std::unique_ptr<BeastHttpClient>> NewBeastHttpClient(
+    const HttpClientOptions& options) {
   GV_RETURN_IF_ERROR(ValidateOptions(options));
   try {
     GV_ASSIGN_OR_RETURN(std::unique_ptr<ssl::context> tls, NewTlsContext(options));
@@ -952,6 +1139,19 @@ absl::StatusOr<std::unique_ptr<HttpClient>> NewHttpClient(const HttpClientOption
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("cannot create the TLS context: ", e.what()));
   }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<HttpClient>> NewHttpClient(const HttpClientOptions& options) {
+  GV_ASSIGN_OR_RETURN(std::unique_ptr<BeastHttpClient> client, NewBeastHttpClient(options));
+  return std::unique_ptr<HttpClient>(std::move(client));
+}
+
+absl::StatusOr<std::unique_ptr<AsyncHttpClient>> NewAsyncHttpClient(
+    const HttpClientOptions& options) {
+  GV_ASSIGN_OR_RETURN(std::unique_ptr<BeastHttpClient> client, NewBeastHttpClient(options));
+  return std::unique_ptr<AsyncHttpClient>(std::move(client));
 }
 
 std::string PercentEncode(std::string_view s) {
