@@ -2,9 +2,12 @@
 
 #include <openssl/ssl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <exception>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -15,6 +18,7 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "oauth/async_http_client.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/test_cert.h"
 #include "tests/testing/tls_test_server.h"
@@ -717,6 +721,425 @@ TEST_F(HttpClientTest, PublicAddressesOnlyRefusesLoopbackBeforeConnecting) {
   ASSERT_TRUE(client->Send(Get(server->Url("/x"))).ok());
   result = client->Stream(Get(server->Url("/x")), absl::Seconds(3), sink, options);
   EXPECT_TRUE(absl::IsPermissionDenied(result.status())) << result.status();
+}
+
+// The asynchronous client: StreamAsync on the caller's event loop.
+
+std::unique_ptr<AsyncHttpClient> NewAsyncClient(const HttpClientOptions& options) {
+  auto client = NewAsyncHttpClient(options);
+  if (!client.ok()) {
+    ADD_FAILURE() << client.status();
+    std::abort();
+  }
+  return *std::move(client);
+}
+
+// Runs the coroutine `make` returns on `io`, on this thread, until it has
+// finished; fails the test if it throws or is not done within `limit`. The
+// io_context must outlive the client (or the client's idle connections must
+// be closed first).
+template <typename MakeCoroutine>
+void RunOnLoop(asio::io_context& io, MakeCoroutine make,
+               std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  bool done = false;
+  std::exception_ptr failure;
+  asio::co_spawn(io, std::move(make), [&](std::exception_ptr e) {
+    done = true;
+    failure = e;
+  });
+  io.restart();
+  io.run_for(limit);
+  ASSERT_TRUE(done) << "the coroutine did not finish within " << limit.count() << " ms";
+  if (failure) {
+    try {
+      std::rethrow_exception(failure);
+    } catch (const std::exception& e) {
+      FAIL() << "the coroutine threw: " << e.what();
+    }
+  }
+}
+
+// Collects what StreamAsync delivers, noting the thread it runs on. Each body
+// part may be held for `pause` (the sink suspends on the caller's loop)
+// before it is taken; OnHead answers `accept_head`.
+class AsyncRecordingSink final : public AsyncResponseSink {
+ public:
+  explicit AsyncRecordingSink(std::chrono::milliseconds pause = std::chrono::milliseconds(0),
+                              bool accept_head = true)
+      : pause_(pause), accept_head_(accept_head) {}
+  asio::awaitable<bool> OnHead(int head_status, const HttpHeaders& head_headers) override {
+    ++heads;
+    status = head_status;
+    headers = head_headers;
+    threads.push_back(std::this_thread::get_id());
+    co_return accept_head_;
+  }
+  asio::awaitable<bool> OnBody(std::string_view part) override {
+    ++parts;
+    if (pause_.count() > 0) {
+      asio::steady_timer timer(co_await asio::this_coro::executor, pause_);
+      co_await timer.async_wait(asio::use_awaitable);
+      ++pauses;
+    }
+    // After the pause: the part stays valid while the sink is suspended.
+    body.append(part);
+    threads.push_back(std::this_thread::get_id());
+    co_return true;
+  }
+  int heads = 0;
+  int status = 0;
+  HttpHeaders headers;
+  int parts = 0;
+  int pauses = 0;
+  std::string body;
+  std::vector<std::thread::id> threads;
+
+ private:
+  const std::chrono::milliseconds pause_;
+  const bool accept_head_;
+};
+
+TEST_F(HttpClientTest, StreamAsyncDeliversTheAnswerWithoutBlockingTheLoop) {
+  auto server = StartServer([](const RecordedRequest& request) {
+    Reply reply;
+    reply.status = 201;
+    reply.headers = {
+        {"Content-Type", "text/plain"}, {"X-Kind", "async"}, {"X-Echo-Target", request.target}};
+    reply.body = "the answer, held back a while";
+    reply.stall = std::chrono::milliseconds(500);
+    return reply;
+  });
+  asio::io_context io(1);  // before the client: it outlives the client's connections
+  auto client = NewAsyncClient(TestOptions());
+  // By address, then by name (resolved on a helper thread, waited for on the loop).
+  for (const std::string& url : {server->Url("/slow?x=1"),
+                                 absl::StrCat("https://localhost:", server->port(), "/slow?x=1")}) {
+    SCOPED_TRACE(url);
+    AsyncRecordingSink sink;
+    std::optional<absl::StatusOr<StreamResult>> result;
+    bool finished = false;
+    int ticks = 0;
+    Clock::duration longest_gap{0};
+    // A timer on the same loop keeps firing while the call waits for the server.
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+          asio::steady_timer timer(co_await asio::this_coro::executor);
+          Clock::time_point last = Clock::now();
+          while (!finished) {
+            timer.expires_after(std::chrono::milliseconds(5));
+            co_await timer.async_wait(asio::use_awaitable);
+            const Clock::time_point now = Clock::now();
+            longest_gap = std::max(longest_gap, now - last);
+            last = now;
+            if (!finished) ++ticks;
+          }
+        },
+        asio::detached);
+    const Clock::time_point start = Clock::now();
+    RunOnLoop(io, [&]() -> asio::awaitable<void> {
+      HttpRequest request = Get(url);
+      request.headers = {{"Accept", "text/plain"}};
+      result = co_await client->StreamAsync(request, absl::Seconds(3), sink, StreamOptions{});
+      finished = true;
+    });
+    ASSERT_TRUE(result.has_value());
+    ASSERT_TRUE(result->ok()) << result->status();
+    EXPECT_GE(Since(start), std::chrono::milliseconds(490));  // the server's stall
+    EXPECT_EQ((*result)->status, 201);
+    EXPECT_EQ((*result)->body_bytes, sink.body.size());
+    EXPECT_EQ(sink.heads, 1);
+    EXPECT_EQ(sink.status, 201);
+    EXPECT_THAT(sink.headers, ::testing::IsSupersetOf({Pair("Content-Type", "text/plain"),
+                                                       Pair("X-Kind", "async"),
+                                                       Pair("X-Echo-Target", "/slow?x=1")}));
+    EXPECT_EQ(sink.body, "the answer, held back a while");
+    // The sink ran on the loop's thread, this one.
+    EXPECT_THAT(sink.threads, ::testing::Each(std::this_thread::get_id()));
+    // 500 ms of stall at 5 ms a tick: the loop was free nearly all along.
+    EXPECT_GE(ticks, 20);
+    EXPECT_LT(longest_gap, std::chrono::milliseconds(250));
+    const RecordedRequest seen = server->requests().back();
+    EXPECT_EQ(seen.method, "GET");
+    EXPECT_EQ(seen.target, "/slow?x=1");
+    EXPECT_EQ(seen.Header("Accept"), "text/plain");
+    EXPECT_EQ(seen.Header("User-Agent"), "grantvault/0.1");
+  }
+  EXPECT_EQ(server->requests()[0].Header("Host"), absl::StrCat("127.0.0.1:", server->port()));
+  EXPECT_EQ(server->requests()[1].Header("Host"), absl::StrCat("localhost:", server->port()));
+}
+
+TEST_F(HttpClientTest, StreamAsyncSinkThatSuspendsGetsTheWholeBodyInOrder) {
+  std::string big;
+  // Numbered, so that a part lost, repeated or out of order shows. (Parts come
+  // as they are read, often ~512 bytes: kept small enough for the deadline.)
+  for (int i = 0; big.size() < 24000; ++i) absl::StrAppend(&big, i, ",");
+  auto server = StartServer([&](const RecordedRequest&) {
+    Reply reply;
+    reply.chunked = true;
+    reply.body = big;
+    return reply;
+  });
+  asio::io_context io(1);
+  HttpClientOptions options = TestOptions();
+  options.request_timeout = absl::Seconds(10);  // the sink's pauses count against it
+  auto client = NewAsyncClient(options);
+  AsyncRecordingSink sink(/*pause=*/std::chrono::milliseconds(20));
+  std::optional<absl::StatusOr<StreamResult>> result;
+  const Clock::time_point start = Clock::now();
+  RunOnLoop(io, [&]() -> asio::awaitable<void> {
+    result = co_await client->StreamAsync(Get(server->Url("/big")), absl::Seconds(8), sink, {});
+  });
+  ASSERT_TRUE(result.has_value());
+  ASSERT_TRUE(result->ok()) << result->status();
+  EXPECT_EQ((*result)->status, 200);
+  EXPECT_EQ((*result)->body_bytes, big.size());
+  EXPECT_GT(sink.parts, 1);  // in parts, each held 20 ms
+  EXPECT_EQ(sink.pauses, sink.parts);
+  EXPECT_GE(Since(start), std::chrono::milliseconds(20) * sink.parts);
+  EXPECT_TRUE(sink.body == big) << "the body differs: " << sink.body.size() << " bytes of "
+                                << big.size();
+  EXPECT_THAT(sink.threads, ::testing::Each(std::this_thread::get_id()));
+}
+
+TEST_F(HttpClientTest, StreamAsyncSinkThatRefusesTheHeadCancels) {
+  auto server = StartServer([](const RecordedRequest&) {
+    Reply reply;
+    reply.body = std::string(50000, 'b');
+    return reply;
+  });
+  asio::io_context io(1);
+  auto client = NewAsyncClient(TestOptions());
+  AsyncRecordingSink refusing(std::chrono::milliseconds(0), /*accept_head=*/false);
+  AsyncRecordingSink after;
+  std::optional<absl::StatusOr<StreamResult>> result;
+  std::optional<absl::StatusOr<StreamResult>> next;
+  RunOnLoop(io, [&]() -> asio::awaitable<void> {
+    result = co_await client->StreamAsync(Get(server->Url("/refused")), absl::Seconds(3), refusing,
+                                          StreamOptions{});
+    next = co_await client->StreamAsync(Get(server->Url("/after")), absl::Seconds(3), after,
+                                        StreamOptions{});
+  });
+  ASSERT_TRUE(result.has_value());
+  EXPECT_TRUE(absl::IsCancelled(result->status())) << result->status();
+  EXPECT_EQ(refusing.heads, 1);
+  EXPECT_EQ(refusing.parts, 0);
+  // The unread answer makes the connection unusable: the next call opens another.
+  ASSERT_TRUE(next.has_value());
+  ASSERT_TRUE(next->ok()) << next->status();
+  EXPECT_EQ(after.body.size(), 50000u);
+  EXPECT_EQ(server->accepted_connections(), 2u);
+}
+
+TEST_F(HttpClientTest, StreamAsyncPublicAddressesOnlyRefusesLoopback) {
+  auto server = StartServer();
+  asio::io_context io(1);
+  auto client = NewAsyncClient(TestOptions());
+  StreamOptions options;
+  options.public_addresses_only = true;
+  AsyncRecordingSink sink;
+  std::vector<absl::Status> refused;
+  std::optional<absl::StatusOr<StreamResult>> unchecked;
+  RunOnLoop(io, [&]() -> asio::awaitable<void> {
+    refused.push_back(
+        (co_await client->StreamAsync(Get(server->Url("/x")), absl::Seconds(3), sink, options))
+            .status());
+    // By name, too: what the name resolves to is what is checked.
+    refused.push_back(
+        (co_await client->StreamAsync(Get(absl::StrCat("https://localhost:", server->port(), "/x")),
+                                      absl::Seconds(3), sink, options))
+            .status());
+    // A connection made without the check is not reused for a call that needs it.
+    unchecked = co_await client->StreamAsync(Get(server->Url("/x")), absl::Seconds(3), sink,
+                                             StreamOptions{});
+    refused.push_back(
+        (co_await client->StreamAsync(Get(server->Url("/x")), absl::Seconds(3), sink, options))
+            .status());
+  });
+  ASSERT_EQ(refused.size(), 3u);
+  for (const absl::Status& status : refused) {
+    EXPECT_TRUE(absl::IsPermissionDenied(status)) << status;
+  }
+  EXPECT_THAT(refused[0].message(), HasSubstr("127.0.0.1"));
+  EXPECT_THAT(refused[1].message(), HasSubstr("localhost"));
+  ASSERT_TRUE(unchecked.has_value());
+  EXPECT_TRUE(unchecked->ok()) << unchecked->status();
+  EXPECT_EQ(server->accepted_connections(), 1u);  // the unchecked call's only
+  EXPECT_EQ(server->request_count(), 1u);
+  EXPECT_EQ(sink.heads, 1);
+}
+
+TEST_F(HttpClientTest, StreamAsyncCancellationFromAnotherThreadEndsTheCallAtOnce) {
+  auto server = StartServer([](const RecordedRequest&) {
+    Reply reply;
+    reply.stall = std::chrono::milliseconds(4000);
+    return reply;
+  });
+  asio::io_context io(1);
+  auto client = NewAsyncClient(TestOptions());
+  Cancellation cancellation;
+  StreamOptions options;
+  options.cancellation = &cancellation;
+  std::thread canceller([&] {
+    server->WaitForRequests(1, absl::Seconds(3));
+    cancellation.Cancel();
+  });
+  AsyncRecordingSink sink;
+  std::optional<absl::StatusOr<StreamResult>> result;
+  std::chrono::milliseconds took{0};
+  std::optional<absl::StatusOr<StreamResult>> after_cancel;
+  RunOnLoop(io, [&]() -> asio::awaitable<void> {
+    const Clock::time_point start = Clock::now();
+    result =
+        co_await client->StreamAsync(Get(server->Url("/held")), absl::Seconds(3), sink, options);
+    took = Since(start);
+    // Cancelled before it starts: nothing is sent.
+    after_cancel =
+        co_await client->StreamAsync(Get(server->Url("/never")), absl::Seconds(3), sink, options);
+  });
+  canceller.join();
+  ASSERT_TRUE(result.has_value());
+  EXPECT_TRUE(absl::IsCancelled(result->status())) << result->status();
+  EXPECT_LT(took, std::chrono::milliseconds(2000));
+  EXPECT_EQ(sink.heads, 0);
+  ASSERT_TRUE(after_cancel.has_value());
+  EXPECT_TRUE(absl::IsCancelled(after_cancel->status())) << after_cancel->status();
+  EXPECT_EQ(server->request_count(), 1u);
+}
+
+TEST_F(HttpClientTest, StreamAsyncHitsTheDeadline) {
+  auto server = StartServer([](const RecordedRequest&) {
+    Reply reply;
+    reply.stall = std::chrono::milliseconds(3000);
+    return reply;
+  });
+  PlainTcpServer silent("");  // accepts at the TCP level only: the handshake stalls
+  HttpClientOptions client_options = TestOptions();
+  client_options.connect_timeout = absl::Milliseconds(200);
+  asio::io_context io(1);
+  auto client = NewAsyncClient(client_options);
+  AsyncRecordingSink sink;
+  std::optional<absl::StatusOr<StreamResult>> stalled;
+  std::optional<absl::StatusOr<StreamResult>> handshake;
+  std::optional<absl::StatusOr<StreamResult>> no_time;
+  std::chrono::milliseconds stalled_took{0};
+  std::chrono::milliseconds handshake_took{0};
+  RunOnLoop(io, [&]() -> asio::awaitable<void> {
+    Clock::time_point start = Clock::now();
+    stalled = co_await client->StreamAsync(Get(server->Url("/slow")), absl::Milliseconds(300), sink,
+                                           StreamOptions{});
+    stalled_took = Since(start);
+    start = Clock::now();
+    handshake =
+        co_await client->StreamAsync(Get(absl::StrCat("https://127.0.0.1:", silent.port(), "/")),
+                                     absl::Seconds(4), sink, StreamOptions{});
+    handshake_took = Since(start);
+    // A deadline that has already passed fails at once.
+    no_time = co_await client->StreamAsync(Get(server->Url("/slow")), absl::ZeroDuration(), sink,
+                                           StreamOptions{});
+  });
+  ASSERT_TRUE(stalled.has_value());
+  EXPECT_EQ(stalled->status().code(), absl::StatusCode::kDeadlineExceeded) << stalled->status();
+  EXPECT_GE(stalled_took, std::chrono::milliseconds(290));
+  EXPECT_LT(stalled_took, std::chrono::milliseconds(1500));
+  ASSERT_TRUE(handshake.has_value());
+  EXPECT_EQ(handshake->status().code(), absl::StatusCode::kDeadlineExceeded) << handshake->status();
+  EXPECT_LT(handshake_took, std::chrono::milliseconds(1500));
+  ASSERT_TRUE(no_time.has_value());
+  EXPECT_EQ(no_time->status().code(), absl::StatusCode::kDeadlineExceeded) << no_time->status();
+  EXPECT_EQ(sink.heads, 0);
+  EXPECT_EQ(server->request_count(), 1u);
+}
+
+TEST_F(HttpClientTest, StreamAsyncReusesTheLoopsConnectionUntilCloseIdleConnections) {
+  auto server = StartServer();
+  asio::io_context io(1);
+  auto client = NewAsyncClient(TestOptions());
+  AsyncRecordingSink sink;
+  std::vector<absl::StatusOr<StreamResult>> results;
+  const auto call = [&](std::string target) -> asio::awaitable<void> {
+    HttpRequest request = Get(server->Url(target));
+    request.method = "POST";
+    request.body = target;
+    results.push_back(co_await client->StreamAsync(request, absl::Seconds(3), sink, {}));
+  };
+  RunOnLoop(io, [&]() -> asio::awaitable<void> {
+    co_await call("/one");
+    co_await call("/two");
+  });
+  EXPECT_EQ(server->accepted_connections(), 1u);
+  // Another run of the same loop: still its connection.
+  RunOnLoop(io, [&]() -> asio::awaitable<void> { co_await call("/three"); });
+  EXPECT_EQ(server->accepted_connections(), 1u);
+
+  client->CloseIdleConnections();
+  RunOnLoop(io, [&]() -> asio::awaitable<void> {
+    co_await call("/four");
+    co_await call("/five");
+  });
+  EXPECT_EQ(server->accepted_connections(), 2u);
+
+  ASSERT_EQ(results.size(), 5u);
+  for (const absl::StatusOr<StreamResult>& result : results) {
+    EXPECT_TRUE(result.ok()) << result.status();
+  }
+  EXPECT_EQ(sink.body, "/one/two/three/four/five");  // Echo
+  const std::vector<RecordedRequest> seen = server->requests();
+  ASSERT_EQ(seen.size(), 5u);
+  EXPECT_EQ(seen[0].connection, seen[1].connection);
+  EXPECT_EQ(seen[0].connection, seen[2].connection);
+  EXPECT_NE(seen[2].connection, seen[3].connection);
+  EXPECT_EQ(seen[3].connection, seen[4].connection);
+}
+
+TEST_F(HttpClientTest, StreamAsyncOnTwoLoopsAtOnceKeepsEachLoopsConnections) {
+  auto server = StartServer([](const RecordedRequest& request) {
+    Reply reply = Echo(request);
+    reply.stall = std::chrono::milliseconds(150);  // the loops' calls overlap
+    return reply;
+  });
+  constexpr size_t kLoops = 2;
+  constexpr int kCallsPerLoop = 3;
+  std::vector<std::unique_ptr<asio::io_context>> loops;  // before the client
+  for (size_t i = 0; i < kLoops; ++i) loops.push_back(std::make_unique<asio::io_context>(1));
+  auto client = NewAsyncClient(TestOptions());
+  std::atomic<int> succeeded{0};
+  std::vector<std::thread> threads;
+  for (size_t l = 0; l < kLoops; ++l) {
+    threads.emplace_back([&, l] {
+      AsyncRecordingSink sink;
+      RunOnLoop(*loops[l], [&]() -> asio::awaitable<void> {
+        for (int i = 0; i < kCallsPerLoop; ++i) {
+          HttpRequest request;
+          request.method = "POST";
+          request.url = server->Url(absl::StrCat("/loop/", l));
+          request.body = absl::StrCat("loop=", l, "&call=", i);
+          const size_t before = sink.body.size();
+          absl::StatusOr<StreamResult> result =
+              co_await client->StreamAsync(request, absl::Seconds(3), sink, {});
+          if (result.ok() && result->status == 200 && sink.body.substr(before) == request.body) {
+            ++succeeded;
+          } else {
+            ADD_FAILURE() << "loop " << l << " call " << i << ": "
+                          << (result.ok() ? sink.body : result.status().ToString());
+          }
+        }
+      });
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(succeeded.load(), static_cast<int>(kLoops) * kCallsPerLoop);
+
+  // One connection per loop, used by that loop's calls only.
+  EXPECT_EQ(server->accepted_connections(), kLoops);
+  std::vector<size_t> connection_of(kLoops, 0);
+  for (const RecordedRequest& seen : server->requests()) {
+    const size_t l = seen.target == "/loop/0" ? 0 : 1;
+    if (connection_of[l] == 0) connection_of[l] = seen.connection;
+    EXPECT_EQ(seen.connection, connection_of[l]) << seen.target << " " << seen.body;
+  }
+  EXPECT_NE(connection_of[0], connection_of[1]);
+  client->CloseIdleConnections();
 }
 
 TEST(NonPublicAddressTest, NamesLoopbackPrivateLinkLocalAndReservedRanges) {
