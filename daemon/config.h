@@ -103,7 +103,7 @@ struct DaemonConfig {
   bool proxy_enabled = true;
   std::string proxy_ca_file;
   bool proxy_use_system_trust = true;
-  size_t proxy_max_calls = 64;
+  size_t proxy_max_calls = 256;
   size_t proxy_max_calls_per_grant = 32;
   size_t proxy_max_response_bytes = size_t{8} << 20;
   absl::Duration proxy_timeout = absl::Seconds(60);

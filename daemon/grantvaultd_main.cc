@@ -49,6 +49,7 @@
 #include "hsm/keys.h"
 #include "ipc/server.h"
 #include "keys/custodian.h"
+#include "oauth/async_http_client.h"
 #include "oauth/http_client.h"
 #include "policy/policy.h"
 #include "sandbox/sandbox.h"
@@ -520,9 +521,10 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
                               wake.mutable_wake_revoker();
                               front::CallBroker(links, wake, absl::Seconds(5)).IgnoreError();
                             }});
-  // The API proxy: its own HTTPS client (the front's connections to APIs),
-  // its own threads. Declared after the service, so that it stops first.
-  std::unique_ptr<oauth::HttpClient> api_client;
+  // The API proxy: its own HTTPS client (the front's connections to APIs,
+  // made on the I/O threads). Declared after the service, so that it is
+  // destroyed first; stopped before the I/O threads (below).
+  std::unique_ptr<oauth::AsyncHttpClient> api_client;
   std::unique_ptr<front::Proxy> proxy;
   if (config->proxy_enabled) {
     oauth::HttpClientOptions http;
@@ -531,7 +533,8 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
     http.request_timeout = config->proxy_timeout;
     http.max_response_bytes = config->proxy_max_response_bytes;
     http.max_idle_connections_per_host = std::min<size_t>(64, config->proxy_max_calls);
-    absl::StatusOr<std::unique_ptr<oauth::HttpClient>> client = oauth::NewHttpClient(http);
+    absl::StatusOr<std::unique_ptr<oauth::AsyncHttpClient>> client =
+        oauth::NewAsyncHttpClient(http);
     if (!client.ok()) return Fail(client.status());
     api_client = *std::move(client);
     front::Proxy::Deps deps;
@@ -591,6 +594,11 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
       ipc::Server::Create(sockets->listeners, config->limits, config->io_threads);
   if (!server.ok()) return Fail(server.status());
   service.set_server(server->get());
+  // On every way out, while the I/O threads still run: the proxied calls
+  // and the proxy's connections to APIs live on them.
+  absl::Cleanup stop_proxy = [&] {
+    if (proxy != nullptr) proxy->Stop();
+  };
   if (absl::Status started = (*server)->Start(); !started.ok()) return Fail(started);
   if (config->sandbox_enabled) {
     sandbox::SyscallProfile profile;
@@ -674,6 +682,7 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
     break;
   }
   sd_notify(0, "STOPPING=1");
+  std::move(stop_proxy).Invoke();
   (*server)->Shutdown(absl::Seconds(5));
   service.Stop();
   for (const std::string& path : sockets->bound_paths) ::unlink(path.c_str());

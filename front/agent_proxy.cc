@@ -1,5 +1,5 @@
-// Proxy and Cancel on agent.sock: the calls run on the proxy's threads
-// (front/proxy.h); Cancel ends one proxied call or Subscribe stream of the
+// Proxy and Cancel on agent.sock: the calls run on the connection's event
+// loop (front/proxy.h); Cancel ends one proxied call or Subscribe stream of the
 // same connection.
 #include <memory>
 #include <utility>
@@ -21,32 +21,26 @@ void Service::DispatchProxy(const std::shared_ptr<ipc::Connection>& connection, 
     return;
   }
   const absl::Time deadline = proxy_->DeadlineOf(request, received);
-  proxy_->Submit([this, connection, request = std::move(request), deadline] {
-    if (clock_->Now() > deadline) {
-      SendResponse(*connection, ErrorResponse(request.request_id(), v1::Error::DEADLINE_EXCEEDED,
-                                              "the request's deadline passed before it ran"));
-      return;
-    }
-    std::shared_ptr<CallerSlot> slot = CallerOf(*connection);
-    absl::StatusOr<policy::CallerIdentity> caller = CopyCaller(slot.get());
-    if (!caller.ok()) {
-      v1::Response r;
-      r.set_request_id(request.request_id());
-      *r.mutable_error() = StatusToError(caller.status());
-      SendResponse(*connection, r);
-      return;
-    }
-    const bool had_hash = caller->exe_sha256.has_value();
-    proxy_->Run(connection, request, *caller, deadline);
-    if (caller->exe_sha256.has_value() && !had_hash && slot != nullptr) {
-      // As after a resolve: the executable's hash (of the file attested at
-      // accept) is kept for the connection's next calls.
-      absl::MutexLock lock(&slot->mu);
-      if (slot->identity.ok() && (*slot->identity)->start_time == caller->start_time) {
-        slot->identity = std::make_shared<const policy::CallerIdentity>(*caller);
-      }
-    }
-  });
+  std::shared_ptr<CallerSlot> slot = CallerOf(*connection);
+  absl::StatusOr<policy::CallerIdentity> caller = CopyCaller(slot.get());
+  if (!caller.ok()) {
+    v1::Response r;
+    r.set_request_id(request.request_id());
+    *r.mutable_error() = StatusToError(caller.status());
+    SendResponse(*connection, r);
+    return;
+  }
+  proxy_->Start(
+      connection, std::move(request), *std::move(caller), deadline,
+      [slot](const policy::CallerIdentity& completed) {
+        // As after a resolve: the executable's hash (of the file
+        // attested at accept) is kept for the connection's next calls.
+        if (slot == nullptr) return;
+        absl::MutexLock lock(&slot->mu);
+        if (slot->identity.ok() && (*slot->identity)->start_time == completed.start_time) {
+          slot->identity = std::make_shared<const policy::CallerIdentity>(completed);
+        }
+      });
 }
 
 void Service::RunCancel(const std::shared_ptr<ipc::Connection>& connection,

@@ -3,8 +3,10 @@
 #include <openssl/crypto.h>
 
 #include <algorithm>
+#include <exception>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -19,18 +21,22 @@
 #include "common/strings.h"
 #include "front/service.h"
 #include "front/service_internal.h"
+#include "oauth/async_http_client.h"
 #include "policy/policy.h"
 #include "spdlog/spdlog.h"
 
 // Boost.Asio needs <utility> first; ipc/asio.h takes care of it.
 // clang-format off
 #include "ipc/asio.h"
-#include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 // clang-format on
 
 namespace grantvault::front {
 namespace {
+
+namespace asio = boost::asio;
+template <typename T>
+using Awaitable = asio::awaitable<T>;
 
 // A call that needs the token for longer than this would get one that could
 // expire on its way.
@@ -38,7 +44,9 @@ constexpr absl::Duration kMinTokenValidity = absl::Seconds(60);
 // The answer frames a call may have queued for a slow reader before it stops
 // reading the API's answer (flow control), and how often it looks again.
 constexpr size_t kMaxQueuedAnswerBytes = size_t{256} << 10;
-constexpr absl::Duration kFlowControlSlice = absl::Milliseconds(100);
+constexpr std::chrono::milliseconds kFlowControlPoll{5};
+// How long Stop waits for the calls it ended to finish.
+constexpr absl::Duration kStopGrace = absl::Seconds(5);
 // A body part per frame: what fits in one frame with the envelope around it.
 constexpr size_t kMaxBodyPart = 60 * 1024;
 constexpr size_t kMaxUrlLength = 8192;
@@ -143,6 +151,18 @@ std::optional<std::string> HeaderOf(const oauth::HttpHeaders& headers, std::stri
 
 absl::Status Refused(std::string message) {
   return absl::PermissionDeniedError(std::move(message));
+}
+
+template <typename F>
+Awaitable<std::invoke_result_t<F&>> Invoke(F fn) {
+  co_return fn();
+}
+
+// Runs `fn`, which may block, on `pool`; the calling coroutine waits
+// meanwhile without holding its event loop, and goes on there.
+template <typename F>
+Awaitable<std::invoke_result_t<F&>> OffLoop(asio::thread_pool& pool, F fn) {
+  co_return co_await asio::co_spawn(pool, Invoke(std::move(fn)), asio::use_awaitable);
 }
 
 }  // namespace
@@ -258,7 +278,7 @@ struct Proxy::Target {
 // Streams the API's answer to the connection, or stops at a head the proxy
 // acts on itself (a 401 to renew, a 429/503 to pass on as UNAVAILABLE, a
 // redirect to check).
-class Proxy::Sink final : public oauth::ResponseSink {
+class Proxy::Sink final : public oauth::AsyncResponseSink {
  public:
   enum class Stop { kNone, kRenew, kUnavailable, kRedirect, kPeerGone };
 
@@ -272,19 +292,19 @@ class Proxy::Sink final : public oauth::ResponseSink {
         deadline_(deadline),
         clock_(clock) {}
 
-  bool OnHead(int status, const oauth::HttpHeaders& headers) override {
+  Awaitable<bool> OnHead(int status, const oauth::HttpHeaders& headers) override {
     status_ = status;
-    if (status == 401 && may_renew_) return StopWith(Stop::kRenew);
+    if (status == 401 && may_renew_) co_return StopWith(Stop::kRenew);
     if (status == 429 || status == 503) {
       if (std::optional<absl::Duration> wait = RetryAfterOf(headers, clock_->Now())) {
         retry_after_ = *wait;
-        return StopWith(Stop::kUnavailable);
+        co_return StopWith(Stop::kUnavailable);
       }
     }
     if (IsRedirect(status)) {
       if (std::optional<std::string> location = HeaderOf(headers, "location")) {
         location_ = *std::move(location);
-        return StopWith(Stop::kRedirect);
+        co_return StopWith(Stop::kRedirect);
       }
     }
     v1::Response r;
@@ -306,19 +326,19 @@ class Proxy::Sink final : public oauth::ResponseSink {
     std::string frame;
     if (!r.SerializeToString(&frame) || frame.size() > 65536) {
       failure_ = absl::ResourceExhaustedError("the API's response headers do not fit in a frame");
-      return StopWith(Stop::kPeerGone);
+      co_return StopWith(Stop::kPeerGone);
     }
-    return SendFrame(std::move(frame));
+    co_return co_await SendFrame(std::move(frame));
   }
 
-  bool OnBody(std::string_view part) override {
+  Awaitable<bool> OnBody(std::string_view part) override {
     while (!part.empty()) {
       const std::string_view piece = part.substr(0, kMaxBodyPart);
       part.remove_prefix(piece.size());
       body_bytes_ += piece.size();
-      if (!SendFrame(BodyFrame(request_id_, piece))) return false;
+      if (!co_await SendFrame(BodyFrame(request_id_, piece))) co_return false;
     }
-    return true;
+    co_return true;
   }
 
   Stop stop() const { return stop_; }
@@ -335,31 +355,34 @@ class Proxy::Sink final : public oauth::ResponseSink {
     return false;
   }
 
-  // Sends one frame once the peer has read what was queued before (or stops
-  // when it goes away, the call ends or the deadline passes).
-  bool SendFrame(std::string frame) {
+  // Sends one frame once the peer has read enough of what was queued before
+  // (or stops when it goes away, the call ends or the deadline passes). The
+  // wait polls: it is a slow reader's, and holds no thread.
+  Awaitable<bool> SendFrame(std::string frame) {
+    std::optional<asio::steady_timer> timer;
     for (;;) {
       // Checked and queued in one step: calls streaming on one connection
       // together cannot overrun its cap.
       switch (connection_.SendWithin(frame, kMaxQueuedAnswerBytes)) {
         case ipc::Connection::SendOutcome::kSent:
           head_sent_ = true;
-          return true;
+          co_return true;
         case ipc::Connection::SendOutcome::kClosed:
-          return StopWith(Stop::kPeerGone);
+          co_return StopWith(Stop::kPeerGone);
         case ipc::Connection::SendOutcome::kFull:
           break;
       }
-      const absl::Time until = std::min(deadline_, clock_->Now() + kFlowControlSlice);
-      connection_.AwaitQueuedAtMost(
-          kMaxQueuedAnswerBytes - std::min(kMaxQueuedAnswerBytes, frame.size() + 4), until);
-      if (connection_.closed() || call_.cancellation.cancelled() || clock_->Now() >= deadline_) {
+      const bool late = clock_->Now() >= deadline_;
+      if (connection_.closed() || call_.cancellation.cancelled() || late) {
         oauth::WipeString(frame);
-        if (clock_->Now() >= deadline_) {
+        if (late)
           failure_ = absl::DeadlineExceededError("the caller did not read the answer in time");
-        }
-        return StopWith(Stop::kPeerGone);
+        co_return StopWith(Stop::kPeerGone);
       }
+      if (!timer) timer.emplace(co_await asio::this_coro::executor);
+      timer->expires_after(kFlowControlPoll);
+      boost::system::error_code ignored;
+      co_await timer->async_wait(asio::redirect_error(asio::use_awaitable, ignored));
     }
   }
 
@@ -379,10 +402,26 @@ class Proxy::Sink final : public oauth::ResponseSink {
   absl::Status failure_;
 };
 
+// Counts a call's coroutine from its start to its end, also when it is
+// destroyed unfinished (its event loop stopped), for Stop.
+class Proxy::Running {
+ public:
+  explicit Running(Proxy& proxy) : proxy_(proxy) {}
+  ~Running() {
+    absl::MutexLock lock(&proxy_.mu_);
+    --proxy_.running_;
+  }
+  Running(const Running&) = delete;
+  Running& operator=(const Running&) = delete;
+
+ private:
+  Proxy& proxy_;
+};
+
 Proxy::Proxy(Deps deps, Limits limits)
     : deps_(std::move(deps)),
       limits_(limits),
-      pool_(std::make_unique<Pool>(std::max<size_t>(1, limits.max_calls))) {}
+      pool_(std::make_unique<Pool>(std::max<size_t>(1, limits.blocking_threads))) {}
 
 Proxy::~Proxy() { Stop(); }
 
@@ -397,17 +436,61 @@ void Proxy::Stop() {
   for (const std::shared_ptr<Call>& call : running) {
     call->End(absl::UnavailableError("grantvaultd is stopping; retry_after_ms=1000"));
   }
+  {
+    // The calls end on their event loops, which still run: their answers
+    // go out, and their connections to the APIs close there.
+    absl::MutexLock lock(&mu_);
+    const auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return running_ == 0; };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&idle), kStopGrace)) {
+      spdlog::warn("proxy.stop {} proxied calls still running after {}", running_,
+                   absl::FormatDuration(kStopGrace));
+    }
+  }
   pool_->threads.join();
+  // Before the event loops go: the idle connections to the APIs live on them.
+  deps_.http->CloseIdleConnections();
 }
 
-void Proxy::Submit(std::function<void()> work) {
-  boost::asio::post(pool_->threads, std::move(work));
+void Proxy::Start(std::shared_ptr<ipc::Connection> connection, v1::Request request,
+                  policy::CallerIdentity caller, absl::Time deadline, CallerCompleted completed) {
+  {
+    absl::MutexLock lock(&mu_);
+    absl::Status refused;
+    if (stopped_) {
+      refused = absl::UnavailableError("grantvaultd is stopping; retry_after_ms=1000");
+    } else if (running_ >= limits_.max_calls) {
+      refused = absl::ResourceExhaustedError(
+          absl::StrCat(running_,
+                       " proxied calls are under way, the most this daemon makes at "
+                       "once ([proxy] max_calls); retry_after_ms=100"));
+    }
+    if (!refused.ok()) {
+      v1::Response r;
+      r.set_request_id(request.request_id());
+      *r.mutable_error() = StatusToError(refused);
+      SendResponse(*connection, r);
+      return;
+    }
+    ++running_;
+  }
+  const boost::asio::any_io_executor loop = connection->executor();
+  boost::asio::co_spawn(loop,
+                        Run(std::move(connection), std::move(request), std::move(caller), deadline,
+                            std::move(completed)),
+                        boost::asio::detached);
 }
 
 absl::Time Proxy::DeadlineOf(const v1::Request& request, absl::Time received) const {
   const absl::Duration wanted =
       request.deadline_ms() == 0 ? limits_.timeout : absl::Milliseconds(request.deadline_ms());
   return received + std::min(wanted, limits_.timeout);
+}
+
+std::shared_ptr<const Proxy::Registration> Proxy::CachedRegistration(
+    const std::string& connector_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = registrations_.find(connector_id);
+  return it == registrations_.end() ? nullptr : it->second;
 }
 
 absl::StatusOr<std::shared_ptr<const Proxy::Registration>> Proxy::RegistrationOf(
@@ -467,14 +550,12 @@ absl::StatusOr<std::vector<std::string>> Proxy::BasesOf(const store::Grant& gran
 }
 
 absl::StatusOr<Proxy::Target> Proxy::Check(const v1::ProxyRequest& in, const Resolved& resolved,
-                                           audit::Event& record) {
+                                           const Registration& registration, audit::Event& record) {
   const store::Grant& grant = *resolved.grant;
-  GV_ASSIGN_OR_RETURN(std::shared_ptr<const Registration> registration,
-                      RegistrationOf(grant.connector_id));
-  GV_ASSIGN_OR_RETURN(std::vector<std::string> bases, BasesOf(grant, *registration));
+  GV_ASSIGN_OR_RETURN(std::vector<std::string> bases, BasesOf(grant, registration));
   Target target;
   target.connector_id = grant.connector_id;
-  target.public_only = !registration->allow_private_network;
+  target.public_only = !registration.allow_private_network;
   target.tool =
       in.tool().empty() ? nullptr : resolved.policy->FindTool(in.workspace_id(), in.tool());
   for (const std::string& base : bases) {
@@ -627,8 +708,25 @@ void Proxy::EndCallsOfConnection(uint64_t connection_id) {
   }
 }
 
-void Proxy::Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request,
-                policy::CallerIdentity& caller, absl::Time deadline) {
+Awaitable<void> Proxy::Run(std::shared_ptr<ipc::Connection> connection, v1::Request request,
+                           policy::CallerIdentity caller, absl::Time deadline,
+                           CallerCompleted completed) {
+  const Running running(*this);
+  try {
+    co_await Serve(connection, request, caller, deadline, completed);
+  } catch (const std::exception& e) {
+    // (Nothing in a call throws by design; a failed allocation would.)
+    spdlog::error("proxy.call_failed request_id={}: {}", request.request_id(), e.what());
+    v1::Response r;
+    r.set_request_id(request.request_id());
+    *r.mutable_error() = StatusToError(absl::InternalError("the proxied call failed"));
+    SendResponse(*connection, r);
+  }
+}
+
+Awaitable<void> Proxy::Serve(const std::shared_ptr<ipc::Connection>& connection,
+                             const v1::Request& request, policy::CallerIdentity& caller,
+                             absl::Time deadline, const CallerCompleted& completed) {
   const v1::ProxyRequest& in = request.proxy();
   const uint64_t id = request.request_id();
   const ipc::PeerCredentials& peer = connection->peer();
@@ -690,19 +788,19 @@ void Proxy::Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Re
     absl::MutexLock lock(&mu_);
     if (stopped_) {
       answer_error(absl::UnavailableError("grantvaultd is stopping; retry_after_ms=1000"));
-      return;
+      co_return;
     }
   }
   // The checks of a Resolve: caller, workspace, tool, scopes, grant, token.
   if (!IsApiMethod(in.method())) {
     answer_error(absl::InvalidArgumentError(
         "the method must be one of GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS"));
-    return;
+    co_return;
   }
   if (in.body().size() > limits_.max_request_body) {
     answer_error(absl::ResourceExhaustedError(absl::StrCat(
         "a proxied request body may hold at most ", limits_.max_request_body, " bytes")));
-    return;
+    co_return;
   }
   ResolveQuery query;
   query.workspace_id = in.workspace_id();
@@ -711,21 +809,40 @@ void Proxy::Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Re
   query.scopes.assign(in.scopes().begin(), in.scopes().end());
   query.min_valid = kMinTokenValidity;
   query.deadline = deadline;
-  absl::StatusOr<Resolved> resolved = deps_.resolver->Resolve(caller, query);
+  // In memory (the usual case) it is answered here; otherwise (a refresh to
+  // wait for, the executable to hash) on a proxy thread.
+  std::optional<absl::StatusOr<Resolved>> cached = deps_.resolver->ResolveIfCached(caller, query);
+  absl::StatusOr<Resolved> resolved = absl::UnknownError("not resolved");
+  if (cached) {
+    resolved = *std::move(cached);
+  } else {
+    const bool had_hash = caller.exe_sha256.has_value();
+    resolved = co_await OffLoop(
+        pool_->threads, [this, &caller, &query] { return deps_.resolver->Resolve(caller, query); });
+    if (caller.exe_sha256.has_value() && !had_hash && completed) completed(caller);
+  }
   if (!resolved.ok()) {
     answer_error(resolved.status());
     if (deps_.record_refusal) deps_.record_refusal(peer, caller, record, resolved.status());
-    return;
+    co_return;
   }
   internal::AddGrantFields(*resolved->grant, record);
   record.scopes = resolved->scopes;
 
   // What the tool may call, and where.
-  absl::StatusOr<Target> target = Check(in, *resolved, record);
+  const std::string& connector_id = resolved->grant->connector_id;
+  absl::StatusOr<std::shared_ptr<const Registration>> registration =
+      CachedRegistration(connector_id);
+  if (*registration == nullptr) {
+    registration = co_await OffLoop(pool_->threads,
+                                    [this, &connector_id] { return RegistrationOf(connector_id); });
+  }
+  absl::StatusOr<Target> target = registration.ok() ? Check(in, *resolved, **registration, record)
+                                                    : absl::StatusOr<Target>(registration.status());
   if (!target.ok()) {
     record_end(record, target.status());
     answer_error(target.status());
-    return;
+    co_return;
   }
   // Every refusal from here on is recorded, as the checks' are.
   absl::StatusOr<oauth::HttpHeaders> headers = CallerHeadersToSend(in);
@@ -739,7 +856,7 @@ void Proxy::Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Re
   if (!refused.ok()) {
     record_end(record, refused);
     answer_error(refused);
-    return;
+    co_return;
   }
   const std::shared_ptr<Call> call = *std::move(admitted);
 
@@ -775,7 +892,7 @@ void Proxy::Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Re
     options.max_response_bytes = limits_.max_response_bytes;
     options.cancellation = &call->cancellation;
     absl::StatusOr<oauth::StreamResult> result =
-        deps_.http->Stream(upstream, deadline - deps_.clock->Now(), sink, options);
+        co_await deps_.http->StreamAsync(upstream, deadline - deps_.clock->Now(), sink, options);
     oauth::WipeString(upstream.headers.back().second);
     final_status = sink.status();
     bytes = sink.body_bytes();
@@ -787,7 +904,10 @@ void Proxy::Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Re
       renewed = true;
       record.details["renewed"] = "true";
       absl::StatusOr<tokens::SharedAccessToken> fresh =
-          deps_.tokens->Renew(resolved->grant->grant_id, *token, kMinTokenValidity, deadline);
+          co_await OffLoop(pool_->threads, [this, &resolved, &token, deadline] {
+            return deps_.tokens->Renew(resolved->grant->grant_id, *token, kMinTokenValidity,
+                                       deadline);
+          });
       if (!fresh.ok()) {
         outcome = fresh.status();
         break;
@@ -859,10 +979,10 @@ void Proxy::Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Re
   record.details["bytes_received"] = absl::StrCat(bytes);
   if (redirects > 0) record.details["redirects"] = absl::StrCat(redirects);
   record_end(std::move(record), outcome);
-  if (connection->closed()) return;
+  if (connection->closed()) co_return;
   if (!outcome.ok()) {
     answer_error(outcome, upstream_status);
-    return;
+    co_return;
   }
   v1::Response end;
   end.set_request_id(id);

@@ -17,8 +17,11 @@
 //   - Every call that reached the checks is audited (proxy.call: method, host,
 //     path template, status, bytes; never a body, a header value or a query).
 //
-// Thread-safety: every method may be called from any thread. Calls run on the
-// proxy's own threads (Limits::max_calls of them).
+// Threads: a call runs on the event loop of the connection it came on (that
+// connection's I/O thread), as a coroutine that never blocks it; what may
+// block (a resolve that waits for a refresh or hashes the caller's
+// executable, a token renewal, reading a registration) runs on the proxy's
+// few threads meanwhile. Every method may be called from any thread.
 #ifndef GRANTVAULT_FRONT_PROXY_H_
 #define GRANTVAULT_FRONT_PROXY_H_
 
@@ -45,11 +48,17 @@
 #include "front/resolver.h"
 #include "grantvault/v1/envelope.pb.h"
 #include "ipc/server.h"
+#include "oauth/async_http_client.h"
 #include "oauth/catalog.h"
 #include "oauth/http_client.h"
 #include "policy/attestation.h"
 #include "store/grant_store.h"
 #include "tokens/token_source.h"
+
+// Boost.Asio needs <utility> first; ipc/asio.h takes care of it.
+// clang-format off
+#include "ipc/asio.h"
+// clang-format on
 
 namespace grantvault::front {
 
@@ -59,8 +68,9 @@ class Proxy {
     // What a request body may hold: it travels in the request's one frame.
     size_t max_request_body = 60 * 1024;
     size_t max_response_bytes = size_t{8} << 20;  // headers and body
-    size_t max_calls = 64;                        // at once, every grant together
+    size_t max_calls = 256;                       // at once, every grant together; more are refused
     size_t max_calls_per_grant = 32;
+    size_t blocking_threads = 4;                 // for the steps that may block (see above)
     absl::Duration timeout = absl::Seconds(60);  // a call's default (and longest) deadline
   };
   static constexpr int kMaxRedirects = 3;
@@ -70,7 +80,7 @@ class Proxy {
     tokens::TokenSource* tokens = nullptr;
     store::GrantStore* store = nullptr;  // connector registrations
     const oauth::Catalog* catalog = nullptr;
-    oauth::HttpClient* http = nullptr;
+    oauth::AsyncHttpClient* http = nullptr;
     audit::AuditLog* audit = nullptr;  // null: auditing off
     Clock* clock = nullptr;
     // A refusal of the checks that Resolve makes (caller, workspace, tool,
@@ -86,17 +96,18 @@ class Proxy {
   Proxy(const Proxy&) = delete;
   Proxy& operator=(const Proxy&) = delete;
 
-  // Runs `work` on a proxy thread: the calls run there (Run), at most
-  // Limits::max_calls at once; the others wait their turn.
-  void Submit(std::function<void()> work);
   // When a call received at `received` must be answered: its deadline_ms,
   // at most Limits::timeout.
   absl::Time DeadlineOf(const v1::Request& request, absl::Time received) const;
-  // Runs one call (request.proxy()) of `caller` (the connection's attested
-  // caller; it may be completed as Resolver::Resolve does) and answers it on
-  // `connection`. On a proxy thread.
-  void Run(const std::shared_ptr<ipc::Connection>& connection, const v1::Request& request,
-           policy::CallerIdentity& caller, absl::Time deadline);
+  // Called, on a proxy thread, with the caller as the call's resolve
+  // completed it (its executable's hash taken): for the connection's next calls.
+  using CallerCompleted = std::function<void(const policy::CallerIdentity&)>;
+  // Starts one call (request.proxy()) of `caller` (the connection's attested
+  // caller) on the connection's event loop, and answers it there. Refuses
+  // it at once (RESOURCE_EXHAUSTED) when Limits::max_calls are under way.
+  // Call it on the connection's I/O thread.
+  void Start(std::shared_ptr<ipc::Connection> connection, v1::Request request,
+             policy::CallerIdentity caller, absl::Time deadline, CallerCompleted completed);
 
   // The grant was revoked: its calls end REVOKED now, and no call of it
   // starts from now on.
@@ -107,7 +118,10 @@ class Proxy {
   void EndCallsOfConnection(uint64_t connection_id);
   // A registration changed: its API bases are read again.
   void ForgetConnector(const std::string& connector_id);
-  // Ends every call and waits for the threads. Start refuses afterwards.
+  // Ends every call and waits (a few seconds at most) until they have
+  // finished on their event loops, then closes the idle connections to the
+  // APIs: call it before the I/O threads stop. Start refuses afterwards.
+  // Idempotent.
   void Stop();
 
  private:
@@ -115,15 +129,27 @@ class Proxy {
   struct Target;
   struct Registration;
   class Sink;
+  class Running;
+
+  // The call's coroutine: Serve, answered Internal if it throws.
+  boost::asio::awaitable<void> Run(std::shared_ptr<ipc::Connection> connection, v1::Request request,
+                                   policy::CallerIdentity caller, absl::Time deadline,
+                                   CallerCompleted completed);
+  boost::asio::awaitable<void> Serve(const std::shared_ptr<ipc::Connection>& connection,
+                                     const v1::Request& request, policy::CallerIdentity& caller,
+                                     absl::Time deadline, const CallerCompleted& completed);
 
   // The checks after Resolve's: where the call goes and whether the tool may
   // make it. Fills `record` with what the audit record says of the target.
   absl::StatusOr<Target> Check(const v1::ProxyRequest& in, const Resolved& resolved,
-                               audit::Event& record);
+                               const Registration& registration, audit::Event& record);
   // The checks every hop (the first, and each redirect) must pass: a
   // canonical path within the API bases, and one the tool declares. Sets the
   // record's host and path template to the hop's.
   static absl::Status CheckHop(const Target& target, std::string_view method, audit::Event& record);
+  // A connector's registration: the one in memory (null when none), or read
+  // from the store (which may block) and kept.
+  std::shared_ptr<const Registration> CachedRegistration(const std::string& connector_id);
   absl::StatusOr<std::shared_ptr<const Registration>> RegistrationOf(
       const std::string& connector_id);
   // The API bases of `grant` (its registration's, its metadata filled).
@@ -145,6 +171,7 @@ class Proxy {
 
   absl::Mutex mu_;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  size_t running_ ABSL_GUARDED_BY(mu_) = 0;  // calls' coroutines started and not yet ended
   std::map<std::string, std::set<std::shared_ptr<Call>>, std::less<>> calls_ ABSL_GUARDED_BY(mu_);
   // Revoked grants: a call admitted after the revocation is refused (a grant
   // never comes back; the set is bounded by kMaxRememberedRevocations).

@@ -281,6 +281,7 @@ class ConnectionImpl final : public Connection,
     mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
     return !closed_ && queued_bytes_ <= bytes;
   }
+  boost::asio::any_io_executor executor() const override { return executor_; }
   void set_context(std::shared_ptr<void> context) override { context_ = std::move(context); }
   const std::shared_ptr<void>& context() const override { return context_; }
 

@@ -20,6 +20,10 @@
 
 #include <sys/types.h>
 
+// clang-format off
+#include <utility>  // before Boost.Asio (ipc/asio.h)
+#include <boost/asio/any_io_executor.hpp>
+// clang-format on
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -89,6 +93,10 @@ class Connection {
   // was, to send later.
   enum class SendOutcome { kSent, kFull, kClosed };
   virtual SendOutcome SendWithin(std::string& payload, size_t max_queued) = 0;
+  // The connection's I/O thread's event loop, for work that goes on there
+  // without blocking it (the API proxy's calls). A Send from a handler
+  // running there is written at once.
+  virtual boost::asio::any_io_executor executor() const = 0;
   // The handler's own state for this connection (null until set). Set it in
   // FrameHandler::OnConnect, before any frame is delivered, and never again:
   // it is then read without a lock, on any thread that was handed one of the

@@ -71,6 +71,8 @@ constexpr size_t kMaxIdleConnectionsTotal = 64;
 // 1xx answers skipped before the final response.
 constexpr int kMaxInterimResponses = 8;
 constexpr absl::Duration kMaxTimeout = absl::Hours(1);
+// What one read of a response takes from the connection, at most.
+constexpr size_t kReadChunk = 16384;
 
 void WipeHeaders(HttpHeaders& headers) {
   for (auto& [name, value] : headers) {
@@ -634,6 +636,9 @@ Awaitable<absl::StatusOr<StreamResult>> Exchange(Connection& connection, const P
   };
 
   ReadBuffer buffer;
+  // Beast reads as much as the buffer has room for, and at least 512 bytes:
+  // room from the start, or a body would arrive 512 bytes at a time.
+  buffer.reserve(kReadChunk);
   size_t used = 0;  // header bytes so far, interim responses included
   for (int interim = 0;; ++interim) {
     http::response_parser<http::buffer_body, WipingAllocator<char>> parser;
@@ -678,7 +683,7 @@ Awaitable<absl::StatusOr<StreamResult>> Exchange(Connection& connection, const P
     StreamResult result;
     result.status = static_cast<int>(status);
     // Decoded body bytes pass through this buffer on their way to the sink.
-    std::array<char, 16384> part{};
+    std::array<char, kReadChunk> part{};
     const absl::Cleanup wipe_part = [&part] { OPENSSL_cleanse(part.data(), part.size()); };
     while (!parser.is_done()) {
       parser.get().body().data = part.data();
