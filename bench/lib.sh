@@ -40,7 +40,7 @@ authorize_grant() {  # workspace connector user
   authorize_pid=$!
   exec 3>"$tmp/paste"
   for _ in $(seq 100); do
-    grep -q '^https://' "$tmp/authorize.out" && break
+    grep -qs '^https://' "$tmp/authorize.out" && break
     sleep 0.1
   done
   url=$(grep -m1 '^https://' "$tmp/authorize.out") || die "authorize printed no URL"

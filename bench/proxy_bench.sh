@@ -20,6 +20,10 @@
 #   WARMUP     unmeasured seconds before each run                       [1]
 #   REPEAT     runs per N and path                                      [3]
 #   API_THREADS api_server threads                                      [2]
+#   LOADGEN_SCHED normal: proxy_load as started; batch: under SCHED_BATCH
+#              (chrt -b 0), for direct and proxied calls alike, as
+#              resolve_bench.sh does (docs/performance.md, "Scheduling"). Here
+#              it did not raise throughput and slowed single calls     [normal]
 #   PROFILE    1: one more (unmeasured) proxied run at the last N under
 #              `perf record -g` on the daemon's front, top symbols printed  [0]
 # With the defaults: about 1 minute.
@@ -38,6 +42,12 @@ DURATION=${DURATION:-3}
 WARMUP=${WARMUP:-1}
 REPEAT=${REPEAT:-3}
 API_THREADS=${API_THREADS:-2}
+LOADGEN_SCHED=${LOADGEN_SCHED:-normal}
+case $LOADGEN_SCHED in
+  batch) load_sched=(chrt -b 0) ;;
+  normal) load_sched=() ;;
+  *) echo "proxy_bench: LOADGEN_SCHED must be batch or normal" >&2; exit 2 ;;
+esac
 for b in "$GRANTVAULTD" "$GRANTVAULT" "$API_SERVER" "$PROXY_LOAD"; do
   [[ -x $b ]] || { echo "proxy_bench: $b is missing (see the header for the build)" >&2; exit 2; }
 done
@@ -120,6 +130,8 @@ file = "$tmp/policy.toml"
 [proxy]
 ca_file = "$tmp/provider/cert.pem"
 use_system_trust_store = false
+# 64 calls over 4 grants: one grant now and then has more than the default 32.
+max_calls_per_grant = 64
 [limits]
 agent_max_connections_per_uid = 512
 TOML
@@ -146,11 +158,11 @@ done
 run() {  # mode calls
   local out
   if [[ $1 == proxy ]]; then
-    out=$("$PROXY_LOAD" --mode proxy --socket "$state/run/agent.sock" --mix "$tmp/mix.txt" \
+    out=$("${load_sched[@]}" "$PROXY_LOAD" --mode proxy --socket "$state/run/agent.sock" --mix "$tmp/mix.txt" \
       --calls "$2" --duration "$DURATION" --warmup "$WARMUP" 2>>"$tmp/load.log") ||
       die "proxy_load (proxy, $2) failed: $out"
   else
-    out=$("$PROXY_LOAD" --mode direct --api "$api" --ca "$tmp/provider/cert.pem" \
+    out=$("${load_sched[@]}" "$PROXY_LOAD" --mode direct --api "$api" --ca "$tmp/provider/cert.pem" \
       --mix "$tmp/mix.txt" --calls "$2" --duration "$DURATION" --warmup "$WARMUP" \
       2>>"$tmp/load.log") || die "proxy_load (direct, $2) failed: $out"
   fi
@@ -159,7 +171,7 @@ run() {  # mode calls
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 median() { tr ' ' '\n' | sed '/^$/d' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 run proxy 1 >/dev/null  # fills the token cache and the connection pools
-log "load before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
+log "load before the runs: $(cut -d' ' -f1-3 /proc/loadavg); proxy_load scheduling $LOADGEN_SCHED"
 printf '%-6s %-7s %12s %9s %9s\n' calls path "calls/s" "p50 µs" "p99 µs"
 for n in $CALLS; do
   d_rps="" d_p50="" d_p99="" p_rps="" p_p50="" p_p99=""

@@ -275,6 +275,37 @@ struct Proxy::Target {
   bool public_only = true;
 };
 
+// Queues `frames` on `connection` together (one write where the connection
+// is idle) once the peer has read enough of what was queued before. The wait
+// polls: it is a slow reader's, and holds no thread. Gives up when
+// `give_up()` says so (the frames are then wiped): kFull.
+template <typename GiveUp>
+Awaitable<ipc::Connection::SendOutcome> SendWhenRead(ipc::Connection& connection,
+                                                     std::vector<std::string>& frames, bool final,
+                                                     GiveUp give_up) {
+  std::optional<asio::steady_timer> timer;
+  for (;;) {
+    // Checked and queued in one step: calls streaming on one connection
+    // together cannot overrun its cap.
+    const ipc::Connection::SendOutcome sent =
+        connection.SendAllWithin(frames, kMaxQueuedAnswerBytes, final);
+    if (sent != ipc::Connection::SendOutcome::kFull) {
+      frames.clear();
+      co_return sent;
+    }
+    if (connection.closed() || give_up()) {
+      for (std::string& frame : frames) oauth::WipeString(frame);
+      frames.clear();
+      co_return connection.closed() ? ipc::Connection::SendOutcome::kClosed
+                                    : ipc::Connection::SendOutcome::kFull;
+    }
+    if (!timer) timer.emplace(co_await asio::this_coro::executor);
+    timer->expires_after(kFlowControlPoll);
+    boost::system::error_code ignored;
+    co_await timer->async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+  }
+}
+
 // Streams the API's answer to the connection, or stops at a head the proxy
 // acts on itself (a 401 to renew, a 429/503 to pass on as UNAVAILABLE, a
 // redirect to check).
@@ -282,9 +313,11 @@ class Proxy::Sink final : public oauth::AsyncResponseSink {
  public:
   enum class Stop { kNone, kRenew, kUnavailable, kRedirect, kPeerGone };
 
+  // `held`: frames not sent yet, for the call to send with its last one.
   Sink(ipc::Connection& connection, uint64_t request_id, Call& call, const store::Grant& grant,
-       bool may_renew, absl::Time deadline, Clock* clock)
-      : connection_(connection),
+       bool may_renew, absl::Time deadline, Clock* clock, std::vector<std::string>& held)
+      : held_(held),
+        connection_(connection),
         request_id_(request_id),
         call_(call),
         grant_(grant),
@@ -328,22 +361,25 @@ class Proxy::Sink final : public oauth::AsyncResponseSink {
       failure_ = absl::ResourceExhaustedError("the API's response headers do not fit in a frame");
       co_return StopWith(Stop::kPeerGone);
     }
-    co_return co_await SendFrame(std::move(frame));
+    // Held until the body's first part (or the end) goes: one write, not two.
+    held_.push_back(std::move(frame));
+    co_return true;
   }
 
-  Awaitable<bool> OnBody(std::string_view part) override {
+  Awaitable<bool> OnBody(std::string_view part, bool last) override {
     while (!part.empty()) {
       const std::string_view piece = part.substr(0, kMaxBodyPart);
       part.remove_prefix(piece.size());
       body_bytes_ += piece.size();
-      if (!co_await SendFrame(BodyFrame(request_id_, piece))) co_return false;
+      held_.push_back(BodyFrame(request_id_, piece));
     }
-    co_return true;
+    // The last part waits for the call's end, to go out with it.
+    if (last) co_return true;
+    co_return co_await Flush();
   }
 
   Stop stop() const { return stop_; }
   int status() const { return status_; }
-  bool head_sent() const { return head_sent_; }
   uint64_t body_bytes() const { return body_bytes_; }
   absl::Duration retry_after() const { return retry_after_; }
   const std::string& location() const { return location_; }
@@ -355,37 +391,22 @@ class Proxy::Sink final : public oauth::AsyncResponseSink {
     return false;
   }
 
-  // Sends one frame once the peer has read enough of what was queued before
-  // (or stops when it goes away, the call ends or the deadline passes). The
-  // wait polls: it is a slow reader's, and holds no thread.
-  Awaitable<bool> SendFrame(std::string frame) {
-    std::optional<asio::steady_timer> timer;
-    for (;;) {
-      // Checked and queued in one step: calls streaming on one connection
-      // together cannot overrun its cap.
-      switch (connection_.SendWithin(frame, kMaxQueuedAnswerBytes)) {
-        case ipc::Connection::SendOutcome::kSent:
-          head_sent_ = true;
-          co_return true;
-        case ipc::Connection::SendOutcome::kClosed:
-          co_return StopWith(Stop::kPeerGone);
-        case ipc::Connection::SendOutcome::kFull:
-          break;
-      }
-      const bool late = clock_->Now() >= deadline_;
-      if (connection_.closed() || call_.cancellation.cancelled() || late) {
-        oauth::WipeString(frame);
-        if (late)
-          failure_ = absl::DeadlineExceededError("the caller did not read the answer in time");
-        co_return StopWith(Stop::kPeerGone);
-      }
-      if (!timer) timer.emplace(co_await asio::this_coro::executor);
-      timer->expires_after(kFlowControlPoll);
-      boost::system::error_code ignored;
-      co_await timer->async_wait(asio::redirect_error(asio::use_awaitable, ignored));
-    }
+  // Sends what is held, or stops when the peer goes away, the call ends or
+  // the deadline passes.
+  Awaitable<bool> Flush() {
+    const ipc::Connection::SendOutcome sent =
+        co_await SendWhenRead(connection_, held_, /*final=*/false, [this] {
+          if (clock_->Now() >= deadline_) {
+            failure_ = absl::DeadlineExceededError("the caller did not read the answer in time");
+            return true;
+          }
+          return call_.cancellation.cancelled();
+        });
+    if (sent != ipc::Connection::SendOutcome::kSent) co_return StopWith(Stop::kPeerGone);
+    co_return true;
   }
 
+  std::vector<std::string>& held_;
   ipc::Connection& connection_;
   const uint64_t request_id_;
   Call& call_;
@@ -395,7 +416,6 @@ class Proxy::Sink final : public oauth::AsyncResponseSink {
   Clock* const clock_;
   Stop stop_ = Stop::kNone;
   int status_ = 0;
-  bool head_sent_ = false;
   uint64_t body_bytes_ = 0;
   absl::Duration retry_after_;
   std::string location_;
@@ -775,7 +795,7 @@ Awaitable<void> Proxy::Serve(const std::shared_ptr<ipc::Connection>& connection,
           e.details["status"], e.details["bytes_received"], e.outcome);
     }
     if (deps_.audit == nullptr) return;
-    deps_.audit->AppendAsync(std::move(e), audit::Durability::kGrouped,
+    deps_.audit->AppendAsync(std::move(e), audit::Durability::kDeferred,
                              [this](absl::Status recorded) {
                                if (recorded.ok()) return;
                                spdlog::error("audit.write_failed event=proxy.call: {}",
@@ -865,6 +885,7 @@ Awaitable<void> Proxy::Serve(const std::shared_ptr<ipc::Connection>& connection,
   upstream.method = in.method();
   upstream.url = target->url;
   upstream.body = in.body();
+  std::vector<std::string> held;  // answer frames to go with the last one
   bool renewed = false;
   int redirects = 0;
   absl::Status outcome;
@@ -886,7 +907,7 @@ Awaitable<void> Proxy::Serve(const std::shared_ptr<ipc::Connection>& connection,
     credential.append("Bearer ").append(token->token.view());
     upstream.headers.emplace_back("Authorization", std::move(credential));
     Sink sink(*connection, id, *call, *resolved->grant, /*may_renew=*/!renewed, deadline,
-              deps_.clock);
+              deps_.clock, held);
     oauth::StreamOptions options;
     options.public_addresses_only = target->public_only;
     options.max_response_bytes = limits_.max_response_bytes;
@@ -979,15 +1000,21 @@ Awaitable<void> Proxy::Serve(const std::shared_ptr<ipc::Connection>& connection,
   record.details["bytes_received"] = absl::StrCat(bytes);
   if (redirects > 0) record.details["redirects"] = absl::StrCat(redirects);
   record_end(std::move(record), outcome);
-  if (connection->closed()) co_return;
-  if (!outcome.ok()) {
-    answer_error(outcome, upstream_status);
-    co_return;
+  // The last frame, and the answer's frames held back to go with it.
+  v1::Response last;
+  last.set_request_id(id);
+  if (outcome.ok()) {
+    last.mutable_proxy_end()->set_body_bytes(bytes);
+  } else {
+    *last.mutable_error() = StatusToError(outcome);
+    if (upstream_status != 0) last.mutable_error()->set_upstream_status(upstream_status);
   }
-  v1::Response end;
-  end.set_request_id(id);
-  end.mutable_proxy_end()->set_body_bytes(bytes);
-  SendResponse(*connection, end);
+  held.push_back(last.SerializeAsString());
+  const ipc::Connection::SendOutcome sent = co_await SendWhenRead(
+      *connection, held, /*final=*/true, [&] { return deps_.clock->Now() >= deadline; });
+  if (sent == ipc::Connection::SendOutcome::kFull) {
+    answer_error(absl::DeadlineExceededError("the caller did not read the answer in time"));
+  }
 }
 
 }  // namespace grantvault::front

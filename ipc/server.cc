@@ -260,10 +260,14 @@ class ConnectionImpl final : public Connection,
   const PeerCredentials& peer() const override { return peer_; }
   const std::string& listener() const override { return listener_; }
   bool Send(std::string payload, bool final) override {
-    return Queue(payload, final, std::nullopt) == SendOutcome::kSent;
+    return Queue(std::span<std::string>(&payload, 1), final, std::nullopt) == SendOutcome::kSent;
   }
   SendOutcome SendWithin(std::string& payload, size_t max_queued) override {
-    return Queue(payload, /*final=*/false, max_queued);
+    return Queue(std::span<std::string>(&payload, 1), /*final=*/false, max_queued);
+  }
+  SendOutcome SendAllWithin(std::span<std::string> payloads, size_t max_queued,
+                            bool final) override {
+    return Queue(payloads, final, max_queued);
   }
   ~ConnectionImpl() override { ReleaseInput(); }
   void Close(std::string_view reason) override {
@@ -307,7 +311,7 @@ class ConnectionImpl final : public Connection,
   enum class ReadDeadlineKind { kNone, kFrame, kIdle };
 
   // Send and SendWithin (`within`: the SendWithin limit).
-  SendOutcome Queue(std::string& payload, bool final, std::optional<size_t> within);
+  SendOutcome Queue(std::span<std::string> payloads, bool final, std::optional<size_t> within);
 
   // All of these run on the connection's thread (executor_).
   void OnStart();
@@ -321,7 +325,7 @@ class ConnectionImpl final : public Connection,
   size_t Buffered() const { return in_end_ - in_begin_; }
   void ReserveInput(size_t want);
   void ReleaseInput();
-  void WriteNow(OutFrame frame);
+  void WriteNow(std::vector<OutFrame> frames);
   // The outbox is empty: the write chain ends; true when that completes a
   // flushing close (the caller then tears down).
   bool EndWriteChainLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -382,19 +386,26 @@ class ConnectionImpl final : public Connection,
 
 // --- ConnectionImpl ----------------------------------------------------------
 
-Connection::SendOutcome ConnectionImpl::Queue(std::string& payload, bool final,
+Connection::SendOutcome ConnectionImpl::Queue(std::span<std::string> payloads, bool final,
                                               std::optional<size_t> within) {
-  const size_t size = payload.size();
-  if (size == 0 || size > kMaxFramePayload) {
-    WipeMemory(payload.data(), payload.capacity());  // dropped: wiped, as every frame
-    if (!closed()) {
-      CloseWith(CloseKind::kError, absl::StrCat("handler sent a frame of ", size,
-                                                " bytes (allowed 1..", kMaxFramePayload, ")"));
+  const auto drop_all = [&payloads] {
+    for (std::string& p : payloads) WipeMemory(p.data(), p.capacity());  // as every frame
+  };
+  size_t total = 0;
+  for (const std::string& payload : payloads) {
+    const size_t size = payload.size();
+    if (size == 0 || size > kMaxFramePayload) {
+      drop_all();
+      if (!closed()) {
+        CloseWith(CloseKind::kError, absl::StrCat("handler sent a frame of ", size,
+                                                  " bytes (allowed 1..", kMaxFramePayload, ")"));
+      }
+      return SendOutcome::kClosed;
     }
-    return SendOutcome::kClosed;
+    total += kFrameHeaderSize + size;
   }
+  if (payloads.empty()) return SendOutcome::kSent;
   const size_t cap = core_->limits.max_queued_bytes_per_connection;
-  OutFrame frame(EncodeFrameHeader(size), std::move(payload));
   // A handler answering inline, on the connection's own thread, with nothing
   // queued before it: written at once, no round trip through the io_context.
   const bool own_thread = executor_.running_in_this_thread();
@@ -402,17 +413,18 @@ Connection::SendOutcome ConnectionImpl::Queue(std::string& payload, bool final,
   bool start_write = false;
   bool resume = false;
   size_t queued = 0;
+  std::vector<OutFrame> frames;  // to write at once
   {
     absl::MutexLock lock(&mu_);
-    if (closed_) return SendOutcome::kClosed;
-    queued = queued_bytes_ + frame.size();
-    // SendWithin: held back (handed back untouched) when it would not fit
-    // beside what is queued, in the same step as the queueing; a frame alone
-    // always fits, or nothing could ever be sent.
-    if (within && queued_bytes_ > 0 && queued > std::min(*within, cap)) {
-      payload = std::move(frame.payload);
-      return SendOutcome::kFull;
+    if (closed_) {
+      drop_all();
+      return SendOutcome::kClosed;
     }
+    queued = queued_bytes_ + total;
+    // SendWithin: held back (handed back untouched) when it would not fit
+    // beside what is queued, in the same step as the queueing; frames alone
+    // always fit, or nothing could ever be sent.
+    if (within && queued_bytes_ > 0 && queued > std::min(*within, cap)) return SendOutcome::kFull;
     if (queued <= cap) {
       queued_bytes_ = queued;
       if (!write_active_) {
@@ -420,7 +432,15 @@ Connection::SendOutcome ConnectionImpl::Queue(std::string& payload, bool final,
         write_now = own_thread;
         start_write = !own_thread;
       }
-      if (!write_now) outbox_.push_back(std::move(frame));
+      for (std::string& payload : payloads) {
+        const auto header = EncodeFrameHeader(payload.size());  // before the move
+        OutFrame frame(header, std::move(payload));
+        if (write_now) {
+          frames.push_back(std::move(frame));
+        } else {
+          outbox_.push_back(std::move(frame));
+        }
+      }
       if (final && in_flight_ > 0) {
         --in_flight_;
         if (read_paused_) {
@@ -431,13 +451,14 @@ Connection::SendOutcome ConnectionImpl::Queue(std::string& payload, bool final,
     }
   }
   if (queued > cap) {
+    drop_all();
     CloseWith(CloseKind::kOverflow,
               absl::StrCat("peer is not reading: ", queued,
                            " bytes of responses queued, over the cap of ", cap));
     return SendOutcome::kClosed;
   }
   if (write_now) {
-    WriteNow(std::move(frame));
+    WriteNow(std::move(frames));
   } else if (start_write) {
     // From another thread: the write happens on the connection's thread.
     asio::post(executor_, [self = shared_from_this()] { self->StartWrite(); });
@@ -681,10 +702,16 @@ void ConnectionImpl::OnRead(const ErrorCode& ec, size_t n) {
 // and nothing queued before `frame`: one non-blocking send. What the socket
 // does not take now, and whatever was queued meanwhile, goes the
 // asynchronous way.
-void ConnectionImpl::WriteNow(OutFrame frame) {
-  std::array<asio::const_buffer, 2> buffers;
+void ConnectionImpl::WriteNow(std::vector<OutFrame> frames) {
+  std::vector<asio::const_buffer> buffers;
+  buffers.reserve(2 * frames.size());
+  for (const OutFrame& frame : frames) {
+    std::array<asio::const_buffer, 2> unsent;
+    const std::span<const asio::const_buffer> parts = frame.Unsent(unsent);
+    buffers.insert(buffers.end(), parts.begin(), parts.end());
+  }
   ErrorCode ec;
-  const size_t n = socket_.write_some(frame.Unsent(buffers), ec);
+  size_t n = socket_.write_some(buffers, ec);
   if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
     CloseWith(CloseKind::kError, absl::StrCat("write failed: ", ec.message()));
     return;
@@ -696,10 +723,15 @@ void ConnectionImpl::WriteNow(OutFrame frame) {
     absl::MutexLock lock(&mu_);
     if (closed_ && !flushing_) return;
     queued_bytes_ -= n;
-    if (n < frame.size()) {
-      frame.sent = n;
-      outbox_.push_front(std::move(frame));
+    // What was not written goes first in the outbox, in order.
+    size_t left = n;
+    auto first_unsent = frames.begin();
+    for (; first_unsent != frames.end() && left >= first_unsent->unsent(); ++first_unsent) {
+      left -= first_unsent->unsent();
     }
+    if (first_unsent != frames.end()) first_unsent->sent += left;
+    outbox_.insert(outbox_.begin(), std::make_move_iterator(first_unsent),
+                   std::make_move_iterator(frames.end()));
     drained = queued_bytes_ == 0;
     more = !outbox_.empty();  // the rest, or what other threads queued meanwhile
     if (!more) teardown = EndWriteChainLocked();

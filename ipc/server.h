@@ -28,6 +28,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -93,6 +94,11 @@ class Connection {
   // was, to send later.
   enum class SendOutcome { kSent, kFull, kClosed };
   virtual SendOutcome SendWithin(std::string& payload, size_t max_queued) = 0;
+  // As SendWithin, for several frames queued (and, on the connection's own
+  // thread, written) together, the last one `final` or not: one write where
+  // several would do. kFull leaves every payload as it was.
+  virtual SendOutcome SendAllWithin(std::span<std::string> payloads, size_t max_queued,
+                                    bool final) = 0;
   // The connection's I/O thread's event loop, for work that goes on there
   // without blocking it (the API proxy's calls). A Send from a handler
   // running there is written at once.

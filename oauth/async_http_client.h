@@ -21,12 +21,14 @@
 namespace grantvault::oauth {
 
 // Receives a response as it arrives (AsyncHttpClient::StreamAsync); as
-// ResponseSink, each call may suspend before it answers.
+// ResponseSink, each call may suspend before it answers. `last` marks a
+// part known to end the body; that may not be known (a chunked body's end
+// can arrive on its own), and a body-less answer has no part at all.
 class AsyncResponseSink {
  public:
   virtual ~AsyncResponseSink() = default;
   virtual boost::asio::awaitable<bool> OnHead(int status, const HttpHeaders& headers) = 0;
-  virtual boost::asio::awaitable<bool> OnBody(std::string_view part) = 0;
+  virtual boost::asio::awaitable<bool> OnBody(std::string_view part, bool last) = 0;
 };
 
 // Thread-safe.

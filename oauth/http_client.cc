@@ -556,7 +556,9 @@ class SinkOnThread final : public AsyncResponseSink {
   Awaitable<bool> OnHead(int status, const HttpHeaders& headers) override {
     co_return sink_.OnHead(status, headers);
   }
-  Awaitable<bool> OnBody(std::string_view part) override { co_return sink_.OnBody(part); }
+  Awaitable<bool> OnBody(std::string_view part, bool /*last*/) override {
+    co_return sink_.OnBody(part);
+  }
 
  private:
   ResponseSink& sink_;
@@ -684,7 +686,6 @@ Awaitable<absl::StatusOr<StreamResult>> Exchange(Connection& connection, const P
     result.status = static_cast<int>(status);
     // Decoded body bytes pass through this buffer on their way to the sink.
     std::array<char, kReadChunk> part{};
-    const absl::Cleanup wipe_part = [&part] { OPENSSL_cleanse(part.data(), part.size()); };
     while (!parser.is_done()) {
       parser.get().body().data = part.data();
       parser.get().body().size = part.size();
@@ -693,11 +694,14 @@ Awaitable<absl::StatusOr<StreamResult>> Exchange(Connection& connection, const P
       // held back until the buffer fills).
       co_await http::async_read_some(connection.stream(), buffer, parser, Into(ec));
       if (ec == http::error::need_buffer) ec = {};
-      if (ec) co_return read_failure(ec);
+      if (ec) {
+        OPENSSL_cleanse(part.data(), part.size());  // how much a failed read left is unknown
+        co_return read_failure(ec);
+      }
       const size_t n = part.size() - parser.get().body().size;
       if (n == 0) continue;
       result.body_bytes += n;
-      const bool more = co_await sink.OnBody(std::string_view(part.data(), n));
+      const bool more = co_await sink.OnBody(std::string_view(part.data(), n), parser.is_done());
       OPENSSL_cleanse(part.data(), n);
       if (!more) co_return CancelledError(url);
     }

@@ -774,8 +774,9 @@ class AsyncRecordingSink final : public AsyncResponseSink {
     threads.push_back(std::this_thread::get_id());
     co_return accept_head_;
   }
-  asio::awaitable<bool> OnBody(std::string_view part) override {
+  asio::awaitable<bool> OnBody(std::string_view part, bool last) override {
     ++parts;
+    if (last) last_at = parts;
     if (pause_.count() > 0) {
       asio::steady_timer timer(co_await asio::this_coro::executor, pause_);
       co_await timer.async_wait(asio::use_awaitable);
@@ -790,6 +791,7 @@ class AsyncRecordingSink final : public AsyncResponseSink {
   int status = 0;
   HttpHeaders headers;
   int parts = 0;
+  int last_at = 0;  // which part was marked the last (1-based; 0: none)
   int pauses = 0;
   std::string body;
   std::vector<std::thread::id> threads;
@@ -854,6 +856,7 @@ TEST_F(HttpClientTest, StreamAsyncDeliversTheAnswerWithoutBlockingTheLoop) {
                                                        Pair("X-Kind", "async"),
                                                        Pair("X-Echo-Target", "/slow?x=1")}));
     EXPECT_EQ(sink.body, "the answer, held back a while");
+    EXPECT_EQ(sink.last_at, sink.parts);  // its length was known: the last part says so
     // The sink ran on the loop's thread, this one.
     EXPECT_THAT(sink.threads, ::testing::Each(std::this_thread::get_id()));
     // 500 ms of stall at 5 ms a tick: the loop was free nearly all along.
@@ -895,6 +898,9 @@ TEST_F(HttpClientTest, StreamAsyncSinkThatSuspendsGetsTheWholeBodyInOrder) {
   EXPECT_EQ((*result)->status, 200);
   EXPECT_EQ((*result)->body_bytes, big.size());
   EXPECT_GT(sink.parts, 1);  // in parts, each held 20 ms
+  // Chunked: the body's end may come on its own, after its last part; no
+  // part before the last says it is the last.
+  EXPECT_TRUE(sink.last_at == 0 || sink.last_at == sink.parts) << sink.last_at;
   EXPECT_EQ(sink.pauses, sink.parts);
   EXPECT_GE(Since(start), std::chrono::milliseconds(20) * sink.parts);
   EXPECT_TRUE(sink.body == big) << "the body differs: " << sink.body.size() << " bytes of "
