@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -339,6 +340,70 @@ TEST_F(ServerTest, InlineAnswersTheSocketCannotTakeAtOnceArriveWholeAndInOrder) 
   }
   for (size_t i = 0; i < kFrames; ++i) EXPECT_EQ(client.ReadFrame(), sent[i]) << "frame " << i;
   EXPECT_EQ(server_->stats().open, 1u);
+}
+
+// Answers each frame inline with SendAllWithin: large frames, more than
+// the socket takes at once, then the final one; and, while those wait, a
+// batch over a small limit, which must come back untouched (kFull).
+class BatchHandler : public FrameHandler {
+ public:
+  static constexpr size_t kParts = 8;  // 480 KB: more than a Unix socket buffers
+  static std::string Part(std::string_view request, size_t i) {
+    std::string part(60000, '\0');
+    for (size_t k = 0; k < part.size(); ++k) part[k] = static_cast<char>('a' + (i + k) % 26);
+    part.replace(0, request.size(), request);
+    return part;
+  }
+  void OnFrame(const std::shared_ptr<Connection>& connection, std::string_view payload) override {
+    std::vector<std::string> batch;
+    for (size_t i = 0; i < kParts; ++i) batch.push_back(Part(payload, i));
+    const Connection::SendOutcome first =
+        connection->SendAllWithin(batch, size_t{4} << 20, /*final=*/false);
+    std::vector<std::string> over = {"x", "y"};
+    const Connection::SendOutcome held = connection->SendAllWithin(over, 1, /*final=*/false);
+    std::vector<std::string> last = {std::string(payload) + " done"};
+    const Connection::SendOutcome final =
+        connection->SendAllWithin(last, size_t{4} << 20, /*final=*/true);
+    std::lock_guard<std::mutex> lock(mu_);
+    outcomes_.push_back({first, held, final});
+    held_back_.push_back(over);
+  }
+  std::vector<std::array<Connection::SendOutcome, 3>> outcomes() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return outcomes_;
+  }
+  std::vector<std::vector<std::string>> held_back() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return held_back_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::array<Connection::SendOutcome, 3>> outcomes_;
+  std::vector<std::vector<std::string>> held_back_;
+};
+
+TEST_F(ServerTest, FramesSentTogetherArriveWholeAndInOrderAndABatchOverItsLimitIsHeldBack) {
+  BatchHandler handler;
+  ServerLimits limits = FastLimits();
+  limits.max_in_flight_per_connection = 1;  // the second request waits for the first's final frame
+  StartServer(&handler, limits);
+  RawClient client = Connect();
+  ASSERT_TRUE(client.SendAll(EncodeFrame("one") + EncodeFrame("two")));
+  for (const std::string request : {"one", "two"}) {
+    for (size_t i = 0; i < BatchHandler::kParts; ++i) {
+      EXPECT_EQ(client.ReadFrame(), BatchHandler::Part(request, i)) << request << " part " << i;
+    }
+    EXPECT_EQ(client.ReadFrame(), request + " done");
+  }
+  using Outcome = Connection::SendOutcome;
+  const std::array<Outcome, 3> expected = {Outcome::kSent, Outcome::kFull, Outcome::kSent};
+  EXPECT_THAT(handler.outcomes(), ::testing::ElementsAre(expected, expected));
+  const std::vector<std::string> untouched = {"x", "y"};
+  EXPECT_THAT(handler.held_back(), ::testing::ElementsAre(untouched, untouched));
+  EXPECT_EQ(server_->stats().open, 1u);
+  server_->Shutdown(absl::ZeroDuration());  // before the handler goes
+  server_.reset();
 }
 
 // Hands out each frame in place and remembers where it was.
