@@ -422,8 +422,9 @@ class Proxy::Sink final : public oauth::AsyncResponseSink {
   absl::Status failure_;
 };
 
-// Counts a call's coroutine from its start to its end, also when it is
-// destroyed unfinished (its event loop stopped), for Stop.
+// Counts a call's coroutine (a parameter of it, so that it lives as long as
+// the coroutine's frame) until it ends, also when it is destroyed unfinished
+// or never started (its event loop stopped), for Stop.
 class Proxy::Running {
  public:
   explicit Running(Proxy& proxy) : proxy_(proxy) {}
@@ -493,10 +494,11 @@ void Proxy::Start(std::shared_ptr<ipc::Connection> connection, v1::Request reque
     }
     ++running_;
   }
+  auto running = std::make_unique<Running>(*this);
   const boost::asio::any_io_executor loop = connection->executor();
   boost::asio::co_spawn(loop,
-                        Run(std::move(connection), std::move(request), std::move(caller), deadline,
-                            std::move(completed)),
+                        Run(std::move(running), std::move(connection), std::move(request),
+                            std::move(caller), deadline, std::move(completed)),
                         boost::asio::detached);
 }
 
@@ -728,10 +730,10 @@ void Proxy::EndCallsOfConnection(uint64_t connection_id) {
   }
 }
 
-Awaitable<void> Proxy::Run(std::shared_ptr<ipc::Connection> connection, v1::Request request,
+Awaitable<void> Proxy::Run(std::unique_ptr<Running> /*running*/,
+                           std::shared_ptr<ipc::Connection> connection, v1::Request request,
                            policy::CallerIdentity caller, absl::Time deadline,
                            CallerCompleted completed) {
-  const Running running(*this);
   try {
     co_await Serve(connection, request, caller, deadline, completed);
   } catch (const std::exception& e) {

@@ -132,7 +132,9 @@ class Proxy {
   class Running;
 
   // The call's coroutine: Serve, answered Internal if it throws.
-  boost::asio::awaitable<void> Run(std::shared_ptr<ipc::Connection> connection, v1::Request request,
+  // `running` counts the call until the coroutine's frame goes.
+  boost::asio::awaitable<void> Run(std::unique_ptr<Running> running,
+                                   std::shared_ptr<ipc::Connection> connection, v1::Request request,
                                    policy::CallerIdentity caller, absl::Time deadline,
                                    CallerCompleted completed);
   boost::asio::awaitable<void> Serve(const std::shared_ptr<ipc::Connection>& connection,

@@ -450,6 +450,38 @@ TEST_F(ProxyTest, RevocationEndsACallInFlightAndRefusesTheNext) {
   EXPECT_EQ(PayloadOf(next.end.status(), "grantvault.error_code"), "REVOKED") << next.end.status();
 }
 
+TEST_F(ProxyTest, StoppingTheDaemonEndsACallInFlightAndItExitsCleanly) {
+  absl::Notification release;
+  api_->SetHandler([&](const RecordedRequest&) {
+    release.WaitForNotificationWithTimeout(absl::Seconds(20));
+    return Reply{};
+  });
+  // A first call leaves a connection to the API idle in the pool (on an I/O
+  // thread's loop), which the stop must close before that loop goes.
+  release.Notify();
+  Answer first = Proxy(Call("read_things", "GET", "/v1/things"));
+  ASSERT_TRUE(first.end.ok()) << first.end.status();
+  absl::Notification hold;
+  api_->SetHandler([&](const RecordedRequest&) {
+    hold.WaitForNotificationWithTimeout(absl::Seconds(20));
+    return Reply{};
+  });
+  absl::StatusOr<uint64_t> held = absl::UnknownError("not done");
+  std::thread caller([&] { held = Proxy(Call("read_things", "GET", "/v1/hold")).end; });
+  ASSERT_TRUE(api_->WaitForRequests(2, absl::Seconds(10)));
+  const absl::Time stopped_at = absl::Now();
+  const int code = daemon_->Stop(SIGTERM);
+  const absl::Duration took = absl::Now() - stopped_at;
+  caller.join();
+  hold.Notify();
+  EXPECT_EQ(code, 0);  // no crash on the way out
+  EXPECT_LT(took, absl::Seconds(5));
+  // The call ended UNAVAILABLE (or its connection closed first, as the
+  // daemon went): never an answer from an API it no longer waited for.
+  EXPECT_FALSE(held.ok());
+  EXPECT_TRUE(absl::IsUnavailable(held.status())) << held.status();
+}
+
 TEST_F(ProxyTest, ACancelEndsTheCallAndAClosedConnectionEndsItsCalls) {
   // The server answers one request at a time: each held call waits for its own release.
   absl::Notification release[2];
