@@ -262,9 +262,6 @@ class ConnectionImpl final : public Connection,
   bool Send(std::string payload, bool final) override {
     return Queue(std::span<std::string>(&payload, 1), final, std::nullopt) == SendOutcome::kSent;
   }
-  SendOutcome SendWithin(std::string& payload, size_t max_queued) override {
-    return Queue(std::span<std::string>(&payload, 1), /*final=*/false, max_queued);
-  }
   SendOutcome SendAllWithin(std::span<std::string> payloads, size_t max_queued,
                             bool final) override {
     return Queue(payloads, final, max_queued);
@@ -277,14 +274,7 @@ class ConnectionImpl final : public Connection,
     absl::MutexLock lock(&mu_);
     return closed_;
   }
-  bool AwaitQueuedAtMost(size_t bytes, absl::Time deadline) override {
-    absl::MutexLock lock(&mu_);
-    const auto ready = [this, bytes]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return closed_ || queued_bytes_ <= bytes;
-    };
-    mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
-    return !closed_ && queued_bytes_ <= bytes;
-  }
+
   boost::asio::any_io_executor executor() const override { return executor_; }
   void set_context(std::shared_ptr<void> context) override { context_ = std::move(context); }
   const std::shared_ptr<void>& context() const override { return context_; }
@@ -310,7 +300,7 @@ class ConnectionImpl final : public Connection,
  private:
   enum class ReadDeadlineKind { kNone, kFrame, kIdle };
 
-  // Send and SendWithin (`within`: the SendWithin limit).
+  // Send and SendAllWithin (`within`: the SendAllWithin limit).
   SendOutcome Queue(std::span<std::string> payloads, bool final, std::optional<size_t> within);
 
   // All of these run on the connection's thread (executor_).
@@ -421,7 +411,7 @@ Connection::SendOutcome ConnectionImpl::Queue(std::span<std::string> payloads, b
       return SendOutcome::kClosed;
     }
     queued = queued_bytes_ + total;
-    // SendWithin: held back (handed back untouched) when it would not fit
+    // SendAllWithin: held back (handed back untouched) when it would not fit
     // beside what is queued, in the same step as the queueing; frames alone
     // always fit, or nothing could ever be sent.
     if (within && queued_bytes_ > 0 && queued > std::min(*within, cap)) return SendOutcome::kFull;

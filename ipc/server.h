@@ -82,21 +82,13 @@ class Connection {
   // write_timeout, so that an Error sent just before Close reaches the peer.
   virtual void Close(std::string_view reason) = 0;
   virtual bool closed() const = 0;
-  // Waits until at most `bytes` of answers wait to be written, the connection
-  // closes or `deadline` passes; true when the first, and the connection is
-  // still open. For a worker streaming a long answer, so that it sends no
-  // faster than the peer reads (never call it on an I/O thread).
-  virtual bool AwaitQueuedAtMost(size_t bytes, absl::Time deadline) = 0;
-  // As Send (a frame that is not final), but only if the answers queued,
-  // this one with them, stay within `max_queued` bytes (and the connection's
-  // own cap): checked and queued in one step, so that workers streaming on
-  // one connection together cannot overrun it. kFull leaves `payload` as it
-  // was, to send later.
+  // Queues several frames together (and, on the connection's own thread,
+  // writes them at once: one write where several would do), the last one
+  // `final` or not, but only if the answers queued, these with them, stay
+  // within `max_queued` bytes (and the connection's own cap): checked and
+  // queued in one step, so that calls streaming on one connection together
+  // cannot overrun it. kFull leaves every payload as it was, to send later.
   enum class SendOutcome { kSent, kFull, kClosed };
-  virtual SendOutcome SendWithin(std::string& payload, size_t max_queued) = 0;
-  // As SendWithin, for several frames queued (and, on the connection's own
-  // thread, written) together, the last one `final` or not: one write where
-  // several would do. kFull leaves every payload as it was.
   virtual SendOutcome SendAllWithin(std::span<std::string> payloads, size_t max_queued,
                                     bool final) = 0;
   // The connection's I/O thread's event loop, for work that goes on there
