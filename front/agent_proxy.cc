@@ -24,10 +24,7 @@ void Service::DispatchProxy(const std::shared_ptr<ipc::Connection>& connection, 
   std::shared_ptr<CallerSlot> slot = CallerOf(*connection);
   absl::StatusOr<policy::CallerIdentity> caller = CopyCaller(slot.get());
   if (!caller.ok()) {
-    v1::Response r;
-    r.set_request_id(request.request_id());
-    *r.mutable_error() = StatusToError(caller.status());
-    SendResponse(*connection, r);
+    SendResponse(*connection, ErrorResponse(request.request_id(), caller.status()));
     return;
   }
   proxy_->Start(

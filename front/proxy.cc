@@ -1,7 +1,5 @@
 #include "front/proxy.h"
 
-#include <openssl/crypto.h>
-
 #include <algorithm>
 #include <exception>
 #include <optional>
@@ -486,10 +484,7 @@ void Proxy::Start(std::shared_ptr<ipc::Connection> connection, v1::Request reque
                        "once ([proxy] max_calls); retry_after_ms=100"));
     }
     if (!refused.ok()) {
-      v1::Response r;
-      r.set_request_id(request.request_id());
-      *r.mutable_error() = StatusToError(refused);
-      SendResponse(*connection, r);
+      SendResponse(*connection, internal::ErrorResponse(request.request_id(), refused));
       return;
     }
     ++running_;
@@ -739,10 +734,9 @@ Awaitable<void> Proxy::Run(std::unique_ptr<Running> /*running*/,
   } catch (const std::exception& e) {
     // (Nothing in a call throws by design; a failed allocation would.)
     spdlog::error("proxy.call_failed request_id={}: {}", request.request_id(), e.what());
-    v1::Response r;
-    r.set_request_id(request.request_id());
-    *r.mutable_error() = StatusToError(absl::InternalError("the proxied call failed"));
-    SendResponse(*connection, r);
+    SendResponse(*connection,
+                 internal::ErrorResponse(request.request_id(),
+                                         absl::InternalError("the proxied call failed")));
   }
 }
 
@@ -765,12 +759,8 @@ Awaitable<void> Proxy::Serve(const std::shared_ptr<ipc::Connection>& connection,
   record.details["method"] = in.method();
   record.details["request_id"] = absl::StrCat(id);
 
-  const auto answer_error = [&](const absl::Status& status, uint32_t upstream_status = 0) {
-    v1::Response r;
-    r.set_request_id(id);
-    *r.mutable_error() = StatusToError(status);
-    if (upstream_status != 0) r.mutable_error()->set_upstream_status(upstream_status);
-    SendResponse(*connection, r);
+  const auto answer_error = [&](const absl::Status& status) {
+    SendResponse(*connection, internal::ErrorResponse(id, status));
   };
   // Audits the call's end. The record is queued, not waited for: the call
   // has happened at the API by now, and holding its answer back would undo
@@ -1004,11 +994,11 @@ Awaitable<void> Proxy::Serve(const std::shared_ptr<ipc::Connection>& connection,
   record_end(std::move(record), outcome);
   // The last frame, and the answer's frames held back to go with it.
   v1::Response last;
-  last.set_request_id(id);
   if (outcome.ok()) {
+    last.set_request_id(id);
     last.mutable_proxy_end()->set_body_bytes(bytes);
   } else {
-    *last.mutable_error() = StatusToError(outcome);
+    last = internal::ErrorResponse(id, outcome);
     if (upstream_status != 0) last.mutable_error()->set_upstream_status(upstream_status);
   }
   held.push_back(last.SerializeAsString());

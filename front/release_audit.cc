@@ -81,10 +81,7 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
     audit::Event e = event_of_call();
     e.details["request_id"] = absl::StrCat(id);
     e.scopes.assign(in.scopes().begin(), in.scopes().end());
-    v1::Response r;
-    r.set_request_id(id);
-    *r.mutable_error() = StatusToError(resolved.status());
-    SendResponse(*connection, r);
+    SendResponse(*connection, ErrorResponse(id, resolved.status()));
     CloseIfCallerRefused(*connection, resolved.status(), caller);
     // Refused either way: the record is not waited for.
     RecordRefusal(peer, caller, std::move(e), resolved.status());

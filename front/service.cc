@@ -253,10 +253,7 @@ bool Service::AdmitAgentCaller(ipc::Connection& connection, CallerSlot* slot, ui
   if (attested.ok()) attested = CallerMatched(slot);
   if (attested.ok()) return true;
   CountUnmatched(connection.peer(), attested);
-  v1::Response refused;
-  refused.set_request_id(request_id);
-  *refused.mutable_error() = StatusToError(attested);
-  SendResponse(connection, refused);
+  SendResponse(connection, ErrorResponse(request_id, attested));
   connection.Close(absl::StrCat("caller attestation failed: ", attested.message()));
   return false;
 }
@@ -459,10 +456,7 @@ void Service::Dispatch(v1::HelloReply::Role role,
     return;
   }
   if (absl::Status allowed = CheckAdmin(*connection, request); !allowed.ok()) {
-    v1::Response r;
-    r.set_request_id(id);
-    *r.mutable_error() = StatusToError(allowed);
-    SendResponse(*connection, r);
+    SendResponse(*connection, ErrorResponse(id, allowed));
     return;
   }
   const absl::Duration deadline = request.deadline_ms() == 0

@@ -14,6 +14,7 @@
 #include "audit/audit_log.h"
 #include "common/log_escape.h"
 #include "common/strings.h"
+#include "front/service.h"  // StatusToError
 #include "grantvault/v1/envelope.pb.h"
 #include "ipc/server.h"
 #include "spdlog/spdlog.h"
@@ -29,6 +30,14 @@ inline v1::Response ErrorResponse(uint64_t request_id, v1::Error::Code code, std
   r.set_request_id(request_id);
   r.mutable_error()->set_code(code);
   r.mutable_error()->set_message(std::move(message));
+  return r;
+}
+
+// The answer to request `request_id` that `status` (not OK) refuses.
+inline v1::Response ErrorResponse(uint64_t request_id, const absl::Status& status) {
+  v1::Response r;
+  r.set_request_id(request_id);
+  *r.mutable_error() = StatusToError(status);
   return r;
 }
 

@@ -102,10 +102,7 @@ void Service::AnswerAgentStatus(const std::shared_ptr<ipc::Connection>& connecti
   absl::Status allowed = caller.status();
   if (allowed.ok()) allowed = agents_.resolver->MatchCaller(*caller).status();
   if (!allowed.ok()) {
-    v1::Response r;
-    r.set_request_id(request_id);
-    *r.mutable_error() = StatusToError(allowed);
-    SendResponse(*connection, r);
+    SendResponse(*connection, internal::ErrorResponse(request_id, allowed));
     return;
   }
   if (!SendFreshStatus(*connection, request_id)) AnswerStatus(connection, request_id);

@@ -61,10 +61,7 @@ void Service::RunSubscribe(const std::shared_ptr<ipc::Connection>& connection,
   if (allowed.ok()) allowed = agents_.resolver->AllowWorkspace(*caller, workspace).status();
   if (allowed.ok()) allowed = policy::StillSameProcess(*caller);
   if (!allowed.ok()) {
-    v1::Response r;
-    r.set_request_id(request.request_id());
-    *r.mutable_error() = StatusToError(allowed);
-    SendResponse(*connection, r);
+    SendResponse(*connection, internal::ErrorResponse(request.request_id(), allowed));
     CloseIfCallerRefused(*connection, allowed, caller.ok() ? &*caller : nullptr);
     return;
   }
