@@ -3,6 +3,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/secret_bytes.h"
 #include "ipc/packet_channel.h"
 
 namespace grantvault::broker {
@@ -23,19 +24,19 @@ void SetStatus(const absl::Status& from, v1::Status* to) {
 
 void WipeSecrets(v1::Request& request) {
   if (request.body_case() == v1::Request::kRegister) {
-    ipc::WipeString(*request.mutable_register_()->mutable_client_secret());
+    WipeString(*request.mutable_register_()->mutable_client_secret());
   } else if (request.body_case() == v1::Request::kComplete) {
-    ipc::WipeString(*request.mutable_complete()->mutable_code());
+    WipeString(*request.mutable_complete()->mutable_code());
   } else if (request.body_case() == v1::Request::kToken) {
-    ipc::WipeString(*request.mutable_token()->mutable_rejected_token());
+    WipeString(*request.mutable_token()->mutable_rejected_token());
   }
 }
 
 void WipeSecrets(v1::Reply& reply) {
   if (reply.body_case() == v1::Reply::kToken) {
-    ipc::WipeString(*reply.mutable_token()->mutable_token());
+    WipeString(*reply.mutable_token()->mutable_token());
   } else if (reply.body_case() == v1::Reply::kFingerprintKey) {
-    ipc::WipeString(*reply.mutable_fingerprint_key()->mutable_key());
+    WipeString(*reply.mutable_fingerprint_key()->mutable_key());
   }
 }
 

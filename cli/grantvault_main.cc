@@ -6,7 +6,6 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <openssl/crypto.h>
 #include <poll.h>
 #include <pwd.h>
 #include <sys/socket.h>
@@ -33,6 +32,7 @@
 #include "audit/verify.h"
 #include "cli/json_output.h"
 #include "common/files.h"
+#include "common/secret_bytes.h"
 #include "grantvault/v1/envelope.pb.h"
 #include "ipc/client.h"
 #include "policy/policy.h"
@@ -304,7 +304,7 @@ class LoopbackListener {
           ours ? "200 OK" : "404 Not Found", body.size(), body);
       ::send(c, answer.data(), answer.size(), MSG_NOSIGNAL);
       ::close(c);
-      OPENSSL_cleanse(request.data(), request.size());
+      WipeMemory(request.data(), request.size());
       if (ours) return absl::StrFormat("http://127.0.0.1:%d%s", port_, target);
     }
   }
@@ -694,7 +694,7 @@ int Main(int argc, char** argv) {
     }
     v1::Request complete;
     complete.mutable_complete_authorization()->set_callback_url(callback);
-    OPENSSL_cleanse(callback.data(), callback.size());
+    WipeMemory(callback.data(), callback.size());
     rc = Run(g, std::move(complete), [&](const v1::Response& resp) {
       const v1::CompleteAuthorizationReply& done = resp.complete_authorization();
       if (g.json) return (void)std::printf("%s\n", Json(done).c_str());
@@ -823,7 +823,7 @@ int Main(int argc, char** argv) {
                           out.token_type().c_str(), length);
             }
           }
-          OPENSSL_cleanse(out.mutable_access_token()->data(), out.access_token().size());
+          WipeMemory(out.mutable_access_token()->data(), out.access_token().size());
         },
         nullptr, Socket::kAgent);
   });

@@ -68,6 +68,11 @@ void WipeMemory(void* data, size_t size) {
   if (data != nullptr && size > 0) sodium_memzero(data, size);
 }
 
+void WipeString(std::string& s) {
+  WipeMemory(s.data(), s.capacity());
+  s.clear();
+}
+
 bool ConfigureSecretHeap(size_t bytes) {
   if (bytes == 0 || (bytes & (bytes - 1)) != 0) return false;
   requested_heap_size = bytes;

@@ -92,6 +92,10 @@ void AbslStringify(Sink&, const SecretBytes&) = delete;
 // serialised frame).
 void WipeMemory(void* data, size_t size);
 
+// Zeroes the whole of a string's storage (its capacity, not only its size: a
+// shorter assignment leaves older bytes behind) and empties it.
+void WipeString(std::string& s);
+
 // Initialises libsodium and the secret heap once per process; aborts if
 // libsodium cannot start (no CSPRNG).
 void EnsureSodiumInitialized();

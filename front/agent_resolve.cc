@@ -1,6 +1,5 @@
 // Resolve on agent.sock: on the I/O thread from memory, or on an agent worker;
 // the repeat memo (answering exact repeats) and the encoded reply frames.
-#include <openssl/crypto.h>
 
 #include <algorithm>
 #include <optional>
@@ -69,9 +68,9 @@ absl::StatusOr<SecretBytes> ResolvePart(const Resolved& resolved) {
   for (const auto& [k, v] : resolved.grant->metadata) (*out->mutable_metadata())[k] = v;
   std::string bytes;
   const bool serialized = r.SerializeToString(&bytes);
-  OPENSSL_cleanse(out->mutable_access_token()->data(), out->access_token().size());
+  WipeMemory(out->mutable_access_token()->data(), out->access_token().size());
   if (!serialized) {
-    OPENSSL_cleanse(bytes.data(), bytes.size());
+    WipeMemory(bytes.data(), bytes.size());
     return absl::InternalError("the answer could not be encoded");
   }
   return SecretBytes::TakeFrom(bytes);  // wipes `bytes`

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/secret_bytes.h"
 #include "common/status.h"
 
 namespace grantvault::front {
@@ -50,7 +51,7 @@ class BrokerAuthorization final : public oauth::AuthorizationFlow {
     in->set_client_secret(reinterpret_cast<const char*>(client_secret.data()),
                           client_secret.size());
     absl::StatusOr<broker::v1::Reply> reply = CallBroker(links_, request, timeout_);
-    ipc::WipeString(*in->mutable_client_secret());
+    WipeString(*in->mutable_client_secret());
     GV_RETURN_IF_ERROR(reply.status());
     return store_->GetConnectorRegistration(reply->register_().connector_id());
   }
@@ -84,7 +85,7 @@ class BrokerAuthorization final : public oauth::AuthorizationFlow {
     in->set_error_description(callback.error_description);
     in->set_issuer(callback.issuer);
     absl::StatusOr<broker::v1::Reply> reply = CallBroker(links_, request, timeout_);
-    ipc::WipeString(*in->mutable_code());
+    WipeString(*in->mutable_code());
     GV_RETURN_IF_ERROR(reply.status());
     Completed done;
     GV_ASSIGN_OR_RETURN(done.grant, store_->GetGrant(reply->complete().grant_id()));

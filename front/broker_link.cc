@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "broker/messages.h"
+#include "common/secret_bytes.h"
 
 namespace grantvault::front {
 
@@ -45,7 +46,7 @@ absl::StatusOr<broker::v1::Reply> BrokerLink::Call(const broker::v1::Request& re
   std::string bytes = packet.SerializeAsString();
   WipeSecrets(*packet.mutable_request());  // it may hold a client secret or a code
   absl::Status sent = channel_->Send(bytes);
-  ipc::WipeString(bytes);
+  WipeString(bytes);
   absl::MutexLock lock(&mu_);
   if (!sent.ok()) {
     pending_.erase(id);

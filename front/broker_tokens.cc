@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/secret_bytes.h"
 #include "common/status.h"
 #include "ipc/packet_channel.h"
 
@@ -123,7 +124,7 @@ absl::StatusOr<tokens::SharedAccessToken> BrokerTokens::Fetch(const std::string&
       std::min(call_timeout_, std::max(deadline - absl::Now(), absl::Milliseconds(1)));
   request.mutable_token()->set_timeout_ms(absl::ToInt64Milliseconds(wait));
   absl::StatusOr<broker::v1::Reply> reply = CallBroker(links_, request, wait + absl::Seconds(1));
-  ipc::WipeString(*request.mutable_token()->mutable_rejected_token());
+  WipeString(*request.mutable_token()->mutable_rejected_token());
   absl::StatusOr<tokens::SharedAccessToken> result =
       absl::UnknownError("the broker's answer was not read");
   if (!reply.ok()) result = reply.status();

@@ -1,6 +1,5 @@
 // The OAuth requests on admin.sock: register and list connectors, begin and complete
 // an authorization (the new grant audited, or revoked when it cannot be).
-#include <openssl/crypto.h>
 
 #include <algorithm>
 #include <optional>
@@ -11,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/log_escape.h"
+#include "common/secret_bytes.h"
 #include "common/status.h"
 #include "front/proxy.h"
 #include "front/service.h"
@@ -183,7 +183,7 @@ absl::Status Service::RunOAuth(const ipc::Connection& connection, v1::Request& r
         }
       } else {
         absl::StatusOr<oauth::Callback> parsed = oauth::ParseCallback(in.callback_url());
-        OPENSSL_cleanse(in.mutable_callback_url()->data(), in.callback_url().size());
+        WipeMemory(in.mutable_callback_url()->data(), in.callback_url().size());
         in.clear_callback_url();
         GV_RETURN_IF_ERROR(parsed.status());
         callback = std::move(*parsed);

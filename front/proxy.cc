@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/log_escape.h"
+#include "common/secret_bytes.h"
 #include "common/status.h"
 #include "common/strings.h"
 #include "front/service.h"
@@ -292,7 +293,7 @@ Awaitable<ipc::Connection::SendOutcome> SendWhenRead(ipc::Connection& connection
       co_return sent;
     }
     if (connection.closed() || give_up()) {
-      for (std::string& frame : frames) oauth::WipeString(frame);
+      for (std::string& frame : frames) WipeString(frame);
       frames.clear();
       co_return connection.closed() ? ipc::Connection::SendOutcome::kClosed
                                     : ipc::Connection::SendOutcome::kFull;
@@ -906,7 +907,7 @@ Awaitable<void> Proxy::Serve(const std::shared_ptr<ipc::Connection>& connection,
     options.cancellation = &call->cancellation;
     absl::StatusOr<oauth::StreamResult> result =
         co_await deps_.http->StreamAsync(upstream, deadline - deps_.clock->Now(), sink, options);
-    oauth::WipeString(upstream.headers.back().second);
+    WipeString(upstream.headers.back().second);
     final_status = sink.status();
     bytes = sink.body_bytes();
     if (absl::Status ended = call->EndedBecause(); !ended.ok()) {
@@ -952,7 +953,7 @@ Awaitable<void> Proxy::Serve(const std::shared_ptr<ipc::Connection>& connection,
       if (final_status == 303 || ((final_status == 301 || final_status == 302) &&
                                   upstream.method != "GET" && upstream.method != "HEAD")) {
         upstream.method = "GET";
-        oauth::WipeString(upstream.body);
+        WipeString(upstream.body);
         std::erase_if(*headers, [](const std::pair<std::string, std::string>& h) {
           return absl::EqualsIgnoreCase(h.first, "content-type");
         });
@@ -984,7 +985,7 @@ Awaitable<void> Proxy::Serve(const std::shared_ptr<ipc::Connection>& connection,
     outcome = absl::OkStatus();
     break;
   }
-  oauth::WipeString(upstream.body);
+  WipeString(upstream.body);
   Retire(call);
 
   record.details["status"] = absl::StrCat(final_status);

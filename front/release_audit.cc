@@ -1,6 +1,5 @@
 // What the audit trail records of agents: token releases (recorded before the token
 // leaves, or counted as repeats), refusals, and callers no rule matches.
-#include <openssl/crypto.h>
 
 #include <memory>
 #include <optional>
@@ -9,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/log_escape.h"
+#include "common/secret_bytes.h"
 #include "front/service.h"
 #include "front/service_internal.h"
 #include "spdlog/spdlog.h"
@@ -166,7 +166,7 @@ void Service::FinishResolve(const std::shared_ptr<ipc::Connection>& connection,
           return;
         }
         epochs->fetch_add(1);
-        OPENSSL_cleanse(bytes->data(), bytes->size());
+        WipeMemory(bytes->data(), bytes->size());
         spdlog::error("token.withheld uid={} pid={}: the audit log cannot record it: {}", uid, pid,
                       EscapeTextForLog(std::string(audited.message())));
         v1::Response r = ErrorResponse(

@@ -1,6 +1,5 @@
 #include "ipc/packet_channel.h"
 
-#include <openssl/crypto.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -13,11 +12,6 @@
 #include "common/secret_bytes.h"
 
 namespace grantvault::ipc {
-
-void WipeString(std::string& s) {
-  if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
-  s.clear();
-}
 
 absl::StatusOr<std::pair<UniqueFd, UniqueFd>> PacketSocketPair() {
   int fds[2];
@@ -106,14 +100,14 @@ void PacketChannel::ReadLoop() {
       break;
     }
     if (static_cast<size_t>(n) > max_packet_) {
-      OPENSSL_cleanse(buffer.data(), buffer.size());
+      WipeMemory(buffer.data(), buffer.size());
       why = absl::DataLossError(
           absl::StrCat("a packet of ", n, " bytes exceeds the channel's ", max_packet_));
       break;
     }
     on_packet_(
         std::string_view(reinterpret_cast<const char*>(buffer.data()), static_cast<size_t>(n)));
-    OPENSSL_cleanse(buffer.data(), static_cast<size_t>(n));
+    WipeMemory(buffer.data(), static_cast<size_t>(n));
   }
   Close();
   on_closed_(why);

@@ -5,7 +5,7 @@
 //
 // Packets may carry access tokens: the receive buffer is guarded memory
 // (SecretBytes) wiped after every packet, and Send's callers wipe what they
-// serialised (WipeString).
+// serialised (grantvault::WipeString).
 //
 // Thread-safe: Send from any thread; `on_packet` and then `on_closed` (once)
 // run on the channel's reader thread.
@@ -67,9 +67,6 @@ class PacketChannel {
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   std::thread reader_;
 };
-
-// Zeroes a string's bytes (e.g. a serialised packet holding a token), then clears it.
-void WipeString(std::string& s);
 
 // A connected SOCK_SEQPACKET socketpair, both ends close-on-exec.
 absl::StatusOr<std::pair<UniqueFd, UniqueFd>> PacketSocketPair();

@@ -1,7 +1,5 @@
 #include "oauth/authorizer.h"
 
-#include <openssl/crypto.h>
-
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"

@@ -1,6 +1,5 @@
 #include "oauth/http_client.h"
 
-#include <openssl/crypto.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
@@ -10,7 +9,7 @@
 #include <uriparser/Uri.h>
 
 #include <algorithm>
-#include <array>
+#include <span>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -39,6 +38,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/secret_bytes.h"
 #include "common/status.h"
 #include "common/strings.h"
 #include "oauth/async_http_client.h"
@@ -95,13 +95,21 @@ class WipingAllocator {
 
   T* allocate(std::size_t n) { return std::allocator<T>().allocate(n); }
   void deallocate(T* p, std::size_t n) noexcept {
-    OPENSSL_cleanse(p, n * sizeof(T));
+    WipeMemory(p, n * sizeof(T));
     std::allocator<T>().deallocate(p, n);
   }
 
   template <typename U>
   bool operator==(const WipingAllocator<U>& /*other*/) const noexcept {
     return true;
+  }
+};
+
+// Deletes a read chunk (kReadChunk bytes) after wiping it.
+struct WipingDelete {
+  void operator()(char* p) const noexcept {
+    WipeMemory(p, kReadChunk);
+    delete[] p;
   }
 };
 
@@ -324,6 +332,12 @@ class Connection {
 
   TlsStream& stream() { return stream_; }
   beast::tcp_stream& transport() { return stream_.next_layer(); }
+  // Kept for every exchange on this connection, so that a call allocates
+  // neither. Exchange wipes the body part after each use; the read buffer is
+  // wiped when the connection goes back to the pool, and both when it is
+  // freed.
+  ReadBuffer& read_buffer() { return read_buffer_; }  // the answer's bytes as read
+  std::span<char> body_part() { return {body_part_.get(), kReadChunk}; }  // decoded body
 
   // Runs `op` (which uses this connection) on the connection's own
   // io_context until it completes; for a blocking call's connection only.
@@ -353,6 +367,8 @@ class Connection {
  private:
   std::unique_ptr<asio::io_context> own_io_;  // declared first: it outlives the stream
   TlsStream stream_;
+  ReadBuffer read_buffer_;
+  std::unique_ptr<char[], WipingDelete> body_part_{new char[kReadChunk]};
 };
 
 // Name resolution runs on a helper thread of its own, so that a hung resolver
@@ -600,6 +616,14 @@ struct Prepared {
   std::string pool_key;  // "host:port", "|public" for connections checked to be public
 };
 
+// Empties `buffer` and zeroes all of its storage: once empty, a flat buffer
+// starts again at the beginning of its storage, which prepare() then spans.
+void WipeReadBuffer(ReadBuffer& buffer) {
+  buffer.consume(buffer.size());
+  const auto all = buffer.prepare(buffer.capacity());
+  WipeMemory(all.data(), all.size());
+}
+
 // Sends the request on `connection` and delivers the answer to `sink`.
 Awaitable<absl::StatusOr<StreamResult>> Exchange(Connection& connection, const Prepared& call,
                                                  AsyncResponseSink& sink,
@@ -637,7 +661,7 @@ Awaitable<absl::StatusOr<StreamResult>> Exchange(Connection& connection, const P
     return failure(IoFailure(e, deadline, "reading the response from", url));
   };
 
-  ReadBuffer buffer;
+  ReadBuffer& buffer = connection.read_buffer();
   // Beast reads as much as the buffer has room for, and at least 512 bytes:
   // room from the start, or a body would arrive 512 bytes at a time.
   buffer.reserve(kReadChunk);
@@ -685,7 +709,7 @@ Awaitable<absl::StatusOr<StreamResult>> Exchange(Connection& connection, const P
     StreamResult result;
     result.status = static_cast<int>(status);
     // Decoded body bytes pass through this buffer on their way to the sink.
-    std::array<char, kReadChunk> part{};
+    const std::span<char> part = connection.body_part();
     while (!parser.is_done()) {
       parser.get().body().data = part.data();
       parser.get().body().size = part.size();
@@ -695,14 +719,14 @@ Awaitable<absl::StatusOr<StreamResult>> Exchange(Connection& connection, const P
       co_await http::async_read_some(connection.stream(), buffer, parser, Into(ec));
       if (ec == http::error::need_buffer) ec = {};
       if (ec) {
-        OPENSSL_cleanse(part.data(), part.size());  // how much a failed read left is unknown
+        WipeMemory(part.data(), part.size());  // how much a failed read left is unknown
         co_return read_failure(ec);
       }
       const size_t n = part.size() - parser.get().body().size;
       if (n == 0) continue;
       result.body_bytes += n;
       const bool more = co_await sink.OnBody(std::string_view(part.data(), n), parser.is_done());
-      OPENSSL_cleanse(part.data(), n);
+      WipeMemory(part.data(), n);
       if (!more) co_return CancelledError(url);
     }
     if (Cancelled(options)) co_return CancelledError(url);
@@ -946,6 +970,8 @@ std::unique_ptr<Connection> BeastHttpClient::TakeIdle(const std::string& key) {
 
 void BeastHttpClient::ReturnIdle(const std::string& key, std::unique_ptr<Connection> connection) {
   if (!Pooling()) return;
+  // An idle connection keeps no answer; one not kept is wiped as it is freed.
+  WipeReadBuffer(connection->read_buffer());
   std::vector<std::unique_ptr<Connection>> evicted;  // closed after the lock is released
   absl::MutexLock lock(&mu_);
   const Clock::time_point now = Clock::now();
@@ -1047,12 +1073,6 @@ std::optional<std::string> HttpResponse::Header(std::string_view name) const {
     if (absl::EqualsIgnoreCase(Sv(header_name), Sv(name))) return value;
   }
   return std::nullopt;
-}
-
-void WipeString(std::string& s) {
-  s.resize(s.capacity());
-  OPENSSL_cleanse(s.data(), s.size());
-  s.clear();
 }
 
 bool IsHttpToken(std::string_view s) {

@@ -173,9 +173,6 @@ absl::StatusOr<std::unique_ptr<HttpClient>> NewHttpClient(const HttpClientOption
 // characters, obs-text, spaces and tabs): what the client accepts to send.
 bool IsHttpToken(std::string_view s);
 bool IsHttpFieldValue(std::string_view s);
-// Overwrites the whole buffer of `s` (its capacity, not only its size) and
-// empties it.
-void WipeString(std::string& s);
 
 // application/x-www-form-urlencoded encoding of `fields` (RFC 6749 appendix B).
 std::string FormEncode(const std::vector<std::pair<std::string, std::string>>& fields);

@@ -1,7 +1,5 @@
 #include "oauth/identity.h"
 
-#include <openssl/crypto.h>
-
 #include <nlohmann/json.hpp>
 #include <utility>
 
@@ -9,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "common/secret_bytes.h"
 #include "common/status.h"
 #include "common/strings.h"
 #include "oauth/pkce.h"
@@ -97,8 +96,8 @@ absl::StatusOr<WipedJson> CallJson(HttpClient& http, const IdentityRequest& r, c
     request.body = std::string(call.body);
   }
   absl::StatusOr<HttpResponse> response = http.Send(request, kIdentityDeadline);
-  Cleanse(request.url);
-  for (auto& [name, value] : request.headers) Cleanse(value);
+  WipeString(request.url);
+  for (auto& [name, value] : request.headers) WipeString(value);
   if (!response.ok()) {
     return absl::Status(response.status().code(),
                         absl::StrCat("identity call to ", Sv(call.url_template), ": ",

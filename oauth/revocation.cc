@@ -1,7 +1,5 @@
 #include "oauth/revocation.h"
 
-#include <openssl/crypto.h>
-
 #include <algorithm>
 #include <initializer_list>
 #include <nlohmann/json.hpp>
@@ -15,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
+#include "common/secret_bytes.h"
 #include "common/strings.h"
 #include "oauth/catalog.h"
 #include "oauth/pkce.h"
@@ -54,7 +53,7 @@ class Redactor {
     for (const WipedString& secret : secrets_) {
       for (size_t at = text.find(secret.value); at != std::string::npos;
            at = text.find(secret.value, at)) {
-        OPENSSL_cleanse(text.data() + at, secret.value.size());
+        WipeMemory(text.data() + at, secret.value.size());
         text.replace(at, secret.value.size(), kRedacted);
         at += sizeof(kRedacted) - 1;
       }

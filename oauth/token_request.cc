@@ -1,11 +1,10 @@
 #include "oauth/token_request.h"
 
-#include <openssl/crypto.h>
-
 #include <nlohmann/json.hpp>
 #include <utility>
 #include <vector>
 
+#include "common/secret_bytes.h"
 #include "common/strings.h"
 #include "oauth/pkce.h"
 #include "oauth/request_parts.h"
@@ -65,7 +64,7 @@ void TokenRequest::Build(const ConnectorProfile& profile, std::string_view clien
 }
 
 TokenRequest::~TokenRequest() {
-  for (auto& [name, value] : request_.headers) Cleanse(value);
+  for (auto& [name, value] : request_.headers) WipeString(value);
 }
 
 }  // namespace grantvault::oauth

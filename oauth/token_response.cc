@@ -1,7 +1,5 @@
 #include "oauth/token_response.h"
 
-#include <openssl/crypto.h>
-
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/ascii.h"
@@ -9,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/secret_bytes.h"
 #include "common/status.h"
 #include "common/strings.h"
 #include "oauth/pkce.h"
@@ -81,7 +80,7 @@ absl::StatusOr<json> FormToJson(std::string_view body) {
   json doc = json::object();
   for (auto& [name, value] : *fields) {
     doc[name] = value;
-    OPENSSL_cleanse(value.data(), value.size());
+    WipeMemory(value.data(), value.size());
   }
   return doc;
 }

@@ -3,25 +3,23 @@
 #ifndef GRANTVAULT_OAUTH_WIPING_H_
 #define GRANTVAULT_OAUTH_WIPING_H_
 
-#include <openssl/crypto.h>
-
 #include <nlohmann/json.hpp>
 #include <string>
 
-namespace grantvault::oauth {
+#include "common/secret_bytes.h"
 
-inline void Cleanse(std::string& s) { OPENSSL_cleanse(s.data(), s.size()); }
+namespace grantvault::oauth {
 
 // A std::string wiped when it dies: request bodies, headers and URLs with a secret in them.
 struct WipedString {
   std::string value;
-  ~WipedString() { Cleanse(value); }
+  ~WipedString() { WipeString(value); }
 };
 
 // Wipes every string in a parsed document (before it is freed).
 inline void WipeJson(nlohmann::json& j) {
   if (j.is_string()) {
-    Cleanse(j.get_ref<std::string&>());
+    WipeString(j.get_ref<std::string&>());
   } else if (j.is_structured()) {
     for (auto& child : j) WipeJson(child);
   }

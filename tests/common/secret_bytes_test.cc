@@ -171,6 +171,17 @@ TEST(SecretBytesTest, TakeFromWipesTheSourceString) {
   for (size_t i = 0; i < n; ++i) EXPECT_EQ(buffer[i], '\0') << "byte " << i;
 }
 
+TEST(SecretBytesTest, WipeStringZeroesTheWholeBufferAndEmptiesIt) {
+  std::string s = "a-long-access-token-that-is-not-in-sso-storage";
+  s.resize(8);  // the bytes past size() still hold the token
+  const char* buffer = s.data();
+  const size_t capacity = s.capacity();
+  WipeString(s);
+  EXPECT_TRUE(s.empty());
+  ASSERT_EQ(s.data(), buffer);
+  for (size_t i = 0; i < capacity; ++i) EXPECT_EQ(buffer[i], '\0') << "byte " << i;
+}
+
 TEST(SecretBytesTest, MoveLeavesSourceEmpty) {
   SecretBytes a = SecretBytes::Random(32);
   const uint8_t* p = a.data();

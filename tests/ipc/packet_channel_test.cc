@@ -101,11 +101,5 @@ TEST(PacketChannelTest, ThePeerGoingAwayEndsTheChannelAndFailsLaterSends) {
   EXPECT_TRUE(absl::IsUnavailable(left->Send("anyone?")));
 }
 
-TEST(PacketChannelTest, WipeStringZeroesAndClears) {
-  std::string s = "secret";
-  WipeString(s);
-  EXPECT_TRUE(s.empty());
-}
-
 }  // namespace
 }  // namespace grantvault::ipc
