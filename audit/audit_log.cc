@@ -25,6 +25,7 @@
 #include "audit/record_format.h"
 #include "common/status.h"
 #include "common/strings.h"
+#include "common/thread_name.h"
 #include "nlohmann/json.hpp"
 
 namespace grantvault::audit {
@@ -447,8 +448,14 @@ class AuditLog::Impl {
         options_(options),
         chains_(std::move(chains)) {
     for (const auto& [chain, state] : chains_) writer_heads_[chain] = state.head;
-    writer_ = std::thread([this] { WriterLoop(); });
-    checkpointer_ = std::thread([this] { CheckpointLoop(); });
+    writer_ = std::thread([this] {
+      NameThisThread("gv-audit-write");
+      WriterLoop();
+    });
+    checkpointer_ = std::thread([this] {
+      NameThisThread("gv-audit-sign");
+      CheckpointLoop();
+    });
   }
 
   ~Impl() {

@@ -20,12 +20,14 @@
 #   WARMUP     unmeasured seconds before each run                       [1]
 #   REPEAT     runs per N and path                                      [3]
 #   API_THREADS api_server threads                                      [2]
+#   IO_THREADS the daemon's [limits] io_threads                          [2]
 #   LOADGEN_SCHED normal: proxy_load as started; batch: under SCHED_BATCH
 #              (chrt -b 0), for direct and proxied calls alike, as
 #              resolve_bench.sh does (docs/performance.md, "Scheduling"). Here
 #              it did not raise throughput and slowed single calls     [normal]
 #   PROFILE    1: one more (unmeasured) proxied run at the last N under
-#              `perf record -g` on the daemon's front, top symbols printed  [0]
+#              `perf record -g` on the daemon's front, top symbols printed,
+#              the data kept in PERF_DATA   [0, /tmp/proxy_bench.perf.data]
 # With the defaults: about 1 minute.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +44,7 @@ DURATION=${DURATION:-3}
 WARMUP=${WARMUP:-1}
 REPEAT=${REPEAT:-3}
 API_THREADS=${API_THREADS:-2}
+IO_THREADS=${IO_THREADS:-2}
 LOADGEN_SCHED=${LOADGEN_SCHED:-normal}
 case $LOADGEN_SCHED in
   batch) load_sched=(chrt -b 0) ;;
@@ -59,6 +62,10 @@ cleanup() {
   stop_pid "$daemon_pid"
   stop_pid "$api_pid"
   stop_pid "$provider_pid"
+  if [[ ${PROFILE:-0} == 1 && -f $tmp/perf.data ]]; then
+    mv "$tmp/perf.data" "${PERF_DATA:-/tmp/proxy_bench.perf.data}"
+    log "the profile is in ${PERF_DATA:-/tmp/proxy_bench.perf.data}"
+  fi
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -134,6 +141,7 @@ use_system_trust_store = false
 max_calls_per_grant = 64
 [limits]
 agent_max_connections_per_uid = 512
+io_threads = $IO_THREADS
 TOML
 flags=(--state-dir "$state" --config "$tmp/grantvaultd.toml")
 [[ $(id -u) -eq 0 ]] && flags+=(--allow-root)
@@ -155,8 +163,20 @@ for w in "${workspaces[@]}"; do
 done
 
 # --- runs --------------------------------------------------------------------
-run() {  # mode calls
-  local out
+ticks_per_s=$(getconf CLK_TCK)
+cpu_us_of() {  # pid...: CPU time (user + system) of those processes, µs
+  local total=0 pid
+  for pid in "$@"; do
+    [[ -r /proc/$pid/stat ]] || continue
+    # Fields 14 and 15 (utime, stime) after the ")" that ends the name.
+    total=$((total + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+  done
+  echo $((total * 1000000 / ticks_per_s))
+}
+run() {  # mode calls: proxy_load's line, plus the CPU the daemon and the API used
+  local out front0 api0
+  local daemon_pids=("$daemon_pid" $(pgrep -P "$daemon_pid" || true))
+  front0=$(cpu_us_of "${daemon_pids[@]}") api0=$(cpu_us_of "$api_pid")
   if [[ $1 == proxy ]]; then
     out=$("${load_sched[@]}" "$PROXY_LOAD" --mode proxy --socket "$state/run/agent.sock" --mix "$tmp/mix.txt" \
       --calls "$2" --duration "$DURATION" --warmup "$WARMUP" 2>>"$tmp/load.log") ||
@@ -166,9 +186,18 @@ run() {  # mode calls
       --mix "$tmp/mix.txt" --calls "$2" --duration "$DURATION" --warmup "$WARMUP" \
       2>>"$tmp/load.log") || die "proxy_load (direct, $2) failed: $out"
   fi
-  echo "$out"
+  echo "$out daemon_cpu_us=$(($(cpu_us_of "${daemon_pids[@]}") - front0))" \
+    "api_cpu_us=$(($(cpu_us_of "$api_pid") - api0))"
 }
-field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+field() { sed -n "s/\(^\|.* \)$1=\([0-9.]*\).*/\2/p" <<<"$2"; }
+cpu_per_call() {  # proxy_load line: "load L, daemon D, API A µs" of CPU per call
+  local n
+  n=$(field completed "$1")
+  awk -v n="$n" -v l="$(field cpu_us "$1")" -v d="$(field daemon_cpu_us "$1")" \
+    -v a="$(field api_cpu_us "$1")" 'BEGIN {
+      if (n == 0) { print "no calls"; exit }
+      printf "load %.0f, daemon %.0f, API %.0f µs", l / n, d / n, a / n }'
+}
 median() { tr ' ' '\n' | sed '/^$/d' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 run proxy 1 >/dev/null  # fills the token cache and the connection pools
 log "load before the runs: $(cut -d' ' -f1-3 /proc/loadavg); proxy_load scheduling $LOADGEN_SCHED"
@@ -180,6 +209,7 @@ for n in $CALLS; do
     p=$(run proxy "$n")
     d_rps+=" $(field calls_per_s "$d")" d_p50+=" $(field p50_us "$d")" d_p99+=" $(field p99_us "$d")"
     p_rps+=" $(field calls_per_s "$p")" p_p50+=" $(field p50_us "$p")" p_p99+=" $(field p99_us "$p")"
+    d_cpu=$(cpu_per_call "$d") p_cpu=$(cpu_per_call "$p")
   done
   dr=$(median <<<"$d_rps") d5=$(median <<<"$d_p50") d9=$(median <<<"$d_p99")
   pr=$(median <<<"$p_rps") p5=$(median <<<"$p_p50") p9=$(median <<<"$p_p99")
@@ -188,6 +218,7 @@ for n in $CALLS; do
   awk -v n="$n" -v dr="$dr" -v pr="$pr" -v d5="$d5" -v p5="$p5" -v d9="$d9" -v p9="$p9" 'BEGIN {
     printf "%-6s added p50 %.2f ms, added p99 %.2f ms, throughput %.2f of direct\n",
       n, (p5 - d5) / 1000, (p9 - d9) / 1000, pr / dr }'
+  printf '%-6s CPU per call (last run): direct %s; proxied %s\n' "$n" "$d_cpu" "$p_cpu"
 done
 if [[ ${PROFILE:-0} == 1 ]]; then
   last=${CALLS##* }
@@ -197,9 +228,15 @@ if [[ ${PROFILE:-0} == 1 ]]; then
   kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
   perf report -i "$tmp/perf.data" --no-children --percent-limit 1.5 --stdio 2>/dev/null |
     grep -E '^ +[0-9]' | head -40
+  echo "-- by thread:"
+  perf report -i "$tmp/perf.data" --no-children --sort comm --stdio 2>/dev/null |
+    grep -E '^ +[0-9]' | head -12
+  echo "-- the audit writer's thread:"
+  perf report -i "$tmp/perf.data" --comm gv-audit-write --no-children --percent-limit 0.25 \
+    --stdio -g none 2>/dev/null | grep -E '^ +[0-9]' | head -30
   echo "-- by caller (children):"
   perf report -i "$tmp/perf.data" --children --percent-limit 4 --stdio -g none 2>/dev/null |
     grep -E '^ +[0-9]' | head -60
 fi
 calls=$(grep -c 'proxy.call' "$tmp/grantvaultd.log" || true)
-log "the daemon logged $calls proxied calls; load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+log "the daemon logged $calls lines about proxied calls; load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -15,8 +15,12 @@
 // with "Authorization: Bearer" and a token of a real token's size; the
 // workspace, connector and tool only matter to the proxy. Every answer must
 // be 2xx. Prints one line:
-//   calls_per_s=… p50_us=… p99_us=… calls=… errors=…
-// for the calls that started after the warm-up and ended before the end.
+//   calls_per_s=… p50_us=… p99_us=… calls=… errors=… completed=… cpu_us=…
+// calls_per_s, the percentiles and calls are for the calls that started
+// after the warm-up and ended before the end; completed counts every call
+// that succeeded and cpu_us is this process's CPU time, for CPU per call.
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -64,6 +68,7 @@ std::vector<MixCall> ReadMix(const std::string& path) {
 
 struct Results {
   std::vector<int64_t> latencies_us;
+  uint64_t completed = 0;  // every call that succeeded, warm-up included
   uint64_t errors = 0;
   std::string first_error;
 };
@@ -172,6 +177,7 @@ int main(int argc, char** argv) {
           if (mine.first_error.empty()) mine.first_error = std::string(outcome.message());
           continue;
         }
+        ++mine.completed;
         if (began >= measure_from && finished <= end) {
           mine.latencies_us.push_back(
               std::chrono::duration_cast<std::chrono::microseconds>(finished - began).count());
@@ -183,9 +189,11 @@ int main(int argc, char** argv) {
 
   std::vector<int64_t> all;
   uint64_t errors = 0;
+  uint64_t completed = 0;
   std::string first_error;
   for (const Results& r : results) {
     all.insert(all.end(), r.latencies_us.begin(), r.latencies_us.end());
+    completed += r.completed;
     errors += r.errors;
     if (first_error.empty()) first_error = r.first_error;
   }
@@ -195,10 +203,16 @@ int main(int argc, char** argv) {
                        : all[std::min(all.size() - 1,
                                       static_cast<size_t>(q * static_cast<double>(all.size())))];
   };
-  std::printf("calls_per_s=%.0f p50_us=%lld p99_us=%lld calls=%zu errors=%llu\n",
-              static_cast<double>(all.size()) / duration_s, static_cast<long long>(at(0.5)),
-              static_cast<long long>(at(0.99)), all.size(),
-              static_cast<unsigned long long>(errors));
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  const auto cpu_us = [](const timeval& t) { return t.tv_sec * 1000000LL + t.tv_usec; };
+  std::printf(
+      "calls_per_s=%.0f p50_us=%lld p99_us=%lld calls=%zu errors=%llu completed=%llu "
+      "cpu_us=%lld\n",
+      static_cast<double>(all.size()) / duration_s, static_cast<long long>(at(0.5)),
+      static_cast<long long>(at(0.99)), all.size(), static_cast<unsigned long long>(errors),
+      static_cast<unsigned long long>(completed),
+      static_cast<long long>(cpu_us(usage.ru_utime) + cpu_us(usage.ru_stime)));
   if (errors > 0) std::fprintf(stderr, "proxy_load: first error: %s\n", first_error.c_str());
   return errors > 0 ? 1 : 0;
 }

@@ -5,6 +5,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "broker/messages.h"
+#include "common/secret_bytes.h"
+#include "common/thread_name.h"
 
 namespace grantvault::broker {
 namespace {
@@ -75,7 +77,12 @@ void Server::Serve(const ServerDeps& deps) {
     deps_ = deps;
     serving_ = true;
   }
-  for (size_t i = 0; i < worker_count_; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  for (size_t i = 0; i < worker_count_; ++i) {
+    workers_.emplace_back([this] {
+      NameThisThread("gv-broker-work");
+      WorkerLoop();
+    });
+  }
   {
     absl::MutexLock lock(&mu_);
     mu_.Await(absl::Condition(&closed_));
@@ -133,7 +140,7 @@ void Server::Reply(uint64_t call_id, v1::Reply& reply) {
   *packet.mutable_reply() = std::move(reply);
   std::string bytes = packet.SerializeAsString();
   absl::Status sent = channel_->Send(bytes);
-  ipc::WipeString(bytes);
+  WipeString(bytes);
   if (absl::IsInvalidArgument(sent)) {
     // Too large for one packet (a reply made of many failures, say): the
     // front is told so rather than left to time out.

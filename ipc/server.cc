@@ -39,6 +39,7 @@
 #include "absl/time/time.h"
 #include "common/secret_bytes.h"
 #include "common/strings.h"
+#include "common/thread_name.h"
 #include "common/unique_fd.h"
 #include "ipc/asio.h"
 #include "ipc/frame.h"
@@ -1033,6 +1034,7 @@ absl::Status ServerImpl::Start() {
   for (const auto& io : core_->ios) {
     // The thread holds the core, so its io_context outlives the run.
     threads_.emplace_back([core = core_, io = io.get()] {
+      NameThisThread("gv-io");
       try {
         io->run();
       } catch (const std::exception& e) {
