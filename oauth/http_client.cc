@@ -9,7 +9,6 @@
 #include <uriparser/Uri.h>
 
 #include <algorithm>
-#include <span>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -21,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <system_error>
