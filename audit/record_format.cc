@@ -2,12 +2,15 @@
 
 #include <openssl/bio.h>
 #include <openssl/core_names.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/sha.h>
 #include <sodium.h>
 
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <cstdlib>
 #include <limits>
 #include <set>
 #include <utility>
@@ -817,7 +820,9 @@ size_t CanonicalBodySize(const RecordBody& b) {
 }
 
 std::string CanonicalBody(const RecordBody& b) {
-  std::string out(kBodyHeader);
+  std::string out;
+  out.reserve(CanonicalBodySize(b));  // one allocation, not one per doubling
+  out.append(kBodyHeader);
   ForEachBodyField(b, [&out](std::string_view value) { AppendField(out, value); });
   return out;
 }
@@ -860,9 +865,16 @@ std::string CanonicalStatement(const Statement& s) {
 }
 
 std::string Sha256Hex(std::string_view data) {
-  std::array<uint8_t, crypto_hash_sha256_BYTES> digest;
-  crypto_hash_sha256(digest.data(), reinterpret_cast<const unsigned char*>(data.data()),
-                     data.size());
+  // OpenSSL's SHA-256 uses the CPU's SHA extensions where it has them
+  // (libsodium's does not: 300 bytes took 970 ns, this 300 ns), and an
+  // appended record is hashed twice. Fetched once: an implicit fetch per
+  // call costs as much as the hash.
+  static EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  std::array<unsigned char, SHA256_DIGEST_LENGTH> digest;
+  if (sha256 == nullptr ||
+      EVP_Digest(data.data(), data.size(), digest.data(), nullptr, sha256, nullptr) != 1) {
+    std::abort();  // SHA-256 over memory cannot fail short of a broken library
+  }
   std::string hex(digest.size() * 2 + 1, '\0');
   sodium_bin2hex(hex.data(), hex.size(), digest.data(), digest.size());
   hex.pop_back();
