@@ -21,11 +21,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "audit/audit_db.h"
 #include "audit/record_format.h"
 #include "common/status.h"
 #include "common/strings.h"
 #include "common/thread_name.h"
+#include "db/sqlite.h"
 #include "nlohmann/json.hpp"
 
 namespace grantvault::audit {
@@ -48,12 +48,7 @@ constexpr std::array<std::string_view, 12> kSecretDetailKeys = {
 // --- schema ------------------------------------------------------------------
 // Times are unix microseconds. Never edit a released migration; append one.
 
-struct Migration {
-  int version;
-  const char* sql;
-};
-
-constexpr Migration kMigrations[] = {
+constexpr db::Migration kMigrations[] = {
     {1, R"sql(
 CREATE TABLE signing_keys (
   key_label TEXT PRIMARY KEY NOT NULL,
@@ -122,39 +117,13 @@ BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
 )sql"},
 };
 
-constexpr int kLatestSchemaVersion = kMigrations[std::size(kMigrations) - 1].version;
-
-absl::Status Migrate(sqlite3* db, const std::string& path) {
-  GV_RETURN_IF_ERROR(db::Exec(db,
-                              "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                              "version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL) STRICT",
-                              "create schema_migrations"));
-  for (const Migration& migration : kMigrations) {
-    GV_ASSIGN_OR_RETURN(db::Transaction txn, db::Transaction::Begin(db, true));
-    GV_ASSIGN_OR_RETURN(
-        db::Statement newest,
-        db::Statement::Prepare(db, "SELECT coalesce(max(version), 0) FROM schema_migrations",
-                               "read schema_migrations"));
-    GV_ASSIGN_OR_RETURN(bool row, newest.Step());
-    int64_t applied = row ? newest.Int(0) : 0;
-    if (applied > kLatestSchemaVersion) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("audit database ", path, " has schema version ", applied,
-                       ", newer than this build of grantvault knows (", kLatestSchemaVersion, ")"));
-    }
-    if (migration.version <= applied) continue;
-    std::string context = absl::StrCat("apply audit schema migration ", migration.version);
-    GV_RETURN_IF_ERROR(db::Exec(db, migration.sql, context));
-    GV_ASSIGN_OR_RETURN(
-        db::Statement record,
-        db::Statement::Prepare(
-            db, "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", context));
-    record.BindInt(1, migration.version);
-    record.BindInt(2, absl::ToUnixMicros(absl::Now()));
-    GV_RETURN_IF_ERROR(record.Run());
-    GV_RETURN_IF_ERROR(txn.Commit());
-  }
-  return absl::OkStatus();
+db::SqliteOptions DatabaseOptions(const AuditOptions& options, bool read_only) {
+  db::SqliteOptions o;
+  o.owner = "audit log";
+  o.file_kind = "audit database";
+  o.read_only = read_only;
+  o.busy_timeout_ms = options.busy_timeout_ms;
+  return o;
 }
 
 // --- events ------------------------------------------------------------------
@@ -435,7 +404,7 @@ bool IsKnownEventType(std::string_view type) {
 
 class AuditLog::Impl {
  public:
-  Impl(std::string path, db::Handle db, std::unique_ptr<Signer> signer,
+  Impl(std::string path, std::unique_ptr<db::Sqlite> db, std::unique_ptr<Signer> signer,
        std::unique_ptr<AnchorStore> anchor_store, std::string pem, SecretBytes fingerprint_key,
        Clock* clock, AuditOptions options, std::map<std::string, ChainState> chains)
       : path_(std::move(path)),
@@ -801,9 +770,8 @@ class AuditLog::Impl {
 
   absl::Status SetSynchronous(bool full) {
     if (full == synchronous_full_) return absl::OkStatus();
-    GV_RETURN_IF_ERROR(db::Exec(db_.get(),
-                                full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
-                                "set synchronous"));
+    GV_RETURN_IF_ERROR(db_->Exec(full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
+                                 "set synchronous"));
     synchronous_full_ = full;
     return absl::OkStatus();
   }
@@ -813,8 +781,8 @@ class AuditLog::Impl {
   bool ForceSync() {
     absl::Status s = SetSynchronous(true);
     if (s.ok()) {
-      s = db::Exec(db_.get(), "UPDATE sync_marker SET syncs = syncs + 1 WHERE id = 1",
-                   "fsync grouped records");
+      s = db_->Exec("UPDATE sync_marker SET syncs = syncs + 1 WHERE id = 1",
+                    "fsync grouped records");
     }
     absl::MutexLock lock(&mu_);
     if (s.ok()) {
@@ -899,17 +867,17 @@ class AuditLog::Impl {
                                      std::map<std::string, Head>& touched,
                                      std::map<std::string, std::string>& new_chain_workspace,
                                      std::map<std::string, int64_t>& first_new_time) {
-    sqlite3* db = db_.get();
+    db::Sqlite& db = *db_;
     GV_RETURN_IF_ERROR(SetSynchronous(durable));
-    GV_ASSIGN_OR_RETURN(db::Transaction txn, db::Transaction::Begin(db, true));
+    GV_ASSIGN_OR_RETURN(db::Transaction txn,
+                        db::Transaction::Begin(db, db::Transaction::Mode::kImmediate));
     if (!insert_record_.has_value()) {
       GV_ASSIGN_OR_RETURN(
           db::Statement prepared,
-          db::Statement::Prepare(db,
-                                 absl::StrCat("INSERT INTO records (", kRecordColumns,
-                                              ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                                              "?, ?, ?, ?, ?)"),
-                                 "append audit record"));
+          db.Prepare(absl::StrCat("INSERT INTO records (", kRecordColumns,
+                                  ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                                  "?, ?, ?, ?, ?)"),
+                     "append audit record"));
       insert_record_.emplace(std::move(prepared));
     }
     db::Statement& insert = *insert_record_;
@@ -975,13 +943,11 @@ class AuditLog::Impl {
     if (!advance_head_.has_value()) {
       GV_ASSIGN_OR_RETURN(
           db::Statement prepared,
-          db::Statement::Prepare(
-              db,
-              "INSERT INTO chains (chain, workspace_id, head_seq, head_hash, head_time) "
-              "VALUES (?, ?, ?, ?, ?) ON CONFLICT (chain) DO UPDATE SET "
-              "head_seq = excluded.head_seq, head_hash = excluded.head_hash, "
-              "head_time = excluded.head_time",
-              "advance audit chain head"));
+          db.Prepare("INSERT INTO chains (chain, workspace_id, head_seq, head_hash, head_time) "
+                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (chain) DO UPDATE SET "
+                     "head_seq = excluded.head_seq, head_hash = excluded.head_hash, "
+                     "head_time = excluded.head_time",
+                     "advance audit chain head"));
       advance_head_.emplace(std::move(prepared));
     }
     db::Statement& upsert = *advance_head_;
@@ -1010,18 +976,17 @@ class AuditLog::Impl {
     return chain.substr(format::kWorkspaceChainPrefix.size());
   }
 
-  absl::Status InsertCheckpoint(sqlite3* db, Job& job) {
+  absl::Status InsertCheckpoint(db::Sqlite& db, Job& job) {
     const format::Checkpoint& c = job.checkpoint;
     // Checkpoints only move forward (two signers may race for one head, or
     // an older head's checkpoint may arrive after a newer one's): the count
     // the token anchors must stay the count of rows.
     GV_ASSIGN_OR_RETURN(
         db::Statement insert,
-        db::Statement::Prepare(db,
-                               "INSERT INTO checkpoints (chain, seq, head_hash, time, key_label, "
-                               "signature) SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS "
-                               "(SELECT 1 FROM checkpoints WHERE chain = ?1 AND seq >= ?2)",
-                               absl::StrCat("store checkpoint of chain ", c.chain)));
+        db.Prepare("INSERT INTO checkpoints (chain, seq, head_hash, time, key_label, "
+                   "signature) SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS "
+                   "(SELECT 1 FROM checkpoints WHERE chain = ?1 AND seq >= ?2)",
+                   absl::StrCat("store checkpoint of chain ", c.chain)));
     insert.BindText(1, c.chain);
     insert.BindInt(2, static_cast<int64_t>(c.seq));
     insert.BindText(3, c.head_hash);
@@ -1029,11 +994,10 @@ class AuditLog::Impl {
     insert.BindText(5, c.key_label);
     insert.BindBlob(6, c.signature);
     GV_RETURN_IF_ERROR(insert.Run());
-    job.inserted = sqlite3_changes(db) > 0;
-    GV_ASSIGN_OR_RETURN(
-        db::Statement next,
-        db::Statement::Prepare(db, "SELECT time FROM records WHERE chain = ? AND seq = ?",
-                               "read the record after a checkpoint"));
+    job.inserted = db.Changes() > 0;
+    GV_ASSIGN_OR_RETURN(db::Statement next,
+                        db.Prepare("SELECT time FROM records WHERE chain = ? AND seq = ?",
+                                   "read the record after a checkpoint"));
     next.BindText(1, c.chain);
     next.BindInt(2, static_cast<int64_t>(c.seq + 1));
     GV_ASSIGN_OR_RETURN(bool row, next.Step());
@@ -1042,7 +1006,7 @@ class AuditLog::Impl {
   }
 
   const std::string path_;
-  db::Handle db_;                               // used only by the writer thread
+  std::unique_ptr<db::Sqlite> db_;              // used only by the writer thread
   bool synchronous_full_ = true;                // writer thread only
   std::map<std::string, Head> writer_heads_;    // writer thread only: committed heads
   std::optional<db::Statement> insert_record_;  // writer thread only, prepared once
@@ -1089,11 +1053,11 @@ class AuditLog::Impl {
 
 namespace {
 
-absl::StatusOr<std::optional<int64_t>> QueryOptionalInt(sqlite3* db, const std::string& sql,
+absl::StatusOr<std::optional<int64_t>> QueryOptionalInt(db::Sqlite& db, const std::string& sql,
                                                         const std::string& chain,
                                                         std::optional<int64_t> arg2,
                                                         std::optional<int64_t> arg3) {
-  GV_ASSIGN_OR_RETURN(db::Statement q, db::Statement::Prepare(db, sql, "plan audit export"));
+  GV_ASSIGN_OR_RETURN(db::Statement q, db.Prepare(sql, "plan audit export"));
   q.BindText(1, chain);
   if (arg2.has_value()) q.BindInt(2, *arg2);
   if (arg3.has_value()) q.BindInt(3, *arg3);
@@ -1135,15 +1099,17 @@ absl::Status AuditLog::Impl::Export(const ExportFilter& filter, ExportFormat fmt
   // The export must end with a signed checkpoint of its last record.
   GV_RETURN_IF_ERROR(Checkpoint());
 
-  GV_ASSIGN_OR_RETURN(db::Handle db, db::Open(path_, /*read_only=*/true, options_.busy_timeout_ms));
-  GV_ASSIGN_OR_RETURN(db::Transaction snapshot, db::Transaction::Begin(db.get(), false));
+  GV_ASSIGN_OR_RETURN(std::unique_ptr<db::Sqlite> db,
+                      db::Sqlite::Open(path_, DatabaseOptions(options_, /*read_only=*/true)));
+  GV_ASSIGN_OR_RETURN(db::Transaction snapshot,
+                      db::Transaction::Begin(*db, db::Transaction::Mode::kDeferred));
   const std::string& chain = statement.chain;
   GV_ASSIGN_OR_RETURN(std::optional<int64_t> final_seq,
-                      QueryOptionalInt(db.get(), "SELECT max(seq) FROM checkpoints WHERE chain = ?",
+                      QueryOptionalInt(*db, "SELECT max(seq) FROM checkpoints WHERE chain = ?",
                                        chain, std::nullopt, std::nullopt));
   GV_ASSIGN_OR_RETURN(std::optional<int64_t> head_seq,
-                      QueryOptionalInt(db.get(), "SELECT head_seq FROM chains WHERE chain = ?",
-                                       chain, std::nullopt, std::nullopt));
+                      QueryOptionalInt(*db, "SELECT head_seq FROM chains WHERE chain = ?", chain,
+                                       std::nullopt, std::nullopt));
   if (head_seq.has_value() && !final_seq.has_value()) {
     return absl::UnavailableError(absl::StrCat(
         "audit export: chain ", chain, " has no checkpoint yet (it was just created); retry"));
@@ -1153,7 +1119,7 @@ absl::Status AuditLog::Impl::Export(const ExportFilter& filter, ExportFormat fmt
     first = 1;
     if (since_us.has_value()) {
       GV_ASSIGN_OR_RETURN(std::optional<int64_t> before,
-                          QueryOptionalInt(db.get(),
+                          QueryOptionalInt(*db,
                                            "SELECT max(seq) FROM records WHERE chain = ? AND "
                                            "time < ? AND seq <= ?",
                                            chain, *since_us, *final_seq));
@@ -1162,13 +1128,13 @@ absl::Status AuditLog::Impl::Export(const ExportFilter& filter, ExportFormat fmt
     last = static_cast<uint64_t>(*final_seq);
     if (until_us.has_value()) {
       GV_ASSIGN_OR_RETURN(std::optional<int64_t> after,
-                          QueryOptionalInt(db.get(),
+                          QueryOptionalInt(*db,
                                            "SELECT min(seq) FROM records WHERE chain = ? AND "
                                            "time >= ? AND seq <= ?",
                                            chain, *until_us, *final_seq));
       if (after.has_value()) {
         GV_ASSIGN_OR_RETURN(std::optional<int64_t> covering,
-                            QueryOptionalInt(db.get(),
+                            QueryOptionalInt(*db,
                                              "SELECT min(seq) FROM checkpoints WHERE chain = ? "
                                              "AND seq >= ?",
                                              chain, *after, std::nullopt));
@@ -1177,7 +1143,7 @@ absl::Status AuditLog::Impl::Export(const ExportFilter& filter, ExportFormat fmt
     }
     GV_ASSIGN_OR_RETURN(
         std::optional<int64_t> checkpoints,
-        QueryOptionalInt(db.get(),
+        QueryOptionalInt(*db,
                          "SELECT count(*) FROM checkpoints WHERE chain = ? AND "
                          "seq BETWEEN ? AND ?",
                          chain, static_cast<int64_t>(first), static_cast<int64_t>(last)));
@@ -1200,20 +1166,18 @@ absl::Status AuditLog::Impl::Export(const ExportFilter& filter, ExportFormat fmt
   if (entries > 0) {
     GV_ASSIGN_OR_RETURN(
         db::Statement records,
-        db::Statement::Prepare(db.get(),
-                               absl::StrCat("SELECT ", kRecordColumns,
-                                            " FROM records WHERE chain = ? AND seq BETWEEN ? AND ? "
-                                            "ORDER BY seq"),
-                               "read audit records"));
+        db->Prepare(absl::StrCat("SELECT ", kRecordColumns,
+                                 " FROM records WHERE chain = ? AND seq BETWEEN ? AND ? "
+                                 "ORDER BY seq"),
+                    "read audit records"));
     records.BindText(1, chain);
     records.BindInt(2, static_cast<int64_t>(first));
     records.BindInt(3, static_cast<int64_t>(last));
     GV_ASSIGN_OR_RETURN(
         db::Statement checkpoints,
-        db::Statement::Prepare(db.get(),
-                               "SELECT seq, head_hash, time, key_label, signature FROM checkpoints "
-                               "WHERE chain = ? AND seq BETWEEN ? AND ? ORDER BY seq",
-                               "read audit checkpoints"));
+        db->Prepare("SELECT seq, head_hash, time, key_label, signature FROM checkpoints "
+                    "WHERE chain = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+                    "read audit checkpoints"));
     checkpoints.BindText(1, chain);
     checkpoints.BindInt(2, static_cast<int64_t>(first));
     checkpoints.BindInt(3, static_cast<int64_t>(last));
@@ -1252,12 +1216,12 @@ absl::Status AuditLog::Impl::Export(const ExportFilter& filter, ExportFormat fmt
 
 namespace {
 
-absl::Status RecordSigningKey(sqlite3* db, const std::string& label, const std::string& pem) {
-  GV_ASSIGN_OR_RETURN(db::Transaction txn, db::Transaction::Begin(db, true));
-  GV_ASSIGN_OR_RETURN(
-      db::Statement q,
-      db::Statement::Prepare(db, "SELECT public_key_pem FROM signing_keys WHERE key_label = ?",
-                             "read audit signing keys"));
+absl::Status RecordSigningKey(db::Sqlite& db, const std::string& label, const std::string& pem) {
+  GV_ASSIGN_OR_RETURN(db::Transaction txn,
+                      db::Transaction::Begin(db, db::Transaction::Mode::kImmediate));
+  GV_ASSIGN_OR_RETURN(db::Statement q,
+                      db.Prepare("SELECT public_key_pem FROM signing_keys WHERE key_label = ?",
+                                 "read audit signing keys"));
   q.BindText(1, label);
   GV_ASSIGN_OR_RETURN(bool row, q.Step());
   if (row) {
@@ -1271,8 +1235,7 @@ absl::Status RecordSigningKey(sqlite3* db, const std::string& label, const std::
   }
   GV_ASSIGN_OR_RETURN(
       db::Statement insert,
-      db::Statement::Prepare(
-          db,
+      db.Prepare(
           "INSERT INTO signing_keys (key_label, public_key_pem, first_used_at) VALUES (?, ?, ?)",
           "record the audit signing key"));
   insert.BindText(1, label);
@@ -1303,12 +1266,11 @@ absl::Status RolledBackError(const std::string& chain, const ChainAnchor& anchor
 // the token's key and the record it covers, and the token's anchor (the
 // anchored record, and the number of checkpoints up to it). Returns the state
 // to continue from; `last_checkpoint` is the anchor the database supports now.
-absl::StatusOr<ChainState> VerifyChain(sqlite3* db, const std::string& chain, ChainState state,
+absl::StatusOr<ChainState> VerifyChain(db::Sqlite& db, const std::string& chain, ChainState state,
                                        const TrustedKey& trusted, const ChainAnchor* anchor,
                                        ChainAnchor& last_checkpoint) {
-  GV_ASSIGN_OR_RETURN(db::Statement last,
-                      db::Statement::Prepare(db, "SELECT max(seq) FROM records WHERE chain = ?",
-                                             "read the chain tail"));
+  GV_ASSIGN_OR_RETURN(db::Statement last, db.Prepare("SELECT max(seq) FROM records WHERE chain = ?",
+                                                     "read the chain tail"));
   last.BindText(1, chain);
   GV_ASSIGN_OR_RETURN(bool row, last.Step());
   if (!row || last.IsNull(0)) return TamperedError(chain, state.head.seq, "its records are gone");
@@ -1323,17 +1285,15 @@ absl::StatusOr<ChainState> VerifyChain(sqlite3* db, const std::string& chain, Ch
                            absl::StrCat("the database ends at seq ", state.head.seq));
   }
   GV_ASSIGN_OR_RETURN(db::Statement checkpoints,
-                      db::Statement::Prepare(db,
-                                             "SELECT seq, head_hash, time, key_label, signature "
-                                             "FROM checkpoints WHERE chain = ? ORDER BY seq",
-                                             "read the chain's checkpoints"));
+                      db.Prepare("SELECT seq, head_hash, time, key_label, signature "
+                                 "FROM checkpoints WHERE chain = ? ORDER BY seq",
+                                 "read the chain's checkpoints"));
   checkpoints.BindText(1, chain);
   GV_ASSIGN_OR_RETURN(bool have_checkpoint, checkpoints.Step());
-  GV_ASSIGN_OR_RETURN(
-      db::Statement records,
-      db::Statement::Prepare(
-          db, absl::StrCat("SELECT ", kRecordColumns, " FROM records WHERE chain = ? ORDER BY seq"),
-          "verify the chain"));
+  GV_ASSIGN_OR_RETURN(db::Statement records,
+                      db.Prepare(absl::StrCat("SELECT ", kRecordColumns,
+                                              " FROM records WHERE chain = ? ORDER BY seq"),
+                                 "verify the chain"));
   records.BindText(1, chain);
   uint64_t expected_seq = 1;
   int64_t previous_time = 0;
@@ -1413,17 +1373,16 @@ absl::StatusOr<ChainState> VerifyChain(sqlite3* db, const std::string& chain, Ch
 // Loads and verifies every chain against the token's key and anchors.
 // `supported` receives the anchors the verified database supports (equal to
 // or ahead of `anchors`).
-absl::StatusOr<std::map<std::string, ChainState>> LoadChains(sqlite3* db, const TrustedKey& trusted,
+absl::StatusOr<std::map<std::string, ChainState>> LoadChains(db::Sqlite& db,
+                                                             const TrustedKey& trusted,
                                                              const ChainAnchors& anchors,
                                                              ChainAnchors& supported) {
   std::map<std::string, ChainState> chains;
   {
-    GV_ASSIGN_OR_RETURN(
-        db::Statement q,
-        db::Statement::Prepare(db,
-                               "SELECT chain, workspace_id, head_seq, head_hash, head_time "
-                               "FROM chains",
-                               "read audit chains"));
+    GV_ASSIGN_OR_RETURN(db::Statement q,
+                        db.Prepare("SELECT chain, workspace_id, head_seq, head_hash, head_time "
+                                   "FROM chains",
+                                   "read audit chains"));
     while (true) {
       GV_ASSIGN_OR_RETURN(bool row, q.Step());
       if (!row) break;
@@ -1445,9 +1404,8 @@ absl::StatusOr<std::map<std::string, ChainState>> LoadChains(sqlite3* db, const 
     }
   }
   {
-    GV_ASSIGN_OR_RETURN(db::Statement q,
-                        db::Statement::Prepare(db, "SELECT DISTINCT chain FROM checkpoints",
-                                               "read checkpointed chains"));
+    GV_ASSIGN_OR_RETURN(db::Statement q, db.Prepare("SELECT DISTINCT chain FROM checkpoints",
+                                                    "read checkpointed chains"));
     while (true) {
       GV_ASSIGN_OR_RETURN(bool row, q.Step());
       if (!row) break;
@@ -1506,10 +1464,11 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& data
   GV_ASSIGN_OR_RETURN(std::string pem, signer->PublicKeyPem());
   GV_RETURN_IF_ERROR(format::PublicKey::FromPem(pem).status());
 
-  GV_ASSIGN_OR_RETURN(db::Handle db,
-                      db::Open(database_path, /*read_only=*/false, options.busy_timeout_ms));
-  GV_RETURN_IF_ERROR(Migrate(db.get(), database_path));
-  GV_RETURN_IF_ERROR(RecordSigningKey(db.get(), signer->key_label(), pem));
+  GV_ASSIGN_OR_RETURN(
+      std::unique_ptr<db::Sqlite> db,
+      db::Sqlite::Open(database_path, DatabaseOptions(options, /*read_only=*/false)));
+  GV_RETURN_IF_ERROR(db::Migrate(*db, kMigrations, database_path));
+  GV_RETURN_IF_ERROR(RecordSigningKey(*db, signer->key_label(), pem));
   // Checkpoints are checked with the signer's key as the token gives it,
   // never with a key read from the database (which anyone who can write the
   // file could replace).
@@ -1518,7 +1477,7 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& data
   GV_ASSIGN_OR_RETURN(std::optional<ChainAnchors> loaded, anchor_store->Load());
   const ChainAnchors anchors = loaded.value_or(ChainAnchors{});
   ChainAnchors supported;
-  GV_ASSIGN_OR_RETURN(ChainMap chains, LoadChains(db.get(), trusted, anchors, supported));
+  GV_ASSIGN_OR_RETURN(ChainMap chains, LoadChains(*db, trusted, anchors, supported));
   // First use (no anchor yet), or a crash between a checkpoint's commit and
   // its anchor: the database, verified above, moves the anchor forward.
   if (!loaded.has_value() || supported != anchors) {

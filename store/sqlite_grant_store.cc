@@ -1,12 +1,8 @@
 #include "store/sqlite_grant_store.h"
 
-#include <fcntl.h>
 #include <sqlite3.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -25,9 +21,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
@@ -35,24 +29,23 @@
 #include "absl/time/time.h"
 #include "common/status.h"
 #include "common/strings.h"
+#include "db/sqlite.h"
 #include "store/grant_store.h"
 #include "store/sqlite_grant_store_internal.h"
 
 namespace grantvault::store {
 namespace {
 
+using db::Statement;
+using db::Transaction;
+
 // --- schema ------------------------------------------------------------------
 //
-// Applied in order, each in its own BEGIN IMMEDIATE transaction, and recorded
-// in schema_migrations. Never edit a released migration: append a new one.
-// Times are unix microseconds.
+// Applied in order by db::Migrate, each in its own BEGIN IMMEDIATE
+// transaction, and recorded in schema_migrations. Never edit a released
+// migration: append a new one. Times are unix microseconds.
 
-struct Migration {
-  int version;
-  const char* sql;
-};
-
-constexpr Migration kMigrations[] = {
+constexpr db::Migration kMigrations[] = {
     {1, R"sql(
 CREATE TABLE key_versions (
   version INTEGER PRIMARY KEY,
@@ -236,327 +229,6 @@ ALTER TABLE connector_registrations
 
 constexpr int kLatestSchemaVersion = kMigrations[std::size(kMigrations) - 1].version;
 
-// --- errors ------------------------------------------------------------------
-
-absl::StatusCode CodeForSqlite(int rc) {
-  switch (rc) {
-    case SQLITE_CONSTRAINT_PRIMARYKEY:
-    case SQLITE_CONSTRAINT_UNIQUE:
-      return absl::StatusCode::kAlreadyExists;
-    case SQLITE_CONSTRAINT_FOREIGNKEY:
-    case SQLITE_CONSTRAINT_TRIGGER:
-      return absl::StatusCode::kFailedPrecondition;
-    case SQLITE_IOERR_NOMEM:
-      return absl::StatusCode::kResourceExhausted;
-    default:
-      break;
-  }
-  switch (rc & 0xff) {
-    case SQLITE_FULL:
-    case SQLITE_NOMEM:
-      return absl::StatusCode::kResourceExhausted;
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED:
-    case SQLITE_IOERR:
-    case SQLITE_CANTOPEN:
-    case SQLITE_READONLY:
-    case SQLITE_PROTOCOL:
-      return absl::StatusCode::kUnavailable;
-    case SQLITE_CONSTRAINT:  // NOT NULL, CHECK: a value the schema does not accept
-    case SQLITE_TOOBIG:
-    case SQLITE_RANGE:
-      return absl::StatusCode::kInvalidArgument;
-    default:
-      return absl::StatusCode::kInternal;
-  }
-}
-
-// SQLite's messages name tables and columns, never bound values, so sealed
-// records cannot leak through them.
-absl::Status SqliteError(sqlite3* db, int rc, std::string_view context) {
-  const char* message = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-  return absl::Status(CodeForSqlite(rc), absl::StrCat("grant store: ", Sv(context), ": ", message,
-                                                      " (sqlite code ", rc, ")"));
-}
-
-// Runs one or more statements that return no rows the caller needs.
-absl::Status Exec(sqlite3* db, const char* sql, std::string_view context) {
-  char* raw_message = nullptr;
-  int rc = sqlite3_exec(db, sql, nullptr, nullptr, &raw_message);
-  std::unique_ptr<char, decltype(&sqlite3_free)> message(raw_message, &sqlite3_free);
-  if (rc == SQLITE_OK) return absl::OkStatus();
-  return absl::Status(CodeForSqlite(rc),
-                      absl::StrCat("grant store: ", Sv(context), ": ",
-                                   message != nullptr ? message.get() : sqlite3_errstr(rc),
-                                   " (sqlite code ", rc, ")"));
-}
-
-// --- time --------------------------------------------------------------------
-
-int64_t ToMicros(absl::Time t) { return absl::ToUnixMicros(t); }  // infinities saturate
-
-absl::Time FromMicros(int64_t micros) {
-  if (micros == std::numeric_limits<int64_t>::min()) return absl::InfinitePast();
-  if (micros == std::numeric_limits<int64_t>::max()) return absl::InfiniteFuture();
-  return absl::FromUnixMicros(micros);
-}
-
-// --- handles -----------------------------------------------------------------
-
-struct DatabaseCloser {
-  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
-};
-using DatabaseHandle = std::unique_ptr<sqlite3, DatabaseCloser>;
-
-// The prepared statements of one store's connection that are not in use, by
-// their SQL, kept for the next Statement::Prepare of the same SQL: compiling
-// a statement costs more than running one of the store's. Used only under
-// the store's lock, as its connection is. (Sealed records are the only
-// bound values that matter, and a kept statement's bindings are cleared.)
-class StatementCache {
- public:
-  StatementCache() = default;
-  StatementCache(const StatementCache&) = delete;
-  StatementCache& operator=(const StatementCache&) = delete;
-  ~StatementCache() {
-    for (auto& [sql, idle] : idle_) {
-      for (sqlite3_stmt* stmt : idle) sqlite3_finalize(stmt);
-    }
-  }
-
-  // A kept statement of `sql`, reset and unbound; nullptr when there is none.
-  sqlite3_stmt* Take(std::string_view sql) {
-    auto it = idle_.find(sql);
-    if (it == idle_.end() || it->second.empty()) return nullptr;
-    sqlite3_stmt* stmt = it->second.back();
-    it->second.pop_back();
-    return stmt;
-  }
-
-  // Keeps `stmt` (of SQL `sql`) for reuse, or finalizes it when enough of the
-  // same SQL are kept already (nested uses of one query).
-  void Give(std::string_view sql, sqlite3_stmt* stmt) {
-    sqlite3_reset(stmt);
-    sqlite3_clear_bindings(stmt);
-    auto it = idle_.find(sql);
-    if (it == idle_.end()) it = idle_.emplace(std::string(sql), std::vector<sqlite3_stmt*>()).first;
-    std::vector<sqlite3_stmt*>& idle = it->second;
-    if (idle.size() >= kMaxIdlePerSql) {
-      sqlite3_finalize(stmt);
-      return;
-    }
-    idle.push_back(stmt);
-  }
-
- private:
-  static constexpr size_t kMaxIdlePerSql = 2;
-  std::map<std::string, std::vector<sqlite3_stmt*>, std::less<>> idle_;
-};
-
-// Which connections have a statement cache (a store's, for its life).
-class StatementCaches {
- public:
-  static void Register(sqlite3* db, StatementCache* cache) {
-    absl::MutexLock lock(&mu_);
-    Map()[db] = cache;
-  }
-  static void Unregister(sqlite3* db) {
-    absl::MutexLock lock(&mu_);
-    Map().erase(db);
-  }
-  static StatementCache* For(sqlite3* db) {
-    absl::MutexLock lock(&mu_);
-    auto it = Map().find(db);
-    return it == Map().end() ? nullptr : it->second;
-  }
-
- private:
-  static std::map<sqlite3*, StatementCache*>& Map() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    static auto* map = new std::map<sqlite3*, StatementCache*>();
-    return *map;
-  }
-  static inline absl::Mutex mu_;
-};
-
-// Owns one prepared statement (on a store's connection: borrowed from its
-// StatementCache and given back). Bind errors are remembered and reported by
-// the next Step(), so call sites bind without checking each call.
-class Statement {
- public:
-  static absl::StatusOr<Statement> Prepare(sqlite3* db, std::string_view sql, std::string context) {
-    if (sql.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("grant store: ", Sv(context), ": SQL too long"));
-    }
-    // Never a pragma: some take effect, or read their value, when compiled.
-    StatementCache* cache =
-        absl::StartsWithIgnoreCase(Sv(sql), "PRAGMA") ? nullptr : StatementCaches::For(db);
-    if (cache != nullptr) {
-      if (sqlite3_stmt* kept = cache->Take(sql))
-        return Statement(db, kept, cache, std::move(context));
-    }
-    sqlite3_stmt* stmt = nullptr;
-    const char* tail = nullptr;
-    const int rc =
-        sqlite3_prepare_v3(db, sql.data(), static_cast<int>(sql.size()),
-                           cache != nullptr ? SQLITE_PREPARE_PERSISTENT : 0, &stmt, &tail);
-    if (rc != SQLITE_OK) {
-      sqlite3_finalize(stmt);
-      return SqliteError(db, rc, context);
-    }
-    // Kept under sqlite3_sql(), the text it compiled: only when that is all of
-    // `sql`, so that the next Take(sql) finds it.
-    if (tail != sql.data() + sql.size()) cache = nullptr;
-    return Statement(db, stmt, cache, std::move(context));
-  }
-
-  Statement(Statement&& other) noexcept
-      : db_(other.db_),
-        stmt_(std::exchange(other.stmt_, nullptr)),
-        cache_(other.cache_),
-        context_(std::move(other.context_)),
-        bind_rc_(other.bind_rc_) {}
-  Statement& operator=(Statement&&) = delete;
-  Statement(const Statement&) = delete;
-  Statement& operator=(const Statement&) = delete;
-  ~Statement() {
-    if (stmt_ == nullptr) return;
-    if (cache_ != nullptr) {
-      cache_->Give(sqlite3_sql(stmt_), stmt_);
-    } else {
-      sqlite3_finalize(stmt_);
-    }
-  }
-
-  void BindText(int index, std::string_view value) {
-    // A null pointer would bind SQL NULL, not the empty string.
-    const char* data = value.data() != nullptr ? value.data() : "";
-    Note(sqlite3_bind_text64(stmt_, index, data, static_cast<sqlite3_uint64>(value.size()),
-                             SQLITE_TRANSIENT, SQLITE_UTF8));
-  }
-  void BindInt(int index, int64_t value) { Note(sqlite3_bind_int64(stmt_, index, value)); }
-  void BindBlob(int index, const std::vector<uint8_t>& value) {
-    if (value.empty()) {
-      Note(sqlite3_bind_zeroblob(stmt_, index, 0));
-    } else {
-      Note(sqlite3_bind_blob64(stmt_, index, value.data(),
-                               static_cast<sqlite3_uint64>(value.size()), SQLITE_TRANSIENT));
-    }
-  }
-  void BindTime(int index, absl::Time value) { BindInt(index, ToMicros(value)); }
-  void BindOptionalTime(int index, const std::optional<absl::Time>& value) {
-    if (value.has_value()) {
-      BindTime(index, *value);
-    } else {
-      Note(sqlite3_bind_null(stmt_, index));
-    }
-  }
-
-  // Runs one step: true when a row is ready, false when the statement is done.
-  absl::StatusOr<bool> Step() {
-    if (bind_rc_ != SQLITE_OK) return SqliteError(db_, bind_rc_, context_);
-    int rc = sqlite3_step(stmt_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    return SqliteError(db_, rc, context_);
-  }
-
-  // Runs a statement that returns no rows.
-  absl::Status Run() {
-    GV_ASSIGN_OR_RETURN(bool row, Step());
-    if (row)
-      return absl::InternalError(absl::StrCat("grant store: ", context_, ": unexpected row"));
-    return absl::OkStatus();
-  }
-
-  // Makes the statement ready to run again; bindings are kept until rebound.
-  void Reset() {
-    sqlite3_reset(stmt_);
-    bind_rc_ = SQLITE_OK;
-  }
-
-  bool IsNull(int column) const { return sqlite3_column_type(stmt_, column) == SQLITE_NULL; }
-  int64_t Int(int column) const { return sqlite3_column_int64(stmt_, column); }
-  std::string Text(int column) const {
-    const unsigned char* text = sqlite3_column_text(stmt_, column);
-    if (text == nullptr) return std::string();
-    return std::string(reinterpret_cast<const char*>(text),
-                       static_cast<size_t>(sqlite3_column_bytes(stmt_, column)));
-  }
-  std::vector<uint8_t> Blob(int column) const {
-    const auto* data = static_cast<const uint8_t*>(sqlite3_column_blob(stmt_, column));
-    if (data == nullptr) return {};
-    return std::vector<uint8_t>(data,
-                                data + static_cast<size_t>(sqlite3_column_bytes(stmt_, column)));
-  }
-  absl::Time Time(int column) const { return FromMicros(Int(column)); }
-  std::optional<absl::Time> OptionalTime(int column) const {
-    if (IsNull(column)) return std::nullopt;
-    return Time(column);
-  }
-
- private:
-  Statement(sqlite3* db, sqlite3_stmt* stmt, StatementCache* cache, std::string context)
-      : db_(db), stmt_(stmt), cache_(cache), context_(std::move(context)) {}
-
-  void Note(int rc) {
-    if (rc != SQLITE_OK && bind_rc_ == SQLITE_OK) bind_rc_ = rc;
-  }
-
-  sqlite3* db_;
-  sqlite3_stmt* stmt_;
-  StatementCache* cache_;  // nullptr: finalized when done
-  std::string context_;
-  int bind_rc_ = SQLITE_OK;
-};
-
-// Runs one statement that returns no rows, kept prepared on a store's
-// connection (BEGIN, COMMIT: run on every call). Not for pragmas, some of
-// which take effect when compiled: Exec.
-absl::Status RunOne(sqlite3* db, std::string_view sql, std::string_view context) {
-  GV_ASSIGN_OR_RETURN(Statement statement, Statement::Prepare(db, sql, std::string(context)));
-  return statement.Run();
-}
-
-// An open transaction; rolled back unless Commit() succeeds.
-class Transaction {
- public:
-  enum class Mode { kDeferred, kImmediate };
-
-  static absl::StatusOr<Transaction> Begin(sqlite3* db, Mode mode) {
-    GV_RETURN_IF_ERROR(RunOne(db, mode == Mode::kImmediate ? "BEGIN IMMEDIATE" : "BEGIN DEFERRED",
-                              "begin transaction"));
-    return Transaction(db);
-  }
-
-  Transaction(Transaction&& other) noexcept : db_(std::exchange(other.db_, nullptr)) {}
-  Transaction& operator=(Transaction&&) = delete;
-  Transaction(const Transaction&) = delete;
-  Transaction& operator=(const Transaction&) = delete;
-  ~Transaction() {
-    // Some errors (SQLITE_FULL, SQLITE_IOERR…) already rolled the transaction
-    // back; ROLLBACK would then fail, so only issue it while one is open.
-    if (db_ != nullptr && sqlite3_get_autocommit(db_) == 0) {
-      sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-    }
-  }
-
-  absl::Status Commit() {
-    GV_RETURN_IF_ERROR(RunOne(db_, "COMMIT", "commit transaction"));
-    db_ = nullptr;
-    return absl::OkStatus();
-  }
-
- private:
-  explicit Transaction(sqlite3* db) : db_(db) {}
-  sqlite3* db_;
-};
-
-size_t Changes(sqlite3* db) {
-  int changes = sqlite3_changes(db);
-  return changes > 0 ? static_cast<size_t>(changes) : 0;
-}
-
 // --- validation --------------------------------------------------------------
 
 absl::Status RequireNonEmpty(std::string_view value, std::string_view what) {
@@ -642,21 +314,20 @@ absl::StatusOr<Grant> ReadGrantRow(const Statement& row) {
   return grant;
 }
 
-absl::Status LoadScopesAndMetadata(sqlite3* db, Grant& grant) {
+absl::Status LoadScopesAndMetadata(db::Sqlite& db, Grant& grant) {
   GV_ASSIGN_OR_RETURN(
       Statement scopes,
-      Statement::Prepare(db, "SELECT scope FROM grant_scopes WHERE grant_id = ? ORDER BY position",
-                         absl::StrCat("read scopes of grant ", grant.grant_id)));
+      db.Prepare("SELECT scope FROM grant_scopes WHERE grant_id = ? ORDER BY position",
+                 absl::StrCat("read scopes of grant ", grant.grant_id)));
   scopes.BindText(1, grant.grant_id);
   while (true) {
     GV_ASSIGN_OR_RETURN(bool row, scopes.Step());
     if (!row) break;
     grant.scopes.push_back(scopes.Text(0));
   }
-  GV_ASSIGN_OR_RETURN(
-      Statement metadata,
-      Statement::Prepare(db, "SELECT name, value FROM grant_metadata WHERE grant_id = ?",
-                         absl::StrCat("read metadata of grant ", grant.grant_id)));
+  GV_ASSIGN_OR_RETURN(Statement metadata,
+                      db.Prepare("SELECT name, value FROM grant_metadata WHERE grant_id = ?",
+                                 absl::StrCat("read metadata of grant ", grant.grant_id)));
   metadata.BindText(1, grant.grant_id);
   while (true) {
     GV_ASSIGN_OR_RETURN(bool row, metadata.Step());
@@ -667,7 +338,7 @@ absl::Status LoadScopesAndMetadata(sqlite3* db, Grant& grant) {
 }
 
 // Runs a prepared SELECT of kGrantColumns and completes every grant it returns.
-absl::StatusOr<std::vector<Grant>> SelectGrants(sqlite3* db, Statement& query) {
+absl::StatusOr<std::vector<Grant>> SelectGrants(db::Sqlite& db, Statement& query) {
   std::vector<Grant> grants;
   while (true) {
     GV_ASSIGN_OR_RETURN(bool row, query.Step());
@@ -699,14 +370,12 @@ std::vector<std::string> EndpointFieldsChanged(const ConnectorRegistration& a,
   return changed;
 }
 
-absl::Status InsertGrantRows(sqlite3* db, const Grant& grant) {
+absl::Status InsertGrantRows(db::Sqlite& db, const Grant& grant) {
   std::string context = absl::StrCat("insert grant ", grant.grant_id);
-  GV_ASSIGN_OR_RETURN(
-      Statement insert,
-      Statement::Prepare(db,
-                         absl::StrCat("INSERT INTO grants (", kGrantColumns,
-                                      ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-                         context));
+  GV_ASSIGN_OR_RETURN(Statement insert,
+                      db.Prepare(absl::StrCat("INSERT INTO grants (", kGrantColumns,
+                                              ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                                 context));
   insert.BindText(1, grant.grant_id);
   insert.BindText(2, grant.workspace_id);
   insert.BindText(3, grant.connector_id);
@@ -723,8 +392,7 @@ absl::Status InsertGrantRows(sqlite3* db, const Grant& grant) {
 
   GV_ASSIGN_OR_RETURN(
       Statement scope,
-      Statement::Prepare(
-          db, "INSERT INTO grant_scopes (grant_id, position, scope) VALUES (?, ?, ?)", context));
+      db.Prepare("INSERT INTO grant_scopes (grant_id, position, scope) VALUES (?, ?, ?)", context));
   int64_t position = 0;
   for (const std::string& s : grant.scopes) {
     scope.Reset();
@@ -736,8 +404,7 @@ absl::Status InsertGrantRows(sqlite3* db, const Grant& grant) {
 
   GV_ASSIGN_OR_RETURN(
       Statement metadata,
-      Statement::Prepare(db, "INSERT INTO grant_metadata (grant_id, name, value) VALUES (?, ?, ?)",
-                         context));
+      db.Prepare("INSERT INTO grant_metadata (grant_id, name, value) VALUES (?, ?, ?)", context));
   for (const auto& [name, value] : grant.metadata) {
     metadata.Reset();
     metadata.BindText(1, grant.grant_id);
@@ -766,7 +433,7 @@ SealedSecret ReadSecretRow(const Statement& row) {
 
 enum class OnConflict { kFail, kReplace };
 
-absl::Status WriteSecretRow(sqlite3* db, const SealedSecret& secret, OnConflict on_conflict) {
+absl::Status WriteSecretRow(db::Sqlite& db, const SealedSecret& secret, OnConflict on_conflict) {
   std::string sql = absl::StrCat("INSERT INTO sealed_secrets (", kSecretColumns,
                                  ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
   if (on_conflict == OnConflict::kReplace) {
@@ -779,11 +446,9 @@ absl::Status WriteSecretRow(sqlite3* db, const SealedSecret& secret, OnConflict 
                     " record = excluded.record,"
                     " updated_at = excluded.updated_at");
   }
-  GV_ASSIGN_OR_RETURN(
-      Statement insert,
-      Statement::Prepare(db, sql,
-                         absl::StrCat("write sealed secret ", SecretName(secret.key), " under ",
-                                      secret.kek_label)));
+  GV_ASSIGN_OR_RETURN(Statement insert,
+                      db.Prepare(sql, absl::StrCat("write sealed secret ", SecretName(secret.key),
+                                                   " under ", secret.kek_label)));
   insert.BindText(1, secret.key.owner_id);
   insert.BindText(2, secret.key.purpose);
   insert.BindText(3, secret.workspace_id);
@@ -798,11 +463,10 @@ absl::Status WriteSecretRow(sqlite3* db, const SealedSecret& secret, OnConflict 
 // Refuses, with a clear message, a KEK label that names no key version or a
 // retired one. The schema enforces the same (foreign key, triggers); this only
 // explains it better. Call inside the writing transaction.
-absl::Status CheckKekWritable(sqlite3* db, std::string_view kek_label) {
-  GV_ASSIGN_OR_RETURN(
-      Statement query,
-      Statement::Prepare(db, "SELECT version, state FROM key_versions WHERE label = ?",
-                         absl::StrCat("look up key version ", Sv(kek_label))));
+absl::Status CheckKekWritable(db::Sqlite& db, std::string_view kek_label) {
+  GV_ASSIGN_OR_RETURN(Statement query,
+                      db.Prepare("SELECT version, state FROM key_versions WHERE label = ?",
+                                 absl::StrCat("look up key version ", Sv(kek_label))));
   query.BindText(1, kek_label);
   GV_ASSIGN_OR_RETURN(bool row, query.Step());
   if (!row) {
@@ -821,14 +485,7 @@ absl::Status CheckKekWritable(sqlite3* db, std::string_view kek_label) {
 
 class SqliteGrantStore final : public GrantStore {
  public:
-  explicit SqliteGrantStore(DatabaseHandle db) : db_(std::move(db)) {
-    StatementCaches::Register(db_.get(), &statements_);
-  }
-  // The cache's statements are finalized (it is destroyed) before the
-  // connection closes.
-  ~SqliteGrantStore() override ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    StatementCaches::Unregister(db_.get());
-  }
+  explicit SqliteGrantStore(std::unique_ptr<db::Sqlite> db) : db_(std::move(db)) {}
 
   absl::Status InsertGrant(const Grant& grant, const SealedSecret& secret,
                            std::optional<std::string> replaces,
@@ -884,7 +541,7 @@ class SqliteGrantStore final : public GrantStore {
   absl::StatusOr<std::string> ExecuteSqlForTesting(std::string_view sql);
 
  private:
-  sqlite3* db() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return db_.get(); }
+  db::Sqlite& db() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return *db_; }
 
   absl::Status RevokeReplacedGrant(std::string_view replaced_id, const Grant& successor)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -905,9 +562,7 @@ class SqliteGrantStore final : public GrantStore {
 
   // One connection, used by one thread at a time.
   absl::Mutex mu_;
-  DatabaseHandle db_ ABSL_GUARDED_BY(mu_);
-  // Its prepared statements; declared after db_, so destroyed before it.
-  StatementCache statements_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<db::Sqlite> db_ ABSL_GUARDED_BY(mu_);
 };
 
 // --- grants ------------------------------------------------------------------
@@ -918,9 +573,8 @@ absl::Status SqliteGrantStore::RevokeReplacedGrant(std::string_view replaced_id,
       absl::StrCat("revoke grant ", Sv(replaced_id), " replaced by ", successor.grant_id);
   GV_ASSIGN_OR_RETURN(
       Statement query,
-      Statement::Prepare(db(),
-                         "SELECT workspace_id, connector_id, status FROM grants WHERE grant_id = ?",
-                         context));
+      db().Prepare("SELECT workspace_id, connector_id, status FROM grants WHERE grant_id = ?",
+                   context));
   query.BindText(1, replaced_id);
   GV_ASSIGN_OR_RETURN(bool row, query.Step());
   if (!row) {
@@ -939,10 +593,9 @@ absl::Status SqliteGrantStore::RevokeReplacedGrant(std::string_view replaced_id,
   }
   GV_ASSIGN_OR_RETURN(
       Statement update,
-      Statement::Prepare(db(),
-                         "UPDATE grants SET status = 'revoked', status_reason = ?, updated_at = ? "
-                         "WHERE grant_id = ?",
-                         context));
+      db().Prepare("UPDATE grants SET status = 'revoked', status_reason = ?, updated_at = ? "
+                   "WHERE grant_id = ?",
+                   context));
   update.BindText(1, absl::StrCat("replaced by ", successor.grant_id));
   update.BindTime(2, successor.updated_at);
   update.BindText(3, replaced_id);
@@ -997,10 +650,9 @@ absl::Status SqliteGrantStore::InsertGrant(const Grant& grant, const SealedSecre
   // The schema enforces both uniqueness rules; checking first names the conflict.
   GV_ASSIGN_OR_RETURN(
       Statement conflict,
-      Statement::Prepare(db(),
-                         "SELECT grant_id, grant_id = ?1 FROM grants WHERE grant_id = ?1 OR "
-                         "(workspace_id = ?2 AND connector_id = ?3 AND status <> 'revoked' AND ?4)",
-                         absl::StrCat("insert grant ", grant.grant_id)));
+      db().Prepare("SELECT grant_id, grant_id = ?1 FROM grants WHERE grant_id = ?1 OR "
+                   "(workspace_id = ?2 AND connector_id = ?3 AND status <> 'revoked' AND ?4)",
+                   absl::StrCat("insert grant ", grant.grant_id)));
   conflict.BindText(1, grant.grant_id);
   conflict.BindText(2, grant.workspace_id);
   conflict.BindText(3, grant.connector_id);
@@ -1024,11 +676,9 @@ absl::Status SqliteGrantStore::InsertGrant(const Grant& grant, const SealedSecre
 absl::StatusOr<Grant> SqliteGrantStore::GetGrant(std::string_view grant_id) {
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kDeferred));
-  GV_ASSIGN_OR_RETURN(
-      Statement query,
-      Statement::Prepare(db(),
-                         absl::StrCat("SELECT ", kGrantColumns, " FROM grants WHERE grant_id = ?"),
-                         absl::StrCat("get grant ", Sv(grant_id))));
+  GV_ASSIGN_OR_RETURN(Statement query, db().Prepare(absl::StrCat("SELECT ", kGrantColumns,
+                                                                 " FROM grants WHERE grant_id = ?"),
+                                                    absl::StrCat("get grant ", Sv(grant_id))));
   query.BindText(1, grant_id);
   GV_ASSIGN_OR_RETURN(std::vector<Grant> grants, SelectGrants(db(), query));
   GV_RETURN_IF_ERROR(txn.Commit());
@@ -1043,12 +693,11 @@ absl::StatusOr<Grant> SqliteGrantStore::FindCurrentGrant(std::string_view worksp
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kDeferred));
   GV_ASSIGN_OR_RETURN(
       Statement query,
-      Statement::Prepare(db(),
-                         absl::StrCat("SELECT ", kGrantColumns,
-                                      " FROM grants WHERE workspace_id = ? AND connector_id = ? "
-                                      "AND status <> 'revoked'"),
-                         absl::StrCat("find current grant of workspace ", Sv(workspace_id),
-                                      " connector ", Sv(connector_id))));
+      db().Prepare(absl::StrCat("SELECT ", kGrantColumns,
+                                " FROM grants WHERE workspace_id = ? AND connector_id = ? "
+                                "AND status <> 'revoked'"),
+                   absl::StrCat("find current grant of workspace ", Sv(workspace_id), " connector ",
+                                Sv(connector_id))));
   query.BindText(1, workspace_id);
   query.BindText(2, connector_id);
   GV_ASSIGN_OR_RETURN(std::vector<Grant> grants, SelectGrants(db(), query));
@@ -1063,13 +712,11 @@ absl::StatusOr<Grant> SqliteGrantStore::FindCurrentGrant(std::string_view worksp
 absl::StatusOr<std::vector<Grant>> SqliteGrantStore::ListGrants(std::string_view workspace_id) {
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kDeferred));
-  GV_ASSIGN_OR_RETURN(
-      Statement query,
-      Statement::Prepare(db(),
-                         absl::StrCat("SELECT ", kGrantColumns,
-                                      " FROM grants WHERE workspace_id = ? "
-                                      "ORDER BY created_at, rowid"),
-                         absl::StrCat("list grants of workspace ", Sv(workspace_id))));
+  GV_ASSIGN_OR_RETURN(Statement query,
+                      db().Prepare(absl::StrCat("SELECT ", kGrantColumns,
+                                                " FROM grants WHERE workspace_id = ? "
+                                                "ORDER BY created_at, rowid"),
+                                   absl::StrCat("list grants of workspace ", Sv(workspace_id))));
   query.BindText(1, workspace_id);
   GV_ASSIGN_OR_RETURN(std::vector<Grant> grants, SelectGrants(db(), query));
   GV_RETURN_IF_ERROR(txn.Commit());
@@ -1079,9 +726,8 @@ absl::StatusOr<std::vector<Grant>> SqliteGrantStore::ListGrants(std::string_view
 absl::Status SqliteGrantStore::RequireNotRevoked(std::string_view grant_id,
                                                  const std::string& context,
                                                  std::string if_revoked) {
-  GV_ASSIGN_OR_RETURN(
-      Statement query,
-      Statement::Prepare(db(), "SELECT status FROM grants WHERE grant_id = ?", context));
+  GV_ASSIGN_OR_RETURN(Statement query,
+                      db().Prepare("SELECT status FROM grants WHERE grant_id = ?", context));
   query.BindText(1, grant_id);
   GV_ASSIGN_OR_RETURN(bool row, query.Step());
   if (!row) return absl::NotFoundError(absl::StrCat("grant ", Sv(grant_id), " does not exist"));
@@ -1101,10 +747,9 @@ absl::Status SqliteGrantStore::SetGrantStatus(std::string_view grant_id, GrantSt
       absl::StrCat("grant ", Sv(grant_id), " is revoked; a revoked grant cannot change status")));
   GV_ASSIGN_OR_RETURN(
       Statement update,
-      Statement::Prepare(db(),
-                         "UPDATE grants SET status = ?, status_reason = ?, updated_at = ? "
-                         "WHERE grant_id = ?",
-                         context));
+      db().Prepare("UPDATE grants SET status = ?, status_reason = ?, updated_at = ? "
+                   "WHERE grant_id = ?",
+                   context));
   update.BindText(1, GrantStatusName(status));
   update.BindText(2, reason);
   update.BindTime(3, now);
@@ -1122,21 +767,18 @@ absl::Status SqliteGrantStore::RevokeGrant(std::string_view grant_id, std::strin
       grant_id, context, absl::StrCat("grant ", Sv(grant_id), " is already revoked")));
   GV_ASSIGN_OR_RETURN(
       Statement update,
-      Statement::Prepare(db(),
-                         "UPDATE grants SET status = 'revoked', status_reason = ?, updated_at = ? "
-                         "WHERE grant_id = ?",
-                         context));
+      db().Prepare("UPDATE grants SET status = 'revoked', status_reason = ?, updated_at = ? "
+                   "WHERE grant_id = ?",
+                   context));
   update.BindText(1, reason);
   update.BindTime(2, now);
   update.BindText(3, grant_id);
   GV_RETURN_IF_ERROR(update.Run());
   GV_ASSIGN_OR_RETURN(
       Statement pending,
-      Statement::Prepare(
-          db(),
-          "INSERT OR REPLACE INTO upstream_revocations (grant_id, state, attempts, "
-          "last_error, next_attempt_at, updated_at) VALUES (?, 'pending', 0, '', ?, ?)",
-          context));
+      db().Prepare("INSERT OR REPLACE INTO upstream_revocations (grant_id, state, attempts, "
+                   "last_error, next_attempt_at, updated_at) VALUES (?, 'pending', 0, '', ?, ?)",
+                   context));
   pending.BindText(1, grant_id);
   pending.BindTime(2, now);
   pending.BindTime(3, now);
@@ -1149,10 +791,9 @@ absl::Status SqliteGrantStore::PutUpstreamRevocation(const UpstreamRevocation& r
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(
       Statement put,
-      Statement::Prepare(db(),
-                         "INSERT OR REPLACE INTO upstream_revocations (grant_id, state, attempts, "
-                         "last_error, next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                         context));
+      db().Prepare("INSERT OR REPLACE INTO upstream_revocations (grant_id, state, attempts, "
+                   "last_error, next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                   context));
   put.BindText(1, r.grant_id);
   put.BindText(2, UpstreamRevocationStateName(r.state));
   put.BindInt(3, r.attempts);
@@ -1187,8 +828,7 @@ absl::StatusOr<UpstreamRevocation> SqliteGrantStore::GetUpstreamRevocation(
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(
       Statement query,
-      Statement::Prepare(db(), absl::StrCat(kSelectUpstreamRevocation, "WHERE grant_id = ?"),
-                         context));
+      db().Prepare(absl::StrCat(kSelectUpstreamRevocation, "WHERE grant_id = ?"), context));
   query.BindText(1, grant_id);
   GV_ASSIGN_OR_RETURN(bool row, query.Step());
   if (!row) {
@@ -1199,12 +839,10 @@ absl::StatusOr<UpstreamRevocation> SqliteGrantStore::GetUpstreamRevocation(
 
 absl::StatusOr<std::vector<UpstreamRevocation>> SqliteGrantStore::ListPendingUpstreamRevocations() {
   absl::MutexLock lock(&mu_);
-  GV_ASSIGN_OR_RETURN(
-      Statement query,
-      Statement::Prepare(db(),
-                         absl::StrCat(kSelectUpstreamRevocation,
-                                      "WHERE state = 'pending' ORDER BY next_attempt_at"),
-                         "list pending upstream revocations"));
+  GV_ASSIGN_OR_RETURN(Statement query,
+                      db().Prepare(absl::StrCat(kSelectUpstreamRevocation,
+                                                "WHERE state = 'pending' ORDER BY next_attempt_at"),
+                                   "list pending upstream revocations"));
   std::vector<UpstreamRevocation> out;
   for (;;) {
     GV_ASSIGN_OR_RETURN(bool row, query.Step());
@@ -1226,8 +864,8 @@ absl::Status SqliteGrantStore::SetAccessTokenExpiry(std::string_view grant_id,
                    " is revoked; its access-token expiry is no longer recorded")));
   GV_ASSIGN_OR_RETURN(
       Statement update,
-      Statement::Prepare(
-          db(), "UPDATE grants SET access_token_expires_at = ?, updated_at = ? WHERE grant_id = ?",
+      db().Prepare(
+          "UPDATE grants SET access_token_expires_at = ?, updated_at = ? WHERE grant_id = ?",
           context));
   update.BindTime(1, expires_at);
   update.BindTime(2, now);
@@ -1238,8 +876,7 @@ absl::Status SqliteGrantStore::SetAccessTokenExpiry(std::string_view grant_id,
 
 absl::StatusOr<int64_t> SqliteGrantStore::CountGrants() {
   absl::MutexLock lock(&mu_);
-  GV_ASSIGN_OR_RETURN(Statement query,
-                      Statement::Prepare(db(), "SELECT count(*) FROM grants", "count grants"));
+  GV_ASSIGN_OR_RETURN(Statement query, db().Prepare("SELECT count(*) FROM grants", "count grants"));
   GV_ASSIGN_OR_RETURN(bool row, query.Step());
   if (!row) return absl::InternalError("grant store: count grants: no row");
   return query.Int(0);
@@ -1270,14 +907,13 @@ absl::Status SqliteGrantStore::MarkRefreshAttempt(std::string_view grant_id, abs
     // The earliest attempt whose outcome is unknown is kept.
     GV_ASSIGN_OR_RETURN(
         Statement mark,
-        Statement::Prepare(db(),
-                           "UPDATE grants SET refresh_attempt_at = coalesce(refresh_attempt_at, ?) "
-                           "WHERE grant_id = ?",
-                           context));
+        db().Prepare("UPDATE grants SET refresh_attempt_at = coalesce(refresh_attempt_at, ?) "
+                     "WHERE grant_id = ?",
+                     context));
     mark.BindTime(1, now);
     mark.BindText(2, grant_id);
     GV_RETURN_IF_ERROR(mark.Run());
-    if (Changes(db()) == 0) {
+    if (db().Changes() == 0) {
       return absl::NotFoundError(absl::StrCat("grant ", Sv(grant_id), " does not exist"));
     }
     return absl::OkStatus();
@@ -1290,8 +926,7 @@ absl::Status SqliteGrantStore::ClearRefreshAttempt(std::string_view grant_id) {
   return WithSync(Sync::kLater, [&]() -> absl::Status {
     GV_ASSIGN_OR_RETURN(
         Statement clear,
-        Statement::Prepare(db(), "UPDATE grants SET refresh_attempt_at = NULL WHERE grant_id = ?",
-                           context));
+        db().Prepare("UPDATE grants SET refresh_attempt_at = NULL WHERE grant_id = ?", context));
     clear.BindText(1, grant_id);
     return clear.Run();
   });
@@ -1300,20 +935,20 @@ absl::Status SqliteGrantStore::ClearRefreshAttempt(std::string_view grant_id) {
 template <typename Write>
 auto SqliteGrantStore::WithSync(Sync sync, Write write) -> decltype(write()) {
   if (sync == Sync::kNow) return write();
-  if (sqlite3_get_autocommit(db()) == 0) {
+  if (db().InTransaction()) {
     return absl::InternalError("grant store: an unsynced write inside an open transaction");
   }
   // In WAL mode, synchronous = NORMAL appends the commit to the WAL without
   // an fsync (the next FULL commit, or SyncToDisk, syncs it too). The
   // connection is FULL again before the lock is released, whatever the
   // write's outcome.
-  // (Exec, not RunOne: a pragma takes effect when it is compiled.)
-  GV_RETURN_IF_ERROR(Exec(db(), "PRAGMA synchronous = NORMAL", "defer the sync of a commit"));
+  // (Exec, not Run: a pragma takes effect when it is compiled.)
+  GV_RETURN_IF_ERROR(db().Exec("PRAGMA synchronous = NORMAL", "defer the sync of a commit"));
   auto written = write();
   // A transaction left open (a failed ROLLBACK) would refuse the pragma.
-  if (sqlite3_get_autocommit(db()) == 0) sqlite3_exec(db(), "ROLLBACK", nullptr, nullptr, nullptr);
+  db().RollBackIfOpen();
   const absl::Status restored =
-      Exec(db(), "PRAGMA synchronous = FULL", "restore synchronous commits");
+      db().Exec("PRAGMA synchronous = FULL", "restore synchronous commits");
   if (!restored.ok()) {
     // Only out of memory; later commits must never go unsynced.
     std::fprintf(stderr, "fatal: grant store: %s\n", std::string(restored.message()).c_str());
@@ -1327,11 +962,11 @@ absl::Status SqliteGrantStore::SyncToDisk() {
   sqlite3_file* wal = nullptr;
   // The WAL's file (SQLITE_FCNTL_JOURNAL_POINTER): unsynced commits are only
   // there until a checkpoint, and a checkpoint syncs the WAL before it copies.
-  const int rc = sqlite3_file_control(db(), "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal);
-  if (rc != SQLITE_OK) return SqliteError(db(), rc, "find the write-ahead log to sync");
+  const int rc = sqlite3_file_control(db().raw(), "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal);
+  if (rc != SQLITE_OK) return db().Error(rc, "find the write-ahead log to sync");
   if (wal == nullptr || wal->pMethods == nullptr) return absl::OkStatus();  // not open: nothing
   const int synced = wal->pMethods->xSync(wal, SQLITE_SYNC_NORMAL);
-  if (synced != SQLITE_OK) return SqliteError(db(), synced, "sync the write-ahead log");
+  if (synced != SQLITE_OK) return db().Error(synced, "sync the write-ahead log");
   return absl::OkStatus();
 }
 
@@ -1339,10 +974,9 @@ absl::StatusOr<SealedSecret> SqliteGrantStore::GetSealedSecret(const SealedSecre
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(
       Statement query,
-      Statement::Prepare(db(),
-                         absl::StrCat("SELECT ", kSecretColumns,
-                                      " FROM sealed_secrets WHERE owner_id = ? AND purpose = ?"),
-                         absl::StrCat("get sealed secret ", SecretName(key))));
+      db().Prepare(absl::StrCat("SELECT ", kSecretColumns,
+                                " FROM sealed_secrets WHERE owner_id = ? AND purpose = ?"),
+                   absl::StrCat("get sealed secret ", SecretName(key))));
   query.BindText(1, key.owner_id);
   query.BindText(2, key.purpose);
   GV_ASSIGN_OR_RETURN(bool row, query.Step());
@@ -1354,13 +988,13 @@ absl::StatusOr<SealedSecret> SqliteGrantStore::GetSealedSecret(const SealedSecre
 
 absl::Status SqliteGrantStore::DeleteSealedSecret(const SealedSecretKey& key) {
   absl::MutexLock lock(&mu_);
-  GV_ASSIGN_OR_RETURN(Statement remove,
-                      Statement::Prepare(db(), kDeleteSecretSql,
-                                         absl::StrCat("delete sealed secret ", SecretName(key))));
+  GV_ASSIGN_OR_RETURN(
+      Statement remove,
+      db().Prepare(kDeleteSecretSql, absl::StrCat("delete sealed secret ", SecretName(key))));
   remove.BindText(1, key.owner_id);
   remove.BindText(2, key.purpose);
   GV_RETURN_IF_ERROR(remove.Run());
-  if (Changes(db()) == 0) {
+  if (db().Changes() == 0) {
     return absl::NotFoundError(absl::StrCat("sealed secret ", SecretName(key), " does not exist"));
   }
   return absl::OkStatus();
@@ -1383,14 +1017,13 @@ absl::StatusOr<size_t> SqliteGrantStore::ReplaceSealedSecrets(
       GV_RETURN_IF_ERROR(CheckKekWritable(db(), update.new_kek_label));
     }
   }
-  GV_ASSIGN_OR_RETURN(Statement replace,
-                      Statement::Prepare(db(), kReplaceSecretSql, "replace sealed secrets"));
+  GV_ASSIGN_OR_RETURN(Statement replace, db().Prepare(kReplaceSecretSql, "replace sealed secrets"));
   size_t applied = 0;
   for (const SealedSecretUpdate& update : updates) {
     replace.Reset();
     BindSecretUpdate(replace, update, now);
     GV_RETURN_IF_ERROR(replace.Run());
-    applied += Changes(db());
+    applied += db().Changes();
   }
   GV_RETURN_IF_ERROR(txn.Commit());
   return applied;
@@ -1406,22 +1039,21 @@ absl::StatusOr<bool> SqliteGrantStore::FinishRefresh(
     GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
     if (rotation.has_value()) {
       GV_RETURN_IF_ERROR(CheckKekWritable(db(), rotation->new_kek_label));
-      GV_ASSIGN_OR_RETURN(Statement replace, Statement::Prepare(db(), kReplaceSecretSql, context));
+      GV_ASSIGN_OR_RETURN(Statement replace, db().Prepare(kReplaceSecretSql, context));
       BindSecretUpdate(replace, *rotation, now);
       GV_RETURN_IF_ERROR(replace.Run());
-      if (Changes(db()) == 0) return false;  // changed meanwhile: the transaction rolls back
+      if (db().Changes() == 0) return false;  // changed meanwhile: the transaction rolls back
     }
     // The marker goes whatever the grant's status; a revoked grant's expiry
     // is left as it was.
     GV_ASSIGN_OR_RETURN(
         Statement expiry,
-        Statement::Prepare(db(),
-                           "UPDATE grants SET refresh_attempt_at = NULL, "
-                           "access_token_expires_at = CASE WHEN status != ?1 THEN ?2 "
-                           "ELSE access_token_expires_at END, "
-                           "updated_at = CASE WHEN status != ?1 THEN ?3 ELSE updated_at END "
-                           "WHERE grant_id = ?4",
-                           context));
+        db().Prepare("UPDATE grants SET refresh_attempt_at = NULL, "
+                     "access_token_expires_at = CASE WHEN status != ?1 THEN ?2 "
+                     "ELSE access_token_expires_at END, "
+                     "updated_at = CASE WHEN status != ?1 THEN ?3 ELSE updated_at END "
+                     "WHERE grant_id = ?4",
+                     context));
     expiry.BindText(1, GrantStatusName(GrantStatus::kRevoked));
     expiry.BindTime(2, access_expires_at);
     expiry.BindTime(3, now);
@@ -1442,8 +1074,7 @@ absl::StatusOr<std::vector<SealedSecret>> SqliteGrantStore::ListSealedSecretsUnd
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(
       Statement query,
-      Statement::Prepare(
-          db(),
+      db().Prepare(
           absl::StrCat("SELECT ", kSecretColumns, " FROM sealed_secrets WHERE kek_label = ?1",
                        after.has_value() ? " AND (owner_id, purpose) > (?2, ?3)" : "",
                        " ORDER BY owner_id, purpose LIMIT ?4"),
@@ -1466,8 +1097,8 @@ absl::StatusOr<std::map<std::string, int64_t>> SqliteGrantStore::CountSealedSecr
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(
       Statement query,
-      Statement::Prepare(db(), "SELECT kek_label, count(*) FROM sealed_secrets GROUP BY kek_label",
-                         "count sealed secrets by kek"));
+      db().Prepare("SELECT kek_label, count(*) FROM sealed_secrets GROUP BY kek_label",
+                   "count sealed secrets by kek"));
   std::map<std::string, int64_t> counts;
   while (true) {
     GV_ASSIGN_OR_RETURN(bool row, query.Step());
@@ -1483,22 +1114,19 @@ namespace {
 
 // A registration's list kept in `table` (connector_id, position, `column`),
 // replaced whole.
-absl::Status ReplaceOrderedList(sqlite3* db, const char* table, const char* column,
+absl::Status ReplaceOrderedList(db::Sqlite& db, const char* table, const char* column,
                                 const std::string& connector_id,
                                 const std::vector<std::string>& values,
                                 const std::string& context) {
   GV_ASSIGN_OR_RETURN(
       Statement clear,
-      Statement::Prepare(db, absl::StrCat("DELETE FROM ", table, " WHERE connector_id = ?"),
-                         context));
+      db.Prepare(absl::StrCat("DELETE FROM ", table, " WHERE connector_id = ?"), context));
   clear.BindText(1, connector_id);
   GV_RETURN_IF_ERROR(clear.Run());
-  GV_ASSIGN_OR_RETURN(
-      Statement insert,
-      Statement::Prepare(db,
-                         absl::StrCat("INSERT INTO ", table, " (connector_id, position, ", column,
-                                      ") VALUES (?, ?, ?)"),
-                         context));
+  GV_ASSIGN_OR_RETURN(Statement insert,
+                      db.Prepare(absl::StrCat("INSERT INTO ", table, " (connector_id, position, ",
+                                              column, ") VALUES (?, ?, ?)"),
+                                 context));
   for (size_t i = 0; i < values.size(); ++i) {
     insert.Reset();
     insert.BindText(1, connector_id);
@@ -1509,15 +1137,14 @@ absl::Status ReplaceOrderedList(sqlite3* db, const char* table, const char* colu
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<std::string>> ReadOrderedList(sqlite3* db, const char* table,
+absl::StatusOr<std::vector<std::string>> ReadOrderedList(db::Sqlite& db, const char* table,
                                                          const char* column,
                                                          const std::string& connector_id,
                                                          const std::string& context) {
   GV_ASSIGN_OR_RETURN(Statement query,
-                      Statement::Prepare(db,
-                                         absl::StrCat("SELECT ", column, " FROM ", table,
-                                                      " WHERE connector_id = ? ORDER BY position"),
-                                         context));
+                      db.Prepare(absl::StrCat("SELECT ", column, " FROM ", table,
+                                              " WHERE connector_id = ? ORDER BY position"),
+                                 context));
   query.BindText(1, connector_id);
   std::vector<std::string> out;
   for (;;) {
@@ -1554,8 +1181,7 @@ absl::Status SqliteGrantStore::PutConnectorRegistration(const ConnectorRegistrat
   GV_RETURN_IF_ERROR(CheckRegistrationChange(registration));
   GV_ASSIGN_OR_RETURN(
       Statement upsert,
-      Statement::Prepare(
-          db(),
+      db().Prepare(
           "INSERT INTO connector_registrations (connector_id, connector_type, client_id, issuer, "
           "registered_by, created_at, updated_at, allow_private_network) "
           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
@@ -1575,14 +1201,13 @@ absl::Status SqliteGrantStore::PutConnectorRegistration(const ConnectorRegistrat
   GV_RETURN_IF_ERROR(upsert.Run());
   GV_ASSIGN_OR_RETURN(
       Statement clear,
-      Statement::Prepare(db(), "DELETE FROM connector_parameters WHERE connector_id = ?", context));
+      db().Prepare("DELETE FROM connector_parameters WHERE connector_id = ?", context));
   clear.BindText(1, registration.connector_id);
   GV_RETURN_IF_ERROR(clear.Run());
   GV_ASSIGN_OR_RETURN(
       Statement param,
-      Statement::Prepare(
-          db(), "INSERT INTO connector_parameters (connector_id, name, value) VALUES (?, ?, ?)",
-          context));
+      db().Prepare("INSERT INTO connector_parameters (connector_id, name, value) VALUES (?, ?, ?)",
+                   context));
   for (const auto& [name, value] : registration.parameters) {
     param.Reset();
     param.BindText(1, registration.connector_id);
@@ -1609,8 +1234,7 @@ absl::Status SqliteGrantStore::CheckRegistrationChange(const ConnectorRegistrati
   if (changed.empty()) return absl::OkStatus();
   GV_ASSIGN_OR_RETURN(
       Statement count,
-      Statement::Prepare(
-          db(),
+      db().Prepare(
           "SELECT (SELECT count(*) FROM grants WHERE connector_id = ?1 AND status <> 'revoked'), "
           "(SELECT count(*) FROM upstream_revocations u JOIN grants g USING (grant_id) "
           "WHERE g.connector_id = ?1 AND u.state = 'pending')",
@@ -1641,8 +1265,7 @@ absl::StatusOr<std::vector<ConnectorRegistration>> SqliteGrantStore::SelectRegis
   const std::string context = "read connector registrations";
   GV_ASSIGN_OR_RETURN(
       Statement query,
-      Statement::Prepare(
-          db(),
+      db().Prepare(
           absl::StrCat("SELECT connector_id, connector_type, client_id, issuer, "
                        "registered_by, created_at, updated_at, allow_private_network "
                        "FROM connector_registrations",
@@ -1666,8 +1289,7 @@ absl::StatusOr<std::vector<ConnectorRegistration>> SqliteGrantStore::SelectRegis
   }
   GV_ASSIGN_OR_RETURN(
       Statement params,
-      Statement::Prepare(
-          db(), "SELECT name, value FROM connector_parameters WHERE connector_id = ?", context));
+      db().Prepare("SELECT name, value FROM connector_parameters WHERE connector_id = ?", context));
   for (ConnectorRegistration& r : out) {
     params.Reset();
     params.BindText(1, r.connector_id);
@@ -1723,11 +1345,10 @@ absl::Status SqliteGrantStore::InsertAuthorizationSession(
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
   GV_ASSIGN_OR_RETURN(
       Statement insert,
-      Statement::Prepare(db(),
-                         "INSERT INTO authorization_sessions (session_id, workspace_id, "
-                         "connector_id, scopes, admin_user, redirect_uri, nonce, created_at, "
-                         "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         context));
+      db().Prepare("INSERT INTO authorization_sessions (session_id, workspace_id, "
+                   "connector_id, scopes, admin_user, redirect_uri, nonce, created_at, "
+                   "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   context));
   insert.BindText(1, session.session_id);
   insert.BindText(2, session.workspace_id);
   insert.BindText(3, session.connector_id);
@@ -1757,11 +1378,10 @@ absl::StatusOr<GrantStore::ConsumedSession> SqliteGrantStore::ConsumeAuthorizati
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
   GV_ASSIGN_OR_RETURN(
       Statement query,
-      Statement::Prepare(db(),
-                         "SELECT workspace_id, connector_id, scopes, admin_user, redirect_uri, "
-                         "nonce, created_at, expires_at FROM authorization_sessions "
-                         "WHERE session_id = ?",
-                         context));
+      db().Prepare("SELECT workspace_id, connector_id, scopes, admin_user, redirect_uri, "
+                   "nonce, created_at, expires_at FROM authorization_sessions "
+                   "WHERE session_id = ?",
+                   context));
   query.BindText(1, session_id);
   GV_ASSIGN_OR_RETURN(bool row, query.Step());
   if (!row) {
@@ -1783,10 +1403,9 @@ absl::StatusOr<GrantStore::ConsumedSession> SqliteGrantStore::ConsumeAuthorizati
   const SealedSecretKey verifier_key{std::string(session_id), "pkce_verifier"};
   GV_ASSIGN_OR_RETURN(
       Statement secret,
-      Statement::Prepare(db(),
-                         absl::StrCat("SELECT ", kSecretColumns,
-                                      " FROM sealed_secrets WHERE owner_id = ? AND purpose = ?"),
-                         context));
+      db().Prepare(absl::StrCat("SELECT ", kSecretColumns,
+                                " FROM sealed_secrets WHERE owner_id = ? AND purpose = ?"),
+                   context));
   secret.BindText(1, verifier_key.owner_id);
   secret.BindText(2, verifier_key.purpose);
   GV_ASSIGN_OR_RETURN(bool has_secret, secret.Step());
@@ -1794,7 +1413,7 @@ absl::StatusOr<GrantStore::ConsumedSession> SqliteGrantStore::ConsumeAuthorizati
 
   for (const char* sql :
        {kDeleteSecretSql, "DELETE FROM authorization_sessions WHERE session_id = ?"}) {
-    GV_ASSIGN_OR_RETURN(Statement remove, Statement::Prepare(db(), sql, context));
+    GV_ASSIGN_OR_RETURN(Statement remove, db().Prepare(sql, context));
     remove.BindText(1, session_id);
     if (std::string_view(sql).find("purpose") != std::string_view::npos) {
       remove.BindText(2, verifier_key.purpose);
@@ -1816,19 +1435,17 @@ absl::StatusOr<int64_t> SqliteGrantStore::DeleteExpiredAuthorizationSessions(abs
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
   GV_ASSIGN_OR_RETURN(
       Statement secrets,
-      Statement::Prepare(db(),
-                         "DELETE FROM sealed_secrets WHERE purpose = 'pkce_verifier' AND owner_id "
-                         "IN (SELECT session_id FROM authorization_sessions WHERE expires_at <= ?)",
-                         context));
+      db().Prepare("DELETE FROM sealed_secrets WHERE purpose = 'pkce_verifier' AND owner_id "
+                   "IN (SELECT session_id FROM authorization_sessions WHERE expires_at <= ?)",
+                   context));
   secrets.BindTime(1, now);
   GV_RETURN_IF_ERROR(secrets.Run());
   GV_ASSIGN_OR_RETURN(
       Statement sessions,
-      Statement::Prepare(db(), "DELETE FROM authorization_sessions WHERE expires_at <= ?",
-                         context));
+      db().Prepare("DELETE FROM authorization_sessions WHERE expires_at <= ?", context));
   sessions.BindTime(1, now);
   GV_RETURN_IF_ERROR(sessions.Run());
-  const auto deleted = static_cast<int64_t>(Changes(db()));
+  const auto deleted = static_cast<int64_t>(db().Changes());
   GV_RETURN_IF_ERROR(txn.Commit());
   return deleted;
 }
@@ -1847,10 +1464,9 @@ absl::Status SqliteGrantStore::AddKeyVersion(const KeyVersion& key) {
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
   GV_ASSIGN_OR_RETURN(Statement conflict,
-                      Statement::Prepare(db(),
-                                         "SELECT version, label, state FROM key_versions "
-                                         "WHERE version = ? OR label = ? OR state = 'active'",
-                                         context));
+                      db().Prepare("SELECT version, label, state FROM key_versions "
+                                   "WHERE version = ? OR label = ? OR state = 'active'",
+                                   context));
   conflict.BindInt(1, key.version);
   conflict.BindText(2, key.label);
   while (true) {
@@ -1870,10 +1486,9 @@ absl::Status SqliteGrantStore::AddKeyVersion(const KeyVersion& key) {
     }
   }
   GV_ASSIGN_OR_RETURN(Statement insert,
-                      Statement::Prepare(db(),
-                                         "INSERT INTO key_versions (version, label, key_id_hex, "
-                                         "state, created_at, retired_at) VALUES (?, ?, ?, ?, ?, ?)",
-                                         context));
+                      db().Prepare("INSERT INTO key_versions (version, label, key_id_hex, "
+                                   "state, created_at, retired_at) VALUES (?, ?, ?, ?, ?, ?)",
+                                   context));
   insert.BindInt(1, key.version);
   insert.BindText(2, key.label);
   insert.BindText(3, key.key_id_hex);
@@ -1888,10 +1503,9 @@ absl::StatusOr<std::vector<KeyVersion>> SqliteGrantStore::ListKeyVersions() {
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(
       Statement query,
-      Statement::Prepare(db(),
-                         "SELECT version, label, key_id_hex, state, created_at, retired_at "
-                         "FROM key_versions ORDER BY version",
-                         "list key versions"));
+      db().Prepare("SELECT version, label, key_id_hex, state, created_at, retired_at "
+                   "FROM key_versions ORDER BY version",
+                   "list key versions"));
   std::vector<KeyVersion> keys;
   while (true) {
     GV_ASSIGN_OR_RETURN(bool row, query.Step());
@@ -1917,9 +1531,8 @@ absl::Status SqliteGrantStore::ActivateKeyVersion(int version) {
   std::string context = absl::StrCat("activate key version ", version);
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
-  GV_ASSIGN_OR_RETURN(
-      Statement query,
-      Statement::Prepare(db(), "SELECT state FROM key_versions WHERE version = ?", context));
+  GV_ASSIGN_OR_RETURN(Statement query,
+                      db().Prepare("SELECT state FROM key_versions WHERE version = ?", context));
   query.BindInt(1, version);
   GV_ASSIGN_OR_RETURN(bool row, query.Step());
   if (!row) return absl::NotFoundError(absl::StrCat("key version ", version, " does not exist"));
@@ -1931,11 +1544,10 @@ absl::Status SqliteGrantStore::ActivateKeyVersion(int version) {
   if (state == KeyState::kActive) return txn.Commit();
   // Deactivate first: the partial unique index allows one active row at a time.
   GV_RETURN_IF_ERROR(
-      Exec(db(), "UPDATE key_versions SET state = 'inactive' WHERE state = 'active'", context));
+      db().Exec("UPDATE key_versions SET state = 'inactive' WHERE state = 'active'", context));
   GV_ASSIGN_OR_RETURN(
       Statement update,
-      Statement::Prepare(db(), "UPDATE key_versions SET state = 'active' WHERE version = ?",
-                         context));
+      db().Prepare("UPDATE key_versions SET state = 'active' WHERE version = ?", context));
   update.BindInt(1, version);
   GV_RETURN_IF_ERROR(update.Run());
   return txn.Commit();
@@ -1947,10 +1559,9 @@ absl::Status SqliteGrantStore::RetireKeyVersion(int version, absl::Time now) {
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
   GV_ASSIGN_OR_RETURN(
       Statement query,
-      Statement::Prepare(db(),
-                         "SELECT state, (SELECT count(*) FROM sealed_secrets s "
-                         "WHERE s.kek_label = k.label) FROM key_versions k WHERE version = ?",
-                         context));
+      db().Prepare("SELECT state, (SELECT count(*) FROM sealed_secrets s "
+                   "WHERE s.kek_label = k.label) FROM key_versions k WHERE version = ?",
+                   context));
   query.BindInt(1, version);
   GV_ASSIGN_OR_RETURN(bool row, query.Step());
   if (!row) return absl::NotFoundError(absl::StrCat("key version ", version, " does not exist"));
@@ -1965,12 +1576,10 @@ absl::Status SqliteGrantStore::RetireKeyVersion(int version, absl::Time now) {
     return absl::FailedPreconditionError(absl::StrCat(
         "key version ", version, " still wraps ", wrapped, " sealed secrets; run rewrap first"));
   }
-  GV_ASSIGN_OR_RETURN(
-      Statement update,
-      Statement::Prepare(db(),
-                         "UPDATE key_versions SET state = 'retired', retired_at = ? "
-                         "WHERE version = ?",
-                         context));
+  GV_ASSIGN_OR_RETURN(Statement update,
+                      db().Prepare("UPDATE key_versions SET state = 'retired', retired_at = ? "
+                                   "WHERE version = ?",
+                                   context));
   update.BindTime(1, now);
   update.BindInt(2, version);
   GV_RETURN_IF_ERROR(update.Run());
@@ -1978,188 +1587,23 @@ absl::Status SqliteGrantStore::RetireKeyVersion(int version, absl::Time now) {
 }
 
 absl::StatusOr<std::string> SqliteGrantStore::ExecuteSqlForTesting(std::string_view sql) {
-  const std::string text(sql);
-  std::optional<std::string> first;
-  auto callback = [](void* out, int columns, char** values, char**) -> int {
-    auto* result = static_cast<std::optional<std::string>*>(out);
-    if (!result->has_value()) {
-      *result = (columns > 0 && values[0] != nullptr) ? std::string(values[0]) : std::string();
-    }
-    return 0;
-  };
   absl::MutexLock lock(&mu_);
-  char* raw_message = nullptr;
-  int rc = sqlite3_exec(db(), text.c_str(), callback, &first, &raw_message);
-  std::unique_ptr<char, decltype(&sqlite3_free)> message(raw_message, &sqlite3_free);
-  if (rc != SQLITE_OK) {
-    return absl::Status(CodeForSqlite(rc),
-                        absl::StrCat("grant store: execute SQL for testing: ",
-                                     message != nullptr ? message.get() : sqlite3_errstr(rc),
-                                     " (sqlite code ", rc, ")"));
-  }
-  return first.value_or(std::string());
-}
-
-// --- opening -----------------------------------------------------------------
-
-// Creates the file with mode 0600 (whatever the umask) so that SQLite, which
-// would create it with 0644, never does; refuses an existing file that is not
-// a private regular file of ours. SQLite gives the -wal and -shm files the
-// database file's mode.
-absl::Status CreatePrivateFile(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) {
-    int err = errno;
-    if (err == ELOOP) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("database ", path, " is a symbolic link; refusing to follow it"));
-    }
-    return absl::ErrnoToStatus(err, absl::StrCat("cannot open database ", path));
-  }
-  struct stat st;
-  int stat_rc = ::fstat(fd, &st);
-  int stat_err = errno;
-  ::close(fd);
-  if (stat_rc != 0) return absl::ErrnoToStatus(stat_err, absl::StrCat("cannot stat ", path));
-  if (!S_ISREG(st.st_mode)) {
-    return absl::FailedPreconditionError(absl::StrCat("database ", path, " is not a regular file"));
-  }
-  if (st.st_uid != ::geteuid()) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("database ", path, " is owned by uid ", st.st_uid, ", not by this user"));
-  }
-  if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
-    return absl::PermissionDeniedError(
-        absl::StrFormat("database %s is accessible to other users (mode %04o); run: chmod 600 %s",
-                        path, st.st_mode & 07777, path));
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::string> QueryText(sqlite3* db, const char* sql, std::string_view context) {
-  GV_ASSIGN_OR_RETURN(Statement query, Statement::Prepare(db, sql, std::string(context)));
-  GV_ASSIGN_OR_RETURN(bool row, query.Step());
-  if (!row) return absl::InternalError(absl::StrCat("grant store: ", Sv(context), ": no row"));
-  return query.Text(0);
-}
-
-absl::Status Configure(sqlite3* db, const std::string& path, const SqliteOptions& options) {
-  int rc = sqlite3_extended_result_codes(db, 1);
-  if (rc != SQLITE_OK) return SqliteError(db, rc, "enable extended result codes");
-  rc = sqlite3_busy_timeout(db, options.busy_timeout_ms);
-  if (rc != SQLITE_OK) return SqliteError(db, rc, "set busy timeout");
-  // No writable_schema, no direct writes to internal tables; the schema's
-  // triggers may not call application functions.
-  rc = sqlite3_db_config(db, SQLITE_DBCONFIG_DEFENSIVE, 1, static_cast<int*>(nullptr));
-  if (rc != SQLITE_OK) return SqliteError(db, rc, "enable defensive mode");
-  rc = sqlite3_db_config(db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, static_cast<int*>(nullptr));
-  if (rc != SQLITE_OK) return SqliteError(db, rc, "distrust the schema");
-
-  GV_ASSIGN_OR_RETURN(std::string journal_mode,
-                      QueryText(db, "PRAGMA journal_mode = WAL", "set journal_mode"));
-  if (journal_mode != "wal") {
-    return absl::FailedPreconditionError(
-        absl::StrCat("database ", path, " cannot use write-ahead logging (journal_mode is ",
-                     journal_mode, "); is it on a network file system?"));
-  }
-  GV_RETURN_IF_ERROR(Exec(db, "PRAGMA synchronous = FULL", "set synchronous"));
-  GV_RETURN_IF_ERROR(Exec(db, "PRAGMA foreign_keys = ON", "enable foreign keys"));
-  GV_ASSIGN_OR_RETURN(std::string synchronous, QueryText(db, "PRAGMA synchronous", "synchronous"));
-  GV_ASSIGN_OR_RETURN(std::string foreign_keys,
-                      QueryText(db, "PRAGMA foreign_keys", "foreign_keys"));
-  if (synchronous != "2" || foreign_keys != "1") {
-    return absl::InternalError(absl::StrCat(
-        "grant store: ", path, ": SQLite refused synchronous=FULL or foreign_keys=ON"));
-  }
-  return absl::OkStatus();
-}
-
-struct AppliedMigrations {
-  int64_t newest = 0;
-  int64_t count = 0;
-};
-
-absl::StatusOr<AppliedMigrations> ReadAppliedMigrations(sqlite3* db) {
-  GV_ASSIGN_OR_RETURN(
-      Statement query,
-      Statement::Prepare(db, "SELECT coalesce(max(version), 0), count(*) FROM schema_migrations",
-                         "read schema_migrations"));
-  GV_ASSIGN_OR_RETURN(bool row, query.Step());
-  if (!row) return absl::InternalError("grant store: read schema_migrations: no row");
-  return AppliedMigrations{query.Int(0), query.Int(1)};
-}
-
-absl::Status CheckAppliedMigrations(const AppliedMigrations& applied, const std::string& path) {
-  if (applied.newest > kLatestSchemaVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "database ", path, " has schema version ", applied.newest, ", newer than version ",
-        kLatestSchemaVersion,
-        " that this build of grantvault knows; run a newer grantvault (or restore a backup "
-        "taken before the upgrade)"));
-  }
-  if (applied.count != applied.newest) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("database ", path, " records ", applied.count,
-                     " schema migrations but its newest is version ", applied.newest,
-                     "; the schema history is inconsistent"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status Migrate(sqlite3* db, const std::string& path) {
-  GV_RETURN_IF_ERROR(Exec(db,
-                          "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                          "version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL) STRICT",
-                          "create schema_migrations"));
-  GV_ASSIGN_OR_RETURN(AppliedMigrations applied, ReadAppliedMigrations(db));
-  GV_RETURN_IF_ERROR(CheckAppliedMigrations(applied, path));
-  for (const Migration& migration : kMigrations) {
-    if (migration.version <= applied.newest) continue;
-    GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Mode::kImmediate));
-    // Another process may have migrated the file since we looked.
-    GV_ASSIGN_OR_RETURN(applied, ReadAppliedMigrations(db));
-    GV_RETURN_IF_ERROR(CheckAppliedMigrations(applied, path));
-    if (migration.version <= applied.newest) continue;
-    std::string context = absl::StrCat("apply schema migration ", migration.version);
-    GV_RETURN_IF_ERROR(Exec(db, migration.sql, context));
-    GV_ASSIGN_OR_RETURN(
-        Statement record,
-        Statement::Prepare(db, "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-                           context));
-    record.BindInt(1, migration.version);
-    record.BindTime(2, absl::Now());
-    GV_RETURN_IF_ERROR(record.Run());
-    GV_RETURN_IF_ERROR(txn.Commit());
-    applied.newest = migration.version;
-  }
-  return absl::OkStatus();
+  return db().ExecForTesting(sql);
 }
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<GrantStore>> OpenSqliteGrantStore(const std::string& path,
                                                                  const SqliteOptions& options) {
-  if (path.empty()) return absl::InvalidArgumentError("database path must not be empty");
-  if (path.find('\0') != std::string::npos) {
-    return absl::InvalidArgumentError("database path must not contain a NUL character");
-  }
-  if (options.busy_timeout_ms < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("busy_timeout_ms must not be negative (got ", options.busy_timeout_ms, ")"));
-  }
-  GV_RETURN_IF_ERROR(CreatePrivateFile(path));
-
-  sqlite3* raw = nullptr;
-  // No SQLITE_OPEN_CREATE: CreatePrivateFile made the file. NOMUTEX: the
-  // store's own mutex serialises every use of the connection.
-  int rc = sqlite3_open_v2(
-      path.c_str(), &raw,
-      SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
-      nullptr);
-  DatabaseHandle db(raw);
-  if (rc != SQLITE_OK) return SqliteError(db.get(), rc, absl::StrCat("open ", path));
-  GV_RETURN_IF_ERROR(Configure(db.get(), path, options));
-  GV_RETURN_IF_ERROR(Migrate(db.get(), path));
+  db::SqliteOptions o;
+  o.owner = "grant store";
+  o.file_kind = "database";
+  o.busy_timeout_ms = options.busy_timeout_ms;
+  // Most calls run a handful of statements; compiling them each time would
+  // cost more than running them.
+  o.keep_statements = true;
+  GV_ASSIGN_OR_RETURN(std::unique_ptr<db::Sqlite> db, db::Sqlite::Open(path, std::move(o)));
+  GV_RETURN_IF_ERROR(db::Migrate(*db, kMigrations, path));
   return std::make_unique<SqliteGrantStore>(std::move(db));
 }
 
