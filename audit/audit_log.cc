@@ -1467,7 +1467,7 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& data
   GV_ASSIGN_OR_RETURN(
       std::unique_ptr<db::Sqlite> db,
       db::Sqlite::Open(database_path, DatabaseOptions(options, /*read_only=*/false)));
-  GV_RETURN_IF_ERROR(db::Migrate(*db, kMigrations, database_path));
+  GV_RETURN_IF_ERROR(db::Migrate(*db, kMigrations));
   GV_RETURN_IF_ERROR(RecordSigningKey(*db, signer->key_label(), pem));
   // Checkpoints are checked with the signer's key as the token gives it,
   // never with a key read from the database (which anyone who can write the

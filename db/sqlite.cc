@@ -132,13 +132,86 @@ absl::Status CreatePrivateFile(const std::string& path, std::string_view kind) {
   return absl::OkStatus();
 }
 
-int64_t ToMicros(absl::Time t) { return absl::ToUnixMicros(t); }  // infinities saturate
+}  // namespace
 
-absl::Time FromMicros(int64_t micros) {
-  if (micros == std::numeric_limits<int64_t>::min()) return absl::InfinitePast();
-  if (micros == std::numeric_limits<int64_t>::max()) return absl::InfiniteFuture();
-  return absl::FromUnixMicros(micros);
-}
+// --- statements ----------------------------------------------------------------
+
+namespace {
+
+// A statement on a Sqlite connection: borrowed from its StatementCache and
+// given back, or finalized when the connection keeps none.
+class SqliteStatement final : public StatementImpl {
+ public:
+  SqliteStatement(const Sqlite* db, sqlite3_stmt* stmt, StatementCache* cache, std::string context)
+      : db_(db), stmt_(stmt), cache_(cache), context_(std::move(context)) {}
+  SqliteStatement(const SqliteStatement&) = delete;
+  SqliteStatement& operator=(const SqliteStatement&) = delete;
+  ~SqliteStatement() override {
+    if (cache_ != nullptr) {
+      cache_->Give(sqlite3_sql(stmt_), stmt_);
+    } else {
+      sqlite3_finalize(stmt_);
+    }
+  }
+
+  void BindText(int index, std::string_view value) override {
+    // A null pointer would bind SQL NULL, not the empty string.
+    const char* data = value.data() != nullptr ? value.data() : "";
+    Note(sqlite3_bind_text64(stmt_, index, data, static_cast<sqlite3_uint64>(value.size()),
+                             SQLITE_TRANSIENT, SQLITE_UTF8));
+  }
+  void BindInt(int index, int64_t value) override { Note(sqlite3_bind_int64(stmt_, index, value)); }
+  void BindBlob(int index, absl::Span<const uint8_t> value) override {
+    if (value.empty()) {
+      Note(sqlite3_bind_zeroblob(stmt_, index, 0));
+    } else {
+      Note(sqlite3_bind_blob64(stmt_, index, value.data(),
+                               static_cast<sqlite3_uint64>(value.size()), SQLITE_TRANSIENT));
+    }
+  }
+  void BindNull(int index) override { Note(sqlite3_bind_null(stmt_, index)); }
+
+  absl::StatusOr<bool> Step() override {
+    if (bind_rc_ != SQLITE_OK) return db_->Error(bind_rc_, context_);
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    return db_->Error(rc, context_);
+  }
+  void Reset() override {
+    sqlite3_reset(stmt_);
+    bind_rc_ = SQLITE_OK;
+  }
+
+  bool IsNull(int column) const override {
+    return sqlite3_column_type(stmt_, column) == SQLITE_NULL;
+  }
+  int64_t Int(int column) const override { return sqlite3_column_int64(stmt_, column); }
+  std::string Text(int column) const override {
+    const unsigned char* text = sqlite3_column_text(stmt_, column);
+    if (text == nullptr) return std::string();
+    return std::string(reinterpret_cast<const char*>(text),
+                       static_cast<size_t>(sqlite3_column_bytes(stmt_, column)));
+  }
+  std::vector<uint8_t> Blob(int column) const override {
+    const auto* data = static_cast<const uint8_t*>(sqlite3_column_blob(stmt_, column));
+    if (data == nullptr) return {};
+    return std::vector<uint8_t>(data,
+                                data + static_cast<size_t>(sqlite3_column_bytes(stmt_, column)));
+  }
+  std::string Where() const override { return absl::StrCat(db_->owner(), ": ", context_); }
+
+ private:
+  void Note(int rc) {
+    if (rc != SQLITE_OK && bind_rc_ == SQLITE_OK) bind_rc_ = rc;
+  }
+
+  const Sqlite* db_;
+  sqlite3_stmt* stmt_;
+  StatementCache* cache_;  // nullptr: finalized when done
+  std::string context_;
+  int bind_rc_ = SQLITE_OK;
+};
 
 }  // namespace
 
@@ -163,14 +236,15 @@ absl::StatusOr<std::unique_ptr<Sqlite>> Sqlite::Open(const std::string& path,
   const int flags = (options.read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) |
                     SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
   const int rc = sqlite3_open_v2(path.c_str(), &raw, flags, nullptr);
-  std::unique_ptr<Sqlite> db(new Sqlite(raw, std::move(options)));
+  std::unique_ptr<Sqlite> db(new Sqlite(raw, path, std::move(options)));
   if (rc != SQLITE_OK) return db->Error(rc, absl::StrCat("open ", path));
-  GV_RETURN_IF_ERROR(db->Configure(path));
+  GV_RETURN_IF_ERROR(db->Configure());
   return db;
 }
 
-Sqlite::Sqlite(sqlite3* db, SqliteOptions options)
+Sqlite::Sqlite(sqlite3* db, std::string path, SqliteOptions options)
     : db_(db),
+      path_(std::move(path)),
       options_(std::move(options)),
       statements_(options_.keep_statements ? std::make_unique<StatementCache>() : nullptr) {}
 
@@ -179,7 +253,7 @@ Sqlite::~Sqlite() {
   sqlite3_close_v2(db_);
 }
 
-absl::Status Sqlite::Configure(const std::string& path) {
+absl::Status Sqlite::Configure() {
   int rc = sqlite3_extended_result_codes(db_, 1);
   if (rc != SQLITE_OK) return Error(rc, "enable extended result codes");
   rc = sqlite3_busy_timeout(db_, options_.busy_timeout_ms);
@@ -195,9 +269,9 @@ absl::Status Sqlite::Configure(const std::string& path) {
   GV_ASSIGN_OR_RETURN(const std::string journal_mode,
                       QueryText("PRAGMA journal_mode = WAL", "set journal_mode"));
   if (journal_mode != "wal") {
-    return absl::FailedPreconditionError(absl::StrCat(
-        options_.file_kind, " ", path, " cannot use write-ahead logging (journal_mode is ",
-        journal_mode, "); is it on a network file system?"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(Describe(), " cannot use write-ahead logging (journal_mode is ", journal_mode,
+                     "); is it on a network file system?"));
   }
   GV_RETURN_IF_ERROR(Exec("PRAGMA synchronous = FULL", "set synchronous"));
   GV_RETURN_IF_ERROR(Exec("PRAGMA foreign_keys = ON", "enable foreign keys"));
@@ -207,7 +281,7 @@ absl::Status Sqlite::Configure(const std::string& path) {
                       QueryText("PRAGMA foreign_keys", "foreign_keys"));
   if (synchronous != "2" || foreign_keys != "1") {
     return absl::InternalError(absl::StrCat(
-        options_.owner, ": ", path, ": SQLite refused synchronous=FULL or foreign_keys=ON"));
+        options_.owner, ": ", path_, ": SQLite refused synchronous=FULL or foreign_keys=ON"));
   }
   return absl::OkStatus();
 }
@@ -239,7 +313,7 @@ absl::StatusOr<Statement> Sqlite::Prepare(std::string_view sql, std::string_view
       absl::StartsWithIgnoreCase(Sv(sql), "PRAGMA") ? nullptr : statements_.get();
   if (cache != nullptr) {
     if (sqlite3_stmt* kept = cache->Take(sql)) {
-      return Statement(this, kept, cache, std::string(context));
+      return Statement(std::make_unique<SqliteStatement>(this, kept, cache, std::string(context)));
     }
   }
   sqlite3_stmt* stmt = nullptr;
@@ -253,24 +327,23 @@ absl::StatusOr<Statement> Sqlite::Prepare(std::string_view sql, std::string_view
   // Kept under sqlite3_sql(), the text it compiled: only when that is all of
   // `sql`, so that the next Take(sql) finds it.
   if (tail != sql.data() + sql.size()) cache = nullptr;
-  return Statement(this, stmt, cache, std::string(context));
-}
-
-absl::Status Sqlite::Run(std::string_view sql, std::string_view context) {
-  GV_ASSIGN_OR_RETURN(Statement statement, Prepare(sql, context));
-  return statement.Run();
-}
-
-absl::StatusOr<std::string> Sqlite::QueryText(std::string_view sql, std::string_view context) {
-  GV_ASSIGN_OR_RETURN(Statement query, Prepare(sql, context));
-  GV_ASSIGN_OR_RETURN(const bool row, query.Step());
-  if (!row) return absl::InternalError(absl::StrCat(options_.owner, ": ", Sv(context), ": no row"));
-  return query.Text(0);
+  return Statement(std::make_unique<SqliteStatement>(this, stmt, cache, std::string(context)));
 }
 
 size_t Sqlite::Changes() const {
   const int changes = sqlite3_changes(db_);
   return changes > 0 ? static_cast<size_t>(changes) : 0;
+}
+
+std::string Sqlite::Describe() const { return absl::StrCat(options_.file_kind, " ", path_); }
+
+const char* Sqlite::BeginSql(TransactionMode mode) const {
+  return mode == TransactionMode::kDeferred ? "BEGIN DEFERRED" : "BEGIN IMMEDIATE";
+}
+
+const char* Sqlite::MigrationsTableSql() const {
+  return "CREATE TABLE IF NOT EXISTS schema_migrations ("
+         "version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL) STRICT";
 }
 
 void Sqlite::RollBackIfOpen() {
@@ -297,188 +370,6 @@ absl::StatusOr<std::string> Sqlite::ExecForTesting(std::string_view sql) {
                                      " (sqlite code ", rc, ")"));
   }
   return first.value_or(std::string());
-}
-
-// --- statements ----------------------------------------------------------------
-
-Statement::Statement(Statement&& other) noexcept
-    : db_(other.db_),
-      stmt_(std::exchange(other.stmt_, nullptr)),
-      cache_(other.cache_),
-      context_(std::move(other.context_)),
-      bind_rc_(other.bind_rc_) {}
-
-Statement::~Statement() {
-  if (stmt_ == nullptr) return;
-  if (cache_ != nullptr) {
-    cache_->Give(sqlite3_sql(stmt_), stmt_);
-  } else {
-    sqlite3_finalize(stmt_);
-  }
-}
-
-void Statement::BindText(int index, std::string_view value) {
-  // A null pointer would bind SQL NULL, not the empty string.
-  const char* data = value.data() != nullptr ? value.data() : "";
-  Note(sqlite3_bind_text64(stmt_, index, data, static_cast<sqlite3_uint64>(value.size()),
-                           SQLITE_TRANSIENT, SQLITE_UTF8));
-}
-
-void Statement::BindInt(int index, int64_t value) { Note(sqlite3_bind_int64(stmt_, index, value)); }
-
-void Statement::BindBlob(int index, absl::Span<const uint8_t> value) {
-  if (value.empty()) {
-    Note(sqlite3_bind_zeroblob(stmt_, index, 0));
-  } else {
-    Note(sqlite3_bind_blob64(stmt_, index, value.data(), static_cast<sqlite3_uint64>(value.size()),
-                             SQLITE_TRANSIENT));
-  }
-}
-
-void Statement::BindNull(int index) { Note(sqlite3_bind_null(stmt_, index)); }
-
-void Statement::BindTime(int index, absl::Time value) { BindInt(index, ToMicros(value)); }
-
-void Statement::BindOptionalTime(int index, const std::optional<absl::Time>& value) {
-  if (value.has_value()) {
-    BindTime(index, *value);
-  } else {
-    BindNull(index);
-  }
-}
-
-absl::StatusOr<bool> Statement::Step() {
-  if (bind_rc_ != SQLITE_OK) return db_->Error(bind_rc_, context_);
-  const int rc = sqlite3_step(stmt_);
-  if (rc == SQLITE_ROW) return true;
-  if (rc == SQLITE_DONE) return false;
-  return db_->Error(rc, context_);
-}
-
-absl::Status Statement::Run() {
-  GV_ASSIGN_OR_RETURN(const bool row, Step());
-  if (row) {
-    return absl::InternalError(
-        absl::StrCat(db_->options().owner, ": ", context_, ": unexpected row"));
-  }
-  return absl::OkStatus();
-}
-
-void Statement::Reset() {
-  sqlite3_reset(stmt_);
-  bind_rc_ = SQLITE_OK;
-}
-
-std::string Statement::Text(int column) const {
-  const unsigned char* text = sqlite3_column_text(stmt_, column);
-  if (text == nullptr) return std::string();
-  return std::string(reinterpret_cast<const char*>(text),
-                     static_cast<size_t>(sqlite3_column_bytes(stmt_, column)));
-}
-
-std::vector<uint8_t> Statement::Blob(int column) const {
-  const auto* data = static_cast<const uint8_t*>(sqlite3_column_blob(stmt_, column));
-  if (data == nullptr) return {};
-  return std::vector<uint8_t>(data,
-                              data + static_cast<size_t>(sqlite3_column_bytes(stmt_, column)));
-}
-
-absl::Time Statement::Time(int column) const { return FromMicros(Int(column)); }
-
-std::optional<absl::Time> Statement::OptionalTime(int column) const {
-  if (IsNull(column)) return std::nullopt;
-  return Time(column);
-}
-
-// --- transactions --------------------------------------------------------------
-
-absl::StatusOr<Transaction> Transaction::Begin(Sqlite& db, Mode mode) {
-  GV_RETURN_IF_ERROR(
-      db.Run(mode == Mode::kImmediate ? "BEGIN IMMEDIATE" : "BEGIN DEFERRED", "begin transaction"));
-  return Transaction(&db);
-}
-
-Transaction::~Transaction() {
-  // Some errors (SQLITE_FULL, SQLITE_IOERR…) already rolled the transaction
-  // back; ROLLBACK would then fail, so it is only issued while one is open.
-  if (db_ != nullptr) db_->RollBackIfOpen();
-}
-
-absl::Status Transaction::Commit() {
-  GV_RETURN_IF_ERROR(db_->Run("COMMIT", "commit transaction"));
-  db_ = nullptr;
-  return absl::OkStatus();
-}
-
-// --- migrations ----------------------------------------------------------------
-
-namespace {
-
-struct AppliedMigrations {
-  int64_t newest = 0;
-  int64_t count = 0;
-};
-
-absl::StatusOr<AppliedMigrations> ReadAppliedMigrations(Sqlite& db) {
-  GV_ASSIGN_OR_RETURN(
-      Statement query,
-      db.Prepare("SELECT coalesce(max(version), 0), count(*) FROM schema_migrations",
-                 "read schema_migrations"));
-  GV_ASSIGN_OR_RETURN(const bool row, query.Step());
-  if (!row) {
-    return absl::InternalError(
-        absl::StrCat(db.options().owner, ": read schema_migrations: no row"));
-  }
-  return AppliedMigrations{query.Int(0), query.Int(1)};
-}
-
-absl::Status CheckAppliedMigrations(const Sqlite& db, const AppliedMigrations& applied, int latest,
-                                    const std::string& path) {
-  const std::string& kind = db.options().file_kind;
-  if (applied.newest > latest) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        kind, " ", path, " has schema version ", applied.newest, ", newer than version ", latest,
-        " that this build of grantvault knows; run a newer grantvault (or restore a backup "
-        "taken before the upgrade)"));
-  }
-  if (applied.count != applied.newest) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(kind, " ", path, " records ", applied.count,
-                     " schema migrations but its newest is version ", applied.newest,
-                     "; the schema history is inconsistent"));
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
-
-absl::Status Migrate(Sqlite& db, absl::Span<const Migration> migrations, const std::string& path) {
-  const int latest = migrations.empty() ? 0 : migrations.back().version;
-  GV_RETURN_IF_ERROR(
-      db.Exec("CREATE TABLE IF NOT EXISTS schema_migrations ("
-              "version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL) STRICT",
-              "create schema_migrations"));
-  GV_ASSIGN_OR_RETURN(AppliedMigrations applied, ReadAppliedMigrations(db));
-  GV_RETURN_IF_ERROR(CheckAppliedMigrations(db, applied, latest, path));
-  for (const Migration& migration : migrations) {
-    if (migration.version <= applied.newest) continue;
-    GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, Transaction::Mode::kImmediate));
-    // Another process may have migrated the file since we looked.
-    GV_ASSIGN_OR_RETURN(applied, ReadAppliedMigrations(db));
-    GV_RETURN_IF_ERROR(CheckAppliedMigrations(db, applied, latest, path));
-    if (migration.version <= applied.newest) continue;
-    const std::string context = absl::StrCat("apply schema migration ", migration.version);
-    GV_RETURN_IF_ERROR(db.Exec(migration.sql, context));
-    GV_ASSIGN_OR_RETURN(
-        Statement record,
-        db.Prepare("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", context));
-    record.BindInt(1, migration.version);
-    record.BindTime(2, absl::Now());
-    GV_RETURN_IF_ERROR(record.Run());
-    GV_RETURN_IF_ERROR(txn.Commit());
-    applied.newest = migration.version;
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace grantvault::db

@@ -7,6 +7,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config clang-format
   libsodium-dev libabsl-dev libssl-dev libsqlite3-dev sqlite3
+  libpq-dev postgresql  # the PostgreSQL backend (db/postgres.h); tests start their own server
   softhsm2 p11-kit libp11-kit-dev opensc
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
   libboost-dev protobuf-compiler libprotobuf-dev libtomlplusplus-dev libspdlog-dev

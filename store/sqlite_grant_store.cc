@@ -1603,7 +1603,7 @@ absl::StatusOr<std::unique_ptr<GrantStore>> OpenSqliteGrantStore(const std::stri
   // cost more than running them.
   o.keep_statements = true;
   GV_ASSIGN_OR_RETURN(std::unique_ptr<db::Sqlite> db, db::Sqlite::Open(path, std::move(o)));
-  GV_RETURN_IF_ERROR(db::Migrate(*db, kMigrations, path));
+  GV_RETURN_IF_ERROR(db::Migrate(*db, kMigrations));
   return std::make_unique<SqliteGrantStore>(std::move(db));
 }
 

@@ -60,7 +60,7 @@ class SqliteTest : public ::testing::Test {
   std::unique_ptr<Sqlite> OpenMigrated(SqliteOptions options = Options()) {
     auto db = OpenOrDie(path_, std::move(options));
     if (db == nullptr) return nullptr;
-    absl::Status migrated = Migrate(*db, kSchema, path_);
+    absl::Status migrated = Migrate(*db, kSchema);
     EXPECT_TRUE(migrated.ok()) << migrated;
     return db;
   }
@@ -278,20 +278,20 @@ TEST_F(SqliteTest, MigrationsApplyOnceInOrderAndANewerOrGappedSchemaIsRefused) {
     ASSERT_NE(db, nullptr);
     EXPECT_EQ(*db->ExecForTesting("SELECT group_concat(version) FROM schema_migrations"), "1,2");
     // Again: nothing to do.
-    ASSERT_TRUE(Migrate(*db, kSchema, path_).ok());
+    ASSERT_TRUE(Migrate(*db, kSchema).ok());
     EXPECT_EQ(*db->ExecForTesting("SELECT count(*) FROM schema_migrations"), "2");
   }
   {
     auto db = OpenOrDie(path_);
     ASSERT_NE(db, nullptr);
     // An older build knows only the first migration.
-    const absl::Status older = Migrate(*db, absl::MakeConstSpan(kSchema, 1), path_);
+    const absl::Status older = Migrate(*db, absl::MakeConstSpan(kSchema, 1));
     EXPECT_EQ(older.code(), absl::StatusCode::kFailedPrecondition);
     EXPECT_THAT(std::string(older.message()),
                 HasSubstr("has schema version 2, newer than version 1"));
     EXPECT_THAT(std::string(older.message()), StartsWith("test database "));
     ASSERT_TRUE(db->ExecForTesting("DELETE FROM schema_migrations WHERE version = 1").ok());
-    const absl::Status gapped = Migrate(*db, kSchema, path_);
+    const absl::Status gapped = Migrate(*db, kSchema);
     EXPECT_EQ(gapped.code(), absl::StatusCode::kFailedPrecondition);
     EXPECT_THAT(std::string(gapped.message()), HasSubstr("inconsistent"));
   }
@@ -304,7 +304,7 @@ TEST_F(SqliteTest, AFailingMigrationLeavesTheSchemaAsItWas) {
   };
   auto db = OpenOrDie(path_);
   ASSERT_NE(db, nullptr);
-  EXPECT_FALSE(Migrate(*db, kBroken, path_).ok());
+  EXPECT_FALSE(Migrate(*db, kBroken).ok());
   EXPECT_EQ(*db->ExecForTesting("SELECT group_concat(version) FROM schema_migrations"), "1");
   EXPECT_EQ(*db->ExecForTesting("SELECT count(*) FROM sqlite_schema WHERE name = 'b'"), "0");
 }

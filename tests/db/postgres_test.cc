@@ -1,0 +1,355 @@
+// The PostgreSQL backend (db/postgres.h) against a real server that the test
+// starts (Debian's PostgreSQL, a new cluster on a loopback port): the same
+// contract as the SQLite backend — codes, messages without bound values,
+// transactions, migrations — plus what only a server has: a password file,
+// a lost connection and a reconnect.
+#include "db/postgres.h"
+
+#include <unistd.h>
+
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "common/ids.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/postgres_server.h"
+#include "tests/testing/temp_dir.h"
+
+namespace grantvault::db {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::StartsWith;
+
+// One server for the whole binary (starting one takes a second or two); a
+// database of its own for each test.
+testing::PostgresServer* server = nullptr;
+
+class ServerEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    auto started = testing::PostgresServer::Start();
+    ASSERT_TRUE(started.ok()) << started.status();
+    server = started->release();
+  }
+  void TearDown() override {
+    delete server;
+    server = nullptr;
+  }
+};
+
+const auto* const environment = ::testing::AddGlobalTestEnvironment(new ServerEnvironment);
+
+constexpr Migration kSchema[] = {
+    {1, "CREATE TABLE items (id TEXT PRIMARY KEY NOT NULL, n BIGINT NOT NULL, data BYTEA)"},
+    {2, R"sql(
+CREATE TABLE notes (item TEXT NOT NULL REFERENCES items (id), note TEXT NOT NULL);
+CREATE FUNCTION items_are_final() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'items cannot be deleted'; END $$;
+CREATE TRIGGER items_are_final BEFORE DELETE ON items
+FOR EACH ROW EXECUTE FUNCTION items_are_final();
+)sql"},
+};
+
+class PostgresTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_NE(server, nullptr);
+    database_ = absl::AsciiStrToLower(NewId("t_"));
+    ASSERT_TRUE(server->CreateDatabase(database_).ok());
+  }
+
+  PostgresOptions Options() const {
+    PostgresOptions o;
+    o.owner = "test store";
+    o.conninfo = server->ConnectionString(database_);
+    o.password_file = server->password_file();
+    return o;
+  }
+  std::unique_ptr<Postgres> ConnectOrDie() {
+    absl::StatusOr<std::unique_ptr<Postgres>> db = Postgres::Connect(Options());
+    EXPECT_TRUE(db.ok()) << db.status();
+    return db.ok() ? std::move(*db) : nullptr;
+  }
+  std::unique_ptr<Postgres> ConnectMigrated() {
+    auto db = ConnectOrDie();
+    if (db == nullptr) return nullptr;
+    absl::Status migrated = Migrate(*db, kSchema);
+    EXPECT_TRUE(migrated.ok()) << migrated;
+    return db;
+  }
+  static absl::Status Insert(Connection& db, const std::string& id, int64_t n) {
+    absl::StatusOr<Statement> insert =
+        db.Prepare("INSERT INTO items (id, n) VALUES (?, ?)", "insert an item");
+    if (!insert.ok()) return insert.status();
+    insert->BindText(1, id);
+    insert->BindInt(2, n);
+    return insert->Run();
+  }
+
+  std::string database_;
+};
+
+TEST(NumberParametersTest, NumbersQuestionMarksOutsideLiteralsNamesAndComments) {
+  int count = 0;
+  EXPECT_EQ(NumberParameters("SELECT ?, '?', \"a?\" -- ?\n, ? /* ? */ FROM t WHERE x = ?", count),
+            "SELECT $1, '?', \"a?\" -- ?\n, $2 /* ? */ FROM t WHERE x = $3");
+  EXPECT_EQ(count, 3);
+  EXPECT_EQ(NumberParameters("SELECT 'it''s ?'", count), "SELECT 'it''s ?'");
+  EXPECT_EQ(count, 0);
+}
+
+TEST(CodeForSqlStateTest, MapsTheStatesCallersActOn) {
+  EXPECT_EQ(CodeForSqlState("23505"), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(CodeForSqlState("23503"), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(CodeForSqlState("P0001"), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(CodeForSqlState("23502"), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CodeForSqlState("22P02"), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CodeForSqlState("53100"), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(CodeForSqlState("40001"), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(CodeForSqlState("40P01"), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(CodeForSqlState("57P01"), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(CodeForSqlState("08006"), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(CodeForSqlState("25006"), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(CodeForSqlState("XX001"), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(CodeForSqlState("42601"), absl::StatusCode::kInternal);
+}
+
+TEST_F(PostgresTest, ConnectsWithThePasswordFromAFileAndRefusesAWrongOne) {
+  auto db = ConnectOrDie();
+  ASSERT_NE(db, nullptr);
+  EXPECT_TRUE(db->Healthy());
+  EXPECT_EQ(*db->ExecForTesting("SELECT current_database()"), database_);
+
+  testing::TempDir dir;
+  const std::string wrong = dir.Join("wrong");
+  std::ofstream(wrong) << "not-the-password\n";
+  PostgresOptions o = Options();
+  o.password_file = wrong;
+  absl::StatusOr<std::unique_ptr<Postgres>> refused = Postgres::Connect(o);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("password authentication"));
+  EXPECT_THAT(std::string(refused.status().message()), Not(HasSubstr("not-the-password")));
+
+  o.password_file = dir.Join("missing");
+  EXPECT_EQ(Postgres::Connect(o).status().code(), absl::StatusCode::kFailedPrecondition);
+  const std::string two_lines = dir.Join("two-lines");
+  std::ofstream(two_lines) << "a\nb\n";
+  o.password_file = two_lines;
+  EXPECT_EQ(Postgres::Connect(o).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(PostgresTest, ErrorsMapToTheLayersCodesAndNeverCarryABoundValue) {
+  auto db = ConnectMigrated();
+  ASSERT_NE(db, nullptr);
+  ASSERT_TRUE(Insert(*db, "item-1", 1).ok());
+
+  const absl::Status duplicate = Insert(*db, "item-1", 2);
+  EXPECT_EQ(duplicate.code(), absl::StatusCode::kAlreadyExists) << duplicate;
+  EXPECT_THAT(std::string(duplicate.message()), StartsWith("test store: insert an item: "));
+  EXPECT_THAT(std::string(duplicate.message()), Not(HasSubstr("item-1")));
+
+  absl::StatusOr<Statement> orphan =
+      db->Prepare("INSERT INTO notes (item, note) VALUES (?, ?)", "insert a note");
+  ASSERT_TRUE(orphan.ok());
+  orphan->BindText(1, "no-such-item");
+  orphan->BindText(2, "a secret note");
+  const absl::Status foreign = orphan->Run();
+  EXPECT_EQ(foreign.code(), absl::StatusCode::kFailedPrecondition) << foreign;
+  EXPECT_THAT(std::string(foreign.message()), Not(HasSubstr("no-such-item")));
+
+  const absl::Status trigger = db->Run("DELETE FROM items", "delete items");
+  EXPECT_EQ(trigger.code(), absl::StatusCode::kFailedPrecondition) << trigger;
+  EXPECT_THAT(std::string(trigger.message()), HasSubstr("items cannot be deleted"));
+
+  absl::StatusOr<Statement> bad_number =
+      db->Prepare("INSERT INTO items (id, n) VALUES ('x', CAST(? AS BIGINT))", "insert a number");
+  ASSERT_TRUE(bad_number.ok());
+  bad_number->BindText(1, "sealed-record-bytes");
+  const absl::Status refused = bad_number->Run();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_THAT(std::string(refused.message()), Not(HasSubstr("sealed-record-bytes")));
+
+  absl::StatusOr<Statement> not_null =
+      db->Prepare("INSERT INTO items (id, n) VALUES (?, NULL)", "insert without n");
+  ASSERT_TRUE(not_null.ok());
+  not_null->BindText(1, "item-2");
+  EXPECT_EQ(not_null->Run().code(), absl::StatusCode::kInvalidArgument);
+
+  EXPECT_EQ(db->Run("SELEC nonsense", "parse").code(), absl::StatusCode::kInternal);
+}
+
+TEST_F(PostgresTest, ValuesRoundTripBlobsInBinaryAndTimesSaturating) {
+  auto db = ConnectMigrated();
+  ASSERT_NE(db, nullptr);
+  const std::vector<uint8_t> blob = {0, 1, 2, 0xff, 0, '\\', 'x'};
+  absl::StatusOr<Statement> insert =
+      db->Prepare("INSERT INTO items (id, n, data) VALUES (?, ?, ?)", "insert");
+  ASSERT_TRUE(insert.ok());
+  insert->BindText(1, "blob");
+  insert->BindInt(2, -1234567890123);
+  insert->BindBlob(3, blob);
+  ASSERT_TRUE(insert->Run().ok());
+  EXPECT_EQ(db->Changes(), 1u);
+
+  absl::StatusOr<Statement> read = db->Prepare(
+      "SELECT n, data, id, 5, true, CAST(7 AS SMALLINT) FROM items WHERE id = ?", "read back");
+  ASSERT_TRUE(read.ok());
+  read->BindText(1, "blob");
+  ASSERT_TRUE(*read->Step());
+  EXPECT_EQ(read->Int(0), -1234567890123);
+  EXPECT_EQ(read->Blob(1), blob);
+  EXPECT_EQ(read->Text(2), "blob");
+  EXPECT_EQ(read->Int(3), 5);
+  EXPECT_EQ(read->Int(4), 1);
+  EXPECT_EQ(read->Int(5), 7);
+  EXPECT_FALSE(*read->Step());
+
+  const absl::Time t = absl::FromUnixMicros(1764720000123456);
+  for (const absl::Time value : {t, absl::InfiniteFuture(), absl::InfinitePast()}) {
+    absl::StatusOr<Statement> echo = db->Prepare("SELECT ?", "echo a time");
+    ASSERT_TRUE(echo.ok());
+    echo->BindTime(1, value);
+    ASSERT_TRUE(*echo->Step());
+    EXPECT_EQ(echo->Time(0), value);
+  }
+  absl::StatusOr<Statement> none = db->Prepare("SELECT CAST(? AS BIGINT)", "echo no time");
+  ASSERT_TRUE(none.ok());
+  none->BindOptionalTime(1, std::nullopt);
+  ASSERT_TRUE(*none->Step());
+  EXPECT_EQ(none->OptionalTime(0), std::nullopt);
+}
+
+TEST_F(PostgresTest, StatementsRunAgainAfterResetAndABindErrorIsReportedByStep) {
+  auto db = ConnectMigrated();
+  ASSERT_NE(db, nullptr);
+  absl::StatusOr<Statement> insert = db->Prepare("INSERT INTO items (id, n) VALUES (?, ?)", "ins");
+  ASSERT_TRUE(insert.ok());
+  for (int i = 0; i < 3; ++i) {
+    insert->Reset();
+    insert->BindText(1, absl::StrCat("item-", i));
+    insert->BindInt(2, i);
+    ASSERT_TRUE(insert->Run().ok());
+  }
+  EXPECT_EQ(*db->ExecForTesting("SELECT count(*) FROM items"), "3");
+  absl::StatusOr<Statement> update = db->Prepare("UPDATE items SET n = n + 1", "bump");
+  ASSERT_TRUE(update.ok());
+  ASSERT_TRUE(update->Run().ok());
+  EXPECT_EQ(db->Changes(), 3u);
+
+  absl::StatusOr<Statement> bad = db->Prepare("SELECT ?", "bind");
+  ASSERT_TRUE(bad.ok());
+  bad->BindInt(2, 7);  // no second parameter
+  EXPECT_EQ(bad->Step().status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(PostgresTest, ATransactionNotCommittedIsRolledBack) {
+  auto db = ConnectMigrated();
+  ASSERT_NE(db, nullptr);
+  {
+    absl::StatusOr<Transaction> txn = Transaction::Begin(*db, Transaction::Mode::kImmediate);
+    ASSERT_TRUE(txn.ok()) << txn.status();
+    ASSERT_TRUE(Insert(*db, "dropped", 1).ok());
+    EXPECT_TRUE(db->InTransaction());
+  }
+  EXPECT_FALSE(db->InTransaction());
+  EXPECT_EQ(*db->ExecForTesting("SELECT count(*) FROM items"), "0");
+  {
+    absl::StatusOr<Transaction> txn = Transaction::Begin(*db, Transaction::Mode::kImmediate);
+    ASSERT_TRUE(txn.ok());
+    ASSERT_TRUE(Insert(*db, "kept", 1).ok());
+    ASSERT_TRUE(txn->Commit().ok());
+  }
+  EXPECT_EQ(*db->ExecForTesting("SELECT count(*) FROM items"), "1");
+  // A failed statement leaves the transaction refusing everything but a
+  // rollback; the destructor gives it.
+  {
+    absl::StatusOr<Transaction> txn = Transaction::Begin(*db, Transaction::Mode::kImmediate);
+    ASSERT_TRUE(txn.ok());
+    EXPECT_FALSE(Insert(*db, "kept", 2).ok());
+  }
+  EXPECT_FALSE(db->InTransaction());
+  EXPECT_TRUE(Insert(*db, "after", 3).ok());
+}
+
+TEST_F(PostgresTest, ConcurrentSerializableWritesOneFailsUnavailableToBeRetried) {
+  auto a = ConnectMigrated();
+  auto b = ConnectOrDie();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  ASSERT_TRUE(Insert(*a, "counter", 0).ok());
+  absl::StatusOr<Transaction> ta = Transaction::Begin(*a, Transaction::Mode::kImmediate);
+  absl::StatusOr<Transaction> tb = Transaction::Begin(*b, Transaction::Mode::kImmediate);
+  ASSERT_TRUE(ta.ok() && tb.ok());
+  // Both read, then both write what they read: the second to commit loses.
+  ASSERT_EQ(*a->ExecForTesting("SELECT n FROM items WHERE id = 'counter'"), "0");
+  ASSERT_EQ(*b->ExecForTesting("SELECT n FROM items WHERE id = 'counter'"), "0");
+  ASSERT_TRUE(a->Run("UPDATE items SET n = 1 WHERE id = 'counter'", "write a").ok());
+  ASSERT_TRUE(ta->Commit().ok());
+  absl::Status second = b->Run("UPDATE items SET n = 1 WHERE id = 'counter'", "write b");
+  if (second.ok()) second = tb->Commit();
+  EXPECT_EQ(second.code(), absl::StatusCode::kUnavailable) << second;
+}
+
+TEST_F(PostgresTest, MigrationsApplyOnceAndANewerOrGappedSchemaIsRefused) {
+  {
+    auto db = ConnectMigrated();
+    ASSERT_NE(db, nullptr);
+    EXPECT_EQ(*db->ExecForTesting("SELECT string_agg(CAST(version AS TEXT), ',' ORDER BY version) "
+                                  "FROM schema_migrations"),
+              "1,2");
+    ASSERT_TRUE(Migrate(*db, kSchema).ok());
+    EXPECT_EQ(*db->ExecForTesting("SELECT count(*) FROM schema_migrations"), "2");
+  }
+  auto db = ConnectOrDie();
+  ASSERT_NE(db, nullptr);
+  const absl::Status older = Migrate(*db, absl::MakeConstSpan(kSchema, 1));
+  EXPECT_EQ(older.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(older.message()),
+              HasSubstr("has schema version 2, newer than version 1"));
+  ASSERT_TRUE(db->ExecForTesting("DELETE FROM schema_migrations WHERE version = 1").ok());
+  EXPECT_THAT(std::string(Migrate(*db, kSchema).message()), HasSubstr("inconsistent"));
+}
+
+TEST_F(PostgresTest, TwoHostsMigratingAtOnceApplyEachMigrationOnce) {
+  auto a = ConnectOrDie();
+  auto b = ConnectOrDie();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  absl::Status from_b;
+  std::thread other([&] { from_b = Migrate(*b, kSchema); });
+  const absl::Status from_a = Migrate(*a, kSchema);
+  other.join();
+  EXPECT_TRUE(from_a.ok()) << from_a;
+  EXPECT_TRUE(from_b.ok()) << from_b;
+  EXPECT_EQ(*a->ExecForTesting("SELECT count(*) FROM schema_migrations"), "2");
+}
+
+TEST_F(PostgresTest, ALostConnectionIsUnavailableAndReconnectWorksWhenTheServerIsBack) {
+  auto db = ConnectMigrated();
+  ASSERT_NE(db, nullptr);
+  ASSERT_TRUE(Insert(*db, "before", 1).ok());
+  ASSERT_TRUE(server->Stop().ok());
+  const absl::Status lost = Insert(*db, "during", 2);
+  EXPECT_EQ(lost.code(), absl::StatusCode::kUnavailable) << lost;
+  EXPECT_FALSE(db->Healthy());
+  EXPECT_EQ(db->Reconnect().code(), absl::StatusCode::kUnavailable);
+  ASSERT_TRUE(server->StartAgain().ok()) << server->Log();
+  ASSERT_TRUE(db->Reconnect().ok());
+  EXPECT_TRUE(Insert(*db, "after", 3).ok());
+  EXPECT_EQ(*db->ExecForTesting("SELECT string_agg(id, ',' ORDER BY id) FROM items"),
+            "after,before");
+}
+
+}  // namespace
+}  // namespace grantvault::db
