@@ -2,7 +2,9 @@
 
 #include <libpq-fe.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <optional>
@@ -49,7 +51,9 @@ class PostgresStatement final : public StatementImpl {
       : db_(db),
         sql_(std::move(sql)),
         values_(static_cast<size_t>(parameters)),
-        types_(static_cast<size_t>(parameters), 0),
+        // An unbound parameter is NULL, as text: a statement may leave out
+        // one it does not use (the server could not infer its type).
+        types_(static_cast<size_t>(parameters), kTextOid),
         formats_(static_cast<size_t>(parameters), 0),
         context_(std::move(context)) {}
   PostgresStatement(const PostgresStatement&) = delete;
@@ -225,7 +229,19 @@ std::string NumberParameters(std::string_view sql, int& count) {
       out.append(sql.substr(i, stop - i));
       i = stop - 1;
     } else if (c == '?') {
-      absl::StrAppend(&out, "$", ++count);
+      // "?NNN" (SQLite's numbered parameter) is $NNN; a bare "?" the next one.
+      size_t digits = i + 1;
+      while (digits < sql.size() && absl::ascii_isdigit(static_cast<unsigned char>(sql[digits]))) {
+        ++digits;
+      }
+      if (digits > i + 1) {
+        const std::string_view number = sql.substr(i + 1, digits - i - 1);
+        absl::StrAppend(&out, "$", Sv(number));
+        count = std::max(count, std::atoi(std::string(number).c_str()));
+        i = digits - 1;
+      } else {
+        absl::StrAppend(&out, "$", ++count);
+      }
     } else {
       out.push_back(c);
     }

@@ -56,8 +56,9 @@ struct PostgresOptions {
 // wipes the result.
 absl::StatusOr<std::string> ReadPasswordFile(const std::string& path);
 
-// `sql` with its `?` parameters numbered for PostgreSQL ($1, $2, …), outside
-// string literals, quoted names and comments; `count` gets how many.
+// `sql` with its `?` parameters numbered for PostgreSQL ($1, $2, …; SQLite's
+// `?NNN` is $NNN), outside string literals, quoted names and comments;
+// `count` gets the highest number.
 std::string NumberParameters(std::string_view sql, int& count);
 
 absl::StatusCode CodeForSqlState(std::string_view sqlstate);

@@ -107,6 +107,9 @@ TEST(NumberParametersTest, NumbersQuestionMarksOutsideLiteralsNamesAndComments) 
   EXPECT_EQ(count, 3);
   EXPECT_EQ(NumberParameters("SELECT 'it''s ?'", count), "SELECT 'it''s ?'");
   EXPECT_EQ(count, 0);
+  EXPECT_EQ(NumberParameters("SELECT ?1 WHERE a = ?1 OR b = ?2", count),
+            "SELECT $1 WHERE a = $1 OR b = $2");
+  EXPECT_EQ(count, 2);
 }
 
 TEST(CodeForSqlStateTest, MapsTheStatesCallersActOn) {

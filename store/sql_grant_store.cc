@@ -1,5 +1,3 @@
-#include "store/sqlite_grant_store.h"
-
 #include <sqlite3.h>
 
 #include <algorithm>
@@ -29,8 +27,11 @@
 #include "absl/time/time.h"
 #include "common/status.h"
 #include "common/strings.h"
+#include "db/postgres.h"
 #include "db/sqlite.h"
 #include "store/grant_store.h"
+#include "store/postgres_grant_store.h"
+#include "store/sqlite_grant_store.h"
 #include "store/sqlite_grant_store_internal.h"
 
 namespace grantvault::store {
@@ -45,7 +46,7 @@ using db::Transaction;
 // transaction, and recorded in schema_migrations. Never edit a released
 // migration: append a new one. Times are unix microseconds.
 
-constexpr db::Migration kMigrations[] = {
+constexpr db::Migration kSqliteMigrations[] = {
     {1, R"sql(
 CREATE TABLE key_versions (
   version INTEGER PRIMARY KEY,
@@ -227,7 +228,169 @@ ALTER TABLE connector_registrations
 )sql"},
 };
 
-constexpr int kLatestSchemaVersion = kMigrations[std::size(kMigrations) - 1].version;
+constexpr int kLatestSchemaVersion = kSqliteMigrations[std::size(kSqliteMigrations) - 1].version;
+
+// The same schema on PostgreSQL. Its history starts at the schema above as it
+// stands at SQLite version 7: no PostgreSQL database predates it. Integers are
+// BIGINT (times are microseconds), blobs BYTEA; the triggers' checks are
+// PL/pgSQL functions (a trigger's WHEN cannot hold a subquery there).
+constexpr db::Migration kPostgresMigrations[] = {
+    {1, R"sql(
+CREATE FUNCTION gv_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION '%', TG_ARGV[0]; END $$;
+
+CREATE TABLE key_versions (
+  version BIGINT PRIMARY KEY,
+  label TEXT NOT NULL UNIQUE,
+  key_id_hex TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('active', 'inactive', 'retired')),
+  created_at BIGINT NOT NULL,
+  retired_at BIGINT,
+  CHECK ((state = 'retired') = (retired_at IS NOT NULL))
+);
+
+CREATE UNIQUE INDEX key_versions_one_active ON key_versions (state) WHERE state = 'active';
+
+CREATE TABLE sealed_secrets (
+  owner_id TEXT NOT NULL,
+  purpose TEXT NOT NULL,
+  workspace_id TEXT NOT NULL,
+  connector_id TEXT NOT NULL,
+  account_id TEXT NOT NULL,
+  kek_label TEXT NOT NULL REFERENCES key_versions (label),
+  record BYTEA NOT NULL,
+  updated_at BIGINT NOT NULL,
+  PRIMARY KEY (owner_id, purpose)
+);
+
+CREATE INDEX sealed_secrets_by_kek ON sealed_secrets (kek_label, owner_id, purpose);
+
+CREATE FUNCTION gv_sealed_secrets_refuse_retired_kek() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM key_versions WHERE label = NEW.kek_label AND state = 'retired') THEN
+    RAISE EXCEPTION 'sealed secrets cannot be written under a retired key version';
+  END IF;
+  RETURN NEW;
+END $$;
+
+CREATE TRIGGER sealed_secrets_insert_refuses_retired_kek BEFORE INSERT ON sealed_secrets
+FOR EACH ROW EXECUTE FUNCTION gv_sealed_secrets_refuse_retired_kek();
+
+CREATE TRIGGER sealed_secrets_update_refuses_retired_kek BEFORE UPDATE OF kek_label
+ON sealed_secrets FOR EACH ROW EXECUTE FUNCTION gv_sealed_secrets_refuse_retired_kek();
+
+CREATE TRIGGER key_versions_retired_is_final BEFORE UPDATE OF state ON key_versions
+FOR EACH ROW WHEN (OLD.state = 'retired' AND NEW.state <> 'retired')
+EXECUTE FUNCTION gv_refuse('a retired key version cannot be used again');
+
+CREATE FUNCTION gv_key_versions_retire_only_unused() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM sealed_secrets WHERE kek_label = NEW.label) THEN
+    RAISE EXCEPTION 'a key version that still wraps sealed secrets cannot be retired';
+  END IF;
+  RETURN NEW;
+END $$;
+
+CREATE TRIGGER key_versions_retire_only_unused BEFORE UPDATE OF state ON key_versions
+FOR EACH ROW WHEN (NEW.state = 'retired')
+EXECUTE FUNCTION gv_key_versions_retire_only_unused();
+
+CREATE TABLE grants (
+  grant_id TEXT PRIMARY KEY NOT NULL,
+  workspace_id TEXT NOT NULL,
+  connector_id TEXT NOT NULL,
+  connector_type TEXT NOT NULL,
+  account_id TEXT NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('active', 'reauth_required', 'revoked')),
+  status_reason TEXT NOT NULL,
+  authorized_by TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL,
+  access_token_expires_at BIGINT,
+  refresh_attempt_at BIGINT
+);
+
+CREATE UNIQUE INDEX grants_one_current_per_connector
+  ON grants (workspace_id, connector_id) WHERE status <> 'revoked';
+CREATE INDEX grants_by_workspace ON grants (workspace_id, created_at);
+CREATE INDEX grants_by_connector ON grants (connector_id, status);
+
+CREATE TRIGGER grants_revoked_is_final BEFORE UPDATE OF status, status_reason ON grants
+FOR EACH ROW WHEN (OLD.status = 'revoked')
+EXECUTE FUNCTION gv_refuse('a revoked grant cannot change status');
+
+CREATE TABLE grant_scopes (
+  grant_id TEXT NOT NULL REFERENCES grants (grant_id) ON DELETE CASCADE,
+  position BIGINT NOT NULL,
+  scope TEXT NOT NULL,
+  PRIMARY KEY (grant_id, position)
+);
+
+CREATE TABLE grant_metadata (
+  grant_id TEXT NOT NULL REFERENCES grants (grant_id) ON DELETE CASCADE,
+  name TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY (grant_id, name)
+);
+
+CREATE TABLE connector_registrations (
+  connector_id TEXT PRIMARY KEY NOT NULL,
+  connector_type TEXT NOT NULL,
+  client_id TEXT NOT NULL,
+  issuer TEXT NOT NULL,
+  registered_by TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL,
+  allow_private_network BIGINT NOT NULL DEFAULT 0 CHECK (allow_private_network IN (0, 1))
+);
+
+CREATE TABLE connector_parameters (
+  connector_id TEXT NOT NULL REFERENCES connector_registrations (connector_id) ON DELETE CASCADE,
+  name TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY (connector_id, name)
+);
+
+CREATE TABLE connector_redirect_uris (
+  connector_id TEXT NOT NULL REFERENCES connector_registrations (connector_id) ON DELETE CASCADE,
+  position BIGINT NOT NULL,
+  uri TEXT NOT NULL,
+  PRIMARY KEY (connector_id, position)
+);
+
+CREATE TABLE connector_api_bases (
+  connector_id TEXT NOT NULL REFERENCES connector_registrations (connector_id) ON DELETE CASCADE,
+  position BIGINT NOT NULL,
+  url TEXT NOT NULL,
+  PRIMARY KEY (connector_id, position)
+);
+
+CREATE TABLE authorization_sessions (
+  session_id TEXT PRIMARY KEY NOT NULL,
+  workspace_id TEXT NOT NULL,
+  connector_id TEXT NOT NULL REFERENCES connector_registrations (connector_id),
+  scopes TEXT NOT NULL,
+  admin_user TEXT NOT NULL,
+  redirect_uri TEXT NOT NULL,
+  nonce TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL
+);
+
+CREATE INDEX authorization_sessions_by_expiry ON authorization_sessions (expires_at);
+
+CREATE TABLE upstream_revocations (
+  grant_id TEXT PRIMARY KEY NOT NULL REFERENCES grants (grant_id) ON DELETE CASCADE,
+  state TEXT NOT NULL CHECK (state IN ('pending', 'revoked', 'already_invalid', 'manual')),
+  attempts BIGINT NOT NULL,
+  last_error TEXT NOT NULL,
+  next_attempt_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL
+);
+
+CREATE INDEX upstream_revocations_pending ON upstream_revocations (state, next_attempt_at);
+)sql"},
+};
 
 // --- validation --------------------------------------------------------------
 
@@ -314,7 +477,7 @@ absl::StatusOr<Grant> ReadGrantRow(const Statement& row) {
   return grant;
 }
 
-absl::Status LoadScopesAndMetadata(db::Sqlite& db, Grant& grant) {
+absl::Status LoadScopesAndMetadata(db::Connection& db, Grant& grant) {
   GV_ASSIGN_OR_RETURN(
       Statement scopes,
       db.Prepare("SELECT scope FROM grant_scopes WHERE grant_id = ? ORDER BY position",
@@ -338,7 +501,7 @@ absl::Status LoadScopesAndMetadata(db::Sqlite& db, Grant& grant) {
 }
 
 // Runs a prepared SELECT of kGrantColumns and completes every grant it returns.
-absl::StatusOr<std::vector<Grant>> SelectGrants(db::Sqlite& db, Statement& query) {
+absl::StatusOr<std::vector<Grant>> SelectGrants(db::Connection& db, Statement& query) {
   std::vector<Grant> grants;
   while (true) {
     GV_ASSIGN_OR_RETURN(bool row, query.Step());
@@ -370,7 +533,7 @@ std::vector<std::string> EndpointFieldsChanged(const ConnectorRegistration& a,
   return changed;
 }
 
-absl::Status InsertGrantRows(db::Sqlite& db, const Grant& grant) {
+absl::Status InsertGrantRows(db::Connection& db, const Grant& grant) {
   std::string context = absl::StrCat("insert grant ", grant.grant_id);
   GV_ASSIGN_OR_RETURN(Statement insert,
                       db.Prepare(absl::StrCat("INSERT INTO grants (", kGrantColumns,
@@ -433,7 +596,7 @@ SealedSecret ReadSecretRow(const Statement& row) {
 
 enum class OnConflict { kFail, kReplace };
 
-absl::Status WriteSecretRow(db::Sqlite& db, const SealedSecret& secret, OnConflict on_conflict) {
+absl::Status WriteSecretRow(db::Connection& db, const SealedSecret& secret, OnConflict on_conflict) {
   std::string sql = absl::StrCat("INSERT INTO sealed_secrets (", kSecretColumns,
                                  ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
   if (on_conflict == OnConflict::kReplace) {
@@ -463,7 +626,7 @@ absl::Status WriteSecretRow(db::Sqlite& db, const SealedSecret& secret, OnConfli
 // Refuses, with a clear message, a KEK label that names no key version or a
 // retired one. The schema enforces the same (foreign key, triggers); this only
 // explains it better. Call inside the writing transaction.
-absl::Status CheckKekWritable(db::Sqlite& db, std::string_view kek_label) {
+absl::Status CheckKekWritable(db::Connection& db, std::string_view kek_label) {
   GV_ASSIGN_OR_RETURN(Statement query,
                       db.Prepare("SELECT version, state FROM key_versions WHERE label = ?",
                                  absl::StrCat("look up key version ", Sv(kek_label))));
@@ -483,9 +646,12 @@ absl::Status CheckKekWritable(db::Sqlite& db, std::string_view kek_label) {
 
 // --- the store ---------------------------------------------------------------
 
-class SqliteGrantStore final : public GrantStore {
+class SqlGrantStore final : public GrantStore {
  public:
-  explicit SqliteGrantStore(std::unique_ptr<db::Sqlite> db) : db_(std::move(db)) {}
+  // `sqlite` is the same connection as `db` when it is a SQLite file (for
+  // what only SQLite has: deferred syncs), null on PostgreSQL.
+  SqlGrantStore(std::unique_ptr<db::Connection> db, db::Sqlite* sqlite)
+      : db_(std::move(db)), sqlite_(sqlite) {}
 
   absl::Status InsertGrant(const Grant& grant, const SealedSecret& secret,
                            std::optional<std::string> replaces,
@@ -541,7 +707,7 @@ class SqliteGrantStore final : public GrantStore {
   absl::StatusOr<std::string> ExecuteSqlForTesting(std::string_view sql);
 
  private:
-  db::Sqlite& db() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return *db_; }
+  db::Connection& db() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return *db_; }
 
   absl::Status RevokeReplacedGrant(std::string_view replaced_id, const Grant& successor)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -562,13 +728,14 @@ class SqliteGrantStore final : public GrantStore {
 
   // One connection, used by one thread at a time.
   absl::Mutex mu_;
-  std::unique_ptr<db::Sqlite> db_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<db::Connection> db_ ABSL_GUARDED_BY(mu_);
+  db::Sqlite* const sqlite_;  // db_ on SQLite, else null
 };
 
 // --- grants ------------------------------------------------------------------
 
-absl::Status SqliteGrantStore::RevokeReplacedGrant(std::string_view replaced_id,
-                                                   const Grant& successor) {
+absl::Status SqlGrantStore::RevokeReplacedGrant(std::string_view replaced_id,
+                                                const Grant& successor) {
   std::string context =
       absl::StrCat("revoke grant ", Sv(replaced_id), " replaced by ", successor.grant_id);
   GV_ASSIGN_OR_RETURN(
@@ -602,9 +769,9 @@ absl::Status SqliteGrantStore::RevokeReplacedGrant(std::string_view replaced_id,
   return update.Run();
 }
 
-absl::Status SqliteGrantStore::InsertGrant(const Grant& grant, const SealedSecret& secret,
-                                           std::optional<std::string> replaces,
-                                           const ConnectorRegistration* issued_under) {
+absl::Status SqlGrantStore::InsertGrant(const Grant& grant, const SealedSecret& secret,
+                                        std::optional<std::string> replaces,
+                                        const ConnectorRegistration* issued_under) {
   GV_RETURN_IF_ERROR(ValidateGrant(grant));
   GV_RETURN_IF_ERROR(ValidateSecret(secret));
   if (secret.key.owner_id != grant.grant_id) {
@@ -651,7 +818,7 @@ absl::Status SqliteGrantStore::InsertGrant(const Grant& grant, const SealedSecre
   GV_ASSIGN_OR_RETURN(
       Statement conflict,
       db().Prepare("SELECT grant_id, grant_id = ?1 FROM grants WHERE grant_id = ?1 OR "
-                   "(workspace_id = ?2 AND connector_id = ?3 AND status <> 'revoked' AND ?4)",
+                   "(workspace_id = ?2 AND connector_id = ?3 AND status <> 'revoked' AND ?4 = 1)",
                    absl::StrCat("insert grant ", grant.grant_id)));
   conflict.BindText(1, grant.grant_id);
   conflict.BindText(2, grant.workspace_id);
@@ -673,7 +840,7 @@ absl::Status SqliteGrantStore::InsertGrant(const Grant& grant, const SealedSecre
   return txn.Commit();
 }
 
-absl::StatusOr<Grant> SqliteGrantStore::GetGrant(std::string_view grant_id) {
+absl::StatusOr<Grant> SqlGrantStore::GetGrant(std::string_view grant_id) {
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kDeferred));
   GV_ASSIGN_OR_RETURN(Statement query, db().Prepare(absl::StrCat("SELECT ", kGrantColumns,
@@ -687,8 +854,8 @@ absl::StatusOr<Grant> SqliteGrantStore::GetGrant(std::string_view grant_id) {
   return std::move(grants.front());
 }
 
-absl::StatusOr<Grant> SqliteGrantStore::FindCurrentGrant(std::string_view workspace_id,
-                                                         std::string_view connector_id) {
+absl::StatusOr<Grant> SqlGrantStore::FindCurrentGrant(std::string_view workspace_id,
+                                                      std::string_view connector_id) {
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kDeferred));
   GV_ASSIGN_OR_RETURN(
@@ -709,13 +876,13 @@ absl::StatusOr<Grant> SqliteGrantStore::FindCurrentGrant(std::string_view worksp
   return std::move(grants.front());
 }
 
-absl::StatusOr<std::vector<Grant>> SqliteGrantStore::ListGrants(std::string_view workspace_id) {
+absl::StatusOr<std::vector<Grant>> SqlGrantStore::ListGrants(std::string_view workspace_id) {
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kDeferred));
   GV_ASSIGN_OR_RETURN(Statement query,
                       db().Prepare(absl::StrCat("SELECT ", kGrantColumns,
                                                 " FROM grants WHERE workspace_id = ? "
-                                                "ORDER BY created_at, rowid"),
+                                                "ORDER BY created_at, grant_id"),
                                    absl::StrCat("list grants of workspace ", Sv(workspace_id))));
   query.BindText(1, workspace_id);
   GV_ASSIGN_OR_RETURN(std::vector<Grant> grants, SelectGrants(db(), query));
@@ -723,9 +890,8 @@ absl::StatusOr<std::vector<Grant>> SqliteGrantStore::ListGrants(std::string_view
   return grants;
 }
 
-absl::Status SqliteGrantStore::RequireNotRevoked(std::string_view grant_id,
-                                                 const std::string& context,
-                                                 std::string if_revoked) {
+absl::Status SqlGrantStore::RequireNotRevoked(std::string_view grant_id, const std::string& context,
+                                              std::string if_revoked) {
   GV_ASSIGN_OR_RETURN(Statement query,
                       db().Prepare("SELECT status FROM grants WHERE grant_id = ?", context));
   query.BindText(1, grant_id);
@@ -737,8 +903,8 @@ absl::Status SqliteGrantStore::RequireNotRevoked(std::string_view grant_id,
   return absl::OkStatus();
 }
 
-absl::Status SqliteGrantStore::SetGrantStatus(std::string_view grant_id, GrantStatus status,
-                                              std::string_view reason, absl::Time now) {
+absl::Status SqlGrantStore::SetGrantStatus(std::string_view grant_id, GrantStatus status,
+                                           std::string_view reason, absl::Time now) {
   std::string context = absl::StrCat("set status of grant ", Sv(grant_id));
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
@@ -758,8 +924,8 @@ absl::Status SqliteGrantStore::SetGrantStatus(std::string_view grant_id, GrantSt
   return txn.Commit();
 }
 
-absl::Status SqliteGrantStore::RevokeGrant(std::string_view grant_id, std::string_view reason,
-                                           absl::Time now) {
+absl::Status SqlGrantStore::RevokeGrant(std::string_view grant_id, std::string_view reason,
+                                        absl::Time now) {
   std::string context = absl::StrCat("revoke grant ", Sv(grant_id));
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
@@ -776,8 +942,11 @@ absl::Status SqliteGrantStore::RevokeGrant(std::string_view grant_id, std::strin
   GV_RETURN_IF_ERROR(update.Run());
   GV_ASSIGN_OR_RETURN(
       Statement pending,
-      db().Prepare("INSERT OR REPLACE INTO upstream_revocations (grant_id, state, attempts, "
-                   "last_error, next_attempt_at, updated_at) VALUES (?, 'pending', 0, '', ?, ?)",
+      db().Prepare("INSERT INTO upstream_revocations (grant_id, state, attempts, last_error, "
+                   "next_attempt_at, updated_at) VALUES (?, 'pending', 0, '', ?, ?) "
+                   "ON CONFLICT (grant_id) DO UPDATE SET state = excluded.state, "
+                   "attempts = excluded.attempts, last_error = excluded.last_error, "
+                   "next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at",
                    context));
   pending.BindText(1, grant_id);
   pending.BindTime(2, now);
@@ -786,13 +955,16 @@ absl::Status SqliteGrantStore::RevokeGrant(std::string_view grant_id, std::strin
   return txn.Commit();
 }
 
-absl::Status SqliteGrantStore::PutUpstreamRevocation(const UpstreamRevocation& r) {
+absl::Status SqlGrantStore::PutUpstreamRevocation(const UpstreamRevocation& r) {
   std::string context = absl::StrCat("record the upstream revocation of grant ", r.grant_id);
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(
       Statement put,
-      db().Prepare("INSERT OR REPLACE INTO upstream_revocations (grant_id, state, attempts, "
-                   "last_error, next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+      db().Prepare("INSERT INTO upstream_revocations (grant_id, state, attempts, last_error, "
+                   "next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+                   "ON CONFLICT (grant_id) DO UPDATE SET state = excluded.state, "
+                   "attempts = excluded.attempts, last_error = excluded.last_error, "
+                   "next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at",
                    context));
   put.BindText(1, r.grant_id);
   put.BindText(2, UpstreamRevocationStateName(r.state));
@@ -822,8 +994,7 @@ absl::StatusOr<UpstreamRevocation> ReadUpstreamRevocation(const Statement& row) 
 
 }  // namespace
 
-absl::StatusOr<UpstreamRevocation> SqliteGrantStore::GetUpstreamRevocation(
-    std::string_view grant_id) {
+absl::StatusOr<UpstreamRevocation> SqlGrantStore::GetUpstreamRevocation(std::string_view grant_id) {
   std::string context = absl::StrCat("read the upstream revocation of grant ", Sv(grant_id));
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(
@@ -837,7 +1008,7 @@ absl::StatusOr<UpstreamRevocation> SqliteGrantStore::GetUpstreamRevocation(
   return ReadUpstreamRevocation(query);
 }
 
-absl::StatusOr<std::vector<UpstreamRevocation>> SqliteGrantStore::ListPendingUpstreamRevocations() {
+absl::StatusOr<std::vector<UpstreamRevocation>> SqlGrantStore::ListPendingUpstreamRevocations() {
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Statement query,
                       db().Prepare(absl::StrCat(kSelectUpstreamRevocation,
@@ -853,8 +1024,8 @@ absl::StatusOr<std::vector<UpstreamRevocation>> SqliteGrantStore::ListPendingUps
   return out;
 }
 
-absl::Status SqliteGrantStore::SetAccessTokenExpiry(std::string_view grant_id,
-                                                    absl::Time expires_at, absl::Time now) {
+absl::Status SqlGrantStore::SetAccessTokenExpiry(std::string_view grant_id, absl::Time expires_at,
+                                                 absl::Time now) {
   std::string context = absl::StrCat("record the access-token expiry of grant ", Sv(grant_id));
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
@@ -874,7 +1045,7 @@ absl::Status SqliteGrantStore::SetAccessTokenExpiry(std::string_view grant_id,
   return txn.Commit();
 }
 
-absl::StatusOr<int64_t> SqliteGrantStore::CountGrants() {
+absl::StatusOr<int64_t> SqlGrantStore::CountGrants() {
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Statement query, db().Prepare("SELECT count(*) FROM grants", "count grants"));
   GV_ASSIGN_OR_RETURN(bool row, query.Step());
@@ -884,7 +1055,7 @@ absl::StatusOr<int64_t> SqliteGrantStore::CountGrants() {
 
 // --- sealed secrets ----------------------------------------------------------
 
-absl::Status SqliteGrantStore::PutSealedSecrets(absl::Span<const SealedSecret> secrets) {
+absl::Status SqlGrantStore::PutSealedSecrets(absl::Span<const SealedSecret> secrets) {
   for (const SealedSecret& secret : secrets) GV_RETURN_IF_ERROR(ValidateSecret(secret));
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
@@ -899,7 +1070,7 @@ absl::Status SqliteGrantStore::PutSealedSecrets(absl::Span<const SealedSecret> s
   return txn.Commit();
 }
 
-absl::Status SqliteGrantStore::MarkRefreshAttempt(std::string_view grant_id, absl::Time now) {
+absl::Status SqlGrantStore::MarkRefreshAttempt(std::string_view grant_id, absl::Time now) {
   GV_RETURN_IF_ERROR(RequireNonEmpty(grant_id, "grant id"));
   const std::string context = absl::StrCat("mark the refresh attempt of grant ", Sv(grant_id));
   absl::MutexLock lock(&mu_);
@@ -920,7 +1091,7 @@ absl::Status SqliteGrantStore::MarkRefreshAttempt(std::string_view grant_id, abs
   });
 }
 
-absl::Status SqliteGrantStore::ClearRefreshAttempt(std::string_view grant_id) {
+absl::Status SqlGrantStore::ClearRefreshAttempt(std::string_view grant_id) {
   const std::string context = absl::StrCat("clear the refresh attempt of grant ", Sv(grant_id));
   absl::MutexLock lock(&mu_);
   return WithSync(Sync::kLater, [&]() -> absl::Status {
@@ -933,8 +1104,10 @@ absl::Status SqliteGrantStore::ClearRefreshAttempt(std::string_view grant_id) {
 }
 
 template <typename Write>
-auto SqliteGrantStore::WithSync(Sync sync, Write write) -> decltype(write()) {
-  if (sync == Sync::kNow) return write();
+auto SqlGrantStore::WithSync(Sync sync, Write write) -> decltype(write()) {
+  // A PostgreSQL commit is durable on the server when it returns: there is
+  // no local sync to defer.
+  if (sync == Sync::kNow || sqlite_ == nullptr) return write();
   if (db().InTransaction()) {
     return absl::InternalError("grant store: an unsynced write inside an open transaction");
   }
@@ -957,20 +1130,21 @@ auto SqliteGrantStore::WithSync(Sync sync, Write write) -> decltype(write()) {
   return written;
 }
 
-absl::Status SqliteGrantStore::SyncToDisk() {
+absl::Status SqlGrantStore::SyncToDisk() {
+  if (sqlite_ == nullptr) return absl::OkStatus();  // nothing deferred (WithSync)
   absl::MutexLock lock(&mu_);
   sqlite3_file* wal = nullptr;
   // The WAL's file (SQLITE_FCNTL_JOURNAL_POINTER): unsynced commits are only
   // there until a checkpoint, and a checkpoint syncs the WAL before it copies.
-  const int rc = sqlite3_file_control(db().raw(), "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal);
-  if (rc != SQLITE_OK) return db().Error(rc, "find the write-ahead log to sync");
+  const int rc = sqlite3_file_control(sqlite_->raw(), "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal);
+  if (rc != SQLITE_OK) return sqlite_->Error(rc, "find the write-ahead log to sync");
   if (wal == nullptr || wal->pMethods == nullptr) return absl::OkStatus();  // not open: nothing
   const int synced = wal->pMethods->xSync(wal, SQLITE_SYNC_NORMAL);
-  if (synced != SQLITE_OK) return db().Error(synced, "sync the write-ahead log");
+  if (synced != SQLITE_OK) return sqlite_->Error(synced, "sync the write-ahead log");
   return absl::OkStatus();
 }
 
-absl::StatusOr<SealedSecret> SqliteGrantStore::GetSealedSecret(const SealedSecretKey& key) {
+absl::StatusOr<SealedSecret> SqlGrantStore::GetSealedSecret(const SealedSecretKey& key) {
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(
       Statement query,
@@ -986,7 +1160,7 @@ absl::StatusOr<SealedSecret> SqliteGrantStore::GetSealedSecret(const SealedSecre
   return ReadSecretRow(query);
 }
 
-absl::Status SqliteGrantStore::DeleteSealedSecret(const SealedSecretKey& key) {
+absl::Status SqlGrantStore::DeleteSealedSecret(const SealedSecretKey& key) {
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(
       Statement remove,
@@ -1000,7 +1174,7 @@ absl::Status SqliteGrantStore::DeleteSealedSecret(const SealedSecretKey& key) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<size_t> SqliteGrantStore::ReplaceSealedSecrets(
+absl::StatusOr<size_t> SqlGrantStore::ReplaceSealedSecrets(
     absl::Span<const SealedSecretUpdate> updates) {
   for (const SealedSecretUpdate& update : updates) {
     GV_RETURN_IF_ERROR(ValidateSecretUpdate(update));
@@ -1029,9 +1203,10 @@ absl::StatusOr<size_t> SqliteGrantStore::ReplaceSealedSecrets(
   return applied;
 }
 
-absl::StatusOr<bool> SqliteGrantStore::FinishRefresh(
-    const std::optional<SealedSecretUpdate>& rotation, std::string_view grant_id,
-    absl::Time access_expires_at, absl::Time now, Sync sync) {
+absl::StatusOr<bool> SqlGrantStore::FinishRefresh(const std::optional<SealedSecretUpdate>& rotation,
+                                                  std::string_view grant_id,
+                                                  absl::Time access_expires_at, absl::Time now,
+                                                  Sync sync) {
   if (rotation.has_value()) GV_RETURN_IF_ERROR(ValidateSecretUpdate(*rotation));
   const std::string context = absl::StrCat("finish the refresh of grant ", Sv(grant_id));
   absl::MutexLock lock(&mu_);
@@ -1064,7 +1239,7 @@ absl::StatusOr<bool> SqliteGrantStore::FinishRefresh(
   });
 }
 
-absl::StatusOr<std::vector<SealedSecret>> SqliteGrantStore::ListSealedSecretsUnder(
+absl::StatusOr<std::vector<SealedSecret>> SqlGrantStore::ListSealedSecretsUnder(
     std::string_view kek_label, const std::optional<SealedSecretKey>& after, size_t limit) {
   std::vector<SealedSecret> secrets;
   if (limit == 0) return secrets;
@@ -1093,7 +1268,7 @@ absl::StatusOr<std::vector<SealedSecret>> SqliteGrantStore::ListSealedSecretsUnd
   return secrets;
 }
 
-absl::StatusOr<std::map<std::string, int64_t>> SqliteGrantStore::CountSealedSecretsByKek() {
+absl::StatusOr<std::map<std::string, int64_t>> SqlGrantStore::CountSealedSecretsByKek() {
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(
       Statement query,
@@ -1114,7 +1289,7 @@ namespace {
 
 // A registration's list kept in `table` (connector_id, position, `column`),
 // replaced whole.
-absl::Status ReplaceOrderedList(db::Sqlite& db, const char* table, const char* column,
+absl::Status ReplaceOrderedList(db::Connection& db, const char* table, const char* column,
                                 const std::string& connector_id,
                                 const std::vector<std::string>& values,
                                 const std::string& context) {
@@ -1137,7 +1312,7 @@ absl::Status ReplaceOrderedList(db::Sqlite& db, const char* table, const char* c
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<std::string>> ReadOrderedList(db::Sqlite& db, const char* table,
+absl::StatusOr<std::vector<std::string>> ReadOrderedList(db::Connection& db, const char* table,
                                                          const char* column,
                                                          const std::string& connector_id,
                                                          const std::string& context) {
@@ -1157,8 +1332,8 @@ absl::StatusOr<std::vector<std::string>> ReadOrderedList(db::Sqlite& db, const c
 
 }  // namespace
 
-absl::Status SqliteGrantStore::PutConnectorRegistration(const ConnectorRegistration& registration,
-                                                        const SealedSecret& client_secret) {
+absl::Status SqlGrantStore::PutConnectorRegistration(const ConnectorRegistration& registration,
+                                                     const SealedSecret& client_secret) {
   GV_RETURN_IF_ERROR(RequireNonEmpty(registration.connector_id, "connector id"));
   GV_RETURN_IF_ERROR(RequireNonEmpty(registration.connector_type, "connector type"));
   GV_RETURN_IF_ERROR(RequireNonEmpty(registration.client_id, "client id"));
@@ -1226,7 +1401,7 @@ absl::Status SqliteGrantStore::PutConnectorRegistration(const ConnectorRegistrat
   return txn.Commit();
 }
 
-absl::Status SqliteGrantStore::CheckRegistrationChange(const ConnectorRegistration& registration) {
+absl::Status SqlGrantStore::CheckRegistrationChange(const ConnectorRegistration& registration) {
   GV_ASSIGN_OR_RETURN(std::vector<ConnectorRegistration> found,
                       SelectRegistrations(registration.connector_id));
   if (found.empty()) return absl::OkStatus();
@@ -1260,7 +1435,7 @@ absl::Status SqliteGrantStore::CheckRegistrationChange(const ConnectorRegistrati
       "at any time."));
 }
 
-absl::StatusOr<std::vector<ConnectorRegistration>> SqliteGrantStore::SelectRegistrations(
+absl::StatusOr<std::vector<ConnectorRegistration>> SqlGrantStore::SelectRegistrations(
     std::optional<std::string_view> connector_id) {
   const std::string context = "read connector registrations";
   GV_ASSIGN_OR_RETURN(
@@ -1306,7 +1481,7 @@ absl::StatusOr<std::vector<ConnectorRegistration>> SqliteGrantStore::SelectRegis
   return out;
 }
 
-absl::StatusOr<ConnectorRegistration> SqliteGrantStore::GetConnectorRegistration(
+absl::StatusOr<ConnectorRegistration> SqlGrantStore::GetConnectorRegistration(
     std::string_view connector_id) {
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(std::vector<ConnectorRegistration> found, SelectRegistrations(connector_id));
@@ -1316,14 +1491,14 @@ absl::StatusOr<ConnectorRegistration> SqliteGrantStore::GetConnectorRegistration
   return std::move(found.front());
 }
 
-absl::StatusOr<std::vector<ConnectorRegistration>> SqliteGrantStore::ListConnectorRegistrations() {
+absl::StatusOr<std::vector<ConnectorRegistration>> SqlGrantStore::ListConnectorRegistrations() {
   absl::MutexLock lock(&mu_);
   return SelectRegistrations(std::nullopt);
 }
 
 // --- authorization sessions ------------------------------------------------------
 
-absl::Status SqliteGrantStore::InsertAuthorizationSession(
+absl::Status SqlGrantStore::InsertAuthorizationSession(
     const AuthorizationSession& session, const std::optional<SealedSecret>& pkce_verifier) {
   GV_RETURN_IF_ERROR(RequireNonEmpty(session.session_id, "authorization session id"));
   GV_RETURN_IF_ERROR(RequireNonEmpty(session.workspace_id, "workspace id"));
@@ -1371,7 +1546,7 @@ absl::Status SqliteGrantStore::InsertAuthorizationSession(
   return txn.Commit();
 }
 
-absl::StatusOr<GrantStore::ConsumedSession> SqliteGrantStore::ConsumeAuthorizationSession(
+absl::StatusOr<GrantStore::ConsumedSession> SqlGrantStore::ConsumeAuthorizationSession(
     std::string_view session_id, absl::Time now) {
   const std::string context = "complete authorization";
   absl::MutexLock lock(&mu_);
@@ -1429,7 +1604,7 @@ absl::StatusOr<GrantStore::ConsumedSession> SqliteGrantStore::ConsumeAuthorizati
   return out;
 }
 
-absl::StatusOr<int64_t> SqliteGrantStore::DeleteExpiredAuthorizationSessions(absl::Time now) {
+absl::StatusOr<int64_t> SqlGrantStore::DeleteExpiredAuthorizationSessions(absl::Time now) {
   const std::string context = "delete expired authorization sessions";
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
@@ -1452,7 +1627,7 @@ absl::StatusOr<int64_t> SqliteGrantStore::DeleteExpiredAuthorizationSessions(abs
 
 // --- key versions ------------------------------------------------------------
 
-absl::Status SqliteGrantStore::AddKeyVersion(const KeyVersion& key) {
+absl::Status SqlGrantStore::AddKeyVersion(const KeyVersion& key) {
   GV_RETURN_IF_ERROR(RequireNonEmpty(key.label, "key version label"));
   GV_RETURN_IF_ERROR(RequireNonEmpty(key.key_id_hex, "key version key id"));
   if ((key.state == KeyState::kRetired) != key.retired_at.has_value()) {
@@ -1499,7 +1674,7 @@ absl::Status SqliteGrantStore::AddKeyVersion(const KeyVersion& key) {
   return txn.Commit();
 }
 
-absl::StatusOr<std::vector<KeyVersion>> SqliteGrantStore::ListKeyVersions() {
+absl::StatusOr<std::vector<KeyVersion>> SqlGrantStore::ListKeyVersions() {
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(
       Statement query,
@@ -1527,7 +1702,7 @@ absl::StatusOr<std::vector<KeyVersion>> SqliteGrantStore::ListKeyVersions() {
   return keys;
 }
 
-absl::Status SqliteGrantStore::ActivateKeyVersion(int version) {
+absl::Status SqlGrantStore::ActivateKeyVersion(int version) {
   std::string context = absl::StrCat("activate key version ", version);
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
@@ -1553,7 +1728,7 @@ absl::Status SqliteGrantStore::ActivateKeyVersion(int version) {
   return txn.Commit();
 }
 
-absl::Status SqliteGrantStore::RetireKeyVersion(int version, absl::Time now) {
+absl::Status SqlGrantStore::RetireKeyVersion(int version, absl::Time now) {
   std::string context = absl::StrCat("retire key version ", version);
   absl::MutexLock lock(&mu_);
   GV_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db(), Transaction::Mode::kImmediate));
@@ -1586,7 +1761,7 @@ absl::Status SqliteGrantStore::RetireKeyVersion(int version, absl::Time now) {
   return txn.Commit();
 }
 
-absl::StatusOr<std::string> SqliteGrantStore::ExecuteSqlForTesting(std::string_view sql) {
+absl::StatusOr<std::string> SqlGrantStore::ExecuteSqlForTesting(std::string_view sql) {
   absl::MutexLock lock(&mu_);
   return db().ExecForTesting(sql);
 }
@@ -1594,7 +1769,7 @@ absl::StatusOr<std::string> SqliteGrantStore::ExecuteSqlForTesting(std::string_v
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<GrantStore>> OpenSqliteGrantStore(const std::string& path,
-                                                                 const SqliteOptions& options) {
+                                                              const SqliteOptions& options) {
   db::SqliteOptions o;
   o.owner = "grant store";
   o.file_kind = "database";
@@ -1603,8 +1778,20 @@ absl::StatusOr<std::unique_ptr<GrantStore>> OpenSqliteGrantStore(const std::stri
   // cost more than running them.
   o.keep_statements = true;
   GV_ASSIGN_OR_RETURN(std::unique_ptr<db::Sqlite> db, db::Sqlite::Open(path, std::move(o)));
-  GV_RETURN_IF_ERROR(db::Migrate(*db, kMigrations));
-  return std::make_unique<SqliteGrantStore>(std::move(db));
+  GV_RETURN_IF_ERROR(db::Migrate(*db, kSqliteMigrations));
+  db::Sqlite* sqlite = db.get();
+  return std::make_unique<SqlGrantStore>(std::move(db), sqlite);
+}
+
+absl::StatusOr<std::unique_ptr<GrantStore>> OpenPostgresGrantStore(db::PostgresOptions options) {
+  options.owner = "grant store";
+  GV_ASSIGN_OR_RETURN(std::unique_ptr<db::Postgres> db, db::Postgres::Connect(std::move(options)));
+  GV_RETURN_IF_ERROR(db::Migrate(*db, kPostgresMigrations));
+  return std::make_unique<SqlGrantStore>(std::move(db), nullptr);
+}
+
+int PostgresSchemaVersion() {
+  return kPostgresMigrations[std::size(kPostgresMigrations) - 1].version;
 }
 
 int SqliteSchemaVersion() { return kLatestSchemaVersion; }
@@ -1612,11 +1799,11 @@ int SqliteSchemaVersion() { return kLatestSchemaVersion; }
 namespace internal {
 
 absl::StatusOr<std::string> ExecuteSqlForTesting(GrantStore& store, std::string_view sql) {
-  auto* sqlite_store = dynamic_cast<SqliteGrantStore*>(&store);
-  if (sqlite_store == nullptr) {
+  auto* sql_store = dynamic_cast<SqlGrantStore*>(&store);
+  if (sql_store == nullptr) {
     return absl::InvalidArgumentError("not a store opened by OpenSqliteGrantStore()");
   }
-  return sqlite_store->ExecuteSqlForTesting(sql);
+  return sql_store->ExecuteSqlForTesting(sql);
 }
 
 }  // namespace internal
