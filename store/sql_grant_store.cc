@@ -596,7 +596,8 @@ SealedSecret ReadSecretRow(const Statement& row) {
 
 enum class OnConflict { kFail, kReplace };
 
-absl::Status WriteSecretRow(db::Connection& db, const SealedSecret& secret, OnConflict on_conflict) {
+absl::Status WriteSecretRow(db::Connection& db, const SealedSecret& secret,
+                            OnConflict on_conflict) {
   std::string sql = absl::StrCat("INSERT INTO sealed_secrets (", kSecretColumns,
                                  ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
   if (on_conflict == OnConflict::kReplace) {
@@ -1769,7 +1770,7 @@ absl::StatusOr<std::string> SqlGrantStore::ExecuteSqlForTesting(std::string_view
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<GrantStore>> OpenSqliteGrantStore(const std::string& path,
-                                                              const SqliteOptions& options) {
+                                                                 const SqliteOptions& options) {
   db::SqliteOptions o;
   o.owner = "grant store";
   o.file_kind = "database";
