@@ -1,6 +1,7 @@
-// The shared SQLite layer (db/sqlite.h) against real SQLite files: the file's
-// protections, the connection's settings, the error mapping callers act on,
-// transactions, the statement cache and migrations.
+// What only the SQLite backend (db/sqlite.h) has, against real files: the
+// file's protections, the connection's settings, a full disk, another
+// writer's lock, the statement cache. The contract both backends keep is in
+// contract_test.cc.
 #include "db/sqlite.h"
 
 #include <sqlite3.h>
@@ -130,38 +131,6 @@ TEST_F(SqliteTest, AReadOnlyConnectionNeedsTheFileAndCannotWrite) {
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;  // SQLITE_READONLY
 }
 
-TEST_F(SqliteTest, ErrorsMapToCodesCallersActOnAndNeverCarryABoundValue) {
-  auto db = OpenMigrated();
-  ASSERT_NE(db, nullptr);
-  ASSERT_TRUE(Insert(*db, "item-1", 1).ok());
-
-  const absl::Status duplicate = Insert(*db, "item-1", 2);
-  EXPECT_EQ(duplicate.code(), absl::StatusCode::kAlreadyExists);
-  EXPECT_THAT(std::string(duplicate.message()), StartsWith("test store: insert an item: "));
-  EXPECT_THAT(std::string(duplicate.message()), Not(HasSubstr("item-1")));
-
-  absl::StatusOr<Statement> orphan =
-      db->Prepare("INSERT INTO notes (item, note) VALUES (?, ?)", "insert a note");
-  ASSERT_TRUE(orphan.ok());
-  orphan->BindText(1, "no-such-item");
-  orphan->BindText(2, "a secret note");
-  const absl::Status foreign = orphan->Run();
-  EXPECT_EQ(foreign.code(), absl::StatusCode::kFailedPrecondition) << foreign;
-  EXPECT_THAT(std::string(foreign.message()), Not(HasSubstr("secret")));
-
-  const absl::Status trigger = db->Run("DELETE FROM items", "delete items");
-  EXPECT_EQ(trigger.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(trigger.message()), HasSubstr("items cannot be deleted"));
-
-  absl::StatusOr<Statement> not_null =
-      db->Prepare("INSERT INTO items (id, n) VALUES (?, NULL)", "insert without n");
-  ASSERT_TRUE(not_null.ok());
-  not_null->BindText(1, "item-2");
-  EXPECT_EQ(not_null->Run().code(), absl::StatusCode::kInvalidArgument);
-
-  EXPECT_EQ(db->Prepare("SELEC nonsense", "parse").status().code(), absl::StatusCode::kInternal);
-}
-
 TEST_F(SqliteTest, AFullDatabaseIsResourceExhaustedAndLosesNothingCommitted) {
   auto db = OpenMigrated();
   ASSERT_NE(db, nullptr);
@@ -188,39 +157,6 @@ TEST_F(SqliteTest, AnotherWritersLockIsUnavailableAfterTheBusyTimeout) {
   const absl::StatusOr<Transaction> blocked =
       Transaction::Begin(*second, Transaction::Mode::kImmediate);
   EXPECT_EQ(blocked.status().code(), absl::StatusCode::kUnavailable);
-}
-
-TEST_F(SqliteTest, ATransactionNotCommittedIsRolledBack) {
-  auto db = OpenMigrated();
-  ASSERT_NE(db, nullptr);
-  {
-    absl::StatusOr<Transaction> txn = Transaction::Begin(*db, Transaction::Mode::kImmediate);
-    ASSERT_TRUE(txn.ok());
-    ASSERT_TRUE(Insert(*db, "dropped", 1).ok());
-    EXPECT_TRUE(db->InTransaction());
-  }
-  EXPECT_FALSE(db->InTransaction());
-  EXPECT_EQ(*db->ExecForTesting("SELECT count(*) FROM items"), "0");
-  {
-    absl::StatusOr<Transaction> txn = Transaction::Begin(*db, Transaction::Mode::kImmediate);
-    ASSERT_TRUE(txn.ok());
-    ASSERT_TRUE(Insert(*db, "kept", 1).ok());
-    ASSERT_TRUE(txn->Commit().ok());
-  }
-  EXPECT_EQ(*db->ExecForTesting("SELECT count(*) FROM items"), "1");
-  EXPECT_EQ(db->Changes(), 1u);
-}
-
-TEST_F(SqliteTest, ABindErrorIsReportedByTheNextStep) {
-  auto db = OpenMigrated();
-  ASSERT_NE(db, nullptr);
-  absl::StatusOr<Statement> insert = db->Prepare("INSERT INTO items (id, n) VALUES (?, ?)", "bind");
-  ASSERT_TRUE(insert.ok());
-  insert->BindText(1, "a");
-  insert->BindInt(2, 1);
-  insert->BindInt(3, 7);  // no third parameter
-  EXPECT_EQ(insert->Run().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(*db->ExecForTesting("SELECT count(*) FROM items"), "0");
 }
 
 TEST_F(SqliteTest, KeptStatementsAreReusedWithTheirBindingsCleared) {
@@ -252,61 +188,6 @@ TEST_F(SqliteTest, KeptStatementsAreReusedWithTheirBindingsCleared) {
   ASSERT_NE(plain, nullptr);
   { ASSERT_TRUE(plain->Prepare("SELECT 1", "one").ok()); }
   EXPECT_EQ(StatementsOpen(*plain), 0);
-}
-
-TEST_F(SqliteTest, TimesRoundTripAndTheInfinitiesSaturate) {
-  auto db = OpenMigrated();
-  ASSERT_NE(db, nullptr);
-  const absl::Time t = absl::FromUnixMicros(1764720000123456);
-  for (const absl::Time value : {t, absl::InfiniteFuture(), absl::InfinitePast()}) {
-    absl::StatusOr<Statement> echo = db->Prepare("SELECT ?", "echo a time");
-    ASSERT_TRUE(echo.ok());
-    echo->BindTime(1, value);
-    ASSERT_TRUE(*echo->Step());
-    EXPECT_EQ(echo->Time(0), value);
-  }
-  absl::StatusOr<Statement> none = db->Prepare("SELECT ?", "echo no time");
-  ASSERT_TRUE(none.ok());
-  none->BindOptionalTime(1, std::nullopt);
-  ASSERT_TRUE(*none->Step());
-  EXPECT_EQ(none->OptionalTime(0), std::nullopt);
-}
-
-TEST_F(SqliteTest, MigrationsApplyOnceInOrderAndANewerOrGappedSchemaIsRefused) {
-  {
-    auto db = OpenMigrated();
-    ASSERT_NE(db, nullptr);
-    EXPECT_EQ(*db->ExecForTesting("SELECT group_concat(version) FROM schema_migrations"), "1,2");
-    // Again: nothing to do.
-    ASSERT_TRUE(Migrate(*db, kSchema).ok());
-    EXPECT_EQ(*db->ExecForTesting("SELECT count(*) FROM schema_migrations"), "2");
-  }
-  {
-    auto db = OpenOrDie(path_);
-    ASSERT_NE(db, nullptr);
-    // An older build knows only the first migration.
-    const absl::Status older = Migrate(*db, absl::MakeConstSpan(kSchema, 1));
-    EXPECT_EQ(older.code(), absl::StatusCode::kFailedPrecondition);
-    EXPECT_THAT(std::string(older.message()),
-                HasSubstr("has schema version 2, newer than version 1"));
-    EXPECT_THAT(std::string(older.message()), StartsWith("test database "));
-    ASSERT_TRUE(db->ExecForTesting("DELETE FROM schema_migrations WHERE version = 1").ok());
-    const absl::Status gapped = Migrate(*db, kSchema);
-    EXPECT_EQ(gapped.code(), absl::StatusCode::kFailedPrecondition);
-    EXPECT_THAT(std::string(gapped.message()), HasSubstr("inconsistent"));
-  }
-}
-
-TEST_F(SqliteTest, AFailingMigrationLeavesTheSchemaAsItWas) {
-  constexpr Migration kBroken[] = {
-      {1, "CREATE TABLE a (x INTEGER) STRICT;"},
-      {2, "CREATE TABLE b (x INTEGER) STRICT; CREATE TABLE a (y INTEGER) STRICT;"},
-  };
-  auto db = OpenOrDie(path_);
-  ASSERT_NE(db, nullptr);
-  EXPECT_FALSE(Migrate(*db, kBroken).ok());
-  EXPECT_EQ(*db->ExecForTesting("SELECT group_concat(version) FROM schema_migrations"), "1");
-  EXPECT_EQ(*db->ExecForTesting("SELECT count(*) FROM sqlite_schema WHERE name = 'b'"), "0");
 }
 
 }  // namespace
