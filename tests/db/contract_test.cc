@@ -49,26 +49,15 @@ FOR EACH ROW EXECUTE FUNCTION items_are_final();
 )sql"},
 };
 
-// One server per test process, started by the first case that needs it.
-testing::PostgresServer* SharedPostgres() {
-  static testing::PostgresServer* server = [] {
-    auto started = testing::PostgresServer::Start();
-    if (!started.ok()) {
-      ADD_FAILURE() << started.status();
-      return static_cast<testing::PostgresServer*>(nullptr);
-    }
-    return started->release();
-  }();
-  return server;
-}
-
 class ContractTest : public ::testing::TestWithParam<Backend> {
  protected:
   void SetUp() override {
     if (GetParam() == Backend::kPostgres) {
-      ASSERT_NE(SharedPostgres(), nullptr);
+      absl::StatusOr<testing::PostgresServer*> server = testing::SharedPostgresServer();
+      ASSERT_TRUE(server.ok()) << server.status();
+      server_ = *server;
       database_ = absl::AsciiStrToLower(NewId("db_"));
-      ASSERT_TRUE(SharedPostgres()->CreateDatabase(database_).ok());
+      ASSERT_TRUE(server_->CreateDatabase(database_).ok());
     }
   }
 
@@ -82,8 +71,8 @@ class ContractTest : public ::testing::TestWithParam<Backend> {
     if (GetParam() == Backend::kPostgres) {
       PostgresOptions o;
       o.owner = "test store";
-      o.conninfo = SharedPostgres()->ConnectionString(database_);
-      o.password_file = SharedPostgres()->password_file();
+      o.conninfo = server_->ConnectionString(database_);
+      o.password_file = server_->password_file();
       db = Postgres::Connect(o);
     } else {
       SqliteOptions o;
@@ -113,6 +102,7 @@ class ContractTest : public ::testing::TestWithParam<Backend> {
   }
 
   testing::TempDir dir_;
+  testing::PostgresServer* server_ = nullptr;  // on PostgreSQL
   std::string database_;
 };
 

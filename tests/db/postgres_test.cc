@@ -31,24 +31,7 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
 
-// One server for the whole binary (starting one takes a second or two); a
-// database of its own for each test.
-testing::PostgresServer* server = nullptr;
-
-class ServerEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override {
-    auto started = testing::PostgresServer::Start();
-    ASSERT_TRUE(started.ok()) << started.status();
-    server = started->release();
-  }
-  void TearDown() override {
-    delete server;
-    server = nullptr;
-  }
-};
-
-const auto* const environment = ::testing::AddGlobalTestEnvironment(new ServerEnvironment);
+testing::PostgresServer* server = nullptr;  // the process's shared server (SetUp)
 
 constexpr Migration kSchema[] = {
     {1, "CREATE TABLE items (id TEXT PRIMARY KEY NOT NULL, n BIGINT NOT NULL, data BYTEA)"},
@@ -64,7 +47,9 @@ FOR EACH ROW EXECUTE FUNCTION items_are_final();
 class PostgresTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_NE(server, nullptr);
+    absl::StatusOr<testing::PostgresServer*> shared = testing::SharedPostgresServer();
+    ASSERT_TRUE(shared.ok()) << shared.status();
+    server = *shared;
     database_ = absl::AsciiStrToLower(NewId("t_"));
     ASSERT_TRUE(server->CreateDatabase(database_).ok());
   }

@@ -123,22 +123,9 @@ class SqliteGrantStoreTest : public ::testing::Test {
 
   db::PostgresOptions PostgresOptions() const {
     db::PostgresOptions o;
-    o.conninfo = SharedPostgres()->ConnectionString(postgres_database_);
-    o.password_file = SharedPostgres()->password_file();
+    o.conninfo = postgres_->ConnectionString(postgres_database_);
+    o.password_file = postgres_->password_file();
     return o;
-  }
-
-  // One server per test process, started by the first test that needs it.
-  static testing::PostgresServer* SharedPostgres() {
-    static testing::PostgresServer* server = [] {
-      auto started = testing::PostgresServer::Start();
-      if (!started.ok()) {
-        ADD_FAILURE() << started.status();
-        return static_cast<testing::PostgresServer*>(nullptr);
-      }
-      return started->release();
-    }();
-    return server;
   }
 
   // A store with key versions 1 (active) and 2 (inactive).
@@ -207,6 +194,7 @@ class SqliteGrantStoreTest : public ::testing::Test {
 
   std::string dir_;
   std::string path_;
+  testing::PostgresServer* postgres_ = nullptr;
   std::string postgres_database_;  // empty: the store is a SQLite file at path_
 };
 
@@ -219,9 +207,11 @@ class GrantStoreTest : public SqliteGrantStoreTest, public ::testing::WithParamI
   void SetUp() override {
     SqliteGrantStoreTest::SetUp();
     if (GetParam() != Backend::kPostgres) return;
-    ASSERT_NE(SharedPostgres(), nullptr);
+    absl::StatusOr<testing::PostgresServer*> server = testing::SharedPostgresServer();
+    ASSERT_TRUE(server.ok()) << server.status();
+    postgres_ = *server;
     postgres_database_ = absl::AsciiStrToLower(NewId("store_"));
-    ASSERT_TRUE(SharedPostgres()->CreateDatabase(postgres_database_).ok());
+    ASSERT_TRUE(postgres_->CreateDatabase(postgres_database_).ok());
   }
 
   // A one-byte blob in the backend's SQL, for statements run below the store.

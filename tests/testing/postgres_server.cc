@@ -1,9 +1,12 @@
 #include "tests/testing/postgres_server.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pwd.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -95,6 +98,8 @@ absl::StatusOr<std::unique_ptr<PostgresServer>> PostgresServer::Start() {
     }
   }
   ::chmod(server->password_file_.c_str(), 0600);
+  // From here on the directory is the reaper's to remove if this process dies.
+  if (absl::Status s = server->StartReaper(); !s.ok()) return s;
   if (absl::Status s = server->RunAsServerUser(
           {server->bin_ + "/initdb", "--pgdata", root + "/data", "--username", server->user_,
            "--pwfile", server->password_file_, "--auth-local=trust", "--auth-host=scram-sha-256",
@@ -119,8 +124,52 @@ absl::StatusOr<std::unique_ptr<PostgresServer>> PostgresServer::Start() {
 
 PostgresServer::~PostgresServer() {
   if (running_) (void)Stop();
+  if (reaper_ > 0) {  // nothing left for it to do
+    ::kill(reaper_, SIGKILL);
+    ::waitpid(reaper_, nullptr, 0);
+  }
+  if (reaper_pipe_ >= 0) ::close(reaper_pipe_);
   std::error_code ec;
   if (!root_.empty()) std::filesystem::remove_all(root_, ec);
+}
+
+absl::Status PostgresServer::StartReaper() {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return absl::ErrnoToStatus(errno, "pipe for the reaper");
+  // A shell, so that the child only execs after fork (this process may have
+  // threads). `read` returns when the write end closes: when this process is
+  // gone, whatever way it went. Paths are ours (mkdtemp), without quotes.
+  const std::string stop =
+      absl::StrCat(as_postgres_user_ ? "/usr/sbin/runuser -u postgres -- " : "", bin_,
+                   "/pg_ctl --pgdata ", root_, "/data --mode immediate --wait stop");
+  const std::string script = absl::StrCat("read _; ", stop, " >/dev/null 2>&1; rm -rf ", root_, "");
+  std::vector<std::string> args = {"/bin/sh", "-c", script};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) return absl::ErrnoToStatus(errno, "fork the reaper");
+  if (pid == 0) {
+    ::dup2(fds[0], STDIN_FILENO);  // clears close-on-exec for the copy
+    ::setsid();                    // not in the test's process group: a ^C reaches the test only
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ::close(fds[0]);
+  reaper_ = pid;
+  reaper_pipe_ = fds[1];
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PostgresServer*> SharedPostgresServer() {
+  static const absl::StatusOr<PostgresServer*> server = []() -> absl::StatusOr<PostgresServer*> {
+    absl::StatusOr<std::unique_ptr<PostgresServer>> started = PostgresServer::Start();
+    if (!started.ok()) return started.status();
+    // Not destroyed at exit (tests may still be using it from other
+    // statics); the reaper stops it when the process is gone.
+    return started->release();
+  }();
+  return server;
 }
 
 absl::Status PostgresServer::RunAsServerUser(const std::vector<std::string>& argv,

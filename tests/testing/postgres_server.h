@@ -2,12 +2,16 @@
 // a temporary directory, listening on 127.0.0.1 on a free port (and a Unix
 // socket in its directory), password (SCRAM) authentication for TCP. Run as
 // the `postgres` user when the tests run as root (initdb refuses root). The
-// cluster is stopped and removed with the object.
+// cluster is stopped and removed with the object, and by a reaper process if
+// the test process dies first (a crash, a kill, a static never destroyed).
 #ifndef GRANTVAULT_TESTS_TESTING_POSTGRES_SERVER_H_
 #define GRANTVAULT_TESTS_TESTING_POSTGRES_SERVER_H_
 
+#include <sys/types.h>
+
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -47,6 +51,9 @@ class PostgresServer {
  private:
   PostgresServer() = default;
   absl::Status RunAsServerUser(const std::vector<std::string>& argv, const std::string& what) const;
+  // Starts the process that stops the server and removes root_ once this
+  // process is gone (it waits for the end of a pipe only we hold).
+  absl::Status StartReaper();
   absl::Status RunSql(const std::string& sql) const;
 
   std::string bin_;   // /usr/lib/postgresql/<version>/bin
@@ -57,7 +64,14 @@ class PostgresServer {
   int port_ = 0;
   bool as_postgres_user_ = false;
   bool running_ = false;
+  pid_t reaper_ = -1;
+  int reaper_pipe_ = -1;  // our end; closing it (exiting) wakes the reaper
 };
+
+// One server for the whole test process, started by the first caller (every
+// caller gets that start's error if it failed) and stopped when the process
+// ends. A test that stops it must start it again.
+absl::StatusOr<PostgresServer*> SharedPostgresServer();
 
 }  // namespace grantvault::testing
 
