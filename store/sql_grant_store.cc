@@ -649,10 +649,11 @@ absl::Status CheckKekWritable(db::Connection& db, std::string_view kek_label) {
 
 class SqlGrantStore final : public GrantStore {
  public:
-  // `sqlite` is the same connection as `db` when it is a SQLite file (for
-  // what only SQLite has: deferred syncs), null on PostgreSQL.
-  SqlGrantStore(std::unique_ptr<db::Connection> db, db::Sqlite* sqlite)
-      : db_(std::move(db)), sqlite_(sqlite) {}
+  // `sqlite` or `postgres` is the same connection as `db`, the other null:
+  // for what only one backend has (SQLite's deferred syncs, a server's
+  // reconnect).
+  SqlGrantStore(std::unique_ptr<db::Connection> db, db::Sqlite* sqlite, db::Postgres* postgres)
+      : db_(std::move(db)), sqlite_(sqlite), postgres_(postgres) {}
 
   absl::Status InsertGrant(const Grant& grant, const SealedSecret& secret,
                            std::optional<std::string> replaces,
@@ -708,7 +709,16 @@ class SqlGrantStore final : public GrantStore {
   absl::StatusOr<std::string> ExecuteSqlForTesting(std::string_view sql);
 
  private:
-  db::Connection& db() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return *db_; }
+  // The connection. On PostgreSQL, connected again first when the server was
+  // lost outside a transaction: the call that met the loss failed with
+  // UNAVAILABLE, a later one reconnects (and fails the same way while the
+  // server is still away).
+  db::Connection& db() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (postgres_ != nullptr && !postgres_->Healthy() && !postgres_->InTransaction()) {
+      (void)postgres_->Reconnect();  // a failure shows as the next statement's error
+    }
+    return *db_;
+  }
 
   absl::Status RevokeReplacedGrant(std::string_view replaced_id, const Grant& successor)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -730,7 +740,8 @@ class SqlGrantStore final : public GrantStore {
   // One connection, used by one thread at a time.
   absl::Mutex mu_;
   std::unique_ptr<db::Connection> db_ ABSL_GUARDED_BY(mu_);
-  db::Sqlite* const sqlite_;  // db_ on SQLite, else null
+  db::Sqlite* const sqlite_;      // db_ on SQLite, else null
+  db::Postgres* const postgres_;  // db_ on PostgreSQL, else null
 };
 
 // --- grants ------------------------------------------------------------------
@@ -1781,14 +1792,15 @@ absl::StatusOr<std::unique_ptr<GrantStore>> OpenSqliteGrantStore(const std::stri
   GV_ASSIGN_OR_RETURN(std::unique_ptr<db::Sqlite> db, db::Sqlite::Open(path, std::move(o)));
   GV_RETURN_IF_ERROR(db::Migrate(*db, kSqliteMigrations));
   db::Sqlite* sqlite = db.get();
-  return std::make_unique<SqlGrantStore>(std::move(db), sqlite);
+  return std::make_unique<SqlGrantStore>(std::move(db), sqlite, nullptr);
 }
 
 absl::StatusOr<std::unique_ptr<GrantStore>> OpenPostgresGrantStore(db::PostgresOptions options) {
   options.owner = "grant store";
   GV_ASSIGN_OR_RETURN(std::unique_ptr<db::Postgres> db, db::Postgres::Connect(std::move(options)));
   GV_RETURN_IF_ERROR(db::Migrate(*db, kPostgresMigrations));
-  return std::make_unique<SqlGrantStore>(std::move(db), nullptr);
+  db::Postgres* postgres = db.get();
+  return std::make_unique<SqlGrantStore>(std::move(db), nullptr, postgres);
 }
 
 int PostgresSchemaVersion() {

@@ -220,6 +220,12 @@ class GrantStoreTest : public SqliteGrantStoreTest, public ::testing::WithParamI
   }
 };
 
+// What only a server does: go away and come back.
+class PostgresGrantStoreTest : public GrantStoreTest {};
+
+INSTANTIATE_TEST_SUITE_P(Server, PostgresGrantStoreTest, ::testing::Values(Backend::kPostgres),
+                         [](const ::testing::TestParamInfo<Backend>&) { return "Postgres"; });
+
 INSTANTIATE_TEST_SUITE_P(Backends, GrantStoreTest,
                          ::testing::Values(Backend::kSqlite, Backend::kPostgres),
                          [](const ::testing::TestParamInfo<Backend>& backend) {
@@ -1488,6 +1494,27 @@ TEST_P(GrantStoreTest, AuthorizationSessionNeedsARegisteredConnector) {
   AuthorizationSession bad = Session("h2", "nobody", 600);
   bad.scopes = {"two words"};
   EXPECT_TRUE(absl::IsInvalidArgument(store->InsertAuthorizationSession(bad, std::nullopt)));
+}
+
+TEST_P(PostgresGrantStoreTest, CallsWhileTheServerIsAwayAreUnavailableAndTheStoreReconnects) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  Grant before = MakeGrant("gr_before", "ws1", "google_workspace");
+  ASSERT_THAT(store->InsertGrant(before, SecretFor(before)), IsOk());
+
+  ASSERT_TRUE(postgres_->Stop().ok());
+  Grant during = MakeGrant("gr_during", "ws1", "slack");
+  const absl::Status lost = store->InsertGrant(during, SecretFor(during));
+  EXPECT_EQ(lost.code(), absl::StatusCode::kUnavailable) << lost;
+  EXPECT_EQ(store->GetGrant("gr_before").status().code(), absl::StatusCode::kUnavailable);
+
+  ASSERT_TRUE(postgres_->StartAgain().ok()) << postgres_->Log();
+  EXPECT_THAT(store->GetGrant("gr_before"), IsOk());  // connected again, nothing lost
+  EXPECT_EQ(store->GetGrant("gr_during").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(store->InsertGrant(during, SecretFor(during)), IsOk());
+  const absl::StatusOr<int64_t> count = store->CountGrants();
+  ASSERT_THAT(count, IsOk());
+  EXPECT_EQ(*count, 2);
 }
 
 }  // namespace
