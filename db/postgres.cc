@@ -6,13 +6,13 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <optional>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/files.h"
 #include "common/secret_bytes.h"
 #include "common/status.h"
 #include "common/strings.h"
@@ -250,22 +250,15 @@ std::string NumberParameters(std::string_view sql, int& count) {
 }
 
 absl::StatusOr<std::string> ReadPasswordFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::FailedPreconditionError(absl::StrCat("cannot read password file ", path));
-  // Read into one buffer of its final size, so that no copy is left behind.
-  constexpr size_t kMaxPassword = 1024;
-  std::string password(kMaxPassword + 1, '\0');
-  in.read(password.data(), static_cast<std::streamsize>(password.size()));
-  password.resize(static_cast<size_t>(in.gcount()));
-  if (!password.empty() && password.back() == '\n') password.pop_back();
-  if (password.empty() || password.size() > kMaxPassword ||
-      password.find('\n') != std::string::npos || password.find('\0') != std::string::npos) {
-    WipeString(password);
+  // The project's secret-file rules: ours, 0600 or 0400, a regular file, not
+  // through a symlink, one trailing newline dropped.
+  GV_ASSIGN_OR_RETURN(const SecretBytes secret, ReadSecretFile(path));
+  const std::string_view text = secret.view();
+  if (text.find('\n') != std::string_view::npos || text.find('\0') != std::string_view::npos) {
     return absl::FailedPreconditionError(
-        absl::StrCat("password file ", path, " must hold the password alone, on one line (at most ",
-                     kMaxPassword, " bytes)"));
+        absl::StrCat("password file ", path, " must hold the password alone, on one line"));
   }
-  return password;
+  return std::string(text);
 }
 
 absl::StatusOr<std::unique_ptr<Postgres>> Postgres::Connect(PostgresOptions options) {

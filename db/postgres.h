@@ -52,7 +52,8 @@ struct PostgresOptions {
   absl::Duration connect_timeout = absl::Seconds(5);
 };
 
-// Reads a password file as PostgresOptions::password_file says; the caller
+// Reads a password file as PostgresOptions::password_file says, under the
+// rules of every secret file (common/files.h: ReadSecretFile); the caller
 // wipes the result.
 absl::StatusOr<std::string> ReadPasswordFile(const std::string& path);
 

@@ -7,7 +7,6 @@
 
 #include <unistd.h>
 
-#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -18,6 +17,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/files.h"
 #include "common/ids.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -121,7 +121,7 @@ TEST_F(PostgresTest, ConnectsWithThePasswordFromAFileAndRefusesAWrongOne) {
 
   testing::TempDir dir;
   const std::string wrong = dir.Join("wrong");
-  std::ofstream(wrong) << "not-the-password\n";
+  ASSERT_TRUE(WriteFileAtomically(wrong, "not-the-password\n", 0600).ok());
   PostgresOptions o = Options();
   o.password_file = wrong;
   absl::StatusOr<std::unique_ptr<Postgres>> refused = Postgres::Connect(o);
@@ -129,10 +129,15 @@ TEST_F(PostgresTest, ConnectsWithThePasswordFromAFileAndRefusesAWrongOne) {
   EXPECT_THAT(std::string(refused.status().message()), HasSubstr("password authentication"));
   EXPECT_THAT(std::string(refused.status().message()), Not(HasSubstr("not-the-password")));
 
+  // The rules of every secret file (ReadSecretFile), and one line.
   o.password_file = dir.Join("missing");
-  EXPECT_EQ(Postgres::Connect(o).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Postgres::Connect(o).status().code(), absl::StatusCode::kNotFound);
+  const std::string readable = dir.Join("readable");
+  ASSERT_TRUE(WriteFileAtomically(readable, server->password(), 0644).ok());
+  o.password_file = readable;
+  EXPECT_EQ(Postgres::Connect(o).status().code(), absl::StatusCode::kPermissionDenied);
   const std::string two_lines = dir.Join("two-lines");
-  std::ofstream(two_lines) << "a\nb\n";
+  ASSERT_TRUE(WriteFileAtomically(two_lines, "a\nb\n", 0600).ok());
   o.password_file = two_lines;
   EXPECT_EQ(Postgres::Connect(o).status().code(), absl::StatusCode::kFailedPrecondition);
 }

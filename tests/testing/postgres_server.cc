@@ -15,10 +15,12 @@
 #include <filesystem>
 #include <fstream>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/files.h"
 #include "common/ids.h"
 #include "tests/testing/daemon_process.h"
 #include "tests/testing/temp_dir.h"
@@ -86,23 +88,27 @@ absl::StatusOr<std::unique_ptr<PostgresServer>> PostgresServer::Start() {
   }
   server->root_ = root;
   server->password_ = NewId("pw_");
+  // Two copies: the one initdb reads must be the server user's, the one
+  // clients read ours (ReadSecretFile refuses another user's file).
   server->password_file_ = root + "/password";
-  if (absl::Status s = WriteFile(server->password_file_, server->password_); !s.ok()) return s;
+  const std::string initdb_password = root + "/initdb-password";
+  for (const std::string* file : {&std::as_const(server->password_file_), &initdb_password}) {
+    if (absl::Status s = WriteFileAtomically(*file, server->password_, 0600); !s.ok()) return s;
+  }
   if (server->as_postgres_user_) {
     const passwd* pg = ::getpwnam("postgres");
     if (pg == nullptr) return absl::FailedPreconditionError("no postgres user to run the server");
     // The server's own directory and the password file initdb reads.
     if (::chown(root.c_str(), pg->pw_uid, pg->pw_gid) != 0 ||
-        ::chown(server->password_file_.c_str(), pg->pw_uid, pg->pw_gid) != 0) {
+        ::chown(initdb_password.c_str(), pg->pw_uid, pg->pw_gid) != 0) {
       return absl::ErrnoToStatus(errno, "cannot give the test directory to postgres");
     }
   }
-  ::chmod(server->password_file_.c_str(), 0600);
   // From here on the directory is the reaper's to remove if this process dies.
   if (absl::Status s = server->StartReaper(); !s.ok()) return s;
   if (absl::Status s = server->RunAsServerUser(
           {server->bin_ + "/initdb", "--pgdata", root + "/data", "--username", server->user_,
-           "--pwfile", server->password_file_, "--auth-local=trust", "--auth-host=scram-sha-256",
+           "--pwfile", initdb_password, "--auth-local=trust", "--auth-host=scram-sha-256",
            "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync"},
           "initdb");
       !s.ok()) {
