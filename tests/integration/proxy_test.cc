@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -186,6 +185,15 @@ class ProxyTest : public ::testing::Test {
     call.set_method(std::move(method));
     call.set_url(std::move(url));
     return call;
+  }
+  // A handler that holds each request until `gate` is notified (or 20 s).
+  // The handler owns the gate: it runs on the API server's thread, which may
+  // still be inside the wait when the test's body has returned.
+  static ReplyHandler Held(std::shared_ptr<absl::Notification> gate) {
+    return [gate = std::move(gate)](const RecordedRequest&) {
+      gate->WaitForNotificationWithTimeout(absl::Seconds(20));
+      return Reply{};
+    };
   }
   Answer Proxy(v1::ProxyRequest call, ipc::Client* client = nullptr) {
     Answer a;
@@ -422,11 +430,8 @@ TEST_F(ProxyTest, TooManyRequestsWithRetryAfterIsUnavailableWithItsWait) {
 }
 
 TEST_F(ProxyTest, RevocationEndsACallInFlightAndRefusesTheNext) {
-  absl::Notification release;
-  api_->SetHandler([&](const RecordedRequest&) {
-    release.WaitForNotificationWithTimeout(absl::Seconds(20));
-    return Reply{};
-  });
+  auto release = std::make_shared<absl::Notification>();
+  api_->SetHandler(Held(release));
   absl::StatusOr<uint64_t> held = absl::UnknownError("not done");
   absl::Time ended;
   std::thread caller([&] {
@@ -441,7 +446,7 @@ TEST_F(ProxyTest, RevocationEndsACallInFlightAndRefusesTheNext) {
   v1::Response r = Admin(revoke);
   ASSERT_FALSE(r.has_error()) << r.error().message();
   caller.join();
-  release.Notify();
+  release->Notify();
   EXPECT_TRUE(absl::IsFailedPrecondition(held.status())) << held.status();
   EXPECT_EQ(PayloadOf(held.status(), "grantvault.error_code"), "REVOKED");
   EXPECT_LT(ended - revoked_at, absl::Seconds(1));
@@ -451,21 +456,12 @@ TEST_F(ProxyTest, RevocationEndsACallInFlightAndRefusesTheNext) {
 }
 
 TEST_F(ProxyTest, StoppingTheDaemonEndsACallInFlightAndItExitsCleanly) {
-  absl::Notification release;
-  api_->SetHandler([&](const RecordedRequest&) {
-    release.WaitForNotificationWithTimeout(absl::Seconds(20));
-    return Reply{};
-  });
   // A first call leaves a connection to the API idle in the pool (on an I/O
   // thread's loop), which the stop must close before that loop goes.
-  release.Notify();
   Answer first = Proxy(Call("read_things", "GET", "/v1/things"));
   ASSERT_TRUE(first.end.ok()) << first.end.status();
-  absl::Notification hold;
-  api_->SetHandler([&](const RecordedRequest&) {
-    hold.WaitForNotificationWithTimeout(absl::Seconds(20));
-    return Reply{};
-  });
+  auto hold = std::make_shared<absl::Notification>();
+  api_->SetHandler(Held(hold));
   absl::StatusOr<uint64_t> held = absl::UnknownError("not done");
   std::thread caller([&] { held = Proxy(Call("read_things", "GET", "/v1/hold")).end; });
   ASSERT_TRUE(api_->WaitForRequests(2, absl::Seconds(10)));
@@ -473,7 +469,7 @@ TEST_F(ProxyTest, StoppingTheDaemonEndsACallInFlightAndItExitsCleanly) {
   const int code = daemon_->Stop(SIGTERM);
   const absl::Duration took = absl::Now() - stopped_at;
   caller.join();
-  hold.Notify();
+  hold->Notify();
   EXPECT_EQ(code, 0);  // no crash on the way out
   EXPECT_LT(took, absl::Seconds(5));
   // The call ended UNAVAILABLE (or its connection closed first, as the
@@ -484,12 +480,9 @@ TEST_F(ProxyTest, StoppingTheDaemonEndsACallInFlightAndItExitsCleanly) {
 
 TEST_F(ProxyTest, ACancelEndsTheCallAndAClosedConnectionEndsItsCalls) {
   // The server answers one request at a time: each held call waits for its own release.
-  absl::Notification release[2];
-  std::atomic<int> held{0};
-  api_->SetHandler([&](const RecordedRequest&) {
-    release[std::min(held++, 1)].WaitForNotificationWithTimeout(absl::Seconds(20));
-    return Reply{};
-  });
+  auto first_release = std::make_shared<absl::Notification>();
+  auto second_release = std::make_shared<absl::Notification>();
+  api_->SetHandler(Held(first_release));
   v1::Request request;
   *request.mutable_proxy() = Call("read_things", "GET", "/v1/hold");
   absl::Notification done;
@@ -514,7 +507,8 @@ TEST_F(ProxyTest, ACancelEndsTheCallAndAClosedConnectionEndsItsCalls) {
   ASSERT_TRUE(last.ok()) << last.status();
   ASSERT_TRUE(last->has_error());
   EXPECT_EQ(last->error().code(), v1::Error::CANCELLED);
-  release[0].Notify();
+  api_->SetHandler(Held(second_release));
+  first_release->Notify();
 
   // A caller that goes away: its call ends (and is recorded) at once, while
   // the API still holds it.
@@ -534,7 +528,7 @@ TEST_F(ProxyTest, ACancelEndsTheCallAndAClosedConnectionEndsItsCalls) {
   const int before = ended_calls();
   leaving->reset();
   EXPECT_TRUE(testing::WaitFor([&] { return ended_calls() > before; }, absl::Seconds(2)));
-  release[1].Notify();
+  second_release->Notify();
 }
 
 TEST_F(ProxyTest, WithoutThePrivateNetworkALoopbackApiIsRefused) {

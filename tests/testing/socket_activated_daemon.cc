@@ -88,11 +88,19 @@ absl::StatusOr<std::unique_ptr<DaemonProcess>> StartSocketActivated(const Socket
       }
     }
     if (how.sockets.empty()) return;
-    knock = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    // The socket's file exists from bind(); a connect before the activator's
+    // listen() is refused, and a knock lost that way would leave the daemon
+    // unstarted: knock until one is accepted.
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", how.sockets.back().path.c_str());
-    ::connect(knock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    WaitFor([&] {
+      knock = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (::connect(knock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) return true;
+      ::close(knock);
+      knock = -1;
+      return false;
+    });
   });
   absl::Status started = daemon->Start(absl::Seconds(30));
   trigger.join();
