@@ -33,6 +33,7 @@ using testing::DaemonProcess;
 using ::testing::HasSubstr;
 using testing::RecordedRequest;
 using testing::Reply;
+using testing::ReplyHandler;
 
 constexpr char kWorkspace[] = "ws_acme";
 
