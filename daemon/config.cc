@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
+#include "db/postgres.h"
 
 namespace grantvault::daemon {
 namespace {
@@ -134,8 +135,27 @@ absl::Status Apply(const toml::table& root, DaemonConfig& c) {
     GV_RETURN_IF_ERROR(Read(*t, "pin_file", &c.pin_file));
   }
   if (const toml::table* t = Section(root, "store")) {
-    GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "store", {"database"}));
+    GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "store",
+                                     {"database", "postgres", "password_file", "connect_timeout_ms",
+                                      "pool_size", "lock_connections"}));
     GV_RETURN_IF_ERROR(Read(*t, "database", &c.database));
+    GV_RETURN_IF_ERROR(Read(*t, "postgres", &c.postgres));
+    GV_RETURN_IF_ERROR(Read(*t, "password_file", &c.postgres_password_file));
+    GV_RETURN_IF_ERROR(
+        ReadMillis(*t, "connect_timeout_ms", 100, 600'000, &c.postgres_connect_timeout));
+    GV_RETURN_IF_ERROR(ReadUnsigned(*t, "pool_size", 1, 64, &c.postgres_pool_size));
+    GV_RETURN_IF_ERROR(ReadUnsigned(*t, "lock_connections", 1, 256, &c.postgres_lock_connections));
+    if (const toml::node* n = t->get("postgres")) {
+      if (c.postgres.empty()) return Invalid(*n, "store.postgres", "must not be empty");
+      if (absl::Status usable = db::CheckConninfo(c.postgres); !usable.ok()) {
+        return Invalid(*n, "store.postgres", std::string(usable.message()));
+      }
+      if (t->get("database") != nullptr) {
+        return Invalid(*n, "store.postgres", "and store.database (SQLite) exclude each other");
+      }
+    } else if (const toml::node* pw = t->get("password_file")) {
+      return Invalid(*pw, "store.password_file", "is for store.postgres, which is not set");
+    }
   }
   if (const toml::table* t = Section(root, "sockets")) {
     GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "sockets", {"agent", "admin", "mode"}));
@@ -302,6 +322,22 @@ absl::Status ResolvePinFile(DaemonConfig& c) {
   return absl::OkStatus();
 }
 
+// store.password_file as a path: a bare name is a systemd credential.
+absl::Status ResolvePostgresPasswordFile(DaemonConfig& c) {
+  if (c.postgres_password_file.empty() || absl::StrContains(c.postgres_password_file, '/')) {
+    return absl::OkStatus();
+  }
+  const char* credentials = std::getenv("CREDENTIALS_DIRECTORY");
+  if (credentials == nullptr || credentials[0] != '/') {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "store.password_file '", c.postgres_password_file,
+        "' names a credential (no '/'), but $CREDENTIALS_DIRECTORY is not set (LoadCredential",
+        "Encrypted=", c.postgres_password_file, ":... in the unit, or a path)"));
+  }
+  c.postgres_password_file = absl::StrCat(credentials, "/", c.postgres_password_file);
+  return absl::OkStatus();
+}
+
 // The installed catalog next to the running daemon, if there is one.
 std::string InstalledConnectorCatalog() {
 #ifdef GV_INSTALLED_CATALOG_FROM_EXE_DIR
@@ -343,6 +379,7 @@ absl::StatusOr<DaemonConfig> LoadConfig(const std::string& config_file,
   if (c.policy_file.empty()) c.policy_file = c.state_dir + "/policy.toml";
   if (c.audit_database.empty()) c.audit_database = c.state_dir + "/audit.db";
   GV_RETURN_IF_ERROR(ResolvePinFile(c));
+  GV_RETURN_IF_ERROR(ResolvePostgresPasswordFile(c));
   if (c.connector_catalog.empty()) c.connector_catalog = InstalledConnectorCatalog();
   static const std::set<std::string> kLevels = {"trace", "debug", "info", "warn", "error"};
   if (kLevels.count(c.log_level) == 0) {

@@ -33,6 +33,19 @@ struct DaemonConfig {
   // With an external token: the SQLite database (default
   // <state_dir>/grantvault.db). The embedded default always uses that path.
   std::string database;
+  // Several hosts: the grants in a PostgreSQL database instead ([store]
+  // postgres, a libpq connection string or URI without a password;
+  // docs/operations.md, "Several hosts"). postgres_password_file: a path, or a
+  // bare name read as a systemd credential ($CREDENTIALS_DIRECTORY/<name>);
+  // empty: no password (peer or certificate authentication).
+  std::string postgres;
+  std::string postgres_password_file;
+  absl::Duration postgres_connect_timeout = absl::Seconds(5);
+  // Connections each process keeps open for the store's statements.
+  size_t postgres_pool_size = 4;
+  // Connections that hold refresh locks (one per refresh in progress on this
+  // host; a refresh beyond them waits for one).
+  size_t postgres_lock_connections = 8;
 
   std::string agent_socket;
   std::string admin_socket;
@@ -127,6 +140,7 @@ struct DaemonConfig {
   std::vector<std::string> sandbox_write_paths;
 
   bool uses_embedded_token() const { return pin_file.empty(); }
+  bool uses_postgres() const { return !postgres.empty(); }
 };
 
 // Reads `config_file` (if not empty) over the defaults, then applies

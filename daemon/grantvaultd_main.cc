@@ -54,7 +54,7 @@
 #include "policy/policy.h"
 #include "sandbox/sandbox.h"
 #include "spdlog/spdlog.h"
-#include "store/sqlite_grant_store.h"
+#include "db/postgres.h"
 #include "tokens/refresher.h"
 
 namespace grantvault::daemon {
@@ -329,6 +329,11 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   }
   InitLogging(config->log_level);
   if (absl::Status heap = SetUpSecretHeap(*config, "front"); !heap.ok()) return Fail(heap);
+  if (config->uses_postgres()) {
+    if (const std::string weak = db::ConninfoWeakness(config->postgres); !weak.empty()) {
+      spdlog::warn("store.postgres_unverified {}", EscapeTextForLog(weak));
+    }
+  }
   ipc::SetLogSink([](ipc::LogKind kind, std::string_view line) {
     // (The server's lines name peers by pid and uid only; escaped all the
     // same, so that no line from below can split into two.)
@@ -474,11 +479,8 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
   if (!broker.ok()) return Fail(broker.status());
   for (const std::string& c : hello.created()) spdlog::info("state.created {}", c);
   for (const std::string& r : hello.removed()) spdlog::info("state.removed {}", r);
-  const std::string database_path = GrantDatabasePath(*config);
-
   // The front's own handle on the database; the broker opened it first (and migrated it).
-  absl::StatusOr<std::unique_ptr<store::GrantStore>> store =
-      store::OpenSqliteGrantStore(database_path);
+  absl::StatusOr<std::unique_ptr<store::GrantStore>> store = OpenStore(StoreLocationFor(*config));
   if (!store.ok()) return Fail(store.status());
   absl::StatusOr<oauth::Catalog> catalog =
       config->connector_catalog.empty() ? oauth::Catalog::LoadDefault()
@@ -606,7 +608,8 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
     // only for the API proxy (the broker talks to authorization servers);
     // it executes nothing (the spawner starts brokers).
     profile.allow_listen = true;
-    profile.allow_inet_sockets = config->proxy_enabled;
+    // The proxy's APIs, and a PostgreSQL server reached over TCP.
+    profile.allow_inet_sockets = config->proxy_enabled || config->uses_postgres();
     profile.allow_exec = false;
     profile.allow_sanitizer_runtime = sandbox::BuiltWithSanitizers();
     if (absl::Status filtered = sandbox::InstallSyscallFilter(profile); !filtered.ok()) {

@@ -27,21 +27,23 @@ absl::Status EnsurePinFile(const std::string& path, std::vector<std::string>* cr
   return absl::OkStatus();
 }
 
-absl::StatusOr<Vault> OpenParts(const hsm::TokenOptions& options, const StateLayout& layout) {
+absl::StatusOr<Vault> OpenParts(const hsm::TokenOptions& options, const StateLayout& layout,
+                                const StoreLocation& location) {
   Vault vault;
   vault.layout = layout;
   GV_ASSIGN_OR_RETURN(vault.token, hsm::Token::Open(options));
-  GV_ASSIGN_OR_RETURN(vault.store, store::OpenSqliteGrantStore(layout.database));
+  GV_ASSIGN_OR_RETURN(vault.store, OpenStore(location));
   GV_ASSIGN_OR_RETURN(vault.keys,
                       keys::KeyManager::Create(vault.token.get(), vault.store.get(), &RealClock()));
   return vault;
 }
 
-absl::StatusOr<Vault> OpenLayout(const StateLayout& layout) {
+absl::StatusOr<Vault> OpenLayout(const StateLayout& layout, const EmbeddedStateOptions& embedded) {
   hsm::TokenOptions options;
   options.token_label = kEmbeddedTokenLabel;
   options.pin_file = layout.user_pin_file;
-  return OpenParts(options, layout);
+  return OpenParts(options, layout,
+                   StoreLocation{layout.database, embedded.postgres, embedded.postgres_limits});
 }
 
 absl::Status AttachSealer(Vault& vault) {
@@ -108,8 +110,8 @@ absl::StatusOr<Vault> InitEmbeddedState(const std::string& state_dir_as_given,
     }
   }
 
-  const bool had_db = Exists(layout.database);
-  GV_ASSIGN_OR_RETURN(Vault vault, OpenLayout(layout));
+  const bool had_db = options.postgres.has_value() || Exists(layout.database);
+  GV_ASSIGN_OR_RETURN(Vault vault, OpenLayout(layout, options));
   if (!had_db && created) {
     created->push_back(absl::StrCat("database ", layout.database, " (SQLite, schema version ",
                                     store::SqliteSchemaVersion(), ")"));
@@ -125,24 +127,29 @@ absl::StatusOr<Vault> InitEmbeddedState(const std::string& state_dir_as_given,
 absl::StatusOr<Vault> OpenEmbeddedState(const std::string& state_dir_as_given) {
   GV_ASSIGN_OR_RETURN(const std::string state_dir, AbsolutePath(state_dir_as_given));
   const StateLayout layout = LayoutFor(state_dir);
-  for (const std::string* path : {&layout.softhsm_conf, &layout.user_pin_file, &layout.database}) {
+  for (const std::string* path : {&layout.softhsm_conf, &layout.user_pin_file}) {
     if (!Exists(*path)) {
       return absl::FailedPreconditionError(absl::StrCat(*path, " is missing: ", state_dir,
                                                         " is not an initialised state directory"));
     }
   }
+  if (!Exists(layout.database)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        layout.database, " is missing: ", state_dir, " is not an initialised state directory"));
+  }
   GV_RETURN_IF_ERROR(hsm::PrepareSoftHsm(layout.hsm_dir).status());
-  GV_ASSIGN_OR_RETURN(Vault vault, OpenLayout(layout));
+  GV_ASSIGN_OR_RETURN(Vault vault, OpenLayout(layout, {}));
   GV_RETURN_IF_ERROR(AttachSealer(vault));
   return vault;
 }
 
-absl::StatusOr<Vault> OpenExternalVault(const hsm::TokenOptions& token, const std::string& database,
+absl::StatusOr<Vault> OpenExternalVault(const hsm::TokenOptions& token,
+                                        const StoreLocation& location,
                                         std::vector<std::string>* created) {
   StateLayout layout;
-  layout.database = database;
+  layout.database = location.sqlite_path;
   layout.user_pin_file = token.pin_file;
-  GV_ASSIGN_OR_RETURN(Vault vault, OpenParts(token, layout));
+  GV_ASSIGN_OR_RETURN(Vault vault, OpenParts(token, layout, location));
   GV_ASSIGN_OR_RETURN(std::vector<std::string> keys_made, vault.keys->Bootstrap());
   if (created) {
     for (std::string& k : keys_made) created->push_back(absl::StrCat(k, " in the token"));
@@ -155,14 +162,40 @@ absl::StatusOr<Vault> OpenConfiguredVault(const DaemonConfig& config,
                                           const EmbeddedStateOptions& embedded,
                                           std::vector<std::string>* created,
                                           std::vector<std::string>* removed) {
+  const StoreLocation location = StoreLocationFor(config);
   if (config.uses_embedded_token()) {
-    return InitEmbeddedState(config.state_dir, created, embedded, removed);
+    EmbeddedStateOptions with_store = embedded;
+    with_store.postgres = location.postgres;
+    with_store.postgres_limits = location.postgres_limits;
+    return InitEmbeddedState(config.state_dir, created, with_store, removed);
   }
   hsm::TokenOptions token;
   if (!config.hsm_module.empty()) token.module_path = config.hsm_module;
   token.token_label = config.token_label;
   token.pin_file = config.pin_file;
-  return OpenExternalVault(token, GrantDatabasePath(config), created);
+  return OpenExternalVault(token, location, created);
+}
+
+StoreLocation StoreLocationFor(const DaemonConfig& config) {
+  StoreLocation location;
+  location.sqlite_path = GrantDatabasePath(config);
+  if (config.uses_postgres()) {
+    db::PostgresOptions postgres;
+    postgres.conninfo = config.postgres;
+    postgres.password_file = config.postgres_password_file;
+    postgres.connect_timeout = config.postgres_connect_timeout;
+    location.postgres = std::move(postgres);
+    location.postgres_limits.pool_size = config.postgres_pool_size;
+    location.postgres_limits.lock_connections = config.postgres_lock_connections;
+  }
+  return location;
+}
+
+absl::StatusOr<std::unique_ptr<store::GrantStore>> OpenStore(const StoreLocation& location) {
+  if (location.postgres.has_value()) {
+    return store::OpenPostgresGrantStore(*location.postgres, location.postgres_limits);
+  }
+  return store::OpenSqliteGrantStore(location.sqlite_path);
 }
 
 std::string GrantDatabasePath(const DaemonConfig& config) {

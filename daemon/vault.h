@@ -15,15 +15,18 @@
 #define GRANTVAULT_DAEMON_VAULT_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "daemon/config.h"
+#include "db/postgres.h"
 #include "hsm/envelope_sealer.h"
 #include "hsm/token.h"
 #include "keys/key_manager.h"
 #include "store/grant_store.h"
+#include "store/postgres_grant_store.h"
 
 namespace grantvault::daemon {
 
@@ -53,6 +56,19 @@ struct Vault {
   std::unique_ptr<hsm::EnvelopeSealer> sealer;
 };
 
+// Where the grants are kept: the SQLite file `sqlite_path` (the default), or
+// a PostgreSQL database that several hosts share (docs/operations.md,
+// "Several hosts").
+struct StoreLocation {
+  std::string sqlite_path;
+  std::optional<db::PostgresOptions> postgres;
+  store::PostgresStoreLimits postgres_limits;
+};
+// The store a configuration names (the front's own handle; the broker's is
+// the vault's).
+StoreLocation StoreLocationFor(const DaemonConfig& config);
+absl::StatusOr<std::unique_ptr<store::GrantStore>> OpenStore(const StoreLocation& location);
+
 struct EmbeddedStateOptions {
   // Keep <state>/hsm/so.pin once the token is initialised. The daemon never
   // needs the security-officer PIN after C_InitToken/C_InitPIN, so by default
@@ -60,6 +76,9 @@ struct EmbeddedStateOptions {
   // initialised state, e.g. left by an older version or a crash, is removed
   // at start). An operator who wants it asks for it and moves it away.
   bool keep_so_pin = false;
+  // The grants in PostgreSQL instead of <state>/grantvault.db.
+  std::optional<db::PostgresOptions> postgres;
+  store::PostgresStoreLimits postgres_limits;
 };
 
 // Creates whatever is missing of the embedded state under `state_dir` (the
@@ -79,10 +98,11 @@ absl::StatusOr<Vault> InitEmbeddedState(const std::string& state_dir,
 // when it was never initialised.
 absl::StatusOr<Vault> OpenEmbeddedState(const std::string& state_dir);
 
-// Opens an external token (already initialised, by its owner) and the SQLite
-// database at `database`; on first start generates KEK 1 and the audit key in
-// that token (reported in `created`).
-absl::StatusOr<Vault> OpenExternalVault(const hsm::TokenOptions& token, const std::string& database,
+// Opens an external token (already initialised, by its owner) and the store
+// at `location`; on first start generates KEK 1 and the audit key in that
+// token (reported in `created`).
+absl::StatusOr<Vault> OpenExternalVault(const hsm::TokenOptions& token,
+                                        const StoreLocation& location,
                                         std::vector<std::string>* created = nullptr);
 
 // The vault a configuration names: the embedded state (created on first
@@ -91,7 +111,7 @@ absl::StatusOr<Vault> OpenConfiguredVault(const DaemonConfig& config,
                                           const EmbeddedStateOptions& embedded,
                                           std::vector<std::string>* created,
                                           std::vector<std::string>* removed);
-// The grant database a configuration names.
+// The SQLite grant database a configuration names (unused with PostgreSQL).
 std::string GrantDatabasePath(const DaemonConfig& config);
 
 }  // namespace grantvault::daemon

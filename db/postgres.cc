@@ -6,12 +6,15 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <optional>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/files.h"
 #include "common/secret_bytes.h"
 #include "common/status.h"
@@ -247,6 +250,69 @@ std::string NumberParameters(std::string_view sql, int& count) {
     }
   }
   return out;
+}
+
+namespace {
+
+// The keywords and values of a connection string (PQconninfoParse), or
+// InvalidArgument.
+absl::StatusOr<std::map<std::string, std::string>> ParseConninfo(const std::string& conninfo) {
+  char* error = nullptr;
+  PQconninfoOption* options = PQconninfoParse(conninfo.c_str(), &error);
+  if (options == nullptr) {
+    // libpq's message quotes the string, which may hold what must not be shown.
+    if (error != nullptr) PQfreemem(error);
+    return absl::InvalidArgumentError(
+        "is not a libpq connection string or URI (keyword=value pairs, or "
+        "postgresql://user@host:port/dbname?sslmode=verify-full)");
+  }
+  std::map<std::string, std::string> out;
+  for (const PQconninfoOption* o = options; o->keyword != nullptr; ++o) {
+    if (o->val != nullptr) out.emplace(o->keyword, o->val);
+  }
+  for (PQconninfoOption* o = options; o->keyword != nullptr; ++o) {
+    if (o->val != nullptr) WipeMemory(o->val, std::strlen(o->val));
+  }
+  PQconninfoFree(options);
+  return out;
+}
+
+}  // namespace
+
+absl::Status CheckConninfo(const std::string& conninfo) {
+  using Options = std::map<std::string, std::string>;
+  GV_ASSIGN_OR_RETURN(Options parsed, ParseConninfo(conninfo));
+  const bool has_password = parsed.contains("password");
+  for (auto& [keyword, value] : parsed) WipeString(value);
+  if (has_password) {
+    return absl::InvalidArgumentError(
+        "holds a password: put it in a file of its own (store.password_file, or a systemd "
+        "credential), never in the connection string");
+  }
+  return absl::OkStatus();
+}
+
+std::string ConninfoWeakness(const std::string& conninfo) {
+  absl::StatusOr<std::map<std::string, std::string>> parsed = ParseConninfo(conninfo);
+  if (!parsed.ok()) return "";
+  const auto value = [&](const char* key) {
+    auto it = parsed->find(key);
+    return it == parsed->end() ? std::string() : it->second;
+  };
+  const std::string host = value("host").empty() ? value("hostaddr") : value("host");
+  const std::string sslmode = value("sslmode");
+  const std::vector<std::string> hosts = absl::StrSplit(host, ',');
+  for (const std::string& h : hosts) {
+    const bool local = h.empty() || h.front() == '/' || h.front() == '@' || h == "localhost" ||
+                       absl::StartsWith(h, "127.") || h == "::1";
+    if (!local && sslmode != "verify-full" && sslmode != "verify-ca") {
+      return absl::StrCat("the server ", h, " is reached over TCP with sslmode=",
+                          sslmode.empty() ? "prefer (the default)" : sslmode,
+                          ": its identity is not checked; use sslmode=verify-full with "
+                          "sslrootcert");
+    }
+  }
+  return "";
 }
 
 absl::StatusOr<std::string> ReadPasswordFile(const std::string& path) {

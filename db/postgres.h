@@ -57,6 +57,16 @@ struct PostgresOptions {
 // wipes the result.
 absl::StatusOr<std::string> ReadPasswordFile(const std::string& path);
 
+// InvalidArgument unless `conninfo` parses as a libpq connection string or
+// URI without a password in it (the password comes from a file). The message
+// never quotes the string.
+absl::Status CheckConninfo(const std::string& conninfo);
+
+// What a connection string leaves exposed, for the daemon to warn about at
+// start: empty, or why the link to the server is not authenticated (a TCP
+// host other than loopback without sslmode=verify-full or verify-ca).
+std::string ConninfoWeakness(const std::string& conninfo);
+
 // `sql` with its `?` parameters numbered for PostgreSQL ($1, $2, …; SQLite's
 // `?NNN` is $NNN), outside string literals, quoted names and comments;
 // `count` gets the highest number.

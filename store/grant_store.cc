@@ -1,10 +1,23 @@
 #include "store/grant_store.h"
 
+#include <memory>
+
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/strings.h"
 
 namespace grantvault::store {
+
+namespace {
+
+class NoRefreshLock final : public GrantStore::RefreshLock {};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<GrantStore::RefreshLock>> GrantStore::LockGrantForRefresh(
+    std::string_view, absl::Time) {
+  return std::make_unique<NoRefreshLock>();
+}
 
 std::string_view GrantStatusName(GrantStatus status) {
   switch (status) {

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -177,6 +178,11 @@ struct UpstreamRevocation {
 // until a later synced write or SyncToDisk().
 enum class Sync { kNow, kLater };
 
+// The purpose of a grant's current access token as its last refresh left it,
+// sealed, where several hosts share the store (LockGrantForRefresh). Removed
+// with the grant's revocation.
+inline constexpr char kSharedAccessTokenPurpose[] = "access_token.shared";
+
 class GrantStore {
  public:
   virtual ~GrantStore() = default;
@@ -255,6 +261,27 @@ class GrantStore {
   // Waits until every write committed so far, unsynced ones included, is on
   // the disk.
   virtual absl::Status SyncToDisk() = 0;
+
+  // --- refreshes across hosts (docs/refresh.md, "Several hosts") -----------
+  // Held while one process refreshes a grant; released when destroyed.
+  class RefreshLock {
+   public:
+    virtual ~RefreshLock() = default;
+  };
+  // Serialises the refreshes of `grant_id` across every process that shares
+  // this store: the caller holds the returned lock for one refresh (re-read
+  // the grant, send, commit) and destroys it. A holder that dies loses it
+  // (the store says how soon). A store that only one process refreshes from
+  // (SQLite) returns a lock that serialises nothing: the refresher's own
+  // single flight does. DEADLINE_EXCEEDED when `deadline` passes first,
+  // UNAVAILABLE when the database cannot be reached.
+  virtual absl::StatusOr<std::unique_ptr<RefreshLock>> LockGrantForRefresh(
+      std::string_view grant_id, absl::Time deadline);
+  // Whether processes on other hosts share this store, so that what one
+  // refreshes the others should use (the access token, sealed:
+  // kSharedAccessTokenPurpose) rather than refresh again.
+  virtual bool SharedAcrossHosts() const { return false; }
+
   // Up to `limit` secrets wrapped under `kek_label` whose key sorts after
   // `after` (or from the first when nullopt), ordered by key. Served by an
   // index on (kek_label, owner_id, purpose).

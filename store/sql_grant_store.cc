@@ -390,6 +390,37 @@ CREATE TABLE upstream_revocations (
 
 CREATE INDEX upstream_revocations_pending ON upstream_revocations (state, next_attempt_at);
 )sql"},
+    // The changes other hosts must hear of (docs/operations.md, "Several
+    // hosts"): a grant inserted, or its status changed, is logged in commit
+    // order and announced on the channel grantvault_grant_changes. The
+    // transaction-scoped lock orders the log's numbers as the commits: a
+    // reader that has seen change N has seen every change before it.
+    // grantvault.origin names the host that made the change (its sessions set
+    // it), so that a host skips its own.
+    {2, R"sql(
+CREATE TABLE grant_changes (
+  seq BIGSERIAL PRIMARY KEY,
+  grant_id TEXT NOT NULL,
+  origin TEXT NOT NULL,
+  changed_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX grant_changes_by_time ON grant_changes (changed_at);
+
+CREATE FUNCTION gv_note_grant_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_advisory_xact_lock(29111713315631731);
+  INSERT INTO grant_changes (grant_id, origin)
+    VALUES (NEW.grant_id, coalesce(current_setting('grantvault.origin', true), ''));
+  PERFORM pg_notify('grantvault_grant_changes', '');
+  RETURN NULL;
+END $$;
+
+CREATE CONSTRAINT TRIGGER grants_inserted AFTER INSERT ON grants
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gv_note_grant_change();
+CREATE CONSTRAINT TRIGGER grants_status_changed AFTER UPDATE ON grants
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+  WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION gv_note_grant_change();
+)sql"},
 };
 
 // --- validation --------------------------------------------------------------
@@ -645,6 +676,154 @@ absl::Status CheckKekWritable(db::Connection& db, std::string_view kek_label) {
   return absl::OkStatus();
 }
 
+// The access token that hosts sharing the store would have used goes with a
+// revoked grant.
+absl::Status DeleteSharedAccessToken(db::Connection& db, std::string_view grant_id,
+                                     const std::string& context) {
+  GV_ASSIGN_OR_RETURN(Statement remove, db.Prepare(kDeleteSecretSql, context));
+  remove.BindText(1, grant_id);
+  remove.BindText(2, kSharedAccessTokenPurpose);
+  return remove.Run();
+}
+
+// --- refresh locks on PostgreSQL ---------------------------------------------
+
+// Connections that hold refresh locks: each lock is a transaction-scoped
+// advisory lock (pg_advisory_xact_lock) in an open transaction of its own
+// connection, released by ROLLBACK when the holder is done and by the server
+// when the holder's connection ends. A holder that dies loses it as soon as
+// the server sees its connection end: at once when its process dies (its
+// kernel closes the socket), within about 25 s when its host vanishes (the
+// server's TCP keepalives and user timeout, set on these connections), and a
+// holder that hangs loses it after `lease` without a statement
+// (idle_in_transaction_session_timeout).
+// The first key of every refresh lock (pg_advisory_xact_lock(int4, int4));
+// the second is the grant id's hashtext.
+constexpr int32_t kRefreshLockClass = 0x67760001;
+
+class RefreshLockPool {
+ public:
+  RefreshLockPool(db::PostgresOptions options, size_t max_connections, absl::Duration lease)
+      : options_(std::move(options)), max_(max_connections), lease_(lease) {
+    options_.owner = "grant store (refresh locks)";
+  }
+
+  absl::StatusOr<std::unique_ptr<GrantStore::RefreshLock>> Lock(std::string_view grant_id,
+                                                                  absl::Time deadline);
+
+ private:
+  class Held;
+
+  // A connection of the pool, or DEADLINE_EXCEEDED once `deadline` passes
+  // with all of them in use.
+  absl::StatusOr<std::unique_ptr<db::Postgres>> Take(absl::Time deadline);
+  void Return(std::unique_ptr<db::Postgres> connection);
+
+  db::PostgresOptions options_;
+  const size_t max_;
+  const absl::Duration lease_;
+  absl::Mutex mu_;
+  std::vector<std::unique_ptr<db::Postgres>> idle_ ABSL_GUARDED_BY(mu_);
+  size_t open_ ABSL_GUARDED_BY(mu_) = 0;  // idle and in use
+};
+
+class RefreshLockPool::Held final : public GrantStore::RefreshLock {
+ public:
+  Held(RefreshLockPool* pool, std::unique_ptr<db::Postgres> connection)
+      : pool_(pool), connection_(std::move(connection)) {}
+  ~Held() override {
+    connection_->RollBackIfOpen();  // releases the lock
+    pool_->Return(std::move(connection_));
+  }
+
+ private:
+  RefreshLockPool* const pool_;
+  std::unique_ptr<db::Postgres> connection_;
+};
+
+absl::StatusOr<std::unique_ptr<db::Postgres>> RefreshLockPool::Take(absl::Time deadline) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto available = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return !idle_.empty() || open_ < max_;
+    };
+    if (!mu_.AwaitWithDeadline(absl::Condition(&available), deadline)) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("grant store: all ", max_,
+                       " refresh-lock connections stayed in use until the deadline"));
+    }
+    if (!idle_.empty()) {
+      std::unique_ptr<db::Postgres> connection = std::move(idle_.back());
+      idle_.pop_back();
+      return connection;
+    }
+    ++open_;
+  }
+  absl::StatusOr<std::unique_ptr<db::Postgres>> connected = db::Postgres::Connect(options_);
+  if (connected.ok()) {
+    // The server's side of a lost client: keepalives and the user timeout
+    // (TCP only; ignored on a Unix socket).
+    absl::Status set = (*connected)->Exec(
+        "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; "
+        "SET tcp_keepalives_count = 3; SET tcp_user_timeout = 25000",
+        "set the refresh-lock connection's keepalives");
+    if (set.ok()) return connected;
+    connected = set;
+  }
+  absl::MutexLock lock(&mu_);
+  --open_;
+  return connected.status();
+}
+
+void RefreshLockPool::Return(std::unique_ptr<db::Postgres> connection) {
+  absl::MutexLock lock(&mu_);
+  if (connection->Healthy() && !connection->InTransaction()) {
+    idle_.push_back(std::move(connection));
+  } else {
+    --open_;  // a lost connection is not kept
+  }
+}
+
+absl::StatusOr<std::unique_ptr<GrantStore::RefreshLock>> RefreshLockPool::Lock(
+    std::string_view grant_id, absl::Time deadline) {
+  GV_ASSIGN_OR_RETURN(std::unique_ptr<db::Postgres> connection, Take(deadline));
+  const std::string context = absl::StrCat("lock grant ", Sv(grant_id), " for its refresh");
+  const int64_t wait_ms = std::max<int64_t>(1, absl::ToInt64Milliseconds(deadline - absl::Now()));
+  absl::Status locked = connection->Exec("BEGIN", context);
+  if (locked.ok()) {
+    // Settings of this transaction alone: the wait is the caller's, the lease
+    // the lock's.
+    locked = connection->Exec(absl::StrCat("SET LOCAL lock_timeout = ", wait_ms,
+                                           "; SET LOCAL idle_in_transaction_session_timeout = ",
+                                           std::max<int64_t>(1, absl::ToInt64Milliseconds(lease_)))
+                                  .c_str(),
+                              context);
+  }
+  if (locked.ok()) {
+    // Two int4 keys: their own key space, apart from the migrations' int8 lock.
+    absl::StatusOr<db::Statement> take = connection->Prepare(
+        absl::StrCat("SELECT pg_advisory_xact_lock(", kRefreshLockClass, ", hashtext(?))"),
+        context);
+    if (take.ok()) {
+      take->BindText(1, grant_id);
+      locked = take->Step().status();  // one row, of type void
+    } else {
+      locked = take.status();
+    }
+  }
+  if (!locked.ok()) {
+    connection->RollBackIfOpen();
+    Return(std::move(connection));
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "grant store: grant ", Sv(grant_id), " stayed locked by another host's refresh until "
+          "the deadline"));
+    }
+    return locked;
+  }
+  return std::make_unique<Held>(this, std::move(connection));
+}
+
 // --- the store ---------------------------------------------------------------
 
 class SqlGrantStore final : public GrantStore {
@@ -652,8 +831,19 @@ class SqlGrantStore final : public GrantStore {
   // `sqlite` or `postgres` is the same connection as `db`, the other null:
   // for what only one backend has (SQLite's deferred syncs, a server's
   // reconnect).
-  SqlGrantStore(std::unique_ptr<db::Connection> db, db::Sqlite* sqlite, db::Postgres* postgres)
-      : db_(std::move(db)), sqlite_(sqlite), postgres_(postgres) {}
+  SqlGrantStore(std::unique_ptr<db::Connection> db, db::Sqlite* sqlite, db::Postgres* postgres,
+                std::unique_ptr<RefreshLockPool> refresh_locks = nullptr)
+      : db_(std::move(db)),
+        sqlite_(sqlite),
+        postgres_(postgres),
+        refresh_locks_(std::move(refresh_locks)) {}
+
+  absl::StatusOr<std::unique_ptr<RefreshLock>> LockGrantForRefresh(std::string_view grant_id,
+                                                                   absl::Time deadline) override {
+    if (refresh_locks_ == nullptr) return GrantStore::LockGrantForRefresh(grant_id, deadline);
+    return refresh_locks_->Lock(grant_id, deadline);
+  }
+  bool SharedAcrossHosts() const override { return postgres_ != nullptr; }
 
   absl::Status InsertGrant(const Grant& grant, const SealedSecret& secret,
                            std::optional<std::string> replaces,
@@ -742,6 +932,7 @@ class SqlGrantStore final : public GrantStore {
   std::unique_ptr<db::Connection> db_ ABSL_GUARDED_BY(mu_);
   db::Sqlite* const sqlite_;      // db_ on SQLite, else null
   db::Postgres* const postgres_;  // db_ on PostgreSQL, else null
+  const std::unique_ptr<RefreshLockPool> refresh_locks_;  // on PostgreSQL, else null
 };
 
 // --- grants ------------------------------------------------------------------
@@ -778,7 +969,8 @@ absl::Status SqlGrantStore::RevokeReplacedGrant(std::string_view replaced_id,
   update.BindText(1, absl::StrCat("replaced by ", successor.grant_id));
   update.BindTime(2, successor.updated_at);
   update.BindText(3, replaced_id);
-  return update.Run();
+  GV_RETURN_IF_ERROR(update.Run());
+  return DeleteSharedAccessToken(db(), replaced_id, context);
 }
 
 absl::Status SqlGrantStore::InsertGrant(const Grant& grant, const SealedSecret& secret,
@@ -964,6 +1156,7 @@ absl::Status SqlGrantStore::RevokeGrant(std::string_view grant_id, std::string_v
   pending.BindTime(2, now);
   pending.BindTime(3, now);
   GV_RETURN_IF_ERROR(pending.Run());
+  GV_RETURN_IF_ERROR(DeleteSharedAccessToken(db(), grant_id, context));
   return txn.Commit();
 }
 
@@ -1795,12 +1988,16 @@ absl::StatusOr<std::unique_ptr<GrantStore>> OpenSqliteGrantStore(const std::stri
   return std::make_unique<SqlGrantStore>(std::move(db), sqlite, nullptr);
 }
 
-absl::StatusOr<std::unique_ptr<GrantStore>> OpenPostgresGrantStore(db::PostgresOptions options) {
+absl::StatusOr<std::unique_ptr<GrantStore>> OpenPostgresGrantStore(
+    db::PostgresOptions options, const PostgresStoreLimits& limits) {
   options.owner = "grant store";
+  auto refresh_locks =
+      std::make_unique<RefreshLockPool>(options, limits.lock_connections, limits.refresh_lock_lease);
   GV_ASSIGN_OR_RETURN(std::unique_ptr<db::Postgres> db, db::Postgres::Connect(std::move(options)));
   GV_RETURN_IF_ERROR(db::Migrate(*db, kPostgresMigrations));
   db::Postgres* postgres = db.get();
-  return std::make_unique<SqlGrantStore>(std::move(db), nullptr, postgres);
+  return std::make_unique<SqlGrantStore>(std::move(db), nullptr, postgres,
+                                         std::move(refresh_locks));
 }
 
 int PostgresSchemaVersion() {

@@ -1,6 +1,8 @@
 #include "tokens/refresher.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -64,6 +66,54 @@ absl::Status CheckBoundToGrant(const store::Grant& grant, const store::SealedSec
                                             "account"));
   }
   return absl::OkStatus();
+}
+
+// A shared access token's plaintext (GrantStore::kSharedAccessTokenPurpose):
+// a version byte, when it was obtained and when it expires (Unix µs, 8 bytes
+// big-endian each), the token type's length and the type, then the token.
+constexpr uint8_t kSharedTokenVersion = 1;
+constexpr size_t kSharedTokenHeader = 1 + 8 + 8 + 1;
+
+void PutInt64(uint8_t* out, int64_t value) {
+  for (int i = 7; i >= 0; --i) {
+    out[i] = static_cast<uint8_t>(value & 0xff);
+    value = static_cast<int64_t>(static_cast<uint64_t>(value) >> 8);
+  }
+}
+
+int64_t GetInt64(const uint8_t* in) {
+  uint64_t value = 0;
+  for (int i = 0; i < 8; ++i) value = (value << 8) | in[i];
+  return static_cast<int64_t>(value);
+}
+
+SecretBytes EncodeSharedToken(const AccessToken& token) {
+  const size_t type_size = std::min<size_t>(token.token_type.size(), 255);
+  SecretBytes out = SecretBytes::Zeroed(kSharedTokenHeader + type_size + token.token.size());
+  uint8_t* p = out.data();
+  p[0] = kSharedTokenVersion;
+  PutInt64(p + 1, absl::ToUnixMicros(token.obtained_at));
+  PutInt64(p + 9, absl::ToUnixMicros(token.expires_at));
+  p[17] = static_cast<uint8_t>(type_size);
+  std::copy_n(token.token_type.data(), type_size, p + kSharedTokenHeader);
+  std::copy_n(token.token.data(), token.token.size(), p + kSharedTokenHeader + type_size);
+  return out;
+}
+
+std::optional<AccessToken> DecodeSharedToken(const SecretBytes& plain) {
+  const uint8_t* p = plain.data();
+  if (plain.size() < kSharedTokenHeader || p[0] != kSharedTokenVersion) return std::nullopt;
+  const size_t type_size = p[17];
+  if (plain.size() <= kSharedTokenHeader + type_size) return std::nullopt;  // no token
+  AccessToken token;
+  token.obtained_at = absl::FromUnixMicros(GetInt64(p + 1));
+  token.expires_at = absl::FromUnixMicros(GetInt64(p + 9));
+  token.token_type.assign(reinterpret_cast<const char*>(p + kSharedTokenHeader), type_size);
+  token.token = SecretBytes::CopyOf(
+      absl::Span<const uint8_t>(p + kSharedTokenHeader + type_size,
+                                plain.size() - kSharedTokenHeader - type_size));
+  if (token.expires_at <= token.obtained_at) return std::nullopt;
+  return token;
 }
 
 }  // namespace
@@ -150,12 +200,19 @@ absl::StatusOr<SharedAccessToken> Refresher::Renew(std::string_view grant_id,
       renewed_at_.insert_or_assign(std::string(grant_id), now);
     }
   }
-  return GetAccessToken(grant_id, min_valid, deadline);
+  return GetReplacing(grant_id, min_valid, deadline, rejected.obtained_at);
 }
 
 absl::StatusOr<SharedAccessToken> Refresher::GetAccessToken(std::string_view grant_id,
                                                             absl::Duration min_valid,
                                                             absl::Time deadline) {
+  return GetReplacing(grant_id, min_valid, deadline, absl::InfinitePast());
+}
+
+absl::StatusOr<SharedAccessToken> Refresher::GetReplacing(std::string_view grant_id,
+                                                          absl::Duration min_valid,
+                                                          absl::Time deadline,
+                                                          absl::Time replaces) {
   if (grant_id.empty()) return absl::InvalidArgumentError("a grant id is required");
   if (min_valid < absl::ZeroDuration()) min_valid = absl::ZeroDuration();
   if (std::optional<TokenCache::Lookup> hit = GetCached(grant_id, min_valid)) {
@@ -172,11 +229,16 @@ absl::StatusOr<SharedAccessToken> Refresher::GetAccessToken(std::string_view gra
     if (auto it = in_flight_.find(grant_id); it != in_flight_.end()) {
       flight = it->second;
       flight->deadline = std::max(flight->deadline, deadline);
+      flight->min_valid = std::max(flight->min_valid, min_valid);
+      flight->replaces_obtained_at = std::max(flight->replaces_obtained_at, replaces);
     } else {
       // A flight may have finished (and cached its token) since the miss above.
       if (SharedAccessToken hit = cache_.Get(grant_id, min_valid)) return hit;
       if (stopping_) return absl::UnavailableError("UNAVAILABLE: the refresher is shutting down");
+      const SharedAccessToken held = cache_.Get(grant_id, absl::ZeroDuration());
       flight = StartFlightLocked(grant_id, deadline);
+      flight->min_valid = min_valid;
+      flight->replaces_obtained_at = std::max(replaces, held ? held->obtained_at : replaces);
     }
     if (!mu_.AwaitWithDeadline(absl::Condition(flight.get(), &Flight::Finished), deadline)) {
       result = absl::UnavailableError(
@@ -255,7 +317,10 @@ void Refresher::StartRefreshAhead(std::string_view grant_id) {
   if (stopping_ || revoked_.contains(grant_id) || in_flight_.contains(grant_id)) return;
   // Nobody waits for it: it gets one request_timeout's worth of attempts, more if a caller
   // joins it with a later deadline.
-  StartFlightLocked(grant_id, absl::Now() + options_.request_timeout);
+  const SharedAccessToken held = cache_.Get(grant_id, absl::ZeroDuration());
+  std::shared_ptr<Flight> flight =
+      StartFlightLocked(grant_id, absl::Now() + options_.request_timeout);
+  if (held) flight->replaces_obtained_at = held->obtained_at;
 }
 
 void Refresher::WorkerLoop() {
@@ -516,11 +581,60 @@ absl::StatusOr<Refresher::CommitOutcome> Refresher::CommitWithBackoff(
   }
 }
 
+std::optional<Refresher::Refreshed> Refresher::TakeSharedToken(const Flight& flight,
+                                                                const store::Grant& grant,
+                                                                absl::BitGen& random) {
+  absl::StatusOr<store::SealedSecret> sealed =
+      deps_.store->GetSealedSecret({grant.grant_id, store::kSharedAccessTokenPurpose});
+  if (!sealed.ok() || !CheckBoundToGrant(grant, *sealed).ok()) return std::nullopt;
+  absl::StatusOr<SecretBytes> opened = keys::OpenSealed(*deps_.sealer, *sealed);
+  if (!opened.ok()) return std::nullopt;
+  std::optional<AccessToken> token = DecodeSharedToken(*opened);
+  if (!token.has_value()) return std::nullopt;
+  absl::Duration min_valid;
+  absl::Time replaces;
+  {
+    absl::MutexLock lock(&mu_);
+    min_valid = flight.min_valid;
+    replaces = flight.replaces_obtained_at;
+  }
+  const absl::Time now = deps_.clock->Now();
+  if (token->obtained_at <= replaces || !ServesMinValid(*token, now, min_valid)) {
+    return std::nullopt;
+  }
+  Refreshed out;
+  out.refresh_at =
+      RefreshAheadAt(grant, token->obtained_at, token->expires_at - token->obtained_at, random);
+  out.token = *std::move(token);
+  return out;
+}
+
+void Refresher::ShareToken(const store::Grant& grant, const AccessToken& token) {
+  store::SealedSecret secret;
+  secret.key = {grant.grant_id, store::kSharedAccessTokenPurpose};
+  secret.workspace_id = grant.workspace_id;
+  secret.connector_id = grant.connector_id;
+  secret.account_id = grant.account_id;
+  secret.updated_at = deps_.clock->Now();
+  const SecretBytes encoded = EncodeSharedToken(token);
+  absl::StatusOr<hsm::Sealed> sealed = deps_.sealer->Seal(encoded, keys::SealContextOf(secret));
+  if (!sealed.ok()) return;
+  secret.kek_label = sealed->kek.label;
+  secret.record = std::move(sealed->record);
+  deps_.store->PutSealedSecrets({&secret, 1}).IgnoreError();
+}
+
 absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
   const std::string& grant_id = flight.grant_id;
   absl::BitGen random;
   for (int round = 0; round < kMaxRotationRounds; ++round) {
     if (Abandoned(flight)) return UnavailableFor(flight, "the refresh was abandoned");
+    // One refresh of this grant at a time across every host sharing the store
+    // (a no-op lock on SQLite), held for the round: everything below reads
+    // what the last holder committed.
+    absl::StatusOr<std::unique_ptr<store::GrantStore::RefreshLock>> refresh_lock =
+        deps_.store->LockGrantForRefresh(grant_id, FlightDeadline(flight));
+    if (!refresh_lock.ok()) return UnavailableFor(flight, std::string(refresh_lock.status().message()));
     GV_ASSIGN_OR_RETURN(store::Grant grant, deps_.store->GetGrant(grant_id));
     // The attempt marker: set before a request is sent, cleared once its outcome is known.
     // Finding it set means an earlier attempt's outcome was lost (a crash, or a response that
@@ -570,8 +684,15 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
       if (!IsRevoked(grant_id)) {
         deps_.store->SetAccessTokenExpiry(grant_id, held->token.expires_at, deps_.clock->Now())
             .IgnoreError();
+        if (deps_.store->SharedAcrossHosts()) ShareToken(grant, held->token);
       }
       return *std::move(held);
+    }
+    if (deps_.store->SharedAcrossHosts()) {
+      // Another host refreshed while this one waited for the lock: its token, not another refresh.
+      if (std::optional<Refreshed> shared = TakeSharedToken(flight, grant, random)) {
+        return *std::move(shared);
+      }
     }
 
     absl::StatusOr<store::SealedSecret> sealed_refresh =
@@ -779,6 +900,8 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
           ->FinishRefresh(std::nullopt, grant_id, out.token.expires_at, now, store::Sync::kLater)
           .IgnoreError();
     }
+    // For the other hosts, before the lock goes: the next holder finds it.
+    if (deps_.store->SharedAcrossHosts() && !IsRevoked(grant_id)) ShareToken(grant, out.token);
     return out;
   }
   return UnavailableFor(flight, "its refresh token kept being rotated elsewhere");

@@ -201,6 +201,12 @@ class Refresher : public TokenSource {
     bool abandoned = false;  // revoked, or the Refresher is shutting down
     std::string revoke_reason;
     bool revoked = false;
+    // Where several hosts share the store (GrantStore::SharedAcrossHosts): the
+    // most min_valid anyone waiting asked for, and when the token this flight
+    // replaces was obtained (InfinitePast: none). A token another host
+    // obtained later that serves min_valid is used instead of refreshing.
+    absl::Duration min_valid = absl::ZeroDuration();
+    absl::Time replaces_obtained_at = absl::InfinitePast();
     absl::StatusOr<SharedAccessToken> result = absl::UnknownError("pending");
     // The refreshing worker's alone: the refresh committed writes unsynced,
     // which the worker syncs once it has answered.
@@ -230,6 +236,11 @@ class Refresher : public TokenSource {
       : deps_(deps), options_(std::move(options)), cache_(deps.clock) {}
 
   // Creates the grant's flight and queues it for a worker.
+  // GetAccessToken, where the caller's token obtained at `replaces` (an API
+  // refused it) must not come back from another host.
+  absl::StatusOr<SharedAccessToken> GetReplacing(std::string_view grant_id,
+                                                 absl::Duration min_valid, absl::Time deadline,
+                                                 absl::Time replaces);
   std::shared_ptr<Flight> StartFlightLocked(std::string_view grant_id, absl::Time deadline)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StartRefreshAhead(std::string_view grant_id) ABSL_LOCKS_EXCLUDED(mu_);
@@ -296,6 +307,14 @@ class Refresher : public TokenSource {
       ABSL_LOCKS_EXCLUDED(mu_);
   // Sleeps `wait` unless the Refresher is shutting down first (then false).
   bool WaitUnlessStopping(absl::Duration wait) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Several hosts: the access token another host's refresh left in the store,
+  // when it is newer than the one the flight replaces and serves its
+  // min_valid; and this host's, stored for the others (best effort: a host
+  // that cannot read it refreshes, under the same lock).
+  std::optional<Refreshed> TakeSharedToken(const Flight& flight, const store::Grant& grant,
+                                           absl::BitGen& random) ABSL_LOCKS_EXCLUDED(mu_);
+  void ShareToken(const store::Grant& grant, const AccessToken& token) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Falls back to a still-valid cached token when `status` is Unavailable.
   absl::StatusOr<SharedAccessToken> ServeStaleOr(std::string_view grant_id, absl::Status status);
