@@ -1517,5 +1517,94 @@ TEST_P(PostgresGrantStoreTest, CallsWhileTheServerIsAwayAreUnavailableAndTheStor
   EXPECT_EQ(*count, 2);
 }
 
+
+// --- refreshes across hosts ----------------------------------------------------
+
+TEST_P(GrantStoreTest, RevokingAGrantRemovesTheAccessTokenSharedWithOtherHosts) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  Grant grant = MakeGrant("gr_shared", "ws1", "google_workspace");
+  ASSERT_THAT(store->InsertGrant(grant, SecretFor(grant)), IsOk());
+  SealedSecret shared = SecretFor(grant, 1, "sealed-access");
+  shared.key.purpose = kSharedAccessTokenPurpose;
+  ASSERT_THAT(store->PutSealedSecrets({&shared, 1}), IsOk());
+  ASSERT_THAT(store->GetSealedSecret(shared.key), IsOk());
+  ASSERT_THAT(store->RevokeGrant("gr_shared", "test", At(200)), IsOk());
+  EXPECT_TRUE(absl::IsNotFound(store->GetSealedSecret(shared.key).status()));
+  // The refresh token stays: revoking at the provider needs it.
+  EXPECT_THAT(store->GetSealedSecret(SecretFor(grant).key), IsOk());
+  EXPECT_EQ(store->SharedAcrossHosts(), GetParam() == Backend::kPostgres);
+}
+
+TEST_P(PostgresGrantStoreTest, RefreshLocksOfOneGrantExcludeEachOtherAcrossStores) {
+  std::unique_ptr<GrantStore> a = OpenWithKeys();
+  std::unique_ptr<GrantStore> b = Open();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  auto held = a->LockGrantForRefresh("gr_x", absl::Now() + absl::Seconds(5));
+  ASSERT_THAT(held.status(), IsOk());
+  const absl::Time asked = absl::Now();
+  auto refused = b->LockGrantForRefresh("gr_x", asked + absl::Milliseconds(300));
+  EXPECT_TRUE(absl::IsDeadlineExceeded(refused.status())) << refused.status();
+  EXPECT_GE(absl::Now() - asked, absl::Milliseconds(250));
+  // Another grant is not in the way.
+  EXPECT_THAT(b->LockGrantForRefresh("gr_y", absl::Now() + absl::Seconds(1)).status(), IsOk());
+
+  // Released: the waiter gets it at once.
+  std::atomic<bool> got{false};
+  std::thread waiter([&] {
+    auto lock = b->LockGrantForRefresh("gr_x", absl::Now() + absl::Seconds(10));
+    got = lock.ok();
+  });
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_FALSE(got.load());
+  held->reset();
+  waiter.join();
+  EXPECT_TRUE(got.load());
+}
+
+TEST_P(PostgresGrantStoreTest, AHolderWhoseConnectionEndsLosesTheRefreshLock) {
+  std::unique_ptr<GrantStore> a = OpenWithKeys();
+  std::unique_ptr<GrantStore> b = Open();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  auto held = a->LockGrantForRefresh("gr_x", absl::Now() + absl::Seconds(5));
+  ASSERT_THAT(held.status(), IsOk());
+  absl::StatusOr<std::unique_ptr<GrantStore::RefreshLock>> taken = absl::UnknownError("unset");
+  absl::Time taken_at;
+  std::thread waiter([&] {
+    taken = b->LockGrantForRefresh("gr_x", absl::Now() + absl::Seconds(20));
+    taken_at = absl::Now();
+  });
+  absl::SleepFor(absl::Milliseconds(300));
+  // The holder's connection ends as a killed process's does: the server ends
+  // its session, and with it the lock.
+  const absl::Time killed_at = absl::Now();
+  ASSERT_THAT(internal::ExecuteSqlForTesting(
+                  *b,
+                  "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = "
+                  "'advisory' AND granted AND objsubid = 2 AND pid <> pg_backend_pid()"),
+              IsOk());
+  waiter.join();
+  ASSERT_THAT(taken.status(), IsOk());
+  EXPECT_LT(taken_at - killed_at, absl::Seconds(2));
+  // The lost holder's release is harmless, and its pool connects again.
+  held->reset();
+  taken->reset();
+  EXPECT_THAT(a->LockGrantForRefresh("gr_x", absl::Now() + absl::Seconds(5)).status(), IsOk());
+}
+
+TEST_P(PostgresGrantStoreTest, InsertionsAndStatusChangesAreLoggedForOtherHosts) {
+  std::unique_ptr<GrantStore> store = OpenWithKeys();
+  ASSERT_NE(store, nullptr);
+  Grant grant = MakeGrant("gr_logged", "ws1", "google_workspace");
+  ASSERT_THAT(store->InsertGrant(grant, SecretFor(grant)), IsOk());
+  ASSERT_THAT(store->SetAccessTokenExpiry("gr_logged", At(300), At(200)), IsOk());  // not logged
+  ASSERT_THAT(store->RevokeGrant("gr_logged", "test", At(200)), IsOk());
+  EXPECT_EQ(*internal::ExecuteSqlForTesting(
+                *store, "SELECT string_agg(grant_id, ',' ORDER BY seq) FROM grant_changes"),
+            "gr_logged,gr_logged");
+}
+
 }  // namespace
 }  // namespace grantvault::store
