@@ -55,6 +55,7 @@
 #include "sandbox/sandbox.h"
 #include "spdlog/spdlog.h"
 #include "db/postgres.h"
+#include "store/grant_change_feed.h"
 #include "tokens/refresher.h"
 
 namespace grantvault::daemon {
@@ -574,6 +575,30 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
     tokens_for_callbacks = nullptr;
     store_for_callbacks = nullptr;
   };
+  // Several hosts: what the others change reaches this one's caches, waiting
+  // resolves, proxied calls and subscribers. Declared after the cleanup
+  // above, so that its thread stops first.
+  std::unique_ptr<store::GrantChangeFeed> changes;
+  if (std::optional<db::PostgresOptions> postgres = StoreLocationFor(*config).postgres) {
+    store::GrantChangeFeed::Options feed;
+    feed.connection = *std::move(postgres);
+    absl::StatusOr<std::unique_ptr<store::GrantChangeFeed>> started = store::GrantChangeFeed::Start(
+        std::move(feed), [&service](const std::string& grant_id) {
+          service.OnGrantChangedElsewhere(grant_id);
+        },
+        [&broker_lost_for_good] {
+          // Cut off from the others for longer than the change log keeps
+          // changes: this host's caches may hold what another revoked. A
+          // restart (systemd's Restart=on-failure) starts them empty.
+          spdlog::error(
+              "store.changes_missed: away from the database longer than its change log keeps "
+              "changes; stopping so that a restart clears the caches");
+          broker_lost_for_good = true;
+          ::kill(::getpid(), SIGTERM);
+        });
+    if (!started.ok()) return Fail(started.status());
+    changes = *std::move(started);
+  }
   for (const std::string& c : hello.created()) {
     if (!absl::StrContains(c, "KEK") && !absl::StrContains(c, "audit signing key")) continue;
     if (absl::Status audited =

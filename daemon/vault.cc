@@ -176,6 +176,12 @@ absl::StatusOr<Vault> OpenConfiguredVault(const DaemonConfig& config,
   return OpenExternalVault(token, location, created);
 }
 
+std::string HostOrigin(const DaemonConfig& config) {
+  char host[256] = {};
+  if (::gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  return absl::StrCat(host, ":", config.state_dir);
+}
+
 StoreLocation StoreLocationFor(const DaemonConfig& config) {
   StoreLocation location;
   location.sqlite_path = GrantDatabasePath(config);
@@ -184,6 +190,7 @@ StoreLocation StoreLocationFor(const DaemonConfig& config) {
     postgres.conninfo = config.postgres;
     postgres.password_file = config.postgres_password_file;
     postgres.connect_timeout = config.postgres_connect_timeout;
+    postgres.origin = HostOrigin(config);
     location.postgres = std::move(postgres);
     location.postgres_limits.pool_size = config.postgres_pool_size;
     location.postgres_limits.lock_connections = config.postgres_lock_connections;

@@ -67,6 +67,9 @@ struct StoreLocation {
 // The store a configuration names (the front's own handle; the broker's is
 // the vault's).
 StoreLocation StoreLocationFor(const DaemonConfig& config);
+// Names this daemon in the changes it makes to a shared store (front and
+// broker alike): its host name and state directory.
+std::string HostOrigin(const DaemonConfig& config);
 absl::StatusOr<std::unique_ptr<store::GrantStore>> OpenStore(const StoreLocation& location);
 
 struct EmbeddedStateOptions {

@@ -1,8 +1,10 @@
 #include "db/postgres.h"
 
 #include <libpq-fe.h>
+#include <poll.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -364,7 +366,53 @@ absl::Status Postgres::Open() {
   // libpq would print them on stderr.
   PQsetNoticeProcessor(
       conn_, [](void*, const char*) {}, nullptr);
+  if (!options_.origin.empty()) {
+    const char* origin[] = {options_.origin.c_str()};
+    PGresult* set = PQexecParams(conn_, "SELECT set_config('grantvault.origin', $1, false)", 1,
+                                 nullptr, origin, nullptr, nullptr, 0);
+    const bool ok = set != nullptr && PQresultStatus(set) == PGRES_TUPLES_OK;
+    absl::Status error = ok ? absl::OkStatus() : ResultError(set, "name this host's session");
+    PQclear(set);
+    GV_RETURN_IF_ERROR(error);
+  }
   return absl::OkStatus();
+}
+
+absl::Status Postgres::Listen(std::string_view channel) {
+  if (channel.empty() || !std::all_of(channel.begin(), channel.end(), [](char c) {
+        return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_';
+      })) {
+    return absl::InvalidArgumentError("a notification channel is letters, digits and '_'");
+  }
+  const std::string sql = absl::StrCat("LISTEN ", Sv(channel));
+  return Exec(sql.c_str(), absl::StrCat("listen on ", Sv(channel)));
+}
+
+absl::StatusOr<int> Postgres::WaitForNotifications(absl::Duration timeout) {
+  auto lost = [&] {
+    return absl::UnavailableError(absl::StrCat(options_.owner, ": the connection to ", Describe(),
+                                               " was lost: ", Trimmed(PQerrorMessage(conn_))));
+  };
+  if (!Healthy()) return lost();
+  auto take = [&] {
+    int n = 0;
+    while (PGnotify* notify = PQnotifies(conn_)) {
+      PQfreemem(notify);
+      ++n;
+    }
+    return n;
+  };
+  if (PQconsumeInput(conn_) == 0) return lost();
+  if (int n = take(); n > 0) return n;
+  pollfd fd{PQsocket(conn_), POLLIN, 0};
+  if (fd.fd < 0) return lost();
+  const int ms = static_cast<int>(
+      std::clamp<int64_t>(absl::ToInt64Milliseconds(timeout), 0, 24 * 3600 * 1000));
+  const int ready = ::poll(&fd, 1, ms);
+  if (ready < 0 && errno != EINTR) return lost();
+  if (ready <= 0) return 0;
+  if (PQconsumeInput(conn_) == 0 || PQstatus(conn_) != CONNECTION_OK) return lost();
+  return take();
 }
 
 Postgres::~Postgres() {

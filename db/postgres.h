@@ -50,6 +50,10 @@ struct PostgresOptions {
   // Empty: no password (peer or certificate authentication).
   std::string password_file;
   absl::Duration connect_timeout = absl::Seconds(5);
+  // Names the host in what its sessions change (the setting
+  // grantvault.origin, which the grant store's change log records), so that
+  // a host can tell its own changes from other hosts'. Empty: unset.
+  std::string origin;
 };
 
 // Reads a password file as PostgresOptions::password_file says, under the
@@ -100,6 +104,13 @@ class Postgres final : public Connection {
   const char* BeginSql(TransactionMode mode) const override;
   const char* MigrationsTableSql() const override;
   absl::Status LockForMigration() override;
+  // LISTEN on `channel` (an identifier of letters, digits and '_'): the
+  // server's notifications on it are then taken by WaitForNotifications.
+  absl::Status Listen(std::string_view channel);
+  // Waits at most `timeout` for notifications and takes every one that has
+  // arrived: how many. UNAVAILABLE once the connection is lost.
+  absl::StatusOr<int> WaitForNotifications(absl::Duration timeout);
+
   // The first column of the first row of the last statement's result.
   absl::StatusOr<std::string> ExecForTesting(std::string_view sql) override;
 

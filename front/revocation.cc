@@ -46,6 +46,40 @@ void Service::OnReauthRequired(std::string_view grant_id, std::string_view reaso
       GrantEventOf(v1::GrantEvent::REAUTH_REQUIRED, *grant, std::string(reason), clock_->Now()));
 }
 
+void Service::OnGrantChangedElsewhere(std::string_view grant_id) {
+  absl::StatusOr<store::Grant> found = store_->GetGrant(grant_id);
+  if (!found.ok()) {
+    spdlog::warn("grant.changed_elsewhere grant={}: cannot read it: {}",
+                 EscapeForLog(std::string(grant_id)),
+                 EscapeTextForLog(std::string(found.status().message())));
+    return;
+  }
+  const store::Grant& grant = *found;
+  v1::GrantEvent::Kind kind = v1::GrantEvent::AUTHORIZED;
+  switch (grant.status) {
+    case store::GrantStatus::kRevoked:
+      kind = v1::GrantEvent::REVOKED;
+      RetireInMemory(grant.workspace_id, grant.connector_id, grant.grant_id, grant.status_reason);
+      break;
+    case store::GrantStatus::kReauthRequired:
+      kind = v1::GrantEvent::REAUTH_REQUIRED;
+      if (trail_.refresher != nullptr) trail_.refresher->Forget(grant.grant_id);
+      if (agents_.resolver != nullptr) {
+        agents_.resolver->ForgetGrant(grant.workspace_id, grant.connector_id);
+      }
+      break;
+    case store::GrantStatus::kActive:
+      if (agents_.resolver != nullptr) {
+        agents_.resolver->ForgetGrant(grant.workspace_id, grant.connector_id);
+      }
+      break;
+  }
+  spdlog::info("grant.changed_elsewhere workspace={} connector={} grant={} status={}",
+               EscapeForLog(grant.workspace_id), EscapeForLog(grant.connector_id),
+               grant.grant_id, store::GrantStatusName(grant.status));
+  PublishGrantEvent(GrantEventOf(kind, grant, grant.status_reason, clock_->Now()));
+}
+
 void Service::OnUpstreamAttempt(const store::Grant& grant, const store::UpstreamRevocation& state) {
   const bool done = state.state != store::UpstreamRevocationState::kPending;
   if (done) {

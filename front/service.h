@@ -104,6 +104,13 @@ class Service {
   absl::Status Audit(audit::Event event, audit::Durability durability);
   // The refresher marked a grant reauth_required: audit it, tell subscribers.
   void OnReauthRequired(std::string_view grant_id, std::string_view reason);
+  // Another host sharing the store changed the grant (store/grant_change_feed.h;
+  // it audited the change): revoked, its proxied calls here end, its token
+  // goes from this host's caches, resolves waiting on it fail with REVOKED;
+  // reauth_required, its token goes; either way this host's subscribers hear
+  // of it. A new grant is announced AUTHORIZED, and the directory forgets
+  // what it knew of its workspace and connector.
+  void OnGrantChangedElsewhere(std::string_view grant_id);
   // The upstream revoker made an attempt: audit its outcome.
   void OnUpstreamAttempt(const store::Grant& grant, const store::UpstreamRevocation& state);
 

@@ -23,14 +23,17 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/ids.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "store/grant_change_feed.h"
 #include "store/postgres_grant_store.h"
 #include "store/sqlite_grant_store.h"
 #include "store/sqlite_grant_store_internal.h"
 #include "tests/testing/postgres_server.h"
+#include "tests/testing/wait.h"
 
 namespace grantvault::store {
 namespace {
@@ -1604,6 +1607,66 @@ TEST_P(PostgresGrantStoreTest, InsertionsAndStatusChangesAreLoggedForOtherHosts)
   EXPECT_EQ(*internal::ExecuteSqlForTesting(
                 *store, "SELECT string_agg(grant_id, ',' ORDER BY seq) FROM grant_changes"),
             "gr_logged,gr_logged");
+}
+
+
+// Changes another host makes reach a feed at once, its own are skipped, and a
+// server restart loses none.
+TEST_P(PostgresGrantStoreTest, AChangeFeedHearsOtherHostsChangesAndSkipsItsOwn) {
+  db::PostgresOptions host_a = PostgresOptions();
+  host_a.origin = "host-a";
+  absl::StatusOr<std::unique_ptr<GrantStore>> a = OpenPostgresGrantStore(host_a);
+  ASSERT_THAT(a.status(), IsOk());
+  ASSERT_THAT((*a)->AddKeyVersion(Key(1, KeyState::kActive)), IsOk());
+  db::PostgresOptions host_b = PostgresOptions();
+  host_b.origin = "host-b";
+  absl::StatusOr<std::unique_ptr<GrantStore>> b = OpenPostgresGrantStore(host_b);
+  ASSERT_THAT(b.status(), IsOk());
+
+  absl::Mutex mu;
+  std::vector<std::pair<std::string, absl::Time>> heard;
+  GrantChangeFeed::Options options;
+  options.connection = host_b;
+  options.poll = absl::Seconds(30);  // announcements, not polls, must carry these
+  auto feed = GrantChangeFeed::Start(
+      options,
+      [&](const std::string& grant_id) {
+        absl::MutexLock lock(&mu);
+        heard.emplace_back(grant_id, absl::Now());
+      },
+      nullptr);
+  ASSERT_THAT(feed.status(), IsOk());
+  auto heard_count = [&] {
+    absl::MutexLock lock(&mu);
+    return heard.size();
+  };
+
+  Grant grant = MakeGrant("gr_a", "ws1", "google_workspace");
+  ASSERT_THAT((*a)->InsertGrant(grant, SecretFor(grant)), IsOk());
+  const absl::Time revoked_at = absl::Now();
+  ASSERT_THAT((*a)->RevokeGrant("gr_a", "test", At(200)), IsOk());
+  ASSERT_TRUE(testing::WaitFor([&] { return heard_count() == 2; }, absl::Seconds(5)));
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_EQ(heard[0].first, "gr_a");
+    EXPECT_LT(heard[1].second - revoked_at, absl::Seconds(1));
+  }
+  // Host B's own change is not reported to host B.
+  Grant own = MakeGrant("gr_b", "ws1", "slack");
+  ASSERT_THAT((*b)->InsertGrant(own, SecretFor(own)), IsOk());
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_EQ(heard_count(), 2u);
+
+  // The server restarts: the feed connects again and reads what it missed.
+  ASSERT_TRUE(postgres_->Stop().ok());
+  ASSERT_TRUE(postgres_->StartAgain().ok()) << postgres_->Log();
+  Grant later = MakeGrant("gr_later", "ws1", "github");
+  absl::Status inserted = (*a)->InsertGrant(later, SecretFor(later));
+  if (!inserted.ok()) inserted = (*a)->InsertGrant(later, SecretFor(later));  // reconnected now
+  ASSERT_THAT(inserted, IsOk());
+  ASSERT_TRUE(testing::WaitFor([&] { return heard_count() == 3; }, absl::Seconds(15)));
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(heard[2].first, "gr_later");
 }
 
 }  // namespace
