@@ -39,6 +39,7 @@
 #include "daemon/secret_heap.h"
 #include "daemon/upstream_revoker.h"
 #include "daemon/vault.h"
+#include "db/postgres.h"
 #include "front/broker_calls.h"
 #include "front/broker_process.h"
 #include "front/broker_spawner.h"
@@ -54,7 +55,6 @@
 #include "policy/policy.h"
 #include "sandbox/sandbox.h"
 #include "spdlog/spdlog.h"
-#include "db/postgres.h"
 #include "store/grant_change_feed.h"
 #include "tokens/refresher.h"
 
@@ -583,9 +583,8 @@ int Run(const std::string& config_file, const std::string& state_dir, bool init_
     store::GrantChangeFeed::Options feed;
     feed.connection = *std::move(postgres);
     absl::StatusOr<std::unique_ptr<store::GrantChangeFeed>> started = store::GrantChangeFeed::Start(
-        std::move(feed), [&service](const std::string& grant_id) {
-          service.OnGrantChangedElsewhere(grant_id);
-        },
+        std::move(feed),
+        [&service](const std::string& grant_id) { service.OnGrantChangedElsewhere(grant_id); },
         [&broker_lost_for_good] {
           // Cut off from the others for longer than the change log keeps
           // changes: this host's caches may hold what another revoked. A

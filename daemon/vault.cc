@@ -134,8 +134,8 @@ absl::StatusOr<Vault> OpenEmbeddedState(const std::string& state_dir_as_given) {
     }
   }
   if (!Exists(layout.database)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        layout.database, " is missing: ", state_dir, " is not an initialised state directory"));
+    return absl::FailedPreconditionError(absl::StrCat(layout.database, " is missing: ", state_dir,
+                                                      " is not an initialised state directory"));
   }
   GV_RETURN_IF_ERROR(hsm::PrepareSoftHsm(layout.hsm_dir).status());
   GV_ASSIGN_OR_RETURN(Vault vault, OpenLayout(layout, {}));

@@ -75,8 +75,8 @@ void Service::OnGrantChangedElsewhere(std::string_view grant_id) {
       break;
   }
   spdlog::info("grant.changed_elsewhere workspace={} connector={} grant={} status={}",
-               EscapeForLog(grant.workspace_id), EscapeForLog(grant.connector_id),
-               grant.grant_id, store::GrantStatusName(grant.status));
+               EscapeForLog(grant.workspace_id), EscapeForLog(grant.connector_id), grant.grant_id,
+               store::GrantStatusName(grant.status));
   PublishGrantEvent(GrantEventOf(kind, grant, grant.status_reason, clock_->Now()));
 }
 

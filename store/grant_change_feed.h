@@ -52,7 +52,9 @@ class GrantChangeFeed {
 
  private:
   GrantChangeFeed(Options options, OnChange on_change, std::function<void()> on_gap)
-      : options_(std::move(options)), on_change_(std::move(on_change)), on_gap_(std::move(on_gap)) {}
+      : options_(std::move(options)),
+        on_change_(std::move(on_change)),
+        on_gap_(std::move(on_gap)) {}
   void Run();
   // Reads the log past last_seen_ and reports other hosts' changes.
   absl::Status CatchUp();

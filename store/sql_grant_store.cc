@@ -709,7 +709,7 @@ class RefreshLockPool {
   }
 
   absl::StatusOr<std::unique_ptr<GrantStore::RefreshLock>> Lock(std::string_view grant_id,
-                                                                  absl::Time deadline);
+                                                                absl::Time deadline);
 
  private:
   class Held;
@@ -748,9 +748,8 @@ absl::StatusOr<std::unique_ptr<db::Postgres>> RefreshLockPool::Take(absl::Time d
       return !idle_.empty() || open_ < max_;
     };
     if (!mu_.AwaitWithDeadline(absl::Condition(&available), deadline)) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("grant store: all ", max_,
-                       " refresh-lock connections stayed in use until the deadline"));
+      return absl::DeadlineExceededError(absl::StrCat(
+          "grant store: all ", max_, " refresh-lock connections stayed in use until the deadline"));
     }
     if (!idle_.empty()) {
       std::unique_ptr<db::Postgres> connection = std::move(idle_.back());
@@ -763,10 +762,11 @@ absl::StatusOr<std::unique_ptr<db::Postgres>> RefreshLockPool::Take(absl::Time d
   if (connected.ok()) {
     // The server's side of a lost client: keepalives and the user timeout
     // (TCP only; ignored on a Unix socket).
-    absl::Status set = (*connected)->Exec(
-        "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; "
-        "SET tcp_keepalives_count = 3; SET tcp_user_timeout = 25000",
-        "set the refresh-lock connection's keepalives");
+    absl::Status set = (*connected)
+                           ->Exec(
+                               "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; "
+                               "SET tcp_keepalives_count = 3; SET tcp_user_timeout = 25000",
+                               "set the refresh-lock connection's keepalives");
     if (set.ok()) return connected;
     connected = set;
   }
@@ -815,9 +815,10 @@ absl::StatusOr<std::unique_ptr<GrantStore::RefreshLock>> RefreshLockPool::Lock(
     connection->RollBackIfOpen();
     Return(std::move(connection));
     if (absl::Now() >= deadline) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "grant store: grant ", Sv(grant_id), " stayed locked by another host's refresh until "
-          "the deadline"));
+      return absl::DeadlineExceededError(
+          absl::StrCat("grant store: grant ", Sv(grant_id),
+                       " stayed locked by another host's refresh until "
+                       "the deadline"));
     }
     return locked;
   }
@@ -930,8 +931,8 @@ class SqlGrantStore final : public GrantStore {
   // One connection, used by one thread at a time.
   absl::Mutex mu_;
   std::unique_ptr<db::Connection> db_ ABSL_GUARDED_BY(mu_);
-  db::Sqlite* const sqlite_;      // db_ on SQLite, else null
-  db::Postgres* const postgres_;  // db_ on PostgreSQL, else null
+  db::Sqlite* const sqlite_;                              // db_ on SQLite, else null
+  db::Postgres* const postgres_;                          // db_ on PostgreSQL, else null
   const std::unique_ptr<RefreshLockPool> refresh_locks_;  // on PostgreSQL, else null
 };
 
@@ -1991,8 +1992,8 @@ absl::StatusOr<std::unique_ptr<GrantStore>> OpenSqliteGrantStore(const std::stri
 absl::StatusOr<std::unique_ptr<GrantStore>> OpenPostgresGrantStore(
     db::PostgresOptions options, const PostgresStoreLimits& limits) {
   options.owner = "grant store";
-  auto refresh_locks =
-      std::make_unique<RefreshLockPool>(options, limits.lock_connections, limits.refresh_lock_lease);
+  auto refresh_locks = std::make_unique<RefreshLockPool>(options, limits.lock_connections,
+                                                         limits.refresh_lock_lease);
   GV_ASSIGN_OR_RETURN(std::unique_ptr<db::Postgres> db, db::Postgres::Connect(std::move(options)));
   GV_RETURN_IF_ERROR(db::Migrate(*db, kPostgresMigrations));
   db::Postgres* postgres = db.get();

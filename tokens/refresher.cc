@@ -109,9 +109,8 @@ std::optional<AccessToken> DecodeSharedToken(const SecretBytes& plain) {
   token.obtained_at = absl::FromUnixMicros(GetInt64(p + 1));
   token.expires_at = absl::FromUnixMicros(GetInt64(p + 9));
   token.token_type.assign(reinterpret_cast<const char*>(p + kSharedTokenHeader), type_size);
-  token.token = SecretBytes::CopyOf(
-      absl::Span<const uint8_t>(p + kSharedTokenHeader + type_size,
-                                plain.size() - kSharedTokenHeader - type_size));
+  token.token = SecretBytes::CopyOf(absl::Span<const uint8_t>(
+      p + kSharedTokenHeader + type_size, plain.size() - kSharedTokenHeader - type_size));
   if (token.expires_at <= token.obtained_at) return std::nullopt;
   return token;
 }
@@ -582,8 +581,8 @@ absl::StatusOr<Refresher::CommitOutcome> Refresher::CommitWithBackoff(
 }
 
 std::optional<Refresher::Refreshed> Refresher::TakeSharedToken(const Flight& flight,
-                                                                const store::Grant& grant,
-                                                                absl::BitGen& random) {
+                                                               const store::Grant& grant,
+                                                               absl::BitGen& random) {
   absl::StatusOr<store::SealedSecret> sealed =
       deps_.store->GetSealedSecret({grant.grant_id, store::kSharedAccessTokenPurpose});
   if (!sealed.ok() || !CheckBoundToGrant(grant, *sealed).ok()) return std::nullopt;
@@ -634,7 +633,8 @@ absl::StatusOr<Refresher::Refreshed> Refresher::Refresh(Flight& flight) {
     // what the last holder committed.
     absl::StatusOr<std::unique_ptr<store::GrantStore::RefreshLock>> refresh_lock =
         deps_.store->LockGrantForRefresh(grant_id, FlightDeadline(flight));
-    if (!refresh_lock.ok()) return UnavailableFor(flight, std::string(refresh_lock.status().message()));
+    if (!refresh_lock.ok())
+      return UnavailableFor(flight, std::string(refresh_lock.status().message()));
     GV_ASSIGN_OR_RETURN(store::Grant grant, deps_.store->GetGrant(grant_id));
     // The attempt marker: set before a request is sent, cleared once its outcome is known.
     // Finding it set means an earlier attempt's outcome was lost (a crash, or a response that

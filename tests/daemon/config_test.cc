@@ -1,5 +1,7 @@
 #include "daemon/config.h"
 
+#include <stdlib.h>
+
 #include <fstream>
 #include <string>
 
@@ -73,6 +75,46 @@ TEST_F(ConfigTest, OutOfRangeLimitsAreErrorsNamingTheKey) {
     EXPECT_TRUE(absl::IsInvalidArgument(c.status())) << bad << ": " << c.status();
     EXPECT_THAT(c.status().message(), HasSubstr(bad.substr(0, bad.find(' ')))) << bad;
   }
+}
+
+TEST_F(ConfigTest, APostgresStoreIsAConnectionStringWithoutAPassword) {
+  absl::StatusOr<DaemonConfig> c = Load(
+      "[store]\npostgres = \"host=db.example port=5432 dbname=grantvault user=gv "
+      "sslmode=verify-full\"\npassword_file = \"/etc/grantvault/db.password\"\n"
+      "pool_size = 6\nlock_connections = 12\nconnect_timeout_ms = 2500\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->uses_postgres());
+  EXPECT_EQ(c->postgres_password_file, "/etc/grantvault/db.password");
+  EXPECT_EQ(c->postgres_pool_size, 6u);
+  EXPECT_EQ(c->postgres_lock_connections, 12u);
+  EXPECT_EQ(c->postgres_connect_timeout, absl::Milliseconds(2500));
+  EXPECT_FALSE(Load("").value().uses_postgres());
+
+  // A password in the string is refused, and never quoted back.
+  absl::StatusOr<DaemonConfig> leaky =
+      Load("[store]\npostgres = \"postgresql://gv:hunter2-secret@db.example/grantvault\"\n");
+  ASSERT_FALSE(leaky.ok());
+  EXPECT_THAT(std::string(leaky.status().message()), HasSubstr("holds a password"));
+  EXPECT_THAT(std::string(leaky.status().message()), ::testing::Not(HasSubstr("hunter2")));
+  absl::StatusOr<DaemonConfig> garbled = Load("[store]\npostgres = \"host = 'unterminated\"\n");
+  ASSERT_FALSE(garbled.ok());
+  EXPECT_THAT(std::string(garbled.status().message()), HasSubstr("not a libpq connection string"));
+  // SQLite's file and a PostgreSQL server exclude each other; a password file needs a server.
+  EXPECT_FALSE(Load("[store]\npostgres = \"host=/run/postgresql\"\ndatabase = \"/x.db\"\n").ok());
+  EXPECT_FALSE(Load("[store]\npassword_file = \"/x\"\n").ok());
+}
+
+TEST_F(ConfigTest, APostgresPasswordFileWithoutASlashIsASystemdCredential) {
+  ::setenv("CREDENTIALS_DIRECTORY", "/run/credentials/grantvaultd.service", 1);
+  absl::StatusOr<DaemonConfig> c =
+      Load("[store]\npostgres = \"host=/run/postgresql\"\npassword_file = \"db-password\"\n");
+  ::unsetenv("CREDENTIALS_DIRECTORY");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->postgres_password_file, "/run/credentials/grantvaultd.service/db-password");
+  absl::StatusOr<DaemonConfig> without =
+      Load("[store]\npostgres = \"host=/run/postgresql\"\npassword_file = \"db-password\"\n");
+  ASSERT_FALSE(without.ok());
+  EXPECT_THAT(std::string(without.status().message()), HasSubstr("CREDENTIALS_DIRECTORY"));
 }
 
 }  // namespace

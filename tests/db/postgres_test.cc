@@ -218,5 +218,16 @@ TEST_F(PostgresTest, ALostConnectionIsUnavailableAndReconnectWorksWhenTheServerI
             "after,before");
 }
 
+TEST(ConninfoTest, AServerOffThisHostWithoutVerifiedTlsIsAWeakness) {
+  EXPECT_EQ(ConninfoWeakness("host=/run/postgresql dbname=gv"), "");
+  EXPECT_EQ(ConninfoWeakness("host=127.0.0.1 port=5432"), "");
+  EXPECT_EQ(ConninfoWeakness("host=db.example sslmode=verify-full sslrootcert=/ca.pem"), "");
+  EXPECT_THAT(ConninfoWeakness("host=db.example"), HasSubstr("sslmode=prefer (the default)"));
+  EXPECT_THAT(ConninfoWeakness("postgresql://gv@db.example/gv?sslmode=require"),
+              HasSubstr("sslmode=require"));
+  EXPECT_TRUE(CheckConninfo("postgresql://gv@db.example/gv").ok());
+  EXPECT_EQ(CheckConninfo("password=x host=db").code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace grantvault::db

@@ -1520,7 +1520,6 @@ TEST_P(PostgresGrantStoreTest, CallsWhileTheServerIsAwayAreUnavailableAndTheStor
   EXPECT_EQ(*count, 2);
 }
 
-
 // --- refreshes across hosts ----------------------------------------------------
 
 TEST_P(GrantStoreTest, RevokingAGrantRemovesTheAccessTokenSharedWithOtherHosts) {
@@ -1608,7 +1607,6 @@ TEST_P(PostgresGrantStoreTest, InsertionsAndStatusChangesAreLoggedForOtherHosts)
                 *store, "SELECT string_agg(grant_id, ',' ORDER BY seq) FROM grant_changes"),
             "gr_logged,gr_logged");
 }
-
 
 // Changes another host makes reach a feed at once, its own are skipped, and a
 // server restart loses none.
