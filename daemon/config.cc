@@ -135,15 +135,14 @@ absl::Status Apply(const toml::table& root, DaemonConfig& c) {
     GV_RETURN_IF_ERROR(Read(*t, "pin_file", &c.pin_file));
   }
   if (const toml::table* t = Section(root, "store")) {
-    GV_RETURN_IF_ERROR(OnlyKnownKeys(*t, "store",
-                                     {"database", "postgres", "password_file", "connect_timeout_ms",
-                                      "pool_size", "lock_connections"}));
+    GV_RETURN_IF_ERROR(OnlyKnownKeys(
+        *t, "store",
+        {"database", "postgres", "password_file", "connect_timeout_ms", "lock_connections"}));
     GV_RETURN_IF_ERROR(Read(*t, "database", &c.database));
     GV_RETURN_IF_ERROR(Read(*t, "postgres", &c.postgres));
     GV_RETURN_IF_ERROR(Read(*t, "password_file", &c.postgres_password_file));
     GV_RETURN_IF_ERROR(
         ReadMillis(*t, "connect_timeout_ms", 100, 600'000, &c.postgres_connect_timeout));
-    GV_RETURN_IF_ERROR(ReadUnsigned(*t, "pool_size", 1, 64, &c.postgres_pool_size));
     GV_RETURN_IF_ERROR(ReadUnsigned(*t, "lock_connections", 1, 256, &c.postgres_lock_connections));
     if (const toml::node* n = t->get("postgres")) {
       if (c.postgres.empty()) return Invalid(*n, "store.postgres", "must not be empty");

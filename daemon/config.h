@@ -41,8 +41,6 @@ struct DaemonConfig {
   std::string postgres;
   std::string postgres_password_file;
   absl::Duration postgres_connect_timeout = absl::Seconds(5);
-  // Connections each process keeps open for the store's statements.
-  size_t postgres_pool_size = 4;
   // Connections that hold refresh locks (one per refresh in progress on this
   // host; a refresh beyond them waits for one).
   size_t postgres_lock_connections = 8;

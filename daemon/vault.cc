@@ -192,7 +192,6 @@ StoreLocation StoreLocationFor(const DaemonConfig& config) {
     postgres.connect_timeout = config.postgres_connect_timeout;
     postgres.origin = HostOrigin(config);
     location.postgres = std::move(postgres);
-    location.postgres_limits.pool_size = config.postgres_pool_size;
     location.postgres_limits.lock_connections = config.postgres_lock_connections;
   }
   return location;

@@ -17,8 +17,6 @@
 namespace grantvault::store {
 
 struct PostgresStoreLimits {
-  // Connections for the store's statements.
-  size_t pool_size = 4;
   // Connections that hold refresh locks (GrantStore::LockGrantForRefresh):
   // one per refresh in progress in this process.
   size_t lock_connections = 8;

@@ -81,11 +81,10 @@ TEST_F(ConfigTest, APostgresStoreIsAConnectionStringWithoutAPassword) {
   absl::StatusOr<DaemonConfig> c = Load(
       "[store]\npostgres = \"host=db.example port=5432 dbname=grantvault user=gv "
       "sslmode=verify-full\"\npassword_file = \"/etc/grantvault/db.password\"\n"
-      "pool_size = 6\nlock_connections = 12\nconnect_timeout_ms = 2500\n");
+      "lock_connections = 12\nconnect_timeout_ms = 2500\n");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_TRUE(c->uses_postgres());
   EXPECT_EQ(c->postgres_password_file, "/etc/grantvault/db.password");
-  EXPECT_EQ(c->postgres_pool_size, 6u);
   EXPECT_EQ(c->postgres_lock_connections, 12u);
   EXPECT_EQ(c->postgres_connect_timeout, absl::Milliseconds(2500));
   EXPECT_FALSE(Load("").value().uses_postgres());
